@@ -1,0 +1,80 @@
+"""Values that cross the boundary between the platform adapters and the core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+Platform = Literal["console", "slack", "discord", "test"]
+
+
+class ConversationKey(NamedTuple):
+    """Which conversation a message belongs to.
+
+    `thread` is the platform's thread id; a message outside any thread uses the
+    id that will become the thread (Slack: the mention's ts), or "" for a flat
+    channel conversation (Discord `/ask`, the console).
+    """
+
+    platform: str
+    workspace: str
+    channel: str
+    thread: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that came with a message. Only images travel to the model as parts."""
+
+    name: str
+    content_type: str
+    url: str = ""
+    data: bytes | None = field(default=None, repr=False)
+    size: int = 0
+
+    @property
+    def is_image(self) -> bool:
+        return self.content_type.startswith("image/")
+
+    @property
+    def is_audio(self) -> bool:
+        return self.content_type.startswith("audio/")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingMessage:
+    """One message from a person, normalized by an adapter.
+
+    `message_key` names the message itself, not its delivery, so the same
+    message arriving twice (a retry, or Slack's `app_mention` plus `message`)
+    carries the same key and is answered once.
+    """
+
+    platform: str
+    workspace: str
+    channel: str
+    thread: str
+    user_id: str
+    user_name: str
+    text: str
+    message_key: str
+    is_channel_admin: bool = False
+    attachments: tuple[Attachment, ...] = ()
+    platform_message_id: str = ""
+    # Where the adapter would answer after a restart: a small JSON-able dict the
+    # adapter understands (channel id, thread ts, interaction token, ...).
+    reply_target: dict[str, Any] = field(default_factory=dict)
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def conversation(self) -> ConversationKey:
+        return ConversationKey(self.platform, self.workspace, self.channel, self.thread)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A platform-neutral command such as `instructions set Be brief.`"""
+
+    name: str
+    action: str = ""
+    argument: str = ""

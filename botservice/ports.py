@@ -1,0 +1,272 @@
+"""The ports the core needs. Adapters and storage implement them; the core only calls them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from botservice.events import ConversationKey, IncomingMessage
+
+Role = Literal["user", "assistant"]
+MessageStatus = Literal["complete", "interrupted"]
+TurnStatus = Literal["pending", "answered", "failed", "command"]
+
+
+# --- reply sink -------------------------------------------------------------
+
+
+class ReplySink(Protocol):
+    """Where one answer goes, in the platform's own idiom.
+
+    The core calls `begin` once, then `update` with the text so far (throttled),
+    then `finish` exactly once with the whole text. `notice` is for short
+    messages that are not model answers (command results, refusals).
+    """
+
+    async def begin(self, existing_ref: str | None) -> str | None:
+        """Show that an answer is coming (placeholder, typing, deferral).
+
+        `existing_ref` is what an earlier `begin` for this same turn returned,
+        when the turn is being resumed after a crash or retry: reuse it instead
+        of posting again. Return a reference the core stores with the turn.
+        """
+        ...
+
+    async def update(self, text: str) -> None:
+        """Show the answer so far. Called with the whole text, not a delta."""
+        ...
+
+    async def finish(self, text: str) -> None:
+        """Show the final text (split if the platform needs it)."""
+        ...
+
+    async def notice(self, text: str, *, private: bool = True) -> None:
+        """Tell the user something that is not a model answer."""
+        ...
+
+
+# --- model client -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatRequest:
+    model: str
+    # OpenAI chat messages: {"role": ..., "content": str | list[part]}.
+    messages: Sequence[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class ChatStream(Protocol):
+    """Text deltas of one streamed answer; `usage` and `finished` are set when it ends."""
+
+    usage: Usage | None
+    finished: bool
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    text: str
+    usage: Usage | None = None
+
+
+class ModelClient(Protocol):
+    def stream(self, request: ChatRequest) -> ChatStream:
+        """Start a streamed completion. Iterating raises `ModelError` subclasses."""
+        ...
+
+    async def complete(self, request: ChatRequest) -> ChatResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- store -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    role: Role
+    author_id: str
+    author_name: str
+    text: str
+    tokens: int
+    reply_to_id: int | None = None
+    status: MessageStatus = "complete"
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """Effective settings of a channel; None means "use the default"."""
+
+    instructions: str | None = None
+    model: str | None = None
+    retention_days: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedTurn:
+    """A message that was new, stored, and now waits for its answer."""
+
+    turn_id: int
+    conversation_id: int
+    user_message_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTurn:
+    turn_id: int
+    conversation_id: int
+    user_message_id: int
+    platform: str
+    conversation: ConversationKey
+    reply_target: dict[str, Any]
+    reply_ref: str | None
+    created_at: datetime
+    user_id: str = ""
+    is_channel_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCounts:
+    messages: int = 0
+    conversations: int = 0
+    turns: int = 0
+    claimed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetCounts:
+    messages: int = 0
+    settings: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.messages + self.settings
+
+
+@dataclass(frozen=True, slots=True)
+class SettingChange:
+    field: str
+    old: str | None
+    new: str | None
+    changed_by: str
+    changed_at: datetime = field(default_factory=datetime.now)
+
+
+class Store(Protocol):
+    """Everything the core keeps. One implementation (storage/) over SQLAlchemy."""
+
+    async def accept(self, message: IncomingMessage, *, text: str, tokens: int) -> AcceptedTurn | None:
+        """Claim `(platform, message_key)` and store the user's message with a pending turn,
+        in one transaction. None if the key was already claimed (a duplicate delivery)."""
+        ...
+
+    async def claim_key(self, platform: str, message_key: str) -> bool:
+        """Claim a key without storing a message (commands). False if already claimed."""
+        ...
+
+    async def history(
+        self, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """Newest messages of the conversation (after its last reset) answering turns up to
+        and including `up_to_message_id`, oldest first, at most `limit`."""
+        ...
+
+    async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None: ...
+
+    async def store_answer(
+        self,
+        turn_id: int,
+        *,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+    ) -> int:
+        """Store the assistant's answer and mark the turn answered. Returns the message id."""
+        ...
+
+    async def fail_turn(self, turn_id: int) -> None: ...
+
+    async def pending_turns(self) -> list[PendingTurn]: ...
+
+    async def message_text(self, message_id: int) -> StoredMessage | None: ...
+
+    async def channel_settings(self, platform: str, workspace: str, channel: str) -> ChannelSettings:
+        """Channel setting, else the workspace's (channel ""), field by field."""
+        ...
+
+    async def change_setting(
+        self,
+        platform: str,
+        workspace: str,
+        channel: str,
+        *,
+        field: Literal["instructions", "model", "retention_days"],
+        value: str | int | None,
+        changed_by: str,
+    ) -> None:
+        """Set one channel setting and record who changed it from what to what."""
+        ...
+
+    async def setting_changes(self, platform: str, workspace: str, channel: str) -> list[SettingChange]: ...
+
+    async def reset_conversation(self, key: ConversationKey) -> None:
+        """Later turns start fresh; nothing is deleted."""
+        ...
+
+    async def mark_trim_noticed(self, conversation_id: int) -> bool:
+        """Record that the user was told older turns were left out. True the first time."""
+        ...
+
+    async def delete_conversation_messages(self, conversation_id: int) -> int: ...
+
+    async def forget_user(self, platform: str, user_id: str) -> ForgetCounts: ...
+
+    async def purge(
+        self, *, now: datetime, default_retention_days: int, dedupe_days: int, batch_size: int,
+        period: str | None = None, dry_run: bool = False,
+    ) -> PurgeCounts:
+        """Delete what has expired, in batches. With `period`, run only if this process is the
+        first to claim it (several processes share one database)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- adapters ------------------------------------------------------------------
+
+
+class Adapter(Protocol):
+    """A platform connection started by `botservice run`.
+
+    `start` connects and returns once the adapter is serving (it keeps running in
+    tasks of its own); `stop` disconnects. `sink_for` rebuilds a reply sink for a
+    turn that was pending when the process last stopped, from the
+    `reply_target` the adapter put on the message; None if it cannot answer it.
+    `http_routes` returns aiohttp routes to mount on the shared HTTP server
+    (Slack's `/slack/events`), or an empty list.
+    """
+
+    platform: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def sink_for(self, turn: PendingTurn) -> ReplySink | None: ...
+
+    def http_routes(self) -> list[Any]: ...
