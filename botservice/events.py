@@ -41,6 +41,15 @@ class Attachment:
         return self.content_type.startswith("audio/")
 
 
+@dataclass(frozen=True, slots=True)
+class ContextMessage:
+    """A message said before the bot joined a thread, read once by the adapter."""
+
+    author_name: str
+    text: str
+    from_bot: bool = False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IncomingMessage:
     """One message from a person, normalized by an adapter.
@@ -61,6 +70,9 @@ class IncomingMessage:
     is_channel_admin: bool = False
     attachments: tuple[Attachment, ...] = ()
     platform_message_id: str = ""
+    # What was said in the thread before the bot was first mentioned there. The
+    # core stores it with this message, so the thread is never read again.
+    context: tuple[ContextMessage, ...] = ()
     # Where the adapter would answer after a restart: a small JSON-able dict the
     # adapter understands (channel id, thread ts, interaction token, ...).
     reply_target: dict[str, Any] = field(default_factory=dict)
