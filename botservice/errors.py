@@ -62,7 +62,9 @@ class ModelRefused(ModelError):
     @property
     def user_message(self) -> str:  # type: ignore[override]
         if self.status in (401, 403):
-            return "The model endpoint refused my credentials; an operator needs to check the API key."
+            return (
+                "The model endpoint refused my credentials; an operator needs to check the API key."
+            )
         if self.status == 404:
             return "The model endpoint does not know this model; ask a channel manager to pick another."
         if self.status == 400 and "context" in self.reason.lower():

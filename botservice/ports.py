@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
@@ -162,13 +163,15 @@ class SettingChange:
     old: str | None
     new: str | None
     changed_by: str
-    changed_at: datetime = field(default_factory=datetime.now)
+    changed_at: datetime = dataclasses.field(default_factory=datetime.now)
 
 
 class Store(Protocol):
     """Everything the core keeps. One implementation (storage/) over SQLAlchemy."""
 
-    async def accept(self, message: IncomingMessage, *, text: str, tokens: int) -> AcceptedTurn | None:
+    async def accept(
+        self, message: IncomingMessage, *, text: str, tokens: int
+    ) -> AcceptedTurn | None:
         """Claim `(platform, message_key)` and store the user's message with a pending turn,
         in one transaction. None if the key was already claimed (a duplicate delivery)."""
         ...
@@ -205,7 +208,9 @@ class Store(Protocol):
 
     async def message_text(self, message_id: int) -> StoredMessage | None: ...
 
-    async def channel_settings(self, platform: str, workspace: str, channel: str) -> ChannelSettings:
+    async def channel_settings(
+        self, platform: str, workspace: str, channel: str
+    ) -> ChannelSettings:
         """Channel setting, else the workspace's (channel ""), field by field."""
         ...
 
@@ -222,7 +227,9 @@ class Store(Protocol):
         """Set one channel setting and record who changed it from what to what."""
         ...
 
-    async def setting_changes(self, platform: str, workspace: str, channel: str) -> list[SettingChange]: ...
+    async def setting_changes(
+        self, platform: str, workspace: str, channel: str
+    ) -> list[SettingChange]: ...
 
     async def reset_conversation(self, key: ConversationKey) -> None:
         """Later turns start fresh; nothing is deleted."""
@@ -237,8 +244,14 @@ class Store(Protocol):
     async def forget_user(self, platform: str, user_id: str) -> ForgetCounts: ...
 
     async def purge(
-        self, *, now: datetime, default_retention_days: int, dedupe_days: int, batch_size: int,
-        period: str | None = None, dry_run: bool = False,
+        self,
+        *,
+        now: datetime,
+        default_retention_days: int,
+        dedupe_days: int,
+        batch_size: int,
+        period: str | None = None,
+        dry_run: bool = False,
     ) -> PurgeCounts:
         """Delete what has expired, in batches. With `period`, run only if this process is the
         first to claim it (several processes share one database)."""

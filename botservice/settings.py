@@ -222,11 +222,13 @@ def _check_urls(settings: Settings) -> None:
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(setting, f"{url!r} is not an http(s) URL")
-    if not settings.database_url.partition("://")[0] in (
-        "sqlite+aiosqlite",
-        "postgresql+asyncpg",
-    ):
+    scheme = settings.database_url.partition("://")[0]
+    if scheme not in _DATABASE_SCHEMES:
         raise ConfigError(
             "DATABASE_URL",
-            "must start with sqlite+aiosqlite:/// or postgresql+asyncpg://",
+            "must start with sqlite+aiosqlite:/// or postgresql+asyncpg:// "
+            "(sqlite:/// and postgres:// are accepted too)",
         )
+
+
+_DATABASE_SCHEMES = {"sqlite", "sqlite+aiosqlite", "postgres", "postgresql", "postgresql+asyncpg"}

@@ -1,0 +1,539 @@
+"""A fake OpenAI-compatible model server on 127.0.0.1: real HTTP, real SSE.
+
+Tests drive it through the `fake_model` fixture:
+
+    fake_model.script(RateLimited(retry_after=0.1), Reply("Hello"))
+
+queues one-shot behaviours, consumed one per chat request; once the queue is
+empty every request gets the default answer, `answer(body)` (by default
+"You said: <last user message>"). Every request is recorded in `.requests`.
+
+It also serves `/v1/audio/speech` (a WAV tone, 24 kHz mono 16-bit, longer for
+longer input) and `/v1/audio/transcriptions` (returns `.transcript`).
+
+Standalone, for benchmarks and CLI tests:
+
+    python -m tests.fakes.model_server --port 0      # prints "READY <base_url>"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import itertools
+import json
+import math
+import re
+import signal
+import sys
+import time
+import wave
+from array import array
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import BodyPartReader, web
+
+# --- behaviours ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer `text` (None: the server's default answer) in chunks of `chunk_size`
+    characters (None: word by word), optionally pausing between chunks."""
+
+    text: str | None = None
+    chunk_size: int | None = None
+    delay_between_chunks: float = 0.0
+    finish_reason: str = "stop"
+    include_usage: bool = True  # False: omit usage even when asked, like Ollama
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """HTTP 429. `retry_after` goes into `Retry-After` as given (seconds or an HTTP-date)."""
+
+    retry_after: float | str | None = 1
+    retry_after_ms: float | None = None
+    omit_header: bool = False
+
+
+@dataclass(frozen=True)
+class ServerError:
+    status: int = 500
+    message: str = "The server had an error while processing your request."
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """A 4xx other than 429, with an OpenAI-style error body."""
+
+    status: int = 400
+    message: str = "Invalid request."
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class CutMidway:
+    """Stream `text_before_cut`, then drop the connection without finishing the body."""
+
+    text_before_cut: str = "Partial ans"
+    chunk_size: int | None = None
+    clean_end: bool = False  # True: end the HTTP body properly, only [DONE] is missing.
+    after_finish_reason: bool = False  # True: cut after the finish_reason chunk, before usage.
+
+
+@dataclass(frozen=True)
+class EmptyAnswer:
+    """A well-formed stream (finish_reason, [DONE]) that carries no text."""
+
+
+@dataclass(frozen=True)
+class Slow:
+    """Wait before sending anything (not even headers), then answer `then`."""
+
+    delay_before_first_byte: float
+    then: Reply = field(default_factory=Reply)
+
+
+@dataclass(frozen=True)
+class PlainJson:
+    """Ignore `stream: true` and answer with one JSON completion, as some servers do."""
+
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorInStream:
+    """A 200 stream whose first event is `{"error": ...}` (vLLM does this)."""
+
+    message: str = "This model's maximum context length is 8192 tokens."
+    code: int = 400
+
+
+Behaviour = (
+    Reply
+    | RateLimited
+    | ServerError
+    | Refuse
+    | CutMidway
+    | EmptyAnswer
+    | Slow
+    | PlainJson
+    | ErrorInStream
+)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]  # parsed JSON, or the form fields of a multipart upload
+    files: dict[str, bytes] = field(default_factory=dict)
+    received_at: float = 0.0
+    peer: tuple[str, int] | None = None  # client address: tells connection reuse apart
+
+    @property
+    def last_user_text(self) -> str:
+        return last_user_text(self.body)
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(
+                    part.get("text", "") for part in content if part.get("type") == "text"
+                )
+            return str(content or "")
+    return ""
+
+
+def echo_answer(body: dict[str, Any]) -> str:
+    return f"You said: {last_user_text(body)}"
+
+
+# --- server --------------------------------------------------------------------
+
+
+class FakeModelServer:
+    def __init__(
+        self,
+        *,
+        answer: Callable[[dict[str, Any]], str] = echo_answer,
+        default_delay_between_chunks: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.answer = answer
+        self.default_delay_between_chunks = default_delay_between_chunks
+        self.transcript = "hello from the fake transcriber"
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[Behaviour] = deque()
+        self._host, self._port = host, port
+        self._runner: web.AppRunner | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._ids = itertools.count(1)
+        self.base_url = ""
+
+    # --- control ---
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """Queue one-shot behaviours for the next chat requests, in order."""
+        self._script.extend(behaviours)
+
+    @property
+    def pending_script(self) -> int:
+        return len(self._script)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._tracked(self._chat))
+        app.router.add_post("/v1/audio/speech", self._tracked(self._speech))
+        app.router.add_post("/v1/audio/transcriptions", self._tracked(self._transcription))
+        app.router.add_get("/v1/models", self._models)
+        # No access log: the benchmark pushes hundreds of requests a second through here.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://{self._host}:{port}/v1"
+
+    async def stop(self) -> None:
+        # Slow/delayed handlers would otherwise hold shutdown until their sleeps end.
+        for task in list(self._handlers):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeModelServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _tracked(self, handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+        async def run(request: web.Request) -> web.StreamResponse:
+            task = asyncio.current_task()
+            assert task is not None
+            self._handlers.add(task)
+            try:
+                response: web.StreamResponse = await handler(request)
+                return response
+            finally:
+                self._handlers.discard(task)
+
+        return run
+
+    def _record(
+        self, request: web.Request, body: dict[str, Any], files: dict[str, bytes] | None = None
+    ) -> None:
+        self.requests.append(
+            RecordedRequest(
+                path=request.path,
+                headers=dict(request.headers),
+                body=body,
+                files=files or {},
+                received_at=time.monotonic(),
+                peer=request.transport.get_extra_info("peername") if request.transport else None,
+            )
+        )
+
+    # --- chat ---
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self._record(request, body)
+        behaviour = self._script.popleft() if self._script else Reply()
+        if isinstance(behaviour, Slow):
+            await asyncio.sleep(behaviour.delay_before_first_byte)
+            behaviour = behaviour.then
+        streaming = bool(body.get("stream"))
+        if isinstance(behaviour, RateLimited):
+            return _rate_limited(behaviour)
+        if isinstance(behaviour, ServerError):
+            return _error(behaviour.status, behaviour.message, "server_error")
+        if isinstance(behaviour, Refuse):
+            return _error(behaviour.status, behaviour.message, behaviour.code)
+        if isinstance(behaviour, PlainJson) or not streaming:
+            text = self._text_of(behaviour, body)
+            return web.json_response(self._completion(body, text))
+        return await self._stream(request, body, behaviour)
+
+    def _text_of(self, behaviour: Behaviour, body: dict[str, Any]) -> str:
+        if isinstance(behaviour, Reply | PlainJson):
+            return behaviour.text if behaviour.text is not None else self.answer(body)
+        if isinstance(behaviour, CutMidway):
+            return behaviour.text_before_cut
+        return ""
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        chunk_id = f"chatcmpl-fake-{next(self._ids)}"
+        model = str(body.get("model", "fake-model"))
+        if isinstance(behaviour, ErrorInStream):
+            error = {"error": {"message": behaviour.message, "code": behaviour.code}}
+            await response.write(_event(error))
+            await response.write_eof()
+            return response
+
+        text = self._text_of(behaviour, body)
+        chunk_size = behaviour.chunk_size if isinstance(behaviour, Reply | CutMidway) else None
+        pieces = _split(text, chunk_size)
+        events = [_event(_chunk(chunk_id, model, {"role": "assistant", "content": ""}))]
+        events += [_event(_chunk(chunk_id, model, {"content": piece})) for piece in pieces]
+
+        if isinstance(behaviour, CutMidway):
+            if behaviour.after_finish_reason:
+                events.append(_event(_chunk(chunk_id, model, {}, finish_reason="stop")))
+            await self._send(response, events, 0.0)
+            if behaviour.clean_end:
+                await response.write_eof()
+            else:
+                assert request.transport is not None
+                request.transport.close()  # The chunked body never ends: a real cut.
+            return response
+
+        finish_reason = behaviour.finish_reason if isinstance(behaviour, Reply) else "stop"
+        events.append(_event(_chunk(chunk_id, model, {}, finish_reason=finish_reason)))
+        wants_usage = (body.get("stream_options") or {}).get("include_usage")
+        if wants_usage and not (isinstance(behaviour, Reply) and not behaviour.include_usage):
+            usage_chunk = _chunk(chunk_id, model, None)
+            usage_chunk["usage"] = _usage(body, len(pieces))
+            events.append(_event(usage_chunk))
+        events.append(b"data: [DONE]\n\n")
+        delay = (
+            behaviour.delay_between_chunks
+            if isinstance(behaviour, Reply) and behaviour.delay_between_chunks
+            else self.default_delay_between_chunks
+        )
+        await self._send(response, events, delay)
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    async def _send(response: web.StreamResponse, events: list[bytes], delay: float) -> None:
+        if not delay:
+            await response.write(b"".join(events))  # One write: keeps the fake fast.
+            return
+        for event in events:
+            await response.write(event)
+            await asyncio.sleep(delay)
+
+    def _completion(self, body: dict[str, Any], text: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-fake-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": str(body.get("model", "fake-model")),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": _usage(body, len(_split(text, None))),
+        }
+
+    # --- audio ---
+
+    async def _speech(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._record(request, body)
+        text = str(body.get("input", ""))
+        pcm_only = body.get("response_format") == "pcm"
+        return web.Response(
+            body=tone(seconds=speech_seconds(text), wav=not pcm_only),
+            content_type="audio/pcm" if pcm_only else "audio/wav",
+        )
+
+    async def _transcription(self, request: web.Request) -> web.Response:
+        fields: dict[str, Any] = {}
+        files: dict[str, bytes] = {}
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                continue
+            if part.filename:
+                files[part.name] = bytes(await part.read())
+            else:
+                fields[part.name] = await part.text()
+        self._record(request, fields, files)
+        if fields.get("response_format") == "text":
+            return web.Response(text=self.transcript)
+        return web.json_response({"text": self.transcript})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+        )
+
+
+# --- wire helpers ----------------------------------------------------------------
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _chunk(
+    chunk_id: str, model: str, delta: dict[str, Any] | None, finish_reason: str | None = None
+) -> dict[str, Any]:
+    choices = (
+        [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+    )
+    return {
+        "id": chunk_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+    }
+
+
+_WORDS = re.compile(r"\s*\S+\s*")
+
+
+def _split(text: str, chunk_size: int | None) -> list[str]:
+    if not text:
+        return []
+    if chunk_size:
+        return [text[i : i + chunk_size] for i in range(0, len(text), chunk_size)]
+    return _WORDS.findall(text) or [text]
+
+
+def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+    prompt_words = sum(
+        len(str(message.get("content", "")).split()) for message in body.get("messages") or []
+    )
+    prompt_tokens = prompt_words + 4 * len(body.get("messages") or [])
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _rate_limited(behaviour: RateLimited) -> web.Response:
+    headers: dict[str, str] = {}
+    if not behaviour.omit_header:
+        if behaviour.retry_after is not None:
+            headers["Retry-After"] = str(behaviour.retry_after)
+        if behaviour.retry_after_ms is not None:
+            headers["retry-after-ms"] = str(behaviour.retry_after_ms)
+    response = _error(429, "Rate limit reached for requests.", "rate_limit_exceeded")
+    response.headers.update(headers)
+    return response
+
+
+def _error(status: int, message: str, code: str | None) -> web.Response:
+    return web.json_response(
+        {"error": {"message": message, "type": "fake_error", "param": None, "code": code}},
+        status=status,
+    )
+
+
+SAMPLE_RATE = 24_000
+
+
+def speech_seconds(text: str) -> float:
+    """About 15 characters a second, like real speech; never under 0.2 s."""
+    return min(60.0, max(0.2, len(text) / 15))
+
+
+def tone(*, seconds: float, wav: bool = True, frequency: int = 400) -> bytes:
+    """A quiet sine tone, 24 kHz mono 16-bit; WAV, or raw PCM when `wav` is False."""
+    period = SAMPLE_RATE // frequency  # 400 Hz divides 24 kHz: one period repeats exactly.
+    one = array("h", (int(3000 * math.sin(2 * math.pi * i / period)) for i in range(period)))
+    frames = one * max(1, int(seconds * SAMPLE_RATE) // period)
+    if sys.byteorder == "big":
+        frames.byteswap()
+    pcm = frames.tobytes()
+    if not wav:
+        return pcm
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(pcm)
+    return buffer.getvalue()
+
+
+# --- pytest fixture ----------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def fake_model() -> AsyncIterator[FakeModelServer]:
+    """A started fake model server; `fake_model.base_url` ends with /v1."""
+    server = FakeModelServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# --- standalone ------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = FakeModelServer(
+        port=args.port,
+        default_delay_between_chunks=0.0 if args.instant else args.chunk_delay,
+        answer=(lambda body: args.answer) if args.answer else echo_answer,
+    )
+    await server.start()
+    print(f"READY {server.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI-compatible model server.")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--instant",
+        action="store_true",
+        default=True,
+        help="answer at once, whole stream in one write (the default)",
+    )
+    parser.add_argument(
+        "--chunk-delay",
+        type=float,
+        default=0.0,
+        help="seconds between streamed chunks; implies not --instant",
+    )
+    parser.add_argument("--answer", default="", help="fixed answer instead of the echo")
+    args = parser.parse_args(argv)
+    if args.chunk_delay:
+        args.instant = False
+    asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    main()
