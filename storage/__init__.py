@@ -1,0 +1,21 @@
+"""Storage: sqlmodel tables, the async engine, Alembic migrations and `SqlStore`.
+
+engine = create_engine(database_url)   # also postgres:// and sqlite:/// URLs
+await upgrade(engine)                  # or upgrade(database_url); ConfigError if unreachable
+store = SqlStore(engine)               # or: store = await SqlStore.open(database_url)
+...
+await store.aclose()
+"""
+
+from storage.engine import check_connection, create_engine, normalize_url
+from storage.migrate import current_revision, upgrade
+from storage.repository import SqlStore
+
+__all__ = [
+    "SqlStore",
+    "check_connection",
+    "create_engine",
+    "current_revision",
+    "normalize_url",
+    "upgrade",
+]

@@ -1,0 +1,910 @@
+"""`SqlStore`: the core's `Store` port over SQLAlchemy Core (SQLite or PostgreSQL).
+
+Every operation is one plain function of a SQLAlchemy `Connection` run as one
+transaction: on a SQLite file by `SqliteWorker` (worker threads, one round trip
+per transaction); on PostgreSQL, or SQLite in memory, through the async engine
+with `AsyncConnection.run_sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from botservice.events import ConversationKey, IncomingMessage
+from botservice.ports import (
+    AcceptedTurn,
+    ChannelSettings,
+    ForgetCounts,
+    MessageStatus,
+    PendingTurn,
+    PurgeCounts,
+    SettingChange,
+    StoredMessage,
+    Usage,
+)
+from storage.engine import (
+    SQLITE_SINGLE_READ_OPTION,
+    SQLITE_WRITE_OPTION,
+    check_connection,
+    create_engine,
+    is_sqlite,
+    sqlite_thread_engine,
+)
+from storage.migrate import upgrade
+from storage.sqlite_worker import SqliteWorker
+from storage.tables import (
+    CHANNEL_SETTINGS,
+    CONVERSATIONS,
+    MESSAGES,
+    PURGE_CLAIMS,
+    SETTING_CHANGES,
+    TURNS,
+    UTCDateTime,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SettingField = Literal["instructions", "model", "retention_days"]
+_SETTING_FIELDS: tuple[SettingField, ...] = ("instructions", "model", "retention_days")
+PURGE_JOB = "purge"
+MESSAGE_CACHE_SIZE = 20_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_c = CONVERSATIONS.c
+_m = MESSAGES.c
+_t = TURNS.c
+_s = CHANNEL_SETTINGS.c
+_a = SETTING_CHANGES.c
+
+# Columns of a StoredMessage, in the order _stored_message reads them.
+_MESSAGE_COLUMNS = (
+    _m.id,
+    _m.role,
+    _m.author_id,
+    _m.author_name,
+    _m.text,
+    _m.tokens,
+    _m.reply_to_id,
+    _m.status,
+    _m.created_at,
+)
+
+
+def _history_statement() -> Select[Any]:
+    reset = func.coalesce(
+        select(_c.reset_after_message_id)
+        .where(_c.id == bindparam("conversation_id"))
+        .scalar_subquery(),
+        0,
+    )
+    up_to = bindparam("up_to", type_=Integer)
+    return (
+        select(_m.id, _m.reply_to_id)
+        .where(
+            _m.conversation_id == bindparam("conversation_id"),
+            # `id > reset` lets the (conversation_id, id) index bound the scan; the
+            # coalesce also drops an answer, stored after a reset, to a question before it.
+            _m.id > reset,
+            func.coalesce(_m.reply_to_id, _m.id) > reset,
+            or_(_m.id <= up_to, _m.reply_to_id <= up_to),
+        )
+        .order_by(_m.id.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
+# Hot statements are built once, so SQLAlchemy reuses their compiled form.
+_HISTORY_IDS = _history_statement()
+_MESSAGES_BY_IDS = select(*_MESSAGE_COLUMNS).where(_m.id.in_(bindparam("ids", expanding=True)))
+_CHANNEL_SETTINGS = select(_s.channel, _s.instructions, _s.model, _s.retention_days).where(
+    _s.platform == bindparam("platform"),
+    _s.workspace == bindparam("workspace"),
+    or_(_s.channel == bindparam("channel"), _s.channel == ""),
+)
+_MESSAGE_BY_ID = select(*_MESSAGE_COLUMNS).where(_m.id == bindparam("message_id"))
+_INSERT_MESSAGE = MESSAGES.insert().returning(_m.id)
+_LINK_TURN = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"))
+    .values(
+        conversation_id=bindparam("b_conversation_id"),
+        user_message_id=bindparam("b_message_id"),
+    )
+)
+_FINISH_TURN = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"))
+    .values(status=bindparam("b_status"), finished_at=bindparam("b_now", type_=UTCDateTime()))
+    .returning(_t.conversation_id, _t.user_message_id)
+)
+_SET_REPLY_REF = (
+    update(TURNS).where(_t.id == bindparam("b_turn_id")).values(reply_ref=bindparam("b_reply_ref"))
+)
+_TOUCH_CONVERSATION = (
+    update(CONVERSATIONS)
+    .where(_c.id == bindparam("b_conversation_id"))
+    .values(updated_at=bindparam("b_now", type_=UTCDateTime()))
+)
+
+
+def _stored_message(row: Any) -> StoredMessage:
+    return StoredMessage(
+        id=row[0],
+        role=row[1],
+        author_id=row[2],
+        author_name=row[3],
+        text=row[4],
+        tokens=row[5],
+        reply_to_id=row[6],
+        status=row[7],
+        created_at=row[8],
+    )
+
+
+class _MessageCache:
+    """Recently read messages by id, shared by the read threads.
+
+    A stored message never changes and its id is never handed out again, so a
+    cached copy is never wrong; history asks the database which ids belong in
+    the window and builds objects only for ids it has not seen. A deleted
+    message is simply never asked for again; deletions in this process also
+    empty the cache so no forgotten text lingers in memory.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._messages: dict[int, StoredMessage] = {}
+        self._lock = threading.Lock()
+
+    def get_many(self, ids: list[int]) -> dict[int, StoredMessage]:
+        with self._lock:
+            return {id_: self._messages[id_] for id_ in ids if id_ in self._messages}
+
+    def add(self, messages: list[StoredMessage]) -> None:
+        with self._lock:
+            for message in messages:
+                self._messages[message.id] = message
+            excess = len(self._messages) - self._capacity
+            if excess > 0:
+                # Oldest insertions go first (dicts keep insertion order).
+                for id_ in list(itertools.islice(self._messages, excess)):
+                    del self._messages[id_]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._messages.clear()
+
+
+def _clean_text(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; nobody means to send one.
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+class SqlStore:
+    """The `Store` port (botservice/ports.py) over SQLAlchemy.
+
+    Build it with `await SqlStore.open(database_url)` (checks the connection,
+    applies migrations) or `SqlStore(create_engine(url))` over a migrated
+    database. Close it with `aclose()`.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = True) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self._claimed_by = f"{socket.gethostname()}:{os.getpid()}"
+        self._message_cache = _MessageCache(MESSAGE_CACHE_SIZE)
+        sqlite_database = is_sqlite(engine)
+        self._insert: Callable[..., Any] = sqlite.insert if sqlite_database else postgresql.insert
+        self._claim = (
+            self._insert(TURNS)
+            .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
+            .returning(_t.id)
+        )
+        upsert = self._insert(CONVERSATIONS)
+        self._upsert_conversation = upsert.on_conflict_do_update(
+            index_elements=[_c.platform, _c.workspace, _c.channel, _c.thread],
+            set_={"updated_at": upsert.excluded.updated_at},
+        ).returning(_c.id)
+
+        write_options = {SQLITE_WRITE_OPTION: True}
+        read_options = {SQLITE_SINGLE_READ_OPTION: True}
+        self._async_writer = engine.execution_options(**write_options)
+        self._async_reader = engine.execution_options(**read_options)
+        # SQLite has one writer at a time; queueing here is cheaper than SQLite's
+        # busy-wait sleeps when two connections of this process collide. An
+        # in-memory database is a single shared connection: reads queue too.
+        self._async_write_lock: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if sqlite_database else contextlib.nullcontext()
+        )
+        self._async_read_lock: contextlib.AbstractAsyncContextManager[Any] = (
+            self._async_write_lock if sqlite_database else contextlib.nullcontext()
+        )
+        thread_engine = sqlite_thread_engine(engine)
+        self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
+
+    @classmethod
+    async def open(cls, database_url: str, *, migrate: bool = True) -> SqlStore:
+        """Connect (ConfigError if unreachable) and migrate to head unless told not to."""
+        engine = create_engine(database_url)
+        try:
+            await check_connection(engine)
+            if migrate:
+                await upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            await self._worker.aclose()
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    # --- running work -------------------------------------------------------------
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction."""
+        if self._worker is not None:
+            return await self._worker.write(work)
+        async with self._async_write_lock, self._async_writer.begin() as connection:
+            return await connection.run_sync(work)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
+        """Run `work`, which only reads, outside an explicit transaction on SQLite.
+
+        Each statement sees its own snapshot there; `work` must not need two
+        statements to agree.
+        """
+        if self._worker is not None:
+            return await self._worker.read(work)
+        async with self._async_read_lock, self._async_reader.connect() as connection:
+            return await connection.run_sync(work)
+
+    # --- turns -----------------------------------------------------------------
+
+    async def accept(
+        self, message: IncomingMessage, *, text: str, tokens: int
+    ) -> AcceptedTurn | None:
+        now = utcnow()
+        turn_values = {
+            "platform": message.platform,
+            "message_key": message.message_key,
+            "user_id": message.user_id,
+            "is_channel_admin": message.is_channel_admin,
+            "status": "pending",
+            "reply_target": json.dumps(message.reply_target, separators=(",", ":")),
+            "created_at": now,
+        }
+        conversation_values = {
+            "platform": message.platform,
+            "workspace": message.workspace,
+            "channel": message.channel,
+            "thread": message.thread,
+            "created_at": now,
+            "updated_at": now,
+            "trim_noticed": False,
+        }
+        message_values = {
+            "role": "user",
+            "author_id": message.user_id,
+            "author_name": message.user_name,
+            "text": _clean_text(text),
+            "platform_message_id": message.platform_message_id,
+            "tokens": tokens,
+            "status": "complete",
+            "created_at": now,
+        }
+
+        def work(connection: Connection) -> AcceptedTurn | None:
+            # The claim comes first, so a duplicate delivery (Slack sends most
+            # mentions twice) costs one statement and leaves nothing to undo.
+            turn_id = connection.execute(self._claim, turn_values).scalar_one_or_none()
+            if turn_id is None:
+                return None
+            conversation_id = connection.execute(
+                self._upsert_conversation, conversation_values
+            ).scalar_one()
+            message_id = connection.execute(
+                _INSERT_MESSAGE, {**message_values, "conversation_id": conversation_id}
+            ).scalar_one()
+            connection.execute(
+                _LINK_TURN,
+                {
+                    "b_turn_id": turn_id,
+                    "b_conversation_id": conversation_id,
+                    "b_message_id": message_id,
+                },
+            )
+            return AcceptedTurn(
+                turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
+            )
+
+        return await self._write(work)
+
+    async def claim_key(self, platform: str, message_key: str) -> bool:
+        now = utcnow()
+        values = {
+            "platform": platform,
+            "message_key": message_key,
+            "user_id": "",
+            "is_channel_admin": False,
+            "status": "command",
+            "reply_target": "{}",
+            "created_at": now,
+            "finished_at": now,
+        }
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(self._claim, values).scalar_one_or_none() is not None
+
+        return await self._write(work)
+
+    async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None:
+        def work(connection: Connection) -> None:
+            connection.execute(_SET_REPLY_REF, {"b_turn_id": turn_id, "b_reply_ref": reply_ref})
+
+        await self._write(work)
+
+    async def store_answer(
+        self,
+        turn_id: int,
+        *,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+    ) -> int:
+        now = utcnow()
+        values = {
+            "role": "assistant",
+            "author_id": "",
+            "author_name": "",
+            "text": _clean_text(text),
+            "platform_message_id": "",
+            "tokens": tokens,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "model": model,
+            "status": status,
+            "created_at": now,
+        }
+
+        def work(connection: Connection) -> int:
+            turn = connection.execute(
+                _FINISH_TURN, {"b_turn_id": turn_id, "b_status": "answered", "b_now": now}
+            ).one_or_none()
+            if turn is None or turn.conversation_id is None:
+                raise LookupError(f"turn {turn_id} is unknown or its conversation is gone")
+            message_id: int = connection.execute(
+                _INSERT_MESSAGE,
+                {
+                    **values,
+                    "conversation_id": turn.conversation_id,
+                    "reply_to_id": turn.user_message_id,
+                },
+            ).scalar_one()
+            connection.execute(
+                _TOUCH_CONVERSATION, {"b_conversation_id": turn.conversation_id, "b_now": now}
+            )
+            return message_id
+
+        return await self._write(work)
+
+    async def fail_turn(self, turn_id: int) -> None:
+        now = utcnow()
+
+        def work(connection: Connection) -> None:
+            connection.execute(
+                _FINISH_TURN, {"b_turn_id": turn_id, "b_status": "failed", "b_now": now}
+            )
+
+        await self._write(work)
+
+    async def pending_turns(self) -> list[PendingTurn]:
+        statement = (
+            select(
+                _t.id,
+                _t.conversation_id,
+                _t.user_message_id,
+                _t.platform,
+                _c.platform,
+                _c.workspace,
+                _c.channel,
+                _c.thread,
+                _t.reply_target,
+                _t.reply_ref,
+                _t.created_at,
+                _t.user_id,
+                _t.is_channel_admin,
+            )
+            .join(CONVERSATIONS, _c.id == _t.conversation_id)
+            .where(_t.status == "pending", _t.user_message_id.is_not(None))
+            .order_by(_t.id)
+        )
+        rows = await self._read(lambda connection: connection.execute(statement).all())
+        return [
+            PendingTurn(
+                turn_id=row[0],
+                conversation_id=row[1],
+                user_message_id=row[2],
+                platform=row[3],
+                conversation=ConversationKey(row[4], row[5], row[6], row[7]),
+                reply_target=json.loads(row[8]) if row[8] else {},
+                reply_ref=row[9],
+                created_at=row[10],
+                user_id=row[11],
+                is_channel_admin=bool(row[12]),
+            )
+            for row in rows
+        ]
+
+    # --- messages --------------------------------------------------------------
+
+    async def history(
+        self, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        parameters = {
+            "conversation_id": conversation_id,
+            "up_to": up_to_message_id,
+            "limit": limit,
+        }
+
+        cache = self._message_cache
+
+        def work(connection: Connection) -> list[StoredMessage]:
+            window = list(connection.execute(_HISTORY_IDS, parameters))
+            # Oldest first, each answer right after the question it answers, even
+            # when it was stored after a later question.
+            window.sort(key=lambda row: (row[1] or row[0], row[0]))
+            ids = [row[0] for row in window]
+            known = cache.get_many(ids)
+            missing = [id_ for id_ in ids if id_ not in known]
+            if missing:
+                fresh = [
+                    _stored_message(row)
+                    for row in connection.execute(_MESSAGES_BY_IDS, {"ids": missing})
+                ]
+                cache.add(fresh)
+                known.update((message.id, message) for message in fresh)
+            # A message deleted between the two queries is left out.
+            return [known[id_] for id_ in ids if id_ in known]
+
+        return await self._read(work)
+
+    async def message_text(self, message_id: int) -> StoredMessage | None:
+        def work(connection: Connection) -> StoredMessage | None:
+            row = connection.execute(_MESSAGE_BY_ID, {"message_id": message_id}).one_or_none()
+            return None if row is None else _stored_message(row)
+
+        return await self._read(work)
+
+    async def reset_conversation(self, key: ConversationKey) -> None:
+        latest = select(func.max(_m.id)).where(_m.conversation_id == _c.id).scalar_subquery()
+        statement = (
+            update(CONVERSATIONS)
+            .where(*_key_filter(key))
+            .values(
+                reset_after_message_id=func.coalesce(latest, _c.reset_after_message_id),
+                trim_noticed=False,
+                updated_at=utcnow(),
+            )
+        )
+
+        def work(connection: Connection) -> None:
+            connection.execute(statement)
+
+        await self._write(work)
+
+    async def mark_trim_noticed(self, conversation_id: int) -> bool:
+        statement = (
+            update(CONVERSATIONS)
+            .where(_c.id == conversation_id, _c.trim_noticed.is_(False))
+            .values(trim_noticed=True)
+        )
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement).rowcount == 1
+
+        return await self._write(work)
+
+    async def delete_conversation_messages(self, conversation_id: int) -> int:
+        now = utcnow()
+
+        def work(connection: Connection) -> int:
+            # A turn whose question is gone cannot be resumed.
+            connection.execute(
+                update(TURNS)
+                .where(_t.conversation_id == conversation_id, _t.status == "pending")
+                .values(status="failed", finished_at=now)
+            )
+            return connection.execute(
+                delete(MESSAGES).where(_m.conversation_id == conversation_id)
+            ).rowcount
+
+        deleted = await self._write(work)
+        self._message_cache.clear()
+        return deleted
+
+    async def forget_user(self, platform: str, user_id: str) -> ForgetCounts:
+        """Delete the user's own messages on `platform` (every conversation), the channel
+        settings rows they changed last, and their audit rows.
+
+        The bot's answers stay (they keep their place in history); dedupe markers
+        lose the user id. `settings` counts settings rows plus audit rows.
+        """
+        authored = (
+            select(_m.id)
+            .join(CONVERSATIONS, _c.id == _m.conversation_id)
+            .where(_m.author_id == user_id, _m.role == "user", _c.platform == platform)
+        )
+        now = utcnow()
+
+        def work(connection: Connection) -> ForgetCounts:
+            connection.execute(
+                update(TURNS)
+                .where(_t.status == "pending", _t.user_message_id.in_(authored))
+                .values(status="failed", finished_at=now)
+            )
+            messages = connection.execute(delete(MESSAGES).where(_m.id.in_(authored))).rowcount
+            connection.execute(
+                update(TURNS)
+                .where(_t.platform == platform, _t.user_id == user_id)
+                .values(user_id="")
+            )
+            settings = connection.execute(
+                delete(CHANNEL_SETTINGS).where(_s.platform == platform, _s.updated_by == user_id)
+            ).rowcount
+            audit = connection.execute(
+                delete(SETTING_CHANGES).where(_a.platform == platform, _a.changed_by == user_id)
+            ).rowcount
+            return ForgetCounts(messages=messages, settings=settings + audit)
+
+        counts = await self._write(work)
+        self._message_cache.clear()
+        log.info(
+            "forgot a user on %s: %d messages, %d settings rows",
+            platform,
+            counts.messages,
+            counts.settings,
+        )
+        return counts
+
+    # --- channel settings ----------------------------------------------------------
+
+    async def channel_settings(
+        self, platform: str, workspace: str, channel: str
+    ) -> ChannelSettings:
+        parameters = {"platform": platform, "workspace": workspace, "channel": channel}
+        rows = await self._read(_rows_of(_CHANNEL_SETTINGS, parameters))
+        # The channel's own row first, the workspace row ('') after it.
+        rows.sort(key=lambda row: row[0] != channel)
+        values: list[Any] = [None, None, None]
+        for row in rows:
+            for index in range(3):
+                if values[index] is None:
+                    values[index] = row[index + 1]
+        return ChannelSettings(instructions=values[0], model=values[1], retention_days=values[2])
+
+    async def change_setting(
+        self,
+        platform: str,
+        workspace: str,
+        channel: str,
+        *,
+        field: SettingField,
+        value: str | int | None,
+        changed_by: str,
+    ) -> None:
+        if field not in _SETTING_FIELDS:
+            raise ValueError(f"unknown channel setting {field!r}")
+        stored = _setting_value(field, value)
+        now = utcnow()
+        where = (_s.platform == platform, _s.workspace == workspace, _s.channel == channel)
+        upsert = self._insert(CHANNEL_SETTINGS).values(
+            platform=platform,
+            workspace=workspace,
+            channel=channel,
+            updated_by=changed_by,
+            updated_at=now,
+            **{field: stored},
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[_s.platform, _s.workspace, _s.channel],
+            set_={field: stored, "updated_by": changed_by, "updated_at": now},
+        )
+
+        def work(connection: Connection) -> None:
+            old = connection.execute(
+                select(CHANNEL_SETTINGS.c[field]).where(*where)
+            ).scalar_one_or_none()
+            connection.execute(upsert)
+            connection.execute(
+                SETTING_CHANGES.insert().values(
+                    platform=platform,
+                    workspace=workspace,
+                    channel=channel,
+                    field=field,
+                    old_value=None if old is None else str(old),
+                    new_value=None if stored is None else str(stored),
+                    changed_by=changed_by,
+                    changed_at=now,
+                )
+            )
+
+        await self._write(work)
+
+    async def setting_changes(
+        self, platform: str, workspace: str, channel: str
+    ) -> list[SettingChange]:
+        statement = (
+            select(_a.field, _a.old_value, _a.new_value, _a.changed_by, _a.changed_at)
+            .where(_a.platform == platform, _a.workspace == workspace, _a.channel == channel)
+            .order_by(_a.id)
+        )
+        rows = await self._read(lambda connection: connection.execute(statement).all())
+        return [
+            SettingChange(
+                field=row[0], old=row[1], new=row[2], changed_by=row[3], changed_at=row[4]
+            )
+            for row in rows
+        ]
+
+    # --- expiry ------------------------------------------------------------------
+
+    async def purge(
+        self,
+        *,
+        now: datetime,
+        default_retention_days: int,
+        dedupe_days: int,
+        batch_size: int,
+        period: str | None = None,
+        dry_run: bool = False,
+    ) -> PurgeCounts:
+        """Delete expired messages, then empty conversations, then old dedupe markers.
+
+        Each batch (at most `batch_size` rows) is its own transaction and other
+        work runs between batches, so replies never wait long on a purge. A dry
+        run counts what would go and claims no period.
+        """
+        if now.tzinfo is None:
+            raise ValueError("purge needs an aware datetime for `now`")
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        if period is not None and not dry_run and not await self._claim_period(period, now):
+            log.info("purge for period %s already ran in another process", period)
+            return PurgeCounts(claimed=False)
+        cutoff = await self._conversation_cutoff(now, default_retention_days)
+        messages = await self._purge_messages(now, cutoff, batch_size, dry_run)
+        conversations = await self._purge_conversations(now, cutoff, batch_size, dry_run)
+        turns = await self._purge_turns(now - timedelta(days=dedupe_days), batch_size, dry_run)
+        if not dry_run:
+            old_claims = delete(PURGE_CLAIMS).where(
+                PURGE_CLAIMS.c.claimed_at < now - timedelta(days=max(dedupe_days, 7))
+            )
+            await self._write(lambda connection: connection.execute(old_claims).rowcount)
+        log.info(
+            "purge %s %d messages, %d conversations, %d dedupe markers",
+            _verb(dry_run),
+            messages,
+            conversations,
+            turns,
+        )
+        return PurgeCounts(messages=messages, conversations=conversations, turns=turns)
+
+    async def _claim_period(self, period: str, now: datetime) -> bool:
+        claim = (
+            self._insert(PURGE_CLAIMS)
+            .values(job=PURGE_JOB, period=period, claimed_at=now, claimed_by=self._claimed_by)
+            .on_conflict_do_nothing(index_elements=[PURGE_CLAIMS.c.job, PURGE_CLAIMS.c.period])
+            .returning(PURGE_CLAIMS.c.job)
+        )
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(claim).scalar_one_or_none() is not None
+
+        return await self._write(work)
+
+    async def _conversation_cutoff(self, now: datetime, default_retention_days: int) -> Any:
+        """SQL for the moment before which a conversation's messages have expired.
+
+        Retention comes from the conversation's channel row, else its workspace
+        row (channel ''), else the default. The distinct retention values are
+        few, so each becomes one CASE branch with its cutoff computed here: that
+        keeps date arithmetic out of SQL, where SQLite and PostgreSQL differ.
+        """
+        distinct = select(_s.retention_days).where(_s.retention_days.is_not(None)).distinct()
+        days = set(
+            await self._read(lambda connection: connection.execute(distinct).scalars().all())
+        )
+        days.add(default_retention_days)
+
+        def retention_at(channel: Any) -> Any:
+            return (
+                select(_s.retention_days)
+                .where(_s.platform == _c.platform, _s.workspace == _c.workspace)
+                .where(_s.channel == channel)
+                .scalar_subquery()
+            )
+
+        retention = func.coalesce(
+            retention_at(_c.channel), retention_at(""), default_retention_days
+        )
+        # A retention value set after the values were read matches no branch and
+        # waits for the next run instead of being guessed.
+        return case(
+            *(
+                (retention == value, literal(now - timedelta(days=value), UTCDateTime()))
+                for value in sorted(days)
+                if value >= 0
+            ),
+            else_=literal(_EPOCH, UTCDateTime()),
+        )
+
+    async def _purge_messages(
+        self, now: datetime, cutoff: Any, batch_size: int, dry_run: bool
+    ) -> int:
+        pending_question = exists().where(_t.user_message_id == _m.id, _t.status == "pending")
+        after = bindparam("after_created_at", type_=UTCDateTime())
+        after_id = bindparam("after_id", type_=Integer)
+        candidates = (
+            select(_m.id, _m.created_at)
+            .join(CONVERSATIONS, _c.id == _m.conversation_id)
+            .where(
+                # Bounds the index range; the exact cutoff is per conversation.
+                _m.created_at < now,
+                # Walk (created_at, id) forwards so rows kept by a longer retention
+                # are read once per purge, not once per batch.
+                tuple_(_m.created_at, _m.id) > tuple_(after, after_id),
+                _m.created_at < cutoff,
+                ~pending_question,
+            )
+            .order_by(_m.created_at, _m.id)
+            .limit(batch_size)
+        )
+        deletion = (
+            delete(MESSAGES)
+            .where(_m.id.in_(candidates.with_only_columns(_m.id).scalar_subquery()))
+            .returning(_m.id, _m.created_at)
+        )
+        position: dict[str, Any] = {"after_created_at": _EPOCH, "after_id": 0}
+        total = 0
+        run = self._read if dry_run else self._write
+        statement = candidates if dry_run else deletion
+        while True:
+            rows = await run(_rows_of(statement, position))
+            total += len(rows)
+            log.debug("purge %s %d messages in one batch", _verb(dry_run), len(rows))
+            if len(rows) < batch_size:
+                if total and not dry_run:
+                    self._message_cache.clear()
+                return total
+            last = max(rows, key=lambda row: (row[1], row[0]))
+            position = {"after_created_at": last[1], "after_id": last[0]}
+            await asyncio.sleep(0)
+
+    async def _purge_conversations(
+        self, now: datetime, cutoff: Any, batch_size: int, dry_run: bool
+    ) -> int:
+        if dry_run:
+            # Nothing was deleted, so count the conversations that would be empty.
+            no_messages = ~exists().where(
+                _m.conversation_id == _c.id,
+                or_(
+                    _m.created_at >= cutoff,
+                    exists().where(_t.user_message_id == _m.id, _t.status == "pending"),
+                ),
+            )
+        else:
+            no_messages = ~exists().where(_m.conversation_id == _c.id)
+        empty = (
+            no_messages,
+            ~exists().where(_t.conversation_id == _c.id, _t.status == "pending"),
+            # A conversation touched after `now` has a message on its way in; on
+            # PostgreSQL this condition is re-checked against the row's newest version.
+            _c.updated_at < now,
+        )
+        after_id = bindparam("after_id", type_=Integer)
+        candidates = select(_c.id).where(_c.id > after_id, *empty).order_by(_c.id).limit(batch_size)
+        deletion = (
+            delete(CONVERSATIONS)
+            .where(_c.id.in_(candidates.scalar_subquery()), *empty)
+            .returning(_c.id)
+        )
+        return await self._purge_by_id("conversations", candidates, deletion, dry_run, batch_size)
+
+    async def _purge_turns(self, cutoff: datetime, batch_size: int, dry_run: bool) -> int:
+        after_id = bindparam("after_id", type_=Integer)
+        candidates = (
+            select(_t.id)
+            .where(_t.id > after_id, _t.status != "pending", _t.created_at < cutoff)
+            .order_by(_t.id)
+            .limit(batch_size)
+        )
+        deletion = delete(TURNS).where(_t.id.in_(candidates.scalar_subquery())).returning(_t.id)
+        return await self._purge_by_id("dedupe markers", candidates, deletion, dry_run, batch_size)
+
+    async def _purge_by_id(
+        self, what: str, candidates: Select[Any], deletion: Any, dry_run: bool, batch_size: int
+    ) -> int:
+        after_id = 0
+        total = 0
+        run = self._read if dry_run else self._write
+        statement = candidates if dry_run else deletion
+        while True:
+            ids = [row[0] for row in await run(_rows_of(statement, {"after_id": after_id}))]
+            total += len(ids)
+            log.debug("purge %s %d %s in one batch", _verb(dry_run), len(ids), what)
+            if len(ids) < batch_size:
+                return total
+            after_id = max(ids)
+            await asyncio.sleep(0)
+
+
+def _verb(dry_run: bool) -> str:
+    return "would remove" if dry_run else "removed"
+
+
+def _rows_of(statement: Any, parameters: dict[str, Any]) -> Callable[[Connection], list[Any]]:
+    def work(connection: Connection) -> list[Any]:
+        return list(connection.execute(statement, parameters))
+
+    return work
+
+
+def _key_filter(key: ConversationKey) -> tuple[Any, ...]:
+    return (
+        _c.platform == key.platform,
+        _c.workspace == key.workspace,
+        _c.channel == key.channel,
+        _c.thread == key.thread,
+    )
+
+
+def _setting_value(field: SettingField, value: str | int | None) -> str | int | None:
+    if value is None:
+        return None
+    if field == "retention_days":
+        days = int(value)
+        if days < 0:
+            raise ValueError("retention_days cannot be negative")
+        return days
+    return str(value)

@@ -1,0 +1,182 @@
+"""The tables botservice keeps, as sqlmodel classes.
+
+Repository code talks to them through SQLAlchemy Core (`Message.__table__`,
+available as `MESSAGES` etc. below) because the hot paths want plain rows, not
+ORM objects. Every timestamp is timezone-aware UTC in Python: SQLite stores it
+naive (ISO text that sorts lexically), PostgreSQL as `timestamptz`.
+
+Ids of conversations, messages and turns use SQLite's AUTOINCREMENT so an id is
+never handed out twice: `reset_after_message_id` and `reply_to_id` compare ids,
+and a reused id would put a new message behind an old reset.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import DateTime, Dialect, Index, Table, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use datetime.now(UTC)")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Conversation(SQLModel, table=True):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("platform", "workspace", "channel", "thread", name="uq_conversations_key"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str
+    workspace: str
+    channel: str
+    thread: str
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # History shows only messages (and answers to messages) after this id.
+    reset_after_message_id: int | None = None
+    trim_noticed: bool = False
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        Index("ix_messages_created_at", "created_at"),
+        Index("ix_messages_author_id", "author_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: int = Field(foreign_key="conversations.id", ondelete="CASCADE")
+    role: str  # 'user' | 'assistant'
+    author_id: str
+    author_name: str
+    text: str
+    platform_message_id: str = ""
+    tokens: int = 0  # counted locally when stored
+    prompt_tokens: int | None = None  # the provider's usage, when it reported one
+    completion_tokens: int | None = None
+    model: str | None = None
+    status: str = "complete"  # 'complete' | 'interrupted'
+    # An answer points at the user message it answers. Deliberately not a foreign
+    # key: when that message is forgotten or expires, the answer keeps its place.
+    reply_to_id: int | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Turn(SQLModel, table=True):
+    """One claimed incoming message (the dedupe marker) and the state of its answer."""
+
+    __tablename__ = "turns"
+    __table_args__ = (
+        UniqueConstraint("platform", "message_key", name="uq_turns_platform_message_key"),
+        Index("ix_turns_created_at", "created_at"),
+        Index("ix_turns_status", "status"),
+        Index("ix_turns_conversation_id", "conversation_id"),
+        Index("ix_turns_user_message_id", "user_message_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str
+    message_key: str
+    # Markers outlive their conversation: a redelivery after a purge is still a duplicate.
+    conversation_id: int | None = Field(
+        default=None, foreign_key="conversations.id", ondelete="SET NULL"
+    )
+    user_message_id: int | None = Field(
+        default=None, foreign_key="messages.id", ondelete="SET NULL"
+    )
+    user_id: str = ""
+    is_channel_admin: bool = False
+    status: str = "pending"  # 'pending' | 'answered' | 'failed' | 'command'
+    reply_target: str = "{}"  # JSON written by the adapter
+    reply_ref: str | None = None  # what ReplySink.begin returned (the placeholder's id)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class ChannelSetting(SQLModel, table=True):
+    """Per-channel overrides; channel '' holds the workspace-wide values."""
+
+    __tablename__ = "channel_settings"
+
+    platform: str = Field(primary_key=True)
+    workspace: str = Field(primary_key=True)
+    channel: str = Field(primary_key=True)
+    instructions: str | None = None
+    model: str | None = None
+    retention_days: int | None = None
+    updated_by: str = ""
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SettingChangeRow(SQLModel, table=True):
+    __tablename__ = "setting_changes"
+    __table_args__ = (
+        Index("ix_setting_changes_channel", "platform", "workspace", "channel"),
+        Index("ix_setting_changes_changed_by", "changed_by"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    platform: str
+    workspace: str
+    channel: str
+    field: str
+    old_value: str | None = None
+    new_value: str | None = None
+    changed_by: str
+    changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PurgeClaim(SQLModel, table=True):
+    """Which process ran a scheduled job for a period (processes share one database)."""
+
+    __tablename__ = "purge_claims"
+
+    job: str = Field(primary_key=True)
+    period: str = Field(primary_key=True)
+    claimed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    claimed_by: str = ""
+
+
+def _table(model: Any) -> Table:
+    return cast(Table, model.__table__)
+
+
+metadata = SQLModel.metadata
+CONVERSATIONS = _table(Conversation)
+MESSAGES = _table(Message)
+TURNS = _table(Turn)
+CHANNEL_SETTINGS = _table(ChannelSetting)
+SETTING_CHANGES = _table(SettingChangeRow)
+PURGE_CLAIMS = _table(PurgeClaim)
