@@ -2,5 +2,7 @@
 
 pytest_plugins = [
     "tests.fakes.model_server",
+    "tests.fakes.discord_server",
+    "tests.fakes.slack_api",
     "tests.db",
 ]

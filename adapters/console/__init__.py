@@ -1,0 +1,5 @@
+"""Console adapter: chat with the bot in a terminal, no platform needed."""
+
+from adapters.console.adapter import ConsoleAdapter, ConsoleSink
+
+__all__ = ["ConsoleAdapter", "ConsoleSink"]

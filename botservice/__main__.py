@@ -1,0 +1,5 @@
+import sys
+
+from botservice.cli import main
+
+sys.exit(main())

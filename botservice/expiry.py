@@ -1,0 +1,62 @@
+"""Scheduled expiry of stored data: the purge job and its schedule."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from botservice.ports import PurgeCounts, Store
+from botservice.settings import StorageSettings
+
+log = logging.getLogger(__name__)
+
+
+async def purge_once(
+    store: Store,
+    settings: StorageSettings,
+    *,
+    now: datetime | None = None,
+    claim_period: bool = True,
+    dry_run: bool = False,
+) -> PurgeCounts:
+    """Delete what has expired. With `claim_period`, only the first process to run
+    in this period does the work, since every process's scheduler fires the job."""
+    now = now or datetime.now(UTC)
+    counts = await store.purge(
+        now=now,
+        default_retention_days=settings.retention_days,
+        dedupe_days=settings.dedupe_days,
+        batch_size=settings.purge_batch_size,
+        period=purge_period(now, settings.purge_interval_minutes) if claim_period else None,
+        dry_run=dry_run,
+    )
+    if not counts.claimed:
+        log.info("purge: another process took this period")
+    return counts
+
+
+def purge_period(now: datetime, interval_minutes: float) -> str:
+    """The name of the schedule slot `now` falls in, the same in every process."""
+    slot = math.floor(now.timestamp() / (interval_minutes * 60))
+    return f"purge:{interval_minutes:g}m:{slot}"
+
+
+def start_expiry_scheduler(store: Store, settings: StorageSettings) -> AsyncIOScheduler:
+    """Run the purge every `purge_interval_minutes` in the running event loop, first one at once."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_job(
+        purge_once,
+        "interval",
+        args=(store, settings),
+        minutes=settings.purge_interval_minutes,
+        next_run_time=datetime.now(UTC),
+        id="purge",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,126 @@
+"""A fake adapter for driving the core in tests, so a test reads like a conversation.
+
+It stands where a platform would: it builds `IncomingMessage`s and records what
+the core shows through the sink. Nothing of the project's own code is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from botservice.conversation import ConversationCore
+from botservice.events import Attachment, IncomingMessage
+from botservice.ports import ModelClient, Store
+from botservice.settings import Settings
+
+
+@dataclass
+class RecordingSink:
+    """Records every call the core makes, with the time it was made."""
+
+    begun: int = 0
+    existing_refs: list[str | None] = field(default_factory=list)
+    updates: list[str] = field(default_factory=list)
+    update_times: list[float] = field(default_factory=list)
+    finals: list[str] = field(default_factory=list)
+    finished_at: float | None = None
+    notices: list[str] = field(default_factory=list)
+    ref: str = "placeholder-1"
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def begin(self, existing_ref: str | None) -> str | None:
+        self.begun += 1
+        self.existing_refs.append(existing_ref)
+        return existing_ref or self.ref
+
+    async def update(self, text: str) -> None:
+        self.updates.append(text)
+        self.update_times.append(time.monotonic())
+
+    async def finish(self, text: str) -> None:
+        self.finals.append(text)
+        self.finished_at = time.monotonic()
+        self.done.set()
+
+    async def notice(self, text: str, *, private: bool = True) -> None:
+        self.notices.append(text)
+
+    @property
+    def final(self) -> str:
+        assert len(self.finals) == 1, f"expected one final text, got {self.finals!r}"
+        return self.finals[0]
+
+
+class Chat:
+    """Messages from people in one workspace of a made-up platform ("test")."""
+
+    _keys = itertools.count(1)
+
+    def __init__(self, core: ConversationCore, *, platform: str = "test") -> None:
+        self.core = core
+        self.platform = platform
+
+    def message(
+        self,
+        text: str,
+        *,
+        user: str = "U1",
+        name: str | None = None,
+        channel: str = "C1",
+        thread: str = "T1",
+        admin: bool = False,
+        key: str | None = None,
+        attachments: tuple[Attachment, ...] = (),
+    ) -> IncomingMessage:
+        return IncomingMessage(
+            platform=self.platform,
+            workspace="W1",
+            channel=channel,
+            thread=thread,
+            user_id=user,
+            user_name=name or f"user {user}",
+            text=text,
+            message_key=key or f"m{next(self._keys)}",
+            is_channel_admin=admin,
+            attachments=attachments,
+            reply_target={"channel": channel, "thread": thread},
+        )
+
+    async def say(self, text: str, **kwargs: object) -> RecordingSink:
+        """Send a message (or a `/command`) and wait until it is answered."""
+        sink = RecordingSink()
+        message = self.message(text, **kwargs)  # type: ignore[arg-type]
+        if text.startswith("/"):
+            from botservice.commands import parse_command
+
+            command = parse_command(text[1:])
+            assert command is not None
+            await self.core.run_command(message, command, sink)
+        else:
+            await self.core.handle(message, sink)
+        return sink
+
+
+def make_core(settings: Settings, store: Store, model: ModelClient) -> ConversationCore:
+    return ConversationCore(settings=settings, store=store, model=model)
+
+
+def settings_for(base_url: str, **overrides: str) -> Settings:
+    """The shipped settings, pointed at a fake model server, with fast retries.
+
+    `overrides` use the environment's names: `conversation__history_limit="5"`.
+    """
+    from botservice.settings import load_settings
+
+    env = {
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": "sk-test-secret-key",
+        "BOTSERVICE_MODEL__BACKOFF_BASE_SECONDS": "0.01",
+        "BOTSERVICE_MODEL__READ_TIMEOUT_SECONDS": "2",
+        "BOTSERVICE_CONVERSATION__STREAM_UPDATE_INTERVAL_SECONDS": "0.05",
+    }
+    env.update({f"BOTSERVICE_{key.upper()}": value for key, value in overrides.items()})
+    return load_settings(env)

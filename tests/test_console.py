@@ -1,0 +1,171 @@
+"""`botservice chat` and the CLI as a user runs them: a subprocess with piped input,
+against the fake model server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.fakes.model_server import FakeModelServer, Refuse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    status: int
+    stdout: str
+    stderr: str
+
+
+async def botservice(*args: str, stdin: str = "", env: dict[str, str], cwd: Path) -> Run:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "botservice",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env={
+            **clean,
+            "PYTHONPATH": str(ROOT),
+            "BOTSERVICE_CONFIG": str(ROOT / "config" / "botservice.toml"),
+            **env,
+        },
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=60)
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+async def test_piped_chat_answers_each_line_and_exits_zero(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    run = await botservice(
+        "chat",
+        stdin="Hello there\n/instructions set Answer like a pirate.\nWhat now?\n",
+        env={"OPENAI_BASE_URL": fake_model.base_url},
+        cwd=tmp_path,
+    )
+    assert run.status == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "You said: Hello there",
+        "Instructions updated; they apply from the next message.",
+        "You said: What now?",
+    ]
+    last = fake_model.chat_requests[-1].body["messages"]
+    assert last[0]["content"] == "Answer like a pirate."
+    assert [m["content"] for m in last[1:]] == ["Hello there", "You said: Hello there", "What now?"]
+    # SQLite by default, in the working directory, kept across runs.
+    assert (tmp_path / "botservice.db").exists()
+    again = await botservice(
+        "chat", stdin="And again\n", env={"OPENAI_BASE_URL": fake_model.base_url}, cwd=tmp_path
+    )
+    assert again.status == 0
+    assert "Hello there" in str(fake_model.chat_requests[-1].body["messages"])
+
+
+async def test_message_text_stays_out_of_the_logs(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    run = await botservice(
+        "chat",
+        stdin="my secret plan\n",
+        env={
+            "OPENAI_BASE_URL": fake_model.base_url,
+            "OPENAI_API_KEY": "sk-do-not-leak",
+            "BOTSERVICE_LOG_LEVEL": "INFO",
+        },
+        cwd=tmp_path,
+    )
+    assert run.status == 0
+    assert "my secret plan" not in run.stderr
+    assert "sk-do-not-leak" not in run.stderr + run.stdout
+
+
+async def test_a_model_failure_is_one_sentence_on_the_console(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    fake_model.script(Refuse(status=401, message="Incorrect API key provided: sk-abc"))
+    run = await botservice(
+        "chat", stdin="hi\n", env={"OPENAI_BASE_URL": fake_model.base_url}, cwd=tmp_path
+    )
+    assert run.status == 0
+    assert (
+        run.stdout.strip()
+        == "The model endpoint refused my credentials; an operator needs to check the API key."
+    )
+    assert "Traceback" not in run.stderr
+
+
+async def test_configuration_mistakes_exit_2_with_one_sentence(tmp_path: Path) -> None:
+    cases = [
+        ({}, "OPENAI_API_KEY: no model endpoint is configured"),
+        (
+            {"OPENAI_BASE_URL": "ftp://example"},
+            "OPENAI_BASE_URL: 'ftp://example' is not an http(s) URL",
+        ),
+        (
+            {"OPENAI_API_KEY": "sk-x", "BOTSERVICE_STORAGE__RETENTON_DAYS": "3"},
+            "storage.retenton_days: is not a known setting",
+        ),
+        (
+            {
+                "OPENAI_API_KEY": "sk-x",
+                "DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+            },
+            "DATABASE_URL: cannot connect",
+        ),
+        (
+            {"OPENAI_API_KEY": "sk-x", "DATABASE_URL": "mysql://localhost/db"},
+            "DATABASE_URL: must start with",
+        ),
+    ]
+    for env, expected in cases:
+        run = await botservice("chat", env=env, cwd=tmp_path)
+        assert run.status == 2, (env, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"botservice: {expected}"), run.stderr
+        assert "Traceback" not in run.stderr
+
+
+async def test_help_lists_every_command(tmp_path: Path) -> None:
+    run = await botservice("--help", env={}, cwd=tmp_path)
+    assert run.status == 0
+    for command in ("run", "chat", "db", "purge", "discord", "voice"):
+        assert f"    {command} " in run.stdout
+
+
+async def test_run_without_platform_tokens_is_the_console(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    run = await botservice(
+        "run", stdin="ping\n", env={"OPENAI_BASE_URL": fake_model.base_url}, cwd=tmp_path
+    )
+    assert run.status == 0, run.stderr
+    assert run.stdout.strip() == "You said: ping"
+
+
+async def test_db_upgrade_and_purge_print_what_they_did(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    env = {"OPENAI_BASE_URL": fake_model.base_url, "DATABASE_URL": f"sqlite:///{tmp_path}/ops.db"}
+    upgraded = await botservice("db", "upgrade", env=env, cwd=tmp_path)
+    assert upgraded.status == 0 and upgraded.stdout.strip() == "database is up to date"
+    chatted = await botservice(
+        "chat", stdin="/retention set 0\nforget this\n", env=env, cwd=tmp_path
+    )
+    assert chatted.status == 0
+    purged = await botservice("purge", "--dry-run", env=env, cwd=tmp_path)
+    assert purged.status == 0
+    assert purged.stdout.strip().startswith("would delete: ")

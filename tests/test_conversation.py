@@ -1,0 +1,470 @@
+"""The conversation core, driven like a conversation through a fake adapter,
+against the fake model server (real HTTP, real SSE) and a real SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from botservice.conversation import TRIM_FOOTNOTE, ConversationCore
+from botservice.events import Attachment
+from botservice.model_client import OpenAIChatClient
+from botservice.settings import Settings
+from botservice.tokens import TokenCounter
+from storage.repository import SqlStore
+from tests.chat_kit import Chat, RecordingSink, settings_for
+from tests.fakes.model_server import (
+    Behaviour,
+    CutMidway,
+    EmptyAnswer,
+    FakeModelServer,
+    RateLimited,
+    Reply,
+    ServerError,
+    Slow,
+)
+
+
+@pytest.fixture
+def settings(fake_model: FakeModelServer) -> Settings:
+    return settings_for(fake_model.base_url)
+
+
+@pytest_asyncio.fixture
+async def model(settings: Settings) -> AsyncIterator[OpenAIChatClient]:
+    client = OpenAIChatClient(settings.model)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def core(settings: Settings, sqlite_store: SqlStore, model: OpenAIChatClient) -> ConversationCore:
+    return ConversationCore(settings=settings, store=sqlite_store, model=model)
+
+
+@pytest.fixture
+def chat(core: ConversationCore) -> Chat:
+    return Chat(core)
+
+
+def prompt_of(fake_model: FakeModelServer, index: int = -1) -> list[dict[str, object]]:
+    return fake_model.chat_requests[index].body["messages"]
+
+
+# --- remembering ---------------------------------------------------------------
+
+
+async def test_history_is_carried_across_turns(chat: Chat, fake_model: FakeModelServer) -> None:
+    first = await chat.say("My name is Ada.")
+    assert first.final == "You said: My name is Ada."
+
+    await chat.say("What is my name?")
+
+    messages = prompt_of(fake_model)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1]["content"] == "My name is Ada."
+    assert messages[2]["content"] == "You said: My name is Ada."
+    assert messages[3]["content"] == "What is my name?"
+
+
+async def test_threads_are_isolated(chat: Chat, fake_model: FakeModelServer) -> None:
+    await chat.say("secret in thread one", thread="T1")
+    await chat.say("hello from thread two", thread="T2")
+
+    contents = [m["content"] for m in prompt_of(fake_model)]
+    assert "secret in thread one" not in contents
+    assert contents[-1] == "hello from thread two"
+
+
+async def test_several_people_in_one_thread_keep_who_said_what(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    await chat.say("I like tea.", user="U1", name="Ada")
+    await chat.say("I like coffee.", user="U2", name="Grace")
+
+    contents = [m["content"] for m in prompt_of(fake_model) if m["role"] == "user"]
+    assert contents == ["Ada: I like tea.", "Grace: I like coffee."]
+
+
+async def test_concurrent_messages_in_one_thread_are_answered_in_order(
+    chat: Chat, core: ConversationCore, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(*(Reply(delay_between_chunks=0.02) for _ in range(3)))
+    sinks = [RecordingSink() for _ in range(3)]
+    submissions = []
+    for number, sink in enumerate(sinks, start=1):
+        submissions.append(await core.submit(chat.message(f"question {number}"), sink))
+    await asyncio.gather(*(s.answered for s in submissions if s is not None))
+
+    assert [sink.final for sink in sinks] == [f"You said: question {n}" for n in (1, 2, 3)]
+    # Each request saw every earlier question followed by its answer, and no later one.
+    third = [m["content"] for m in prompt_of(fake_model, 2)[1:]]
+    assert third == [
+        "question 1",
+        "You said: question 1",
+        "question 2",
+        "You said: question 2",
+        "question 3",
+    ]
+    starts = [r.received_at for r in fake_model.chat_requests]
+    assert starts == sorted(starts)
+
+
+async def test_different_conversations_run_concurrently(
+    chat: Chat, core: ConversationCore, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(Slow(0.5), Slow(0.5))
+    sinks = [RecordingSink(), RecordingSink()]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(
+        core.handle(chat.message("a", thread="T1"), sinks[0]),
+        core.handle(chat.message("b", thread="T2"), sinks[1]),
+    )
+    assert loop.time() - started < 0.9, "two threads waited on each other"
+
+
+# --- exactly once ----------------------------------------------------------------
+
+
+async def test_a_redelivered_message_is_answered_once_even_after_a_restart(
+    chat: Chat,
+    settings: Settings,
+    sqlite_database_url: str,
+    model: OpenAIChatClient,
+    fake_model: FakeModelServer,
+) -> None:
+    message = chat.message("hello", key="C1:1700000000.000100")
+    first, again = RecordingSink(), RecordingSink()
+    assert await chat.core.handle(message, first)
+    assert not await chat.core.handle(message, again)
+
+    restarted_store = await SqlStore.open(sqlite_database_url, migrate=False)
+    try:
+        restarted = ConversationCore(settings=settings, store=restarted_store, model=model)
+        after_restart = RecordingSink()
+        assert not await restarted.handle(message, after_restart)
+    finally:
+        await restarted_store.aclose()
+
+    assert len(fake_model.chat_requests) == 1
+    assert first.final == "You said: hello"
+    assert again.begun == after_restart.begun == 0
+
+
+async def test_final_text_is_sent_even_when_it_equals_the_previous_answer(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(Reply("Same answer."), Reply("Same answer."))
+    first = await chat.say("one")
+    second = await chat.say("two")
+    assert first.final == second.final == "Same answer."
+
+
+# --- streaming -------------------------------------------------------------------
+
+
+async def test_the_answer_streams_first_text_at_once_then_throttled(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url, conversation__stream_update_interval_seconds="0.2")
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=sqlite_store, model=client)
+    words = " ".join(f"w{n}" for n in range(20))
+    fake_model.script(Reply(words, delay_between_chunks=0.05))  # about one second of stream
+    try:
+        sink = await Chat(core).say("stream please")
+    finally:
+        await client.aclose()
+
+    assert sink.final == words
+    assert sink.updates, "no streaming update before the final text"
+    assert sink.updates[0].strip() == "w0", "the first update must carry the first text, not wait"
+    assert all(words.startswith(text) for text in sink.updates)
+    gaps = [b - a for a, b in zip(sink.update_times, sink.update_times[1:], strict=False)]
+    assert all(gap >= 0.18 for gap in gaps), gaps
+    assert 3 <= len(sink.updates) <= 7
+    assert sink.finished_at is not None and sink.finished_at >= sink.update_times[-1]
+
+
+# --- instructions and commands ---------------------------------------------------------
+
+
+async def test_instructions_are_sent_first_and_only_managers_change_them(
+    chat: Chat, fake_model: FakeModelServer, sqlite_store: SqlStore, settings: Settings
+) -> None:
+    await chat.say("hi")
+    assert prompt_of(fake_model)[0] == {
+        "role": "system",
+        "content": settings.conversation.default_instructions,
+    }
+
+    refused = await chat.say("/instructions set Answer in French.", user="U2")
+    assert refused.notices[0].startswith("Only ")
+    accepted = await chat.say("/instructions set Answer in French.", user="U3", admin=True)
+    assert "updated" in accepted.notices[0]
+
+    await chat.say("hello again")
+    assert prompt_of(fake_model)[0]["content"] == "Answer in French."
+
+    shown = await chat.say("/instructions show", user="U2")
+    assert "Answer in French." in shown.notices[0]
+    changes = await sqlite_store.setting_changes("test", "W1", "C1")
+    assert [(c.field, c.old, c.new, c.changed_by) for c in changes] == [
+        ("instructions", None, "Answer in French.", "U3")
+    ]
+
+    await chat.say("/instructions clear", admin=True)
+    await chat.say("and now?")
+    assert prompt_of(fake_model)[0]["content"] == settings.conversation.default_instructions
+
+
+async def test_bot_admins_from_config_may_change_any_channel(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url, access__admin_user_ids="OPS1,OPS2")
+    client = OpenAIChatClient(settings.model)
+    try:
+        chat = Chat(ConversationCore(settings=settings, store=sqlite_store, model=client))
+        reply = await chat.say("/model set llama3.1:8b", user="OPS2")
+        assert reply.notices == ["This channel now uses the model llama3.1:8b."]
+        await chat.say("which model?")
+    finally:
+        await client.aclose()
+    assert fake_model.chat_requests[-1].body["model"] == "llama3.1:8b"
+
+
+async def test_a_model_that_takes_developer_instructions_gets_them_so(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    await chat.say("/model set o3-mini", admin=True)
+    await chat.say("hi")
+    assert prompt_of(fake_model)[0]["role"] == "developer"
+
+
+async def test_reset_starts_afresh_without_deleting(
+    chat: Chat, fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    await chat.say("remember the number 7")
+    reset = await chat.say("/reset")
+    assert reset.notices == ["Done: the next message here starts a fresh conversation."]
+    await chat.say("what number?")
+    assert [m["content"] for m in prompt_of(fake_model)[1:]] == ["what number?"]
+
+
+async def test_forget_me_deletes_my_messages_everywhere_and_says_how_many(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    await chat.say("mine one", user="U1", thread="T1")
+    await chat.say("mine two", user="U1", thread="T2", channel="C2")
+    await chat.say("someone else's", user="U2", thread="T1")
+
+    reply = await chat.say("/forget-me", user="U1")
+    assert reply.notices == ["Deleted 2 messages and 0 settings of yours."]
+
+    await chat.say("anything left?", user="U2", thread="T1")
+    contents = [m["content"] for m in prompt_of(fake_model) if m["role"] == "user"]
+    assert "U1" not in str(contents)
+    assert not any("mine" in str(c) for c in contents)
+
+
+async def test_retention_zero_keeps_nothing_after_the_reply(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    await chat.say("/retention set 0", admin=True)
+    await chat.say("do not keep this")
+    await chat.say("next")
+    assert [m["content"] for m in prompt_of(fake_model)[1:]] == ["next"]
+
+
+async def test_unknown_command_lists_the_commands(chat: Chat) -> None:
+    reply = await chat.say("/frobnicate now")
+    assert "I don't know the command 'frobnicate'" in reply.notices[0]
+    assert "forget-me" in reply.notices[0]
+
+
+# --- context budget ----------------------------------------------------------------
+
+
+async def test_trimming_keeps_the_newest_turns_within_budget_and_says_so_once(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(
+        fake_model.base_url,
+        model__name="tiny-model",  # not listed in config, so [model_defaults] apply
+        model_defaults__context_window="400",
+        model__max_answer_tokens="100",
+    )
+    counter = TokenCounter()
+    client = OpenAIChatClient(settings.model)
+    try:
+        chat = Chat(
+            ConversationCore(settings=settings, store=sqlite_store, model=client, tokens=counter)
+        )
+        replies = [await chat.say(f"message number {n} " + "word " * 20) for n in range(12)]
+    finally:
+        await client.aclose()
+
+    budget = 400 - 100
+    for request in fake_model.chat_requests:
+        used = sum(counter.count(str(m["content"])) + 4 for m in request.body["messages"])
+        assert used <= budget, used
+    last = prompt_of(fake_model)
+    assert str(last[-1]["content"]).startswith("message number 11")
+    assert "message number 0 " not in str(last)
+    # Kept turns are the newest ones, contiguous up to the current message.
+    numbers = [int(str(m["content"]).split()[2]) for m in last[1:] if m["role"] == "user"]
+    assert numbers == list(range(numbers[0], 12))
+    noted = [r for r in replies if r.final.endswith(TRIM_FOOTNOTE)]
+    assert len(noted) == 1
+
+
+# --- failures -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "attempts", "sentence"),
+    [
+        # A wait over the cap fails at once; a 500 is retried up to max_attempts.
+        (RateLimited(retry_after=120), 1, "rate-limiting me; please try again in 2 minutes."),
+        (ServerError(500), 4, "had an internal error (HTTP 500)"),
+        (EmptyAnswer(), 1, "returned an empty answer"),
+    ],
+)
+async def test_a_failing_model_keeps_the_message_and_says_what_happened(
+    chat: Chat, fake_model: FakeModelServer, behaviour: Behaviour, attempts: int, sentence: str
+) -> None:
+    fake_model.script(*([behaviour] * attempts))
+    failed = await chat.say("please remember this question")
+    assert len(fake_model.chat_requests) == attempts
+
+    assert sentence in failed.final
+    assert "Traceback" not in failed.final and "sk-test" not in failed.final
+    assert fake_model.pending_script == 0
+    await chat.say("and now?")
+    contents = [m["content"] for m in prompt_of(fake_model)]
+    assert "please remember this question" in contents
+
+
+async def test_a_model_too_slow_to_start_is_a_timeout_sentence(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(
+        fake_model.base_url, model__read_timeout_seconds="0.2", model__max_attempts="2"
+    )
+    fake_model.script(Slow(1.0), Slow(1.0))
+    client = OpenAIChatClient(settings.model)
+    try:
+        chat = Chat(ConversationCore(settings=settings, store=sqlite_store, model=client))
+        reply = await chat.say("are you there?")
+    finally:
+        await client.aclose()
+    assert reply.final == "The model took too long to answer; please try again."
+
+
+async def test_an_unreachable_endpoint_is_one_sentence(sqlite_store: SqlStore) -> None:
+    settings = settings_for("http://127.0.0.1:9/v1")
+    client = OpenAIChatClient(settings.model)
+    try:
+        reply = await Chat(
+            ConversationCore(settings=settings, store=sqlite_store, model=client)
+        ).say("hi")
+    finally:
+        await client.aclose()
+    assert reply.final == "I could not reach the model endpoint; please try again shortly."
+
+
+async def test_a_stream_cut_midway_keeps_the_partial_answer_marked(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(CutMidway("The first half of"))
+    cut = await chat.say("tell me a story")
+    assert cut.final.startswith("The first half of")
+    assert "cut off midway" in cut.final
+
+    await chat.say("go on")
+    messages = prompt_of(fake_model)
+    assert messages[2] == {"role": "assistant", "content": "The first half of"}
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+async def test_empty_and_oversized_messages_get_a_clear_reply_and_no_model_call(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    empty = await chat.say("   \x00 ")
+    assert empty.notices == ["Your message was empty; what would you like to ask?"]
+    huge = await chat.say("x" * 100_000)
+    assert huge.notices == [
+        "Your message is 100,000 characters long and the limit here is 20,000; "
+        "please shorten it or split it up."
+    ]
+    assert fake_model.chat_requests == []
+
+
+async def test_control_characters_and_lone_surrogates_are_cleaned(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    reply = await chat.say("bell\x07 and \ud800 surrogate")
+    assert reply.final == "You said: bell and ? surrogate"
+
+
+async def test_files_are_named_and_images_sent_as_parts_when_the_model_takes_them(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    files = (
+        Attachment(name="cat.png", content_type="image/png", data=b"\x89PNG fake"),
+        Attachment(name="report.pdf", content_type="application/pdf"),
+    )
+    await chat.say("what is this?", attachments=files)
+    content = prompt_of(fake_model)[-1]["content"]
+    assert isinstance(content, list)
+    assert content[0]["text"] == (
+        "what is this?\n\n[Attached: cat.png (image/png), report.pdf (application/pdf)]"
+    )
+    assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+# --- nothing lost across a crash ------------------------------------------------------
+
+
+async def test_turns_left_pending_by_a_crash_are_answered_at_start_up(
+    chat: Chat, core: ConversationCore, sqlite_store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    # What a crash leaves: the message stored, its turn pending, a placeholder posted.
+    message = chat.message("answer me after the restart")
+    accepted = await sqlite_store.accept(message, text=message.text, tokens=8)
+    assert accepted is not None
+    await sqlite_store.set_reply_ref(accepted.turn_id, "placeholder-from-before")
+
+    sink = RecordingSink()
+    resumed = await core.resume_pending(lambda turn: sink)
+    await core.drain()
+
+    assert resumed == 1
+    assert sink.existing_refs == ["placeholder-from-before"]
+    assert sink.final == "You said: answer me after the restart"
+    assert await sqlite_store.pending_turns() == []
+
+
+async def test_turns_pending_too_long_are_failed_and_the_user_told(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url, conversation__resume_pending_max_age_seconds="0")
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=sqlite_store, model=client)
+    message = Chat(core).message("too old")
+    await sqlite_store.accept(message, text=message.text, tokens=3)
+    await asyncio.sleep(0.01)
+    sink = RecordingSink()
+    try:
+        assert await core.resume_pending(lambda turn: sink) == 0
+    finally:
+        await client.aclose()
+    assert "restarted before I could answer" in sink.final
+    assert fake_model.chat_requests == []
+    assert await sqlite_store.pending_turns() == []
