@@ -1,0 +1,406 @@
+"""Where a Slack mention becomes a reply: the Bolt app, its listeners, and the Adapter.
+
+Every listener runs with `process_before_response=True`, so Slack is
+acknowledged only after the core has stored the message (or decided to drop
+it); the answer itself is streamed by the core in a background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.response import BoltResponse
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack.budget import UpdateBudget
+from adapters.slack.events import (
+    PLATFORM,
+    AssistantThreadStarted,
+    BotIdentity,
+    Converse,
+    DeleteMessage,
+    Ignore,
+    ReplyTarget,
+    WorkspaceGone,
+    build_incoming,
+    slash_command,
+    translate_event,
+)
+from adapters.slack.files import fetch_attachments
+from adapters.slack.oauth import SlackOAuth
+from adapters.slack.sink import PLACEHOLDER, CommandReplySink, SlackReplySink
+from adapters.slack.socket_mode import SocketModeRunner
+from adapters.slack.threads import KnownThreads, read_thread_once
+from adapters.slack.users import UserDirectory
+from botservice.commands import parse_command
+from botservice.conversation import ConversationCore
+from botservice.errors import ConfigError
+from botservice.events import Command, ContextMessage, ConversationKey
+from botservice.ports import PendingTurn, ReplySink
+from botservice.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUGGESTED_PROMPTS = (
+    {"title": "Summarize", "message": "Summarize the key points of this text for me:"},
+    {"title": "Explain code", "message": "Explain what this code does, step by step:"},
+    {"title": "Draft a reply", "message": "Help me write a short, friendly reply to:"},
+)
+# A command's answer rides on the acknowledgement when it is ready this fast;
+# otherwise it follows as an ephemeral message.
+COMMAND_ACK_SECONDS = 2.0
+TITLE_CHARS = 80
+_BAD_TOKEN_ERRORS = frozenset(
+    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
+)
+
+
+class SlackAdapter:
+    """The Slack platform for `botservice run` (implements `botservice.ports.Adapter`)."""
+
+    platform = PLATFORM
+
+    def __init__(self, settings: Settings, core: ConversationCore) -> None:
+        slack = settings.slack
+        self._settings = settings
+        self._core = core
+        self._api_url = slack.api_url
+        self._signing_secret = (
+            slack.signing_secret.get_secret_value() if slack.signing_secret else ""
+        )
+        app_token = slack.app_token.get_secret_value() if slack.app_token else None
+        bot_token = slack.bot_token.get_secret_value() if slack.bot_token else None
+        if not bot_token and not slack.client_id:
+            raise ConfigError(
+                "SLACK_BOT_TOKEN",
+                "set SLACK_BOT_TOKEN (one workspace) or SLACK_CLIENT_ID and "
+                "SLACK_CLIENT_SECRET (installs in many workspaces)",
+            )
+        if not app_token and not self._signing_secret:
+            raise ConfigError(
+                "SLACK_SIGNING_SECRET",
+                "the HTTP Events API needs the app's signing secret (Basic Information > "
+                "App Credentials), or set SLACK_APP_TOKEN to use Socket Mode",
+            )
+        self._client = AsyncWebClient(
+            token=bot_token,
+            base_url=slack.api_url,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(max_retry_count=1),
+                # Slack's own 429s: wait for Retry-After and try again.
+                AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+            ],
+        )
+        self._oauth = SlackOAuth.from_settings(settings) if not bot_token else None
+        self._app = AsyncApp(
+            client=self._client,
+            signing_secret=self._signing_secret or "socket-mode-only",
+            process_before_response=True,
+            oauth_settings=self._oauth.bolt_settings() if self._oauth else None,
+            # Assistant threads are handled by our own listener, not Bolt's helper.
+            attaching_conversation_kwargs_enabled=False,
+        )
+        self._budget = UpdateBudget()
+        self._users = UserDirectory()
+        self._known = KnownThreads()
+        self._admins = frozenset(settings.access.admin_user_ids)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._socket = SocketModeRunner(self._app, app_token, self._client) if app_token else None
+        self._register()
+
+    # --- Adapter -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+            # Every per-request client Bolt builds reuses this session's pool.
+            self._client.session = self._session
+        if self._oauth is not None:
+            await self._oauth.open()
+        else:
+            await self._check_bot_token()
+        if self._socket is not None:
+            await self._socket.start()
+
+    async def _check_bot_token(self) -> None:
+        """A wrong token is a configuration mistake: say so at start, not on every event."""
+        try:
+            await self._client.auth_test()
+        except SlackApiError as error:
+            code = str(error.response.get("error") if error.response is not None else "")
+            if code in _BAD_TOKEN_ERRORS:
+                raise ConfigError(
+                    "SLACK_BOT_TOKEN",
+                    f"Slack refused the bot token ({code}); copy the Bot User OAuth Token "
+                    "(xoxb-...) from OAuth & Permissions",
+                ) from None
+            log.warning("Slack auth.test failed (%s); will retry on the first event", code)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning(
+                "Slack is unreachable at start (%s); will retry on the first event",
+                type(error).__name__,
+            )
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.stop()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._oauth is not None:
+            await self._oauth.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            self._client.session = None
+
+    def sink_for(self, turn: PendingTurn) -> ReplySink | None:
+        target = ReplyTarget.from_dict(turn.reply_target)
+        if target is None:
+            return None
+        if self._oauth is None:
+            return SlackReplySink(client=self._client, target=target, budget=self._budget)
+        return SlackReplySink(
+            client=None,
+            target=target,
+            budget=self._budget,
+            resolve=lambda: self._client_for(target),
+        )
+
+    def http_routes(self) -> list[web.AbstractRouteDef]:
+        routes: list[web.AbstractRouteDef] = []
+        if self._signing_secret:
+            routes.append(web.post("/slack/events", self._handle_events))
+        if self._oauth is not None:
+            routes.append(web.get(self._oauth.install_path, self._handle_install))
+            routes.append(web.get(self._oauth.redirect_path, self._handle_oauth_redirect))
+        return routes
+
+    @property
+    def bolt_app(self) -> AsyncApp:
+        return self._app
+
+    # --- HTTP ------------------------------------------------------------------------
+
+    async def _handle_events(self, request: web.Request) -> web.Response:
+        try:
+            bolt_request = await to_bolt_request(request)
+        except (ValueError, UnicodeDecodeError):
+            # Unparseable bodies never reach a listener (and may not be from Slack).
+            return web.json_response({"ok": False, "error": "malformed request"}, status=400)
+        retry = request.headers.get("X-Slack-Retry-Num")
+        if retry:
+            log.debug(
+                "Slack redelivery %s (%s)", retry, request.headers.get("X-Slack-Retry-Reason")
+            )
+        response: BoltResponse = await self._app.async_dispatch(bolt_request)
+        return await to_aiohttp_response(response)
+
+    async def _handle_install(self, request: web.Request) -> web.Response:
+        assert self._oauth is not None
+        flow = self._app.oauth_flow
+        assert flow is not None
+        return await to_aiohttp_response(
+            await flow.handle_installation(await to_bolt_request(request))
+        )
+
+    async def _handle_oauth_redirect(self, request: web.Request) -> web.Response:
+        flow = self._app.oauth_flow
+        assert flow is not None
+        return await to_aiohttp_response(await flow.handle_callback(await to_bolt_request(request)))
+
+    # --- listeners ---------------------------------------------------------------------
+
+    def _register(self) -> None:
+        self._app.event(re.compile(r".+"))(self._on_event)
+        self._app.command(self._settings.slack.command)(self._on_command)
+        self._app.error(self._on_error)
+
+    async def _on_error(self, error: Exception, body: dict[str, Any]) -> BoltResponse:
+        # The adapter's one boundary: the stack goes to the log once; Slack gets
+        # a 500 and redelivers, and the stored-message dedupe absorbs the retry.
+        event = body.get("event") if isinstance(body, dict) else None
+        kind = (
+            event.get("type")
+            if isinstance(event, dict)
+            else body.get("type")
+            if isinstance(body, dict)
+            else None
+        )
+        log.error("Slack %s failed", kind or "request", exc_info=error)
+        return BoltResponse(status=500, body="")
+
+    async def _on_event(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
+        bot = BotIdentity(user_id=context.bot_user_id, bot_id=context.bot_id)
+        action = translate_event(body, bot)
+        client = context.client
+        if isinstance(action, Ignore):
+            log.debug("ignored Slack event: %s", action.reason)
+        elif isinstance(action, Converse):
+            await self._converse(action, bot, client, context.bot_token, body)
+        elif isinstance(action, DeleteMessage):
+            await self._delete(action)
+        elif isinstance(action, AssistantThreadStarted):
+            self._spawn(self._suggest_prompts(client, action))
+        elif isinstance(action, WorkspaceGone):
+            await self._forget_workspace(action)
+
+    async def _converse(
+        self,
+        action: Converse,
+        bot: BotIdentity,
+        client: AsyncWebClient,
+        token: str | None,
+        body: dict[str, Any],
+    ) -> None:
+        draft = action.draft
+        key = ConversationKey(PLATFORM, draft.team, draft.channel, draft.thread)
+        known = key in self._known or await self._core_knows(key)
+        if action.only_in_known_thread and not known:
+            return
+        user = await self._users.lookup(client, draft.team, draft.user)
+        context: tuple[ContextMessage, ...] = ()
+        if draft.in_thread and not draft.is_direct and not known:
+            context = await read_thread_once(
+                client, draft, bot=bot, users=self._users, placeholder=PLACEHOLDER
+            )
+        attachments = await fetch_attachments(
+            self._http_session(), draft.files, token=token, api_url=self._api_url
+        )
+        message = build_incoming(
+            draft,
+            user=user,
+            is_channel_admin=user.is_admin or draft.user in self._admins,
+            attachments=attachments,
+            context=context,
+            raw=body,
+        )
+        sink = SlackReplySink(client=client, target=draft.reply_target(), budget=self._budget)
+        submission = await self._core.submit(message, sink)
+        self._known.add(key)
+        if submission is not None and sink.target.assistant and not known and draft.text:
+            self._spawn(self._set_title(client, sink.target, draft.text))
+
+    async def _on_command(
+        self, body: dict[str, Any], ack: Callable[..., Awaitable[None]], context: AsyncBoltContext
+    ) -> None:
+        request = slash_command(body)
+        if request is None:
+            await ack()
+            return
+        command = parse_command(request.text) or Command("help")
+        client = context.client
+        user = await self._users.lookup(client, request.team, request.user)
+        message = request.message(
+            is_channel_admin=user.is_admin or request.user in self._admins, user_name=user.name
+        )
+        sink = CommandReplySink(
+            client=client,
+            target=ReplyTarget.from_dict(message.reply_target)
+            or ReplyTarget(request.team, request.channel),
+            budget=self._budget,
+        )
+        task = self._spawn(self._core.run_command(message, command, sink))
+        done, _ = await asyncio.wait({task}, timeout=COMMAND_ACK_SECONDS)
+        if done and task.exception() is None:
+            await ack(text=sink.take_buffered(), response_type="ephemeral")
+        else:
+            # Slow (or failed): acknowledge now; the answer follows as an
+            # ephemeral message, the failure as a short sentence.
+            sink.go_direct()
+            await ack()
+            if done:
+                await sink.notice("That command failed on my side; please try again.")
+
+    # --- the rest of Slack's events -------------------------------------------------------
+
+    async def _delete(self, action: DeleteMessage) -> None:
+        delete = getattr(self._core, "delete_platform_message", None)
+        if delete is None:
+            log.debug("the core cannot delete single messages yet")
+            return
+        await delete(PLATFORM, action.team, action.channel, action.ts)
+
+    async def _forget_workspace(self, action: WorkspaceGone) -> None:
+        log.info(
+            "Slack workspace %s %s; forgetting it",
+            action.team,
+            "uninstalled the app" if action.uninstalled else "revoked the bot token",
+        )
+        if self._oauth is not None:
+            await self._oauth.delete_workspace(action.enterprise, action.team)
+        self._users.forget_workspace(action.team)
+        self._known.forget_workspace(action.team)
+        forget = getattr(self._core, "forget_workspace", None)
+        if forget is not None:
+            await forget(PLATFORM, action.team)
+
+    async def _suggest_prompts(
+        self, client: AsyncWebClient, action: AssistantThreadStarted
+    ) -> None:
+        with contextlib.suppress(SlackApiError):
+            await client.assistant_threads_setSuggestedPrompts(
+                channel_id=action.channel,
+                thread_ts=action.thread_ts,
+                prompts=[dict(prompt) for prompt in SUGGESTED_PROMPTS],
+            )
+
+    async def _set_title(self, client: AsyncWebClient, target: ReplyTarget, text: str) -> None:
+        if not target.thread_ts:
+            return
+        title = " ".join(text.split())
+        if len(title) > TITLE_CHARS:
+            title = title[: TITLE_CHARS - 1].rstrip() + "…"
+        with contextlib.suppress(SlackApiError):
+            await client.assistant_threads_setTitle(
+                channel_id=target.channel, thread_ts=target.thread_ts, title=title
+            )
+
+    # --- helpers ---------------------------------------------------------------------
+
+    async def _core_knows(self, key: ConversationKey) -> bool:
+        # Survives restarts when the core can answer from the store.
+        knows = getattr(self._core, "has_conversation", None)
+        if knows is None:
+            return False
+        return bool(await knows(key))
+
+    async def _client_for(self, target: ReplyTarget) -> AsyncWebClient | None:
+        assert self._oauth is not None
+        token = await self._oauth.bot_token(target.enterprise, target.team)
+        if token is None:
+            return None
+        return AsyncWebClient(
+            token=token,
+            base_url=self._api_url,
+            session=self._session,
+            retry_handlers=list(self._client.retry_handlers),
+        )
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+            self._client.session = self._session
+        return self._session
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,83 @@
+"""Which threads the bot takes part in, and the one read of a thread it joins late."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack.events import BotIdentity, MessageDraft, thread_context
+from adapters.slack.users import UserDirectory
+from botservice.events import ContextMessage, ConversationKey
+
+log = logging.getLogger(__name__)
+
+# What the model gets of a thread read late, at most (characters).
+CONTEXT_BUDGET_CHARS = 8000
+# One page; a thread longer than this is summarized by its newest messages anyway.
+REPLIES_PAGE = 200
+
+
+@dataclass(slots=True)
+class KnownThreads:
+    """Threads this process has taken a message in, most recent last (bounded)."""
+
+    max_entries: int = 100_000
+    _keys: OrderedDict[ConversationKey, None] = field(default_factory=OrderedDict)
+
+    def add(self, key: ConversationKey) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        while len(self._keys) > self.max_entries:
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def forget_workspace(self, workspace: str) -> None:
+        for key in [key for key in self._keys if key.workspace == workspace]:
+            del self._keys[key]
+
+
+async def read_thread_once(
+    client: AsyncWebClient,
+    draft: MessageDraft,
+    *,
+    bot: BotIdentity,
+    users: UserDirectory,
+    placeholder: str,
+) -> tuple[ContextMessage, ...]:
+    """One `conversations.replies` call for a thread the bot is first mentioned in."""
+    assert draft.thread_ts is not None
+    try:
+        response = await client.conversations_replies(
+            channel=draft.channel, ts=draft.thread_ts, limit=REPLIES_PAGE
+        )
+    except SlackApiError as error:
+        code = error.response.get("error") if error.response is not None else "unknown"
+        log.warning("conversations.replies failed: %s; answering without the thread", code)
+        return ()
+    data: Mapping[str, Any] = response.data if isinstance(response.data, dict) else {}
+    messages = data.get("messages") or []
+    # Names only from the cache: a users.info call per author would cost more
+    # than the name is worth.
+    names = {
+        str(m.get("user")): user.name
+        for m in messages
+        if isinstance(m, Mapping)
+        and m.get("user")
+        and (user := users.cached(draft.team, str(m.get("user")))) is not None
+    }
+    return thread_context(
+        [m for m in messages if isinstance(m, Mapping)],
+        before_ts=draft.ts,
+        bot=bot,
+        names=names,
+        max_chars=CONTEXT_BUDGET_CHARS,
+        placeholder=placeholder,
+    )

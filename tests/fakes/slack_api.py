@@ -1,0 +1,376 @@
+"""A fake Slack Web API on 127.0.0.1 that records every call and answers like Slack.
+
+It keeps the messages the bot posts (so a test can read the thread as a user
+would see it), users with admin flags, threads for `conversations.replies`,
+downloadable files, and a Socket Mode websocket that pushes envelopes and
+records their acknowledgements. With `update_limit_per_minute` it answers
+`chat.update` beyond Tier 3 with a 429 and `Retry-After`, like Slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+
+BOT_USER_ID = "UBOT0001"
+BOT_ID = "BBOT0001"
+BOT_TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-1-test-token"
+
+
+@dataclass(frozen=True)
+class SlackCall:
+    method: str
+    args: dict[str, Any]
+    token: str | None
+    at: float
+
+
+@dataclass
+class PostedMessage:
+    channel: str
+    ts: str
+    text: str
+    thread_ts: str | None
+    user: str = BOT_USER_ID
+    edits: int = 0
+
+
+@dataclass
+class FakeSlackApi:
+    team_id: str = "T0001"
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (channel, thread_ts) -> messages returned by conversations.replies
+    threads: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    update_limit_per_minute: int | None = None
+    # method -> error code to answer with (ok: false)
+    failures: dict[str, str] = field(default_factory=dict)
+
+    calls: list[SlackCall] = field(default_factory=list)
+    messages: dict[tuple[str, str], PostedMessage] = field(default_factory=dict)
+    ephemeral: list[dict[str, Any]] = field(default_factory=list)
+    rate_limited: int = 0
+    file_downloads: list[tuple[str, str | None]] = field(default_factory=list)
+    socket_acks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    socket_connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._ts = itertools.count(1)
+        self._updates: dict[str, list[float]] = {}
+        self._sockets: list[web.WebSocketResponse] = []
+        self._ack_events: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "chat.update": self._update,
+            "chat.postEphemeral": self._post_ephemeral,
+            "users.info": self._users_info,
+            "conversations.replies": self._replies,
+            "apps.connections.open": self._connections_open,
+            "assistant.threads.setStatus": self._ok,
+            "assistant.threads.setSuggestedPrompts": self._ok,
+            "assistant.threads.setTitle": self._ok,
+            "oauth.v2.access": self._oauth_access,
+        }
+
+    # --- lifecycle -------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- what tests read ---------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[SlackCall]:
+        return [call for call in self.calls if call.method == method]
+
+    def count(self, method: str) -> int:
+        return len(self.calls_to(method))
+
+    def thread(self, channel: str, thread_ts: str | None) -> list[PostedMessage]:
+        """What the bot posted in a thread (or at the top of a channel), oldest first."""
+        return [
+            m for m in self.messages.values() if m.channel == channel and m.thread_ts == thread_ts
+        ]
+
+    def add_user(
+        self, user_id: str, name: str, *, admin: bool = False, owner: bool = False
+    ) -> None:
+        self.users[user_id] = {
+            "id": user_id,
+            "team_id": self.team_id,
+            "name": name.lower(),
+            "real_name": name,
+            "is_admin": admin,
+            "is_owner": owner,
+            "is_bot": False,
+            "profile": {"display_name": name, "real_name": name},
+        }
+
+    def add_file(self, name: str, content_type: str, data: bytes) -> str:
+        self.files[name] = (content_type, data)
+        return f"{self.root_url}/files/{name}"
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], within: float = 5.0, what: str = "condition"
+    ) -> None:
+        deadline = time.monotonic() + within
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {what}; calls: {self.summary()}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
+
+    def summary(self) -> list[str]:
+        return [call.method for call in self.calls]
+
+    # --- Socket Mode ----------------------------------------------------------------
+
+    async def wait_for_socket(self, within: float = 5.0) -> None:
+        await self.wait_for(lambda: bool(self._sockets), within, "a Socket Mode connection")
+
+    async def push(
+        self,
+        payload: dict[str, Any],
+        *,
+        kind: str = "events_api",
+        retry_attempt: int = 0,
+        connection: int = -1,
+    ) -> str:
+        """Send an envelope over a Socket Mode connection; returns its envelope id."""
+        envelope_id = str(uuid.uuid4())
+        self._ack_events[envelope_id] = asyncio.Event()
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "payload": payload,
+            "accepts_response_payload": kind != "events_api",
+            "retry_attempt": retry_attempt,
+            "retry_reason": "timeout" if retry_attempt else "",
+        }
+        await self._sockets[connection].send_str(json.dumps(envelope))
+        return envelope_id
+
+    async def wait_ack(self, envelope_id: str, within: float = 5.0) -> dict[str, Any] | None:
+        await asyncio.wait_for(self._ack_events[envelope_id].wait(), within)
+        return self.socket_acks[envelope_id]
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        self.socket_connections += 1
+        self._notify()
+        await ws.send_str(
+            json.dumps(
+                {
+                    "type": "hello",
+                    "num_connections": len(self._sockets),
+                    "connection_info": {"app_id": "A0001"},
+                    "debug_info": {"host": "fake", "approximate_connection_time": 3600},
+                }
+            )
+        )
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    data = json.loads(message.data)
+                    envelope_id = data.get("envelope_id")
+                    if envelope_id:
+                        self.socket_acks[envelope_id] = data.get("payload")
+                        event = self._ack_events.get(envelope_id)
+                        if event is not None:
+                            event.set()
+                        self._notify()
+        finally:
+            self._sockets.remove(ws)
+        return ws
+
+    # --- HTTP -----------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        args: dict[str, Any] = dict(request.query)
+        if request.can_read_body:
+            if request.content_type == "application/json":
+                args.update(await request.json())
+            else:
+                args.update(dict(await request.post()))
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else args.get("token")
+        self.calls.append(SlackCall(method, args, token, time.monotonic()))
+        self._notify()
+        if method in self.failures:
+            return web.json_response({"ok": False, "error": self.failures[method]})
+        if method != "oauth.v2.access" and not token:
+            return web.json_response({"ok": False, "error": "not_authed"})
+        if method == "chat.update" and self._over_limit(str(args.get("channel", ""))):
+            self.rate_limited += 1
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
+            )
+        handler = self.handlers.get(method)
+        if handler is None:
+            return web.json_response({"ok": False, "error": "unknown_method"})
+        return web.json_response(handler(args))
+
+    def _over_limit(self, channel: str) -> bool:
+        if self.update_limit_per_minute is None:
+            return False
+        now = time.monotonic()
+        recent = [t for t in self._updates.get(self.team_id, []) if now - t < 60]
+        if len(recent) >= self.update_limit_per_minute:
+            self._updates[self.team_id] = recent
+            return True
+        recent.append(now)
+        self._updates[self.team_id] = recent
+        return False
+
+    def _next_ts(self) -> str:
+        return f"{1_800_000_000 + next(self._ts)}.000100"
+
+    def _ok(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": "https://fake.slack.test/",
+            "team": "Fake Team",
+            "user": "botservice",
+            "team_id": self.team_id,
+            "user_id": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "is_enterprise_install": False,
+        }
+
+    def _post_message(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = str(args.get("channel", ""))
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        ts = self._next_ts()
+        thread_ts = args.get("thread_ts") or None
+        self.messages[(channel, ts)] = PostedMessage(
+            channel, ts, str(args.get("text", "")), thread_ts
+        )
+        return {
+            "ok": True,
+            "channel": channel,
+            "ts": ts,
+            "message": {
+                "type": "message",
+                "user": BOT_USER_ID,
+                "bot_id": BOT_ID,
+                "text": args.get("text", ""),
+                "ts": ts,
+            },
+        }
+
+    def _update(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = (str(args.get("channel", "")), str(args.get("ts", "")))
+        message = self.messages.get(key)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        message.text = str(args.get("text", ""))
+        message.edits += 1
+        return {"ok": True, "channel": key[0], "ts": key[1], "text": message.text}
+
+    def _post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.ephemeral.append(args)
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _users_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        user_id = str(args.get("user", ""))
+        user = self.users.get(user_id)
+        if user is None:
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "user": user}
+
+    def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = (str(args.get("channel", "")), str(args.get("ts", "")))
+        messages = self.threads.get(key)
+        if messages is None:
+            return {"ok": False, "error": "thread_not_found"}
+        return {"ok": True, "messages": messages, "has_more": False}
+
+    def _connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket?ticket={uuid.uuid4()}"}
+
+    def _oauth_access(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "app_id": "A0001",
+            "authed_user": {"id": "UINSTALLER"},
+            "scope": "app_mentions:read,chat:write",
+            "token_type": "bot",
+            "access_token": BOT_TOKEN,
+            "bot_user_id": BOT_USER_ID,
+            "team": {"id": self.team_id, "name": "Fake Team"},
+            "enterprise": None,
+            "is_enterprise_install": False,
+        }
+
+    async def _file(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        auth = request.headers.get("Authorization")
+        self.file_downloads.append((name, auth))
+        self._notify()
+        if name not in self.files or auth != f"Bearer {BOT_TOKEN}":
+            return web.Response(status=404)
+        content_type, data = self.files[name]
+        return web.Response(body=data, content_type=content_type)
+
+
+@pytest.fixture
+async def slack_api() -> AsyncIterator[FakeSlackApi]:
+    fake = FakeSlackApi()
+    fake.add_user("UALICE", "Alice")
+    fake.add_user("UBOB", "Bob")
+    fake.add_user("UADMIN", "Ada", admin=True)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.close()

@@ -1,0 +1,102 @@
+"""Multi-workspace installs: OAuth install and redirect, installations in our database,
+uninstall forgetting the workspace."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest_asyncio
+
+from storage.repository import SqlStore
+from tests.fakes.model_server import FakeModelServer
+from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
+from tests.slack.harness import CHANNEL, SlackHarness, payload, slack_settings
+
+
+@pytest_asyncio.fixture
+async def oauth_bot(
+    slack_api: FakeSlackApi,
+    fake_model: FakeModelServer,
+    sqlite_store: SqlStore,
+    sqlite_database_url: str,
+) -> AsyncIterator[SlackHarness]:
+    settings = slack_settings(
+        model_url=fake_model.base_url,
+        slack_url=slack_api.base_url,
+        database_url=sqlite_database_url,
+        extra={
+            "SLACK_BOT_TOKEN": "",
+            "SLACK_CLIENT_ID": "1111.2222",
+            "SLACK_CLIENT_SECRET": "client-secret-value",
+        },
+    )
+    harness = await SlackHarness.start(slack_api, settings, sqlite_store)
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+async def _install(bot: SlackHarness) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(bot.url + "/slack/install", allow_redirects=False) as response:
+            assert response.status in (200, 302)
+            page = await response.text()
+            cookie = response.headers.getall("Set-Cookie")[0].split(";")[0]
+        location = (
+            response.headers.get("Location") or re.search(r"href=\"([^\"]*oauth[^\"]+)\"", page)[1]
+        )  # type: ignore[index]
+        assert "/oauth/v2/authorize" in location and "client_id=1111.2222" in location
+        state = re.search(r"state=([^&\"]+)", location)[1]  # type: ignore[index]
+        async with session.get(
+            bot.url + "/slack/oauth_redirect",
+            params={"code": "temporary-code", "state": state},
+            headers={"Cookie": cookie},
+            allow_redirects=False,
+        ) as response:
+            return response.status
+
+
+async def test_install_then_mention_then_uninstall(
+    oauth_bot: SlackHarness, slack_api: FakeSlackApi, fake_model: FakeModelServer
+) -> None:
+    assert {route.path for route in oauth_bot.adapter.http_routes()} >= {  # type: ignore[attr-defined]
+        "/slack/events",
+        "/slack/install",
+        "/slack/oauth_redirect",
+    }
+    assert await _install(oauth_bot) == 200
+    access = slack_api.calls_to("oauth.v2.access")
+    assert len(access) == 1 and access[0].args["code"] == "temporary-code"
+
+    mention = oauth_bot.mention("hello from an installed workspace")
+    await oauth_bot.event(mention)
+    await oauth_bot.settle()
+    (posted,) = slack_api.thread(CHANNEL, mention["event"]["ts"])
+    assert posted.text == "You said: hello from an installed workspace"
+    assert slack_api.calls_to("chat.postMessage")[0].token == BOT_TOKEN
+
+    assert (await oauth_bot.event(payload("app_uninstalled")))[0] == 200
+    await oauth_bot.settle()
+    after = oauth_bot.mention("anyone home?")
+    await oauth_bot.event(after)
+    await oauth_bot.settle()
+    assert len(fake_model.chat_requests) == 1, "no installation, no answer"
+    assert slack_api.thread(CHANNEL, after["event"]["ts"]) == []
+
+
+async def test_install_with_a_forged_state_is_refused(
+    oauth_bot: SlackHarness, slack_api: FakeSlackApi
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            oauth_bot.url + "/slack/oauth_redirect",
+            params={"code": "temporary-code", "state": "forged"},
+            allow_redirects=False,
+        ) as response,
+    ):
+        assert response.status >= 400
+    assert slack_api.calls_to("oauth.v2.access") == []

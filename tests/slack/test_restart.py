@@ -1,0 +1,55 @@
+"""After a restart: no second answer, and a pending turn edits its own placeholder."""
+
+from __future__ import annotations
+
+from adapters.slack.events import BotIdentity, Converse, SlackUser, build_incoming, translate_event
+from tests.fakes.model_server import FakeModelServer
+from tests.fakes.slack_api import BOT_USER_ID, PostedMessage
+from tests.slack.harness import CHANNEL, SlackHarness
+
+
+async def test_redelivery_after_a_restart_is_not_answered_again(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    mention = bot.mention("before the restart")
+    await bot.event(mention)
+    await bot.settle()
+    await bot.close()
+
+    restarted = await SlackHarness.start(bot.slack, bot.settings, bot.store)
+    try:
+        assert (await restarted.event(mention, retry=1))[0] == 200
+        await restarted.settle()
+    finally:
+        await restarted.close()
+    assert len(fake_model.chat_requests) == 1
+    assert len(bot.slack.thread(CHANNEL, mention["event"]["ts"])) == 1
+
+
+async def test_a_pending_turn_resumes_by_editing_its_placeholder(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    # The state a crash leaves behind: the message stored, the placeholder
+    # posted and its ts stored with the turn, no answer yet.
+    mention = bot.mention("answer me after the crash")
+    action = translate_event(mention, BotIdentity(user_id=BOT_USER_ID))
+    assert isinstance(action, Converse)
+    message = build_incoming(
+        action.draft, user=SlackUser("UALICE", "Alice"), is_channel_admin=False
+    )
+    accepted = await bot.store.accept(message, text=message.text, tokens=5)
+    assert accepted is not None
+    placeholder_ts = "1767200000.000100"
+    bot.slack.messages[(CHANNEL, placeholder_ts)] = PostedMessage(
+        CHANNEL, placeholder_ts, "_Thinking…_", mention["event"]["ts"]
+    )
+    await bot.store.set_reply_ref(accepted.turn_id, placeholder_ts)
+
+    resumed = await bot.core.resume_pending(bot.adapter.sink_for)
+    await bot.settle()
+
+    assert resumed == 1
+    assert bot.slack.count("chat.postMessage") == 0, "no second placeholder"
+    (posted,) = bot.slack.thread(CHANNEL, mention["event"]["ts"])
+    assert posted.ts == placeholder_ts
+    assert posted.text == "You said: answer me after the crash"
