@@ -1,0 +1,214 @@
+"""The Discord adapter: start, stop, and rebuild reply sinks for turns left pending."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import discord
+from discord.http import Route
+
+from adapters.discord.client import BotClient, make_client
+from adapters.discord.commands import TreeExtension, build_command_tree
+from adapters.discord.context import DiscordContext
+from adapters.discord.interactions import DiscordInteractions, on_tree_error
+from adapters.discord.messages import DiscordMessages
+from adapters.discord.sink import NO_MENTIONS, InteractionReplySink
+from botservice.errors import ConfigError
+from botservice.ports import PendingTurn, ReplySink
+from botservice.settings import Settings
+
+if TYPE_CHECKING:
+    from botservice.conversation import ConversationCore
+
+log = logging.getLogger(__name__)
+
+BAD_TOKEN = (
+    "Discord rejected the bot token; copy it again from the Developer Portal "
+    "(Applications → your app → Bot → Reset Token)"
+)
+MISSING_INTENT = (
+    "the bot needs the Message Content intent; enable it in the Developer Portal "
+    "(Applications → your app → Bot → Privileged Gateway Intents → Message Content Intent)"
+)
+# Leave a margin before the 15-minute interaction token expiry.
+_TOKEN_MARGIN_SECONDS = 30
+
+
+class DiscordAdapter:
+    platform = "discord"
+
+    def __init__(
+        self,
+        settings: Settings,
+        core: ConversationCore,
+        *,
+        extensions: Sequence[TreeExtension] = (),
+        guild_ready_timeout: float = 2.0,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.settings = settings
+        self.context = DiscordContext(settings=settings, core=core)
+        self.messages = DiscordMessages(self.context)
+        self.interactions = DiscordInteractions(self.context, self.messages)
+        self._extensions = tuple(extensions)
+        self._guild_ready_timeout = guild_ready_timeout
+        self._start_timeout = start_timeout
+        self._client: BotClient | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def client(self) -> BotClient:
+        assert self._client is not None, "start() the adapter first"
+        return self._client
+
+    def http_routes(self) -> list[Any]:
+        return []
+
+    async def start(self) -> None:
+        discord_settings = self.settings.discord
+        if discord_settings.token is None:
+            raise ConfigError("DISCORD_TOKEN", "is not set; the Discord adapter needs a bot token")
+        _check_shards(discord_settings.shard_count, discord_settings.shard_ids)
+        client = make_client(
+            discord_settings,
+            on_message=self.messages.on_message,
+            on_setup=self._setup,
+            guild_ready_timeout=self._guild_ready_timeout,
+        )
+        self._client = client
+        self.context.client = client
+        try:
+            await client.login(discord_settings.token.get_secret_value())
+        except discord.LoginFailure:
+            await client.close()
+            raise ConfigError("DISCORD_TOKEN", BAD_TOKEN) from None
+        except (aiohttp.ClientError, OSError) as error:
+            await client.close()
+            raise ConfigError(
+                "DISCORD_API_URL",
+                f"cannot reach {discord_settings.api_url} ({type(error).__name__}); "
+                "check the URL and the network",
+            ) from None
+        self._task = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
+        ready = asyncio.create_task(client.became_ready.wait())
+        done, _ = await asyncio.wait(
+            {self._task, ready}, timeout=self._start_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready in done:
+            log.info("Discord adapter serving (%s)", _describe_shards(discord_settings.shard_count,
+                                                                     discord_settings.shard_ids))
+            return
+        ready.cancel()
+        failure = self._task.exception() if self._task in done else None
+        await self.stop()
+        raise _start_error(failure, self._start_timeout) from None
+
+    async def stop(self) -> None:
+        if self._client is not None and not self._client.is_closed():
+            await self._client.close()
+        if self._task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout=10)
+            self._task = None
+
+    async def _setup(self, client: discord.Client) -> None:
+        tree = build_command_tree(client, self.interactions, self._extensions)
+        tree.error(on_tree_error)
+        application = client.application
+        if application is not None:
+            owners = {application.owner.id}
+            if application.team is not None:
+                owners |= {member.id for member in application.team.members}
+            self.context.owner_ids = frozenset(owners)
+
+    # --- resuming pending turns ---------------------------------------------------------
+
+    def sink_for(self, turn: PendingTurn) -> ReplySink | None:
+        target = turn.reply_target
+        client = self.client
+        kind = target.get("kind")
+        if kind == "message":
+            reply_to = target.get("reply_to")
+            return self.messages.sink(
+                int(target["channel_id"]),
+                reply_to=int(reply_to) if reply_to else None,
+                thread=turn.conversation.thread,
+            )
+        if kind != "interaction":
+            return None
+        ephemeral = bool(target.get("ephemeral"))
+        if time.time() > float(target.get("expires_at", 0)) - _TOKEN_MARGIN_SECONDS:
+            # The interaction token has expired: a public answer can still go to the channel.
+            if ephemeral or not target.get("channel_id"):
+                return None
+            return self.messages.sink(
+                int(target["channel_id"]), reply_to=None, thread=turn.conversation.thread
+            )
+        application_id, token = target["application_id"], target["token"]
+        # The same follow-up webhook discord.py builds for a live interaction.
+        followup = discord.Webhook.from_state(
+            data={"id": application_id, "type": 3, "token": token},
+            state=client._connection,
+        )
+
+        async def edit_original(text: str) -> int | None:
+            route = Route(
+                "PATCH",
+                "/webhooks/{webhook_id}/{webhook_token}/messages/@original",
+                webhook_id=application_id,
+                webhook_token=token,
+            )
+            data = await client.http.request(
+                route, json={"content": text, "allowed_mentions": NO_MENTIONS.to_dict()}
+            )
+            return int(data["id"]) if isinstance(data, dict) and "id" in data else None
+
+        return InteractionReplySink(
+            followup=followup, edit_original=edit_original, ephemeral=ephemeral
+        )
+
+
+def _check_shards(count: int | None, ids: tuple[int, ...]) -> None:
+    if ids and count is None:
+        raise ConfigError("DISCORD_SHARD_IDS", "needs DISCORD_SHARD_COUNT (the total number of shards)")
+    if count is not None and any(not 0 <= shard < count for shard in ids):
+        raise ConfigError(
+            "DISCORD_SHARD_IDS", f"every shard id must be between 0 and {count - 1} (DISCORD_SHARD_COUNT - 1)"
+        )
+
+
+def _describe_shards(count: int | None, ids: tuple[int, ...]) -> str:
+    if count is None:
+        return "unsharded"
+    return f"shards {list(ids) if ids else 'all'} of {count}"
+
+
+def _start_error(error: BaseException | None, timeout: float) -> ConfigError:
+    if isinstance(error, discord.PrivilegedIntentsRequired):
+        return ConfigError("DISCORD_TOKEN", MISSING_INTENT)
+    if isinstance(error, discord.LoginFailure) or (
+        isinstance(error, discord.ConnectionClosed) and error.code == 4004
+    ):
+        return ConfigError("DISCORD_TOKEN", BAD_TOKEN)
+    if isinstance(error, discord.ConnectionClosed) and error.code in (4010, 4011):
+        return ConfigError(
+            "DISCORD_SHARD_COUNT",
+            "Discord refused the shard settings (too few shards for the bot's guilds, or an "
+            "invalid shard id)",
+        )
+    if error is None:
+        return ConfigError(
+            "DISCORD_GATEWAY_URL",
+            f"the Discord gateway did not become ready within {timeout:.0f} seconds; "
+            "check the network and DISCORD_GATEWAY_URL",
+        )
+    return ConfigError(
+        "DISCORD_GATEWAY_URL", f"could not connect to the Discord gateway ({type(error).__name__})"
+    )
+

@@ -1,0 +1,96 @@
+"""The discord.py client: intents, sharding and endpoint overrides from settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+import yarl
+from discord.gateway import DiscordWebSocket
+
+from botservice.settings import DiscordSettings
+
+log = logging.getLogger(__name__)
+
+_DISCORD_API = "https://discord.com/api/v10"
+_DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
+
+MessageHook = Callable[[discord.Message], Awaitable[None]]
+SetupHook = Callable[[discord.Client], Awaitable[None]]
+
+
+def configure_endpoints(settings: DiscordSettings) -> None:
+    """Point discord.py at the configured REST API and gateway.
+
+    discord.py keeps both as class attributes, so this is process-wide: one process
+    talks to one Discord (or one Discord-compatible server).
+    """
+    discord.http.Route.BASE = settings.api_url.rstrip("/")
+    DiscordWebSocket.DEFAULT_GATEWAY = (
+        yarl.URL(settings.gateway_url) if settings.gateway_url else _DISCORD_GATEWAY
+    )
+
+
+def bot_intents() -> discord.Intents:
+    # Guild and DM messages with their content; no members or presences (privileged and
+    # not needed: a message carries its author's member data and roles are cached).
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.dm_messages = True
+    intents.message_content = True
+    return intents
+
+
+class BotClient(discord.Client):
+    """Forwards the events the adapter cares about; holds no behaviour of its own."""
+
+    def __init__(self, *, on_message: MessageHook, on_setup: SetupHook, **options: Any) -> None:
+        super().__init__(**options)
+        self._on_message_hook = on_message
+        self._on_setup_hook = on_setup
+        self.became_ready = asyncio.Event()
+
+    async def setup_hook(self) -> None:
+        await self._on_setup_hook(self)
+
+    async def on_ready(self) -> None:
+        log.info("Discord client ready as %s in %d guilds", self.user, len(self.guilds))
+        self.became_ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self._on_message_hook(message)
+
+
+class ShardedBotClient(BotClient, discord.AutoShardedClient):
+    pass
+
+
+def make_client(
+    settings: DiscordSettings,
+    *,
+    on_message: MessageHook,
+    on_setup: SetupHook,
+    guild_ready_timeout: float = 2.0,
+) -> BotClient:
+    configure_endpoints(settings)
+    options: dict[str, Any] = {
+        "intents": bot_intents(),
+        "guild_ready_timeout": guild_ready_timeout,
+        # The core keeps history; discord.py's message cache only serves edits/deletes.
+        "max_messages": 1000,
+        "allowed_mentions": discord.AllowedMentions.none(),
+    }
+    if settings.shard_count is None:
+        return BotClient(on_message=on_message, on_setup=on_setup, **options)
+    shard_ids = list(settings.shard_ids) or None
+    return ShardedBotClient(
+        on_message=on_message,
+        on_setup=on_setup,
+        shard_count=settings.shard_count,
+        shard_ids=shard_ids,
+        **options,
+    )

@@ -1,0 +1,214 @@
+"""Pure translation: discord.py messages and interactions into the core's `IncomingMessage`.
+
+Nothing here does I/O. Deciding *whether* to answer a message, *which conversation*
+it belongs to and *who* may administer the channel are small functions of the
+payload and of what the adapter already knows (the bot's id, the reply-chain index).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from botservice.events import Attachment, ContextMessage, IncomingMessage
+
+PLATFORM = "discord"
+DM_WORKSPACE = "dm"
+THREAD_NAME_LIMIT = 100
+_ANSWERED_TYPES = (discord.MessageType.default, discord.MessageType.reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a message sits, in the core's terms: (workspace, channel, thread)."""
+
+    workspace: str
+    channel: str
+    thread: str
+    in_thread: bool = False
+    thread_owner_id: int | None = None
+
+
+def place_of(channel: Any, guild_id: int | None) -> Place:
+    """A thread's conversation is the thread; its settings belong to the parent channel."""
+    if guild_id is None:
+        return Place(DM_WORKSPACE, str(channel.id), "")
+    if isinstance(channel, discord.Thread):
+        return Place(
+            str(guild_id), str(channel.parent_id), str(channel.id),
+            in_thread=True, thread_owner_id=channel.owner_id,
+        )
+    return Place(str(guild_id), str(channel.id), "")
+
+
+def mentions_user(message: discord.Message, user_id: int) -> bool:
+    return any(user.id == user_id for user in message.mentions) or (
+        f"<@{user_id}>" in message.content or f"<@!{user_id}>" in message.content
+    )
+
+
+def strip_mention(text: str, user_id: int) -> str:
+    return re.sub(rf"<@!?{user_id}>", "", text).strip()
+
+
+def is_person_message(message: discord.Message) -> bool:
+    """Own messages, other bots, webhooks and system messages are never answered."""
+    return (
+        not message.author.bot
+        and message.webhook_id is None
+        and message.type in _ANSWERED_TYPES
+    )
+
+
+def referenced_message(message: discord.Message) -> discord.Message | None:
+    reference = message.reference
+    if reference is None:
+        return None
+    resolved = reference.resolved
+    return resolved if isinstance(resolved, discord.Message) else None
+
+
+def is_channel_admin(
+    *,
+    manage_channels: bool,
+    user_id: int,
+    owner_ids: Iterable[int],
+    admin_user_ids: Iterable[str],
+    in_dm: bool = False,
+) -> bool:
+    """Manage Channels in this channel, the bot's owner, or an id listed in the config.
+    In a direct message the person is the only member, so they manage it."""
+    return (
+        in_dm
+        or manage_channels
+        or user_id in set(owner_ids)
+        or str(user_id) in set(admin_user_ids)
+    )
+
+
+def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
+    """Every file as a reference to its public CDN URL; the core decides what goes to the model."""
+    return tuple(
+        Attachment(
+            name=item.filename,
+            content_type=(item.content_type or _guess_type(item.filename)).split(";")[0],
+            url=item.url,
+            size=item.size,
+        )
+        for item in message.attachments
+    )
+
+
+def _guess_type(filename: str) -> str:
+    extension = filename.rsplit(".", 1)[-1].lower()
+    return {
+        "png": "image/png",
+        "jpg": "image/jpeg",
+        "jpeg": "image/jpeg",
+        "gif": "image/gif",
+        "webp": "image/webp",
+    }.get(extension, "application/octet-stream")
+
+
+def context_of(message: discord.Message, bot_id: int, limit: int = 4000) -> ContextMessage:
+    """A message the store does not have (a cold reply chain), for the core to quote once."""
+    text = message.content if len(message.content) <= limit else message.content[:limit] + "…"
+    return ContextMessage(
+        author_name=message.author.display_name,
+        text=text,
+        from_bot=message.author.id == bot_id,
+    )
+
+
+def quoted(author: str, text: str) -> str:
+    lines = "\n".join(f"> {line}" for line in text.splitlines() or [""])
+    return f"{author}:\n{lines}"
+
+
+def thread_name(prompt: str) -> str:
+    """A thread title from the prompt: its first line, cut at a word, at most 100 characters."""
+    line = " ".join(prompt.split()) or "Conversation"
+    if len(line) <= THREAD_NAME_LIMIT:
+        return line
+    cut = line.rfind(" ", 0, THREAD_NAME_LIMIT - 1)
+    if cut < THREAD_NAME_LIMIT // 2:
+        cut = THREAD_NAME_LIMIT - 1
+    return line[:cut].rstrip() + "…"
+
+
+def message_reply_target(message: discord.Message, *, reply: bool) -> dict[str, Any]:
+    target: dict[str, Any] = {"kind": "message", "channel_id": str(message.channel.id)}
+    if reply:
+        target["reply_to"] = str(message.id)
+    return target
+
+
+def incoming_from_message(
+    message: discord.Message,
+    *,
+    place: Place,
+    thread: str,
+    text: str,
+    admin: bool,
+    reply_target: dict[str, Any],
+    context: tuple[ContextMessage, ...] = (),
+) -> IncomingMessage:
+    return IncomingMessage(
+        platform=PLATFORM,
+        workspace=place.workspace,
+        channel=place.channel,
+        thread=thread,
+        context=context,
+        user_id=str(message.author.id),
+        user_name=message.author.display_name,
+        text=text,
+        message_key=str(message.id),
+        is_channel_admin=admin,
+        attachments=attachments_of(message),
+        platform_message_id=str(message.id),
+        reply_target=reply_target,
+        raw=message,
+    )
+
+
+def incoming_from_interaction(
+    interaction: discord.Interaction,
+    *,
+    place: Place,
+    text: str,
+    admin: bool,
+    reply_target: dict[str, Any],
+    thread: str | None = None,
+) -> IncomingMessage:
+    return IncomingMessage(
+        platform=PLATFORM,
+        workspace=place.workspace,
+        channel=place.channel,
+        thread=place.thread if thread is None else thread,
+        user_id=str(interaction.user.id),
+        user_name=interaction.user.display_name,
+        text=text,
+        message_key=f"interaction:{interaction.id}",
+        is_channel_admin=admin,
+        platform_message_id=str(interaction.id),
+        reply_target=reply_target,
+        raw=interaction,
+    )
+
+
+def interaction_reply_target(
+    interaction: discord.Interaction, *, ephemeral: bool
+) -> dict[str, Any]:
+    """Enough to finish the answer after a restart while the token is valid (15 minutes)."""
+    return {
+        "kind": "interaction",
+        "application_id": str(interaction.application_id),
+        "token": interaction.token,
+        "channel_id": str(interaction.channel_id or ""),
+        "ephemeral": ephemeral,
+        "expires_at": interaction.expires_at.timestamp(),
+    }

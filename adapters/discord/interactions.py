@@ -1,0 +1,171 @@
+"""Where a slash command becomes an answer: /ask, /chat and the platform-neutral commands.
+
+Every interaction is deferred first, before any database work, so Discord's three
+seconds are never at the mercy of a slow store; the answer then arrives as edits of the
+deferred response and follow-ups.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+
+from adapters.discord import events
+from adapters.discord.context import DiscordContext
+from adapters.discord.messages import DiscordMessages
+from adapters.discord.sink import NO_MENTIONS, InteractionReplySink
+from botservice.errors import BotServiceError
+from botservice.events import Command
+
+log = logging.getLogger(__name__)
+
+THREAD_PERMISSION_SENTENCE = (
+    "I cannot start a thread here: I need the Create Public Threads and Send Messages in "
+    "Threads permissions in this channel."
+)
+FAILED_SENTENCE = "Something went wrong on my side; please try again."
+
+
+class DiscordInteractions:
+    def __init__(self, context: DiscordContext, messages: DiscordMessages) -> None:
+        self._context = context
+        self._messages = messages
+
+    # --- /ask ---------------------------------------------------------------------
+
+    async def ask(self, interaction: discord.Interaction, prompt: str, private: bool) -> None:
+        if not await _defer(interaction, ephemeral=private):
+            return
+        place = self._place(interaction)
+        chains = self._context.chains
+
+        def remember(message_id: int) -> None:
+            chains.remember(message_id, place.thread, by_bot=True)
+
+        sink = InteractionReplySink.for_interaction(
+            interaction, ephemeral=private, on_posted=remember
+        )
+        incoming = events.incoming_from_interaction(
+            interaction,
+            place=place,
+            text=prompt,
+            admin=self._admin(interaction),
+            reply_target=events.interaction_reply_target(interaction, ephemeral=private),
+        )
+        await self._context.core.submit(incoming, sink)
+
+    # --- /chat ---------------------------------------------------------------------
+
+    async def chat(self, interaction: discord.Interaction, prompt: str) -> None:
+        if not await _defer(interaction, ephemeral=False):
+            return
+        channel = interaction.channel
+        if not isinstance(channel, discord.TextChannel):
+            await interaction.edit_original_response(
+                content="/chat starts a thread, which works in text channels; use /ask here."
+            )
+            return
+        opening = events.quoted(f"**{interaction.user.display_name}**", prompt).rstrip()
+        try:
+            original = await interaction.edit_original_response(
+                content=opening[:2000], allowed_mentions=NO_MENTIONS
+            )
+            thread = await original.create_thread(name=events.thread_name(prompt))
+        except discord.Forbidden:
+            await interaction.followup.send(THREAD_PERMISSION_SENTENCE, ephemeral=True)
+            return
+        place = events.place_of(thread, interaction.guild_id)
+        sink = self._messages.sink(thread.id, reply_to=None, thread=place.thread)
+        incoming = events.incoming_from_interaction(
+            interaction,
+            place=place,
+            text=prompt,
+            admin=self._admin(interaction),
+            reply_target={"kind": "message", "channel_id": str(thread.id)},
+        )
+        await self._context.core.submit(incoming, sink)
+
+    # --- /instructions, /model, /retention, /reset, /forget-me, /help --------------------
+
+    async def command(self, interaction: discord.Interaction, command: Command) -> None:
+        if not await _defer(interaction, ephemeral=True):
+            return
+        sink = InteractionReplySink.for_interaction(interaction, ephemeral=True)
+        incoming = events.incoming_from_interaction(
+            interaction,
+            place=self._place(interaction),
+            text=_command_text(command),
+            admin=self._admin(interaction),
+            reply_target=events.interaction_reply_target(interaction, ephemeral=True),
+        )
+        await self._context.core.run_command(incoming, command, sink)
+
+    # --- shared ---------------------------------------------------------------------------
+
+    def _place(self, interaction: discord.Interaction) -> events.Place:
+        channel = interaction.channel
+        if channel is None:
+            return events.Place(str(interaction.guild_id or events.DM_WORKSPACE),
+                                str(interaction.channel_id), "")
+        return events.place_of(channel, interaction.guild_id)
+
+    def _admin(self, interaction: discord.Interaction) -> bool:
+        return events.is_channel_admin(
+            manage_channels=interaction.permissions.manage_channels,
+            user_id=interaction.user.id,
+            owner_ids=self._context.owner_ids,
+            admin_user_ids=self._context.settings.access.admin_user_ids,
+            in_dm=interaction.guild_id is None,
+        )
+
+
+async def _defer(interaction: discord.Interaction, *, ephemeral: bool) -> bool:
+    """Acknowledge at once. False when Discord says it was already acknowledged (the same
+    interaction delivered twice, e.g. replayed after a resume): someone else answers it."""
+    try:
+        await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+    except discord.InteractionResponded:
+        return True
+    except discord.HTTPException as error:
+        if error.code == 40060:
+            log.debug("interaction %s was already acknowledged; not answering again",
+                      interaction.id)
+            return False
+        raise
+    return True
+
+
+def _command_text(command: Command) -> str:
+    return " ".join(part for part in (command.name, command.action, command.argument) if part)
+
+
+async def on_tree_error(
+    interaction: discord.Interaction, error: app_commands.AppCommandError
+) -> None:
+    """The one boundary for slash commands: log with the stack, tell the user one sentence."""
+    cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+    if isinstance(cause, discord.Forbidden):
+        sentence = (
+            "I am missing a permission in this channel (I need View Channel, Send Messages "
+            "and Read Message History)."
+        )
+        log.warning("missing permission for /%s in channel %s",
+                    interaction.command.name if interaction.command else "?",
+                    interaction.channel_id, exc_info=True)
+    elif isinstance(cause, BotServiceError):
+        sentence = cause.user_message
+        log.error("/%s failed", interaction.command.name if interaction.command else "?",
+                  exc_info=cause)
+    else:
+        sentence = FAILED_SENTENCE
+        log.error("/%s failed", interaction.command.name if interaction.command else "?",
+                  exc_info=cause)
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(sentence, ephemeral=True)
+        else:
+            await interaction.response.send_message(sentence, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("could not tell the user about a failed command", exc_info=True)

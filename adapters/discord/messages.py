@@ -1,0 +1,169 @@
+"""Where a Discord message becomes a reply: mentions, replies to the bot, bot threads, DMs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import discord
+
+from adapters.discord import events
+from adapters.discord.context import DiscordContext
+from adapters.discord.sink import ChannelReplySink
+from botservice.events import ContextMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """The decision for one message: which conversation, what text, answer how."""
+
+    thread: str
+    text: str
+    reply: bool
+    # What the store lacks for a cold reply chain: the message being replied to.
+    context: tuple[ContextMessage, ...] = ()
+
+
+class DiscordMessages:
+    def __init__(self, context: DiscordContext) -> None:
+        self._context = context
+
+    async def on_message(self, message: discord.Message) -> None:
+        if not events.is_person_message(message):
+            return
+        try:
+            await self._answer(message)
+        except discord.Forbidden:
+            log.warning(
+                "missing permission to answer in channel %s (needs View Channel, Send Messages, "
+                "Read Message History)", message.channel.id, exc_info=True,
+            )
+        except Exception:
+            log.exception("could not answer Discord message %s", message.id)
+
+    async def _answer(self, message: discord.Message) -> None:
+        context = self._context
+        bot_id = context.bot_id
+        place = events.place_of(message.channel, message.guild.id if message.guild else None)
+        route = await self._route(message, place, bot_id)
+        if route is None:
+            return
+        context.chains.remember(message.id, route.thread)
+        admin = events.is_channel_admin(
+            manage_channels=_manage_channels(message),
+            user_id=message.author.id,
+            owner_ids=context.owner_ids,
+            admin_user_ids=context.settings.access.admin_user_ids,
+            in_dm=message.guild is None,
+        )
+        incoming = events.incoming_from_message(
+            message,
+            place=place,
+            thread=route.thread,
+            text=route.text,
+            context=route.context,
+            admin=admin,
+            reply_target=events.message_reply_target(message, reply=route.reply),
+        )
+        sink = self.sink(
+            message.channel.id,
+            reply_to=message.id if route.reply else None,
+            thread=route.thread,
+        )
+        submission = await context.core.submit(incoming, sink)
+        if submission is None:
+            log.debug("Discord message %s was already taken; not answering again", message.id)
+
+    def sink(self, channel_id: int, *, reply_to: int | None, thread: str) -> ChannelReplySink:
+        client = self._context.require_client()
+        chains = self._context.chains
+
+        def remember(message_id: int) -> None:
+            chains.remember(message_id, thread, by_bot=True)
+
+        return ChannelReplySink(
+            client.get_partial_messageable(channel_id), reply_to=reply_to, on_posted=remember
+        )
+
+    async def _route(
+        self, message: discord.Message, place: events.Place, bot_id: int
+    ) -> _Route | None:
+        mentioned = events.mentions_user(message, bot_id)
+        text = events.strip_mention(message.content, bot_id) if mentioned else message.content
+        if place.workspace == events.DM_WORKSPACE:
+            return _Route(thread="", text=text, reply=False)
+        if place.in_thread:
+            # Threads the bot started (/chat) continue without a mention; elsewhere a
+            # mention makes the whole thread the conversation.
+            if place.thread_owner_id == bot_id or mentioned:
+                return _Route(thread=place.thread, text=text, reply=False)
+            return None
+        if message.reference is not None and message.reference.message_id is not None:
+            return await self._route_reply(message, text, bot_id, mentioned)
+        if mentioned:
+            return _Route(thread=str(message.id), text=text, reply=True)
+        return None
+
+    async def _route_reply(
+        self, message: discord.Message, text: str, bot_id: int, mentioned: bool
+    ) -> _Route | None:
+        chains = self._context.chains
+        reference = message.reference
+        assert reference is not None and reference.message_id is not None
+        known = chains.entry(reference.message_id)
+        parent = events.referenced_message(message)
+        if parent is not None:
+            parent_is_bot = parent.author.id == bot_id
+        elif known is not None:
+            parent_is_bot = known.by_bot
+        else:
+            # Discord left the referenced message out of the payload: fetch it, once.
+            parent = await _fetch_once(message)
+            parent_is_bot = parent is not None and parent.author.id == bot_id
+        if not (parent_is_bot or mentioned):
+            return None
+        if known is not None:
+            # A chain this process has seen: same conversation, history from the store.
+            return _Route(thread=known.root, text=text, reply=True)
+        if parent_is_bot and parent is not None:
+            # A cold chain, answered before this process started. The bot's answer replied
+            # to the conversation's root (a conversation the store already holds) or to a
+            # later turn (one it cannot find, so it starts afresh); either way the answer
+            # being replied to comes along as a quote.
+            grand = parent.reference.message_id if parent.reference else None
+            root = chains.root_of(grand) if grand else None
+            if root is not None:
+                return _Route(thread=root, text=text, reply=True)
+            return _Route(
+                thread=str(grand or parent.id),
+                text=text,
+                reply=True,
+                context=(events.context_of(parent, bot_id),),
+            )
+        # A mention replying to someone else's message: a new conversation about it.
+        context = (events.context_of(parent, bot_id),) if parent is not None else ()
+        return _Route(thread=str(message.id), text=text, reply=True, context=context)
+
+
+async def _fetch_once(message: discord.Message) -> discord.Message | None:
+    reference = message.reference
+    if reference is None or reference.message_id is None:
+        return None
+    try:
+        return await message.channel.fetch_message(reference.message_id)
+    except discord.HTTPException:
+        return None
+
+
+def _manage_channels(message: discord.Message) -> bool:
+    author = message.author
+    channel = message.channel
+    if not isinstance(author, discord.Member) or not hasattr(channel, "permissions_for"):
+        return False
+    try:
+        return bool(channel.permissions_for(author).manage_channels)
+    except Exception:  # an uncached channel or role: assume no right, the core refuses
+        log.debug("could not resolve permissions in channel %s", channel.id, exc_info=True)
+        return False

@@ -1,0 +1,276 @@
+"""Reply sinks: how one answer appears on Discord.
+
+Two transports share one renderer. A message answer is a reply (or, in threads and DMs,
+a plain message) that is edited as the text grows; an interaction answer is the
+deferred original response, edited the same way. Text past 2,000 characters continues
+in further messages (channel messages, or interaction follow-ups).
+
+The core throttles `update`; nothing here adds a timer, so each reply streams at its
+own pace. discord.py's per-route rate limiting still applies underneath.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import discord
+
+from adapters.discord.split import DISCORD_LIMIT, split_message
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "\N{HOURGLASS WITH FLOWING SAND} …"
+NO_MENTIONS = discord.AllowedMentions.none()
+
+OnPosted = Callable[[int], None]
+
+
+class _Transport(Protocol):
+    async def post_first(self) -> int | None: ...
+
+    async def edit(self, index: int, message_id: int | None, text: str) -> None: ...
+
+    async def post_more(self, text: str) -> int: ...
+
+    async def say(self, text: str, *, private: bool) -> None: ...
+
+
+class _Renderer:
+    """Keeps the visible messages equal to the split text, editing only what changed."""
+
+    def __init__(self, transport: _Transport, limit: int) -> None:
+        self._transport = transport
+        self._limit = limit
+        # (message id, content shown); the first id is None for an interaction's original.
+        self.shown: list[tuple[int | None, str | None]] = []
+
+    async def render(self, text: str) -> None:
+        chunks = split_message(text, self._limit) if text else [PLACEHOLDER]
+        for index, chunk in enumerate(chunks):
+            if index < len(self.shown):
+                message_id, content = self.shown[index]
+                if content != chunk:
+                    await self._transport.edit(index, message_id, chunk)
+                    self.shown[index] = (message_id, chunk)
+            else:
+                message_id = await self._transport.post_more(chunk)
+                self.shown.append((message_id, chunk))
+        for index in range(len(chunks), len(self.shown)):
+            # The text got shorter at a split point: blank the leftover message.
+            message_id, content = self.shown[index]
+            if content != "\u200b":
+                await self._transport.edit(index, message_id, "\u200b")
+                self.shown[index] = (message_id, "\u200b")
+
+
+class _ReplySinkBase:
+    def __init__(self, transport: _Transport, limit: int) -> None:
+        self._transport = transport
+        self._renderer = _Renderer(transport, limit)
+        self.finished = False
+
+    async def update(self, text: str) -> None:
+        if not self.finished:
+            await self._renderer.render(text)
+
+    async def finish(self, text: str) -> None:
+        self.finished = True
+        await self._renderer.render(text)
+
+    async def notice(self, text: str, *, private: bool = True) -> None:
+        await self._transport.say(text, private=private)
+
+    @property
+    def message_ids(self) -> list[int]:
+        return [mid for mid, _ in self._renderer.shown if mid is not None]
+
+
+# --- channel messages ----------------------------------------------------------------
+
+
+class _ChannelTransport:
+    def __init__(
+        self,
+        channel: discord.PartialMessageable,
+        reply_to: int | None,
+        on_posted: OnPosted | None,
+    ) -> None:
+        self.channel = channel
+        self.reply_to = reply_to
+        self.on_posted = on_posted
+
+    async def _send(self, text: str, *, reply: bool) -> int:
+        reference = None
+        if reply and self.reply_to is not None:
+            reference = discord.MessageReference(
+                message_id=self.reply_to, channel_id=self.channel.id, fail_if_not_exists=False
+            )
+        try:
+            message = await self.channel.send(
+                text, reference=reference, allowed_mentions=NO_MENTIONS  # type: ignore[arg-type]
+            )
+        except discord.Forbidden:
+            if reference is None:
+                raise
+            # Replies need Read Message History; a plain message only needs Send Messages.
+            message = await self.channel.send(text, allowed_mentions=NO_MENTIONS)
+        if self.on_posted is not None:
+            self.on_posted(message.id)
+        return message.id
+
+    async def post_first(self) -> int | None:
+        return await self._send(PLACEHOLDER, reply=True)
+
+    async def edit(self, index: int, message_id: int | None, text: str) -> None:
+        assert message_id is not None
+        await self.channel.get_partial_message(message_id).edit(
+            content=text, allowed_mentions=NO_MENTIONS
+        )
+
+    async def post_more(self, text: str) -> int:
+        return await self._send(text, reply=False)
+
+    async def say(self, text: str, *, private: bool) -> None:
+        # A channel message cannot be private; a short reply is the closest idiom.
+        await self._send(text, reply=True)
+
+
+class ChannelReplySink(_ReplySinkBase):
+    """An answer posted as a reply to `reply_to` (or plainly, when None) and edited in place."""
+
+    def __init__(
+        self,
+        channel: discord.PartialMessageable,
+        *,
+        reply_to: int | None,
+        on_posted: OnPosted | None = None,
+        limit: int = DISCORD_LIMIT,
+    ) -> None:
+        self._channel_transport = _ChannelTransport(channel, reply_to, on_posted)
+        super().__init__(self._channel_transport, limit)
+
+    async def begin(self, existing_ref: str | None) -> str | None:
+        if existing_ref:
+            # Resumed after a restart: keep editing the message we already posted.
+            first = int(existing_ref)
+            self._renderer.shown = [(first, None)]
+            if self._channel_transport.on_posted is not None:
+                self._channel_transport.on_posted(first)
+            return existing_ref
+        first_id = await self._transport.post_first()
+        self._renderer.shown = [(first_id, PLACEHOLDER)]
+        return str(first_id)
+
+
+# --- interactions ------------------------------------------------------------------------
+
+
+EditOriginal = Callable[[str], Awaitable[int | None]]
+Defer = Callable[[], Awaitable[None]]
+
+
+class _InteractionTransport:
+    def __init__(
+        self,
+        *,
+        followup: discord.Webhook,
+        edit_original: EditOriginal,
+        defer: Defer | None,
+        ephemeral: bool,
+        on_posted: OnPosted | None,
+    ) -> None:
+        self.followup = followup
+        self.edit_original = edit_original
+        self.defer = defer
+        self.ephemeral = ephemeral
+        self.on_posted = on_posted
+        self.original_used = False
+
+    async def post_first(self) -> int | None:
+        if self.defer is not None:
+            await self.defer()
+            self.defer = None
+        return None
+
+    async def edit(self, index: int, message_id: int | None, text: str) -> None:
+        if index == 0:
+            self.original_used = True
+            original_id = await self.edit_original(text)
+            if original_id is not None and self.on_posted is not None:
+                self.on_posted(original_id)
+            return
+        assert message_id is not None
+        await self.followup.edit_message(message_id, content=text, allowed_mentions=NO_MENTIONS)
+
+    async def post_more(self, text: str) -> int:
+        message = await self.followup.send(
+            text, ephemeral=self.ephemeral, wait=True, allowed_mentions=NO_MENTIONS
+        )
+        if self.on_posted is not None:
+            self.on_posted(message.id)
+        return message.id
+
+    async def say(self, text: str, *, private: bool) -> None:
+        await self.post_first()
+        if not self.original_used and private == self.ephemeral:
+            self.original_used = True
+            await self.edit_original(text)
+            return
+        await self.followup.send(text, ephemeral=private, wait=True, allowed_mentions=NO_MENTIONS)
+
+
+class InteractionReplySink(_ReplySinkBase):
+    """An answer to a slash command: the deferred original response, then follow-ups."""
+
+    def __init__(
+        self,
+        *,
+        followup: discord.Webhook,
+        edit_original: EditOriginal,
+        defer: Defer | None = None,
+        ephemeral: bool = False,
+        on_posted: OnPosted | None = None,
+        limit: int = DISCORD_LIMIT,
+    ) -> None:
+        self._interaction_transport = _InteractionTransport(
+            followup=followup,
+            edit_original=edit_original,
+            defer=defer,
+            ephemeral=ephemeral,
+            on_posted=on_posted,
+        )
+        super().__init__(self._interaction_transport, limit)
+
+    @classmethod
+    def for_interaction(
+        cls,
+        interaction: discord.Interaction,
+        *,
+        ephemeral: bool,
+        on_posted: OnPosted | None = None,
+    ) -> InteractionReplySink:
+        async def edit_original(text: str) -> int | None:
+            message = await interaction.edit_original_response(
+                content=text, allowed_mentions=NO_MENTIONS
+            )
+            return message.id
+
+        async def defer() -> None:
+            if not interaction.response.is_done():
+                await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+
+        return cls(
+            followup=interaction.followup,
+            edit_original=edit_original,
+            defer=defer,
+            ephemeral=ephemeral,
+            on_posted=on_posted,
+        )
+
+    async def begin(self, existing_ref: str | None) -> str | None:
+        await self._transport.post_first()
+        # The deferred original shows "thinking…" until the first edit.
+        self._renderer.shown = [(None, None)]
+        return existing_ref or "original"

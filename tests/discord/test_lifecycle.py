@@ -1,0 +1,151 @@
+"""Start-up, failure at start-up, sharding, command sync and resuming pending turns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from adapters.discord import create_adapter, sync_commands
+from botservice.conversation import ConversationCore
+from botservice.errors import ConfigError
+from botservice.events import ConversationKey
+from botservice.model_client import OpenAIChatClient
+from botservice.ports import PendingTurn
+from botservice.settings import Settings
+from storage.repository import SqlStore
+from tests.discord.conftest import Guild, discord_settings
+from tests.fakes.discord_server import FakeDiscordServer
+
+
+async def _start(server: FakeDiscordServer, settings: Settings, store: SqlStore, **discord: object):
+    configured = discord_settings(server, settings, **discord)
+    model = OpenAIChatClient(configured.model)
+    core = ConversationCore(settings=configured, store=store, model=model)
+    adapter = create_adapter(configured, core, guild_ready_timeout=0.05)
+    return adapter, model
+
+
+async def test_a_bad_token_is_one_clear_sentence(
+    discord_server: FakeDiscordServer, settings: Settings, sqlite_store: SqlStore
+) -> None:
+    adapter, model = await _start(discord_server, settings, sqlite_store)
+    adapter.settings = discord_settings(discord_server, settings, token="wrong")
+    with pytest.raises(ConfigError) as raised:
+        await adapter.start()
+    await model.aclose()
+    assert raised.value.setting == "DISCORD_TOKEN"
+    assert "rejected the bot token" in raised.value.problem
+
+
+async def test_a_missing_message_content_intent_is_one_clear_sentence(
+    discord_server: FakeDiscordServer, settings: Settings, sqlite_store: SqlStore
+) -> None:
+    discord_server.message_content_allowed = False
+    adapter, model = await _start(discord_server, settings, sqlite_store)
+    with pytest.raises(ConfigError) as raised:
+        await adapter.start()
+    await model.aclose()
+    assert raised.value.setting == "DISCORD_TOKEN"
+    assert "Message Content intent" in raised.value.problem
+
+
+async def test_sharding_comes_from_settings(
+    discord_server: FakeDiscordServer, settings: Settings, sqlite_store: SqlStore
+) -> None:
+    shard = (int(discord_server.guild_id) >> 22) % 2
+    adapter, model = await _start(
+        discord_server, settings, sqlite_store, shard_count=2, shard_ids=(shard,)
+    )
+    await adapter.start()
+    try:
+        assert [i["shard"] for i in discord_server.identifies] == [[shard, 2]]
+        asked = await discord_server.send_message("sharded hello", mention_bot=True)
+        await discord_server.wait_until(
+            lambda: any(
+                m["content"] == "You said: sharded hello"
+                for m in discord_server.bot_messages(asked["channel_id"])
+            ),
+            what="the answer",
+        )
+    finally:
+        await adapter.stop()
+        await model.aclose()
+
+
+async def test_shard_ids_outside_the_count_are_refused(
+    discord_server: FakeDiscordServer, settings: Settings, sqlite_store: SqlStore
+) -> None:
+    adapter, model = await _start(
+        discord_server, settings, sqlite_store, shard_count=2, shard_ids=(2,)
+    )
+    with pytest.raises(ConfigError) as raised:
+        await adapter.start()
+    await model.aclose()
+    assert raised.value.setting == "DISCORD_SHARD_IDS"
+
+
+EXPECTED_COMMANDS = {
+    "ask", "chat", "instructions", "model", "retention", "reset", "forget-me", "help",
+}
+
+
+async def test_sync_commands_sends_the_command_tree_to_a_guild(
+    discord_server: FakeDiscordServer, settings: Settings
+) -> None:
+    configured = discord_settings(discord_server, settings)
+    names = await sync_commands(configured, int(discord_server.guild_id))
+
+    assert set(names) == EXPECTED_COMMANDS
+    [call] = discord_server.calls_to("PUT", "/commands")
+    assert call.path == (
+        f"/applications/{discord_server.application_id}/guilds/{discord_server.guild_id}/commands"
+    )
+    sent = {command["name"]: command for command in call.json}
+    assert set(sent) == EXPECTED_COMMANDS
+    ask_options = {o["name"]: o for o in sent["ask"]["options"]}
+    assert ask_options["prompt"]["required"] and not ask_options["private"].get("required")
+    subcommands = {o["name"]: o for o in sent["instructions"]["options"]}
+    assert set(subcommands) == {"show", "set", "clear"}
+    assert [o["name"] for o in subcommands["set"]["options"]] == ["text"]
+    assert {o["name"] for o in sent["model"]["options"]} == {"show", "set"}
+    # Nothing but the sync: no gateway connection, no other writes.
+    assert discord_server.identifies == []
+
+
+async def test_sync_commands_globally(
+    discord_server: FakeDiscordServer, settings: Settings
+) -> None:
+    names = await sync_commands(discord_settings(discord_server, settings), None)
+    assert set(names) == EXPECTED_COMMANDS
+    [call] = discord_server.calls_to("PUT", "/commands")
+    assert call.path == f"/applications/{discord_server.application_id}/commands"
+
+
+async def test_starting_does_not_sync_commands(guild: Guild) -> None:
+    assert guild.server.calls_to("PUT", "/commands") == []
+
+
+async def test_a_pending_turn_resumes_by_editing_its_placeholder(guild: Guild) -> None:
+    server = guild.server
+    asked = await server.send_message("Are you there?", mention_bot=True)
+    placeholder = server._message(
+        channel_id=server.channel_id, author=server.bot, content="\N{HOURGLASS WITH FLOWING SAND} …",
+        reference=asked,
+    )
+    server.messages[placeholder["id"]] = placeholder
+    turn = PendingTurn(
+        turn_id=1, conversation_id=1, user_message_id=1, platform="discord",
+        conversation=ConversationKey("discord", server.guild_id, server.channel_id, asked["id"]),
+        reply_target={"kind": "message", "channel_id": server.channel_id, "reply_to": asked["id"]},
+        reply_ref=placeholder["id"], created_at=datetime.now(UTC),
+    )
+    sink = guild.adapter.sink_for(turn)
+    assert sink is not None
+    before = len(server.calls_to("POST", "/messages"))
+
+    assert await sink.begin(placeholder["id"]) == placeholder["id"]
+    await sink.finish("Yes, here.")
+
+    assert placeholder["content"] == "Yes, here."
+    assert len(server.calls_to("POST", "/messages")) == before  # no second placeholder
