@@ -146,6 +146,32 @@ class ConversationCore:
             log.info("resuming %d turns left pending by the last stop", resumed)
         return resumed
 
+    # --- what adapters ask of the store, through the core ---------------------------
+
+    async def has_conversation(self, key: ConversationKey) -> bool:
+        """Whether the bot is part of this conversation (so follow-ups need no mention)."""
+        return await self._store.has_conversation(key)
+
+    async def thread_of_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> str | None:
+        """The thread of the conversation a platform message or answer belongs to."""
+        return await self._store.thread_of_message(
+            platform, workspace, channel, platform_message_id
+        )
+
+    async def delete_platform_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> int:
+        """A person deleted their message on the platform: delete the stored copy."""
+        return await self._store.delete_platform_message(
+            platform, workspace, channel, platform_message_id
+        )
+
+    async def forget_workspace(self, platform: str, workspace: str) -> int:
+        """The app left a workspace: delete everything stored about it."""
+        return await self._store.forget_workspace(platform, workspace)
+
     async def drain(self) -> None:
         """Wait for every answer in flight (used at shutdown and by tests)."""
         await self._lanes.drain()

@@ -243,6 +243,24 @@ class Store(Protocol):
 
     async def forget_user(self, platform: str, user_id: str) -> ForgetCounts: ...
 
+    async def has_conversation(self, key: ConversationKey) -> bool: ...
+
+    async def thread_of_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> str | None:
+        """The thread of the conversation that holds a message or answer with this platform id."""
+        ...
+
+    async def delete_platform_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> int:
+        """Delete a person's stored message by its platform id. Returns rows deleted."""
+        ...
+
+    async def forget_workspace(self, platform: str, workspace: str) -> int:
+        """Delete a workspace's conversations, messages and settings. Returns conversations deleted."""
+        ...
+
     async def purge(
         self,
         *,

@@ -607,6 +607,104 @@ class SqlStore:
         )
         return counts
 
+    async def has_conversation(self, key: ConversationKey) -> bool:
+        statement = select(_c.id).where(*_key_filter(key)).limit(1)
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement).first() is not None
+
+        return await self._read(work)
+
+    async def thread_of_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> str | None:
+        """The thread of the conversation holding a message, found by its platform id:
+        a person's message, or an answer (the turn's reply reference)."""
+        in_channel = (_c.platform == platform, _c.workspace == workspace, _c.channel == channel)
+        by_message = (
+            select(_c.thread)
+            .join(MESSAGES, _m.conversation_id == _c.id)
+            .where(_m.platform_message_id == platform_message_id, *in_channel)
+            .limit(1)
+        )
+        by_answer = (
+            select(_c.thread)
+            .join(TURNS, _t.conversation_id == _c.id)
+            .where(_t.reply_ref == platform_message_id, *in_channel)
+            .limit(1)
+        )
+
+        def work(connection: Connection) -> str | None:
+            for statement in (by_message, by_answer):
+                row = connection.execute(statement).first()
+                if row is not None:
+                    return str(row.thread)
+            return None
+
+        return await self._read(work)
+
+    async def delete_platform_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> int:
+        """Delete a person's message that they deleted on the platform."""
+        doomed = (
+            select(_m.id)
+            .join(CONVERSATIONS, _c.id == _m.conversation_id)
+            .where(
+                _m.platform_message_id == platform_message_id,
+                _m.role == "user",
+                _c.platform == platform,
+                _c.workspace == workspace,
+                _c.channel == channel,
+            )
+        )
+        now = utcnow()
+
+        def work(connection: Connection) -> int:
+            connection.execute(
+                update(TURNS)
+                .where(_t.status == "pending", _t.user_message_id.in_(doomed))
+                .values(status="failed", finished_at=now)
+            )
+            return connection.execute(delete(MESSAGES).where(_m.id.in_(doomed))).rowcount
+
+        deleted = await self._write(work)
+        if deleted:
+            self._message_cache.clear()
+        return deleted
+
+    async def forget_workspace(self, platform: str, workspace: str) -> int:
+        """Delete everything stored about a workspace (the app was uninstalled).
+
+        Returns how many conversations went; their messages go with them. Dedupe
+        markers stay until they expire, so a late redelivery is still no answer.
+        """
+        conversations = select(_c.id).where(_c.platform == platform, _c.workspace == workspace)
+        now = utcnow()
+
+        def work(connection: Connection) -> int:
+            connection.execute(
+                update(TURNS)
+                .where(_t.status == "pending", _t.conversation_id.in_(conversations))
+                .values(status="failed", finished_at=now)
+            )
+            connection.execute(delete(MESSAGES).where(_m.conversation_id.in_(conversations)))
+            gone = connection.execute(
+                delete(CONVERSATIONS).where(_c.platform == platform, _c.workspace == workspace)
+            ).rowcount
+            connection.execute(
+                delete(CHANNEL_SETTINGS).where(_s.platform == platform, _s.workspace == workspace)
+            )
+            connection.execute(
+                delete(SETTING_CHANGES).where(_a.platform == platform, _a.workspace == workspace)
+            )
+            return gone
+
+        gone = await self._write(work)
+        self._message_cache.clear()
+        log.info("forgot workspace %s on %s: %d conversations", workspace, platform, gone)
+        return gone
+
     # --- channel settings ----------------------------------------------------------
 
     async def channel_settings(

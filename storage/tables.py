@@ -72,6 +72,9 @@ class Message(SQLModel, table=True):
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_author_id", "author_id"),
+        # Platform events name messages by their platform id (a Slack deletion, a
+        # Discord reply to an answer from before a restart).
+        Index("ix_messages_platform_message_id", "platform_message_id"),
         {"sqlite_autoincrement": True},
     )
 
@@ -103,6 +106,7 @@ class Turn(SQLModel, table=True):
         Index("ix_turns_status", "status"),
         Index("ix_turns_conversation_id", "conversation_id"),
         Index("ix_turns_user_message_id", "user_message_id"),
+        Index("ix_turns_reply_ref", "reply_ref"),
         {"sqlite_autoincrement": True},
     )
 

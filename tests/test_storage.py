@@ -498,3 +498,51 @@ async def test_an_in_memory_sqlite_store_works() -> None:
         assert (counts.messages, counts.conversations, counts.turns) == (10, 1, 5)
     finally:
         await store.aclose()
+
+
+# --- what adapters look up by platform ids ------------------------------------------
+
+
+async def test_conversations_and_answers_are_found_by_platform_ids(store: SqlStore) -> None:
+    assert not await store.has_conversation(KEY)
+    turn = await ask(store, "k1")
+    await store.set_reply_ref(turn.turn_id, "answer-99")
+    await answer(store, turn)
+
+    assert await store.has_conversation(KEY)
+    assert await store.thread_of_message("test", "W1", "C1", "pm-k1") == "T1"
+    assert await store.thread_of_message("test", "W1", "C1", "answer-99") == "T1"
+    assert await store.thread_of_message("test", "W1", "C2", "answer-99") is None
+    assert await store.thread_of_message("test", "W1", "C1", "unknown") is None
+
+
+async def test_a_message_deleted_on_the_platform_leaves_the_history(store: SqlStore) -> None:
+    kept = await ask(store, "k1", "keep me")
+    await answer(store, kept)
+    doomed = await ask(store, "k2", "delete me")
+
+    assert await store.delete_platform_message("test", "W1", "C1", "pm-k2") == 1
+    assert await store.delete_platform_message("test", "W1", "C1", "pm-k2") == 0
+    history = await store.history(
+        kept.conversation_id, up_to_message_id=doomed.user_message_id, limit=10
+    )
+    assert texts(history) == ["keep me", "answer"]
+    assert await store.pending_turns() == [], "a turn whose question is gone is not resumed"
+
+
+async def test_forgetting_a_workspace_deletes_only_its_data(store: SqlStore) -> None:
+    await answer(store, await ask(store, "k1", workspace="W1"))
+    await answer(store, await ask(store, "k2", workspace="W2"))
+    await store.change_setting(
+        "test", "W1", "C1", field="instructions", value="be brief", changed_by="U1"
+    )
+
+    assert await store.forget_workspace("test", "W1") == 1
+
+    assert not await store.has_conversation(KEY)
+    assert await store.has_conversation(ConversationKey("test", "W2", "C1", "T1"))
+    assert await store.channel_settings("test", "W1", "C1") == ChannelSettings()
+    assert await store.setting_changes("test", "W1", "C1") == []
+    assert await store.accept(incoming("k1", workspace="W1"), text="again", tokens=1) is None, (
+        "the dedupe marker outlives the workspace's data"
+    )

@@ -127,8 +127,21 @@ class DiscordMessages:
         if known is not None:
             # A chain this process has seen: same conversation, history from the store.
             return _Route(thread=known.root, text=text, reply=True)
+        if parent_is_bot:
+            # A chain answered before this process started: the store knows which
+            # conversation the bot's answer belongs to.
+            stored = await self._context.core.thread_of_message(
+                events.PLATFORM,
+                str(message.guild.id) if message.guild else events.DM_WORKSPACE,
+                str(message.channel.id),
+                str(reference.message_id),
+            )
+            if stored is not None:
+                chains.remember(reference.message_id, stored, by_bot=True)
+                return _Route(thread=stored, text=text, reply=True)
         if parent_is_bot and parent is not None:
-            # A cold chain, answered before this process started. The bot's answer replied
+            # A cold chain the store does not hold either (expired, or answered by a
+            # turn it never recorded). The bot's answer replied
             # to the conversation's root (a conversation the store already holds) or to a
             # later turn (one it cannot find, so it starts afresh); either way the answer
             # being replied to comes along as a quote.

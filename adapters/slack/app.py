@@ -331,11 +331,7 @@ class SlackAdapter:
     # --- the rest of Slack's events -------------------------------------------------------
 
     async def _delete(self, action: DeleteMessage) -> None:
-        delete = getattr(self._core, "delete_platform_message", None)
-        if delete is None:
-            log.debug("the core cannot delete single messages yet")
-            return
-        await delete(PLATFORM, action.team, action.channel, action.ts)
+        await self._core.delete_platform_message(PLATFORM, action.team, action.channel, action.ts)
 
     async def _forget_workspace(self, action: WorkspaceGone) -> None:
         log.info(
@@ -347,9 +343,7 @@ class SlackAdapter:
             await self._oauth.delete_workspace(action.enterprise, action.team)
         self._users.forget_workspace(action.team)
         self._known.forget_workspace(action.team)
-        forget = getattr(self._core, "forget_workspace", None)
-        if forget is not None:
-            await forget(PLATFORM, action.team)
+        await self._core.forget_workspace(PLATFORM, action.team)
 
     async def _suggest_prompts(
         self, client: AsyncWebClient, action: AssistantThreadStarted
@@ -375,11 +369,8 @@ class SlackAdapter:
     # --- helpers ---------------------------------------------------------------------
 
     async def _core_knows(self, key: ConversationKey) -> bool:
-        # Survives restarts when the core can answer from the store.
-        knows = getattr(self._core, "has_conversation", None)
-        if knows is None:
-            return False
-        return bool(await knows(key))
+        # From the store, so it holds across restarts and processes.
+        return await self._core.has_conversation(key)
 
     async def _client_for(self, target: ReplyTarget) -> AsyncWebClient | None:
         assert self._oauth is not None

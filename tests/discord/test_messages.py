@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.discord.conftest import Guild
+from adapters.discord import create_adapter
+from botservice.conversation import ConversationCore
+from botservice.model_client import OpenAIChatClient
+from botservice.settings import Settings
+from storage.repository import SqlStore
+from tests.discord.conftest import Guild, discord_settings
 
 
 async def test_a_mention_is_answered_as_a_reply(guild: Guild) -> None:
@@ -90,7 +95,8 @@ async def test_the_same_message_create_twice_is_answered_once(guild: Guild) -> N
 
     assert len(guild.model.chat_requests) == 1
     replies = [
-        m for m in server.bot_messages(server.channel_id)
+        m
+        for m in server.bot_messages(server.channel_id)
         if (m.get("message_reference") or {}).get("message_id") == asked["id"]
     ]
     assert len(replies) == 1
@@ -119,3 +125,38 @@ async def test_an_image_goes_to_the_model_as_an_image_part(
         part.get("type") == "image_url" and part["image_url"]["url"] == image["url"]
         for part in parts
     )
+
+
+async def test_a_reply_deep_in_a_chain_from_before_a_restart_continues_from_the_store(
+    guild: Guild, settings: Settings, sqlite_store: SqlStore
+) -> None:
+    server = guild.server
+    first = await server.send_message("My name is Ada.", mention_bot=True)
+    answer = await guild.reply_to(first)
+    second = await server.send_message("I live in Paris.", reply_to=answer)
+    second_answer = await guild.reply_to(second)
+    await guild.adapter.stop()
+
+    # A new process: nothing in memory, the same database.
+    configured = discord_settings(server, settings)
+    model = OpenAIChatClient(configured.model)
+    core = ConversationCore(settings=configured, store=sqlite_store, model=model)
+    restarted = create_adapter(configured, core, guild_ready_timeout=0.05)
+    await restarted.start()
+    try:
+        follow_up = await server.send_message("Where do I live?", reply_to=second_answer)
+        await Guild(server, guild.model, core, restarted).reply_to(follow_up)
+    finally:
+        await core.drain()
+        await restarted.stop()
+        await model.aclose()
+
+    texts = [m["content"] for m in guild.prompt()[1:]]
+    assert texts == [
+        "My name is Ada.",
+        "You said: My name is Ada.",
+        "I live in Paris.",
+        "You said: I live in Paris.",
+        "Where do I live?",
+    ]
+    assert not server.calls_to("GET", "/channels/")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
+from botservice.events import ConversationKey
 from storage.repository import SqlStore
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
@@ -78,8 +79,11 @@ async def test_install_then_mention_then_uninstall(
     assert posted.text == "You said: hello from an installed workspace"
     assert slack_api.calls_to("chat.postMessage")[0].token == BOT_TOKEN
 
+    key = ConversationKey("slack", "T0001", CHANNEL, mention["event"]["ts"])
+    assert await oauth_bot.store.has_conversation(key)
     assert (await oauth_bot.event(payload("app_uninstalled")))[0] == 200
     await oauth_bot.settle()
+    assert not await oauth_bot.store.has_conversation(key), "the workspace's data stays"
     after = oauth_bot.mention("anyone home?")
     await oauth_bot.event(after)
     await oauth_bot.settle()

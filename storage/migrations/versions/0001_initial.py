@@ -63,6 +63,7 @@ def upgrade() -> None:
     op.create_index("ix_messages_conversation_id_id", "messages", ["conversation_id", "id"])
     op.create_index("ix_messages_created_at", "messages", ["created_at"])
     op.create_index("ix_messages_author_id", "messages", ["author_id"])
+    op.create_index("ix_messages_platform_message_id", "messages", ["platform_message_id"])
 
     op.create_table(
         "turns",
@@ -95,6 +96,7 @@ def upgrade() -> None:
     op.create_index("ix_turns_status", "turns", ["status"])
     op.create_index("ix_turns_conversation_id", "turns", ["conversation_id"])
     op.create_index("ix_turns_user_message_id", "turns", ["user_message_id"])
+    op.create_index("ix_turns_reply_ref", "turns", ["reply_ref"])
 
     op.create_table(
         "channel_settings",
