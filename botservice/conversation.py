@@ -10,7 +10,7 @@ import functools
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botservice.commands import CommandRunner
@@ -87,7 +87,10 @@ class ConversationCore:
 
         stored_text = self._text_to_store(text, message)
         accepted = await self._store.accept(
-            message, text=stored_text, tokens=self._tokens.count(stored_text)
+            message,
+            text=stored_text,
+            tokens=self._tokens.count(stored_text),
+            lease_until=self._lease_from(datetime.now(UTC)),
         )
         if accepted is None:
             log.info("dropped a redelivered message (%s %s)", message.platform, message.message_key)
@@ -120,16 +123,35 @@ class ConversationCore:
         reply = await self._commands.run(message, command)
         await sink.notice(reply, private=True)
 
-    async def resume_pending(self, sink_for: Callable[[PendingTurn], ReplySink | None]) -> int:
-        """Answer turns a crash left pending; tell the user when one is too old. Returns how many resumed."""
+    async def resume_pending(
+        self,
+        sink_for: Callable[[PendingTurn], ReplySink | None],
+        *,
+        at_start_up: bool = True,
+    ) -> int:
+        """Answer turns that a stopped process left pending; tell the user when one is too
+        old. Returns how many were resumed.
+
+        A turn is taken over only when no live process holds its lease. At start-up
+        on a store no other process shares (SQLite), every pending turn is this
+        process's own from before the stop, so leases are not waited out.
+        """
         max_age = self._settings.conversation.resume_pending_max_age_seconds
+        force = at_start_up and not self._store.shared
         resumed = 0
         for pending in await self._store.pending_turns():
             sink = sink_for(pending)
             if sink is None:
                 continue
-            age = (datetime.now(UTC) - pending.created_at).total_seconds()
-            if age > max_age:
+            now = datetime.now(UTC)
+            if not force and pending.lease_until is not None and pending.lease_until > now:
+                continue  # being answered right now, here or elsewhere
+            taken = await self._store.take_over_turn(
+                pending.turn_id, now=now, lease_until=self._lease_from(now), force=force
+            )
+            if not taken:
+                continue
+            if (now - pending.created_at).total_seconds() > max_age:
                 await self._store.fail_turn(pending.turn_id)
                 await sink.finish(RESTART_TOO_LATE)
                 continue
@@ -143,8 +165,11 @@ class ConversationCore:
             self._lanes.run(turn.key, functools.partial(self._answer, turn, sink))
             resumed += 1
         if resumed:
-            log.info("resuming %d turns left pending by the last stop", resumed)
+            log.info("resuming %d turns left pending by a stopped process", resumed)
         return resumed
+
+    def _lease_from(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self._settings.conversation.turn_lease_seconds)
 
     # --- what adapters ask of the store, through the core ---------------------------
 

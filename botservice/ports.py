@@ -137,6 +137,7 @@ class PendingTurn:
     created_at: datetime
     user_id: str = ""
     is_channel_admin: bool = False
+    lease_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,10 +171,28 @@ class Store(Protocol):
     """Everything the core keeps. One implementation (storage/) over SQLAlchemy."""
 
     async def accept(
-        self, message: IncomingMessage, *, text: str, tokens: int
+        self,
+        message: IncomingMessage,
+        *,
+        text: str,
+        tokens: int,
+        lease_until: datetime | None = None,
     ) -> AcceptedTurn | None:
         """Claim `(platform, message_key)` and store the user's message with a pending turn,
-        in one transaction. None if the key was already claimed (a duplicate delivery)."""
+        in one transaction. None if the key was already claimed (a duplicate delivery).
+        `lease_until`: this process answers the turn; nobody else resumes it before then."""
+        ...
+
+    async def take_over_turn(
+        self, turn_id: int, *, now: datetime, lease_until: datetime, force: bool = False
+    ) -> bool:
+        """Take a pending turn whose lease has run out (any, with `force`). False if it is
+        answered already or another process holds it."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may use the same database (PostgreSQL, not SQLite)."""
         ...
 
     async def claim_key(self, platform: str, message_key: str) -> bool:

@@ -90,7 +90,19 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         for adapter in adapters:
             await adapter.start()
             log.info("%s adapter started", adapter.platform)
-        await services.core.resume_pending(_sink_router(adapters))
+        sink_for = _sink_router(adapters)
+        await services.core.resume_pending(sink_for)
+        # Turns of a process that died while others run on the same database.
+        scheduler.add_job(
+            services.core.resume_pending,
+            "interval",
+            args=(sink_for,),
+            kwargs={"at_start_up": False},
+            seconds=60,
+            id="resume-orphaned-turns",
+            max_instances=1,
+            coalesce=True,
+        )
         await stop.wait()
     finally:
         for adapter in adapters:

@@ -52,6 +52,7 @@ class ConversationSettings(_Section):
     history_limit: int = Field(default=200, gt=0)
     stream_update_interval_seconds: float = Field(default=1.0, ge=0)
     resume_pending_max_age_seconds: float = Field(default=900, ge=0)
+    turn_lease_seconds: float = Field(default=300, gt=0)
 
 
 class StorageSettings(_Section):

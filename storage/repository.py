@@ -224,6 +224,7 @@ class SqlStore:
         self._claimed_by = f"{socket.gethostname()}:{os.getpid()}"
         self._message_cache = _MessageCache(MESSAGE_CACHE_SIZE)
         sqlite_database = is_sqlite(engine)
+        self._shared = not sqlite_database
         self._insert: Callable[..., Any] = sqlite.insert if sqlite_database else postgresql.insert
         self._claim = (
             self._insert(TURNS)
@@ -266,6 +267,11 @@ class SqlStore:
         return cls(engine)
 
     @property
+    def shared(self) -> bool:
+        # SQLite is the one-process store; PostgreSQL is the shared one (README).
+        return self._shared
+
+    @property
     def engine(self) -> AsyncEngine:
         return self._engine
 
@@ -298,10 +304,16 @@ class SqlStore:
     # --- turns -----------------------------------------------------------------
 
     async def accept(
-        self, message: IncomingMessage, *, text: str, tokens: int
+        self,
+        message: IncomingMessage,
+        *,
+        text: str,
+        tokens: int,
+        lease_until: datetime | None = None,
     ) -> AcceptedTurn | None:
         now = utcnow()
         turn_values = {
+            "lease_until": lease_until,
             "platform": message.platform,
             "message_key": message.message_key,
             "user_id": message.user_id,
@@ -353,6 +365,20 @@ class SqlStore:
             return AcceptedTurn(
                 turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
             )
+
+        return await self._write(work)
+
+    async def take_over_turn(
+        self, turn_id: int, *, now: datetime, lease_until: datetime, force: bool = False
+    ) -> bool:
+        """Take a pending turn to answer it, if no other process holds its lease."""
+        conditions = [_t.id == turn_id, _t.status == "pending"]
+        if not force:
+            conditions.append(or_(_t.lease_until.is_(None), _t.lease_until < now))
+        statement = update(TURNS).where(*conditions).values(lease_until=lease_until)
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement).rowcount == 1
 
         return await self._write(work)
 
@@ -452,6 +478,7 @@ class SqlStore:
                 _t.created_at,
                 _t.user_id,
                 _t.is_channel_admin,
+                _t.lease_until,
             )
             .join(CONVERSATIONS, _c.id == _t.conversation_id)
             .where(_t.status == "pending", _t.user_message_id.is_not(None))
@@ -470,6 +497,7 @@ class SqlStore:
                 created_at=row[10],
                 user_id=row[11],
                 is_channel_admin=bool(row[12]),
+                lease_until=row[13],
             )
             for row in rows
         ]

@@ -125,6 +125,9 @@ class Turn(SQLModel, table=True):
     status: str = "pending"  # 'pending' | 'answered' | 'failed' | 'command'
     reply_target: str = "{}"  # JSON written by the adapter
     reply_ref: str | None = None  # what ReplySink.begin returned (the placeholder's id)
+    # Until when the process answering this turn holds it. Another process (or a
+    # later start) resumes a pending turn only once its lease has run out.
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

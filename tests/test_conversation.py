@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import pytest_asyncio
@@ -468,3 +469,54 @@ async def test_turns_pending_too_long_are_failed_and_the_user_told(
     assert "restarted before I could answer" in sink.final
     assert fake_model.chat_requests == []
     assert await sqlite_store.pending_turns() == []
+
+
+async def test_a_turn_another_process_is_answering_is_left_to_it(
+    store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    """Several processes share PostgreSQL: a newcomer resumes only turns whose lease ran out."""
+    settings = settings_for(fake_model.base_url)
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=store, model=client)
+    chat = Chat(core)
+    now = datetime.now(UTC)
+    busy = chat.message("being answered elsewhere")
+    await store.accept(busy, text=busy.text, tokens=4, lease_until=now + timedelta(minutes=5))
+    orphaned = chat.message("its process died", thread="T2")
+    await store.accept(
+        orphaned, text=orphaned.text, tokens=4, lease_until=now - timedelta(seconds=1)
+    )
+
+    sinks: dict[str, RecordingSink] = {}
+    try:
+        resumed = await core.resume_pending(
+            lambda turn: sinks.setdefault(turn.conversation.thread, RecordingSink()),
+            at_start_up=False,
+        )
+        await core.drain()
+    finally:
+        await client.aclose()
+
+    assert resumed == 1
+    assert sinks["T2"].final == "You said: its process died"
+    assert sinks["T1"].begun == 0
+    assert [r.last_user_text for r in fake_model.chat_requests] == ["its process died"]
+
+
+async def test_at_start_up_a_one_process_store_takes_back_its_own_turns_at_once(
+    sqlite_store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    settings = settings_for(fake_model.base_url)
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=sqlite_store, model=client)
+    mine = Chat(core).message("asked just before the crash")
+    lease = datetime.now(UTC) + timedelta(minutes=5)
+    await sqlite_store.accept(mine, text=mine.text, tokens=5, lease_until=lease)
+    sink = RecordingSink()
+    try:
+        assert await core.resume_pending(lambda turn: sink, at_start_up=False) == 0
+        assert await core.resume_pending(lambda turn: sink) == 1
+        await core.drain()
+    finally:
+        await client.aclose()
+    assert sink.final == "You said: asked just before the crash"
