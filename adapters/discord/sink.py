@@ -17,7 +17,8 @@ from typing import Protocol
 
 import discord
 
-from adapters.discord.split import DISCORD_LIMIT, split_message
+from adapters.discord.split import DISCORD_LIMIT
+from botservice.message_split import split_message
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.budget import UpdateBudget
 from adapters.slack.events import ReplyTarget
-from adapters.slack.mrkdwn import MESSAGE_LIMIT, markdown_to_mrkdwn, split_message
+from adapters.slack.mrkdwn import MESSAGE_LIMIT, markdown_to_mrkdwn
 from botservice.errors import BotServiceError
+from botservice.message_split import split_message
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from adapters.discord.split import split_message
 from tests.discord.conftest import Guild, option
 from tests.fakes.model_server import Refuse, Reply
 
@@ -86,29 +85,3 @@ async def test_a_model_failure_is_shown_as_one_sentence(guild: Guild) -> None:
     assert reply["content"] == (
         "The model endpoint refused my credentials; an operator needs to check the API key."
     )
-
-
-def test_split_keeps_short_text_whole() -> None:
-    assert split_message("hello") == ["hello"]
-
-
-def test_split_moves_a_code_block_whole_to_the_next_message() -> None:
-    text = "a" * 1500 + "\n```\n" + "x = 1\n" * 100 + "```"
-    parts = split_message(text)
-    assert parts[0] == "a" * 1500
-    assert parts[1].startswith("```") and parts[1].endswith("```")
-
-
-def test_split_cuts_an_oversized_code_block_into_fenced_pieces() -> None:
-    text = "```js\n" + "\n".join(f"console.log({n});" for n in range(400)) + "\n```"
-    parts = split_message(text)
-    assert len(parts) > 1
-    assert all(len(p) <= 2000 and p.startswith("```js\n") and p.endswith("\n```") for p in parts)
-    joined = "".join(parts)
-    assert all(f"console.log({n});" in joined for n in range(400))
-
-
-def test_split_cuts_a_very_long_line_at_words() -> None:
-    parts = split_message("word " * 1000)
-    assert all(len(p) <= 2000 for p in parts)
-    assert all(not p.startswith("ord") for p in parts)

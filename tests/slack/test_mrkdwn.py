@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.slack.budget import UpdateBudget
-from adapters.slack.mrkdwn import markdown_to_mrkdwn, split_message
+from adapters.slack.mrkdwn import markdown_to_mrkdwn
 
 
 @pytest.mark.parametrize(
@@ -26,34 +26,6 @@ from adapters.slack.mrkdwn import markdown_to_mrkdwn, split_message
 )
 def test_markdown_to_mrkdwn(markdown: str, mrkdwn: str) -> None:
     assert markdown_to_mrkdwn(markdown) == mrkdwn
-
-
-def test_short_text_is_one_message() -> None:
-    assert split_message("hello", 100) == ["hello"]
-
-
-def test_split_prefers_paragraphs_and_keeps_code_whole() -> None:
-    text = "intro paragraph\n\n" + "```\n" + "\n".join(["code line"] * 5) + "\n```\n\nafter"
-    chunks = split_message(text, 70)
-    assert all(len(c) <= 70 for c in chunks)
-    code = "```\n" + "\n".join(["code line"] * 5) + "\n```"
-    assert any(code in c for c in chunks), "the code block travels whole"
-    assert all(c.count("```") % 2 == 0 for c in chunks)
-    assert "".join(chunks).replace("\n", "") == text.replace("\n", "")
-
-
-def test_oversized_code_block_is_closed_and_reopened() -> None:
-    text = "```\n" + "\n".join(f"line {i}" for i in range(100)) + "\n```"
-    chunks = split_message(text, 200)
-    assert len(chunks) > 1
-    for chunk in chunks:
-        assert len(chunk) <= 200
-        assert chunk.startswith("```\n") and chunk.endswith("\n```")
-
-
-def test_a_word_longer_than_the_limit_is_cut() -> None:
-    chunks = split_message("x" * 250, 100)
-    assert [len(c) for c in chunks] == [100, 100, 50]
 
 
 class Clock:
