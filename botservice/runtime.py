@@ -13,7 +13,7 @@ from aiohttp import web
 
 from botservice.conversation import ConversationCore
 from botservice.errors import ConfigError
-from botservice.expiry import start_expiry_scheduler
+from botservice.expiry import start_expiry_scheduler, until_shutdown
 from botservice.model_client import OpenAIChatClient
 from botservice.ports import Adapter, PendingTurn, ReplySink
 from botservice.settings import Settings
@@ -94,7 +94,7 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         await services.core.resume_pending(sink_for)
         # Turns of a process that died while others run on the same database.
         scheduler.add_job(
-            services.core.resume_pending,
+            until_shutdown(services.core.resume_pending),
             "interval",
             args=(sink_for,),
             kwargs={"at_start_up": False},
