@@ -172,8 +172,13 @@ async def _discord_sync(settings: Settings, guild: int | None) -> int:
 
 
 async def _voice_render(settings: Settings, text: str, output: str) -> int:
+    from botservice.errors import BotServiceError
     from botservice.voice_render import render_to_file
 
-    result = await render_to_file(settings, text, output)
-    print(result)
+    try:
+        result = await render_to_file(settings, text, output)
+    except BotServiceError as error:
+        print(f"botservice: {error.user_message}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(result.describe())
     return 0

@@ -22,6 +22,7 @@ from botservice.ports import (
     PendingTurn,
     ReplySink,
     Store,
+    StreamObserver,
 )
 from botservice.prompt import build_prompt, describe_attachments, quote_context
 from botservice.settings import Settings
@@ -244,12 +245,16 @@ class ConversationCore:
         request = ChatRequest(model=model, messages=prompt.messages, max_tokens=max_answer)
 
         updates = ThrottledUpdates(sink, self._settings.conversation.stream_update_interval_seconds)
+        observer = sink if isinstance(sink, StreamObserver) else None
         parts: list[str] = []
         stream = self._model.stream(request)
         try:
             async for delta in stream:
                 parts.append(delta)
-                updates.offer("".join(parts))
+                so_far = "".join(parts)
+                updates.offer(so_far)
+                if observer is not None:
+                    observer.observe(so_far)
         except ModelError as error:
             await updates.close()
             await self._fail(turn, sink, error, "".join(parts), model)

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from botservice.events import ConversationKey, IncomingMessage
 
@@ -46,6 +46,15 @@ class ReplySink(Protocol):
     async def notice(self, text: str, *, private: bool = True) -> None:
         """Tell the user something that is not a model answer."""
         ...
+
+
+@runtime_checkable
+class StreamObserver(Protocol):
+    """A sink that also wants every piece of the answer as it arrives, unthrottled
+    (speech starts each sentence the moment it is complete). Must be cheap and
+    must not block: it runs between reads of the model's stream."""
+
+    def observe(self, text_so_far: str) -> None: ...
 
 
 # --- model client -------------------------------------------------------------

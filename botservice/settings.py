@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from botservice.errors import ConfigError
+from botservice.voice_settings import VoiceSettings
 
 DEFAULT_CONFIG_PATH = Path("config/botservice.toml")
 # The defaults ship inside the package too, so an installed `botservice` works
@@ -106,6 +107,7 @@ class Settings(_Section):
     server: ServerSettings = ServerSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
+    voice: VoiceSettings = VoiceSettings()
     database_url: str = "sqlite+aiosqlite:///botservice.db"
     log_level: str = "INFO"
 
@@ -219,6 +221,11 @@ def _check_urls(settings: Settings) -> None:
         ("OPENAI_BASE_URL", settings.model.base_url),
         ("SLACK_API_URL", settings.slack.api_url),
         ("DISCORD_API_URL", settings.discord.api_url),
+        ("voice.speech_base_url", settings.voice.speech_base_url or settings.model.base_url),
+        (
+            "voice.transcription_base_url",
+            settings.voice.transcription_base_url or settings.model.base_url,
+        ),
     ):
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:

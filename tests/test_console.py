@@ -169,3 +169,18 @@ async def test_db_upgrade_and_purge_print_what_they_did(
     purged = await botservice("purge", "--dry-run", env=env, cwd=tmp_path)
     assert purged.status == 0
     assert purged.stdout.strip().startswith("would delete: ")
+
+
+async def test_voice_render_writes_what_the_bot_would_say(tmp_path: Path) -> None:
+    rendered = await botservice(
+        "voice", "render", "Hello there. I am the bot.", "-o", "hello.wav", env={}, cwd=tmp_path
+    )
+    assert rendered.status == 0, rendered.stderr
+    assert rendered.stdout.startswith("Wrote hello.wav: ")
+    assert (tmp_path / "hello.wav").stat().st_size > 10_000
+
+    refused = await botservice("voice", "render", "Hi.", "-o", "hello.xyz", env={}, cwd=tmp_path)
+    assert refused.status == 2
+    assert refused.stderr.strip().splitlines() == [
+        "botservice: cannot write 'hello.xyz': use one of .flac, .mp3, .ogg, .opus, .wav"
+    ]

@@ -1,0 +1,53 @@
+"""Settings of the voice features, mounted in `Settings` as the `[voice]` section.
+
+Kept apart from `settings.py` so that the voice modules can name their settings
+without importing the whole settings loader (and the loader never imports the
+voice code).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class VoiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # "auto": the speech endpoint when `speech_model` is set, else espeak-ng.
+    speech_engine: Literal["auto", "endpoint", "espeak"] = "auto"
+    # An OpenAI-compatible `/audio/speech` model (e.g. "gpt-4o-mini-tts", "tts-1").
+    speech_model: str | None = None
+    speech_voice: str = "alloy"
+    # None: the chat model's base URL (OPENAI_BASE_URL); the same API key is sent.
+    speech_base_url: str | None = None
+    speech_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    espeak_executable: str = "espeak-ng"
+    espeak_voice: str = "en-us"
+    espeak_words_per_minute: int = Field(default=175, ge=80, le=450)
+
+    ffmpeg_executable: str = "ffmpeg"
+
+    transcription_model: str = "whisper-1"
+    # None: the chat model's base URL.
+    transcription_base_url: str | None = None
+    transcription_timeout_seconds: float = Field(default=60.0, gt=0)
+    # OpenAI refuses uploads over 25 MB; refuse them before uploading.
+    transcription_max_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+
+    # Leave a voice channel after this long without speech (0: never for idleness).
+    idle_leave_seconds: float = Field(default=300.0, ge=0)
+    # A new question cuts the answer being spoken and drops its queued sentences.
+    interrupt_on_new_question: bool = True
+    # A sentence with no end in sight is cut at a comma or space after this many
+    # characters, so speech does not wait on a run-on paragraph.
+    max_sentence_chars: int = Field(default=300, ge=40)
+
+    @property
+    def uses_endpoint(self) -> bool:
+        """Whether speech comes from the `/audio/speech` endpoint rather than espeak-ng."""
+        return self.speech_engine == "endpoint" or (
+            self.speech_engine == "auto" and self.speech_model is not None
+        )

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+import pytest
+
+from botservice.speech import EspeakSpeechEngine
+
+
+@pytest.fixture
+def espeak() -> EspeakSpeechEngine:
+    return EspeakSpeechEngine()
