@@ -3,13 +3,16 @@
 The runtime builds the adapter with `create_adapter(settings, core)`, then
 `await adapter.start()` (returns once connected and ready; raises `ConfigError` for a
 bad token or a missing intent) and `await adapter.stop()`. Slash commands are
-registered separately with `sync_commands` (`botservice discord sync-commands`).
+registered separately with `sync_commands` (`botservice discord sync-commands`). Voice
+(`/voice ...`, spoken answers, voice messages) is part of both by default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+import discord
 
 from adapters.discord.adapter import DiscordAdapter
 from adapters.discord.commands import TreeExtension
@@ -28,7 +31,16 @@ def create_adapter(
     *,
     extensions: Sequence[TreeExtension] = (),
     guild_ready_timeout: float = 2.0,
+    voice: bool = True,
+    voice_connect_cls: type[discord.VoiceProtocol] = discord.VoiceClient,
 ) -> DiscordAdapter:
+    """With `voice` (the default) the `/voice` commands join the tree through `extensions`'
+    seam; `voice_connect_cls` is the `discord.VoiceProtocol` voice connects with."""
     return DiscordAdapter(
-        settings, core, extensions=extensions, guild_ready_timeout=guild_ready_timeout
+        settings,
+        core,
+        extensions=extensions,
+        guild_ready_timeout=guild_ready_timeout,
+        voice=voice,
+        voice_connect_cls=voice_connect_cls,
     )

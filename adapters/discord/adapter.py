@@ -19,9 +19,14 @@ from adapters.discord.context import DiscordContext
 from adapters.discord.interactions import DiscordInteractions, on_tree_error
 from adapters.discord.messages import DiscordMessages
 from adapters.discord.sink import NO_MENTIONS, InteractionReplySink
+from adapters.discord.voice import DiscordVoice
+from adapters.discord.voice_commands import voice_extension
+from adapters.discord.voice_messages import DiscordHearing
 from botservice.errors import ConfigError
 from botservice.ports import PendingTurn, ReplySink
 from botservice.settings import Settings
+from botservice.speech import SpeechEngine
+from botservice.transcription import Transcriber
 
 if TYPE_CHECKING:
     from botservice.conversation import ConversationCore
@@ -51,11 +56,33 @@ class DiscordAdapter:
         extensions: Sequence[TreeExtension] = (),
         guild_ready_timeout: float = 2.0,
         start_timeout: float = 60.0,
+        voice: bool = True,
+        voice_connect_cls: type[discord.VoiceProtocol] = discord.VoiceClient,
+        speech_engine: SpeechEngine | None = None,
     ) -> None:
         self.settings = settings
         self.context = DiscordContext(settings=settings, core=core)
         self.messages = DiscordMessages(self.context)
         self.interactions = DiscordInteractions(self.context, self.messages)
+        # Transcription needs only HTTP, so voice messages work even where speaking cannot.
+        self.hearing = DiscordHearing(
+            Transcriber.from_settings(
+                settings.voice,
+                model_base_url=settings.model.base_url,
+                api_key=settings.model.api_key,
+            )
+        )
+        self.context.hearing = self.hearing
+        self.voice: DiscordVoice | None = None
+        if voice:
+            self.voice = DiscordVoice(
+                self.context,
+                self.interactions,
+                connect_cls=voice_connect_cls,
+                engine=speech_engine,
+            )
+            self.context.voice = self.voice
+            extensions = (voice_extension(self.voice), *extensions)
         self._extensions = tuple(extensions)
         self._guild_ready_timeout = guild_ready_timeout
         self._start_timeout = start_timeout
@@ -75,10 +102,13 @@ class DiscordAdapter:
         if discord_settings.token is None:
             raise ConfigError("DISCORD_TOKEN", "is not set; the Discord adapter needs a bot token")
         _check_shards(discord_settings.shard_count, discord_settings.shard_ids)
+        if self.voice is not None:
+            self.voice.report_dependencies()
         client = make_client(
             discord_settings,
             on_message=self.messages.on_message,
             on_setup=self._setup,
+            on_voice_state=self.voice.on_voice_state_update if self.voice else None,
             guild_ready_timeout=self._guild_ready_timeout,
         )
         self._client = client
@@ -101,8 +131,10 @@ class DiscordAdapter:
             {self._task, ready}, timeout=self._start_timeout, return_when=asyncio.FIRST_COMPLETED
         )
         if ready in done:
-            log.info("Discord adapter serving (%s)", _describe_shards(discord_settings.shard_count,
-                                                                     discord_settings.shard_ids))
+            log.info(
+                "Discord adapter serving (%s)",
+                _describe_shards(discord_settings.shard_count, discord_settings.shard_ids),
+            )
             return
         ready.cancel()
         failure = self._task.exception() if self._task in done else None
@@ -110,12 +142,15 @@ class DiscordAdapter:
         raise _start_error(failure, self._start_timeout) from None
 
     async def stop(self) -> None:
+        if self.voice is not None:
+            await self.voice.aclose()
         if self._client is not None and not self._client.is_closed():
             await self._client.close()
         if self._task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._task, timeout=10)
             self._task = None
+        await self.hearing.aclose()
 
     async def _setup(self, client: discord.Client) -> None:
         tree = build_command_tree(client, self.interactions, self._extensions)
@@ -176,10 +211,13 @@ class DiscordAdapter:
 
 def _check_shards(count: int | None, ids: tuple[int, ...]) -> None:
     if ids and count is None:
-        raise ConfigError("DISCORD_SHARD_IDS", "needs DISCORD_SHARD_COUNT (the total number of shards)")
+        raise ConfigError(
+            "DISCORD_SHARD_IDS", "needs DISCORD_SHARD_COUNT (the total number of shards)"
+        )
     if count is not None and any(not 0 <= shard < count for shard in ids):
         raise ConfigError(
-            "DISCORD_SHARD_IDS", f"every shard id must be between 0 and {count - 1} (DISCORD_SHARD_COUNT - 1)"
+            "DISCORD_SHARD_IDS",
+            f"every shard id must be between 0 and {count - 1} (DISCORD_SHARD_COUNT - 1)",
         )
 
 
@@ -211,4 +249,3 @@ def _start_error(error: BaseException | None, timeout: float) -> ConfigError:
     return ConfigError(
         "DISCORD_GATEWAY_URL", f"could not connect to the Discord gateway ({type(error).__name__})"
     )
-

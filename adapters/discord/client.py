@@ -20,6 +20,7 @@ _DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
 
 MessageHook = Callable[[discord.Message], Awaitable[None]]
 SetupHook = Callable[[discord.Client], Awaitable[None]]
+VoiceStateHook = Callable[[discord.Member, discord.VoiceState, discord.VoiceState], Awaitable[None]]
 
 
 def configure_endpoints(settings: DiscordSettings) -> None:
@@ -42,16 +43,26 @@ def bot_intents() -> discord.Intents:
     intents.guild_messages = True
     intents.dm_messages = True
     intents.message_content = True
+    # Who is in which voice channel: where to join, whom to speak to, when to leave.
+    intents.voice_states = True
     return intents
 
 
 class BotClient(discord.Client):
     """Forwards the events the adapter cares about; holds no behaviour of its own."""
 
-    def __init__(self, *, on_message: MessageHook, on_setup: SetupHook, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        on_message: MessageHook,
+        on_setup: SetupHook,
+        on_voice_state: VoiceStateHook | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self._on_message_hook = on_message
         self._on_setup_hook = on_setup
+        self._on_voice_state_hook = on_voice_state
         self.became_ready = asyncio.Event()
 
     async def setup_hook(self) -> None:
@@ -64,6 +75,12 @@ class BotClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self._on_message_hook(message)
 
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        if self._on_voice_state_hook is not None:
+            await self._on_voice_state_hook(member, before, after)
+
 
 class ShardedBotClient(BotClient, discord.AutoShardedClient):
     pass
@@ -74,6 +91,7 @@ def make_client(
     *,
     on_message: MessageHook,
     on_setup: SetupHook,
+    on_voice_state: VoiceStateHook | None = None,
     guild_ready_timeout: float = 2.0,
 ) -> BotClient:
     configure_endpoints(settings)
@@ -85,11 +103,14 @@ def make_client(
         "allowed_mentions": discord.AllowedMentions.none(),
     }
     if settings.shard_count is None:
-        return BotClient(on_message=on_message, on_setup=on_setup, **options)
+        return BotClient(
+            on_message=on_message, on_setup=on_setup, on_voice_state=on_voice_state, **options
+        )
     shard_ids = list(settings.shard_ids) or None
     return ShardedBotClient(
         on_message=on_message,
         on_setup=on_setup,
+        on_voice_state=on_voice_state,
         shard_count=settings.shard_count,
         shard_ids=shard_ids,
         **options,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 
 from adapters.discord.reply_chains import ReplyChains
+from botservice.ports import ReplySink
 from botservice.settings import Settings
 
 if TYPE_CHECKING:
+    from adapters.discord.voice import DiscordVoice
+    from adapters.discord.voice_messages import DiscordHearing
     from botservice.conversation import ConversationCore
 
 
@@ -21,6 +24,8 @@ class DiscordContext:
     chains: ReplyChains = field(default_factory=ReplyChains)
     owner_ids: frozenset[int] = frozenset()
     client: discord.Client | None = None
+    voice: DiscordVoice | None = None
+    hearing: DiscordHearing | None = None
 
     @property
     def bot_id(self) -> int:
@@ -30,3 +35,11 @@ class DiscordContext:
     def require_client(self) -> discord.Client:
         assert self.client is not None, "the Discord client has not been created"
         return self.client
+
+    def spoken(
+        self, sink: ReplySink, *, guild_id: int | None, user: Any, channel_id: int | None
+    ) -> ReplySink:
+        """The sink, also spoken in the guild's voice channel when the person is there."""
+        if self.voice is None:
+            return sink
+        return self.voice.speaking_sink(sink, guild_id=guild_id, user=user, channel_id=channel_id)

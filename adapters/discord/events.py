@@ -39,8 +39,11 @@ def place_of(channel: Any, guild_id: int | None) -> Place:
         return Place(DM_WORKSPACE, str(channel.id), "")
     if isinstance(channel, discord.Thread):
         return Place(
-            str(guild_id), str(channel.parent_id), str(channel.id),
-            in_thread=True, thread_owner_id=channel.owner_id,
+            str(guild_id),
+            str(channel.parent_id),
+            str(channel.id),
+            in_thread=True,
+            thread_owner_id=channel.owner_id,
         )
     return Place(str(guild_id), str(channel.id), "")
 
@@ -57,11 +60,7 @@ def strip_mention(text: str, user_id: int) -> str:
 
 def is_person_message(message: discord.Message) -> bool:
     """Own messages, other bots, webhooks and system messages are never answered."""
-    return (
-        not message.author.bot
-        and message.webhook_id is None
-        and message.type in _ANSWERED_TYPES
-    )
+    return not message.author.bot and message.webhook_id is None and message.type in _ANSWERED_TYPES
 
 
 def referenced_message(message: discord.Message) -> discord.Message | None:
@@ -83,10 +82,7 @@ def is_channel_admin(
     """Manage Channels in this channel, the bot's owner, or an id listed in the config.
     In a direct message the person is the only member, so they manage it."""
     return (
-        in_dm
-        or manage_channels
-        or user_id in set(owner_ids)
-        or str(user_id) in set(admin_user_ids)
+        in_dm or manage_channels or user_id in set(owner_ids) or str(user_id) in set(admin_user_ids)
     )
 
 
@@ -95,12 +91,26 @@ def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
     return tuple(
         Attachment(
             name=item.filename,
-            content_type=(item.content_type or _guess_type(item.filename)).split(";")[0],
+            content_type=content_type_of(item),
             url=item.url,
             size=item.size,
         )
         for item in message.attachments
     )
+
+
+def content_type_of(item: discord.Attachment) -> str:
+    return (item.content_type or _guess_type(item.filename)).split(";")[0]
+
+
+def audio_attachments(message: discord.Message) -> list[discord.Attachment]:
+    """Voice messages and audio files: what is transcribed instead of being read as text."""
+    return [
+        item
+        for item in message.attachments
+        if content_type_of(item).startswith("audio/")
+        or (message.flags.voice and item.filename.endswith(".ogg"))
+    ]
 
 
 def _guess_type(filename: str) -> str:
@@ -111,6 +121,13 @@ def _guess_type(filename: str) -> str:
         "jpeg": "image/jpeg",
         "gif": "image/gif",
         "webp": "image/webp",
+        "ogg": "audio/ogg",
+        "oga": "audio/ogg",
+        "opus": "audio/ogg",
+        "mp3": "audio/mpeg",
+        "m4a": "audio/mp4",
+        "wav": "audio/wav",
+        "flac": "audio/flac",
     }.get(extension, "application/octet-stream")
 
 

@@ -8,6 +8,7 @@ deferred response and follow-ups.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import discord
 from discord import app_commands
@@ -18,6 +19,7 @@ from adapters.discord.messages import DiscordMessages
 from adapters.discord.sink import NO_MENTIONS, InteractionReplySink
 from botservice.errors import BotServiceError
 from botservice.events import Command
+from botservice.ports import ReplySink
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,16 @@ class DiscordInteractions:
 
     # --- /ask ---------------------------------------------------------------------
 
-    async def ask(self, interaction: discord.Interaction, prompt: str, private: bool) -> None:
-        if not await _defer(interaction, ephemeral=private):
+    async def ask(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        private: bool,
+        *,
+        wrap: Callable[[ReplySink], ReplySink] | None = None,
+    ) -> None:
+        """`wrap` replaces how the answer is shown (`/voice ask` speaks it instead)."""
+        if not await defer_response(interaction, ephemeral=private):
             return
         place = self._place(interaction)
         chains = self._context.chains
@@ -44,9 +54,19 @@ class DiscordInteractions:
         def remember(message_id: int) -> None:
             chains.remember(message_id, place.thread, by_bot=True)
 
-        sink = InteractionReplySink.for_interaction(
+        sink: ReplySink = InteractionReplySink.for_interaction(
             interaction, ephemeral=private, on_posted=remember
         )
+        if wrap is not None:
+            sink = wrap(sink)
+        elif not private:
+            # A private answer is never spoken aloud.
+            sink = self._context.spoken(
+                sink,
+                guild_id=interaction.guild_id,
+                user=interaction.user,
+                channel_id=interaction.channel_id,
+            )
         incoming = events.incoming_from_interaction(
             interaction,
             place=place,
@@ -59,7 +79,7 @@ class DiscordInteractions:
     # --- /chat ---------------------------------------------------------------------
 
     async def chat(self, interaction: discord.Interaction, prompt: str) -> None:
-        if not await _defer(interaction, ephemeral=False):
+        if not await defer_response(interaction, ephemeral=False):
             return
         channel = interaction.channel
         if not isinstance(channel, discord.TextChannel):
@@ -77,7 +97,12 @@ class DiscordInteractions:
             await interaction.followup.send(THREAD_PERMISSION_SENTENCE, ephemeral=True)
             return
         place = events.place_of(thread, interaction.guild_id)
-        sink = self._messages.sink(thread.id, reply_to=None, thread=place.thread)
+        sink = self._context.spoken(
+            self._messages.sink(thread.id, reply_to=None, thread=place.thread),
+            guild_id=interaction.guild_id,
+            user=interaction.user,
+            channel_id=thread.id,
+        )
         incoming = events.incoming_from_interaction(
             interaction,
             place=place,
@@ -90,7 +115,7 @@ class DiscordInteractions:
     # --- /instructions, /model, /retention, /reset, /forget-me, /help --------------------
 
     async def command(self, interaction: discord.Interaction, command: Command) -> None:
-        if not await _defer(interaction, ephemeral=True):
+        if not await defer_response(interaction, ephemeral=True):
             return
         sink = InteractionReplySink.for_interaction(interaction, ephemeral=True)
         incoming = events.incoming_from_interaction(
@@ -107,8 +132,9 @@ class DiscordInteractions:
     def _place(self, interaction: discord.Interaction) -> events.Place:
         channel = interaction.channel
         if channel is None:
-            return events.Place(str(interaction.guild_id or events.DM_WORKSPACE),
-                                str(interaction.channel_id), "")
+            return events.Place(
+                str(interaction.guild_id or events.DM_WORKSPACE), str(interaction.channel_id), ""
+            )
         return events.place_of(channel, interaction.guild_id)
 
     def _admin(self, interaction: discord.Interaction) -> bool:
@@ -121,7 +147,7 @@ class DiscordInteractions:
         )
 
 
-async def _defer(interaction: discord.Interaction, *, ephemeral: bool) -> bool:
+async def defer_response(interaction: discord.Interaction, *, ephemeral: bool) -> bool:
     """Acknowledge at once. False when Discord says it was already acknowledged (the same
     interaction delivered twice, e.g. replayed after a resume): someone else answers it."""
     try:
@@ -130,8 +156,9 @@ async def _defer(interaction: discord.Interaction, *, ephemeral: bool) -> bool:
         return True
     except discord.HTTPException as error:
         if error.code == 40060:
-            log.debug("interaction %s was already acknowledged; not answering again",
-                      interaction.id)
+            log.debug(
+                "interaction %s was already acknowledged; not answering again", interaction.id
+            )
             return False
         raise
     return True
@@ -151,17 +178,22 @@ async def on_tree_error(
             "I am missing a permission in this channel (I need View Channel, Send Messages "
             "and Read Message History)."
         )
-        log.warning("missing permission for /%s in channel %s",
-                    interaction.command.name if interaction.command else "?",
-                    interaction.channel_id, exc_info=True)
+        log.warning(
+            "missing permission for /%s in channel %s",
+            interaction.command.name if interaction.command else "?",
+            interaction.channel_id,
+            exc_info=True,
+        )
     elif isinstance(cause, BotServiceError):
         sentence = cause.user_message
-        log.error("/%s failed", interaction.command.name if interaction.command else "?",
-                  exc_info=cause)
+        log.error(
+            "/%s failed", interaction.command.name if interaction.command else "?", exc_info=cause
+        )
     else:
         sentence = FAILED_SENTENCE
-        log.error("/%s failed", interaction.command.name if interaction.command else "?",
-                  exc_info=cause)
+        log.error(
+            "/%s failed", interaction.command.name if interaction.command else "?", exc_info=cause
+        )
     try:
         if interaction.response.is_done():
             await interaction.followup.send(sentence, ephemeral=True)

@@ -11,6 +11,7 @@ from adapters.discord import events
 from adapters.discord.context import DiscordContext
 from adapters.discord.sink import ChannelReplySink
 from botservice.events import ContextMessage
+from botservice.ports import ReplySink
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class DiscordMessages:
         except discord.Forbidden:
             log.warning(
                 "missing permission to answer in channel %s (needs View Channel, Send Messages, "
-                "Read Message History)", message.channel.id, exc_info=True,
+                "Read Message History)",
+                message.channel.id,
+                exc_info=True,
             )
         except Exception:
             log.exception("could not answer Discord message %s", message.id)
@@ -67,10 +70,21 @@ class DiscordMessages:
             admin=admin,
             reply_target=events.message_reply_target(message, reply=route.reply),
         )
-        sink = self.sink(
+        sink: ReplySink = self.sink(
             message.channel.id,
             reply_to=message.id if route.reply else None,
             thread=route.thread,
+        )
+        if context.hearing is not None:
+            heard = await context.hearing.hear(message, incoming, sink)
+            if heard is None:
+                return
+            incoming, sink = heard
+        sink = context.spoken(
+            sink,
+            guild_id=message.guild.id if message.guild else None,
+            user=message.author,
+            channel_id=message.channel.id,
         )
         submission = await context.core.submit(incoming, sink)
         if submission is None:

@@ -14,6 +14,7 @@ import discord
 
 from adapters.discord.client import configure_endpoints
 from adapters.discord.commands import NoHandlers, TreeExtension, build_command_tree
+from adapters.discord.voice_commands import NoVoiceHandlers, voice_extension
 from botservice.errors import ConfigError
 from botservice.settings import Settings
 
@@ -23,13 +24,17 @@ async def sync_commands(
     guild_id: int | None,
     *,
     extensions: Sequence[TreeExtension] = (),
+    voice: bool = True,
 ) -> list[str]:
-    """Send the command tree to Discord (for one guild, or globally). Returns the names synced."""
+    """Send the command tree to Discord (for one guild, or globally). Returns the names synced.
+    `voice` adds the `/voice` group, as the running adapter does by default."""
     token = settings.discord.token
     if token is None:
         raise ConfigError("DISCORD_TOKEN", "is not set; syncing commands needs the bot token")
     configure_endpoints(settings.discord)
     client = discord.Client(intents=discord.Intents.none())
+    if voice:
+        extensions = (voice_extension(NoVoiceHandlers()), *extensions)
     tree = build_command_tree(client, NoHandlers(), extensions)
     try:
         try:

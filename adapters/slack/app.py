@@ -26,6 +26,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.slack.audio import SlackHearing, audio_files
 from adapters.slack.budget import UpdateBudget
 from adapters.slack.events import (
     PLATFORM,
@@ -52,6 +53,7 @@ from botservice.errors import ConfigError
 from botservice.events import Command, ContextMessage, ConversationKey
 from botservice.ports import PendingTurn, ReplySink
 from botservice.settings import Settings
+from botservice.transcription import Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,14 @@ class SlackAdapter:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._socket = SocketModeRunner(self._app, app_token, self._client) if app_token else None
+        self._hearing = SlackHearing(
+            Transcriber.from_settings(
+                settings.voice,
+                model_base_url=settings.model.base_url,
+                api_key=settings.model.api_key,
+            ),
+            api_url=slack.api_url,
+        )
         self._register()
 
     # --- Adapter -------------------------------------------------------------------
@@ -169,6 +179,7 @@ class SlackAdapter:
             await self._session.close()
             self._session = None
             self._client.session = None
+        await self._hearing.aclose()
 
     def sink_for(self, turn: PendingTurn) -> ReplySink | None:
         target = ReplyTarget.from_dict(turn.reply_target)
@@ -292,6 +303,20 @@ class SlackAdapter:
             raw=body,
         )
         sink = SlackReplySink(client=client, target=draft.reply_target(), budget=self._budget)
+        if audio := audio_files(draft.files):
+            # Acknowledged now, transcribed after (see adapters/slack/audio.py).
+            self._known.add(key)
+            self._spawn(
+                self._hearing.answer(
+                    message,
+                    sink,
+                    audio,
+                    session=self._http_session(),
+                    token=token,
+                    submit=self._core.submit,
+                )
+            )
+            return
         submission = await self._core.submit(message, sink)
         self._known.add(key)
         if submission is not None and sink.target.assistant and not known and draft.text:

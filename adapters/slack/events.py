@@ -33,6 +33,12 @@ class FileRef:
     mimetype: str
     url: str
     size: int = 0
+    # Slack's own kind of file: "slack_audio" for an audio clip recorded in Slack.
+    subtype: str = ""
+
+    @property
+    def is_audio(self) -> bool:
+        return self.mimetype.startswith("audio/") or self.subtype == "slack_audio"
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +334,7 @@ def files_of(event: Mapping[str, Any]) -> tuple[FileRef, ...]:
                 mimetype=str(item.get("mimetype") or "application/octet-stream"),
                 url=str(item.get("url_private_download") or item.get("url_private") or ""),
                 size=int(item.get("size") or 0),
+                subtype=str(item.get("subtype") or ""),
             )
         )
     return tuple(refs)

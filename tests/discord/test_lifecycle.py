@@ -86,7 +86,7 @@ async def test_shard_ids_outside_the_count_are_refused(
 
 
 EXPECTED_COMMANDS = {
-    "ask", "chat", "instructions", "model", "retention", "reset", "forget-me", "help",
+    "ask", "chat", "instructions", "model", "retention", "reset", "forget-me", "help", "voice",
 }
 
 
@@ -109,6 +109,7 @@ async def test_sync_commands_sends_the_command_tree_to_a_guild(
     assert set(subcommands) == {"show", "set", "clear"}
     assert [o["name"] for o in subcommands["set"]["options"]] == ["text"]
     assert {o["name"] for o in sent["model"]["options"]} == {"show", "set"}
+    assert {o["name"] for o in sent["voice"]["options"]} == {"join", "leave", "stop", "ask"}
     # Nothing but the sync: no gateway connection, no other writes.
     assert discord_server.identifies == []
 

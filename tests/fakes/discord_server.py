@@ -9,6 +9,12 @@ What discord.py needs from such a fake (checked against 2.7.1): REST answers car
 `Content-Type: application/json` exactly; member payloads carry `flags`;
 INTERACTION_CREATE carries `attachment_size_limit`; the interaction callback (sent with
 `with_response=1`) answers `{"interaction": ..., "resource": ...}`.
+
+Voice: the guild has a voice channel (type 2). `join_voice`/`leave_voice` move a person
+and dispatch VOICE_STATE_UPDATE; the bot's own gateway voice requests (op 4) are recorded
+and answered the way Discord does, with VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE (no
+voice server exists: a test connects through a fake `discord.VoiceProtocol`). Files added
+with `add_attachment` are served for download, as Discord's CDN would.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ MEMBER_PERMISSIONS = (
     | (1 << 31)
 )
 INTENT_MESSAGE_CONTENT = 1 << 15
+CONNECT = 1 << 20
+SPEAK = 1 << 21
+VOICE_MESSAGE_FLAG = 1 << 13
 
 
 @dataclass
@@ -119,6 +128,14 @@ class FakeDiscordServer:
         self.channel_id = self.new_id()
         self.second_channel_id = self.new_id()
         self.extra_channel_ids: list[str] = []
+        self.voice_channel_id = self.new_id()
+        # user id -> voice channel id, as GUILD_CREATE and VOICE_STATE_UPDATE report it.
+        self.voice_states: dict[str, str] = {}
+        # The bot's op-4 requests: (guild id, channel id or None).
+        self.voice_requests: list[tuple[str, str | None]] = []
+        # Deny the bot Connect and Speak in the voice channel.
+        self.bot_voice_denied = False
+        self.attachments: dict[str, tuple[str, bytes]] = {}
         self.calls: list[RestCall] = []
         self.messages: dict[str, dict[str, Any]] = {}
         self.threads: dict[str, dict[str, Any]] = {}
@@ -138,6 +155,7 @@ class FakeDiscordServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{id}/{name}", self._attachment)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -201,6 +219,46 @@ class FakeDiscordServer:
             "flags": 0,
         }
 
+    def voice_channel_payload(self) -> dict[str, Any]:
+        overwrites = []
+        if self.bot_voice_denied:
+            overwrites.append(
+                {"id": self.bot.id, "type": 1, "allow": "0", "deny": str(CONNECT | SPEAK)}
+            )
+        return {
+            "id": self.voice_channel_id,
+            "type": 2,
+            "guild_id": self.guild_id,
+            "name": "Lounge",
+            "position": 0,
+            "permission_overwrites": overwrites,
+            "parent_id": None,
+            "nsfw": False,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "bitrate": 64000,
+            "user_limit": 0,
+            "rtc_region": None,
+            "video_quality_mode": 1,
+            "flags": 0,
+        }
+
+    def voice_state_payload(self, user: FakeUser, channel_id: str | None) -> dict[str, Any]:
+        return {
+            "guild_id": self.guild_id,
+            "channel_id": channel_id,
+            "user_id": user.id,
+            "member": self.member_payload(user),
+            "session_id": f"voice-session-{user.id}",
+            "deaf": False,
+            "mute": False,
+            "self_deaf": user.bot,
+            "self_mute": False,
+            "self_video": False,
+            "suppress": False,
+            "request_to_speak_timestamp": None,
+        }
+
     def guild_payload(self) -> dict[str, Any]:
         role = {"color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
         channels = [
@@ -210,6 +268,13 @@ class FakeDiscordServer:
         channels += [
             self.channel_payload(cid, f"extra-{n}", n + 2)
             for n, cid in enumerate(self.extra_channel_ids)
+        ]
+        channels.append(self.voice_channel_payload())
+        users = {u.id: u for u in (self.owner, self.alice, self.bob, self.other_bot, self.bot)}
+        voice_states = [
+            {k: v for k, v in self.voice_state_payload(users[uid], cid).items() if k != "guild_id"}
+            for uid, cid in self.voice_states.items()
+            if uid in users
         ]
         return {
             "id": self.guild_id,
@@ -235,7 +300,7 @@ class FakeDiscordServer:
                     "id": self.guild_id,
                     "name": "@everyone",
                     "position": 0,
-                    "permissions": str(MEMBER_PERMISSIONS),
+                    "permissions": str(MEMBER_PERMISSIONS | CONNECT | SPEAK),
                     **role,
                 },
                 {
@@ -248,11 +313,16 @@ class FakeDiscordServer:
             ],
             "channels": channels,
             "threads": [t for t in self.threads.values() if not t["thread_metadata"]["archived"]],
-            "members": [self.member_payload(self.bot)],
+            "members": [self.member_payload(self.bot)]
+            + [
+                self.member_payload(users[uid])
+                for uid in self.voice_states
+                if uid in users and uid != self.bot.id
+            ],
             "member_count": 5,
             "large": False,
             "unavailable": False,
-            "voice_states": [],
+            "voice_states": voice_states,
             "presences": [],
             "stage_instances": [],
             "guild_scheduled_events": [],
@@ -341,6 +411,7 @@ class FakeDiscordServer:
         dm: bool = False,
         attachments: list[dict[str, Any]] | None = None,
         message_id: str | None = None,
+        flags: int = 0,
     ) -> dict[str, Any]:
         """A person posts a message; the gateway dispatches MESSAGE_CREATE. Returns the payload."""
         author = author or self.bob
@@ -357,10 +428,51 @@ class FakeDiscordServer:
             reference=reply_to,
             attachments=attachments,
             message_id=message_id,
+            extra={"flags": flags} if flags else None,
         )
         self.messages[data["id"]] = data
         await self.dispatch("MESSAGE_CREATE", data)
         return data
+
+    def add_attachment(
+        self, filename: str, content_type: str | None, data: bytes, *, voice: bool = False
+    ) -> dict[str, Any]:
+        """A file on the fake CDN; returns the attachment payload for `send_message`."""
+        attachment_id = self.new_id()
+        self.attachments[attachment_id] = (content_type or "application/octet-stream", data)
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        payload: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": filename,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type is not None:
+            payload["content_type"] = content_type
+        if voice:
+            payload["duration_secs"] = 1.5
+            payload["waveform"] = "AAAA"
+        return payload
+
+    async def send_voice_message(
+        self, data: bytes, *, author: FakeUser | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """A voice message as Discord's clients send it: no text, one OGG/Opus file."""
+        attachment = self.add_attachment("voice-message.ogg", "audio/ogg", data, voice=True)
+        return await self.send_message(
+            "", author=author, attachments=[attachment], flags=VOICE_MESSAGE_FLAG, **options
+        )
+
+    async def join_voice(self, user: FakeUser, channel_id: str | None = None) -> None:
+        """A person joins (or moves to) a voice channel."""
+        channel_id = channel_id or self.voice_channel_id
+        self.voice_states[user.id] = channel_id
+        await self.dispatch("VOICE_STATE_UPDATE", self.voice_state_payload(user, channel_id))
+
+    async def leave_voice(self, user: FakeUser) -> None:
+        self.voice_states.pop(user.id, None)
+        await self.dispatch("VOICE_STATE_UPDATE", self.voice_state_payload(user, None))
 
     def dm_channel_id(self, user: FakeUser) -> str:
         return str(int(user.id) + 7)
@@ -486,6 +598,8 @@ class FakeDiscordServer:
                     await self._identify(session, payload["d"])
                 elif op == 6:
                     await ws.send_str(json.dumps({"op": 9, "d": False}))
+                elif op == 4:
+                    await self._bot_voice_state(session, payload["d"])
         finally:
             self._sessions.remove(session)
         return ws
@@ -520,6 +634,35 @@ class FakeDiscordServer:
         if in_shard:
             await session.send_dispatch("GUILD_CREATE", self.guild_payload())
         session.ready.set()
+
+    async def _bot_voice_state(self, session: _Session, data: dict[str, Any]) -> None:
+        """The bot asked to join, move or leave: Discord confirms with VOICE_STATE_UPDATE
+        (and VOICE_SERVER_UPDATE on a join)."""
+        guild_id, channel_id = str(data["guild_id"]), data.get("channel_id")
+        channel_id = str(channel_id) if channel_id else None
+        self.voice_requests.append((guild_id, channel_id))
+        if channel_id is None:
+            self.voice_states.pop(self.bot.id, None)
+        else:
+            self.voice_states[self.bot.id] = channel_id
+        state = self.voice_state_payload(self.bot, channel_id)
+        state["self_deaf"] = bool(data.get("self_deaf"))
+        await session.send_dispatch("VOICE_STATE_UPDATE", state)
+        if channel_id is not None:
+            await session.send_dispatch(
+                "VOICE_SERVER_UPDATE",
+                {"token": "voice-token", "guild_id": guild_id, "endpoint": "127.0.0.1:1"},
+            )
+        self._call_event.set()
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        found = self.attachments.get(request.match_info["id"])
+        self.calls.append(RestCall("GET", request.path, {}, None))
+        self._call_event.set()
+        if found is None:
+            return web.Response(status=404)
+        content_type, data = found
+        return web.Response(body=data, headers={"Content-Type": content_type})
 
     # --- REST -------------------------------------------------------------------------
 

@@ -1,0 +1,128 @@
+"""A voice connection faked at discord.py's documented seam, `discord.VoiceProtocol`.
+
+`channel.connect(cls=FakeVoiceConnection)` asks the gateway to join (op 4) exactly as
+`discord.VoiceClient` does, and waits for the gateway's VOICE_STATE_UPDATE; there is no
+voice server, so nothing goes over UDP. Audio is played by discord.py's real
+`AudioPlayer` thread and Opus-encoded by its real encoder; the packets are kept.
+Every connection made is listed in `FakeVoiceConnection.made`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import discord
+import discord.opus
+from discord.player import AudioPlayer
+
+SILENCE_PACKET = b"\xf8\xff\xfe"
+
+
+class _FakeVoiceWebSocket:
+    def __init__(self) -> None:
+        self.speaking: list[Any] = []
+
+    async def speak(self, state: Any) -> None:
+        self.speaking.append(state)
+
+
+class FakeVoiceConnection(discord.VoiceProtocol):
+    made: ClassVar[list[FakeVoiceConnection]] = []
+
+    def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
+        super().__init__(client, channel)
+        self.guild: discord.Guild = channel.guild  # type: ignore[attr-defined]
+        self.ws = _FakeVoiceWebSocket()
+        self.timeout = 1.0
+        self.encoder: discord.opus.Encoder | None = None
+        self.packets: list[bytes] = []
+        self.disconnected = False
+        self.self_deaf = False
+        self._player: AudioPlayer | None = None
+        self._lock = threading.Lock()
+        self._joined = asyncio.Event()
+        self._connected = threading.Event()
+        FakeVoiceConnection.made.append(self)
+
+    # --- VoiceProtocol ---------------------------------------------------------------
+
+    # discord.VoiceProtocol's signature.
+    async def connect(
+        self,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        reconnect: bool,
+        self_deaf: bool = False,
+        self_mute: bool = False,
+    ) -> None:
+        self.self_deaf = self_deaf
+        await self.guild.change_voice_state(
+            channel=self.channel, self_deaf=self_deaf, self_mute=self_mute
+        )
+        await asyncio.wait_for(self._joined.wait(), timeout)
+
+    async def on_voice_state_update(self, data: Any, /) -> None:
+        channel_id = data.get("channel_id")
+        if channel_id is None:
+            self._connected.clear()
+            return
+        channel = self.guild.get_channel(int(channel_id))
+        if channel is not None:
+            self.channel = channel  # type: ignore[assignment]
+        self._connected.set()
+        self._joined.set()
+
+    async def on_voice_server_update(self, data: Any, /) -> None:
+        return None
+
+    async def disconnect(self, *, force: bool) -> None:
+        self.stop()
+        self.disconnected = True
+        self._connected.clear()
+        await self.guild.change_voice_state(channel=None)
+        self.cleanup()
+
+    async def move_to(self, channel: discord.abc.Snowflake | None) -> None:
+        await self.guild.change_voice_state(channel=channel)
+
+    # --- the part of VoiceClient that plays audio ---------------------------------------
+
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_until_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def play(
+        self, source: discord.AudioSource, *, after: Callable[[Exception | None], Any] | None = None
+    ) -> None:
+        if self.is_playing():
+            raise discord.ClientException("Already playing audio.")
+        if not source.is_opus():
+            self.encoder = discord.opus.Encoder()
+        self._player = AudioPlayer(source, self, after=after)  # type: ignore[arg-type]
+        self._player.start()
+
+    def is_playing(self) -> bool:
+        return self._player is not None and self._player.is_playing()
+
+    def stop(self) -> None:
+        if self._player is not None:
+            self._player.stop()
+            self._player = None
+
+    def send_audio_packet(self, data: bytes, *, encode: bool = True) -> None:
+        if encode:
+            assert self.encoder is not None
+            assert len(data) == 3840, f"discord.py would reject a {len(data)}-byte frame"
+            data = self.encoder.encode(data, self.encoder.SAMPLES_PER_FRAME)
+        with self._lock:
+            self.packets.append(data)
+
+    @property
+    def speech_packets(self) -> list[bytes]:
+        with self._lock:
+            return [packet for packet in self.packets if packet != SILENCE_PACKET]
