@@ -225,6 +225,10 @@ class SqlStore:
         self._message_cache = _MessageCache(MESSAGE_CACHE_SIZE)
         sqlite_database = is_sqlite(engine)
         self._shared = not sqlite_database
+        # Every turn reads its channel's settings; they change only through this
+        # store, so with SQLite (one process) they are kept in memory and dropped
+        # on every change. With a shared database another process may change them.
+        self._settings_cache: dict[tuple[str, str, str], ChannelSettings] = {}
         self._insert: Callable[..., Any] = sqlite.insert if sqlite_database else postgresql.insert
         self._claim = (
             self._insert(TURNS)
@@ -627,6 +631,7 @@ class SqlStore:
 
         counts = await self._write(work)
         self._message_cache.clear()
+        self._settings_cache.clear()
         log.info(
             "forgot a user on %s: %d messages, %d settings rows",
             platform,
@@ -730,6 +735,7 @@ class SqlStore:
 
         gone = await self._write(work)
         self._message_cache.clear()
+        self._settings_cache.clear()
         log.info("forgot workspace %s on %s: %d conversations", workspace, platform, gone)
         return gone
 
@@ -738,6 +744,9 @@ class SqlStore:
     async def channel_settings(
         self, platform: str, workspace: str, channel: str
     ) -> ChannelSettings:
+        key = (platform, workspace, channel)
+        if (cached := self._settings_cache.get(key)) is not None:
+            return cached
         parameters = {"platform": platform, "workspace": workspace, "channel": channel}
         rows = await self._read(_rows_of(_CHANNEL_SETTINGS, parameters))
         # The channel's own row first, the workspace row ('') after it.
@@ -747,7 +756,10 @@ class SqlStore:
             for index in range(3):
                 if values[index] is None:
                     values[index] = row[index + 1]
-        return ChannelSettings(instructions=values[0], model=values[1], retention_days=values[2])
+        found = ChannelSettings(instructions=values[0], model=values[1], retention_days=values[2])
+        if not self._shared:
+            self._settings_cache[key] = found
+        return found
 
     async def change_setting(
         self,
@@ -795,7 +807,10 @@ class SqlStore:
                 )
             )
 
-        await self._write(work)
+        try:
+            await self._write(work)
+        finally:
+            self._settings_cache.clear()
 
     async def setting_changes(
         self, platform: str, workspace: str, channel: str

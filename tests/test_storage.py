@@ -546,3 +546,15 @@ async def test_forgetting_a_workspace_deletes_only_its_data(store: SqlStore) -> 
     assert await store.accept(incoming("k1", workspace="W1"), text="again", tokens=1) is None, (
         "the dedupe marker outlives the workspace's data"
     )
+
+
+async def test_settings_read_after_every_kind_of_change_are_current(store: SqlStore) -> None:
+    assert await store.channel_settings("test", "W1", "C1") == ChannelSettings()
+    await store.change_setting("test", "W1", "", field="model", value="m-workspace", changed_by="U9")
+    assert (await store.channel_settings("test", "W1", "C1")).model == "m-workspace"
+    await store.change_setting("test", "W1", "C1", field="model", value="m-channel", changed_by="U1")
+    assert (await store.channel_settings("test", "W1", "C1")).model == "m-channel"
+    await store.forget_user("test", "U1")
+    assert (await store.channel_settings("test", "W1", "C1")).model == "m-workspace"
+    await store.forget_workspace("test", "W1")
+    assert await store.channel_settings("test", "W1", "C1") == ChannelSettings()
