@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 
 from adapters.slack.events import FileRef
-from adapters.slack.files import token_may_go_to
+from adapters.slack.files import download, token_may_go_to
 from botservice.errors import BotServiceError
 from botservice.events import IncomingMessage
 from botservice.ports import ReplySink
@@ -31,7 +31,6 @@ from botservice.voice_messages import (
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_TIMEOUT_SECONDS = 30.0
 
 Submit = Callable[[IncomingMessage, ReplySink], Awaitable[object]]
 
@@ -86,22 +85,7 @@ class SlackHearing:
     ) -> bytes:
         if not token or not token_may_go_to(ref.url, self._api_url):
             raise ValueError("the audio is not on a Slack file host")
-        limit = self.transcriber.max_bytes
-        async with session.get(
-            ref.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_SECONDS),
-            allow_redirects=False,
-        ) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status}")
-            # Slack answers a bad token with a 200 HTML login page, not an error.
-            if response.content_type.startswith("text/html"):
-                raise ValueError("login page instead of the file")
-            data = await response.content.read(limit + 1)
-        if len(data) > limit:
-            raise ValueError("file too large")
-        return data
+        return await download(session, ref.url, token, max_bytes=self.transcriber.max_bytes)
 
     async def aclose(self) -> None:
         await self.transcriber.aclose()

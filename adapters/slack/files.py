@@ -46,7 +46,7 @@ async def fetch_attachments(
             log.warning("not downloading a file from an unexpected host")
             return attachment
         try:
-            data = await _download(session, ref.url, token)
+            data = await download(session, ref.url, token, max_bytes=MAX_IMAGE_BYTES)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             log.warning("could not download an attached image: %s", type(error).__name__)
             return attachment
@@ -59,7 +59,10 @@ async def fetch_attachments(
     return tuple(await asyncio.gather(*(one(ref) for ref in files)))
 
 
-async def _download(session: aiohttp.ClientSession, url: str, token: str) -> bytes:
+async def download(
+    session: aiohttp.ClientSession, url: str, token: str, *, max_bytes: int
+) -> bytes:
+    """A private Slack file, fetched with the bot token. ValueError when it cannot be had."""
     timeout = aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_SECONDS)
     async with session.get(
         url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, allow_redirects=False
@@ -69,7 +72,7 @@ async def _download(session: aiohttp.ClientSession, url: str, token: str) -> byt
         # Slack answers a bad token with a 200 HTML login page, not an error.
         if response.content_type.startswith("text/html"):
             raise ValueError("login page instead of the file")
-        data = await response.content.read(MAX_IMAGE_BYTES + 1)
-        if len(data) > MAX_IMAGE_BYTES:
+        data = await response.content.read(max_bytes + 1)
+        if len(data) > max_bytes:
             raise ValueError("file too large")
         return data
