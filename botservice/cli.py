@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -116,15 +117,27 @@ async def _run(settings: Settings) -> int:
     async with open_services(settings) as services:
         adapters: list[Adapter] = []
         if settings.slack.configured:
+            _require_extra("slack_bolt", extra="slack", setting="SLACK_BOT_TOKEN")
             from adapters.slack import create_adapter as create_slack
 
             adapters.append(create_slack(settings, services.core))
         if settings.discord.configured:
+            _require_extra("discord", extra="discord", setting="DISCORD_TOKEN")
             from adapters.discord import create_adapter as create_discord
 
             adapters.append(create_discord(settings, services.core))
         await serve(services, adapters, with_http=True)
     return 0
+
+
+def _require_extra(module: str, *, extra: str, setting: str) -> None:
+    """A platform's token is set but its libraries are not installed: say which extra."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            setting,
+            f"is set, but the {extra} extra is not installed; run "
+            f'`python -m pip install -e ".[{extra}]"` (or unset {setting})',
+        )
 
 
 async def _chat(settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
     url = _parse(normalize_url(database_url))
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, echo=echo)
+    if importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError(
+            "DATABASE_URL",
+            'names PostgreSQL, but its driver is not installed; run `python -m pip install -e ".[postgres]"`',
+        )
     return create_async_engine(
         url,
         echo=echo,
