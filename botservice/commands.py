@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from botservice.events import Command, IncomingMessage
-from botservice.ports import ChannelSettings, Store
+from botservice.ports import ChannelSettings, SettingField, Store
 from botservice.settings import Settings
+from botservice.voice_settings import DEFAULT_SPEECH_MODEL
 
 MAX_INSTRUCTIONS_CHARS = 8000
 MAX_RETENTION_DAYS = 3650
 # Model names as OpenAI, Ollama ("llama3.1:8b") and vLLM ("org/model") spell them.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
+# Speech endpoint voices ("nova") and espeak-ng voices ("en-gb", "en+f3"). It never
+# starts with "-": espeak-ng gets the voice as an argument of its own.
+_VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,63}$")
+# `speech set voice <name> model <name>`: the word, the setting, what a valid value looks like.
+_SPEECH_CHOICES: dict[str, tuple[SettingField, re.Pattern[str]]] = {
+    "voice": ("speech_voice", _VOICE_NAME),
+    "model": ("speech_model", _MODEL_NAME),
+}
 
 COMMANDS: dict[str, tuple[str, ...]] = {
     "instructions": ("show", "set", "clear"),
     "model": ("show", "set"),
     "retention": ("show", "set"),
+    "speech": ("show", "set", "clear"),
     "reset": (),
     "forget-me": (),
     "help": (),
@@ -28,10 +37,13 @@ Commands:
   instructions show | set <text> | clear   the instructions the model gets in this channel
   model show | set <name>                  the chat model this channel uses
   retention show | set <days>              how long this channel's messages are kept (0 = not at all)
+  speech show | set voice|model <name> | clear
+                                           how answers are spoken in voice channels; without a
+                                           speech endpoint the voice is espeak-ng's (e.g. en-gb)
   reset                                    start this conversation afresh (nothing is deleted)
   forget-me                                delete every message and setting of yours
   help                                     this list
-Changing instructions, model or retention needs the channel-manager right."""
+Changing instructions, model, retention or speech needs the channel-manager right."""
 
 # Who holds the channel-manager right, as each platform's adapter decides it.
 # Plain words only: the core knows platforms by name, never by SDK.
@@ -87,6 +99,8 @@ class CommandRunner:
                 return await self._model(message, command)
             case "retention":
                 return await self._retention(message, command)
+            case "speech":
+                return await self._speech(message, command)
             case "reset":
                 await self._store.reset_conversation(message.conversation)
                 return "Done: the next message here starts a fresh conversation."
@@ -153,6 +167,39 @@ class CommandRunner:
         await self._change(message, "retention_days", days)
         return f"Messages in this channel are now kept for {_days(days)}."
 
+    async def _speech(self, message: IncomingMessage, command: Command) -> str:
+        if command.action == "show":
+            return self._speech_summary(await self._channel(message))
+        if refusal := self._refuse_unless_manager(message, "speech settings"):
+            return refusal
+        if command.action == "clear":
+            await self._change(message, "speech_voice", None)
+            await self._change(message, "speech_model", None)
+            # The workspace's own speech settings, if any, show through again.
+            return "Speech settings cleared. " + self._speech_summary(await self._channel(message))
+        choices = _speech_choices(command.argument)
+        if not choices:
+            return (
+                "Give a voice or a speech model after `speech set`, for example "
+                "`speech set voice nova` or `speech set model tts-1`."
+            )
+        for field, value in choices.items():
+            await self._change(message, field, value)
+        return "Speech settings updated. " + self._speech_summary(await self._channel(message))
+
+    def _speech_summary(self, current: ChannelSettings) -> str:
+        defaults = self._settings.voice
+        voice = _or_default(current.speech_voice, defaults.default_voice)
+        if not defaults.uses_endpoint:
+            later = (
+                f"; its speech model {current.speech_model} applies once a speech endpoint is set up"
+                if current.speech_model
+                else ""
+            )
+            return f"This channel speaks in the voice {voice} through espeak-ng{later}."
+        model = _or_default(current.speech_model, defaults.speech_model or DEFAULT_SPEECH_MODEL)
+        return f"This channel speaks in the voice {voice} with the speech model {model}."
+
     async def _channel(self, message: IncomingMessage) -> ChannelSettings:
         return await self._store.channel_settings(
             message.platform, message.workspace, message.channel
@@ -166,7 +213,7 @@ class CommandRunner:
     async def _change(
         self,
         message: IncomingMessage,
-        field: Literal["instructions", "model", "retention_days"],
+        field: SettingField,
         value: str | int | None,
     ) -> None:
         await self._store.change_setting(
@@ -177,6 +224,25 @@ class CommandRunner:
             value=value,
             changed_by=message.user_id,
         )
+
+
+def _speech_choices(argument: str) -> dict[SettingField, str] | None:
+    """`voice nova model tts-1` -> {"speech_voice": "nova", "speech_model": "tts-1"};
+    None unless every word pairs up into a known choice with a valid name."""
+    words = argument.split()
+    if not words or len(words) % 2:
+        return None
+    choices: dict[SettingField, str] = {}
+    for word, value in zip(words[::2], words[1::2], strict=True):
+        field, pattern = _SPEECH_CHOICES.get(word.lower(), (None, None))
+        if field is None or pattern is None or field in choices or not pattern.match(value):
+            return None
+        choices[field] = value
+    return choices
+
+
+def _or_default(value: str | None, default: str) -> str:
+    return value if value else f"{default} (the default)"
 
 
 def _s(count: int) -> str:

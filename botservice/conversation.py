@@ -17,6 +17,7 @@ from botservice.commands import CommandRunner
 from botservice.errors import ModelError, ModelStreamBroken
 from botservice.events import Attachment, Command, ConversationKey, IncomingMessage
 from botservice.ports import (
+    ChannelSettings,
     ChatRequest,
     ModelClient,
     PendingTurn,
@@ -193,6 +194,12 @@ class ConversationCore:
         return await self._store.delete_platform_message(
             platform, workspace, channel, platform_message_id
         )
+
+    async def channel_settings(
+        self, platform: str, workspace: str, channel: str
+    ) -> ChannelSettings:
+        """A channel's own settings, else its workspace's (speech reads its voice here)."""
+        return await self._store.channel_settings(platform, workspace, channel)
 
     async def forget_workspace(self, platform: str, workspace: str) -> int:
         """The app left a workspace: delete everything stored about it."""

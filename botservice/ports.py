@@ -13,6 +13,7 @@ from botservice.events import ConversationKey, IncomingMessage
 Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
 TurnStatus = Literal["pending", "answered", "failed", "command"]
+SettingField = Literal["instructions", "model", "retention_days", "speech_model", "speech_voice"]
 
 
 # --- reply sink -------------------------------------------------------------
@@ -123,6 +124,8 @@ class ChannelSettings:
     instructions: str | None = None
     model: str | None = None
     retention_days: int | None = None
+    speech_model: str | None = None
+    speech_voice: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +251,7 @@ class Store(Protocol):
         workspace: str,
         channel: str,
         *,
-        field: Literal["instructions", "model", "retention_days"],
+        field: SettingField,
         value: str | int | None,
         changed_by: str,
     ) -> None:

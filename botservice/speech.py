@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from botservice.audio import kill_process
 from botservice.errors import BotServiceError
-from botservice.voice_settings import VoiceSettings
+from botservice.voice_settings import DEFAULT_SPEECH_MODEL, VoiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,11 @@ class SpeechEngine(Protocol):
         """Which engine this is, for operators ("espeak-ng (en-us)")."""
         ...
 
-    async def synthesize(self, text: str, *, voice: str | None = None) -> bytes:
-        """Audio of `text` (WAV). `voice` overrides the engine's default voice.
-        Raises `SpeechError`."""
+    async def synthesize(
+        self, text: str, *, voice: str | None = None, model: str | None = None
+    ) -> bytes:
+        """Audio of `text` (WAV). `voice` and `model` override the engine's defaults (a
+        channel's own); an engine without models ignores `model`. Raises `SpeechError`."""
         ...
 
     async def aclose(self) -> None: ...
@@ -108,9 +110,11 @@ class OpenAISpeechEngine:
     def description(self) -> str:
         return f"speech endpoint {self.base_url} (model {self.model}, voice {self.voice})"
 
-    async def synthesize(self, text: str, *, voice: str | None = None) -> bytes:
+    async def synthesize(
+        self, text: str, *, voice: str | None = None, model: str | None = None
+    ) -> bytes:
         body = {
-            "model": self.model,
+            "model": model or self.model,
             "voice": voice or self.voice,
             "input": text,
             "response_format": "wav",
@@ -154,7 +158,10 @@ class EspeakSpeechEngine:
     def description(self) -> str:
         return f"espeak-ng (voice {self.voice}, {self.words_per_minute} wpm)"
 
-    async def synthesize(self, text: str, *, voice: str | None = None) -> bytes:
+    async def synthesize(
+        self, text: str, *, voice: str | None = None, model: str | None = None
+    ) -> bytes:
+        # `voice` is an espeak-ng voice name ("en-gb", "de"); espeak-ng has no models.
         try:
             process = await asyncio.create_subprocess_exec(
                 self.executable,
@@ -202,7 +209,7 @@ def create_speech_engine(
     if voice.uses_endpoint:
         return OpenAISpeechEngine(
             base_url=voice.speech_base_url or model_base_url,
-            model=voice.speech_model or "tts-1",
+            model=voice.speech_model or DEFAULT_SPEECH_MODEL,
             voice=voice.speech_voice,
             api_key=api_key,
             timeout_seconds=voice.speech_timeout_seconds,

@@ -83,9 +83,17 @@ class SpokenAnswer:
     After an interruption it silently ignores whatever else it is given.
     """
 
-    def __init__(self, speaker: VoiceSpeaker, *, voice: str | None, max_chars: int) -> None:
+    def __init__(
+        self,
+        speaker: VoiceSpeaker,
+        *,
+        voice: str | None,
+        model: str | None = None,
+        max_chars: int,
+    ) -> None:
         self._speaker = speaker
         self.voice = voice
+        self.model = model
         self._splitter = SentenceSplitter(max_chars=max_chars)
         self._queue: asyncio.Queue[str | object] = asyncio.Queue()
         self._finished = False
@@ -156,11 +164,14 @@ class VoiceSpeaker:
 
     # --- what adapters call ------------------------------------------------------
 
-    def begin_answer(self, *, voice: str | None = None) -> SpokenAnswer:
-        """Open an answer; it is spoken after the answers opened before it."""
+    def begin_answer(self, *, voice: str | None = None, model: str | None = None) -> SpokenAnswer:
+        """Open an answer; it is spoken after the answers opened before it. `voice` and
+        `model` (a channel's speech settings) override the speaker's and the engine's."""
         if self._closed:
             raise RuntimeError("this speaker is closed")
-        answer = SpokenAnswer(self, voice=voice or self.voice, max_chars=self.max_sentence_chars)
+        answer = SpokenAnswer(
+            self, voice=voice or self.voice, model=model, max_chars=self.max_sentence_chars
+        )
         self._open_answers.append(answer)
         self._pending += 1
         self._idle.clear()
@@ -168,17 +179,21 @@ class VoiceSpeaker:
         self._ensure_workers()
         return answer
 
-    def say(self, text: str, *, voice: str | None = None) -> SpokenAnswer:
+    def say(self, text: str, *, voice: str | None = None, model: str | None = None) -> SpokenAnswer:
         """Speak a complete text (a notice, a greeting) after what is already queued."""
-        answer = self.begin_answer(voice=voice)
+        answer = self.begin_answer(voice=voice, model=model)
         answer.finish(text)
         return answer
 
     async def speak_stream(
-        self, deltas: AsyncIterable[str], *, voice: str | None = None
+        self,
+        deltas: AsyncIterable[str],
+        *,
+        voice: str | None = None,
+        model: str | None = None,
     ) -> SpokenAnswer:
         """Speak a stream of text deltas; returns when the stream ends (speech goes on)."""
-        answer = self.begin_answer(voice=voice)
+        answer = self.begin_answer(voice=voice, model=model)
         try:
             async for delta in deltas:
                 answer.feed(delta)
@@ -254,7 +269,9 @@ class VoiceSpeaker:
             answer = await self._answers.get()
             while (sentence := await answer._next()) is not None:
                 try:
-                    audio = await self.engine.synthesize(sentence, voice=answer.voice)
+                    audio = await self.engine.synthesize(
+                        sentence, voice=answer.voice, model=answer.model
+                    )
                 except BotServiceError as error:
                     log.warning("speech synthesis failed: %s", error)
                     self._sentence_done()
@@ -376,18 +393,20 @@ class SpeakingSink:
         speaker: VoiceSpeaker,
         *,
         voice: str | None = None,
+        model: str | None = None,
         interrupt: bool = True,
     ) -> None:
         self.inner = inner
         self.speaker = speaker
         self.voice = voice
+        self.model = model
         self.interrupt = interrupt
         self.answer: SpokenAnswer | None = None
 
     async def begin(self, existing_ref: str | None) -> str | None:
         if self.interrupt:
             await self.speaker.interrupt()
-        self.answer = self.speaker.begin_answer(voice=self.voice)
+        self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return await self.inner.begin(existing_ref)
 
     def observe(self, text_so_far: str) -> None:
@@ -407,5 +426,5 @@ class SpeakingSink:
 
     def _answer(self) -> SpokenAnswer:
         if self.answer is None:  # a resumed turn may skip `begin`: speak anyway
-            self.answer = self.speaker.begin_answer(voice=self.voice)
+            self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return self.answer

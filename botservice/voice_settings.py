@@ -11,6 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The speech endpoint's model when the speech engine is forced to "endpoint" without one.
+DEFAULT_SPEECH_MODEL = "tts-1"
+
 
 class VoiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -51,3 +54,8 @@ class VoiceSettings(BaseModel):
         return self.speech_engine == "endpoint" or (
             self.speech_engine == "auto" and self.speech_model is not None
         )
+
+    @property
+    def default_voice(self) -> str:
+        """The voice a channel without its own speaks in, for the engine in use."""
+        return self.speech_voice if self.uses_endpoint else self.espeak_voice

@@ -18,7 +18,7 @@ import socket
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar, get_args
 
 from sqlalchemy import (
     Connection,
@@ -47,6 +47,7 @@ from botservice.ports import (
     PendingTurn,
     PurgeCounts,
     SettingChange,
+    SettingField,
     StoredMessage,
     Usage,
 )
@@ -74,8 +75,7 @@ from storage.tables import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SettingField = Literal["instructions", "model", "retention_days"]
-_SETTING_FIELDS: tuple[SettingField, ...] = ("instructions", "model", "retention_days")
+_SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
 PURGE_JOB = "purge"
 MESSAGE_CACHE_SIZE = 20_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -126,7 +126,7 @@ def _history_statement() -> Select[Any]:
 # Hot statements are built once, so SQLAlchemy reuses their compiled form.
 _HISTORY_IDS = _history_statement()
 _MESSAGES_BY_IDS = select(*_MESSAGE_COLUMNS).where(_m.id.in_(bindparam("ids", expanding=True)))
-_CHANNEL_SETTINGS = select(_s.channel, _s.instructions, _s.model, _s.retention_days).where(
+_CHANNEL_SETTINGS = select(_s.channel, *(_s[field] for field in _SETTING_FIELDS)).where(
     _s.platform == bindparam("platform"),
     _s.workspace == bindparam("workspace"),
     or_(_s.channel == bindparam("channel"), _s.channel == ""),
@@ -751,12 +751,12 @@ class SqlStore:
         rows = await self._read(_rows_of(_CHANNEL_SETTINGS, parameters))
         # The channel's own row first, the workspace row ('') after it.
         rows.sort(key=lambda row: row[0] != channel)
-        values: list[Any] = [None, None, None]
+        values: dict[str, Any] = dict.fromkeys(_SETTING_FIELDS)
         for row in rows:
-            for index in range(3):
-                if values[index] is None:
-                    values[index] = row[index + 1]
-        found = ChannelSettings(instructions=values[0], model=values[1], retention_days=values[2])
+            for index, field in enumerate(_SETTING_FIELDS, start=1):
+                if values[field] is None:
+                    values[field] = row[index]
+        found = ChannelSettings(**values)
         if not self._shared:
             self._settings_cache[key] = found
         return found

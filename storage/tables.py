@@ -143,6 +143,8 @@ class ChannelSetting(SQLModel, table=True):
     instructions: str | None = None
     model: str | None = None
     retention_days: int | None = None
+    speech_model: str | None = None
+    speech_voice: str | None = None
     updated_by: str = ""
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

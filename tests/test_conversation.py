@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import pytest_asyncio
 
+from botservice.commands import parse_command
 from botservice.conversation import TRIM_FOOTNOTE, ConversationCore
-from botservice.events import Attachment
+from botservice.events import Attachment, Command
 from botservice.model_client import OpenAIChatClient
 from botservice.settings import Settings
 from botservice.tokens import TokenCounter
@@ -236,6 +237,69 @@ async def test_bot_admins_from_config_may_change_any_channel(
     finally:
         await client.aclose()
     assert fake_model.chat_requests[-1].body["model"] == "llama3.1:8b"
+
+
+async def test_only_managers_choose_how_a_channel_is_spoken(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url, voice__speech_model="tts-1")
+    client = OpenAIChatClient(settings.model)
+    try:
+        chat = Chat(ConversationCore(settings=settings, store=sqlite_store, model=client))
+        shown = await chat.say("/speech show")
+        assert shown.notices == [
+            "This channel speaks in the voice alloy (the default) "
+            "with the speech model tts-1 (the default)."
+        ]
+
+        refused = await chat.say("/speech set voice nova", user="U2")
+        assert refused.notices == [
+            "Only channel managers, or people the operator listed as bot admins "
+            "can change this channel's speech settings."
+        ]
+        set_voice = await chat.say("/speech set voice nova", admin=True)
+        set_model = await chat.say("/speech set model gpt-4o-mini-tts", admin=True)
+        assert set_voice.notices[0].startswith("Speech settings updated.")
+        assert set_model.notices[0].endswith(
+            "the voice nova with the speech model gpt-4o-mini-tts."
+        )
+        shown = await chat.say("/speech show", user="U2")
+        assert shown.notices == [
+            "This channel speaks in the voice nova with the speech model gpt-4o-mini-tts."
+        ]
+        assert (
+            (await chat.say("/speech set voice -x", admin=True))
+            .notices[0]
+            .startswith("Give a voice or a speech model")
+        )
+
+        cleared = await chat.say("/speech clear", admin=True)
+        assert cleared.notices == [
+            "Speech settings cleared. This channel speaks in the voice alloy (the default) "
+            "with the speech model tts-1 (the default)."
+        ]
+    finally:
+        await client.aclose()
+    changes = await sqlite_store.setting_changes("test", "W1", "C1")
+    assert [(c.field, c.new) for c in changes] == [
+        ("speech_voice", "nova"),
+        ("speech_model", "gpt-4o-mini-tts"),
+        ("speech_voice", None),
+        ("speech_model", None),
+    ]
+
+
+async def test_speech_without_an_endpoint_names_espeak_voices(chat: Chat) -> None:
+    assert parse_command("speech set voice en-gb model tts-1") == Command(
+        "speech", "set", "voice en-gb model tts-1"
+    )
+    await chat.say("/speech set voice en-gb model tts-1", admin=True)
+    shown = await chat.say("/speech show")
+    assert shown.notices == [
+        "This channel speaks in the voice en-gb through espeak-ng; its speech model tts-1 "
+        "applies once a speech endpoint is set up."
+    ]
+    assert "speech show | set voice|model <name> | clear" in (await chat.say("/help")).notices[0]
 
 
 async def test_a_model_that_takes_developer_instructions_gets_them_so(

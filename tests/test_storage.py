@@ -308,6 +308,36 @@ async def test_every_setting_change_is_recorded(store: SqlStore) -> None:
     assert all(change.changed_at >= before and change.changed_at.tzinfo for change in changes)
 
 
+async def test_speech_settings_fall_back_to_the_workspace_and_are_audited(
+    store: SqlStore,
+) -> None:
+    await store.change_setting(
+        "test", "W1", "", field="speech_voice", value="en-gb", changed_by="U1"
+    )
+    await store.change_setting(
+        "test", "W1", "C1", field="speech_model", value="gpt-4o-mini-tts", changed_by="U2"
+    )
+    await store.change_setting(
+        "test", "W1", "C1", field="speech_voice", value="nova", changed_by="U2"
+    )
+
+    assert await store.channel_settings("test", "W1", "C1") == ChannelSettings(
+        speech_model="gpt-4o-mini-tts", speech_voice="nova"
+    )
+    assert await store.channel_settings("test", "W1", "C2") == ChannelSettings(speech_voice="en-gb")
+    await store.change_setting(
+        "test", "W1", "C1", field="speech_voice", value=None, changed_by="U3"
+    )
+    assert (await store.channel_settings("test", "W1", "C1")).speech_voice == "en-gb"
+
+    changes = await store.setting_changes("test", "W1", "C1")
+    assert [(c.field, c.old, c.new, c.changed_by) for c in changes] == [
+        ("speech_model", None, "gpt-4o-mini-tts", "U2"),
+        ("speech_voice", None, "nova", "U2"),
+        ("speech_voice", "nova", None, "U3"),
+    ]
+
+
 async def test_settings_refuse_nonsense(store: SqlStore) -> None:
     with pytest.raises(ValueError):
         await store.change_setting(
@@ -550,9 +580,13 @@ async def test_forgetting_a_workspace_deletes_only_its_data(store: SqlStore) -> 
 
 async def test_settings_read_after_every_kind_of_change_are_current(store: SqlStore) -> None:
     assert await store.channel_settings("test", "W1", "C1") == ChannelSettings()
-    await store.change_setting("test", "W1", "", field="model", value="m-workspace", changed_by="U9")
+    await store.change_setting(
+        "test", "W1", "", field="model", value="m-workspace", changed_by="U9"
+    )
     assert (await store.channel_settings("test", "W1", "C1")).model == "m-workspace"
-    await store.change_setting("test", "W1", "C1", field="model", value="m-channel", changed_by="U1")
+    await store.change_setting(
+        "test", "W1", "C1", field="model", value="m-channel", changed_by="U1"
+    )
     assert (await store.channel_settings("test", "W1", "C1")).model == "m-channel"
     await store.forget_user("test", "U1")
     assert (await store.channel_settings("test", "W1", "C1")).model == "m-workspace"

@@ -38,9 +38,7 @@ def build_command_tree(
     tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
 
     @tree.command(name="ask", description="Ask the assistant; the answer stays in this channel.")
-    @app_commands.describe(
-        prompt="What to ask", private="Only you see the question and the answer"
-    )
+    @app_commands.describe(prompt="What to ask", private="Only you see the question and the answer")
     async def ask(
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, MAX_PROMPT],
@@ -64,14 +62,18 @@ def build_command_tree(
     async def instructions_show(interaction: discord.Interaction) -> None:
         await handlers.command(interaction, Command("instructions", "show"))
 
-    @instructions.command(name="set", description="Set this channel's instructions (Manage Channels)")
+    @instructions.command(
+        name="set", description="Set this channel's instructions (Manage Channels)"
+    )
     @app_commands.describe(text="The new instructions")
     async def instructions_set(
         interaction: discord.Interaction, text: app_commands.Range[str, 1, MAX_PROMPT]
     ) -> None:
         await handlers.command(interaction, Command("instructions", "set", text))
 
-    @instructions.command(name="clear", description="Back to the default instructions (Manage Channels)")
+    @instructions.command(
+        name="clear", description="Back to the default instructions (Manage Channels)"
+    )
     async def instructions_clear(interaction: discord.Interaction) -> None:
         await handlers.command(interaction, Command("instructions", "clear"))
 
@@ -87,6 +89,36 @@ def build_command_tree(
         interaction: discord.Interaction, name: app_commands.Range[str, 1, 200]
     ) -> None:
         await handlers.command(interaction, Command("model", "set", name))
+
+    speech = app_commands.Group(
+        name="speech", description="How answers are spoken in this channel's voice chats"
+    )
+
+    @speech.command(name="show", description="Show this channel's voice and speech model")
+    async def speech_show(interaction: discord.Interaction) -> None:
+        await handlers.command(interaction, Command("speech", "show"))
+
+    @speech.command(
+        name="set", description="Choose this channel's voice or speech model (Manage Channels)"
+    )
+    @app_commands.describe(
+        voice="Voice name, as the speech endpoint knows it (espeak-ng: e.g. en-gb)",
+        model="Speech model, as the speech endpoint knows it",
+    )
+    async def speech_set(
+        interaction: discord.Interaction,
+        voice: app_commands.Range[str, 1, 64] | None = None,
+        model: app_commands.Range[str, 1, 128] | None = None,
+    ) -> None:
+        chosen = (("voice", voice), ("model", model))
+        argument = " ".join(f"{word} {value}" for word, value in chosen if value is not None)
+        await handlers.command(interaction, Command("speech", "set", argument))
+
+    @speech.command(
+        name="clear", description="Back to the default voice and speech model (Manage Channels)"
+    )
+    async def speech_clear(interaction: discord.Interaction) -> None:
+        await handlers.command(interaction, Command("speech", "clear"))
 
     @tree.command(
         name="retention",
@@ -115,6 +147,7 @@ def build_command_tree(
 
     tree.add_command(instructions)
     tree.add_command(model)
+    tree.add_command(speech)
     for extend in extensions:
         extend(tree)
     return tree

@@ -12,6 +12,7 @@ from botservice.ports import ReplySink
 from botservice.settings import Settings
 
 if TYPE_CHECKING:
+    from adapters.discord.events import Place
     from adapters.discord.voice import DiscordVoice
     from adapters.discord.voice_messages import DiscordHearing
     from botservice.conversation import ConversationCore
@@ -36,10 +37,19 @@ class DiscordContext:
         assert self.client is not None, "the Discord client has not been created"
         return self.client
 
-    def spoken(
-        self, sink: ReplySink, *, guild_id: int | None, user: Any, channel_id: int | None
+    async def spoken(
+        self,
+        sink: ReplySink,
+        *,
+        guild_id: int | None,
+        user: Any,
+        channel_id: int | None,
+        place: Place,
     ) -> ReplySink:
-        """The sink, also spoken in the guild's voice channel when the person is there."""
+        """The sink, also spoken in the guild's voice channel when the person is there, in
+        the voice and speech model of `place`'s channel."""
         if self.voice is None:
             return sink
-        return self.voice.speaking_sink(sink, guild_id=guild_id, user=user, channel_id=channel_id)
+        return await self.voice.speaking_sink(
+            sink, guild_id=guild_id, user=user, channel_id=channel_id, place=place
+        )

@@ -48,6 +48,13 @@ def place_of(channel: Any, guild_id: int | None) -> Place:
     return Place(str(guild_id), str(channel.id), "")
 
 
+def place_of_interaction(interaction: discord.Interaction) -> Place:
+    channel = interaction.channel
+    if channel is None:
+        return Place(str(interaction.guild_id or DM_WORKSPACE), str(interaction.channel_id), "")
+    return place_of(channel, interaction.guild_id)
+
+
 def mentions_user(message: discord.Message, user_id: int) -> bool:
     return any(user.id == user_id for user in message.mentions) or (
         f"<@{user_id}>" in message.content or f"<@!{user_id}>" in message.content

@@ -8,7 +8,7 @@ deferred response and follow-ups.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import discord
 from discord import app_commands
@@ -43,12 +43,12 @@ class DiscordInteractions:
         prompt: str,
         private: bool,
         *,
-        wrap: Callable[[ReplySink], ReplySink] | None = None,
+        wrap: Callable[[ReplySink], Awaitable[ReplySink]] | None = None,
     ) -> None:
         """`wrap` replaces how the answer is shown (`/voice ask` speaks it instead)."""
         if not await defer_response(interaction, ephemeral=private):
             return
-        place = self._place(interaction)
+        place = events.place_of_interaction(interaction)
         chains = self._context.chains
 
         def remember(message_id: int) -> None:
@@ -58,14 +58,15 @@ class DiscordInteractions:
             interaction, ephemeral=private, on_posted=remember
         )
         if wrap is not None:
-            sink = wrap(sink)
+            sink = await wrap(sink)
         elif not private:
             # A private answer is never spoken aloud.
-            sink = self._context.spoken(
+            sink = await self._context.spoken(
                 sink,
                 guild_id=interaction.guild_id,
                 user=interaction.user,
                 channel_id=interaction.channel_id,
+                place=place,
             )
         incoming = events.incoming_from_interaction(
             interaction,
@@ -97,11 +98,12 @@ class DiscordInteractions:
             await interaction.followup.send(THREAD_PERMISSION_SENTENCE, ephemeral=True)
             return
         place = events.place_of(thread, interaction.guild_id)
-        sink = self._context.spoken(
+        sink = await self._context.spoken(
             self._messages.sink(thread.id, reply_to=None, thread=place.thread),
             guild_id=interaction.guild_id,
             user=interaction.user,
             channel_id=thread.id,
+            place=place,
         )
         incoming = events.incoming_from_interaction(
             interaction,
@@ -120,7 +122,7 @@ class DiscordInteractions:
         sink = InteractionReplySink.for_interaction(interaction, ephemeral=True)
         incoming = events.incoming_from_interaction(
             interaction,
-            place=self._place(interaction),
+            place=events.place_of_interaction(interaction),
             text=_command_text(command),
             admin=self._admin(interaction),
             reply_target=events.interaction_reply_target(interaction, ephemeral=True),
@@ -128,14 +130,6 @@ class DiscordInteractions:
         await self._context.core.run_command(incoming, command, sink)
 
     # --- shared ---------------------------------------------------------------------------
-
-    def _place(self, interaction: discord.Interaction) -> events.Place:
-        channel = interaction.channel
-        if channel is None:
-            return events.Place(
-                str(interaction.guild_id or events.DM_WORKSPACE), str(interaction.channel_id), ""
-            )
-        return events.place_of(channel, interaction.guild_id)
 
     def _admin(self, interaction: discord.Interaction) -> bool:
         return events.is_channel_admin(

@@ -80,11 +80,12 @@ class DiscordMessages:
             if heard is None:
                 return
             incoming, sink = heard
-        sink = context.spoken(
+        sink = await context.spoken(
             sink,
             guild_id=message.guild.id if message.guild else None,
             user=message.author,
             channel_id=message.channel.id,
+            place=place,
         )
         submission = await context.core.submit(incoming, sink)
         if submission is None:

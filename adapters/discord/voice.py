@@ -18,11 +18,12 @@ from typing import Any, Protocol
 import discord
 
 from adapters.discord.context import DiscordContext
+from adapters.discord.events import PLATFORM, Place, place_of_interaction
 from adapters.discord.interactions import DiscordInteractions, defer_response
 from adapters.discord.voice_deps import check_discord_voice
 from adapters.discord.voice_source import DiscordPlayback
 from botservice.errors import BotServiceError
-from botservice.ports import ReplySink
+from botservice.ports import ChannelSettings, ReplySink
 from botservice.speech import SpeechEngine, create_speech_engine
 from botservice.voice_pipeline import SpeakingSink, SpokenAnswer, VoiceSpeaker, VoiceSpeakers
 
@@ -193,18 +194,33 @@ class DiscordVoice:
         note = SPOKEN_NOTE.format(channel=session.connection.channel.mention)
         interrupt = self._settings.interrupt_on_new_question
 
-        def spoken_only(sink: ReplySink) -> ReplySink:
-            return VoiceOnlySink(sink, session.speaker, note=note, interrupt=interrupt)
+        async def spoken_only(sink: ReplySink) -> ReplySink:
+            speech = await self._speech_settings(place_of_interaction(interaction))
+            return VoiceOnlySink(
+                sink,
+                session.speaker,
+                note=note,
+                interrupt=interrupt,
+                voice=speech.speech_voice,
+                model=speech.speech_model,
+            )
 
         await self._interactions.ask(interaction, prompt, True, wrap=spoken_only)
 
     # --- speaking along with text answers ------------------------------------------------
 
-    def speaking_sink(
-        self, sink: ReplySink, *, guild_id: int | None, user: Any, channel_id: int | None
+    async def speaking_sink(
+        self,
+        sink: ReplySink,
+        *,
+        guild_id: int | None,
+        user: Any,
+        channel_id: int | None,
+        place: Place,
     ) -> ReplySink:
         """`sink`, also spoken when the bot is in a voice channel of this guild and the person
-        is in it too (or writes in its text chat)."""
+        is in it too (or writes in its text chat), in the voice and speech model set for
+        `place`'s channel (`/speech set`)."""
         session = self._sessions.get(guild_id) if guild_id is not None else None
         if session is None:
             return sink
@@ -213,9 +229,17 @@ class DiscordVoice:
         heard_there = state is not None and getattr(state.channel, "id", None) == voice_channel_id
         if not (heard_there or channel_id == voice_channel_id):
             return sink
+        speech = await self._speech_settings(place)
         return SpeakingSink(
-            sink, session.speaker, interrupt=self._settings.interrupt_on_new_question
+            sink,
+            session.speaker,
+            voice=speech.speech_voice,
+            model=speech.speech_model,
+            interrupt=self._settings.interrupt_on_new_question,
         )
+
+    async def _speech_settings(self, place: Place) -> ChannelSettings:
+        return await self._context.core.channel_settings(PLATFORM, place.workspace, place.channel)
 
     # --- leaving by itself ------------------------------------------------------------------
 
@@ -299,19 +323,28 @@ class VoiceOnlySink:
     sentence that explains why there is no answer (a model error is spoken too)."""
 
     def __init__(
-        self, inner: ReplySink, speaker: VoiceSpeaker, *, note: str, interrupt: bool
+        self,
+        inner: ReplySink,
+        speaker: VoiceSpeaker,
+        *,
+        note: str,
+        interrupt: bool,
+        voice: str | None = None,
+        model: str | None = None,
     ) -> None:
         self.inner = inner
         self.speaker = speaker
         self.note = note
         self.interrupt = interrupt
+        self.voice = voice
+        self.model = model
         self.answer: SpokenAnswer | None = None
         self.streamed = False
 
     async def begin(self, existing_ref: str | None) -> str | None:
         if self.interrupt:
             await self.speaker.interrupt()
-        self.answer = self.speaker.begin_answer()
+        self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return await self.inner.begin(existing_ref)
 
     def observe(self, text_so_far: str) -> None:
@@ -331,7 +364,7 @@ class VoiceOnlySink:
 
     def _answer(self) -> SpokenAnswer:
         if self.answer is None:
-            self.answer = self.speaker.begin_answer()
+            self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return self.answer
 
 

@@ -86,7 +86,16 @@ async def test_shard_ids_outside_the_count_are_refused(
 
 
 EXPECTED_COMMANDS = {
-    "ask", "chat", "instructions", "model", "retention", "reset", "forget-me", "help", "voice",
+    "ask",
+    "chat",
+    "instructions",
+    "model",
+    "speech",
+    "retention",
+    "reset",
+    "forget-me",
+    "help",
+    "voice",
 }
 
 
@@ -109,6 +118,12 @@ async def test_sync_commands_sends_the_command_tree_to_a_guild(
     assert set(subcommands) == {"show", "set", "clear"}
     assert [o["name"] for o in subcommands["set"]["options"]] == ["text"]
     assert {o["name"] for o in sent["model"]["options"]} == {"show", "set"}
+    speech = {o["name"]: o for o in sent["speech"]["options"]}
+    assert set(speech) == {"show", "set", "clear"}
+    assert [(o["name"], o.get("required", False)) for o in speech["set"]["options"]] == [
+        ("voice", False),
+        ("model", False),
+    ]
     assert {o["name"] for o in sent["voice"]["options"]} == {"join", "leave", "stop", "ask"}
     # Nothing but the sync: no gateway connection, no other writes.
     assert discord_server.identifies == []
@@ -131,15 +146,21 @@ async def test_a_pending_turn_resumes_by_editing_its_placeholder(guild: Guild) -
     server = guild.server
     asked = await server.send_message("Are you there?", mention_bot=True)
     placeholder = server._message(
-        channel_id=server.channel_id, author=server.bot, content="\N{HOURGLASS WITH FLOWING SAND} …",
+        channel_id=server.channel_id,
+        author=server.bot,
+        content="\N{HOURGLASS WITH FLOWING SAND} …",
         reference=asked,
     )
     server.messages[placeholder["id"]] = placeholder
     turn = PendingTurn(
-        turn_id=1, conversation_id=1, user_message_id=1, platform="discord",
+        turn_id=1,
+        conversation_id=1,
+        user_message_id=1,
+        platform="discord",
         conversation=ConversationKey("discord", server.guild_id, server.channel_id, asked["id"]),
         reply_target={"kind": "message", "channel_id": server.channel_id, "reply_to": asked["id"]},
-        reply_ref=placeholder["id"], created_at=datetime.now(UTC),
+        reply_ref=placeholder["id"],
+        created_at=datetime.now(UTC),
     )
     sink = guild.adapter.sink_for(turn)
     assert sink is not None

@@ -124,6 +124,40 @@ async def test_an_answer_is_spoken_in_the_voice_channel_and_still_written(
     await server.wait_until(lambda: len(connection.speech_packets) > 20, what="speech packets")
 
 
+@pytest.mark.parametrize("voice_options", [{"speech_model": "tts-1"}])
+async def test_a_channels_speech_settings_are_used_when_speaking(voice_guild: Guild) -> None:
+    server, model = voice_guild.server, voice_guild.model
+    connection = await joined(voice_guild)
+    interaction = await server.send_command(
+        "speech",
+        [subcommand("set", option("voice", "nova"), option("model", "gpt-4o-mini-tts"))],
+        user=server.owner,
+    )
+    original = await voice_guild.original_response(interaction)
+    assert original["content"] == (
+        "Speech settings updated. This channel speaks in the voice nova "
+        "with the speech model gpt-4o-mini-tts."
+    )
+
+    asked = await server.send_message("Speak up.", mention_bot=True)
+    await voice_guild.reply_to(asked)
+    await server.wait_until(lambda: connection.speech_packets, what="speech packets")
+    await voice_command(voice_guild, "ask", option("prompt", "And aloud only."))
+
+    def spoken() -> list[tuple[str, str, str]]:
+        return [
+            (r.body["input"], r.body["voice"], r.body["model"])
+            for r in model.requests
+            if r.path.endswith("/audio/speech")
+        ]
+
+    await server.wait_until(lambda: len(spoken()) == 2, what="two speech requests")
+    assert spoken() == [
+        ("You said: Speak up.", "nova", "gpt-4o-mini-tts"),
+        ("You said: And aloud only.", "nova", "gpt-4o-mini-tts"),
+    ]
+
+
 async def test_a_person_outside_the_voice_channel_only_gets_text(voice_guild: Guild) -> None:
     server = voice_guild.server
     connection = await joined(voice_guild)

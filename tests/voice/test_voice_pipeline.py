@@ -13,7 +13,7 @@ from botservice.conversation import ConversationCore
 from botservice.errors import BotServiceError
 from botservice.model_client import OpenAIChatClient
 from botservice.ports import ChatRequest
-from botservice.speech import EspeakSpeechEngine, SpeechError
+from botservice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechError
 from botservice.voice_pipeline import SpeakingSink, VoiceSpeaker, VoiceSpeakers
 from storage.repository import SqlStore
 from tests.chat_kit import Chat, RecordingSink, settings_for
@@ -37,9 +37,11 @@ class TimedEngine:
     def description(self) -> str:
         return self.inner.description
 
-    async def synthesize(self, text: str, *, voice: str | None = None) -> bytes:
+    async def synthesize(
+        self, text: str, *, voice: str | None = None, model: str | None = None
+    ) -> bytes:
         started = time.monotonic()
-        audio = await self.inner.synthesize(text, voice=voice)
+        audio = await self.inner.synthesize(text, voice=voice, model=model)
         self.calls.append((text, started, time.monotonic()))
         return audio
 
@@ -103,6 +105,35 @@ async def test_the_first_sentence_plays_before_the_model_stream_ends(
         "The weather today is sunny with a light breeze from the west.",
         "Tomorrow it will rain in the afternoon, so take an umbrella.",
         "That is all for now.",
+    ]
+
+
+async def test_a_channels_voice_and_model_reach_the_speech_endpoint(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url)
+    model = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=sqlite_store, model=model)
+    engine = OpenAISpeechEngine(base_url=fake_model.base_url, model="tts-1", voice="alloy")
+    speaker = VoiceSpeaker(engine, RecordingPlayback())
+    chat = Chat(core)
+    await chat.say("/speech set voice nova model gpt-4o-mini-tts", admin=True)
+    try:
+        speech = await core.channel_settings("test", "W1", "C1")
+        sink = SpeakingSink(
+            RecordingSink(), speaker, voice=speech.speech_voice, model=speech.speech_model
+        )
+        await core.handle(chat.message("Say hello.", channel="C1"), sink)
+        speaker.say("Elsewhere.")
+        await speaker.wait_done()
+    finally:
+        await model.aclose()
+        await engine.aclose()
+
+    bodies = [r.body for r in fake_model.requests if r.path == "/v1/audio/speech"]
+    assert [(b["input"], b["voice"], b["model"]) for b in bodies] == [
+        ("You said: Say hello.", "nova", "gpt-4o-mini-tts"),
+        ("Elsewhere.", "alloy", "tts-1"),
     ]
 
 

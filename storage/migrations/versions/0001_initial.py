@@ -107,6 +107,8 @@ def upgrade() -> None:
         sa.Column("instructions", sa.String(), nullable=True),
         sa.Column("model", sa.String(), nullable=True),
         sa.Column("retention_days", sa.Integer(), nullable=True),
+        sa.Column("speech_model", sa.String(), nullable=True),
+        sa.Column("speech_voice", sa.String(), nullable=True),
         sa.Column("updated_by", sa.String(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
