@@ -6,9 +6,10 @@ Platform-neutral: adapters hand it an `IncomingMessage` and a `ReplySink`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -213,7 +214,8 @@ class ConversationCore:
 
     async def _answer(self, turn: _Turn, sink: ReplySink) -> None:
         try:
-            await self._answer_turn(turn, sink)
+            async with self._one_process_at_a_time(turn.conversation_id):
+                await self._answer_turn(turn, sink)
         except Exception:
             # The adapter's boundary: log the stack once, tell the user one sentence.
             log.exception("answering turn %d failed", turn.turn_id)
@@ -222,6 +224,30 @@ class ConversationCore:
                 await sink.finish(UNEXPECTED_FAILURE)
             except Exception:
                 log.exception("could not tell the user that turn %d failed", turn.turn_id)
+
+    @contextlib.asynccontextmanager
+    async def _one_process_at_a_time(self, conversation_id: int) -> AsyncIterator[None]:
+        """Turns of one conversation in other processes sharing the database wait for
+        this one (the lanes already order them within this process)."""
+        if not self._store.shared:
+            yield
+            return
+        lease = self._settings.conversation.turn_lease_seconds
+        waited, pause = 0.0, 0.05
+        # A holder that died is waited out by its lease, never longer.
+        while waited < lease:
+            now = datetime.now(UTC)
+            if await self._store.hold_conversation(
+                conversation_id, now=now, until=self._lease_from(now)
+            ):
+                break
+            await asyncio.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 1.0)
+        try:
+            yield
+        finally:
+            await self._store.release_conversation(conversation_id)
 
     async def _answer_turn(self, turn: _Turn, sink: ReplySink) -> None:
         reply_ref = await sink.begin(turn.reply_ref)

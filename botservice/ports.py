@@ -266,6 +266,15 @@ class Store(Protocol):
         """Later turns start fresh; nothing is deleted."""
         ...
 
+    async def hold_conversation(
+        self, conversation_id: int, *, now: datetime, until: datetime
+    ) -> bool:
+        """Mark the conversation busy until `until`, unless another process holds it
+        (its mark has not run out by `now`). Only needed when the store is shared."""
+        ...
+
+    async def release_conversation(self, conversation_id: int) -> None: ...
+
     async def mark_trim_noticed(self, conversation_id: int) -> bool:
         """Record that the user was told older turns were left out. True the first time."""
         ...

@@ -565,6 +565,31 @@ class SqlStore:
 
         await self._write(work)
 
+    async def hold_conversation(
+        self, conversation_id: int, *, now: datetime, until: datetime
+    ) -> bool:
+        statement = (
+            update(CONVERSATIONS)
+            .where(
+                _c.id == conversation_id,
+                or_(_c.busy_until.is_(None), _c.busy_until < now),
+            )
+            .values(busy_until=until)
+        )
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement).rowcount == 1
+
+        return await self._write(work)
+
+    async def release_conversation(self, conversation_id: int) -> None:
+        statement = update(CONVERSATIONS).where(_c.id == conversation_id).values(busy_until=None)
+
+        def work(connection: Connection) -> None:
+            connection.execute(statement)
+
+        await self._write(work)
+
     async def mark_trim_noticed(self, conversation_id: int) -> bool:
         statement = (
             update(CONVERSATIONS)

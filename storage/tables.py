@@ -64,6 +64,9 @@ class Conversation(SQLModel, table=True):
     # History shows only messages (and answers to messages) after this id.
     reset_after_message_id: int | None = None
     trim_noticed: bool = False
+    # Until when a process is answering a turn here. With several processes on one
+    # database, a turn of the same conversation elsewhere waits for it to clear.
+    busy_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Message(SQLModel, table=True):

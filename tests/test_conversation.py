@@ -18,6 +18,7 @@ from botservice.settings import Settings
 from botservice.tokens import TokenCounter
 from storage.repository import SqlStore
 from tests.chat_kit import Chat, RecordingSink, settings_for
+from tests.db import StoreFactory
 from tests.fakes.model_server import (
     Behaviour,
     CutMidway,
@@ -584,3 +585,37 @@ async def test_at_start_up_a_one_process_store_takes_back_its_own_turns_at_once(
     finally:
         await client.aclose()
     assert sink.final == "You said: asked just before the crash"
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_two_processes_answer_one_thread_one_turn_at_a_time(
+    make_store: StoreFactory, fake_model: FakeModelServer
+) -> None:
+    """Two processes on one PostgreSQL database get messages of the same thread
+    (e.g. two Socket Mode connections): the second answer waits for the first,
+    and its prompt carries the first answer."""
+    settings = settings_for(fake_model.base_url)
+    client = OpenAIChatClient(settings.model)
+    first_process = ConversationCore(settings=settings, store=await make_store(), model=client)
+    second_process = ConversationCore(settings=settings, store=await make_store(), model=client)
+    fake_model.script(
+        Reply("The first answer, slowly.", delay_between_chunks=0.1), Reply("Second.")
+    )
+    first, second = RecordingSink(), RecordingSink()
+    try:
+        one = await first_process.submit(Chat(first_process).message("first question"), first)
+        await asyncio.sleep(0.05)  # the first answer is streaming now
+        two = await second_process.submit(Chat(second_process).message("second question"), second)
+        assert one is not None and two is not None
+        await asyncio.gather(one.answered, two.answered)
+    finally:
+        await client.aclose()
+
+    assert first.finished_at is not None and second.finished_at is not None
+    second_request = fake_model.chat_requests[1]
+    assert second_request.received_at >= first.finished_at - 0.01
+    assert [m["content"] for m in second_request.body["messages"][1:]] == [
+        "first question",
+        "The first answer, slowly.",
+        "second question",
+    ]

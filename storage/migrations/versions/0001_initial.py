@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("reset_after_message_id", sa.Integer(), nullable=True),
         sa.Column("trim_noticed", sa.Boolean(), nullable=False),
+        sa.Column("busy_until", sa.DateTime(timezone=True), nullable=True),
         sa.UniqueConstraint(
             "platform", "workspace", "channel", "thread", name="uq_conversations_key"
         ),
