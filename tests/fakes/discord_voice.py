@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -29,20 +30,66 @@ class _FakeVoiceWebSocket:
         self.speaking.append(state)
 
 
-class FakeVoiceConnection(discord.VoiceProtocol):
-    made: ClassVar[list[FakeVoiceConnection]] = []
+class RecordedAudio:
+    """The half of `discord.VoiceClient` that plays audio: `play` runs discord.py's real
+    `AudioPlayer` thread and `send_audio_packet` Opus-encodes with its real encoder, but
+    the packets are kept instead of sent over UDP."""
 
-    def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
-        super().__init__(client, channel)
-        self.guild: discord.Guild = channel.guild  # type: ignore[attr-defined]
+    def __init__(self) -> None:
         self.ws = _FakeVoiceWebSocket()
         self.timeout = 1.0
         self.encoder: discord.opus.Encoder | None = None
         self.packets: list[bytes] = []
-        self.disconnected = False
-        self.self_deaf = False
+        self.packet_times: list[float] = []
+        self.stops = 0
+        self.first_packet = threading.Event()
         self._player: AudioPlayer | None = None
         self._lock = threading.Lock()
+
+    def play(
+        self, source: discord.AudioSource, *, after: Callable[[Exception | None], Any] | None = None
+    ) -> None:
+        if self.is_playing():
+            raise discord.ClientException("Already playing audio.")
+        if not source.is_opus():
+            self.encoder = discord.opus.Encoder()
+        self._player = AudioPlayer(source, self, after=after)  # type: ignore[arg-type]
+        self._player.start()
+
+    def is_playing(self) -> bool:
+        return self._player is not None and self._player.is_playing()
+
+    def stop(self) -> None:
+        self.stops += 1
+        if self._player is not None:
+            self._player.stop()
+            self._player = None
+
+    def send_audio_packet(self, data: bytes, *, encode: bool = True) -> None:
+        if encode:
+            assert self.encoder is not None
+            assert len(data) == 3840, f"discord.py would reject a {len(data)}-byte frame"
+            data = self.encoder.encode(data, self.encoder.SAMPLES_PER_FRAME)
+        with self._lock:
+            self.packets.append(data)
+            self.packet_times.append(time.monotonic())
+        self.first_packet.set()
+
+    @property
+    def speech_packets(self) -> list[bytes]:
+        with self._lock:
+            return [packet for packet in self.packets if packet != SILENCE_PACKET]
+
+
+class FakeVoiceConnection(RecordedAudio, discord.VoiceProtocol):
+    made: ClassVar[list[FakeVoiceConnection]] = []
+
+    def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
+        discord.VoiceProtocol.__init__(self, client, channel)
+        RecordedAudio.__init__(self)
+        self.guild: discord.Guild = channel.guild  # type: ignore[attr-defined]
+        self.disconnected = False
+        self.self_deaf = False
         self._joined = asyncio.Event()
         self._connected = threading.Event()
         FakeVoiceConnection.made.append(self)
@@ -88,41 +135,10 @@ class FakeVoiceConnection(discord.VoiceProtocol):
     async def move_to(self, channel: discord.abc.Snowflake | None) -> None:
         await self.guild.change_voice_state(channel=channel)
 
-    # --- the part of VoiceClient that plays audio ---------------------------------------
+    # --- connection state, as VoiceClient reports it ------------------------------------
 
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
     def wait_until_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
-
-    def play(
-        self, source: discord.AudioSource, *, after: Callable[[Exception | None], Any] | None = None
-    ) -> None:
-        if self.is_playing():
-            raise discord.ClientException("Already playing audio.")
-        if not source.is_opus():
-            self.encoder = discord.opus.Encoder()
-        self._player = AudioPlayer(source, self, after=after)  # type: ignore[arg-type]
-        self._player.start()
-
-    def is_playing(self) -> bool:
-        return self._player is not None and self._player.is_playing()
-
-    def stop(self) -> None:
-        if self._player is not None:
-            self._player.stop()
-            self._player = None
-
-    def send_audio_packet(self, data: bytes, *, encode: bool = True) -> None:
-        if encode:
-            assert self.encoder is not None
-            assert len(data) == 3840, f"discord.py would reject a {len(data)}-byte frame"
-            data = self.encoder.encode(data, self.encoder.SAMPLES_PER_FRAME)
-        with self._lock:
-            self.packets.append(data)
-
-    @property
-    def speech_packets(self) -> list[bytes]:
-        with self._lock:
-            return [packet for packet in self.packets if packet != SILENCE_PACKET]

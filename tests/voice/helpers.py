@@ -5,16 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import discord.opus
-from discord.player import AudioPlayer
 
 from botservice.voice_pipeline import Utterance
+from tests.fakes.discord_voice import RecordedAudio
 
 
 @dataclass
@@ -57,65 +52,18 @@ class RecordingPlayback:
         return [record.text for record in self.played]
 
 
-class _FakeVoiceWebSocket:
-    def __init__(self) -> None:
-        self.speaking: list[Any] = []
-
-    async def speak(self, state: Any) -> None:
-        self.speaking.append(state)
-
-
-class FakeVoiceClient:
-    """Stands in for `discord.VoiceClient` at its network seam: `play` runs discord.py's
-    real `AudioPlayer` thread, and `send_audio_packet` Opus-encodes with discord.py's
-    real encoder but keeps the packets instead of sending them over UDP."""
+class FakeVoiceClient(RecordedAudio):
+    """Stands in for a connected `discord.VoiceClient` (see `RecordedAudio`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.client = type("Client", (), {"loop": loop})()
-        self.ws = _FakeVoiceWebSocket()
-        self.timeout = 1.0
-        self.encoder: discord.opus.Encoder | None = None
-        self.packets: list[bytes] = []
-        self.packet_times: list[float] = []
-        self.stops = 0
-        self._player: AudioPlayer | None = None
-        self._lock = threading.Lock()
-        self.first_packet = threading.Event()
 
     def is_connected(self) -> bool:
         return True
 
     def wait_until_connected(self, timeout: float | None = None) -> bool:
         return True
-
-    def play(
-        self, source: discord.AudioSource, *, after: Callable[[Exception | None], Any] | None = None
-    ) -> None:
-        if self.is_playing():
-            raise discord.ClientException("Already playing audio.")
-        if not source.is_opus():
-            self.encoder = discord.opus.Encoder()
-        self._player = AudioPlayer(source, self, after=after)  # type: ignore[arg-type]
-        self._player.start()
-
-    def is_playing(self) -> bool:
-        return self._player is not None and self._player.is_playing()
-
-    def stop(self) -> None:
-        self.stops += 1
-        if self._player is not None:
-            self._player.stop()
-            self._player = None
-
-    def send_audio_packet(self, data: bytes, *, encode: bool = True) -> None:
-        if encode:
-            assert self.encoder is not None
-            assert len(data) == 3840, f"discord.py would reject a {len(data)}-byte frame"
-            data = self.encoder.encode(data, self.encoder.SAMPLES_PER_FRAME)
-        with self._lock:
-            self.packets.append(data)
-            self.packet_times.append(time.monotonic())
-        self.first_packet.set()
 
 
 @dataclass(frozen=True)
