@@ -114,15 +114,17 @@ async def _run(settings: Settings) -> int:
     if not (settings.slack.configured or settings.discord.configured):
         return await _chat(settings)
     require_model_endpoint(settings)
+    if settings.slack.configured:
+        _require_extra("slack_bolt", extra="slack", setting="SLACK_BOT_TOKEN")
+    if settings.discord.configured:
+        _require_extra("discord", extra="discord", setting="DISCORD_TOKEN")
     async with open_services(settings) as services:
         adapters: list[Adapter] = []
         if settings.slack.configured:
-            _require_extra("slack_bolt", extra="slack", setting="SLACK_BOT_TOKEN")
             from adapters.slack import create_adapter as create_slack
 
             adapters.append(create_slack(settings, services.core))
         if settings.discord.configured:
-            _require_extra("discord", extra="discord", setting="DISCORD_TOKEN")
             from adapters.discord import create_adapter as create_discord
 
             adapters.append(create_discord(settings, services.core))
