@@ -65,6 +65,7 @@ SUGGESTED_PROMPTS = (
 # A command's answer rides on the acknowledgement when it is ready this fast;
 # otherwise it follows as an ephemeral message.
 COMMAND_ACK_SECONDS = 2.0
+AUDIO_ACK_WAIT_SECONDS = 2.0
 TITLE_CHARS = 80
 _BAD_TOKEN_ERRORS = frozenset(
     {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
@@ -304,9 +305,8 @@ class SlackAdapter:
         )
         sink = SlackReplySink(client=client, target=draft.reply_target(), budget=self._budget)
         if audio := audio_files(draft.files):
-            # Acknowledged now, transcribed after (see adapters/slack/audio.py).
             self._known.add(key)
-            self._spawn(
+            hearing = self._spawn(
                 self._hearing.answer(
                     message,
                     sink,
@@ -316,6 +316,10 @@ class SlackAdapter:
                     submit=self._core.submit,
                 )
             )
+            # Most clips are heard and stored well inside Slack's three seconds, and
+            # are then acknowledged like typed messages; only a slow one is
+            # acknowledged before its transcript is stored (see adapters/slack/audio.py).
+            await asyncio.wait({hearing}, timeout=AUDIO_ACK_WAIT_SECONDS)
             return
         submission = await self._core.submit(message, sink)
         self._known.add(key)

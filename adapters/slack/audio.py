@@ -1,10 +1,11 @@
 """Where a Slack audio clip (or audio file) becomes text for the core.
 
-Transcription can take longer than the three seconds Slack waits for an
-acknowledgement, so unlike a typed message the event is acknowledged first and the
-clip is downloaded (with the bot token), transcribed and submitted afterwards. The
-trade-off: a clip being transcribed when the process stops is not answered (the
-person can send it again). The audio is never kept; the core stores the transcript.
+The clip is downloaded (with the bot token), transcribed and submitted as text. The
+event is acknowledged once that text is stored, like a typed message, when that takes
+under two seconds; transcription can take longer than the three seconds Slack waits,
+so a slower clip is acknowledged first and heard after. The trade-off: such a clip,
+still being transcribed when the process stops, is not answered (the person can send
+it again). The audio is never kept; the core stores the transcript.
 """
 
 from __future__ import annotations

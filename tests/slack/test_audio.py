@@ -79,3 +79,18 @@ async def test_an_audio_clip_too_large_to_transcribe_gets_one_sentence(
     assert "the limit is 25.0 MB" in text
     assert bot.slack.file_downloads == []
     assert fake_model.requests == []
+
+
+async def test_a_quickly_heard_clip_is_stored_before_slack_is_acknowledged(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    fake_model.transcript = "Store me before the ack."
+    clip = audio_clip(bot, b"\x1aE\xdf\xa3 webm audio")
+
+    status, _ = await bot.event(clip)
+
+    assert status == 200
+    key = f"{DM}:{clip['event']['ts']}"
+    assert await bot.store.claim_key("slack", key) is False, "not stored when Slack got its 200"
+    await answer_in(bot.slack, DM, "You said:")
+    await bot.settle()
