@@ -56,6 +56,8 @@ class FakeSlackApi:
     update_limit_per_minute: int | None = None
     # method -> error code to answer with (ok: false)
     failures: dict[str, str] = field(default_factory=dict)
+    # How many of the next calls of a method get a 429 with `Retry-After: 1`.
+    rate_limit_next: dict[str, int] = field(default_factory=dict)
 
     calls: list[SlackCall] = field(default_factory=list)
     messages: dict[tuple[str, str], PostedMessage] = field(default_factory=dict)
@@ -244,6 +246,12 @@ class FakeSlackApi:
         self._notify()
         if method in self.failures:
             return web.json_response({"ok": False, "error": self.failures[method]})
+        if self.rate_limit_next.get(method, 0) > 0:
+            self.rate_limit_next[method] -= 1
+            self.rate_limited += 1
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
+            )
         if method != "oauth.v2.access" and not token:
             return web.json_response({"ok": False, "error": "not_authed"})
         if method == "chat.update" and self._over_limit(str(args.get("channel", ""))):

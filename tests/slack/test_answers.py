@@ -76,3 +76,18 @@ async def test_ten_simultaneous_replies_stay_inside_the_update_budget(
     for mention in mentions:
         (posted,) = bot.slack.thread(mention["event"]["channel"], mention["event"]["ts"])
         assert posted.text == answer
+
+
+async def test_slacks_own_429_is_retried_after_retry_after(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    bot.slack.rate_limit_next["chat.postMessage"] = 1
+    mention = bot.mention("are you rate limited?")
+    await bot.event(mention)
+    await bot.settle()
+
+    posts = bot.slack.calls_to("chat.postMessage")
+    assert len(posts) == 2, "the placeholder is posted again after the 429"
+    assert posts[1].at - posts[0].at >= 0.9, "Retry-After: 1 was not honoured"
+    (posted,) = bot.slack.thread(CHANNEL, mention["event"]["ts"])
+    assert posted.text == "You said: are you rate limited?"
