@@ -20,6 +20,7 @@ from botservice.events import Attachment, Command, ConversationKey, IncomingMess
 from botservice.ports import (
     ChannelSettings,
     ChatRequest,
+    HearingSink,
     ModelClient,
     PendingTurn,
     ReplySink,
@@ -31,6 +32,8 @@ from botservice.settings import Settings
 from botservice.streaming import ThrottledUpdates
 from botservice.text_input import clean_text
 from botservice.tokens import TokenCounter
+from botservice.transcription import TranscriptionError
+from botservice.voice_messages import heard_text, stored_text
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class _Turn:
     key: ConversationKey
     reply_ref: str | None
     images: tuple[Attachment, ...] = ()
+    # Voice messages and clips, heard when the turn is answered (not before it is stored).
+    audio: tuple[Attachment, ...] = ()
 
 
 class ConversationCore:
@@ -105,6 +110,7 @@ class ConversationCore:
             key=message.conversation,
             reply_ref=None,
             images=tuple(a for a in message.attachments if a.is_image),
+            audio=tuple(a for a in message.attachments if a.is_audio),
         )
         task = self._lanes.run(turn.key, lambda: self._answer(turn, sink))
         return Submission(turn_id=accepted.turn_id, answered=task)
@@ -164,6 +170,7 @@ class ConversationCore:
                 user_message_id=pending.user_message_id,
                 key=pending.conversation,
                 reply_ref=pending.reply_ref,
+                audio=await self._store.unheard_audio(pending.user_message_id),
             )
             self._lanes.run(turn.key, functools.partial(self._answer, turn, sink))
             resumed += 1
@@ -253,6 +260,8 @@ class ConversationCore:
         reply_ref = await sink.begin(turn.reply_ref)
         if reply_ref is not None and reply_ref != turn.reply_ref:
             await self._store.set_reply_ref(turn.turn_id, reply_ref)
+        if turn.audio and not await self._hear(turn, sink):
+            return
 
         key = turn.key
         channel = await self._store.channel_settings(key.platform, key.workspace, key.channel)
@@ -310,6 +319,23 @@ class ConversationCore:
         if channel.retention_days == 0:
             await self._store.delete_conversation_messages(turn.conversation_id)
 
+    async def _hear(self, turn: _Turn, sink: ReplySink) -> bool:
+        """Put the transcript of the turn's audio in the stored message. False when it
+        cannot be heard (the turn is failed and the person told why)."""
+        if not isinstance(sink, HearingSink):
+            return True  # answered from the stored text, which names the files
+        try:
+            transcript = await sink.hear(turn.audio)
+        except TranscriptionError as error:
+            log.warning("could not hear the audio of turn %d: %s", turn.turn_id, error)
+            await self._store.fail_turn(turn.turn_id)
+            await sink.finish(error.user_message)
+            return False
+        stored = await self._store.message_text(turn.user_message_id)
+        text = heard_text(stored.text if stored else "", turn.audio, transcript)
+        await self._store.heard(turn.user_message_id, text=text, tokens=self._tokens.count(text))
+        return True
+
     async def _fail(
         self, turn: _Turn, sink: ReplySink, error: ModelError, partial: str, model: str
     ) -> None:
@@ -352,9 +378,9 @@ class ConversationCore:
             pieces.append(quote_context(message.context))
         if text:
             pieces.append(text)
-        if message.attachments:
-            pieces.append(describe_attachments(message.attachments))
-        return "\n\n".join(pieces)
+        if others := [a for a in message.attachments if not a.is_audio]:
+            pieces.append(describe_attachments(others))
+        return stored_text(pieces, [a for a in message.attachments if a.is_audio])
 
 
 class _Lanes:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from botservice.events import ConversationKey, IncomingMessage
+from botservice.events import Attachment, ConversationKey, IncomingMessage
 
 Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
@@ -56,6 +56,22 @@ class StreamObserver(Protocol):
     must not block: it runs between reads of the model's stream."""
 
     def observe(self, text_so_far: str) -> None: ...
+
+
+@runtime_checkable
+class HearingSink(Protocol):
+    """A sink that can hear the audio a message came with (voice messages, clips).
+
+    The core stores such a message first and asks the sink to hear it when it
+    answers (again, for a turn resumed after a stop). The sink shows what it
+    heard above the answer.
+    """
+
+    async def hear(self, audio: Sequence[Attachment]) -> str:
+        """Download and transcribe `audio`, in order; the words heard. Raises
+        `botservice.transcription.TranscriptionError` (its `user_message` is one
+        sentence for the person) when the audio cannot be heard."""
+        ...
 
 
 # --- model client -------------------------------------------------------------
@@ -238,6 +254,14 @@ class Store(Protocol):
     async def pending_turns(self) -> list[PendingTurn]: ...
 
     async def message_text(self, message_id: int) -> StoredMessage | None: ...
+
+    async def unheard_audio(self, message_id: int) -> tuple[Attachment, ...]:
+        """The audio a stored message came with, until `heard` replaces it with text."""
+        ...
+
+    async def heard(self, message_id: int, *, text: str, tokens: int) -> None:
+        """Replace a message's text with what was heard, and forget its audio, in one write."""
+        ...
 
     async def channel_settings(
         self, platform: str, workspace: str, channel: str

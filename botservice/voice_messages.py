@@ -1,74 +1,72 @@
 """Voice messages and audio clips, answered as if typed.
 
-Adapters find the audio files of a message and hand them over as `AudioClip`s
-(a name, a type, a size and a way to download the bytes). `transcribe_clips`
-turns them into text; `heard_message` puts that text where a typed message
-would be (the core stores text only, so the audio itself is never kept); and
-`HeardSink` shows the transcript above the answer, so the person sees what was
-understood. Nothing here knows a platform.
+The core stores a message with its audio files named (never the audio itself) and
+asks its sink to hear them when it answers. `ListeningSink` is such a sink for any
+platform: given a way to download a file, it transcribes the audio when asked and
+shows the transcript above the answer, so the person sees what was understood.
+`heard_text` puts the transcript where a typed message's text would be. Nothing
+here knows a platform.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
-from botservice.events import IncomingMessage
+from botservice.events import Attachment
 from botservice.ports import ReplySink
+from botservice.prompt import describe_attachments
 from botservice.transcription import AudioTooLarge, Transcriber, TranscriptionError
 
 # A transcript longer than this is cut in the line shown above the answer (the
 # model still gets all of it).
 SHOWN_TRANSCRIPT_CHARS = 600
 
+Fetch = Callable[[Attachment], Awaitable[bytes]]
+
 
 class AudioDownloadFailed(TranscriptionError):
     user_message = "I could not download that audio; please try again."
 
 
-@dataclass(frozen=True, slots=True)
-class AudioClip:
-    name: str
-    content_type: str
-    size: int
-    fetch: Callable[[], Awaitable[bytes]] = dataclasses.field(repr=False, compare=False)
-
-
-async def transcribe_clips(transcriber: Transcriber, clips: Sequence[AudioClip]) -> str:
-    """The words of every clip, in order. Raises a `TranscriptionError` (with a
-    `user_message`) for the first clip that cannot be heard; a clip over the size
+async def transcribe_audio(
+    transcriber: Transcriber, audio: Sequence[Attachment], fetch: Fetch
+) -> str:
+    """The words of every file, in order. Raises a `TranscriptionError` (with a
+    `user_message`) for the first file that cannot be heard; a file over the size
     limit is refused before it is downloaded."""
     texts = []
-    for clip in clips:
-        if clip.size > transcriber.max_bytes:
-            raise AudioTooLarge(clip.size, transcriber.max_bytes)
+    for item in audio:
+        if item.size > transcriber.max_bytes:
+            raise AudioTooLarge(item.size, transcriber.max_bytes)
         try:
-            audio = await clip.fetch()
+            data = await fetch(item)
         except TranscriptionError:
             raise
         except Exception as error:
             raise AudioDownloadFailed(
-                f"downloading {clip.content_type} audio failed: {type(error).__name__}"
+                f"downloading {item.content_type} audio failed: {type(error).__name__}"
             ) from None
         texts.append(
             await transcriber.transcribe(
-                audio, filename=clip.name, content_type=clip.content_type or "audio/ogg"
+                data, filename=item.name, content_type=item.content_type or "audio/ogg"
             )
         )
     return "\n\n".join(texts)
 
 
-def heard_message(message: IncomingMessage, transcript: str) -> IncomingMessage:
-    """The message with the transcript as its text (after anything typed with it), and
-    without the audio files it came from."""
-    typed = message.text.strip()
-    return dataclasses.replace(
-        message,
-        text=f"{typed}\n\n{transcript}" if typed else transcript,
-        attachments=tuple(a for a in message.attachments if not a.is_audio),
-    )
+def stored_text(pieces: Sequence[str], audio: Sequence[Attachment]) -> str:
+    """A message's text as stored before its audio is heard: the audio files are named
+    last, so `heard_text` can put the transcript in their place."""
+    if audio:
+        pieces = [*pieces, describe_attachments(audio)]
+    return "\n\n".join(pieces)
+
+
+def heard_text(stored: str, audio: Sequence[Attachment], transcript: str) -> str:
+    """The stored text with the transcript in place of the audio files' names (after
+    anything typed with them)."""
+    before = stored.removesuffix(describe_attachments(audio)).rstrip() if audio else stored
+    return f"{before}\n\n{transcript}" if before else transcript
 
 
 def heard_line(transcript: str) -> str:
@@ -79,41 +77,33 @@ def heard_line(transcript: str) -> str:
     return f"> \N{MICROPHONE} \N{LEFT DOUBLE QUOTATION MARK}{shown}\N{RIGHT DOUBLE QUOTATION MARK}"
 
 
-class HeardSink:
-    """A `ReplySink` that shows the transcript above the answer (the answer the core
-    stores stays the model's own text)."""
+class ListeningSink:
+    """A `ReplySink` that can hear (`botservice.ports.HearingSink`): it downloads the
+    audio with `fetch` and transcribes it when the core asks, then shows the
+    transcript above the answer (the answer the core stores stays the model's own)."""
 
-    def __init__(self, inner: ReplySink, transcript: str) -> None:
+    def __init__(self, inner: ReplySink, transcriber: Transcriber, fetch: Fetch) -> None:
         self.inner = inner
+        self.transcriber = transcriber
+        self._fetch = fetch
+        self.line: str | None = None
+
+    async def hear(self, audio: Sequence[Attachment]) -> str:
+        transcript = await transcribe_audio(self.transcriber, audio, self._fetch)
         self.line = heard_line(transcript)
+        return transcript
 
     async def begin(self, existing_ref: str | None) -> str | None:
         return await self.inner.begin(existing_ref)
 
     async def update(self, text: str) -> None:
-        await self.inner.update(f"{self.line}\n{text}")
+        await self.inner.update(self._shown(text))
 
     async def finish(self, text: str) -> None:
-        await self.inner.finish(f"{self.line}\n{text}")
+        await self.inner.finish(self._shown(text))
 
     async def notice(self, text: str, *, private: bool = True) -> None:
         await self.inner.notice(text, private=private)
 
-
-class RecentKeys:
-    """Message keys this process has already started to transcribe, so a message
-    delivered twice is downloaded and transcribed once (the core's own dedupe only
-    sees it after the transcript is ready)."""
-
-    def __init__(self, size: int = 1000) -> None:
-        self._size = size
-        self._keys: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, key: str) -> bool:
-        """True the first time `key` is seen."""
-        if key in self._keys:
-            return False
-        self._keys[key] = None
-        if len(self._keys) > self._size:
-            self._keys.popitem(last=False)
-        return True
+    def _shown(self, text: str) -> str:
+        return f"{self.line}\n{text}" if self.line else text

@@ -17,14 +17,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
 from dataclasses import dataclass, field
 
 from botservice.audio import AudioError, pcm_frames
 from botservice.errors import BotServiceError
-from botservice.ports import ReplySink
+from botservice.events import Attachment
+from botservice.ports import HearingSink, ReplySink
 from botservice.sentences import SentenceSplitter
 from botservice.speech import SpeechEngine, SpeechError
+from botservice.transcription import TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -408,6 +417,13 @@ class SpeakingSink:
             await self.speaker.interrupt()
         self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return await self.inner.begin(existing_ref)
+
+    async def hear(self, audio: Sequence[Attachment]) -> str:
+        """A voice message answered aloud is heard by the written sink, which shows the
+        transcript (so it is written above the answer, not spoken)."""
+        if not isinstance(self.inner, HearingSink):
+            raise TranscriptionError("the sink under speech cannot hear audio")
+        return await self.inner.hear(audio)
 
     def observe(self, text_so_far: str) -> None:
         """Every delta's text so far, unthrottled (cheap, synchronous)."""

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from botservice.events import ConversationKey, IncomingMessage
+from botservice.events import Attachment, ConversationKey, IncomingMessage
 from botservice.ports import (
     AcceptedTurn,
     ChannelSettings,
@@ -132,6 +132,12 @@ _CHANNEL_SETTINGS = select(_s.channel, *(_s[field] for field in _SETTING_FIELDS)
     or_(_s.channel == bindparam("channel"), _s.channel == ""),
 )
 _MESSAGE_BY_ID = select(*_MESSAGE_COLUMNS).where(_m.id == bindparam("message_id"))
+_AUDIO_BY_ID = select(_m.audio).where(_m.id == bindparam("message_id"))
+_HEARD = (
+    update(MESSAGES)
+    .where(_m.id == bindparam("b_message_id"))
+    .values(text=bindparam("b_text"), tokens=bindparam("b_tokens"), audio=None)
+)
 _INSERT_MESSAGE = MESSAGES.insert().returning(_m.id)
 _LINK_TURN = (
     update(TURNS)
@@ -174,11 +180,12 @@ def _stored_message(row: Any) -> StoredMessage:
 class _MessageCache:
     """Recently read messages by id, shared by the read threads.
 
-    A stored message never changes and its id is never handed out again, so a
-    cached copy is never wrong; history asks the database which ids belong in
-    the window and builds objects only for ids it has not seen. A deleted
-    message is simply never asked for again; deletions in this process also
-    empty the cache so no forgotten text lingers in memory.
+    A stored message changes only once, when the audio it came with is heard
+    (`heard` drops it from here), before any history includes it; its id is
+    never handed out again, so a cached copy is never wrong. History asks the
+    database which ids belong in the window and builds objects only for ids it
+    has not seen. A deleted message is simply never asked for again; deletions
+    in this process also empty the cache so no forgotten text lingers in memory.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -199,6 +206,10 @@ class _MessageCache:
                 # Oldest insertions go first (dicts keep insertion order).
                 for id_ in list(itertools.islice(self._messages, excess)):
                     del self._messages[id_]
+
+    def discard(self, message_id: int) -> None:
+        with self._lock:
+            self._messages.pop(message_id, None)
 
     def clear(self) -> None:
         with self._lock:
@@ -343,6 +354,7 @@ class SqlStore:
             "platform_message_id": message.platform_message_id,
             "tokens": tokens,
             "status": "complete",
+            "audio": _audio_json(message.attachments),
             "created_at": now,
         }
 
@@ -547,6 +559,36 @@ class SqlStore:
             return None if row is None else _stored_message(row)
 
         return await self._read(work)
+
+    async def unheard_audio(self, message_id: int) -> tuple[Attachment, ...]:
+        def work(connection: Connection) -> str | None:
+            value: str | None = connection.execute(
+                _AUDIO_BY_ID, {"message_id": message_id}
+            ).scalar_one_or_none()
+            return value
+
+        stored = await self._read(work)
+        if not stored:
+            return ()
+        return tuple(
+            Attachment(
+                name=item["name"],
+                content_type=item["content_type"],
+                url=item["url"],
+                size=item["size"],
+            )
+            for item in json.loads(stored)
+        )
+
+    async def heard(self, message_id: int, *, text: str, tokens: int) -> None:
+        def work(connection: Connection) -> None:
+            connection.execute(
+                _HEARD,
+                {"b_message_id": message_id, "b_text": _clean_text(text), "b_tokens": tokens},
+            )
+
+        await self._write(work)
+        self._message_cache.discard(message_id)
 
     async def reset_conversation(self, key: ConversationKey) -> None:
         latest = select(func.max(_m.id)).where(_m.conversation_id == _c.id).scalar_subquery()
@@ -1043,6 +1085,15 @@ class SqlStore:
                 return total
             after_id = max(ids)
             await asyncio.sleep(0)
+
+
+def _audio_json(attachments: tuple[Attachment, ...]) -> str | None:
+    audio = [
+        {"name": a.name, "content_type": a.content_type, "url": a.url, "size": a.size}
+        for a in attachments
+        if a.is_audio
+    ]
+    return json.dumps(audio, separators=(",", ":")) if audio else None
 
 
 def _verb(dry_run: bool) -> str:

@@ -96,6 +96,9 @@ class Message(SQLModel, table=True):
     # An answer points at the user message it answers. Deliberately not a foreign
     # key: when that message is forgotten or expires, the answer keeps its place.
     reply_to_id: int | None = None
+    # A voice message or audio clip not yet heard: JSON list of {name, content_type,
+    # url, size}. Cleared when its transcript replaces the text; never the audio itself.
+    audio: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

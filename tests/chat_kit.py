@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from botservice.conversation import ConversationCore
@@ -52,6 +53,26 @@ class RecordingSink:
     def final(self) -> str:
         assert len(self.finals) == 1, f"expected one final text, got {self.finals!r}"
         return self.finals[0]
+
+
+@dataclass
+class HearingRecordingSink(RecordingSink):
+    """A sink that can hear, as an adapter's would: it "transcribes" to `transcript`
+    (or raises `fails_with`) and records what it was asked to hear. `on_hear` runs
+    first, where a test looks at what the store holds at that moment."""
+
+    transcript: str = "what was heard"
+    fails_with: Exception | None = None
+    heard: list[tuple[Attachment, ...]] = field(default_factory=list)
+    on_hear: Callable[[], Awaitable[None]] | None = None
+
+    async def hear(self, audio: Sequence[Attachment]) -> str:
+        if self.on_hear is not None:
+            await self.on_hear()
+        self.heard.append(tuple(audio))
+        if self.fails_with is not None:
+            raise self.fails_with
+        return self.transcript
 
 
 class Chat:

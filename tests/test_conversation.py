@@ -16,8 +16,9 @@ from botservice.events import Attachment, Command
 from botservice.model_client import OpenAIChatClient
 from botservice.settings import Settings
 from botservice.tokens import TokenCounter
+from botservice.transcription import NothingHeard
 from storage.repository import SqlStore
-from tests.chat_kit import Chat, RecordingSink, settings_for
+from tests.chat_kit import Chat, HearingRecordingSink, RecordingSink, settings_for
 from tests.db import StoreFactory
 from tests.fakes.model_server import (
     Behaviour,
@@ -493,6 +494,96 @@ async def test_files_are_named_and_images_sent_as_parts_when_the_model_takes_the
         "what is this?\n\n[Attached: cat.png (image/png), report.pdf (application/pdf)]"
     )
     assert content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+# --- voice messages ----------------------------------------------------------------
+
+CLIP = Attachment(
+    name="voice-message.ogg", content_type="audio/ogg", url="https://cdn.test/v.ogg", size=2048
+)
+
+
+async def test_an_audio_message_is_stored_before_it_is_heard_then_answered_with_the_transcript(
+    chat: Chat, core: ConversationCore, sqlite_store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    seen: dict[str, object] = {}
+
+    async def look_at_the_store() -> None:
+        [pending] = await sqlite_store.pending_turns()
+        seen["audio"] = await sqlite_store.unheard_audio(pending.user_message_id)
+        stored = await sqlite_store.message_text(pending.user_message_id)
+        seen["text"] = stored.text if stored else None
+        seen["message_id"] = pending.user_message_id
+
+    sink = HearingRecordingSink(transcript="What is a mutex?", on_hear=look_at_the_store)
+    assert await core.handle(chat.message("", attachments=(CLIP,)), sink)
+
+    assert seen["audio"] == (CLIP,), "the clip was not stored, pending, before it was heard"
+    assert seen["text"] == "[Attached: voice-message.ogg (audio/ogg)]"
+    assert sink.heard == [(CLIP,)]
+    assert sink.final == "You said: What is a mutex?"
+    assert prompt_of(fake_model)[-1]["content"] == "What is a mutex?"
+    message_id = seen["message_id"]
+    assert isinstance(message_id, int)
+    stored = await sqlite_store.message_text(message_id)
+    assert stored is not None and stored.text == "What is a mutex?"
+    assert await sqlite_store.unheard_audio(message_id) == ()
+
+
+async def test_typed_text_comes_first_and_a_redelivered_clip_is_heard_once(
+    chat: Chat, core: ConversationCore, fake_model: FakeModelServer
+) -> None:
+    message = chat.message("Please answer this:", attachments=(CLIP,))
+    sink = HearingRecordingSink(transcript="how long do eggs boil?")
+    again = HearingRecordingSink()
+
+    assert await core.handle(message, sink)
+    assert not await core.handle(message, again)
+
+    assert prompt_of(fake_model)[-1]["content"] == "Please answer this:\n\nhow long do eggs boil?"
+    assert len(sink.heard) == 1 and again.heard == []
+    assert len(fake_model.chat_requests) == 1
+
+
+async def test_audio_that_cannot_be_heard_fails_the_turn_in_one_sentence(
+    chat: Chat, core: ConversationCore, sqlite_store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    sink = HearingRecordingSink(fails_with=NothingHeard("silence"))
+
+    assert await core.handle(chat.message("", attachments=(CLIP,)), sink)
+
+    assert sink.final == "I could not hear any words in that audio."
+    assert fake_model.requests == []
+    assert await sqlite_store.pending_turns() == []
+
+
+async def test_a_sink_that_cannot_hear_gets_an_answer_about_the_named_file(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    reply = await chat.say("", attachments=(CLIP,))
+
+    assert reply.final == "You said: [Attached: voice-message.ogg (audio/ogg)]"
+
+
+async def test_an_audio_message_left_unheard_by_a_crash_is_heard_when_resumed(
+    chat: Chat, core: ConversationCore, sqlite_store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    # What a crash mid-transcription leaves: the clip stored and named, its turn pending.
+    message = chat.message("", attachments=(CLIP,))
+    accepted = await sqlite_store.accept(
+        message, text="[Attached: voice-message.ogg (audio/ogg)]", tokens=12
+    )
+    assert accepted is not None
+
+    sink = HearingRecordingSink(transcript="Are you still there?")
+    assert await core.resume_pending(lambda turn: sink) == 1
+    await core.drain()
+
+    assert sink.heard == [(CLIP,)]
+    assert sink.final == "You said: Are you still there?"
+    assert prompt_of(fake_model)[-1]["content"] == "Are you still there?"
+    assert await sqlite_store.unheard_audio(accepted.user_message_id) == ()
+    assert await sqlite_store.pending_turns() == []
 
 
 # --- nothing lost across a crash ------------------------------------------------------

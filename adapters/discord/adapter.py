@@ -70,7 +70,8 @@ class DiscordAdapter:
                 settings.voice,
                 model_base_url=settings.model.base_url,
                 api_key=settings.model.api_key,
-            )
+            ),
+            self.context.require_client,
         )
         self.context.hearing = self.hearing
         self.voice: DiscordVoice | None = None
@@ -170,11 +171,13 @@ class DiscordAdapter:
         kind = target.get("kind")
         if kind == "message":
             reply_to = target.get("reply_to")
-            return self.messages.sink(
+            sink = self.messages.sink(
                 int(target["channel_id"]),
                 reply_to=int(reply_to) if reply_to else None,
                 thread=turn.conversation.thread,
             )
+            # A voice message stored before a stop is heard when its turn resumes.
+            return self.hearing.listening(sink)
         if kind != "interaction":
             return None
         ephemeral = bool(target.get("ephemeral"))

@@ -76,10 +76,8 @@ class DiscordMessages:
             thread=route.thread,
         )
         if context.hearing is not None:
-            heard = await context.hearing.hear(message, incoming, sink)
-            if heard is None:
-                return
-            incoming, sink = heard
+            # A voice message is stored like a typed one and heard when it is answered.
+            sink = context.hearing.listening(sink)
         sink = await context.spoken(
             sink,
             guild_id=message.guild.id if message.guild else None,

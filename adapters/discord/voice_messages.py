@@ -1,66 +1,35 @@
-"""Where a Discord voice message (or audio file) becomes text for the core.
+"""Where a Discord voice message (or audio file) becomes text: a sink that can hear.
 
-The audio is downloaded from Discord's CDN, transcribed, and never kept: the core gets
-the transcript as the message's text, and the answer shows it above the reply.
+The message is stored like any other (its audio named by CDN URL, never kept); the core
+asks the reply sink to hear it when it answers, again after a restart. The sink
+downloads the audio from Discord's CDN, transcribes it, and shows the transcript above
+the answer.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
+from collections.abc import Callable
 
 import discord
 
-from adapters.discord import events
-from botservice.events import IncomingMessage
+from botservice.events import Attachment
 from botservice.ports import ReplySink
-from botservice.transcription import Transcriber, TranscriptionError
-from botservice.voice_messages import (
-    AudioClip,
-    HeardSink,
-    RecentKeys,
-    heard_message,
-    transcribe_clips,
-)
-
-log = logging.getLogger(__name__)
+from botservice.transcription import Transcriber
+from botservice.voice_messages import ListeningSink
 
 
 class DiscordHearing:
-    def __init__(self, transcriber: Transcriber) -> None:
+    def __init__(self, transcriber: Transcriber, client: Callable[[], discord.Client]) -> None:
         self.transcriber = transcriber
-        self._recent = RecentKeys()
+        self._client = client
 
-    async def hear(
-        self, message: discord.Message, incoming: IncomingMessage, sink: ReplySink
-    ) -> tuple[IncomingMessage, ReplySink] | None:
-        """The message with its audio as text, and a sink that shows the transcript; the
-        same pair when there is no audio. None when it must not be answered: the message
-        is already being heard, or its audio could not be transcribed (the person has
-        been told why, in one sentence)."""
-        audio = events.audio_attachments(message)
-        if not audio:
-            return incoming, sink
-        if not self._recent.add(str(message.id)):
-            return None
-        clips = [
-            AudioClip(
-                name=item.filename,
-                content_type=events.content_type_of(item),
-                size=item.size,
-                fetch=item.read,
-            )
-            for item in audio
-        ]
-        with contextlib.suppress(discord.HTTPException):
-            await message.channel.typing()
-        try:
-            transcript = await transcribe_clips(self.transcriber, clips)
-        except TranscriptionError as error:
-            log.warning("could not transcribe Discord message %s: %s", message.id, error)
-            await sink.notice(error.user_message, private=False)
-            return None
-        return heard_message(incoming, transcript), HeardSink(sink, transcript)
+    def listening(self, sink: ReplySink) -> ListeningSink:
+        """`sink`, able to hear the audio of the message it answers."""
+
+        async def fetch(audio: Attachment) -> bytes:
+            return await self._client().http.get_from_cdn(audio.url)
+
+        return ListeningSink(sink, self.transcriber, fetch)
 
     async def aclose(self) -> None:
         await self.transcriber.aclose()

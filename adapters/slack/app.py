@@ -26,7 +26,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.audio import SlackHearing, audio_files
+from adapters.slack.audio import SlackHearing
 from adapters.slack.budget import UpdateBudget
 from adapters.slack.events import (
     PLATFORM,
@@ -65,7 +65,6 @@ SUGGESTED_PROMPTS = (
 # A command's answer rides on the acknowledgement when it is ready this fast;
 # otherwise it follows as an ephemeral message.
 COMMAND_ACK_SECONDS = 2.0
-AUDIO_ACK_WAIT_SECONDS = 2.0
 TITLE_CHARS = 80
 _BAD_TOKEN_ERRORS = frozenset(
     {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
@@ -108,6 +107,7 @@ class SlackAdapter:
                 AsyncRateLimitErrorRetryHandler(max_retry_count=2),
             ],
         )
+        self._bot_token = bot_token
         self._oauth = SlackOAuth.from_settings(settings) if not bot_token else None
         self._app = AsyncApp(
             client=self._client,
@@ -187,12 +187,17 @@ class SlackAdapter:
         if target is None:
             return None
         if self._oauth is None:
-            return SlackReplySink(client=self._client, target=target, budget=self._budget)
-        return SlackReplySink(
-            client=None,
-            target=target,
-            budget=self._budget,
-            resolve=lambda: self._client_for(target),
+            sink = SlackReplySink(client=self._client, target=target, budget=self._budget)
+        else:
+            sink = SlackReplySink(
+                client=None,
+                target=target,
+                budget=self._budget,
+                resolve=lambda: self._client_for(target),
+            )
+        # A clip stored before a stop is heard when its turn resumes.
+        return self._hearing.listening(
+            sink, session=self._http_session, token=lambda: self._token_for(target)
         )
 
     def http_routes(self) -> list[web.AbstractRouteDef]:
@@ -304,24 +309,13 @@ class SlackAdapter:
             raw=body,
         )
         sink = SlackReplySink(client=client, target=draft.reply_target(), budget=self._budget)
-        if audio := audio_files(draft.files):
-            self._known.add(key)
-            hearing = self._spawn(
-                self._hearing.answer(
-                    message,
-                    sink,
-                    audio,
-                    session=self._http_session(),
-                    token=token,
-                    submit=self._core.submit,
-                )
-            )
-            # Most clips are heard and stored well inside Slack's three seconds, and
-            # are then acknowledged like typed messages; only a slow one is
-            # acknowledged before its transcript is stored (see adapters/slack/audio.py).
-            await asyncio.wait({hearing}, timeout=AUDIO_ACK_WAIT_SECONDS)
-            return
-        submission = await self._core.submit(message, sink)
+
+        async def event_token() -> str | None:
+            return token
+
+        # An audio clip is stored like a typed message and heard when it is answered.
+        listening = self._hearing.listening(sink, session=self._http_session, token=event_token)
+        submission = await self._core.submit(message, listening)
         self._known.add(key)
         if submission is not None and sink.target.assistant and not known and draft.text:
             self._spawn(self._set_title(client, sink.target, draft.text))
@@ -400,6 +394,11 @@ class SlackAdapter:
     async def _core_knows(self, key: ConversationKey) -> bool:
         # From the store, so it holds across restarts and processes.
         return await self._core.has_conversation(key)
+
+    async def _token_for(self, target: ReplyTarget) -> str | None:
+        if self._oauth is None:
+            return self._bot_token
+        return await self._oauth.bot_token(target.enterprise, target.team)
 
     async def _client_for(self, target: ReplyTarget) -> AsyncWebClient | None:
         assert self._oauth is not None

@@ -1,4 +1,5 @@
-"""Downloading the images attached to a message, with the bot token, within a budget."""
+"""Downloading files attached to a message (images at once, audio when it is heard) with
+the bot token, within a budget."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from botservice.events import Attachment
 log = logging.getLogger(__name__)
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
-# Downloads happen before the event is acknowledged; Slack allows three seconds.
+# Images are downloaded before the event is acknowledged; Slack allows three seconds.
 DOWNLOAD_TIMEOUT_SECONDS = 1.5
 _SLACK_FILE_HOSTS = ("files.slack.com", "slack-files.com")
 
@@ -34,11 +35,16 @@ async def fetch_attachments(
     token: str | None,
     api_url: str,
 ) -> tuple[Attachment, ...]:
-    """Images come with their bytes; other files (and images that fail) only by name."""
+    """Images come with their bytes; other files (and images that fail) only by name and
+    URL (audio is downloaded when the core asks the sink to hear it)."""
 
     async def one(ref: FileRef) -> Attachment:
+        # A clip recorded in Slack may come typed as video; it is heard as audio.
+        content_type = (
+            "audio/webm" if ref.is_audio and not ref.mimetype.startswith("audio/") else ref.mimetype
+        )
         attachment = Attachment(
-            name=ref.name, content_type=ref.mimetype, url=ref.url, size=ref.size
+            name=ref.name, content_type=content_type, url=ref.url, size=ref.size
         )
         if not attachment.is_image or not ref.url or not token or ref.size > MAX_IMAGE_BYTES:
             return attachment
@@ -60,10 +66,15 @@ async def fetch_attachments(
 
 
 async def download(
-    session: aiohttp.ClientSession, url: str, token: str, *, max_bytes: int
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    *,
+    max_bytes: int,
+    timeout_seconds: float = DOWNLOAD_TIMEOUT_SECONDS,
 ) -> bytes:
     """A private Slack file, fetched with the bot token. ValueError when it cannot be had."""
-    timeout = aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT_SECONDS)
+    timeout = aiohttp.ClientTimeout(total=timeout_seconds)
     async with session.get(
         url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout, allow_redirects=False
     ) as response:

@@ -174,6 +174,8 @@ class FakeModelServer:
         self.answer = answer
         self.default_delay_between_chunks = default_delay_between_chunks
         self.transcript = "hello from the fake transcriber"
+        # Seconds a transcription takes (a long clip on a busy endpoint).
+        self.transcription_delay = 0.0
         self.requests: list[RecordedRequest] = []
         self._script: deque[Behaviour] = deque()
         self._host, self._port = host, port
@@ -378,6 +380,8 @@ class FakeModelServer:
             else:
                 fields[part.name] = await part.text()
         self._record(request, fields, files)
+        if self.transcription_delay:
+            await asyncio.sleep(self.transcription_delay)
         if fields.get("response_format") == "text":
             return web.Response(text=self.transcript)
         return web.json_response({"text": self.transcript})

@@ -7,8 +7,10 @@ import asyncio
 import time
 from typing import Any
 
+from adapters.slack.events import BotIdentity, Converse, SlackUser, build_incoming, translate_event
+from botservice.events import Attachment
 from tests.fakes.model_server import FakeModelServer
-from tests.fakes.slack_api import FakeSlackApi, PostedMessage
+from tests.fakes.slack_api import BOT_USER_ID, FakeSlackApi, PostedMessage
 from tests.slack.harness import SlackHarness
 
 DM = "D0BOBDM"
@@ -94,3 +96,51 @@ async def test_a_quickly_heard_clip_is_stored_before_slack_is_acknowledged(
     assert await bot.store.claim_key("slack", key) is False, "not stored when Slack got its 200"
     await answer_in(bot.slack, DM, "You said:")
     await bot.settle()
+
+
+async def test_a_slowly_heard_clip_is_stored_before_slack_is_acknowledged(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    fake_model.transcript = "Take your time."
+    fake_model.transcription_delay = 2.5  # most of the three seconds Slack waits
+    clip = audio_clip(bot, b"\x1aE\xdf\xa3 webm audio")
+
+    started = time.monotonic()
+    status, _ = await bot.event(clip)
+
+    assert status == 200
+    assert time.monotonic() - started < 2.5, "Slack waited for the transcription"
+    key = f"{DM}:{clip['event']['ts']}"
+    assert await bot.store.claim_key("slack", key) is False, "not stored when Slack got its 200"
+    text = await answer_in(bot.slack, DM, "You said:")
+    await bot.settle()
+    assert text.endswith("\nYou said: Take your time.")
+
+
+async def test_a_clip_left_unheard_by_a_crash_is_heard_when_its_turn_resumes(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    # What a crash mid-transcription leaves: the clip stored by name and URL, its turn pending.
+    fake_model.transcript = "Did you get my clip?"
+    action = translate_event(audio_clip(bot, b"\x1aE\xdf\xa3 webm audio"), BotIdentity(BOT_USER_ID))
+    assert isinstance(action, Converse)
+    [ref] = action.draft.files
+    clip = Attachment(name=ref.name, content_type=ref.mimetype, url=ref.url, size=ref.size)
+    message = build_incoming(
+        action.draft, user=SlackUser("UBOB", "Bob"), is_channel_admin=False, attachments=(clip,)
+    )
+    assert await bot.store.accept(
+        message, text="[Attached: audio_message.webm (audio/webm)]", tokens=5
+    )
+
+    assert await bot.core.resume_pending(bot.adapter.sink_for) == 1
+    text = await answer_in(bot.slack, DM, "You said:")
+    await bot.settle()
+
+    assert text == (
+        "> \N{MICROPHONE} \N{LEFT DOUBLE QUOTATION MARK}Did you get my clip?"
+        "\N{RIGHT DOUBLE QUOTATION MARK}\nYou said: Did you get my clip?"
+    )
+    assert bot.slack.file_downloads == [("audio_message.webm", "Bearer xoxb-test-token")]
+    assert fake_model.chat_requests[-1].last_user_text == "Did you get my clip?"
+    assert await bot.store.pending_turns() == []

@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(), nullable=True),
         sa.Column("status", sa.String(), nullable=False),
         sa.Column("reply_to_id", sa.Integer(), nullable=True),
+        sa.Column("audio", sa.String(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         **AUTOINCREMENT,
     )
