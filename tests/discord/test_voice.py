@@ -13,6 +13,7 @@ import pytest_asyncio
 from adapters.discord import create_adapter
 from adapters.discord.voice import NOT_CONNECTED, NOT_IN_VOICE
 from botservice.conversation import ConversationCore
+from botservice.events import Attachment, IncomingMessage
 from botservice.model_client import OpenAIChatClient
 from botservice.settings import Settings
 from storage.repository import SqlStore
@@ -296,3 +297,49 @@ async def test_audio_that_cannot_be_transcribed_gets_one_sentence_and_no_model_c
 
     assert reply["content"].startswith("That audio is too long for me to transcribe")
     assert model.requests == []
+
+
+async def test_a_voice_message_left_unheard_by_a_crash_is_heard_when_its_turn_resumes(
+    voice_guild: Guild, sqlite_store: SqlStore
+) -> None:
+    # What a crash mid-transcription leaves: the message stored with its audio's link,
+    # its turn pending, nothing heard yet.
+    server, model = voice_guild.server, voice_guild.model
+    model.transcript = "Did my voice message arrive?"
+    file = server.add_attachment("voice-message.ogg", "audio/ogg", b"OggS fake opus", voice=True)
+    sent = server._message(
+        channel_id=server.channel_id, author=server.bob, content="", attachments=[file]
+    )
+    server.messages[sent["id"]] = sent
+    incoming = IncomingMessage(
+        platform="discord",
+        workspace=server.guild_id,
+        channel=server.channel_id,
+        thread=sent["id"],
+        user_id=server.bob.id,
+        user_name="Bob",
+        text="",
+        message_key=sent["id"],
+        attachments=(
+            Attachment(
+                name="voice-message.ogg",
+                content_type="audio/ogg",
+                url=file["url"],
+                size=file["size"],
+            ),
+        ),
+        reply_target={"kind": "message", "channel_id": server.channel_id, "reply_to": sent["id"]},
+    )
+    assert await sqlite_store.accept(
+        incoming, text="[Attached: voice-message.ogg (audio/ogg)]", tokens=5
+    )
+
+    assert await voice_guild.core.resume_pending(voice_guild.adapter.sink_for) == 1
+    reply = await voice_guild.reply_to(sent)
+
+    assert reply["content"] == (
+        "> \N{MICROPHONE} \N{LEFT DOUBLE QUOTATION MARK}Did my voice message arrive?"
+        "\N{RIGHT DOUBLE QUOTATION MARK}\nYou said: Did my voice message arrive?"
+    )
+    assert model.chat_requests[-1].last_user_text == "Did my voice message arrive?"
+    assert await sqlite_store.pending_turns() == []
