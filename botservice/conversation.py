@@ -7,25 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypeVar
 
+from botservice.background import BackgroundTasks
 from botservice.commands import CommandRunner
-from botservice.errors import ModelError, ModelStreamBroken
+from botservice.errors import ModelError, ModelStreamBroken, StoreUnavailable
 from botservice.events import Attachment, Command, ConversationKey, IncomingMessage
 from botservice.ports import (
     ChannelSettings,
     ChatRequest,
     HearingSink,
+    MessageStatus,
     ModelClient,
     PendingTurn,
     ReplySink,
     Store,
     StreamObserver,
+    Usage,
 )
 from botservice.prompt import build_prompt, describe_attachments, quote_context
 from botservice.settings import Settings
@@ -37,17 +43,23 @@ from botservice.voice_messages import heard_text, stored_text
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 TRIM_FOOTNOTE = "_(Older messages in this conversation were left out to fit the model's context.)_"
 RESTART_TOO_LATE = "Sorry, I restarted before I could answer this, and it is too old to pick up now; please ask again."
 UNEXPECTED_FAILURE = "Something went wrong on my side while answering; please try again."
 
 
+SinkFinder = Callable[[PendingTurn], ReplySink | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """A message that was new and is now stored; `answered` completes with its answer."""
+    """A message that was new and is now stored. `answered` completes when this process
+    has answered it, or has left it to the process answering its conversation."""
 
     turn_id: int
-    answered: asyncio.Task[None]
+    answered: asyncio.Future[None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +72,33 @@ class _Turn:
     images: tuple[Attachment, ...] = ()
     # Voice messages and clips, heard when the turn is answered (not before it is stored).
     audio: tuple[Attachment, ...] = ()
+    # Answered after a stop or a takeover: something may have been shown already.
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """What only the accepting process knows about a turn: the live sink and the
+    attachments' bytes. Another process answering the turn rebuilds the sink from
+    the stored reply target and the text from the store."""
+
+    conversation_id: int
+    sink: ReplySink
+    images: tuple[Attachment, ...]
+    audio: tuple[Attachment, ...]
+    done: asyncio.Future[None]
 
 
 class ConversationCore:
+    """Takes messages, and answers each turn once, in order per conversation.
+
+    Who answers a turn is decided by the store (see `storage.tables.Turn`): a
+    process claims the oldest pending turn of a conversation when none of it is
+    running, answers it, then claims the next one itself, so the order needs no
+    waiting. A claim is kept alive by a heartbeat; the turns of a process that
+    stopped are put back to pending and picked up by any other.
+    """
+
     def __init__(
         self,
         *,
@@ -70,13 +106,29 @@ class ConversationCore:
         store: Store,
         model: ModelClient,
         tokens: TokenCounter | None = None,
+        holder: str | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._model = model
         self._tokens = tokens or TokenCounter()
-        self._lanes = _Lanes()
         self._commands = CommandRunner(settings=settings, store=store)
+        # Unique per process start, so a restarted process never mistakes the
+        # claims of its previous life for its own.
+        self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._accepted: dict[int, _Accepted] = {}
+        self._drivers: dict[int, asyncio.Task[None]] = {}
+        self._wanted: set[int] = set()  # conversations with work since their driver looked
+        self._running: set[int] = set()  # turns this process holds
+        self._tasks = BackgroundTasks()
+        self._sink_for: SinkFinder | None = None
+        self._upkeep: asyncio.Task[None] | None = None
+        self._sweeping = False
+        self._stopping = False
+
+    @property
+    def holder(self) -> str:
+        return self._holder
 
     # --- taking messages -------------------------------------------------------
 
@@ -86,6 +138,8 @@ class ConversationCore:
         Returns once the message is stored, so an adapter can acknowledge the
         platform knowing nothing will be lost. None when the message was already
         taken (a redelivery) or was refused with a notice (empty, too long).
+        Raises `StoreUnavailable` when the database cannot take it (the adapter
+        should let the platform deliver it again).
         """
         text = clean_text(message.text)
         if refusal := self._refusal(text, message.attachments):
@@ -95,25 +149,21 @@ class ConversationCore:
 
         stored_text = self._text_to_store(text, message)
         accepted = await self._store.accept(
-            message,
-            text=stored_text,
-            tokens=self._tokens.count(stored_text),
-            lease_until=self._lease_from(datetime.now(UTC)),
+            message, text=stored_text, tokens=self._tokens.count(stored_text)
         )
         if accepted is None:
             log.info("dropped a redelivered message (%s %s)", message.platform, message.message_key)
             return None
-        turn = _Turn(
-            turn_id=accepted.turn_id,
+        done = asyncio.get_running_loop().create_future()
+        self._accepted[accepted.turn_id] = _Accepted(
             conversation_id=accepted.conversation_id,
-            user_message_id=accepted.user_message_id,
-            key=message.conversation,
-            reply_ref=None,
+            sink=sink,
             images=tuple(a for a in message.attachments if a.is_image),
             audio=tuple(a for a in message.attachments if a.is_audio),
+            done=done,
         )
-        task = self._lanes.run(turn.key, lambda: self._answer(turn, sink))
-        return Submission(turn_id=accepted.turn_id, answered=task)
+        self._wake(accepted.conversation_id)
+        return Submission(turn_id=accepted.turn_id, answered=done)
 
     async def handle(self, message: IncomingMessage, sink: ReplySink) -> bool:
         """Submit and wait for the answer. False when the message was not taken."""
@@ -132,54 +182,55 @@ class ConversationCore:
         reply = await self._commands.run(message, command)
         await sink.notice(reply, private=True)
 
-    async def resume_pending(
-        self,
-        sink_for: Callable[[PendingTurn], ReplySink | None],
-        *,
-        at_start_up: bool = True,
-    ) -> int:
-        """Answer turns that a stopped process left pending; tell the user when one is too
-        old. Returns how many were resumed.
+    # --- turns nobody is answering ------------------------------------------------
 
-        A turn is taken over only when no live process holds its lease. At start-up
-        on a store no other process shares (SQLite), every pending turn is this
-        process's own from before the stop, so leases are not waited out.
-        """
-        max_age = self._settings.conversation.resume_pending_max_age_seconds
-        force = at_start_up and not self._store.shared
-        resumed = 0
-        for pending in await self._store.pending_turns():
-            sink = sink_for(pending)
-            if sink is None:
-                continue
-            now = datetime.now(UTC)
-            if not force and pending.lease_until is not None and pending.lease_until > now:
-                continue  # being answered right now, here or elsewhere
-            taken = await self._store.take_over_turn(
-                pending.turn_id, now=now, lease_until=self._lease_from(now), force=force
-            )
-            if not taken:
-                continue
-            if (now - pending.created_at).total_seconds() > max_age:
-                await self._store.fail_turn(pending.turn_id)
-                await sink.finish(RESTART_TOO_LATE)
-                continue
-            turn = _Turn(
-                turn_id=pending.turn_id,
-                conversation_id=pending.conversation_id,
-                user_message_id=pending.user_message_id,
-                key=pending.conversation,
-                reply_ref=pending.reply_ref,
-                audio=await self._store.unheard_audio(pending.user_message_id),
-            )
-            self._lanes.run(turn.key, functools.partial(self._answer, turn, sink))
-            resumed += 1
-        if resumed:
-            log.info("resuming %d turns left pending by a stopped process", resumed)
+    async def start(self, sink_for: SinkFinder) -> int:
+        """Answer what a stop left behind, then keep sweeping: every
+        `turn_heartbeat_seconds`, turns of a process that stopped are picked up.
+        Returns how many conversations were picked up at once."""
+        resumed = await self.resume_pending(sink_for)
+        self._sweeping = True
+        self._ensure_upkeep()
         return resumed
 
-    def _lease_from(self, now: datetime) -> datetime:
-        return now + timedelta(seconds=self._settings.conversation.turn_lease_seconds)
+    async def resume_pending(self, sink_for: SinkFinder, *, at_start_up: bool = True) -> int:
+        """Answer the turns that no live process is answering, once.
+
+        `sink_for` rebuilds a reply sink for a turn this process did not accept
+        (an adapter's `sink_for`); the core keeps it for turns it claims later.
+        At start-up on a store no other process shares (SQLite), turns left
+        running are this process's own from before the stop and are taken back
+        at once; on a shared store a turn is taken over only once its heartbeat
+        stopped. Returns how many conversations were picked up.
+        """
+        self._sink_for = sink_for
+        if at_start_up and not self._store.shared:
+            await self._store.release_claims()
+        woken = await self._sweep()
+        if woken:
+            log.info("answering the waiting turns of %d conversations", woken)
+        return woken
+
+    async def _sweep(self) -> int:
+        """Put back turns whose process stopped, and start on every conversation that
+        has a turn waiting with nobody answering it."""
+        now = datetime.now(UTC)
+        stale = await self._store.release_stale_turns(now=now)
+        waiting = await self._store.waiting_conversations(accepted_before=now)
+        conversations = set(stale) | set(waiting)
+        for conversation_id in conversations:
+            self._wake(conversation_id)
+        return len(conversations)
+
+    async def stop(self) -> None:
+        """Finish the answers in flight, then stop the heartbeat and the sweep."""
+        await self.drain()
+        self._stopping = True
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+        await self._tasks.cancel_all()
 
     # --- what adapters ask of the store, through the core ---------------------------
 
@@ -215,63 +266,197 @@ class ConversationCore:
 
     async def drain(self) -> None:
         """Wait for every answer in flight (used at shutdown and by tests)."""
-        await self._lanes.drain()
+        while self._drivers:
+            await asyncio.wait(list(self._drivers.values()))
 
     # --- answering ---------------------------------------------------------------
 
-    async def _answer(self, turn: _Turn, sink: ReplySink) -> None:
+    def _wake(self, conversation_id: int) -> None:
+        """Make sure this process looks for work in the conversation: a driver that is
+        running sees the mark before it stops; otherwise a new one starts."""
+        self._wanted.add(conversation_id)
+        if conversation_id not in self._drivers and not self._stopping:
+            self._drivers[conversation_id] = self._tasks.spawn(
+                self._drive(conversation_id), name=f"conversation-{conversation_id}"
+            )
+
+    async def _drive(self, conversation_id: int) -> None:
+        """Answer the conversation's pending turns one by one while this process can
+        claim them; stop when none is pending or another process is answering one."""
         try:
-            async with self._one_process_at_a_time(turn.conversation_id):
-                await self._answer_turn(turn, sink)
+            while True:
+                self._wanted.discard(conversation_id)
+                try:
+                    turn = await self._store.claim_next_turn(
+                        conversation_id, holder=self._holder, alive_until=self._alive_until()
+                    )
+                except StoreUnavailable:
+                    log.warning(
+                        "database unreachable; conversation %d waits for the next sweep",
+                        conversation_id,
+                    )
+                    return
+                if turn is None:
+                    # No await between the claim and here: a message accepted
+                    # meanwhile has set the mark, and is looked for again.
+                    if conversation_id in self._wanted:
+                        continue
+                    return
+                await self._run(turn)
+        finally:
+            del self._drivers[conversation_id]
+            self._let_go_of(conversation_id)
+
+    def _let_go_of(self, conversation_id: int) -> None:
+        """Turns accepted here that another process will answer (it holds their
+        conversation now): their sinks are rebuilt there from the stored target."""
+        for turn_id, accepted in list(self._accepted.items()):
+            if accepted.conversation_id == conversation_id:
+                del self._accepted[turn_id]
+                if not accepted.done.done():
+                    accepted.done.set_result(None)
+
+    async def _run(self, claimed: PendingTurn) -> None:
+        accepted = self._accepted.pop(claimed.turn_id, None)
+        self._running.add(claimed.turn_id)
+        self._ensure_upkeep()
+        try:
+            await self._run_claimed(claimed, accepted)
+        finally:
+            self._running.discard(claimed.turn_id)
+            if accepted is not None and not accepted.done.done():
+                accepted.done.set_result(None)
+
+    async def _run_claimed(self, claimed: PendingTurn, accepted: _Accepted | None) -> None:
+        if accepted is not None:
+            sink: ReplySink | None = accepted.sink
+        else:
+            sink = self._sink_for(claimed) if self._sink_for is not None else None
+        if sink is None:
+            log.warning(
+                "turn %d cannot be answered here (no adapter for %s, or its reply target "
+                "is unusable); marking it failed",
+                claimed.turn_id,
+                claimed.platform,
+            )
+            await self._keep_trying(
+                lambda: self._store.fail_turn(claimed.turn_id, holder=self._holder)
+            )
+            return
+        max_age = self._settings.conversation.resume_pending_max_age_seconds
+        age = (datetime.now(UTC) - claimed.created_at).total_seconds()
+        if accepted is None and age > max_age:
+            await self._keep_trying(
+                lambda: self._store.fail_turn(claimed.turn_id, holder=self._holder)
+            )
+            await sink.finish(RESTART_TOO_LATE)
+            return
+        turn = _Turn(
+            turn_id=claimed.turn_id,
+            conversation_id=claimed.conversation_id,
+            user_message_id=claimed.user_message_id,
+            key=claimed.conversation,
+            reply_ref=claimed.reply_ref,
+            images=accepted.images if accepted else (),
+            audio=(
+                accepted.audio
+                if accepted
+                else await self._keep_trying(
+                    lambda: self._store.unheard_audio(claimed.user_message_id)
+                )
+            ),
+            resumed=claimed.claims > 1 or accepted is None,
+        )
+        try:
+            await self._answer_turn(turn, sink)
         except Exception:
             # The adapter's boundary: log the stack once, tell the user one sentence.
             log.exception("answering turn %d failed", turn.turn_id)
-            await self._store.fail_turn(turn.turn_id)
+            with contextlib.suppress(StoreUnavailable):
+                await self._keep_trying(
+                    lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
+                )
             try:
                 await sink.finish(UNEXPECTED_FAILURE)
             except Exception:
                 log.exception("could not tell the user that turn %d failed", turn.turn_id)
 
-    @contextlib.asynccontextmanager
-    async def _one_process_at_a_time(self, conversation_id: int) -> AsyncIterator[None]:
-        """Turns of one conversation in other processes sharing the database wait for
-        this one (the lanes already order them within this process)."""
-        if not self._store.shared:
-            yield
-            return
-        lease = self._settings.conversation.turn_lease_seconds
-        waited, pause = 0.0, 0.05
-        # A holder that died is waited out by its lease, never longer.
-        while waited < lease:
-            now = datetime.now(UTC)
-            if await self._store.hold_conversation(
-                conversation_id, now=now, until=self._lease_from(now)
-            ):
-                break
+    # --- heartbeat and sweep --------------------------------------------------------
+
+    def _alive_until(self) -> datetime:
+        return datetime.now(UTC) + timedelta(
+            seconds=self._settings.conversation.turn_takeover_seconds
+        )
+
+    def _ensure_upkeep(self) -> None:
+        if (self._upkeep is None or self._upkeep.done()) and not self._stopping:
+            self._upkeep = self._tasks.spawn(self._keep_up(), name="turn-heartbeat")
+
+    async def _keep_up(self) -> None:
+        """Renew this process's claims and sweep for abandoned turns, every
+        `turn_heartbeat_seconds` (every second while the database is unreachable, so
+        claims are renewed as soon as it is back). Runs while this process holds
+        turns or sweeps (after `start`)."""
+        conversation = self._settings.conversation
+        pause = conversation.turn_heartbeat_seconds
+        # After losing the database, every heartbeat (ours and our peers') has gone
+        # quiet; give them one takeover period to speak again before judging them.
+        judge_after = 0.0
+        while self._running or self._sweeping:
             await asyncio.sleep(pause)
-            waited += pause
-            pause = min(pause * 2, 1.0)
-        try:
-            yield
-        finally:
-            await self._store.release_conversation(conversation_id)
+            try:
+                if self._running:
+                    await self._store.renew_claims(self._holder, alive_until=self._alive_until())
+                if self._sweeping and time.monotonic() >= judge_after:
+                    await self._sweep()
+            except StoreUnavailable:
+                if pause != 1.0:
+                    log.warning("database unreachable; claims will be renewed once it is back")
+                pause = 1.0
+                judge_after = time.monotonic() + conversation.turn_takeover_seconds
+            else:
+                if pause == 1.0:
+                    log.info("database reachable again")
+                pause = conversation.turn_heartbeat_seconds
+
+    async def _keep_trying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a store operation of a turn, retrying with backoff while the database is
+        unreachable, for at most `store_retry_seconds`."""
+        give_up_at = time.monotonic() + self._settings.conversation.store_retry_seconds
+        pause = 0.2
+        while True:
+            try:
+                return await operation()
+            except StoreUnavailable:
+                if time.monotonic() + pause > give_up_at:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     async def _answer_turn(self, turn: _Turn, sink: ReplySink) -> None:
+        store = self._store
         reply_ref = await sink.begin(turn.reply_ref)
         if reply_ref is not None and reply_ref != turn.reply_ref:
-            await self._store.set_reply_ref(turn.turn_id, reply_ref)
+            # Saved again with the answer, so an unreachable database is no reason
+            # to stop here.
+            with contextlib.suppress(StoreUnavailable):
+                await store.set_reply_ref(turn.turn_id, reply_ref)
         if turn.audio and not await self._hear(turn, sink):
             return
 
         key = turn.key
-        channel = await self._store.channel_settings(key.platform, key.workspace, key.channel)
+        channel = await self._keep_trying(
+            lambda: store.channel_settings(key.platform, key.workspace, key.channel)
+        )
         model = channel.model or self._settings.model.name
         model_info = self._settings.model_info(model)
         instructions = channel.instructions or self._settings.conversation.default_instructions
-        history = await self._store.history(
-            turn.conversation_id,
-            up_to_message_id=turn.user_message_id,
-            limit=self._settings.conversation.history_limit,
+        history = await self._keep_trying(
+            lambda: store.history(
+                turn.conversation_id,
+                up_to_message_id=turn.user_message_id,
+                limit=self._settings.conversation.history_limit,
+            )
         )
         max_answer = self._settings.model.max_answer_tokens
         prompt = build_prompt(
@@ -299,49 +484,108 @@ class ConversationCore:
                     observer.observe(so_far)
         except ModelError as error:
             await updates.close()
-            await self._fail(turn, sink, error, "".join(parts), model)
+            await self._fail(turn, sink, error, "".join(parts), model, reply_ref)
             return
         await updates.close()
 
         answer = "".join(parts)
         shown = answer
-        if prompt.left_out and await self._store.mark_trim_noticed(turn.conversation_id):
+        if prompt.left_out and await self._first_trim_notice(turn.conversation_id):
             shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
         await sink.finish(shown)
-        await self._store.store_answer(
-            turn.turn_id,
+        # The answer has been shown: from here on it is only ever saved, never made
+        # again, so a database outage is waited out (see `_keep_trying`).
+        await self._save_answer(
+            turn,
             text=answer,
-            tokens=self._tokens.count(answer),
             usage=stream.usage,
             status="complete",
             model=model,
+            reply_ref=reply_ref,
         )
         if channel.retention_days == 0:
-            await self._store.delete_conversation_messages(turn.conversation_id)
+            await self._keep_trying(
+                lambda: store.delete_conversation_messages(turn.conversation_id)
+            )
+
+    async def _first_trim_notice(self, conversation_id: int) -> bool:
+        try:
+            return await self._store.mark_trim_noticed(conversation_id)
+        except StoreUnavailable:
+            return False  # the answer is not held back for a footnote
+
+    async def _save_answer(
+        self,
+        turn: _Turn,
+        *,
+        text: str,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None,
+    ) -> None:
+        tokens = self._tokens.count(text)
+        try:
+            saved = await self._keep_trying(
+                lambda: self._store.store_answer(
+                    turn.turn_id,
+                    holder=self._holder,
+                    text=text,
+                    tokens=tokens,
+                    usage=usage,
+                    status=status,
+                    model=model,
+                    reply_ref=reply_ref,
+                )
+            )
+        except StoreUnavailable:
+            log.error(
+                "gave up saving the answer to turn %d: the database was unreachable for "
+                "%.0f s; another process may answer it again",
+                turn.turn_id,
+                self._settings.conversation.store_retry_seconds,
+            )
+            return
+        if saved is None:
+            log.warning(
+                "turn %d was taken over by another process while this one answered it; "
+                "this answer was shown but not saved",
+                turn.turn_id,
+            )
 
     async def _hear(self, turn: _Turn, sink: ReplySink) -> bool:
         """Put the transcript of the turn's audio in the stored message. False when it
         cannot be heard (the turn is failed and the person told why)."""
         if not isinstance(sink, HearingSink):
             return True  # answered from the stored text, which names the files
+        store = self._store
         try:
             transcript = await sink.hear(turn.audio)
         except TranscriptionError as error:
             log.warning("could not hear the audio of turn %d: %s", turn.turn_id, error)
-            await self._store.fail_turn(turn.turn_id)
+            await self._keep_trying(lambda: store.fail_turn(turn.turn_id, holder=self._holder))
             await sink.finish(error.user_message)
             return False
-        stored = await self._store.message_text(turn.user_message_id)
+        stored = await self._keep_trying(lambda: store.message_text(turn.user_message_id))
         text = heard_text(stored.text if stored else "", turn.audio, transcript)
-        await self._store.heard(turn.user_message_id, text=text, tokens=self._tokens.count(text))
+        tokens = self._tokens.count(text)
+        await self._keep_trying(lambda: store.heard(turn.user_message_id, text=text, tokens=tokens))
         return True
 
     async def _fail(
-        self, turn: _Turn, sink: ReplySink, error: ModelError, partial: str, model: str
+        self,
+        turn: _Turn,
+        sink: ReplySink,
+        error: ModelError,
+        partial: str,
+        model: str,
+        reply_ref: str | None,
     ) -> None:
         log.warning("model call for turn %d failed: %s", turn.turn_id, type(error).__name__)
         if not partial:
-            await self._store.fail_turn(turn.turn_id)
+            await self._keep_trying(
+                lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
+            )
             await sink.finish(error.user_message)
             return
         # Keep what the model did say; mark it so neither the user nor a later
@@ -349,13 +593,8 @@ class ConversationCore:
         reason = error.user_message if not isinstance(error, ModelStreamBroken) else ""
         marker = "_(The answer was cut off midway" + (f": {reason}" if reason else ".") + ")_"
         await sink.finish(f"{partial}\n\n{marker}")
-        await self._store.store_answer(
-            turn.turn_id,
-            text=partial,
-            tokens=self._tokens.count(partial),
-            usage=None,
-            status="interrupted",
-            model=model,
+        await self._save_answer(
+            turn, text=partial, usage=None, status="interrupted", model=model, reply_ref=reply_ref
         )
 
     # --- input -------------------------------------------------------------------
@@ -381,36 +620,3 @@ class ConversationCore:
         if others := [a for a in message.attachments if not a.is_audio]:
             pieces.append(describe_attachments(others))
         return stored_text(pieces, [a for a in message.attachments if a.is_audio])
-
-
-class _Lanes:
-    """One queue per conversation: its turns run one at a time, in the order taken;
-    different conversations run concurrently."""
-
-    def __init__(self) -> None:
-        self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
-
-    def run(
-        self, key: ConversationKey, start: Callable[[], Coroutine[Any, Any, None]]
-    ) -> asyncio.Task[None]:
-        previous = self._tails.get(key)
-        task = asyncio.create_task(self._after(previous, start))
-        self._tails[key] = task
-        task.add_done_callback(lambda done: self._forget(key, done))
-        return task
-
-    async def drain(self) -> None:
-        while self._tails:
-            await asyncio.wait(list(self._tails.values()))
-
-    @staticmethod
-    async def _after(
-        previous: asyncio.Task[None] | None, start: Callable[[], Coroutine[Any, Any, None]]
-    ) -> None:
-        if previous is not None:
-            await asyncio.wait([previous])
-        await start()
-
-    def _forget(self, key: ConversationKey, task: asyncio.Task[None]) -> None:
-        if self._tails.get(key) is task:
-            del self._tails[key]

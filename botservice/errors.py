@@ -22,6 +22,13 @@ class ConfigError(BotServiceError):
         self.problem = problem
 
 
+class StoreUnavailable(BotServiceError):
+    """The database could not be reached (down, restarting, network cut). Worth
+    trying again later; nothing was written."""
+
+    user_message = "My database is unreachable right now; please try again in a minute."
+
+
 class ModelError(BotServiceError):
     """The model endpoint could not give an answer."""
 

@@ -12,7 +12,7 @@ from botservice.events import Attachment, ConversationKey, IncomingMessage
 
 Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
-TurnStatus = Literal["pending", "answered", "failed", "command"]
+TurnStatus = Literal["pending", "running", "answered", "failed", "command"]
 SettingField = Literal["instructions", "model", "retention_days", "speech_model", "speech_voice"]
 
 
@@ -155,6 +155,8 @@ class AcceptedTurn:
 
 @dataclass(frozen=True, slots=True)
 class PendingTurn:
+    """A turn waiting for its answer, or one a process has just claimed to answer."""
+
     turn_id: int
     conversation_id: int
     user_message_id: int
@@ -165,7 +167,9 @@ class PendingTurn:
     created_at: datetime
     user_id: str = ""
     is_channel_admin: bool = False
-    lease_until: datetime | None = None
+    # How often the turn has been claimed, this claim included. Above one, an
+    # earlier holder stopped midway and may have shown something already.
+    claims: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,23 +203,37 @@ class Store(Protocol):
     """Everything the core keeps. One implementation (storage/) over SQLAlchemy."""
 
     async def accept(
-        self,
-        message: IncomingMessage,
-        *,
-        text: str,
-        tokens: int,
-        lease_until: datetime | None = None,
+        self, message: IncomingMessage, *, text: str, tokens: int
     ) -> AcceptedTurn | None:
         """Claim `(platform, message_key)` and store the user's message with a pending turn,
-        in one transaction. None if the key was already claimed (a duplicate delivery).
-        `lease_until`: this process answers the turn; nobody else resumes it before then."""
+        in one short transaction. None if the key was already claimed (a duplicate delivery).
+        Raises `StoreUnavailable` when the database cannot be reached."""
         ...
 
-    async def take_over_turn(
-        self, turn_id: int, *, now: datetime, lease_until: datetime, force: bool = False
-    ) -> bool:
-        """Take a pending turn whose lease has run out (any, with `force`). False if it is
-        answered already or another process holds it."""
+    async def claim_next_turn(
+        self, conversation_id: int, *, holder: str, alive_until: datetime
+    ) -> PendingTurn | None:
+        """Claim the oldest pending turn of the conversation for `holder`, unless a turn
+        of it is running already (here or in another process) or none is pending."""
+        ...
+
+    async def renew_claims(self, holder: str, *, alive_until: datetime) -> int:
+        """The holder's heartbeat: keep every turn it is running alive until `alive_until`."""
+        ...
+
+    async def release_stale_turns(self, *, now: datetime) -> list[int]:
+        """Put running turns whose heartbeat stopped before `now` back to pending. Returns
+        their conversations."""
+        ...
+
+    async def release_claims(self, holder: str | None = None) -> list[int]:
+        """Put the running turns of `holder` (of everyone, with None: a one-process store
+        starting up) back to pending. Returns their conversations."""
+        ...
+
+    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
+        """Conversations with a turn pending since before `accepted_before` and none
+        running: nobody is answering them."""
         ...
 
     @property
@@ -240,18 +258,26 @@ class Store(Protocol):
         self,
         turn_id: int,
         *,
+        holder: str | None = None,
         text: str,
         tokens: int,
         usage: Usage | None,
         status: MessageStatus,
         model: str,
-    ) -> int:
-        """Store the assistant's answer and mark the turn answered. Returns the message id."""
+        reply_ref: str | None = None,
+    ) -> int | None:
+        """Store the assistant's answer and mark the turn answered, if `holder` still
+        holds it (any unfinished turn, with None). Returns the message id, or None when
+        another process took the turn over or it was finished already."""
         ...
 
-    async def fail_turn(self, turn_id: int) -> None: ...
+    async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:
+        """Mark the turn failed (only if `holder` still holds it, when given)."""
+        ...
 
-    async def pending_turns(self) -> list[PendingTurn]: ...
+    async def pending_turns(self) -> list[PendingTurn]:
+        """Turns not finished yet (pending or running), oldest first."""
+        ...
 
     async def message_text(self, message_id: int) -> StoredMessage | None: ...
 
@@ -289,15 +315,6 @@ class Store(Protocol):
     async def reset_conversation(self, key: ConversationKey) -> None:
         """Later turns start fresh; nothing is deleted."""
         ...
-
-    async def hold_conversation(
-        self, conversation_id: int, *, now: datetime, until: datetime
-    ) -> bool:
-        """Mark the conversation busy until `until`, unless another process holds it
-        (its mark has not run out by `now`). Only needed when the store is shared."""
-        ...
-
-    async def release_conversation(self, conversation_id: int) -> None: ...
 
     async def mark_trim_noticed(self, conversation_id: int) -> bool:
         """Record that the user was told older turns were left out. True the first time."""
@@ -339,6 +356,10 @@ class Store(Protocol):
         first to claim it (several processes share one database)."""
         ...
 
+    async def ping(self) -> bool:
+        """Whether the database answers right now (readiness checks)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -353,7 +374,7 @@ class Adapter(Protocol):
     turn that was pending when the process last stopped, from the
     `reply_target` the adapter put on the message; None if it cannot answer it.
     `http_routes` returns aiohttp routes to mount on the shared HTTP server
-    (Slack's `/slack/events`), or an empty list.
+    (Slack's `/slack/events`), or an empty list. `is_connected` feeds `/readyz`.
     """
 
     platform: str
@@ -365,3 +386,8 @@ class Adapter(Protocol):
     def sink_for(self, turn: PendingTurn) -> ReplySink | None: ...
 
     def http_routes(self) -> list[Any]: ...
+
+    def is_connected(self) -> bool:
+        """False while the platform connection this adapter keeps is down (a gateway or
+        websocket); an adapter that keeps none (Slack over HTTP) is always connected."""
+        ...

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from botservice.conversation import ConversationCore
 from botservice.errors import ConfigError
-from botservice.expiry import start_expiry_scheduler, until_shutdown
+from botservice.expiry import start_expiry_scheduler
 from botservice.model_client import OpenAIChatClient
-from botservice.ports import Adapter, PendingTurn, ReplySink
+from botservice.ports import Adapter, PendingTurn, ReplySink, Store
 from botservice.settings import Settings
 from botservice.tokens import TokenCounter
 from storage.engine import check_connection, create_engine, is_sqlite
@@ -23,6 +23,8 @@ from storage.migrate import current_revision, head_revision, upgrade
 from storage.repository import SqlStore
 
 log = logging.getLogger(__name__)
+
+READY_CHECK_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         yield Services(settings=settings, store=store, model=model, core=core)
     finally:
-        await core.drain()
+        await core.stop()
         await model.aclose()
         await store.aclose()
 
@@ -86,23 +88,13 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
             loop.add_signal_handler(signum, stop.set)
     try:
         if with_http:
-            runner = await start_http_server(adapters, settings.server.port)
+            runner = await start_http_server(services.store, adapters, settings.server.port)
         for adapter in adapters:
             await adapter.start()
             log.info("%s adapter started", adapter.platform)
-        sink_for = _sink_router(adapters)
-        await services.core.resume_pending(sink_for)
-        # Turns of a process that died while others run on the same database.
-        scheduler.add_job(
-            until_shutdown(services.core.resume_pending),
-            "interval",
-            args=(sink_for,),
-            kwargs={"at_start_up": False},
-            seconds=60,
-            id="resume-orphaned-turns",
-            max_instances=1,
-            coalesce=True,
-        )
+        # Answers what a stop left behind, then sweeps for turns of processes that
+        # die while others run on the same database.
+        await services.core.start(_sink_router(adapters))
         await stop.wait()
     finally:
         for adapter in adapters:
@@ -113,9 +105,10 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         scheduler.shutdown(wait=False)
 
 
-async def start_http_server(adapters: Sequence[Adapter], port: int) -> web.AppRunner:
+async def start_http_server(store: Store, adapters: Sequence[Adapter], port: int) -> web.AppRunner:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", Readiness(store, adapters).handle)
     for adapter in adapters:
         app.router.add_routes(adapter.http_routes())
     runner = web.AppRunner(app, access_log=None)
@@ -131,7 +124,34 @@ async def start_http_server(adapters: Sequence[Adapter], port: int) -> web.AppRu
 
 
 async def _healthz(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP. Nothing it depends on is asked."""
     return web.json_response({"status": "ok"})
+
+
+class Readiness:
+    """`GET /readyz`: 200 when the database answers and every enabled platform
+    connection is up, 503 naming what is not (for load balancers: send no traffic
+    to a process that could not store it)."""
+
+    def __init__(self, store: Store, adapters: Sequence[Adapter]) -> None:
+        self._store = store
+        self._adapters = adapters
+
+    async def handle(self, request: web.Request) -> web.Response:
+        problems: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
+                reachable = await self._store.ping()
+        except TimeoutError:
+            reachable = False
+        if not reachable:
+            problems["database"] = "unreachable"
+        for adapter in self._adapters:
+            if not adapter.is_connected():
+                problems[adapter.platform] = "disconnected"
+        if problems:
+            return web.json_response({"status": "not ready", **problems}, status=503)
+        return web.json_response({"status": "ready"})
 
 
 def _sink_router(adapters: Sequence[Adapter]) -> Callable[[PendingTurn], ReplySink | None]:

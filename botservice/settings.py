@@ -53,7 +53,9 @@ class ConversationSettings(_Section):
     history_limit: int = Field(default=200, gt=0)
     stream_update_interval_seconds: float = Field(default=1.0, ge=0)
     resume_pending_max_age_seconds: float = Field(default=900, ge=0)
-    turn_lease_seconds: float = Field(default=300, gt=0)
+    turn_takeover_seconds: float = Field(default=20, gt=0)
+    turn_heartbeat_seconds: float = Field(default=5, gt=0)
+    store_retry_seconds: float = Field(default=300, ge=0)
 
 
 class StorageSettings(_Section):

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, get_args
 
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Select,
+    String,
     bindparam,
     case,
     delete,
@@ -32,12 +33,15 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from botservice.errors import StoreUnavailable
 from botservice.events import Attachment, ConversationKey, IncomingMessage
 from botservice.ports import (
     AcceptedTurn,
@@ -147,20 +151,107 @@ _LINK_TURN = (
         user_message_id=bindparam("b_message_id"),
     )
 )
+_UNFINISHED = ("pending", "running")
+_HOLDER = bindparam("b_holder", type_=String())
+_NOW = bindparam("b_now", type_=UTCDateTime())
+_ALIVE_UNTIL = bindparam("b_alive_until", type_=UTCDateTime())
+# Finishing needs the claim: a holder whose turn was reset to pending (it was cut
+# off, not dead) may still finish it, but not once another process claimed it.
+_FINISH_HELD_TURN = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"), _t.claimed_by == _HOLDER, _t.status.in_(_UNFINISHED))
+    .values(
+        status=bindparam("b_status"),
+        finished_at=_NOW,
+        alive_until=None,
+        reply_ref=func.coalesce(bindparam("b_reply_ref"), _t.reply_ref),
+    )
+    .returning(_t.conversation_id, _t.user_message_id)
+)
 _FINISH_TURN = (
     update(TURNS)
-    .where(_t.id == bindparam("b_turn_id"))
-    .values(status=bindparam("b_status"), finished_at=bindparam("b_now", type_=UTCDateTime()))
+    .where(_t.id == bindparam("b_turn_id"), _t.status.in_(_UNFINISHED))
+    .values(
+        status=bindparam("b_status"),
+        finished_at=_NOW,
+        alive_until=None,
+        reply_ref=func.coalesce(bindparam("b_reply_ref"), _t.reply_ref),
+    )
     .returning(_t.conversation_id, _t.user_message_id)
+)
+
+
+def _claim_statement() -> Any:
+    """Claim the oldest pending turn of a conversation, unless one of it is running.
+
+    The NOT EXISTS keeps the common case free of errors; the partial unique index
+    `uq_turns_one_running` is what makes two simultaneous claims (two processes)
+    impossible: the second fails instead of running beside the first.
+    """
+    conversation_id = bindparam("b_conversation_id", type_=Integer)
+    running = TURNS.alias("running")
+    oldest_pending = (
+        select(_t.id)
+        .where(_t.conversation_id == conversation_id, _t.status == "pending")
+        .order_by(_t.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        update(TURNS)
+        .where(
+            _t.id == oldest_pending,
+            _t.status == "pending",
+            ~exists().where(
+                running.c.conversation_id == conversation_id, running.c.status == "running"
+            ),
+        )
+        .values(
+            status="running", claimed_by=_HOLDER, alive_until=_ALIVE_UNTIL, claims=_t.claims + 1
+        )
+        .returning(*_PENDING_COLUMNS)
+    )
+
+
+_PENDING_COLUMNS = (
+    _t.id,
+    _t.conversation_id,
+    _t.user_message_id,
+    _t.platform,
+    _t.reply_target,
+    _t.reply_ref,
+    _t.created_at,
+    _t.user_id,
+    _t.is_channel_admin,
+    _t.claims,
 )
 _SET_REPLY_REF = (
     update(TURNS).where(_t.id == bindparam("b_turn_id")).values(reply_ref=bindparam("b_reply_ref"))
 )
-_TOUCH_CONVERSATION = (
-    update(CONVERSATIONS)
-    .where(_c.id == bindparam("b_conversation_id"))
-    .values(updated_at=bindparam("b_now", type_=UTCDateTime()))
+_CONVERSATION_KEY = select(_c.platform, _c.workspace, _c.channel, _c.thread).where(
+    _c.id == bindparam("conversation_id")
 )
+_CONVERSATION_ID = select(_c.id).where(
+    _c.platform == bindparam("platform"),
+    _c.workspace == bindparam("workspace"),
+    _c.channel == bindparam("channel"),
+    _c.thread == bindparam("thread"),
+)
+_RENEW_CLAIMS = (
+    update(TURNS)
+    .where(_t.claimed_by == _HOLDER, _t.status == "running")
+    .values(alive_until=_ALIVE_UNTIL)
+)
+_RELEASE_STALE = (
+    update(TURNS)
+    .where(_t.status == "running", _t.alive_until < _NOW)
+    .values(status="pending", alive_until=None)
+    .returning(_t.conversation_id)
+)
+
+
+_CLAIM_NEXT = _claim_statement()
+_PING = text("SELECT 1")
 
 
 def _stored_message(row: Any) -> StoredMessage:
@@ -246,11 +337,13 @@ class SqlStore:
             .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
             .returning(_t.id)
         )
-        upsert = self._insert(CONVERSATIONS)
-        self._upsert_conversation = upsert.on_conflict_do_update(
-            index_elements=[_c.platform, _c.workspace, _c.channel, _c.thread],
-            set_={"updated_at": upsert.excluded.updated_at},
-        ).returning(_c.id)
+        self._create_conversation = (
+            self._insert(CONVERSATIONS)
+            .on_conflict_do_nothing(
+                index_elements=[_c.platform, _c.workspace, _c.channel, _c.thread]
+            )
+            .returning(_c.id)
+        )
 
         write_options = {SQLITE_WRITE_OPTION: True}
         read_options = {SQLITE_SINGLE_READ_OPTION: True}
@@ -300,10 +393,11 @@ class SqlStore:
 
     async def _write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in one write transaction."""
-        if self._worker is not None:
-            return await self._worker.write(work)
-        async with self._async_write_lock, self._async_writer.begin() as connection:
-            return await connection.run_sync(work)
+        with _unavailable_as_store_error():
+            if self._worker is not None:
+                return await self._worker.write(work)
+            async with self._async_write_lock, self._async_writer.begin() as connection:
+                return await connection.run_sync(work)
 
     async def _read(self, work: Callable[[Connection], T]) -> T:
         """Run `work`, which only reads, outside an explicit transaction on SQLite.
@@ -311,41 +405,35 @@ class SqlStore:
         Each statement sees its own snapshot there; `work` must not need two
         statements to agree.
         """
-        if self._worker is not None:
-            return await self._worker.read(work)
-        async with self._async_read_lock, self._async_reader.connect() as connection:
-            return await connection.run_sync(work)
+        with _unavailable_as_store_error():
+            if self._worker is not None:
+                return await self._worker.read(work)
+            async with self._async_read_lock, self._async_reader.connect() as connection:
+                return await connection.run_sync(work)
 
     # --- turns -----------------------------------------------------------------
 
     async def accept(
-        self,
-        message: IncomingMessage,
-        *,
-        text: str,
-        tokens: int,
-        lease_until: datetime | None = None,
+        self, message: IncomingMessage, *, text: str, tokens: int
     ) -> AcceptedTurn | None:
         now = utcnow()
         turn_values = {
-            "lease_until": lease_until,
             "platform": message.platform,
             "message_key": message.message_key,
             "user_id": message.user_id,
             "is_channel_admin": message.is_channel_admin,
             "status": "pending",
             "reply_target": json.dumps(message.reply_target, separators=(",", ":")),
+            "claims": 0,
             "created_at": now,
         }
-        conversation_values = {
+        key = {
             "platform": message.platform,
             "workspace": message.workspace,
             "channel": message.channel,
             "thread": message.thread,
-            "created_at": now,
-            "updated_at": now,
-            "trim_noticed": False,
         }
+        conversation_values = {**key, "created_at": now, "updated_at": now, "trim_noticed": False}
         message_values = {
             "role": "user",
             "author_id": message.user_id,
@@ -364,9 +452,16 @@ class SqlStore:
             turn_id = connection.execute(self._claim, turn_values).scalar_one_or_none()
             if turn_id is None:
                 return None
-            conversation_id = connection.execute(
-                self._upsert_conversation, conversation_values
-            ).scalar_one()
+            # The conversation row is only read (or created once): updating it on
+            # every message would make concurrent messages of one thread queue on
+            # its row lock. Its last activity is its newest message.
+            conversation_id = connection.execute(_CONVERSATION_ID, key).scalar_one_or_none()
+            if conversation_id is None:
+                conversation_id = connection.execute(
+                    self._create_conversation, conversation_values
+                ).scalar_one_or_none()
+            if conversation_id is None:  # created by another process just now
+                conversation_id = connection.execute(_CONVERSATION_ID, key).scalar_one()
             message_id = connection.execute(
                 _INSERT_MESSAGE, {**message_values, "conversation_id": conversation_id}
             ).scalar_one()
@@ -382,21 +477,83 @@ class SqlStore:
                 turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
             )
 
+        try:
+            return await self._write(work)
+        except IntegrityError:
+            # The purge deleted the (empty) conversation between our read and our
+            # insert: nothing was written, so taking the message again is safe.
+            return await self._write(work)
+
+    async def claim_next_turn(
+        self, conversation_id: int, *, holder: str, alive_until: datetime
+    ) -> PendingTurn | None:
+        parameters = {
+            "b_conversation_id": conversation_id,
+            "b_holder": holder,
+            "b_alive_until": alive_until,
+        }
+
+        def work(connection: Connection) -> PendingTurn | None:
+            row = connection.execute(_CLAIM_NEXT, parameters).one_or_none()
+            if row is None:
+                return None
+            key = connection.execute(_CONVERSATION_KEY, {"conversation_id": conversation_id}).one()
+            return _pending_turn(row, ConversationKey(*key))
+
+        try:
+            return await self._write(work)
+        except IntegrityError:
+            return None  # another process claimed a turn of this conversation first
+
+    async def renew_claims(self, holder: str, *, alive_until: datetime) -> int:
+        parameters = {"b_holder": holder, "b_alive_until": alive_until}
+        return await self._write(
+            lambda connection: connection.execute(_RENEW_CLAIMS, parameters).rowcount
+        )
+
+    async def release_stale_turns(self, *, now: datetime) -> list[int]:
+        def work(connection: Connection) -> list[int]:
+            return sorted({row[0] for row in connection.execute(_RELEASE_STALE, {"b_now": now})})
+
+        released = await self._write(work)
+        if released:
+            log.warning(
+                "took back the turns of %d conversations whose process stopped answering",
+                len(released),
+            )
+        return released
+
+    async def release_claims(self, holder: str | None = None) -> list[int]:
+        statement = update(TURNS).where(_t.status == "running")
+        if holder is not None:
+            statement = statement.where(_t.claimed_by == holder)
+        statement = statement.values(status="pending", alive_until=None).returning(
+            _t.conversation_id
+        )
+
+        def work(connection: Connection) -> list[int]:
+            return sorted({row[0] for row in connection.execute(statement)})
+
         return await self._write(work)
 
-    async def take_over_turn(
-        self, turn_id: int, *, now: datetime, lease_until: datetime, force: bool = False
-    ) -> bool:
-        """Take a pending turn to answer it, if no other process holds its lease."""
-        conditions = [_t.id == turn_id, _t.status == "pending"]
-        if not force:
-            conditions.append(or_(_t.lease_until.is_(None), _t.lease_until < now))
-        statement = update(TURNS).where(*conditions).values(lease_until=lease_until)
-
-        def work(connection: Connection) -> bool:
-            return connection.execute(statement).rowcount == 1
-
-        return await self._write(work)
+    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
+        running = TURNS.alias("running")
+        statement = (
+            select(_t.conversation_id)
+            .where(
+                _t.status == "pending",
+                _t.created_at < accepted_before,
+                _t.conversation_id.is_not(None),
+                ~exists().where(
+                    running.c.conversation_id == _t.conversation_id,
+                    running.c.status == "running",
+                ),
+            )
+            .group_by(_t.conversation_id)
+            .order_by(func.min(_t.id))
+        )
+        rows = await self._read(lambda connection: connection.execute(statement).all())
+        return [row[0] for row in rows]
 
     async def claim_key(self, platform: str, message_key: str) -> bool:
         now = utcnow()
@@ -407,6 +564,7 @@ class SqlStore:
             "is_channel_admin": False,
             "status": "command",
             "reply_target": "{}",
+            "claims": 0,
             "created_at": now,
             "finished_at": now,
         }
@@ -426,13 +584,16 @@ class SqlStore:
         self,
         turn_id: int,
         *,
+        holder: str | None = None,
         text: str,
         tokens: int,
         usage: Usage | None,
         status: MessageStatus,
         model: str,
-    ) -> int:
+        reply_ref: str | None = None,
+    ) -> int | None:
         now = utcnow()
+        finish_statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
         values = {
             "role": "assistant",
             "author_id": "",
@@ -446,13 +607,20 @@ class SqlStore:
             "status": status,
             "created_at": now,
         }
+        finish = {
+            "b_turn_id": turn_id,
+            "b_holder": holder,
+            "b_status": "answered",
+            "b_now": now,
+            "b_reply_ref": reply_ref,
+        }
 
-        def work(connection: Connection) -> int:
-            turn = connection.execute(
-                _FINISH_TURN, {"b_turn_id": turn_id, "b_status": "answered", "b_now": now}
-            ).one_or_none()
-            if turn is None or turn.conversation_id is None:
-                raise LookupError(f"turn {turn_id} is unknown or its conversation is gone")
+        def work(connection: Connection) -> int | None:
+            turn = connection.execute(finish_statement, finish).one_or_none()
+            if turn is None:
+                return None  # taken over by another process, or finished already
+            if turn.conversation_id is None:
+                raise LookupError(f"the conversation of turn {turn_id} is gone")
             message_id: int = connection.execute(
                 _INSERT_MESSAGE,
                 {
@@ -461,62 +629,42 @@ class SqlStore:
                     "reply_to_id": turn.user_message_id,
                 },
             ).scalar_one()
-            connection.execute(
-                _TOUCH_CONVERSATION, {"b_conversation_id": turn.conversation_id, "b_now": now}
-            )
             return message_id
 
         return await self._write(work)
 
-    async def fail_turn(self, turn_id: int) -> None:
+    async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:
         now = utcnow()
+        statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
+        parameters = {
+            "b_turn_id": turn_id,
+            "b_holder": holder,
+            "b_status": "failed",
+            "b_now": now,
+            "b_reply_ref": None,
+        }
 
-        def work(connection: Connection) -> None:
-            connection.execute(
-                _FINISH_TURN, {"b_turn_id": turn_id, "b_status": "failed", "b_now": now}
-            )
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement, parameters).rowcount == 1
 
-        await self._write(work)
+        return await self._write(work)
 
     async def pending_turns(self) -> list[PendingTurn]:
         statement = (
-            select(
-                _t.id,
-                _t.conversation_id,
-                _t.user_message_id,
-                _t.platform,
-                _c.platform,
-                _c.workspace,
-                _c.channel,
-                _c.thread,
-                _t.reply_target,
-                _t.reply_ref,
-                _t.created_at,
-                _t.user_id,
-                _t.is_channel_admin,
-                _t.lease_until,
-            )
+            select(*_PENDING_COLUMNS, _c.platform, _c.workspace, _c.channel, _c.thread)
             .join(CONVERSATIONS, _c.id == _t.conversation_id)
-            .where(_t.status == "pending", _t.user_message_id.is_not(None))
+            .where(_t.status.in_(_UNFINISHED), _t.user_message_id.is_not(None))
             .order_by(_t.id)
         )
         rows = await self._read(lambda connection: connection.execute(statement).all())
-        return [
-            PendingTurn(
-                turn_id=row[0],
-                conversation_id=row[1],
-                user_message_id=row[2],
-                platform=row[3],
-                conversation=ConversationKey(row[4], row[5], row[6], row[7]),
-                reply_target=json.loads(row[8]) if row[8] else {},
-                reply_ref=row[9],
-                created_at=row[10],
-                user_id=row[11],
-                is_channel_admin=bool(row[12]),
-                lease_until=row[13],
-            )
-            for row in rows
-        ]
+        return [_pending_turn(row, ConversationKey(*row[-4:])) for row in rows]
+
+    async def ping(self) -> bool:
+        try:
+            await self._read(lambda connection: connection.execute(_PING).scalar())
+        except StoreUnavailable:
+            return False
+        return True
 
     # --- messages --------------------------------------------------------------
 
@@ -601,31 +749,6 @@ class SqlStore:
                 updated_at=utcnow(),
             )
         )
-
-        def work(connection: Connection) -> None:
-            connection.execute(statement)
-
-        await self._write(work)
-
-    async def hold_conversation(
-        self, conversation_id: int, *, now: datetime, until: datetime
-    ) -> bool:
-        statement = (
-            update(CONVERSATIONS)
-            .where(
-                _c.id == conversation_id,
-                or_(_c.busy_until.is_(None), _c.busy_until < now),
-            )
-            .values(busy_until=until)
-        )
-
-        def work(connection: Connection) -> bool:
-            return connection.execute(statement).rowcount == 1
-
-        return await self._write(work)
-
-    async def release_conversation(self, conversation_id: int) -> None:
-        statement = update(CONVERSATIONS).where(_c.id == conversation_id).values(busy_until=None)
 
         def work(connection: Connection) -> None:
             connection.execute(statement)
@@ -990,7 +1113,7 @@ class SqlStore:
     async def _purge_messages(
         self, now: datetime, cutoff: Any, batch_size: int, dry_run: bool
     ) -> int:
-        pending_question = exists().where(_t.user_message_id == _m.id, _t.status == "pending")
+        pending_question = exists().where(_t.user_message_id == _m.id, _t.status.in_(_UNFINISHED))
         after = bindparam("after_created_at", type_=UTCDateTime())
         after_id = bindparam("after_id", type_=Integer)
         candidates = (
@@ -1038,17 +1161,18 @@ class SqlStore:
                 _m.conversation_id == _c.id,
                 or_(
                     _m.created_at >= cutoff,
-                    exists().where(_t.user_message_id == _m.id, _t.status == "pending"),
+                    exists().where(_t.user_message_id == _m.id, _t.status.in_(_UNFINISHED)),
                 ),
             )
         else:
             no_messages = ~exists().where(_m.conversation_id == _c.id)
         empty = (
             no_messages,
-            ~exists().where(_t.conversation_id == _c.id, _t.status == "pending"),
-            # A conversation touched after `now` has a message on its way in; on
-            # PostgreSQL this condition is re-checked against the row's newest version.
-            _c.updated_at < now,
+            ~exists().where(_t.conversation_id == _c.id, _t.status.in_(_UNFINISHED)),
+            # A conversation created after `now` has its first message on its way in.
+            # One that gets a message while it is being deleted makes that accept
+            # fail on the foreign key and start over (see `accept`).
+            _c.created_at < now,
         )
         after_id = bindparam("after_id", type_=Integer)
         candidates = select(_c.id).where(_c.id > after_id, *empty).order_by(_c.id).limit(batch_size)
@@ -1063,7 +1187,7 @@ class SqlStore:
         after_id = bindparam("after_id", type_=Integer)
         candidates = (
             select(_t.id)
-            .where(_t.id > after_id, _t.status != "pending", _t.created_at < cutoff)
+            .where(_t.id > after_id, _t.status.not_in(_UNFINISHED), _t.created_at < cutoff)
             .order_by(_t.id)
             .limit(batch_size)
         )
@@ -1085,6 +1209,38 @@ class SqlStore:
                 return total
             after_id = max(ids)
             await asyncio.sleep(0)
+
+
+@contextlib.contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    """Connection failures become `StoreUnavailable`, which callers may retry; errors
+    in the statements themselves (integrity, programming) pass through unchanged."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as error:
+        raise StoreUnavailable() from error
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise StoreUnavailable() from error
+        raise
+    except (OSError, TimeoutError) as error:
+        raise StoreUnavailable() from error
+
+
+def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
+    return PendingTurn(
+        turn_id=row[0],
+        conversation_id=row[1],
+        user_message_id=row[2],
+        platform=row[3],
+        conversation=conversation,
+        reply_target=json.loads(row[4]) if row[4] else {},
+        reply_ref=row[5],
+        created_at=row[6],
+        user_id=row[7],
+        is_channel_admin=bool(row[8]),
+        claims=row[9],
+    )
 
 
 def _audio_json(attachments: tuple[Attachment, ...]) -> str | None:

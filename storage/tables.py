@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import DateTime, Dialect, Index, Table, TypeDecorator, UniqueConstraint
+from sqlalchemy import DateTime, Dialect, Index, Table, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -64,9 +64,6 @@ class Conversation(SQLModel, table=True):
     # History shows only messages (and answers to messages) after this id.
     reset_after_message_id: int | None = None
     trim_noticed: bool = False
-    # Until when a process is answering a turn here. With several processes on one
-    # database, a turn of the same conversation elsewhere waits for it to clear.
-    busy_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Message(SQLModel, table=True):
@@ -103,7 +100,15 @@ class Message(SQLModel, table=True):
 
 
 class Turn(SQLModel, table=True):
-    """One claimed incoming message (the dedupe marker) and the state of its answer."""
+    """One claimed incoming message (the dedupe marker) and the state of its answer.
+
+    Who answers a turn is decided here: a process claims the oldest pending turn
+    of a conversation by setting it `running`, and the partial unique index
+    allows one running turn per conversation, so turns of one conversation run
+    one at a time, in order, whichever processes share the database. The holder
+    renews `alive_until` while it works; a turn whose holder stopped renewing is
+    put back to pending for anyone to claim.
+    """
 
     __tablename__ = "turns"
     __table_args__ = (
@@ -113,6 +118,13 @@ class Turn(SQLModel, table=True):
         Index("ix_turns_conversation_id", "conversation_id"),
         Index("ix_turns_user_message_id", "user_message_id"),
         Index("ix_turns_reply_ref", "reply_ref"),
+        Index(
+            "uq_turns_one_running",
+            "conversation_id",
+            unique=True,
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
         {"sqlite_autoincrement": True},
     )
 
@@ -128,12 +140,17 @@ class Turn(SQLModel, table=True):
     )
     user_id: str = ""
     is_channel_admin: bool = False
-    status: str = "pending"  # 'pending' | 'answered' | 'failed' | 'command'
+    status: str = "pending"  # 'pending' | 'running' | 'answered' | 'failed' | 'command'
     reply_target: str = "{}"  # JSON written by the adapter
     reply_ref: str | None = None  # what ReplySink.begin returned (the placeholder's id)
-    # Until when the process answering this turn holds it. Another process (or a
-    # later start) resumes a pending turn only once its lease has run out.
-    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The process that claimed the turn last (it stays after a takeover resets the
+    # turn to pending, so a holder that was only cut off can still save its answer).
+    claimed_by: str | None = None
+    # A running turn's heartbeat: its holder renews this while it works.
+    alive_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # How often the turn was claimed; above one, an earlier holder may have posted
+    # a placeholder that was never recorded.
+    claims: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

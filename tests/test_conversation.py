@@ -14,6 +14,7 @@ from botservice.commands import parse_command
 from botservice.conversation import TRIM_FOOTNOTE, ConversationCore
 from botservice.events import Attachment, Command
 from botservice.model_client import OpenAIChatClient
+from botservice.ports import PendingTurn
 from botservice.settings import Settings
 from botservice.tokens import TokenCounter
 from botservice.transcription import NothingHeard
@@ -619,7 +620,8 @@ async def test_turns_pending_too_long_are_failed_and_the_user_told(
     await asyncio.sleep(0.01)
     sink = RecordingSink()
     try:
-        assert await core.resume_pending(lambda turn: sink) == 0
+        await core.resume_pending(lambda turn: sink)
+        await core.drain()
     finally:
         await client.aclose()
     assert "restarted before I could answer" in sink.final
@@ -630,18 +632,21 @@ async def test_turns_pending_too_long_are_failed_and_the_user_told(
 async def test_a_turn_another_process_is_answering_is_left_to_it(
     store: SqlStore, fake_model: FakeModelServer
 ) -> None:
-    """Several processes share PostgreSQL: a newcomer resumes only turns whose lease ran out."""
+    """Several processes share PostgreSQL: a newcomer answers only turns nobody holds."""
     settings = settings_for(fake_model.base_url)
     client = OpenAIChatClient(settings.model)
     core = ConversationCore(settings=settings, store=store, model=client)
     chat = Chat(core)
-    now = datetime.now(UTC)
     busy = chat.message("being answered elsewhere")
-    await store.accept(busy, text=busy.text, tokens=4, lease_until=now + timedelta(minutes=5))
-    orphaned = chat.message("its process died", thread="T2")
-    await store.accept(
-        orphaned, text=orphaned.text, tokens=4, lease_until=now - timedelta(seconds=1)
+    accepted = await store.accept(busy, text=busy.text, tokens=4)
+    assert accepted is not None
+    elsewhere = datetime.now(UTC) + timedelta(minutes=5)
+    claimed = await store.claim_next_turn(
+        accepted.conversation_id, holder="another-process", alive_until=elsewhere
     )
+    assert claimed is not None and claimed.turn_id == accepted.turn_id
+    orphaned = chat.message("its process died before claiming it", thread="T2")
+    await store.accept(orphaned, text=orphaned.text, tokens=4)
 
     sinks: dict[str, RecordingSink] = {}
     try:
@@ -654,9 +659,34 @@ async def test_a_turn_another_process_is_answering_is_left_to_it(
         await client.aclose()
 
     assert resumed == 1
-    assert sinks["T2"].final == "You said: its process died"
-    assert sinks["T1"].begun == 0
-    assert [r.last_user_text for r in fake_model.chat_requests] == ["its process died"]
+    assert sinks["T2"].final == "You said: its process died before claiming it"
+    assert "T1" not in sinks
+    assert [r.last_user_text for r in fake_model.chat_requests] == [
+        "its process died before claiming it"
+    ]
+
+
+async def test_a_turn_whose_process_stopped_renewing_it_is_taken_over(
+    store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    settings = settings_for(fake_model.base_url)
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=store, model=client)
+    message = Chat(core).message("asked of a process that died")
+    accepted = await store.accept(message, text=message.text, tokens=6)
+    assert accepted is not None
+    stopped = datetime.now(UTC) - timedelta(seconds=1)
+    await store.claim_next_turn(accepted.conversation_id, holder="dead", alive_until=stopped)
+
+    sink = RecordingSink()
+    try:
+        assert await core.resume_pending(lambda turn: sink, at_start_up=False) == 1
+        await core.drain()
+    finally:
+        await client.aclose()
+    assert sink.final == "You said: asked of a process that died"
+    assert sink.existing_refs == [None]
+    assert await store.pending_turns() == []
 
 
 async def test_at_start_up_a_one_process_store_takes_back_its_own_turns_at_once(
@@ -666,8 +696,14 @@ async def test_at_start_up_a_one_process_store_takes_back_its_own_turns_at_once(
     client = OpenAIChatClient(settings.model)
     core = ConversationCore(settings=settings, store=sqlite_store, model=client)
     mine = Chat(core).message("asked just before the crash")
-    lease = datetime.now(UTC) + timedelta(minutes=5)
-    await sqlite_store.accept(mine, text=mine.text, tokens=5, lease_until=lease)
+    accepted = await sqlite_store.accept(mine, text=mine.text, tokens=5)
+    assert accepted is not None
+    # The crashed process had claimed it; its heartbeat would still look fresh.
+    await sqlite_store.claim_next_turn(
+        accepted.conversation_id,
+        holder="before-the-crash",
+        alive_until=datetime.now(UTC) + timedelta(minutes=5),
+    )
     sink = RecordingSink()
     try:
         assert await core.resume_pending(lambda turn: sink, at_start_up=False) == 0
@@ -684,7 +720,8 @@ async def test_two_processes_answer_one_thread_one_turn_at_a_time(
 ) -> None:
     """Two processes on one PostgreSQL database get messages of the same thread
     (e.g. two Socket Mode connections): the second answer waits for the first,
-    and its prompt carries the first answer."""
+    and its prompt carries the first answer. The process answering the first
+    turn answers the second too, through a sink its adapter rebuilds."""
     settings = settings_for(fake_model.base_url)
     client = OpenAIChatClient(settings.model)
     first_process = ConversationCore(settings=settings, store=await make_store(), model=client)
@@ -693,12 +730,22 @@ async def test_two_processes_answer_one_thread_one_turn_at_a_time(
         Reply("The first answer, slowly.", delay_between_chunks=0.1), Reply("Second.")
     )
     first, second = RecordingSink(), RecordingSink()
+    two_id: list[int] = []
+
+    # What an adapter's `sink_for` does: the same destination, rebuilt from the turn.
+    def sink_for(turn: PendingTurn) -> RecordingSink:
+        return second if turn.turn_id in two_id else first
+
     try:
+        for process in (first_process, second_process):
+            await process.resume_pending(sink_for, at_start_up=False)
         one = await first_process.submit(Chat(first_process).message("first question"), first)
         await asyncio.sleep(0.05)  # the first answer is streaming now
         two = await second_process.submit(Chat(second_process).message("second question"), second)
         assert one is not None and two is not None
-        await asyncio.gather(one.answered, two.answered)
+        two_id.append(two.turn_id)
+        await asyncio.wait_for(asyncio.gather(first.done.wait(), second.done.wait()), 10)
+        await asyncio.gather(first_process.drain(), second_process.drain())
     finally:
         await client.aclose()
 

@@ -31,7 +31,7 @@ async def ask(store: SqlStore, key: str, text: str = "hello", **fields: object) 
     return turn
 
 
-async def answer(store: SqlStore, turn: AcceptedTurn, text: str = "answer") -> int:
+async def answer(store: SqlStore, turn: AcceptedTurn, text: str = "answer") -> int | None:
     return await store.store_answer(
         turn.turn_id,
         text=text,
@@ -210,11 +210,18 @@ async def test_stored_answers_keep_usage_status_and_model(store: SqlStore) -> No
     assert tuple(row) == ("m2", None)
 
 
-async def test_an_answer_to_an_unknown_turn_is_refused(store: SqlStore) -> None:
-    with pytest.raises(LookupError):
+async def test_an_answer_to_an_unknown_or_finished_turn_is_refused(store: SqlStore) -> None:
+    assert (
         await store.store_answer(
             10**9, text="x", tokens=1, usage=None, status="complete", model="m"
         )
+        is None
+    )
+    turn = await ask(store, "m1", text="question")
+    await answer(store, turn, "the one answer")
+    assert await answer(store, turn, "a second answer") is None
+    history = await store.history(turn.conversation_id, up_to_message_id=10**9, limit=50)
+    assert [m.text for m in history] == ["question", "the one answer"]
 
 
 async def test_delete_conversation_messages_counts_what_went(store: SqlStore) -> None:

@@ -85,6 +85,9 @@ class ConsoleAdapter:
     def http_routes(self) -> list[Any]:
         return []
 
+    def is_connected(self) -> bool:
+        return True
+
     def sink_for(self, turn: PendingTurn) -> ReplySink | None:
         if turn.platform != PLATFORM:
             return None

@@ -200,6 +200,10 @@ class SlackAdapter:
             sink, session=self._http_session, token=lambda: self._token_for(target)
         )
 
+    def is_connected(self) -> bool:
+        # Over HTTP Slack connects to us; Socket Mode's websocket is watched by its handler.
+        return True
+
     def http_routes(self) -> list[web.AbstractRouteDef]:
         routes: list[web.AbstractRouteDef] = []
         if self._signing_secret:
