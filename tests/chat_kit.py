@@ -80,7 +80,7 @@ class Chat:
 
     _keys = itertools.count(1)
 
-    def __init__(self, core: ConversationCore, *, platform: str = "test") -> None:
+    def __init__(self, core: ConversationCore | None = None, *, platform: str = "test") -> None:
         self.core = core
         self.platform = platform
 
@@ -112,6 +112,7 @@ class Chat:
 
     async def say(self, text: str, **kwargs: object) -> RecordingSink:
         """Send a message (or a `/command`) and wait until it is answered."""
+        assert self.core is not None, "a Chat without a core only makes messages"
         sink = RecordingSink()
         message = self.message(text, **kwargs)  # type: ignore[arg-type]
         if text.startswith("/"):
