@@ -49,7 +49,7 @@ from adapters.slack.threads import KnownThreads, read_thread_once
 from adapters.slack.users import UserDirectory
 from botservice.commands import parse_command
 from botservice.conversation import ConversationCore
-from botservice.errors import ConfigError
+from botservice.errors import ConfigError, StoreUnavailable
 from botservice.events import Command, ContextMessage, ConversationKey
 from botservice.ports import PendingTurn, ReplySink
 from botservice.settings import Settings
@@ -264,7 +264,10 @@ class SlackAdapter:
             if isinstance(body, dict)
             else None
         )
-        log.error("Slack %s failed", kind or "request", exc_info=error)
+        if isinstance(error, StoreUnavailable):
+            log.warning("Slack %s not taken: the database is unreachable", kind or "request")
+        else:
+            log.error("Slack %s failed", kind or "request", exc_info=error)
         return BoltResponse(status=500, body="")
 
     async def _on_event(self, body: dict[str, Any], context: AsyncBoltContext) -> None:
