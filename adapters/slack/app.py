@@ -47,6 +47,7 @@ from adapters.slack.sink import PLACEHOLDER, CommandReplySink, SlackReplySink
 from adapters.slack.socket_mode import SocketModeRunner
 from adapters.slack.threads import KnownThreads, read_thread_once
 from adapters.slack.users import UserDirectory
+from botservice.background import BackgroundTasks
 from botservice.commands import parse_command
 from botservice.conversation import ConversationCore
 from botservice.errors import ConfigError, StoreUnavailable
@@ -121,7 +122,7 @@ class SlackAdapter:
         self._users = UserDirectory()
         self._known = KnownThreads()
         self._admins = frozenset(settings.access.admin_user_ids)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._socket = SocketModeRunner(self._app, app_token, self._client) if app_token else None
         self._hearing = SlackHearing(
@@ -170,10 +171,7 @@ class SlackAdapter:
     async def stop(self) -> None:
         if self._socket is not None:
             await self._socket.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         if self._oauth is not None:
             await self._oauth.close()
         if self._session is not None:
@@ -426,7 +424,6 @@ class SlackAdapter:
         return self._session
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(
+            coroutine, name=f"slack-{getattr(coroutine, '__qualname__', 'task')}"
+        )
