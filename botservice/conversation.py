@@ -406,7 +406,9 @@ class ConversationCore:
             await asyncio.sleep(pause)
             try:
                 if self._running:
-                    await self._store.renew_claims(self._holder, alive_until=self._alive_until())
+                    await self._store.renew_claims(
+                        self._holder, set(self._running), alive_until=self._alive_until()
+                    )
                 if self._sweeping and time.monotonic() >= judge_after:
                     await self._sweep()
             except StoreUnavailable:

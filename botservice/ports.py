@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -217,8 +217,11 @@ class Store(Protocol):
         of it is running already (here or in another process) or none is pending."""
         ...
 
-    async def renew_claims(self, holder: str, *, alive_until: datetime) -> int:
-        """The holder's heartbeat: keep every turn it is running alive until `alive_until`."""
+    async def renew_claims(
+        self, holder: str, turn_ids: Collection[int], *, alive_until: datetime
+    ) -> int:
+        """The holder's heartbeat: keep the turns it is still working on alive until
+        `alive_until` (a turn it gave up on is left to go stale and be taken over)."""
         ...
 
     async def release_stale_turns(self, *, now: datetime) -> list[int]:

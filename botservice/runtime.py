@@ -97,6 +97,9 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         await services.core.start(_sink_router(adapters))
         await stop.wait()
     finally:
+        # Answers in flight finish while their platforms are still connected;
+        # messages arriving meanwhile are stored and answered after the restart.
+        await services.core.stop()
         for adapter in adapters:
             with contextlib.suppress(Exception):
                 await adapter.stop()

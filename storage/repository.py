@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, get_args
 
@@ -239,7 +239,11 @@ _CONVERSATION_ID = select(_c.id).where(
 )
 _RENEW_CLAIMS = (
     update(TURNS)
-    .where(_t.claimed_by == _HOLDER, _t.status == "running")
+    .where(
+        _t.id.in_(bindparam("b_turn_ids", expanding=True)),
+        _t.claimed_by == _HOLDER,
+        _t.status == "running",
+    )
     .values(alive_until=_ALIVE_UNTIL)
 )
 _RELEASE_STALE = (
@@ -505,8 +509,16 @@ class SqlStore:
         except IntegrityError:
             return None  # another process claimed a turn of this conversation first
 
-    async def renew_claims(self, holder: str, *, alive_until: datetime) -> int:
-        parameters = {"b_holder": holder, "b_alive_until": alive_until}
+    async def renew_claims(
+        self, holder: str, turn_ids: Collection[int], *, alive_until: datetime
+    ) -> int:
+        if not turn_ids:
+            return 0
+        parameters = {
+            "b_holder": holder,
+            "b_turn_ids": list(turn_ids),
+            "b_alive_until": alive_until,
+        }
         return await self._write(
             lambda connection: connection.execute(_RENEW_CLAIMS, parameters).rowcount
         )

@@ -257,7 +257,7 @@ async def test_finishing_a_turn_needs_its_claim(store: SqlStore) -> None:
     assert await store.release_stale_turns(now=datetime.now(UTC)) == [conversation]
     # Reset to pending but claimed by nobody else: the holder that was only cut off
     # from the database may still save the answer it showed.
-    assert await store.renew_claims("cut-off", alive_until=past) == 0
+    assert await store.renew_claims("cut-off", [accepted.turn_id], alive_until=past) == 0
     later = datetime.now(UTC) + timedelta(minutes=1)
     taken = await store.claim_next_turn(conversation, holder="successor", alive_until=later)
     assert taken is not None and taken.claims == 2
