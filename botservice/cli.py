@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +18,8 @@ from botservice.ports import Adapter
 from botservice.settings import Settings, load_settings
 
 EXIT_CONFIG = 2
+
+log = logging.getLogger("botservice")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +115,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(settings: Settings) -> int:
     from botservice.runtime import open_services, require_model_endpoint, serve
 
-    if not (settings.slack.configured or settings.discord.configured):
+    no_platform = not (settings.slack.configured or settings.discord.configured)
+    if no_platform and _has_input():
         return await _chat(settings)
     require_model_endpoint(settings)
     if settings.slack.configured:
@@ -128,8 +133,25 @@ async def _run(settings: Settings) -> int:
             from adapters.discord import create_adapter as create_discord
 
             adapters.append(create_discord(settings, services.core))
+        if no_platform:
+            # A platform's process (a Procfile `web:`) has no terminal: stay up and
+            # answer health checks instead of exiting, which would only be restarted.
+            log.warning(
+                "no platform is configured (set SLACK_BOT_TOKEN or DISCORD_TOKEN); "
+                "serving health checks only"
+            )
         await serve(services, adapters, with_http=True)
     return 0
+
+
+def _has_input() -> bool:
+    """Whether someone can type or pipe messages in: a terminal, a pipe or a file.
+    Not /dev/null or a closed stdin, which is how platforms start a `web` process."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return sys.stdin.isatty() or stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
 def _require_extra(module: str, *, extra: str, setting: str) -> None:

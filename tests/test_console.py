@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 from tests.fakes.model_server import FakeModelServer, Refuse
 
@@ -184,3 +187,48 @@ async def test_voice_render_writes_what_the_bot_would_say(tmp_path: Path) -> Non
     assert refused.stderr.strip().splitlines() == [
         "botservice: cannot write 'hello.xyz': use one of .flac, .mp3, .ogg, .opus, .wav"
     ]
+
+
+async def test_run_with_no_platform_and_no_terminal_serves_health_checks_until_stopped(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    """A platform starts a Procfile `web:` process with stdin on /dev/null: it stays up,
+    answering health checks, instead of exiting to be restarted forever."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "botservice",
+        "run",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env={
+            **clean,
+            "PYTHONPATH": str(ROOT),
+            "BOTSERVICE_CONFIG": str(ROOT / "config" / "botservice.toml"),
+            "OPENAI_BASE_URL": fake_model.base_url,
+            "PORT": str(port),
+        },
+    )
+    try:
+        statuses = []
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        statuses.append(response.status)
+                        break
+                except aiohttp.ClientConnectionError:
+                    assert process.returncode is None, "run exited instead of serving"
+                    await asyncio.sleep(0.1)
+        assert statuses == [200]
+    finally:
+        process.terminate()
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, err.decode()
+    assert "no platform is configured" in err.decode()
