@@ -83,6 +83,7 @@ class _Accepted:
     the stored reply target and the text from the store."""
 
     conversation_id: int
+    key: ConversationKey
     sink: ReplySink
     images: tuple[Attachment, ...]
     audio: tuple[Attachment, ...]
@@ -157,6 +158,7 @@ class ConversationCore:
         done = asyncio.get_running_loop().create_future()
         self._accepted[accepted.turn_id] = _Accepted(
             conversation_id=accepted.conversation_id,
+            key=message.conversation,
             sink=sink,
             images=tuple(a for a in message.attachments if a.is_image),
             audio=tuple(a for a in message.attachments if a.is_audio),
@@ -283,12 +285,19 @@ class ConversationCore:
     async def _drive(self, conversation_id: int) -> None:
         """Answer the conversation's pending turns one by one while this process can
         claim them; stop when none is pending or another process is answering one."""
+        key = next(
+            (a.key for a in self._accepted.values() if a.conversation_id == conversation_id),
+            None,
+        )
         try:
             while True:
                 self._wanted.discard(conversation_id)
                 try:
                     turn = await self._store.claim_next_turn(
-                        conversation_id, holder=self._holder, alive_until=self._alive_until()
+                        conversation_id,
+                        holder=self._holder,
+                        alive_until=self._alive_until(),
+                        key=key,
                     )
                 except StoreUnavailable:
                     log.warning(
@@ -302,6 +311,7 @@ class ConversationCore:
                     if conversation_id in self._wanted:
                         continue
                     return
+                key = turn.conversation
                 await self._run(turn)
         finally:
             del self._drivers[conversation_id]

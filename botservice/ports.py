@@ -211,10 +211,16 @@ class Store(Protocol):
         ...
 
     async def claim_next_turn(
-        self, conversation_id: int, *, holder: str, alive_until: datetime
+        self,
+        conversation_id: int,
+        *,
+        holder: str,
+        alive_until: datetime,
+        key: ConversationKey | None = None,
     ) -> PendingTurn | None:
         """Claim the oldest pending turn of the conversation for `holder`, unless a turn
-        of it is running already (here or in another process) or none is pending."""
+        of it is running already (here or in another process) or none is pending.
+        `key`: the conversation's key when the caller knows it (saves a read)."""
         ...
 
     async def renew_claims(

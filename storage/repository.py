@@ -31,6 +31,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    null,
     or_,
     select,
     text,
@@ -163,7 +164,7 @@ _FINISH_HELD_TURN = (
     .values(
         status=bindparam("b_status"),
         finished_at=_NOW,
-        alive_until=None,
+        alive_until=null(),
         reply_ref=func.coalesce(bindparam("b_reply_ref"), _t.reply_ref),
     )
     .returning(_t.conversation_id, _t.user_message_id)
@@ -174,7 +175,7 @@ _FINISH_TURN = (
     .values(
         status=bindparam("b_status"),
         finished_at=_NOW,
-        alive_until=None,
+        alive_until=null(),
         reply_ref=func.coalesce(bindparam("b_reply_ref"), _t.reply_ref),
     )
     .returning(_t.conversation_id, _t.user_message_id)
@@ -252,6 +253,39 @@ _RELEASE_STALE = (
     .values(status="pending", alive_until=None)
     .returning(_t.conversation_id)
 )
+
+
+def _answer_statement(finish: Any) -> Any:
+    """Finish a turn and store its answer in one statement (PostgreSQL): the answer is
+    inserted only for a turn the finish matched, in the same atomic step."""
+    finished = finish.cte("finished")
+    columns = (
+        "conversation_id",
+        "reply_to_id",
+        "role",
+        "author_id",
+        "author_name",
+        "text",
+        "platform_message_id",
+        "tokens",
+        "prompt_tokens",
+        "completion_tokens",
+        "model",
+        "status",
+        "created_at",
+    )
+    answer = select(
+        finished.c.conversation_id,
+        finished.c.user_message_id,
+        # Prefixed: an UPDATE would take parameters named like its columns as SET values.
+        *(bindparam(f"a_{name}", type_=MESSAGES.c[name].type) for name in columns[2:]),
+    ).where(finished.c.conversation_id.is_not(None))
+    return (
+        MESSAGES.insert()
+        .from_select(list(columns), answer)
+        .returning(_m.id)
+        .add_cte(finished, nest_here=True)
+    )
 
 
 _CLAIM_NEXT = _claim_statement()
@@ -350,7 +384,11 @@ class SqlStore:
         )
 
         write_options = {SQLITE_WRITE_OPTION: True}
-        read_options = {SQLITE_SINGLE_READ_OPTION: True}
+        read_options: dict[str, Any] = {SQLITE_SINGLE_READ_OPTION: True}
+        if not sqlite_database:
+            # A read, or a write of one statement, is atomic on its own: no BEGIN and
+            # COMMIT/ROLLBACK round trips around it.
+            read_options = {"isolation_level": "AUTOCOMMIT"}
         self._async_writer = engine.execution_options(**write_options)
         self._async_reader = engine.execution_options(**read_options)
         # SQLite has one writer at a time; queueing here is cheaper than SQLite's
@@ -401,6 +439,17 @@ class SqlStore:
             if self._worker is not None:
                 return await self._worker.write(work)
             async with self._async_write_lock, self._async_writer.begin() as connection:
+                return await connection.run_sync(work)
+
+    async def _write_one(self, work: Callable[[Connection], T]) -> T:
+        """Run `work`, which executes a single write statement: atomic by itself, so on
+        PostgreSQL it runs without BEGIN and COMMIT (one round trip instead of three)."""
+        if self._worker is not None:
+            return await self._write(work)
+        if not self._shared:
+            return await self._write(work)  # SQLite in memory: one shared connection
+        with _unavailable_as_store_error():
+            async with self._async_reader.connect() as connection:
                 return await connection.run_sync(work)
 
     async def _read(self, work: Callable[[Connection], T]) -> T:
@@ -489,7 +538,12 @@ class SqlStore:
             return await self._write(work)
 
     async def claim_next_turn(
-        self, conversation_id: int, *, holder: str, alive_until: datetime
+        self,
+        conversation_id: int,
+        *,
+        holder: str,
+        alive_until: datetime,
+        key: ConversationKey | None = None,
     ) -> PendingTurn | None:
         parameters = {
             "b_conversation_id": conversation_id,
@@ -501,11 +555,14 @@ class SqlStore:
             row = connection.execute(_CLAIM_NEXT, parameters).one_or_none()
             if row is None:
                 return None
-            key = connection.execute(_CONVERSATION_KEY, {"conversation_id": conversation_id}).one()
-            return _pending_turn(row, ConversationKey(*key))
+            # A conversation's key never changes, so it may be read after the claim.
+            found = key or ConversationKey(
+                *connection.execute(_CONVERSATION_KEY, {"conversation_id": conversation_id}).one()
+            )
+            return _pending_turn(row, found)
 
         try:
-            return await self._write(work)
+            return await self._write_one(work)
         except IntegrityError:
             return None  # another process claimed a turn of this conversation first
 
@@ -519,7 +576,7 @@ class SqlStore:
             "b_turn_ids": list(turn_ids),
             "b_alive_until": alive_until,
         }
-        return await self._write(
+        return await self._write_one(
             lambda connection: connection.execute(_RENEW_CLAIMS, parameters).rowcount
         )
 
@@ -527,7 +584,7 @@ class SqlStore:
         def work(connection: Connection) -> list[int]:
             return sorted({row[0] for row in connection.execute(_RELEASE_STALE, {"b_now": now})})
 
-        released = await self._write(work)
+        released = await self._write_one(work)
         if released:
             log.warning(
                 "took back the turns of %d conversations whose process stopped answering",
@@ -546,7 +603,7 @@ class SqlStore:
         def work(connection: Connection) -> list[int]:
             return sorted({row[0] for row in connection.execute(statement)})
 
-        return await self._write(work)
+        return await self._write_one(work)
 
     async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
         running = TURNS.alias("running")
@@ -584,13 +641,13 @@ class SqlStore:
         def work(connection: Connection) -> bool:
             return connection.execute(self._claim, values).scalar_one_or_none() is not None
 
-        return await self._write(work)
+        return await self._write_one(work)
 
     async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None:
         def work(connection: Connection) -> None:
             connection.execute(_SET_REPLY_REF, {"b_turn_id": turn_id, "b_reply_ref": reply_ref})
 
-        await self._write(work)
+        await self._write_one(work)
 
     async def store_answer(
         self,
@@ -627,12 +684,23 @@ class SqlStore:
             "b_reply_ref": reply_ref,
         }
 
+        if self._shared:
+            # PostgreSQL: finish the turn and insert the answer in one statement.
+            statement = _answer_statement(finish_statement)
+
+            def one_statement(connection: Connection) -> int | None:
+                answer = {f"a_{name}": value for name, value in values.items()}
+                row = connection.execute(statement, {**finish, **answer}).one_or_none()
+                return None if row is None else int(row[0])
+
+            return await self._write_one(one_statement)
+
         def work(connection: Connection) -> int | None:
             turn = connection.execute(finish_statement, finish).one_or_none()
-            if turn is None:
-                return None  # taken over by another process, or finished already
-            if turn.conversation_id is None:
-                raise LookupError(f"the conversation of turn {turn_id} is gone")
+            if turn is None or turn.conversation_id is None:
+                # Taken over by another process, finished already, or its
+                # conversation was deleted meanwhile (the workspace was forgotten).
+                return None
             message_id: int = connection.execute(
                 _INSERT_MESSAGE,
                 {
@@ -659,7 +727,7 @@ class SqlStore:
         def work(connection: Connection) -> bool:
             return connection.execute(statement, parameters).rowcount == 1
 
-        return await self._write(work)
+        return await self._write_one(work)
 
     async def pending_turns(self) -> list[PendingTurn]:
         statement = (
