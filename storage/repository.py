@@ -35,6 +35,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     tuple_,
     update,
 )
@@ -288,6 +289,82 @@ def _answer_statement(finish: Any) -> Any:
     )
 
 
+_TURN_FIELDS = (
+    "platform",
+    "message_key",
+    "user_id",
+    "is_channel_admin",
+    "status",
+    "reply_target",
+    "claims",
+    "created_at",
+)
+_MESSAGE_FIELDS = (
+    "role",
+    "author_id",
+    "author_name",
+    "text",
+    "platform_message_id",
+    "tokens",
+    "status",
+    "audio",
+    "created_at",
+)
+
+
+def _pg_accept_statement() -> Any:
+    """Accept a message in one statement (PostgreSQL), for a conversation that exists.
+
+    The message id is drawn from its sequence first, so the turn (the dedupe claim)
+    can be inserted pointing at it; the message is inserted only if the turn was,
+    so a duplicate delivery writes nothing. Foreign keys are checked at the end of
+    the statement, when both rows are there. Returns one row: the conversation id
+    (None: no such conversation yet), then the turn and message ids (None: a
+    duplicate).
+    """
+    conversation = (
+        select(_c.id)
+        .where(
+            _c.platform == bindparam("k_platform"),
+            _c.workspace == bindparam("k_workspace"),
+            _c.channel == bindparam("k_channel"),
+            _c.thread == bindparam("k_thread"),
+        )
+        .scalar_subquery()
+    )
+    message_id = func.nextval(func.pg_get_serial_sequence("messages", "id"))
+    ids = select(conversation.label("conversation_id"), message_id.label("message_id")).cte("ids")
+    turn_row = select(
+        *(bindparam(f"t_{name}", type_=TURNS.c[name].type) for name in _TURN_FIELDS),
+        ids.c.conversation_id,
+        ids.c.message_id,
+    ).where(ids.c.conversation_id.is_not(None))
+    turn = (
+        postgresql.insert(TURNS)
+        .from_select([*_TURN_FIELDS, "conversation_id", "user_message_id"], turn_row)
+        .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
+        .returning(_t.id, _t.conversation_id, _t.user_message_id)
+        .cte("turn")
+    )
+    message_row = select(
+        turn.c.user_message_id,
+        turn.c.conversation_id,
+        *(bindparam(f"m_{name}", type_=MESSAGES.c[name].type) for name in _MESSAGE_FIELDS),
+    )
+    message = (
+        MESSAGES.insert()
+        .from_select(["id", "conversation_id", *_MESSAGE_FIELDS], message_row)
+        .returning(_m.id)
+        .cte("message")
+    )
+    return (
+        select(ids.c.conversation_id, turn.c.id, message.c.id)
+        .select_from(ids)
+        .outerjoin(turn, true())
+        .outerjoin(message, true())
+    )
+
+
 _CLAIM_NEXT = _claim_statement()
 _PING = text("SELECT 1")
 
@@ -375,6 +452,7 @@ class SqlStore:
             .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
             .returning(_t.id)
         )
+        self._pg_accept = _pg_accept_statement() if not sqlite_database else None
         self._create_conversation = (
             self._insert(CONVERSATIONS)
             .on_conflict_do_nothing(
@@ -499,6 +577,11 @@ class SqlStore:
             "created_at": now,
         }
 
+        if self._shared:
+            return await self._accept_in_one_statement(
+                key, conversation_values, turn_values, message_values
+            )
+
         def work(connection: Connection) -> AcceptedTurn | None:
             # The claim comes first, so a duplicate delivery (Slack sends most
             # mentions twice) costs one statement and leaves nothing to undo.
@@ -536,6 +619,48 @@ class SqlStore:
             # The purge deleted the (empty) conversation between our read and our
             # insert: nothing was written, so taking the message again is safe.
             return await self._write(work)
+
+    async def _accept_in_one_statement(
+        self,
+        key: dict[str, Any],
+        conversation_values: dict[str, Any],
+        turn_values: dict[str, Any],
+        message_values: dict[str, Any],
+    ) -> AcceptedTurn | None:
+        """PostgreSQL: one round trip for a message in a known conversation, three for
+        the first message of a new one."""
+        parameters = {
+            **{f"k_{name}": value for name, value in key.items()},
+            **{f"t_{name}": value for name, value in turn_values.items()},
+            **{f"m_{name}": value for name, value in message_values.items()},
+        }
+        statement = self._pg_accept
+        assert statement is not None
+
+        def accept(connection: Connection) -> Any:
+            return connection.execute(statement, parameters).one()
+
+        def create_conversation(connection: Connection) -> None:
+            connection.execute(self._create_conversation, conversation_values)
+
+        for attempt in range(3):
+            try:
+                conversation_id, turn_id, message_id = await self._write_one(accept)
+            except IntegrityError:
+                # The purge deleted the (empty) conversation as the message came in;
+                # nothing was written, so taking it again is safe.
+                if attempt == 2:
+                    raise
+                continue
+            if conversation_id is None:
+                await self._write_one(create_conversation)
+                continue
+            if turn_id is None:
+                return None  # a duplicate delivery
+            return AcceptedTurn(
+                turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
+            )
+        raise LookupError("the conversation of an incoming message could not be created")
 
     async def claim_next_turn(
         self,
