@@ -64,7 +64,9 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(
         url,
         echo=echo,
-        pool_size=10,
+        # Kept open at the size concurrent turns need: an overflow connection is
+        # closed on return, so a pool below the concurrency reconnects all the time.
+        pool_size=20,
         max_overflow=10,
         # Managed PostgreSQL closes idle connections; recycle before that happens.
         pool_recycle=1800,
