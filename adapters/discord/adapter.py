@@ -19,6 +19,7 @@ from adapters.discord.context import DiscordContext
 from adapters.discord.interactions import DiscordInteractions, on_tree_error
 from adapters.discord.messages import DiscordMessages
 from adapters.discord.sink import NO_MENTIONS, InteractionReplySink
+from adapters.discord.supervision import run_gateway
 from adapters.discord.voice import DiscordVoice
 from adapters.discord.voice_commands import voice_extension
 from adapters.discord.voice_messages import DiscordHearing
@@ -89,6 +90,7 @@ class DiscordAdapter:
         self._start_timeout = start_timeout
         self._client: BotClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._serving = False
 
     @property
     def client(self) -> BotClient:
@@ -130,12 +132,15 @@ class DiscordAdapter:
                 f"cannot reach {discord_settings.api_url} ({type(error).__name__}); "
                 "check the URL and the network",
             ) from None
-        self._task = asyncio.create_task(client.connect(reconnect=True), name="discord-gateway")
+        self._task = asyncio.create_task(
+            run_gateway(client, serving=lambda: self._serving), name="discord-gateway"
+        )
         ready = asyncio.create_task(client.became_ready.wait())
         done, _ = await asyncio.wait(
             {self._task, ready}, timeout=self._start_timeout, return_when=asyncio.FIRST_COMPLETED
         )
         if ready in done:
+            self._serving = True
             log.info(
                 "Discord adapter serving (%s)",
                 _describe_shards(discord_settings.shard_count, discord_settings.shard_ids),
@@ -146,7 +151,11 @@ class DiscordAdapter:
         await self.stop()
         raise _start_error(failure, self._start_timeout) from None
 
+    def is_connected(self) -> bool:
+        return self._serving and self._client is not None and self._client.gateway_up()
+
     async def stop(self) -> None:
+        self._serving = False
         if self.voice is not None:
             await self.voice.aclose()
         if self._client is not None and not self._client.is_closed():

@@ -10,7 +10,9 @@ from typing import Any
 import discord
 import yarl
 from discord.gateway import DiscordWebSocket
+from discord.state import ConnectionState
 
+from adapters.discord.supervision import guard_frames
 from botservice.settings import DiscordSettings
 
 log = logging.getLogger(__name__)
@@ -64,13 +66,31 @@ class BotClient(discord.Client):
         self._on_setup_hook = on_setup
         self._on_voice_state_hook = on_voice_state
         self.became_ready = asyncio.Event()
+        self._session_up = False
+        _guard_every_connection(self._connection)
+
+    def gateway_up(self) -> bool:
+        """Connected to the gateway with a ready (or resumed) session."""
+        if self.is_closed() or not self._session_up:
+            return False
+        return self.ws is not None and self.ws.open
 
     async def setup_hook(self) -> None:
         await self._on_setup_hook(self)
 
     async def on_ready(self) -> None:
         log.info("Discord client ready as %s in %d guilds", self.user, len(self.guilds))
+        self._session_up = True
         self.became_ready.set()
+
+    async def on_resumed(self) -> None:
+        log.info("Discord gateway session resumed")
+        self._session_up = True
+
+    async def on_disconnect(self) -> None:
+        if self._session_up and not self.is_closed():
+            log.warning("Discord gateway disconnected; reconnecting")
+        self._session_up = False
 
     async def on_message(self, message: discord.Message) -> None:
         await self._on_message_hook(message)
@@ -82,8 +102,24 @@ class BotClient(discord.Client):
             await self._on_voice_state_hook(member, before, after)
 
 
+def _guard_every_connection(state: ConnectionState[Any]) -> None:
+    # discord.py hands every new gateway websocket (each shard's, each reconnect's) to
+    # `_update_references` before it reads the first frame: the one place to guard them all.
+    update_references = state._update_references
+
+    def update_and_guard(ws: DiscordWebSocket) -> None:
+        update_references(ws)
+        guard_frames(ws)
+
+    state._update_references = update_and_guard  # type: ignore[method-assign]
+
+
 class ShardedBotClient(BotClient, discord.AutoShardedClient):
-    pass
+    def gateway_up(self) -> bool:
+        # Each shard reconnects on its own; every shard must be connected to serve its guilds.
+        if self.is_closed() or not self.is_ready():
+            return False
+        return all(not shard.is_closed() for shard in self.shards.values())
 
 
 def make_client(

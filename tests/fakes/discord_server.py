@@ -51,6 +51,7 @@ INTENT_MESSAGE_CONTENT = 1 << 15
 CONNECT = 1 << 20
 SPEAK = 1 << 21
 VOICE_MESSAGE_FLAG = 1 << 13
+NONCE_WINDOW_SECONDS = 120.0
 
 
 @dataclass
@@ -96,7 +97,7 @@ class _Session:
         self.seq = 0
         self.ready = asyncio.Event()
 
-    async def send_dispatch(self, event: str, data: dict[str, Any]) -> None:
+    async def send_dispatch(self, event: str, data: Any) -> None:
         self.seq += 1
         await self.ws.send_str(json.dumps({"op": 0, "t": event, "s": self.seq, "d": data}))
 
@@ -149,6 +150,12 @@ class FakeDiscordServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.slow_rest_seconds = 0.0
+        # Raw frames sent to each new session between READY and GUILD_CREATE (start-up).
+        self.startup_frames: list[str] = []
+        # While True the gateway refuses websocket handshakes (503), like an outage.
+        self.refuse_gateway = False
+        # Messages created with `enforce_nonce`: (author id, nonce) -> (message id, created).
+        self._nonces: dict[tuple[str, str], tuple[str, float]] = {}
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -400,6 +407,27 @@ class FakeDiscordServer:
                     continue
             await session.send_dispatch(event, data)
 
+    async def send_raw(self, frame: str) -> None:
+        """Send one raw text frame, as is, to every ready session (malformed on purpose)."""
+        for session in [s for s in self._sessions if s.ready.is_set()]:
+            await session.ws.send_str(frame)
+
+    async def dispatch_raw(self, event: str, data: Any) -> None:
+        """A dispatch whose `d` is whatever the test says (`[]`, a message without author)."""
+        for session in [s for s in self._sessions if s.ready.is_set()]:
+            await session.send_dispatch(event, data)
+
+    async def drop_gateway(self, *, refuse: bool = False) -> None:
+        """Close every gateway connection; with `refuse`, refuse new ones until
+        `refuse_gateway` is set back to False."""
+        self.refuse_gateway = refuse
+        for session in list(self._sessions):
+            with contextlib.suppress(Exception):
+                await session.ws.close(code=1001, message=b"going away")
+
+    def gateway_sessions(self) -> int:
+        return sum(1 for s in self._sessions if s.ready.is_set())
+
     async def send_message(
         self,
         content: str,
@@ -578,8 +606,11 @@ class FakeDiscordServer:
 
     # --- gateway -----------------------------------------------------------------------
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True)
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_gateway:
+            return web.Response(status=503, text="gateway unavailable")
+        # A short close timeout: dropping a connection does not wait for the client's reply.
+        ws = web.WebSocketResponse(autoping=True, timeout=0.5)
         await ws.prepare(request)
         session = _Session(ws, None)
         self._sessions.append(session)
@@ -631,6 +662,8 @@ class FakeDiscordServer:
         if shard:
             ready["shard"] = shard
         await session.send_dispatch("READY", ready)
+        for frame in self.startup_frames:
+            await session.ws.send_str(frame)
         if in_shard:
             await session.send_dispatch("GUILD_CREATE", self.guild_payload())
         session.ready.set()
@@ -823,13 +856,31 @@ class FakeDiscordServer:
         return data
 
     async def _post_message(self, channel_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        nonce = body.get("nonce")
+        key = (self.bot.id, str(nonce))
+        if nonce is not None and body.get("enforce_nonce"):
+            # Discord: the same author and nonce within a few minutes returns the message
+            # created the first time instead of creating another.
+            earlier = self._nonces.get(key)
+            if earlier is not None and time.monotonic() - earlier[1] < NONCE_WINDOW_SECONDS:
+                found = self.messages.get(earlier[0])
+                if found is not None:
+                    return _public(found)
         data = self._bot_message(channel_id, body)
+        if nonce is not None:
+            # Returned on create and in MESSAGE_CREATE only; Discord does not keep it
+            # for later reads of the channel.
+            data["_nonce"] = str(nonce)
+            self._nonces[key] = (data["id"], time.monotonic())
         self.messages[data["id"]] = data
         if channel_id in self.threads:
             self.threads[channel_id]["message_count"] += 1
+        created = _public(data)
+        if nonce is not None:
+            created["nonce"] = str(nonce)
         if self.echo_own_messages:
-            await self.dispatch("MESSAGE_CREATE", data)
-        return data
+            await self.dispatch("MESSAGE_CREATE", created)
+        return created
 
     async def _edit_message(self, message_id: str, body: dict[str, Any]) -> web.Response:
         found = self.messages.get(message_id)

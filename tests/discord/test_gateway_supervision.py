@@ -1,0 +1,116 @@
+"""The gateway connection is supervised: a malformed frame is logged and skipped, a dropped
+connection comes back, and `is_connected` says which is the case (for `/readyz`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from adapters.discord import create_adapter
+from botservice.conversation import ConversationCore
+from botservice.model_client import OpenAIChatClient
+from botservice.settings import Settings
+from storage.repository import SqlStore
+from tests.discord.conftest import Guild, discord_settings
+from tests.fakes.discord_server import FakeDiscordServer
+
+SECRET = "do-not-log-this-text"
+
+
+def _malformed(server: FakeDiscordServer, kind: str) -> str:
+    if kind == "not-json":
+        return f"{{this is not json {SECRET}"
+    if kind == "no-author":
+        message = server._message(channel_id=server.channel_id, author=server.bob, content=SECRET)
+        del message["author"]
+        return json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": None, "d": message})
+    assert kind == "empty-list"
+    return json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": None, "d": []})
+
+
+KINDS = ["not-json", "no-author", "empty-list"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_malformed_frame_is_logged_and_the_next_mention_is_answered(
+    guild: Guild, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = guild.server
+    caplog.set_level(logging.INFO)
+
+    await server.send_raw(_malformed(server, kind))
+    asked = await server.send_message("still there?", mention_bot=True)
+
+    reply = await guild.reply_to(asked)
+    assert reply["content"] == "You said: still there?"
+    assert guild.adapter.is_connected()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("gateway" in r.getMessage().lower() for r in warnings), warnings
+    assert SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_malformed_frame_during_start_up_is_a_warning_not_an_exit(
+    discord_server: FakeDiscordServer,
+    settings: Settings,
+    sqlite_store: SqlStore,
+    kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    discord_server.startup_frames = [_malformed(discord_server, kind)]
+    configured = discord_settings(discord_server, settings)
+    model = OpenAIChatClient(configured.model)
+    core = ConversationCore(settings=configured, store=sqlite_store, model=model)
+    adapter = create_adapter(configured, core, guild_ready_timeout=0.05)
+    await adapter.start()
+    try:
+        asked = await discord_server.send_message("hello after start", mention_bot=True)
+        guild = Guild(discord_server, None, core, adapter)  # type: ignore[arg-type]
+        reply = await guild.reply_to(asked)
+        assert reply["content"] == "You said: hello after start"
+    finally:
+        await core.drain()
+        await adapter.stop()
+        await model.aclose()
+    assert any(
+        r.levelno == logging.WARNING and "gateway" in r.getMessage().lower() for r in caplog.records
+    )
+    assert SECRET not in caplog.text
+
+
+async def test_a_dropped_connection_comes_back_and_answers(guild: Guild) -> None:
+    server = guild.server
+    identified = len(server.identifies)
+
+    await server.drop_gateway()
+    await server.wait_until(
+        lambda: len(server.identifies) > identified and server.gateway_sessions(),
+        what="a new gateway session",
+    )
+    await _wait_connected(guild, True)
+    asked = await server.send_message("back again?", mention_bot=True)
+    assert (await guild.reply_to(asked))["content"] == "You said: back again?"
+
+
+async def test_is_connected_follows_the_gateway(guild: Guild) -> None:
+    server = guild.server
+    assert guild.adapter.is_connected()
+
+    await server.drop_gateway(refuse=True)
+    await _wait_connected(guild, False)
+
+    server.refuse_gateway = False
+    await _wait_connected(guild, True, seconds=30)
+    asked = await server.send_message("reconnected?", mention_bot=True)
+    assert (await guild.reply_to(asked))["content"] == "You said: reconnected?"
+
+
+async def _wait_connected(guild: Guild, expected: bool, seconds: float = 10.0) -> None:
+    await guild.server.wait_until(
+        lambda: guild.adapter.is_connected() == expected,
+        seconds,
+        what=f"is_connected() == {expected}",
+    )
