@@ -398,5 +398,7 @@ class Adapter(Protocol):
 
     def is_connected(self) -> bool:
         """False while the platform connection this adapter keeps is down (a gateway or
-        websocket); an adapter that keeps none (Slack over HTTP) is always connected."""
+        websocket) or before `start` has finished; an adapter that keeps none (Slack over
+        HTTP, the console) is always connected. Cheap and non-blocking: a load balancer's
+        readiness probe calls it."""
         ...

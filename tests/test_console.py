@@ -4,6 +4,7 @@ against the fake model server on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
 import sys
@@ -12,6 +13,11 @@ from pathlib import Path
 
 import aiohttp
 
+from adapters.console.adapter import ConsoleAdapter
+from botservice.conversation import ConversationCore
+from botservice.model_client import OpenAIChatClient
+from storage.repository import SqlStore
+from tests.chat_kit import settings_for
 from tests.fakes.model_server import FakeModelServer, Refuse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,3 +238,17 @@ async def test_run_with_no_platform_and_no_terminal_serves_health_checks_until_s
         _, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 0, err.decode()
     assert "no platform is configured" in err.decode()
+
+
+async def test_the_console_is_always_connected(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    # Readiness (`/readyz`) asks every adapter; the terminal has no connection to lose.
+    settings = settings_for(fake_model.base_url)
+    model = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=sqlite_store, model=model)
+    adapter = ConsoleAdapter(core, input=io.StringIO(""), output=io.StringIO())
+    try:
+        assert adapter.is_connected()
+    finally:
+        await model.aclose()

@@ -100,10 +100,6 @@ class DiscordAdapter:
     def http_routes(self) -> list[Any]:
         return []
 
-    def is_connected(self) -> bool:
-        client = self._client
-        return client is not None and client.is_ready() and not client.is_closed()
-
     async def start(self) -> None:
         discord_settings = self.settings.discord
         if discord_settings.token is None:

@@ -180,6 +180,10 @@ class SlackAdapter:
             self._client.session = None
         await self._hearing.aclose()
 
+    def is_connected(self) -> bool:
+        # Over HTTP Slack calls in: there is no connection of ours to be down.
+        return self._socket is None or self._socket.is_connected()
+
     def sink_for(self, turn: PendingTurn) -> ReplySink | None:
         target = ReplyTarget.from_dict(turn.reply_target)
         if target is None:
@@ -197,10 +201,6 @@ class SlackAdapter:
         return self._hearing.listening(
             sink, session=self._http_session, token=lambda: self._token_for(target)
         )
-
-    def is_connected(self) -> bool:
-        # Over HTTP Slack connects to us; Socket Mode's websocket is watched by its handler.
-        return True
 
     def http_routes(self) -> list[web.AbstractRouteDef]:
         routes: list[web.AbstractRouteDef] = []

@@ -37,5 +37,12 @@ class SocketModeRunner:
             ) from None
         log.info("Slack Socket Mode connected")
 
+    def is_connected(self) -> bool:
+        # What slack-sdk's own (async) `is_connected` checks, minus the ping-pong age:
+        # its monitor marks a silent session stale and reconnects on its own.
+        client = self._handler.client
+        session = client.current_session
+        return not client.closed and not client.stale and session is not None and not session.closed
+
     async def stop(self) -> None:
         await self._handler.close_async()

@@ -66,6 +66,8 @@ class FakeSlackApi:
     file_downloads: list[tuple[str, str | None]] = field(default_factory=list)
     socket_acks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     socket_connections: int = 0
+    # While True the Socket Mode endpoint refuses websocket handshakes (503).
+    refuse_sockets: bool = False
 
     def __post_init__(self) -> None:
         self._ts = itertools.count(1)
@@ -196,8 +198,18 @@ class FakeSlackApi:
         await asyncio.wait_for(self._ack_events[envelope_id].wait(), within)
         return self.socket_acks[envelope_id]
 
-    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True)
+    async def drop_sockets(self, *, refuse: bool = False) -> None:
+        """Close every Socket Mode connection; with `refuse`, refuse new ones until
+        `refuse_sockets` is set back to False."""
+        self.refuse_sockets = refuse
+        for ws in list(self._sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=1001, message=b"going away")
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if self.refuse_sockets:
+            return web.Response(status=503, text="socket mode unavailable")
+        ws = web.WebSocketResponse(autoping=True, timeout=0.5)
         await ws.prepare(request)
         self._sockets.append(ws)
         self.socket_connections += 1

@@ -91,3 +91,8 @@ async def test_slacks_own_429_is_retried_after_retry_after(
     assert posts[1].at - posts[0].at >= 0.9, "Retry-After: 1 was not honoured"
     (posted,) = bot.slack.thread(CHANNEL, mention["event"]["ts"])
     assert posted.text == "You said: are you rate limited?"
+
+
+async def test_over_http_the_adapter_is_always_connected(bot: SlackHarness) -> None:
+    # Slack calls in over HTTP: readiness does not depend on a connection of ours.
+    assert bot.adapter.is_connected()

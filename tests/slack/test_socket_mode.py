@@ -76,3 +76,26 @@ async def test_slash_command_over_socket_mode_answers_in_the_ack(
     ack = await slack_api.wait_ack(envelope)
     assert ack is not None and ack["response_type"] == "ephemeral"
     assert "uses the model" in ack["text"]
+
+
+async def test_is_connected_follows_the_socket_mode_websocket(
+    socket_bots: list[SlackHarness], slack_api: FakeSlackApi, fake_model: FakeModelServer
+) -> None:
+    bot = socket_bots[0]
+    assert bot.adapter.is_connected()
+
+    await slack_api.drop_sockets(refuse=True)
+    await slack_api.wait_for(
+        lambda: not any(b.adapter.is_connected() for b in socket_bots), what="disconnected"
+    )
+
+    slack_api.refuse_sockets = False
+    await slack_api.wait_for(
+        lambda: all(b.adapter.is_connected() for b in socket_bots), 30, "reconnected"
+    )
+    mention = bot.mention("after the reconnect")
+    await slack_api.wait_ack(await slack_api.push(mention))
+    for harness in socket_bots:
+        await harness.settle()
+    (posted,) = slack_api.thread(CHANNEL, mention["event"]["ts"])
+    assert posted.text == "You said: after the reconnect"
