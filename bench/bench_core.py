@@ -107,7 +107,7 @@ class NullSink:
     def __init__(self, key: str, timings: Timings) -> None:
         self._key, self._timings = key, timings
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         return None
 
     async def update(self, text: str) -> None:

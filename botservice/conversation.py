@@ -447,7 +447,9 @@ class ConversationCore:
 
     async def _answer_turn(self, turn: _Turn, sink: ReplySink) -> None:
         store = self._store
-        reply_ref = await sink.begin(turn.reply_ref)
+        reply_ref = await sink.begin(
+            turn.reply_ref, turn_tag=str(turn.turn_id), resumed=turn.resumed
+        )
         if reply_ref is not None and reply_ref != turn.reply_ref:
             # Saved again with the answer, so an unreachable database is no reason
             # to stop here.

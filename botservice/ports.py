@@ -27,12 +27,19 @@ class ReplySink(Protocol):
     messages that are not model answers (command results, refusals).
     """
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         """Show that an answer is coming (placeholder, typing, deferral).
 
         `existing_ref` is what an earlier `begin` for this same turn returned,
         when the turn is being resumed after a crash or retry: reuse it instead
         of posting again. Return a reference the core stores with the turn.
+
+        `turn_tag` names the turn, the same string every time it is answered: a
+        sink marks what it posts with it. `resumed` is True when the turn is
+        answered again after a stop or a takeover; then a placeholder may exist
+        even without `existing_ref` (the process died after the platform created
+        it and before its reference was stored), and a sink that can find its
+        tagged placeholder edits that one instead of posting a second.
         """
         ...
 

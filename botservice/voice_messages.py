@@ -93,8 +93,8 @@ class ListeningSink:
         self.line = heard_line(transcript)
         return transcript
 
-    async def begin(self, existing_ref: str | None) -> str | None:
-        return await self.inner.begin(existing_ref)
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
+        return await self.inner.begin(existing_ref, turn_tag=turn_tag, resumed=resumed)
 
     async def update(self, text: str) -> None:
         await self.inner.update(self._shown(text))

@@ -412,11 +412,11 @@ class SpeakingSink:
         self.interrupt = interrupt
         self.answer: SpokenAnswer | None = None
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         if self.interrupt:
             await self.speaker.interrupt()
         self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
-        return await self.inner.begin(existing_ref)
+        return await self.inner.begin(existing_ref, turn_tag=turn_tag, resumed=resumed)
 
     async def hear(self, audio: Sequence[Attachment]) -> str:
         """A voice message answered aloud is heard by the written sink, which shows the

@@ -24,6 +24,8 @@ class RecordingSink:
 
     begun: int = 0
     existing_refs: list[str | None] = field(default_factory=list)
+    # (turn_tag, resumed) of each `begin`.
+    begins: list[tuple[str, bool]] = field(default_factory=list)
     updates: list[str] = field(default_factory=list)
     update_times: list[float] = field(default_factory=list)
     finals: list[str] = field(default_factory=list)
@@ -32,9 +34,10 @@ class RecordingSink:
     ref: str = "placeholder-1"
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         self.begun += 1
         self.existing_refs.append(existing_ref)
+        self.begins.append((turn_tag, resumed))
         return existing_ref or self.ref
 
     async def update(self, text: str) -> None:

@@ -30,7 +30,7 @@ class ConsoleSink:
         self._stream = stream
         self._shown = ""
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         return None
 
     async def update(self, text: str) -> None:

@@ -97,7 +97,10 @@ class DiscordMessages:
             chains.remember(message_id, thread, by_bot=True)
 
         return ChannelReplySink(
-            client.get_partial_messageable(channel_id), reply_to=reply_to, on_posted=remember
+            client.get_partial_messageable(channel_id),
+            reply_to=reply_to,
+            on_posted=remember,
+            own_id=client.user.id if client.user is not None else None,
         )
 
     async def _route(

@@ -11,9 +11,10 @@ own pace. discord.py's per-route rate limiting still applies underneath.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import discord
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER = "\N{HOURGLASS WITH FLOWING SAND} …"
 NO_MENTIONS = discord.AllowedMentions.none()
+# How many recent channel messages a resumed turn looks through for its placeholder.
+FIND_LIMIT = 50
+_NONCE_MAX = 25  # Discord's limit on a message nonce
 
 OnPosted = Callable[[int], None]
 
@@ -102,27 +106,64 @@ class _ChannelTransport:
         self.reply_to = reply_to
         self.on_posted = on_posted
 
-    async def _send(self, text: str, *, reply: bool) -> int:
+    async def _send(self, text: str, *, reply: bool, nonce: str | None = None) -> int:
         reference = None
         if reply and self.reply_to is not None:
             reference = discord.MessageReference(
                 message_id=self.reply_to, channel_id=self.channel.id, fail_if_not_exists=False
             )
+        # discord.py sends every nonce with `enforce_nonce`: Discord then returns the
+        # message it already created for this nonce (a few minutes) instead of a second.
+        options: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
+        if nonce is not None:
+            options["nonce"] = nonce
         try:
             message = await self.channel.send(
-                text, reference=reference, allowed_mentions=NO_MENTIONS  # type: ignore[arg-type]
+                text,
+                reference=reference,  # type: ignore[arg-type]
+                **options,
             )
         except discord.Forbidden:
             if reference is None:
                 raise
             # Replies need Read Message History; a plain message only needs Send Messages.
-            message = await self.channel.send(text, allowed_mentions=NO_MENTIONS)
+            message = await self.channel.send(text, **options)
         if self.on_posted is not None:
             self.on_posted(message.id)
         return message.id
 
-    async def post_first(self) -> int | None:
-        return await self._send(PLACEHOLDER, reply=True)
+    async def post_first(self, nonce: str | None = None) -> int | None:
+        return await self._send(PLACEHOLDER, reply=True, nonce=nonce)
+
+    async def find_first(self, nonce: str, own_id: int) -> discord.Message | None:
+        """The placeholder an earlier run of this turn posted, among recent messages.
+
+        Discord keeps a nonce only briefly, so a message counts as ours when it carries
+        the nonce or, failing that, is our placeholder still replying to the same message.
+        """
+        try:
+            async for message in self.channel.history(limit=FIND_LIMIT):
+                if message.author.id != own_id:
+                    continue
+                if message.nonce is not None and str(message.nonce) == nonce:
+                    return message
+                reference = message.reference
+                if (
+                    self.reply_to is not None
+                    and reference is not None
+                    and reference.message_id == self.reply_to
+                    and message.content == PLACEHOLDER
+                ):
+                    return message
+        except discord.HTTPException as error:
+            # Reading history needs Read Message History; without it the nonce still
+            # keeps a repeated post within minutes to one message.
+            log.warning(
+                "could not look for an earlier placeholder in channel %s (%s)",
+                self.channel.id,
+                error.status,
+            )
+        return None
 
     async def edit(self, index: int, message_id: int | None, text: str) -> None:
         assert message_id is not None
@@ -147,22 +188,35 @@ class ChannelReplySink(_ReplySinkBase):
         *,
         reply_to: int | None,
         on_posted: OnPosted | None = None,
+        own_id: int | None = None,
         limit: int = DISCORD_LIMIT,
     ) -> None:
         self._channel_transport = _ChannelTransport(channel, reply_to, on_posted)
+        self._own_id = own_id
         super().__init__(self._channel_transport, limit)
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         if existing_ref:
             # Resumed after a restart: keep editing the message we already posted.
-            first = int(existing_ref)
-            self._renderer.shown = [(first, None)]
-            if self._channel_transport.on_posted is not None:
-                self._channel_transport.on_posted(first)
-            return existing_ref
-        first_id = await self._transport.post_first()
+            return self._continue(int(existing_ref), None)
+        transport = self._channel_transport
+        nonce = turn_nonce(turn_tag, transport.channel.id, transport.reply_to)
+        if resumed and self._own_id is not None:
+            # A stop may have come after Discord created the placeholder and before its id
+            # was stored: find it rather than leave it stuck under a second one.
+            found = await transport.find_first(nonce, self._own_id)
+            if found is not None:
+                log.info("found the placeholder of resumed turn %s on Discord", turn_tag)
+                return self._continue(found.id, found.content)
+        first_id = await transport.post_first(nonce)
         self._renderer.shown = [(first_id, PLACEHOLDER)]
         return str(first_id)
+
+    def _continue(self, first: int, content: str | None) -> str:
+        self._renderer.shown = [(first, content)]
+        if self._channel_transport.on_posted is not None:
+            self._channel_transport.on_posted(first)
+        return str(first)
 
 
 # --- interactions ------------------------------------------------------------------------
@@ -270,8 +324,17 @@ class InteractionReplySink(_ReplySinkBase):
             on_posted=on_posted,
         )
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
+        # The interaction's original response is the placeholder; its token finds it again.
         await self._transport.post_first()
         # The deferred original shows "thinking…" until the first edit.
         self._renderer.shown = [(None, None)]
         return existing_ref or "original"
+
+
+def turn_nonce(turn_tag: str, channel_id: int, reply_to: int | None) -> str:
+    """The placeholder's nonce for a turn: the same on every attempt, within Discord's 25
+    characters. Discord dedupes nonces per author, not per channel, and turn ids start
+    over with a new database: the channel and the message answered keep two turns apart."""
+    digest = hashlib.sha256(f"{turn_tag}:{channel_id}:{reply_to}".encode()).hexdigest()
+    return "t" + digest[: _NONCE_MAX - 1]

@@ -341,11 +341,11 @@ class VoiceOnlySink:
         self.answer: SpokenAnswer | None = None
         self.streamed = False
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         if self.interrupt:
             await self.speaker.interrupt()
         self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
-        return await self.inner.begin(existing_ref)
+        return await self.inner.begin(existing_ref, turn_tag=turn_tag, resumed=resumed)
 
     def observe(self, text_so_far: str) -> None:
         # The core calls this for every piece of a model answer, never for its own sentences.

@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER = "_Thinking…_"
 ASSISTANT_STATUS = "is thinking…"
+# Message metadata on the first message of each answer, naming its turn: after a crash
+# between Slack creating the placeholder and the core storing its ts, the resumed turn
+# finds it by this tag and edits it instead of leaving it stuck under a second one.
+TURN_EVENT_TYPE = "botservice_turn"
+# How far back a resumed turn looks for its tagged message: one page, one call.
+FIND_LIMIT = 200
 # Shown while streaming when the answer has outgrown one message; the final
 # text is split into several messages instead.
 _MORE = "\n…"
@@ -51,14 +57,19 @@ class SlackReplySink:
     resolve: Callable[[], Awaitable[AsyncWebClient | None]] | None = None
     _last_shown: str | None = field(default=None, repr=False)
     _open: bool = field(default=False, repr=False)
+    _turn_tag: str | None = field(default=None, repr=False)
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         if not self._open:
             self._open = True
             self.budget.opened(self.target.team)
+        self._turn_tag = turn_tag
         if existing_ref:
             self.ts = existing_ref
             return existing_ref
+        if resumed and (found := await self._find_tagged(turn_tag)):
+            self.ts = found
+            return found
         # In a plain DM thread (not an assistant thread) setting the status
         # fails, and a placeholder is posted as anywhere else.
         if (
@@ -67,27 +78,58 @@ class SlackReplySink:
             and await self._set_status(ASSISTANT_STATUS)
         ):
             return None
+        return await self._post_first(PLACEHOLDER)
+
+    async def _post_first(self, text: str, *, required: bool = False) -> str | None:
+        """Post the answer's first message, tagged with its turn."""
+        metadata = None
+        if self._turn_tag is not None:
+            metadata = {"event_type": TURN_EVENT_TYPE, "event_payload": {"turn": self._turn_tag}}
         response = await self._call(
             "chat_postMessage",
             channel=self.target.channel,
             thread_ts=self.target.thread_ts,
-            text=PLACEHOLDER,
+            text=text,
+            metadata=metadata,
+            required=required,
         )
         self.ts = response.get("ts") if response is not None else None
         return self.ts
+
+    async def _find_tagged(self, turn_tag: str) -> str | None:
+        """The ts of a message this turn posted before a stop, if Slack shows one."""
+        if self.target.thread_ts:
+            response = await self._call(
+                "conversations_replies",
+                channel=self.target.channel,
+                ts=self.target.thread_ts,
+                include_all_metadata=True,
+                limit=FIND_LIMIT,
+            )
+        else:
+            response = await self._call(
+                "conversations_history",
+                channel=self.target.channel,
+                include_all_metadata=True,
+                limit=FIND_LIMIT,
+            )
+        messages = (response.get("messages") if response is not None else None) or []
+        for message in reversed(messages):
+            metadata = message.get("metadata") or {}
+            payload = metadata.get("event_payload") or {}
+            if metadata.get("event_type") == TURN_EVENT_TYPE and payload.get("turn") == turn_tag:
+                ts = message.get("ts")
+                if isinstance(ts, str) and ts:
+                    log.info("found the message of resumed turn %s in Slack", turn_tag)
+                    return ts
+        return None
 
     async def update(self, text: str) -> None:
         shown = _streaming_view(markdown_to_mrkdwn(text), self.limit)
         if not shown.strip() or shown == self._last_shown:
             return
         if self.ts is None:
-            response = await self._call(
-                "chat_postMessage",
-                channel=self.target.channel,
-                thread_ts=self.target.thread_ts,
-                text=shown,
-            )
-            self.ts = response.get("ts") if response is not None else None
+            await self._post_first(shown)
         else:
             if not self.budget.try_take(self.target.team):
                 return
@@ -108,14 +150,7 @@ class SlackReplySink:
         chunks = split_message(markdown_to_mrkdwn(text), self.limit) or [""]
         first, rest = chunks[0] or "…", chunks[1:]
         if self.ts is None:
-            response = await self._call(
-                "chat_postMessage",
-                channel=self.target.channel,
-                thread_ts=self.target.thread_ts,
-                text=first,
-                required=True,
-            )
-            self.ts = response.get("ts") if response is not None else None
+            await self._post_first(first, required=True)
         else:
             await self.budget.take(self.target.team)
             await self._call(
@@ -193,7 +228,8 @@ class CommandReplySink(SlackReplySink):
         else:
             self._buffer.append(markdown_to_mrkdwn(text))
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
+        # Command answers go into the acknowledgement: nothing is posted to find again.
         return existing_ref
 
     async def update(self, text: str) -> None:

@@ -166,7 +166,7 @@ async def test_a_pending_turn_resumes_by_editing_its_placeholder(guild: Guild) -
     assert sink is not None
     before = len(server.calls_to("POST", "/messages"))
 
-    assert await sink.begin(placeholder["id"]) == placeholder["id"]
+    assert await sink.begin(placeholder["id"], turn_tag="1", resumed=True) == placeholder["id"]
     await sink.finish("Yes, here.")
 
     assert placeholder["content"] == "Yes, here."

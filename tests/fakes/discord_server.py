@@ -154,6 +154,9 @@ class FakeDiscordServer:
         self.startup_frames: list[str] = []
         # While True the gateway refuses websocket handshakes (503), like an outage.
         self.refuse_gateway = False
+        # When set, posting a channel message creates it and then waits for this event
+        # before answering: the window in which a bot process can die without the id.
+        self.hold_posts: asyncio.Event | None = None
         # Messages created with `enforce_nonce`: (author id, nonce) -> (message id, created).
         self._nonces: dict[tuple[str, str], tuple[str, float]] = {}
 
@@ -760,7 +763,10 @@ class FakeDiscordServer:
             case ("POST", ["channels", channel_id, "typing"]):
                 return web.Response(status=204)
             case ("POST", ["channels", channel_id, "messages"]):
-                return self._json(await self._post_message(channel_id, body))
+                created = await self._post_message(channel_id, body)
+                if self.hold_posts is not None:
+                    await self.hold_posts.wait()
+                return self._json(created)
             case ("PATCH", ["channels", channel_id, "messages", message_id]):
                 return await self._edit_message(message_id, body)
             case ("GET", ["channels", channel_id, "messages", message_id]):

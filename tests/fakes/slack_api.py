@@ -44,6 +44,23 @@ class PostedMessage:
     thread_ts: str | None
     user: str = BOT_USER_ID
     edits: int = 0
+    # Message metadata (`event_type`, `event_payload`), returned only on request.
+    metadata: dict[str, Any] | None = None
+
+    def payload(self, *, with_metadata: bool) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "type": "message",
+            "user": self.user,
+            "text": self.text,
+            "ts": self.ts,
+        }
+        if self.user == BOT_USER_ID:
+            data["bot_id"] = BOT_ID
+        if self.thread_ts:
+            data["thread_ts"] = self.thread_ts
+        if with_metadata and self.metadata is not None:
+            data["metadata"] = self.metadata
+        return data
 
 
 @dataclass
@@ -66,6 +83,9 @@ class FakeSlackApi:
     file_downloads: list[tuple[str, str | None]] = field(default_factory=list)
     socket_acks: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     socket_connections: int = 0
+    # When set, chat.postMessage creates the message and then waits for this event before
+    # answering: the window in which a bot process can die without learning the ts.
+    hold_posts: asyncio.Event | None = None
     # While True the Socket Mode endpoint refuses websocket handshakes (503).
     refuse_sockets: bool = False
 
@@ -84,6 +104,7 @@ class FakeSlackApi:
             "chat.postEphemeral": self._post_ephemeral,
             "users.info": self._users_info,
             "conversations.replies": self._replies,
+            "conversations.history": self._history,
             "apps.connections.open": self._connections_open,
             "assistant.threads.setStatus": self._ok,
             "assistant.threads.setSuggestedPrompts": self._ok,
@@ -274,7 +295,10 @@ class FakeSlackApi:
         handler = self.handlers.get(method)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
-        return web.json_response(handler(args))
+        answer = handler(args)
+        if method == "chat.postMessage" and self.hold_posts is not None:
+            await self.hold_posts.wait()
+        return web.json_response(answer)
 
     def _over_limit(self, channel: str) -> bool:
         if self.update_limit_per_minute is None:
@@ -312,9 +336,13 @@ class FakeSlackApi:
             return {"ok": False, "error": "channel_not_found"}
         ts = self._next_ts()
         thread_ts = args.get("thread_ts") or None
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):  # form-encoded calls send it as JSON text
+            metadata = json.loads(metadata)
         self.messages[(channel, ts)] = PostedMessage(
-            channel, ts, str(args.get("text", "")), thread_ts
+            channel, ts, str(args.get("text", "")), thread_ts, metadata=metadata
         )
+        self._notify()
         return {
             "ok": True,
             "channel": channel,
@@ -351,9 +379,29 @@ class FakeSlackApi:
     def _replies(self, args: dict[str, Any]) -> dict[str, Any]:
         key = (str(args.get("channel", "")), str(args.get("ts", "")))
         messages = self.threads.get(key)
-        if messages is None:
+        posted = [
+            m.payload(with_metadata=_flag(args.get("include_all_metadata")))
+            for m in self.messages.values()
+            if (m.channel, m.thread_ts) == key
+        ]
+        if messages is None and not posted:
             return {"ok": False, "error": "thread_not_found"}
-        return {"ok": True, "messages": messages, "has_more": False}
+        # People's messages as the test set them, and what the bot posted, oldest first.
+        merged = sorted([*(messages or []), *posted], key=lambda m: float(m.get("ts", 0)))
+        limit = int(args.get("limit") or 1000)
+        return {"ok": True, "messages": merged[:limit], "has_more": len(merged) > limit}
+
+    def _history(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = str(args.get("channel", ""))
+        posted = [
+            m.payload(with_metadata=_flag(args.get("include_all_metadata")))
+            for m in self.messages.values()
+            if m.channel == channel and m.thread_ts is None
+        ]
+        # Newest first, as Slack returns a channel's history.
+        posted.sort(key=lambda m: float(m["ts"]), reverse=True)
+        limit = int(args.get("limit") or 100)
+        return {"ok": True, "messages": posted[:limit], "has_more": len(posted) > limit}
 
     def _connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/socket?ticket={uuid.uuid4()}"}
@@ -381,6 +429,10 @@ class FakeSlackApi:
             return web.Response(status=404)
         content_type, data = self.files[name]
         return web.Response(body=data, content_type=content_type)
+
+
+def _flag(value: Any) -> bool:
+    return str(value).lower() in ("1", "true")
 
 
 @pytest.fixture

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+
 from adapters.slack.events import BotIdentity, Converse, SlackUser, build_incoming, translate_event
+from adapters.slack.sink import PLACEHOLDER, TURN_EVENT_TYPE
+from tests.bot_process import BotProcess
 from tests.fakes.model_server import FakeModelServer
-from tests.fakes.slack_api import BOT_USER_ID, PostedMessage
-from tests.slack.harness import CHANNEL, SlackHarness, payload, user_texts
+from tests.fakes.slack_api import BOT_TOKEN, BOT_USER_ID, FakeSlackApi, PostedMessage
+from tests.slack.harness import CHANNEL, SIGNING_SECRET, SlackHarness, payload, sign, user_texts
 
 
 async def test_redelivery_after_a_restart_is_not_answered_again(
@@ -101,3 +109,59 @@ async def test_a_message_deleted_in_slack_is_deleted_from_the_store(
     shown = user_texts(fake_model.chat_requests[-1].body)
     assert shown == ["first question", "and now?"]
     assert len(fake_model.chat_requests) == 3, "a deletion never calls the model"
+
+
+async def test_a_crash_while_the_placeholder_is_posted_leaves_no_stuck_placeholder(
+    slack_api: FakeSlackApi, fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    env = {
+        "OPENAI_BASE_URL": fake_model.base_url,
+        "OPENAI_API_KEY": "sk-test-secret-key",
+        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack_api.base_url,
+    }
+    mention = payload("app_mention")
+    mention["event"].update(text="<@UBOT0001> survive the crash", user="UALICE", channel=CHANNEL)
+    thread_ts = mention["event"]["ts"]
+    # Slack creates the placeholder but its answer (with the ts) never reaches the bot:
+    # the process is killed in between, before the ts could be stored with the turn.
+    slack_api.hold_posts = asyncio.Event()
+    first = await BotProcess.start(env, cwd=tmp_path, name="first")
+    try:
+        await first.wait_healthy()
+        assert await _send_event(first.url, mention) == 200
+        await slack_api.wait_for(lambda: slack_api.count("chat.postMessage") == 1, 20, "a post")
+    finally:
+        await first.kill()
+    slack_api.hold_posts.set()
+    slack_api.hold_posts = None
+    (stuck,) = slack_api.thread(CHANNEL, thread_ts)
+    assert stuck.text == PLACEHOLDER
+    assert stuck.metadata == {"event_type": TURN_EVENT_TYPE, "event_payload": {"turn": "1"}}
+
+    second = await BotProcess.start(env, cwd=tmp_path, name="second")
+    try:
+        await second.wait_healthy()
+        await slack_api.wait_for(
+            lambda: stuck.text == "You said: survive the crash", 20, "the placeholder edited"
+        )
+    finally:
+        await second.stop()
+    (answer,) = slack_api.thread(CHANNEL, thread_ts)
+    assert answer.ts == stuck.ts, "one bot message in the thread: the placeholder, edited"
+    assert slack_api.count("chat.postMessage") == 1
+    (lookup,) = slack_api.calls_to("conversations.replies")
+    assert lookup.args["ts"] == thread_ts
+    assert len(fake_model.chat_requests) == 1
+
+
+async def _send_event(url: str, data: dict[str, object]) -> int:
+    body = json.dumps(data).encode()
+    headers = {"Content-Type": "application/json", **sign(body)}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/slack/events", data=body, headers=headers) as response,
+    ):
+        return response.status

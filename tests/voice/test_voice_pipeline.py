@@ -232,12 +232,12 @@ async def test_a_new_question_interrupts_through_the_sink(espeak: EspeakSpeechEn
     playback = RecordingPlayback(frame_seconds=0.02)
     speaker = VoiceSpeaker(espeak, playback)
     first = SpeakingSink(RecordingSink(), speaker, interrupt=True)
-    await first.begin(None)
+    await first.begin(None, turn_tag="1", resumed=False)
     await first.update("An answer that is long enough to still be playing later on. More to come. ")
     await asyncio.wait_for(playback.started.wait(), 5)
 
     second = SpeakingSink(RecordingSink(), speaker, interrupt=True)
-    await second.begin(None)
+    await second.begin(None, turn_tag="1", resumed=False)
     await first.finish(
         "An answer that is long enough to still be playing later on. More to come. Late."
     )
@@ -258,7 +258,7 @@ async def test_observe_speaks_without_waiting_for_the_text_throttle(
     speaker = VoiceSpeaker(espeak, playback)
     text_sink = RecordingSink()
     sink = SpeakingSink(text_sink, speaker)
-    await sink.begin(None)
+    await sink.begin(None, turn_tag="1", resumed=False)
     sink.observe("Spoken before any edit. And")
     await asyncio.wait_for(playback.started.wait(), 5)
     assert playback.texts == ["Spoken before any edit."]
@@ -274,8 +274,8 @@ async def test_without_interruption_a_new_answer_waits_its_turn(espeak: EspeakSp
     speaker = VoiceSpeaker(espeak, playback)
     first = SpeakingSink(RecordingSink(), speaker, interrupt=False)
     second = SpeakingSink(RecordingSink(), speaker, interrupt=False)
-    await first.begin(None)
-    await second.begin(None)
+    await first.begin(None, turn_tag="1", resumed=False)
+    await second.begin(None, turn_tag="1", resumed=False)
     await second.finish("Second.")
     await first.finish("First.")
     await speaker.wait_done()
