@@ -68,7 +68,10 @@ async def _malformed(ws: DiscordWebSocket, msg: Any, error: Exception) -> None:
         # frame would fail too. A new connection resumes the session where it was.
         await ws.close(code=4000)
         raise ReconnectWebSocket(ws.shard_id, resume=True) from None
-    if event in _SESSION_EVENTS:
+    if event in _SESSION_EVENTS or (ws._keep_alive is not None and ws.session_id is None):
+        # Between HELLO and READY the only dispatch due is READY: a frame that fails
+        # there leaves no session, so identify again. (Before HELLO, discord.py is still
+        # inside its first connect, where a reconnect request would end it: skip there.)
         await ws.close(code=4000)
         raise ReconnectWebSocket(ws.shard_id, resume=False) from None
 

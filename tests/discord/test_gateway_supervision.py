@@ -51,16 +51,27 @@ async def test_a_malformed_frame_is_logged_and_the_next_mention_is_answered(
     assert SECRET not in caplog.text
 
 
+@pytest.mark.parametrize("when", ["before-hello", "after-ready", "instead-of-ready"])
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_malformed_frame_during_start_up_is_a_warning_not_an_exit(
     discord_server: FakeDiscordServer,
     settings: Settings,
     sqlite_store: SqlStore,
     kind: str,
+    when: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    discord_server.startup_frames = [_malformed(discord_server, kind)]
+    frame = _malformed(discord_server, kind)
+    if when == "before-hello":
+        discord_server.before_hello_frames = [frame]
+    elif when == "after-ready":
+        discord_server.startup_frames = [frame]
+    else:
+        # A READY that does not parse leaves no session to serve: a new connection
+        # identifies again (discord.py waits 5 s before a repeated IDENTIFY).
+        ready = frame.replace('"MESSAGE_CREATE"', '"READY"')
+        discord_server.ready_replacements = [ready]
     configured = discord_settings(discord_server, settings)
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=sqlite_store, model=model)
@@ -79,6 +90,23 @@ async def test_a_malformed_frame_during_start_up_is_a_warning_not_an_exit(
         r.levelno == logging.WARNING and "gateway" in r.getMessage().lower() for r in caplog.records
     )
     assert SECRET not in caplog.text
+
+
+async def test_a_broken_compressed_frame_makes_a_new_connection(
+    guild: Guild, caplog: pytest.LogCaptureFixture
+) -> None:
+    # discord.py reads binary frames as one zlib stream: a broken one spoils the stream,
+    # so skipping is not enough and the connection is made again.
+    server = guild.server
+    identified = len(server.identifies)
+
+    # Ends with zlib's sync-flush marker, so discord.py tries to decompress it at once.
+    await server.send_raw(b"not a zlib stream\x00\x00\xff\xff")
+    await server.wait_until(lambda: len(server.identifies) > identified, 20, "a new session")
+    await _wait_connected(guild, True, seconds=20)
+    asked = await server.send_message("and now?", mention_bot=True)
+    assert (await guild.reply_to(asked))["content"] == "You said: and now?"
+    assert "skipped a malformed frame (compressed" in caplog.text
 
 
 async def test_a_dropped_connection_comes_back_and_answers(guild: Guild) -> None:

@@ -150,8 +150,12 @@ class FakeDiscordServer:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.slow_rest_seconds = 0.0
-        # Raw frames sent to each new session between READY and GUILD_CREATE (start-up).
+        # Raw frames sent to each new session between READY and GUILD_CREATE (start-up),
+        # and before HELLO (the very first frames a connection reads).
         self.startup_frames: list[str] = []
+        self.before_hello_frames: list[str] = []
+        # Frames sent instead of READY (and GUILD_CREATE), one per IDENTIFY, while any remain.
+        self.ready_replacements: list[str] = []
         # While True the gateway refuses websocket handshakes (503), like an outage.
         self.refuse_gateway = False
         # When set, posting a channel message creates it and then waits for this event
@@ -410,10 +414,14 @@ class FakeDiscordServer:
                     continue
             await session.send_dispatch(event, data)
 
-    async def send_raw(self, frame: str) -> None:
-        """Send one raw text frame, as is, to every ready session (malformed on purpose)."""
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Send one raw frame, as is, to every ready session (malformed on purpose); bytes
+        go as a binary frame, which discord.py reads as part of its zlib stream."""
         for session in [s for s in self._sessions if s.ready.is_set()]:
-            await session.ws.send_str(frame)
+            if isinstance(frame, bytes):
+                await session.ws.send_bytes(frame)
+            else:
+                await session.ws.send_str(frame)
 
     async def dispatch_raw(self, event: str, data: Any) -> None:
         """A dispatch whose `d` is whatever the test says (`[]`, a message without author)."""
@@ -618,6 +626,8 @@ class FakeDiscordServer:
         session = _Session(ws, None)
         self._sessions.append(session)
         try:
+            for raw in self.before_hello_frames:
+                await ws.send_str(raw)
             await ws.send_str(
                 json.dumps({"op": 10, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
             )
@@ -645,6 +655,9 @@ class FakeDiscordServer:
             return
         if data.get("intents", 0) & INTENT_MESSAGE_CONTENT and not self.message_content_allowed:
             await session.ws.close(code=4014, message=b"Disallowed intent(s).")
+            return
+        if self.ready_replacements:
+            await session.ws.send_str(self.ready_replacements.pop(0))
             return
         shard = data.get("shard")
         session.shard = (shard[0], shard[1]) if shard else None
