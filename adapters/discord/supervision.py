@@ -95,7 +95,9 @@ def _describe(msg: Any) -> tuple[str, str | None]:
 
 
 class Backoff:
-    """Full-jitter exponential backoff: the n-th delay is up to `base * 2**n`, capped."""
+    """Exponential backoff with jitter: the n-th delay is between half and all of
+    `base * 2**n`, capped, so processes that lost the gateway together do not return
+    together."""
 
     def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
         self._base = base

@@ -123,6 +123,34 @@ async def test_a_dropped_connection_comes_back_and_answers(guild: Guild) -> None
     assert (await guild.reply_to(asked))["content"] == "You said: back again?"
 
 
+async def test_a_connection_that_ends_after_start_up_is_started_again(
+    guild: Guild, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Close code 4014 (disallowed intents) ends discord.py's connect with an exception
+    # without closing the client: before supervision, that was the end of every answer.
+    server = guild.server
+    identified = len(server.identifies)
+
+    await server.drop_gateway(code=4014)
+    await server.wait_until(lambda: len(server.identifies) > identified, 20, "a new IDENTIFY")
+    await _wait_connected(guild, True, seconds=20)
+    asked = await server.send_message("once more?", mention_bot=True)
+    assert (await guild.reply_to(asked))["content"] == "You said: once more?"
+    assert "Discord gateway connection ended (PrivilegedIntentsRequired)" in caplog.text
+
+
+async def test_a_connection_closed_for_good_is_logged_and_not_ready(
+    guild: Guild, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 4013 (invalid intents) is not worth retrying: discord.py closes the client.
+    await guild.server.drop_gateway(code=4013)
+    await _wait_connected(guild, False)
+    await guild.server.wait_until(
+        lambda: "Discord gateway closed for good (close code 4013)" in caplog.text,
+        what="the error logged",
+    )
+
+
 async def test_is_connected_follows_the_gateway(guild: Guild) -> None:
     server = guild.server
     assert guild.adapter.is_connected()

@@ -428,13 +428,13 @@ class FakeDiscordServer:
         for session in [s for s in self._sessions if s.ready.is_set()]:
             await session.send_dispatch(event, data)
 
-    async def drop_gateway(self, *, refuse: bool = False) -> None:
-        """Close every gateway connection; with `refuse`, refuse new ones until
-        `refuse_gateway` is set back to False."""
+    async def drop_gateway(self, *, refuse: bool = False, code: int = 1001) -> None:
+        """Close every gateway connection (with a gateway close `code`); with `refuse`,
+        refuse new ones until `refuse_gateway` is set back to False."""
         self.refuse_gateway = refuse
         for session in list(self._sessions):
             with contextlib.suppress(Exception):
-                await session.ws.close(code=1001, message=b"going away")
+                await session.ws.close(code=code, message=b"closed by the fake")
 
     def gateway_sessions(self) -> int:
         return sum(1 for s in self._sessions if s.ready.is_set())
