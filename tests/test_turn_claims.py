@@ -61,7 +61,7 @@ class ThreadSink:
     platform: Platform
     thread: str
 
-    async def begin(self, existing_ref: str | None) -> str | None:
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         return existing_ref or f"placeholder-in-{self.thread}"
 
     async def update(self, text: str) -> None:
