@@ -3,9 +3,13 @@ connection comes back, and `is_connected` says which is the case (for `/readyz`)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from adapters.discord import create_adapter
@@ -13,8 +17,10 @@ from botservice.conversation import ConversationCore
 from botservice.model_client import OpenAIChatClient
 from botservice.settings import Settings
 from storage.repository import SqlStore
+from tests.bot_process import BotProcess
 from tests.discord.conftest import Guild, discord_settings
 from tests.fakes.discord_server import FakeDiscordServer
+from tests.fakes.model_server import FakeModelServer
 
 SECRET = "do-not-log-this-text"
 
@@ -170,3 +176,44 @@ async def _wait_connected(guild: Guild, expected: bool, seconds: float = 10.0) -
         seconds,
         what=f"is_connected() == {expected}",
     )
+
+
+async def test_readyz_of_a_running_bot_follows_the_gateway(
+    discord_server: FakeDiscordServer, fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    server = discord_server
+    bot = await BotProcess.start(
+        {
+            "OPENAI_BASE_URL": fake_model.base_url,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+            "DISCORD_TOKEN": server.token,
+            "DISCORD_API_URL": server.api_url,
+            "DISCORD_GATEWAY_URL": server.gateway_url,
+        },
+        cwd=tmp_path,
+    )
+    try:
+        await bot.wait_healthy()
+        assert await _readyz(bot, expected=200) == {"status": "ready"}
+
+        await server.drop_gateway(refuse=True)
+        down = await _readyz(bot, expected=503)
+        assert down["discord"] == "disconnected"
+
+        server.refuse_gateway = False
+        await _readyz(bot, expected=200, seconds=40)
+    finally:
+        await bot.stop()
+
+
+async def _readyz(bot: BotProcess, *, expected: int, seconds: float = 20) -> dict[str, str]:
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(bot.url + "/readyz") as response:
+                if response.status == expected:
+                    body: dict[str, str] = await response.json()
+                    return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"/readyz never answered {expected}:\n{bot.output()}")
+            await asyncio.sleep(0.1)
