@@ -326,7 +326,11 @@ class SlackAdapter:
                 client, draft, bot=bot, users=self._users, placeholder=PLACEHOLDER
             )
         attachments = await fetch_attachments(
-            self._http_session(), draft.files, token=token, api_url=self._api_url
+            self._http_session(),
+            draft.files,
+            token=token,
+            api_url=self._api_url,
+            limits=self._settings.images,
         )
         message = build_incoming(
             draft,
