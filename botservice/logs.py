@@ -6,14 +6,16 @@ a request that fails verification, and quotes interactive payloads when no liste
 takes them), and Bolt copies the root level onto its loggers when an app is built, so
 levels alone cannot hold them. The filter on our handler therefore decides by the
 record, not the logger: below DEBUG a library's INFO lines are dropped, its warnings
-and errors lose whatever they quote, and no traceback shows an exception's message
-(SQLAlchemy's carry the statement's parameters, message text included). DEBUG turns
-all of this off, for an operator who asks for everything.
+and errors keep only their first words before they quote anything, and a traceback
+shows frames and exception types but no more of a message than that (SQLAlchemy's
+carry the statement's parameters, message text included). DEBUG turns all of this
+off, for an operator who asks for everything.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from typing import TextIO
@@ -42,7 +44,7 @@ _LIBRARIES = (
 )
 ELIDED = "…"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_OPENERS = {"{": "}", "[": "]"}
+_QUOTING = re.compile(r"['\"`{\[<]")
 
 
 class PrivateTextFilter(logging.Filter):
@@ -53,7 +55,7 @@ class PrivateTextFilter(logging.Filter):
         if not own:
             if record.levelno < logging.WARNING:
                 return False
-            record.msg, record.args = elide_quoted(_message(record)), None
+            record.msg, record.args = without_quotes(_message(record)), None
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = _traceback_without_messages(record.exc_info[1])
         return True
@@ -64,6 +66,8 @@ def configure_logging(level: str, *, stream: TextIO | None = None) -> logging.Ha
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT))
+    # The handler keeps the level even if the root logger is lowered later.
+    handler.setLevel(numeric)
     if numeric > logging.DEBUG:
         handler.addFilter(PrivateTextFilter())
     root = logging.getLogger()
@@ -79,32 +83,14 @@ def configure_logging(level: str, *, stream: TextIO | None = None) -> logging.Ha
     return handler
 
 
-def elide_quoted(text: str) -> str:
-    """`text` without what it quotes: strings in quotes and `{...}`/`[...]` payloads become …"""
-    out: list[str] = []
-    closers: list[str] = []
-    quote = ""
-    for index, char in enumerate(text):
-        if quote:
-            if char == quote:
-                quote = ""
-            continue
-        if char in "'\"" and (index == 0 or not text[index - 1].isalnum()):
-            quote = char
-            if not closers:
-                out.append(ELIDED)
-            continue
-        if char in _OPENERS:
-            if not closers:
-                out.append(ELIDED)
-            closers.append(_OPENERS[char])
-            continue
-        if closers:
-            if char == closers[-1]:
-                closers.pop()
-            continue
-        out.append(char)
-    return "".join(out)
+def without_quotes(text: str) -> str:
+    """The first line of `text`, cut where it starts to quote something: what a library
+    writes before it quotes a payload (a quote, bracket or brace), never what follows.
+    Parsing the quoted part instead would let a crafted text close it early."""
+    first, newline, _ = text.partition("\n")
+    if match := _QUOTING.search(first):
+        return (first[: match.start()].rstrip() + " " + ELIDED).lstrip()
+    return first + (" " + ELIDED if newline else "")
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -116,12 +102,30 @@ def _message(record: logging.LogRecord) -> str:
 
 
 def _traceback_without_messages(error: BaseException) -> str:
-    # Frames and exception types say where and what failed; the messages may quote input.
-    lines: list[str] = []
-    for line in traceback.TracebackException.from_exception(error).format():
-        if line.startswith(("Traceback", "  ", "\n", "During handling", "The above")):
-            lines.append(line)
-        else:
-            kind, colon, message = line.strip().partition(":")
-            lines.append(kind + (": " + elide_quoted(message.strip()) if colon else "") + "\n")
-    return "".join(lines).rstrip("\n")
+    # Frames (our source code) and exception types say where and what failed; the
+    # messages may quote input, so only their first words before any quote are kept.
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for index, item in enumerate(reversed(chain)):
+        if index:
+            parts.append("\nThe above exception led to the following one:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(item.__traceback__))
+        kind = type(item)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
+        )
+        try:
+            message = without_quotes(str(item))
+        except Exception:  # a broken __str__ must not break logging
+            message = ""
+        parts.append(f"{name}: {message}\n" if message else f"{name}\n")
+    return "".join(parts).rstrip("\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from botservice.logs import PrivateTextFilter, elide_quoted
+from botservice.logs import PrivateTextFilter, without_quotes
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.slack.harness import CHANNEL, SIGNING_SECRET, payload, sign
@@ -147,13 +147,36 @@ async def _wait_until_up(
     raise AssertionError("botservice run did not come up")
 
 
-def test_quoted_payloads_are_elided_and_the_sentence_kept() -> None:
-    assert elide_quoted("Unhandled request ({'type': 'x', 'value': 'secret'})") == (
-        "Unhandled request (…)"
+def test_a_library_line_stops_where_it_starts_quoting() -> None:
+    assert without_quotes("Unhandled request ({'type': 'x', 'value': 'secret'})") == (
+        "Unhandled request ( …"
     )
-    assert elide_quoted('body: {"text": "a } b"} and [1, [2]] end') == "body: … and … end"
-    assert elide_quoted("KeyError: 'secret'") == "KeyError: …"
-    assert elide_quoted("it can't connect") == "it can't connect"
+    assert without_quotes('@app.command("a"secret")') == "@app.command( …"
+    assert without_quotes("first line\nsecret on the next") == "first line …"
+    assert without_quotes("Unclosed client session") == "Unclosed client session"
+
+
+def test_a_traceback_keeps_frames_and_types_but_not_what_messages_quote() -> None:
+    try:
+        try:
+            raise KeyError(f"it's {MARKER}")
+        except KeyError as inner:
+            raise RuntimeError(f"storing failed\n[parameters: ('{MARKER}',)]") from inner
+    except RuntimeError as error:
+        record = logging.LogRecord(
+            "adapters.slack.app",
+            logging.ERROR,
+            __file__,
+            1,
+            "failed",
+            (),
+            (type(error), error, None),
+        )
+    assert PrivateTextFilter().filter(record)
+    assert record.exc_text is not None
+    assert MARKER not in record.exc_text
+    assert "KeyError" in record.exc_text and "RuntimeError: storing failed …" in record.exc_text
+    assert "test_a_traceback_keeps_frames" in record.exc_text
 
 
 def test_library_info_is_dropped_and_warnings_lose_their_quotes() -> None:
@@ -165,6 +188,6 @@ def test_library_info_is_dropped_and_warnings_lose_their_quotes() -> None:
     assert not check.filter(record("slack_bolt.AsyncApp", logging.INFO, "body: %s", MARKER))
     assert not check.filter(record("app.py", logging.INFO, f"request body: {MARKER}"))
     warning = record("slack_bolt.AsyncApp", logging.WARNING, "Unhandled (%r)", {"v": MARKER})
-    assert check.filter(warning) and warning.getMessage() == "Unhandled (…)"
+    assert check.filter(warning) and warning.getMessage() == "Unhandled ( …"
     own = record("adapters.slack.app", logging.INFO, "Slack adapter started")
     assert check.filter(own) and own.getMessage() == "Slack adapter started"
