@@ -127,7 +127,8 @@ async def test_a_running_service_never_logs_message_text(
     log = stderr.decode()
     assert MARKER not in log, log
     assert "refused 1 request to /slack/events (bad signature)" in log
-    assert "Traceback" in log and "OperationalError" in log, "the failure is still told"
+    # Told without the text (a traceback of the failed INSERT, or one warning line).
+    assert "adapters.slack.app" in log, "the database failure is still told"
 
 
 async def _wait_until_up(
