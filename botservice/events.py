@@ -24,13 +24,26 @@ class ConversationKey(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
-    """A file that came with a message. Only images travel to the model as parts."""
+    """A file that came with a message. Only images travel to the model as parts: their
+    downloaded bytes, or their URL when `public_url` says the provider may fetch it."""
 
     name: str
     content_type: str
     url: str = ""
     data: bytes | None = field(default=None, repr=False)
     size: int = 0
+    # Why the model is not shown this image (it is named instead), e.g. over a limit.
+    skipped: str = ""
+    # The URL works without credentials (Discord's CDN). A private platform URL (Slack's
+    # `url_private`) must never reach the model: the provider cannot fetch it, and it
+    # names the file to a third party.
+    public_url: bool = False
+
+    @property
+    def shown_to_model(self) -> bool:
+        if not self.is_image or self.skipped:
+            return False
+        return self.data is not None or (self.public_url and bool(self.url))
 
     @property
     def is_image(self) -> bool:

@@ -1,31 +1,131 @@
-"""Logging set-up. Conversations are private: no message text at the default level."""
+"""Logging set-up, the one place for every logger the service uses.
+
+Conversations are private: no message text or request body in the log at INFO and
+above. Our own code keeps to that; libraries do not (slack-bolt logs the whole body of
+a request that fails verification, and quotes interactive payloads when no listener
+takes them), and Bolt copies the root level onto its loggers when an app is built, so
+levels alone cannot hold them. The filter on our handler therefore decides by the
+record, not the logger: below DEBUG a library's INFO lines are dropped, its warnings
+and errors keep only their first words before they quote anything, and a traceback
+shows frames and exception types but no more of a message than that (SQLAlchemy's
+carry the statement's parameters, message text included). DEBUG turns all of this
+off, for an operator who asks for everything.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import sys
+import traceback
+from typing import TextIO
 
-# Libraries that log request or response bodies, or full URLs with tokens, at
-# INFO or DEBUG; they stay at WARNING unless the operator asks for DEBUG.
-_CHATTY = (
-    "alembic",
-    "httpx",
-    "httpcore",
+# Loggers whose lines are written for this service, never quoting message text at INFO.
+_OWN = frozenset({"botservice", "adapters", "storage", "bench", "__main__"})
+# Every library logger the service uses, set explicitly so the configuration reads as a
+# list; the filter holds whatever level a library sets for itself afterwards.
+_LIBRARIES = (
     "slack_bolt",
     "slack_sdk",
     "discord",
+    "aiohttp",
+    "aiohttp.access",
+    "httpx",
+    "httpcore",
+    "sqlalchemy",
+    "sqlalchemy.engine",
+    "alembic",
     "aiosqlite",
+    "asyncpg",
     "apscheduler",
+    "apscheduler.executors.default",
     "asyncio",
+    "websockets",
 )
+ELIDED = "…"
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_QUOTING = re.compile(r"['\"`{\[<]")
 
 
-def configure_logging(level: str) -> None:
+class PrivateTextFilter(logging.Filter):
+    """On the service's handler: what a record may show, by who wrote it and how loud."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name.partition(".")[0] in _OWN
+        if not own:
+            if record.levelno < logging.WARNING:
+                return False
+            record.msg, record.args = without_quotes(_message(record)), None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = _traceback_without_messages(record.exc_info[1])
+        return True
+
+
+def configure_logging(level: str, *, stream: TextIO | None = None) -> logging.Handler:
+    """Send every logger to `stream` (stderr) at `level`; returns the handler it installed."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    logging.basicConfig(
-        level=numeric,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    # The handler keeps the level even if the root logger is lowered later.
+    handler.setLevel(numeric)
+    if numeric > logging.DEBUG:
+        handler.addFilter(PrivateTextFilter())
+    root = logging.getLogger()
+    # Replace our earlier handler (a second call), keep anyone else's (a test runner's).
+    for old in [h for h in root.handlers if getattr(h, "botservice", False)]:
+        root.removeHandler(old)
+    handler.botservice = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(numeric)
     library_level = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
-    for name in _CHATTY:
+    for name in _LIBRARIES:
         logging.getLogger(name).setLevel(library_level)
-    logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+    return handler
+
+
+def without_quotes(text: str) -> str:
+    """The first line of `text`, cut where it starts to quote something: what a library
+    writes before it quotes a payload (a quote, bracket or brace), never what follows.
+    Parsing the quoted part instead would let a crafted text close it early."""
+    first, newline, _ = text.partition("\n")
+    if match := _QUOTING.search(first):
+        return (first[: match.start()].rstrip() + " " + ELIDED).lstrip()
+    return first + (" " + ELIDED if newline else "")
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except (TypeError, ValueError):
+        # A library's own formatting mistake must not raise at its logging call.
+        return str(record.msg)
+
+
+def _traceback_without_messages(error: BaseException) -> str:
+    # Frames (our source code) and exception types say where and what failed; the
+    # messages may quote input, so only their first words before any quote are kept.
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    parts: list[str] = []
+    for index, item in enumerate(reversed(chain)):
+        if index:
+            parts.append("\nThe above exception led to the following one:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(item.__traceback__))
+        kind = type(item)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
+        )
+        try:
+            message = without_quotes(str(item))
+        except Exception:  # a broken __str__ must not break logging
+            message = ""
+        parts.append(f"{name}: {message}\n" if message else f"{name}\n")
+    return "".join(parts).rstrip("\n")

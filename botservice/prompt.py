@@ -39,6 +39,7 @@ def build_prompt(
     The current message is always included, even alone over budget: the endpoint
     then says the message is too long, which the user can act on.
     """
+    images = [image for image in images if image.shown_to_model]
     image_cost = IMAGE_TOKENS * len(images)
     used = instructions_tokens + MESSAGE_OVERHEAD_TOKENS + image_cost
     kept: list[StoredMessage] = []
@@ -74,6 +75,7 @@ def _image_part(image: Attachment) -> dict[str, Any]:
         encoded = base64.b64encode(image.data).decode("ascii")
         url = f"data:{image.content_type};base64,{encoded}"
     else:
+        assert image.public_url  # `shown_to_model` let no private URL through
         url = image.url
     return {"type": "image_url", "image_url": {"url": url}}
 
@@ -81,10 +83,15 @@ def _image_part(image: Attachment) -> dict[str, Any]:
 def describe_attachments(attachments: Sequence[Attachment]) -> str:
     """A line naming the files that came with a message, so none is dropped silently.
 
-    Images also travel to the model as image parts when its model accepts them;
-    other files are named only (their contents are not read).
+    Images also travel to the model as image parts when its model accepts them (an
+    image that does not, over a limit or not downloaded, says why); other files are
+    named only (their contents are not read).
     """
-    names = ", ".join(f"{a.name} ({a.content_type or 'unknown type'})" for a in attachments)
+    names = ", ".join(
+        f"{a.name} ({a.content_type or 'unknown type'}"
+        + (f", not shown: {a.skipped})" if a.skipped else ")")
+        for a in attachments
+    )
     return f"[Attached: {names}]"
 
 

@@ -65,6 +65,13 @@ class StorageSettings(_Section):
     dedupe_days: int = Field(default=2, ge=1)
 
 
+class ImageSettings(_Section):
+    """How much of a message's images one turn may show the model (the rest are named)."""
+
+    max_images_per_turn: int = Field(default=4, ge=0)
+    max_image_bytes_per_turn: int = Field(default=20 * 1024 * 1024, ge=0)
+
+
 class AccessSettings(_Section):
     admin_user_ids: tuple[str, ...] = ()
 
@@ -106,6 +113,7 @@ class Settings(_Section):
     conversation: ConversationSettings = ConversationSettings()
     storage: StorageSettings = StorageSettings()
     access: AccessSettings = AccessSettings()
+    images: ImageSettings = ImageSettings()
     server: ServerSettings = ServerSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()

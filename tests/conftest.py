@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fakes.model_server",
     "tests.fakes.discord_server",
     "tests.fakes.slack_api",
+    "tests.fakes.file_host",
     "tests.db",
 ]

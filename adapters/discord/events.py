@@ -101,6 +101,8 @@ def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
             content_type=content_type_of(item),
             url=item.url,
             size=item.size,
+            # Discord's CDN URLs work without the bot token.
+            public_url=True,
         )
         for item in message.attachments
     )

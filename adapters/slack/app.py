@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -28,6 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack.audio import SlackHearing
 from adapters.slack.budget import UpdateBudget
+from adapters.slack.envelope import MalformedBody, odd_field, read_envelope
 from adapters.slack.events import (
     PLATFORM,
     AssistantThreadStarted,
@@ -43,6 +45,8 @@ from adapters.slack.events import (
 )
 from adapters.slack.files import fetch_attachments
 from adapters.slack.oauth import SlackOAuth
+from adapters.slack.rejections import Rejection, RejectionLog
+from adapters.slack.signature import SignatureCheck
 from adapters.slack.sink import PLACEHOLDER, CommandReplySink, SlackReplySink
 from adapters.slack.socket_mode import SocketModeRunner
 from adapters.slack.threads import KnownThreads, read_thread_once
@@ -67,6 +71,8 @@ SUGGESTED_PROMPTS = (
 # otherwise it follows as an ephemeral message.
 COMMAND_ACK_SECONDS = 2.0
 TITLE_CHARS = 80
+# The same body for every refusal: what was wrong is for the operator's log, not the caller.
+_REFUSED = {"ok": False, "error": "refused"}
 _BAD_TOKEN_ERRORS = frozenset(
     {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
 )
@@ -109,6 +115,8 @@ class SlackAdapter:
             ],
         )
         self._bot_token = bot_token
+        self._signature = SignatureCheck(self._signing_secret)
+        self._rejections = RejectionLog()
         self._oauth = SlackOAuth.from_settings(settings) if not bot_token else None
         self._app = AsyncApp(
             client=self._client,
@@ -218,16 +226,36 @@ class SlackAdapter:
     # --- HTTP ------------------------------------------------------------------------
 
     async def _handle_events(self, request: web.Request) -> web.Response:
-        try:
-            bolt_request = await to_bolt_request(request)
-        except (ValueError, UnicodeDecodeError):
-            # Unparseable bodies never reach a listener (and may not be from Slack).
-            return web.json_response({"ok": False, "error": "malformed request"}, status=400)
+        # Verified on the raw bytes first: unsigned input is never parsed, never logged.
+        raw = await request.read()
+        problem = self._signature.problem(
+            raw,
+            timestamp=request.headers.get("X-Slack-Request-Timestamp"),
+            signature=request.headers.get("X-Slack-Signature"),
+        )
+        if problem is None:
+            try:
+                envelope = read_envelope(raw, request.content_type)
+            except MalformedBody:
+                problem = Rejection.MALFORMED
+        if problem is not None:
+            self._rejections.count(problem)
+            return web.json_response(_REFUSED, status=problem.status)
+        if odd := odd_field(envelope.body):
+            # Signed, so from Slack (or whoever holds the secret): not worth a warning,
+            # and Slack must not redeliver it.
+            log.debug("ignored a signed Slack request with an unexpected %s", odd)
+            return web.Response(status=200)
         retry = request.headers.get("X-Slack-Retry-Num")
         if retry:
             log.debug(
                 "Slack redelivery %s (%s)", retry, request.headers.get("X-Slack-Retry-Reason")
             )
+        bolt_request = AsyncBoltRequest(
+            body=envelope.text,
+            query=request.query_string,
+            headers=request.headers,  # type: ignore[arg-type]
+        )
         response: BoltResponse = await self._app.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)
 
@@ -303,7 +331,11 @@ class SlackAdapter:
                 client, draft, bot=bot, users=self._users, placeholder=PLACEHOLDER
             )
         attachments = await fetch_attachments(
-            self._http_session(), draft.files, token=token, api_url=self._api_url
+            self._http_session(),
+            draft.files,
+            token=token,
+            api_url=self._api_url,
+            limits=self._settings.images,
         )
         message = build_incoming(
             draft,

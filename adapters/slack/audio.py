@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from adapters.slack.files import download, token_may_go_to
+from adapters.slack.files import AUDIO_TYPES, download
 from botservice.events import Attachment
 from botservice.ports import ReplySink
 from botservice.transcription import Transcriber
@@ -39,12 +39,14 @@ class SlackHearing:
 
         async def fetch(audio: Attachment) -> bytes:
             bot_token = await token()
-            if not bot_token or not token_may_go_to(audio.url, self._api_url):
-                raise ValueError("the audio is not on a Slack file host")
+            if not bot_token:
+                raise ValueError("no bot token for this workspace")
             return await download(
                 session(),
                 audio.url,
                 bot_token,
+                api_url=self._api_url,
+                accept=AUDIO_TYPES,
                 max_bytes=self.transcriber.max_bytes,
                 timeout_seconds=AUDIO_DOWNLOAD_TIMEOUT_SECONDS,
             )

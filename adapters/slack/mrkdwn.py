@@ -3,6 +3,11 @@
 Slack's mrkdwn is not Markdown: bold is `*x*`, italics `_x_`, strike `~x~`,
 links `<url|text>`, no headings, and `&`, `<`, `>` must be escaped everywhere
 (Slack renders the entities inside code too).
+
+The model's output is steered by whoever writes to it, so it is never allowed to
+mention anyone: Slack reads `<!channel>`, `<@U…>`, `<#C…>` and `<!subteam^…>` as
+mentions, and a Markdown link `[x](!channel)` would become one. Only `http`, `https`
+and `mailto` targets become links; everything else is shown as escaped text.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 # hold converted pieces out of the way of later substitutions.
 _HOLD_OPEN, _HOLD_CLOSE = "\ue000", "\ue001"
 _HELD = re.compile(_HOLD_OPEN + r"(\d+)" + _HOLD_CLOSE)
+_NOT_HELD = str.maketrans({_HOLD_OPEN: None, _HOLD_CLOSE: None})
+_LINK_SCHEMES = ("http://", "https://", "mailto:")
 
 
 def escape(text: str) -> str:
@@ -39,6 +46,9 @@ def markdown_to_mrkdwn(markdown: str) -> str:
     """Convert CommonMark-ish model output to Slack mrkdwn."""
     out: list[str] = []
     code: list[str] | None = None
+    # A model could be made to write the hold markers; they would index held pieces
+    # that do not exist, or hold themselves forever.
+    markdown = markdown.translate(_NOT_HELD)
     for line in markdown.split("\n"):
         if _FENCE.match(line):
             if code is None:
@@ -104,6 +114,8 @@ def _convert_italics(text: str) -> str:
 
 
 def _link(url: str, label: str) -> str:
+    if not url.lower().startswith(_LINK_SCHEMES):
+        return escape(f"{label} ({url})" if label and label != url else url)
     url = url.replace("&", "&amp;").replace("|", "%7C").replace(">", "%3E").replace("<", "%3C")
     label = escape(label.replace("|", "¦"))
     return f"<{url}|{label}>" if label and label != url else f"<{url}>"

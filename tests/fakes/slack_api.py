@@ -70,6 +70,8 @@ class FakeSlackApi:
     # (channel, thread_ts) -> messages returned by conversations.replies
     threads: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    # file name -> where `/files/<name>` redirects to (302), instead of serving it.
+    redirects: dict[str, str] = field(default_factory=dict)
     update_limit_per_minute: int | None = None
     # method -> error code to answer with (ok: false)
     failures: dict[str, str] = field(default_factory=dict)
@@ -425,6 +427,8 @@ class FakeSlackApi:
         auth = request.headers.get("Authorization")
         self.file_downloads.append((name, auth))
         self._notify()
+        if name in self.redirects:
+            raise web.HTTPFound(self.redirects[name])
         if name not in self.files or auth != f"Bearer {BOT_TOKEN}":
             return web.Response(status=404)
         content_type, data = self.files[name]
