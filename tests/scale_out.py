@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -291,6 +292,11 @@ class Cluster:
             env=dict(env or {}),
             seed=seed if seed is not None else random.randrange(2**32),
         )
+        # A killed bot drops its model stream mid-write; the fake would log each one
+        # as an error with a stack, which is expected here and only noise.
+        server_log = logging.getLogger("aiohttp.server")
+        server_log_level = server_log.level
+        server_log.setLevel(logging.CRITICAL)
         try:
             await slack.start()
             await model.start()
@@ -305,8 +311,11 @@ class Cluster:
             await asyncio.gather(*(cluster.wait_ready(p) for p in cluster.processes))
             yield cluster
         finally:
-            await cluster._stop()
-            await postgres.drop_database(database)
+            try:
+                await cluster._stop()
+                await postgres.drop_database(database)
+            finally:
+                server_log.setLevel(server_log_level)
 
     # --- processes --------------------------------------------------------------------
 
@@ -605,7 +614,7 @@ class Cluster:
             match = _ANSWER.fullmatch(message.text)
             if match and match.group(1) in tokens:
                 shown[match.group(1)].append(message)
-            elif message.channel == questions[0].channel:
+            elif not match and message.channel == questions[0].channel:
                 stray.append(message)
 
         missing = [q.token for q in questions if not shown[q.token]]
@@ -635,28 +644,7 @@ class Cluster:
                 "(an answer generated again)",
             )
 
-        by_token: dict[str, list[RecordedRequest]] = defaultdict(list)
-        for request in self.model.chat_requests:
-            by_token[question_of(request)].append(request)
-        first_shown = self._first_shown()
-        lacking, early = [], []
-        for question in questions:
-            if question.index == 0:
-                continue
-            previous = f"q-{question.thread}-{question.index - 1}"
-            for request in by_token[question.token]:
-                if not _holds_answer(request.body, f"Answer to {previous}."):
-                    lacking.append(question.token)
-                    break
-            requests = by_token[question.token]
-            shown_at = first_shown.get(previous)
-            if requests and (shown_at is None or requests[0].received_at < shown_at):
-                ahead = (
-                    ""
-                    if shown_at is None
-                    else f" ({shown_at - requests[0].received_at:.2f} s early)"
-                )
-                early.append(f"{question.token}{ahead}")
+        early, lacking = self.follow_up_order(questions)
         follow_ups = sum(1 for q in questions if q.index)
         _add(
             problems,
@@ -690,6 +678,31 @@ class Cluster:
                 f"for {len(questions)} questions; random seed {self.seed}; logs in {self.workdir})"
             )
         return problems
+
+    def follow_up_order(self, questions: Sequence[Question]) -> tuple[list[str], list[str]]:
+        """Follow-ups that reached the model before the previous answer of their thread
+        was shown, and those whose prompt lacked that answer."""
+        by_token: dict[str, list[RecordedRequest]] = defaultdict(list)
+        for request in self.model.chat_requests:
+            by_token[question_of(request)].append(request)
+        first_shown = self._first_shown()
+        early, lacking = [], []
+        for question in questions:
+            if question.index == 0:
+                continue
+            previous = f"q-{question.thread}-{question.index - 1}"
+            requests = by_token[question.token]
+            if any(not _holds_answer(r.body, f"Answer to {previous}.") for r in requests):
+                lacking.append(question.token)
+            shown_at = first_shown.get(previous)
+            if requests and (shown_at is None or requests[0].received_at < shown_at):
+                ahead = (
+                    ""
+                    if shown_at is None
+                    else f" ({shown_at - requests[0].received_at:.2f} s early)"
+                )
+                early.append(f"{question.token}{ahead}")
+        return early, lacking
 
     def _first_shown(self) -> dict[str, float]:
         """When each answer was first on screen in full (post or edit), test-process clock."""

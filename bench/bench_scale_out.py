@@ -1,0 +1,259 @@
+"""Scale-out benchmark (issue 8): 1, 2 and 3 `botservice run` processes on one PostgreSQL
+database, the instant fake model, Slack events signed and delivered like Slack's.
+Prints a table; not a test.
+
+For each number of processes, on a fresh database (tests/scale_out.py starts it all):
+
+- `--threads` threads of `--per-thread` messages, every thread at once, each message
+  after the previous one of its thread was acknowledged, each delivered 1-4 times to
+  random processes. Measured until the last answer is shown in the fake Slack:
+  replies/s; CPU per reply of the bot processes (/proc utime + stime) and of the
+  PostgreSQL backends serving this database (sampled from /proc while the run lasts;
+  the server's shared background processes are left out); Slack acknowledgement
+  p50/p99 over every delivery; and, as a check, how many follow-ups reached the
+  model without the previous answer of their thread.
+- With 2 or more processes: takeover after kill -9. `--burst` one-message threads
+  are sent at once to process 0, which is killed the moment they are all
+  acknowledged; takeover is the time from the kill until the last of them that was
+  still unanswered at the kill is answered by another process (bounded by
+  `--takeover-timeout`).
+
+Goals from the issue: with 3 processes, CPU per reply (bot + database) within 1.2x
+of one process's, ack p99 < 500 ms, takeover <= 30 s. This two-core machine cannot
+show throughput growing with processes; the goals are per unit of work.
+
+Runs on 127.0.0.1 only (PostgreSQL at 127.0.0.1:5432, or BOTSERVICE_TEST_POSTGRES_URL),
+bounded in messages and time: a few minutes at the defaults.
+
+    python -m bench.bench_scale_out [--processes 1,2,3] [--threads 30] [--per-thread 10]
+                                    [--burst 30] [--takeover-timeout 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import math
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.db import _find_postgres
+from tests.scale_out import Cluster, percentile, proc_cpu_seconds
+
+TARGET_CPU_RATIO = 1.2
+TARGET_ACK_P99_MS = 500.0
+TARGET_TAKEOVER_SECONDS = 30.0
+
+
+@dataclass
+class Row:
+    processes: int
+    replies: int = 0
+    missing: int = 0
+    seconds: float = math.nan
+    bot_cpu: float = math.nan  # seconds, all bot processes
+    database_cpu: float = math.nan  # seconds, this database's backends
+    ack_p50: float = math.nan
+    ack_p99: float = math.nan
+    acks: int = 0
+    without_previous: int = 0
+    follow_ups: int = 0
+    takeover: str = "-"
+
+    @property
+    def replies_per_second(self) -> float:
+        return self.replies / self.seconds if self.seconds > 0 else math.nan
+
+    def per_reply_ms(self, seconds: float) -> float:
+        return 1000 * seconds / self.replies if self.replies else math.nan
+
+
+@dataclass
+class BackendCpu:
+    """CPU time of the PostgreSQL backends connected to one database, from /proc.
+
+    A backend's process title names its database ("postgres: <user> <db> <addr>
+    <state>"). Backends come and go, so /proc is sampled while the run lasts and each
+    backend counts from its first sample (from zero if it started during the run).
+    """
+
+    database: str
+    first: dict[int, float] = field(default_factory=dict)
+    last: dict[int, float] = field(default_factory=dict)
+
+    def sample(self, *, baseline: bool = False) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                title = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except OSError:
+                continue
+            if not title.startswith("postgres:") or f" {self.database} " not in f"{title} ":
+                continue
+            pid = int(entry.name)
+            cpu = proc_cpu_seconds(pid)
+            if cpu is None:
+                continue
+            self.first.setdefault(pid, cpu if baseline else 0.0)
+            self.last[pid] = cpu
+
+    def total(self) -> float:
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+@contextlib.asynccontextmanager
+async def sampling(cpu: BackendCpu) -> AsyncIterator[None]:
+    cpu.sample(baseline=True)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            cpu.sample()
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        cpu.sample()
+
+
+async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Row:
+    row = Row(processes)
+    postgres = await _find_postgres()
+    async with Cluster.running(postgres, workdir, processes=processes, seed=args.seed) as cluster:
+        # Warm each process up (first request: Bolt's auth.test, pools, caches).
+        warm = cluster.questions(threads=processes, per_thread=1)
+        for question, process in zip(warm, cluster.processes, strict=True):
+            await cluster.deliver(question, first_to=process.index)
+        await cluster.wait_answered(warm, within=30)
+        await cluster.quiet(0.5, within=10)
+        cluster.acks.clear()
+
+        questions = cluster.questions(threads=args.threads, per_thread=args.per_thread)
+        database = BackendCpu(cluster.database)
+        bot_before = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+        async with sampling(database):
+            started = time.monotonic()
+            await cluster.send(questions)
+            missing = await cluster.wait_answered(questions, within=args.run_timeout)
+            await cluster.settle_deliveries(within=30)
+        bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+
+        shown = [at for q in questions if (at := cluster.answered_at(q)) is not None]
+        row.replies = len(shown)
+        row.missing = len(missing)
+        row.seconds = max(shown, default=started) - started
+        row.bot_cpu = sum(bot_after) - sum(bot_before)
+        row.database_cpu = database.total()
+        acks = [a.seconds for a in cluster.acks if a.status == 200]
+        row.acks = len(acks)
+        row.ack_p50, row.ack_p99 = percentile(acks, 0.5), percentile(acks, 0.99)
+        row.follow_ups = sum(1 for q in questions if q.index)
+        row.without_previous = len(cluster.follow_up_order(questions)[1])
+
+        if processes >= 2:
+            await cluster.quiet(0.5, within=10)
+            row.takeover = await takeover(cluster, args)
+    return row
+
+
+async def takeover(cluster: Cluster, args: argparse.Namespace) -> str:
+    victim = cluster.processes[0]
+    burst = cluster.questions(threads=args.burst, per_thread=1)
+    await asyncio.gather(*(cluster.deliver(q, first_to=victim.index, within=30) for q in burst))
+    killed_at = victim.kill()
+    left = cluster.unanswered(burst)
+    if not left:
+        return f"n/a (all {len(burst)} answered before the kill)"
+    missing = await cluster.wait_answered(left, within=args.takeover_timeout)
+    if missing:
+        return f"> {args.takeover_timeout:.0f} s ({len(missing)} of {len(left)} open)"
+    last = max(at for q in left if (at := cluster.answered_at(q)) is not None)
+    return f"{last - killed_at:.1f} s ({len(left)} open)"
+
+
+def print_table(rows: list[Row], args: argparse.Namespace) -> None:
+    print(
+        "Scale-out benchmark (127.0.0.1 fakes, one PostgreSQL database, instant model; "
+        f"{args.threads} threads × {args.per_thread} messages, each delivered 1–4 times "
+        "to random processes)"
+    )
+    print()
+    header = (
+        f"  {'processes':>9} {'replies':>8} {'replies/s':>10} {'bot CPU':>9} {'PG CPU':>8} "
+        f"{'total':>7} {'ack p50':>8} {'ack p99':>8} {'no prev.':>9}  takeover after kill -9"
+    )
+    print(header)
+    print(
+        f"  {'':>9} {'':>8} {'':>10} {'ms/reply':>9} {'ms/reply':>8} {'ms/rep.':>7} "
+        f"{'ms':>8} {'ms':>8} {'answer':>9}"
+    )
+    for row in rows:
+        bot = row.per_reply_ms(row.bot_cpu)
+        database = row.per_reply_ms(row.database_cpu)
+        replies = f"{row.replies}" + (f"-{row.missing}" if row.missing else "")
+        print(
+            f"  {row.processes:>9} {replies:>8} {row.replies_per_second:>10.1f} {bot:>9.2f} "
+            f"{database:>8.2f} {bot + database:>7.2f} {row.ack_p50 * 1000:>8.0f} "
+            f"{row.ack_p99 * 1000:>8.0f} {row.without_previous:>4}/{row.follow_ups:<4}  "
+            f"{row.takeover}"
+        )
+    print()
+    one = next((r for r in rows if r.processes == 1), None)
+    most = max(rows, key=lambda r: r.processes)
+    if one is not None and most is not one and one.replies and most.replies:
+        ratio = (most.per_reply_ms(most.bot_cpu + most.database_cpu)) / one.per_reply_ms(
+            one.bot_cpu + one.database_cpu
+        )
+        print(
+            f"  CPU per reply, {most.processes} processes vs 1: {ratio:.2f}× "
+            f"(goal ≤ {TARGET_CPU_RATIO}×)"
+        )
+    print(
+        f"  goals with 3 processes: ack p99 < {TARGET_ACK_P99_MS:.0f} ms, "
+        f"takeover ≤ {TARGET_TAKEOVER_SECONDS:.0f} s; 'no prev. answer': follow-ups whose "
+        "prompt lacked the previous answer of their thread (should be 0)"
+    )
+    print("  replies: answered (-missing after the run timeout)")
+
+
+async def run(args: argparse.Namespace) -> None:
+    rows = []
+    for processes in args.processes:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            rows.append(await measure(processes, args, Path(tmp)))
+    print_table(rows, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--processes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2, 3],
+        help="comma-separated process counts (default 1,2,3)",
+    )
+    parser.add_argument("--threads", type=int, default=30)
+    parser.add_argument("--per-thread", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=30, help="messages sent to the killed process")
+    parser.add_argument("--takeover-timeout", type=float, default=60.0)
+    parser.add_argument("--run-timeout", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=8)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
