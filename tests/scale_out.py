@@ -107,7 +107,9 @@ class Question:
     def channel(self) -> str:
         return "C0SCALE"
 
-    def event(self) -> dict[str, Any]:
+    def event(self, *, twin: bool = False) -> dict[str, Any]:
+        """The Events API body; `twin`: the `message` event Slack also sends for a
+        mention (another event id, the same message ts)."""
         if self.index == 0:
             data = payload("app_mention")
             text = f"<@UBOT0001> {self.token}"
@@ -132,6 +134,9 @@ class Question:
         for authorization in data.get("authorizations") or []:
             authorization["team_id"] = self.team
         data["event_id"] = f"Ev{self.team}{self.ts.replace('.', '')}"
+        if twin:
+            event.update(type="message", channel_type="channel")
+            data["event_id"] += "X"
         return data
 
 
@@ -446,12 +451,14 @@ class Cluster:
         copies: tuple[int, int] = (1, 4),
         first_to: int | None = None,
         gap: float = 0.02,
+        twins: bool = True,
         within: float = 60.0,
     ) -> None:
         """Every thread at once; in a thread each message after the previous one was
         acknowledged (as a person types), each delivered copies[0]..copies[1] times in
         all: the extra copies go to random processes a moment later, like Slack's
-        retries. Returns when every first delivery is acknowledged."""
+        retries. A mention also comes as its `message` twin (`twins`). Returns when
+        every first delivery is acknowledged."""
         threads: dict[int, list[Question]] = defaultdict(list)
         for question in questions:
             threads[question.thread].append(question)
@@ -460,9 +467,12 @@ class Cluster:
             for question in items:
                 extra = self.rng.randint(*copies) - 1
                 await self.deliver(question, first_to=first_to, within=within)
-                for retry in range(1, extra + 1):
+                later = [(retry, False) for retry in range(1, extra + 1)]
+                if question.index == 0 and twins:
+                    later.append((0, True))
+                for retry, twin in later:
                     task = asyncio.create_task(
-                        self._redeliver(question, retry, delay=self.rng.uniform(0, 0.3))
+                        self._redeliver(question, retry, twin=twin, delay=self.rng.uniform(0, 0.3))
                     )
                     self._deliveries.add(task)
                     task.add_done_callback(self._deliveries.discard)
@@ -477,6 +487,7 @@ class Cluster:
         *,
         first_to: int | None = None,
         retry: int = 0,
+        twin: bool = False,
         within: float = 60.0,
     ) -> Ack:
         """Deliver until a process acknowledges with 200, redelivering like Slack."""
@@ -488,7 +499,7 @@ class Cluster:
                 raise RuntimeError("no live bot process to deliver to")
             process = next((p for p in candidates if p.index == target), None)
             process = process or self.rng.choice(candidates)
-            ack = await self._post(process, question, retry)
+            ack = await self._post(process, question, retry, twin=twin)
             if ack.status == 200:
                 return ack
             if time.monotonic() > deadline:
@@ -499,14 +510,16 @@ class Cluster:
             retry, target = retry + 1, None
             await asyncio.sleep(min(0.2 * retry, 1.0))
 
-    async def _redeliver(self, question: Question, retry: int, *, delay: float) -> None:
+    async def _redeliver(self, question: Question, retry: int, *, twin: bool, delay: float) -> None:
         await asyncio.sleep(delay)
         with contextlib.suppress(AssertionError, RuntimeError):
-            await self.deliver(question, retry=retry)
+            await self.deliver(question, retry=retry, twin=twin)
 
-    async def _post(self, process: BotProcess, question: Question, retry: int) -> Ack:
+    async def _post(
+        self, process: BotProcess, question: Question, retry: int, *, twin: bool = False
+    ) -> Ack:
         assert self._session is not None
-        body = json.dumps(question.event()).encode()
+        body = json.dumps(question.event(twin=twin)).encode()
         headers = {"Content-Type": "application/json", **sign(body)}
         if retry:
             headers.update(
