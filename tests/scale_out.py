@@ -685,12 +685,14 @@ class Cluster:
                 problems.append(
                     f"process {process.index} logged 'Task exception was never retrieved'"
                 )
-        if problems:
-            problems.append(
-                f"(Slack acks: {self.ack_summary()}; model calls: {len(self.model.chat_requests)} "
-                f"for {len(questions)} questions; random seed {self.seed}; logs in {self.workdir})"
-            )
         return problems
+
+    def context(self, questions: Sequence[Question]) -> str:
+        """A line to print under problems: what to look at next."""
+        return (
+            f"(Slack acks: {self.ack_summary()}; model calls: {len(self.model.chat_requests)} "
+            f"for {len(questions)} questions; random seed {self.seed}; logs in {self.workdir})"
+        )
 
     def follow_up_order(self, questions: Sequence[Question]) -> tuple[list[str], list[str]]:
         """Follow-ups that reached the model before the previous answer of their thread
