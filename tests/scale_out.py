@@ -1,12 +1,21 @@
 """Several real `botservice run` processes on one PostgreSQL database, driven the way
 Slack drives them: the harness behind tests/test_scale_out.py and bench/bench_scale_out.py.
 
-    async with Cluster.running(server, tmp_path, processes=3) as cluster:
+    async with Cluster.running(postgres_server, tmp_path, processes=3) as cluster:
         questions = cluster.questions(threads=10, per_thread=5)
-        await cluster.send(questions)              # each delivered 1-4 times
+        await cluster.send(questions)      # each delivered 1-4 times, to random processes
         await cluster.wait_answered(questions, within=30)
-        await cluster.quiet()
-        assert not cluster.problems(questions)
+        await cluster.quiet()              # let late duplicates show up
+        assert cluster.problems(questions) == []
+
+`cluster.processes[i].kill()` is kill -9; `cluster.in_flight(process, seconds)` names
+the questions a process is asking the model about; `cluster.proxy.cut()` /
+`restore()` take the database away and back (`database_via_proxy=True`);
+`cluster.readyz(process)` is one `GET /readyz`. `problems()` judges a run: every
+question answered by exactly one Slack message in its thread, no placeholder or
+partial text left, one model call per question, each follow-up's prompt holding
+the previous answer of its thread and sent only after that answer was shown,
+acknowledgement p99 within Slack's 3 s, no "never retrieved" in any log.
 
 What runs where:
 
@@ -61,7 +70,6 @@ from tests.slack.harness import SIGNING_SECRET, payload, sign
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "botservice.toml"
-PLACEHOLDER = "_Thinking…_"  # what the Slack adapter posts before the first text
 SLACK_ACK_LIMIT = 3.0  # Slack redelivers an event not acknowledged within this
 
 _QUESTION = re.compile(r"q-\d+-\d+")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from dataclasses import dataclass, field
 
 
@@ -84,6 +85,10 @@ class TcpProxy:
         except (OSError, TimeoutError):
             _reset(client)
             return
+        if self._server is None:  # cut while connecting upstream
+            _reset(client)
+            _reset(remote)
+            return
         pair = (client, remote)
         self._pairs.add(pair)
         pumps = [
@@ -118,7 +123,5 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-            )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.close()
