@@ -14,7 +14,7 @@ the questions a process is asking the model about; `cluster.proxy.cut()` /
 `cluster.readyz(process)` is one `GET /readyz`. `problems()` judges a run: every
 question answered by exactly one Slack message in its thread, no placeholder or
 partial text left, one model call per question, each follow-up's prompt holding
-the previous answer of its thread and sent only after that answer was shown,
+the previous answer of its thread and sent only after that answer was final,
 acknowledgement p99 within Slack's 3 s, no "never retrieved" in any log.
 
 What runs where:
@@ -671,7 +671,7 @@ class Cluster:
             problems,
             early,
             f"of {follow_ups} follow-ups reached the model before the answer to the previous "
-            "message of their thread was shown (order lost)",
+            "message of their thread was final (order lost)",
         )
         _add(
             problems,
@@ -704,11 +704,11 @@ class Cluster:
 
     def follow_up_order(self, questions: Sequence[Question]) -> tuple[list[str], list[str]]:
         """Follow-ups that reached the model before the previous answer of their thread
-        was shown, and those whose prompt lacked that answer."""
+        was final on screen (its last edit), and those whose prompt lacked that answer."""
         by_token: dict[str, list[RecordedRequest]] = defaultdict(list)
         for request in self.model.chat_requests:
             by_token[question_of(request)].append(request)
-        first_shown = self._first_shown()
+        finished = self._shown(last=True)
         early, lacking = [], []
         for question in questions:
             if question.index == 0:
@@ -717,7 +717,7 @@ class Cluster:
             requests = by_token[question.token]
             if any(not _holds_answer(r.body, f"Answer to {previous}.") for r in requests):
                 lacking.append(question.token)
-            shown_at = first_shown.get(previous)
+            shown_at = finished.get(previous)
             if requests and (shown_at is None or requests[0].received_at < shown_at):
                 ahead = (
                     ""
@@ -727,19 +727,20 @@ class Cluster:
                 early.append(f"{question.token}{ahead}")
         return early, lacking
 
-    def _first_shown(self) -> dict[str, float]:
-        """When each answer was first on screen in full (post or edit), test-process clock."""
-        first: dict[str, float] = {}
+    def _shown(self, *, last: bool) -> dict[str, float]:
+        """When each answer was on screen in full (post or edit), test-process clock: the
+        first time, or the last (the final edit, after which its turn may end)."""
+        shown: dict[str, float] = {}
         for call in self.slack.calls:
             if call.method not in ("chat.postMessage", "chat.update"):
                 continue
             match = _ANSWER.fullmatch(str(call.args.get("text", "")))
-            if match and match.group(1) not in first:
-                first[match.group(1)] = call.at
-        return first
+            if match and (last or match.group(1) not in shown):
+                shown[match.group(1)] = call.at
+        return shown
 
     def answered_at(self, question: Question) -> float | None:
-        return self._first_shown().get(question.token)
+        return self._shown(last=False).get(question.token)
 
     def ack_summary(self) -> str:
         acks = [a.seconds for a in self.acks if a.status == 200]
