@@ -374,6 +374,13 @@ class Cluster:
             )
         return BotProcess(index, port, popen, log_path, api_key)
 
+    async def start_process(self) -> BotProcess:
+        """One more process on the same database and fakes (a restart, or scaling out)."""
+        process = self._spawn(len(self.processes))
+        self.processes.append(process)
+        await self.wait_ready(process)
+        return process
+
     async def wait_ready(self, process: BotProcess, within: float = 60.0) -> None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
