@@ -565,13 +565,13 @@ class Cluster:
     # --- watching ----------------------------------------------------------------------
 
     def answered(self, question: Question) -> bool:
-        return any(
-            m.text == question.answer and m.thread_ts == question.root_ts
-            for m in self.slack.messages.values()
-        )
+        return not self.unanswered([question])
 
     def unanswered(self, questions: Iterable[Question]) -> list[Question]:
-        return [q for q in questions if not self.answered(q)]
+        # One pass over the bot's messages: this is polled while the bots work, on the
+        # same two cores.
+        shown = {(m.text, m.thread_ts) for m in self.slack.messages.values()}
+        return [q for q in questions if (q.answer, q.root_ts) not in shown]
 
     async def wait_answered(
         self, questions: Sequence[Question], *, within: float
