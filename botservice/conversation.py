@@ -24,6 +24,7 @@ from botservice.events import Attachment, Command, ConversationKey, IncomingMess
 from botservice.ports import (
     ChannelSettings,
     ChatRequest,
+    Claim,
     HearingSink,
     MessageStatus,
     ModelClient,
@@ -121,6 +122,9 @@ class ConversationCore:
         self._drivers: dict[int, asyncio.Task[None]] = {}
         self._wanted: set[int] = set()  # conversations with work since their driver looked
         self._running: set[int] = set()  # turns this process holds
+        # Turns this process claimed ahead of running them (with a message it accepted,
+        # or with the answer before), by conversation: at most one each.
+        self._claimed: dict[int, PendingTurn] = {}
         self._tasks = BackgroundTasks()
         self._sink_for: SinkFinder | None = None
         self._upkeep: asyncio.Task[None] | None = None
@@ -150,7 +154,12 @@ class ConversationCore:
 
         stored_text = self._text_to_store(text, message)
         accepted = await self._store.accept(
-            message, text=stored_text, tokens=self._tokens.count(stored_text)
+            message,
+            text=stored_text,
+            tokens=self._tokens.count(stored_text),
+            # Claimed in the same step when nothing of the conversation is running,
+            # so the usual turn costs no separate claim.
+            claim=None if self._stopping else self._claim(),
         )
         if accepted is None:
             log.info("dropped a redelivered message (%s %s)", message.platform, message.message_key)
@@ -164,6 +173,8 @@ class ConversationCore:
             audio=tuple(a for a in message.attachments if a.is_audio),
             done=done,
         )
+        if accepted.claimed is not None:
+            self._claimed[accepted.conversation_id] = accepted.claimed
         self._wake(accepted.conversation_id)
         return Submission(turn_id=accepted.turn_id, answered=done)
 
@@ -225,9 +236,17 @@ class ConversationCore:
         return len(conversations)
 
     async def stop(self) -> None:
-        """Finish the answers in flight, then stop the heartbeat and the sweep."""
-        await self.drain()
+        """Finish the answers in flight (claiming no new turns), then stop the heartbeat
+        and the sweep."""
         self._stopping = True
+        self._sweeping = False
+        await self.drain()
+        if self._claimed:
+            # Claimed but not started: back to pending, for another process now or
+            # for this one after its restart.
+            self._claimed.clear()
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.release_claims(self._holder)
         if self._upkeep is not None:
             self._upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -292,23 +311,25 @@ class ConversationCore:
         try:
             while True:
                 self._wanted.discard(conversation_id)
-                try:
-                    turn = await self._store.claim_next_turn(
-                        conversation_id,
-                        holder=self._holder,
-                        alive_until=self._alive_until(),
-                        key=key,
-                    )
-                except StoreUnavailable:
-                    log.warning(
-                        "database unreachable; conversation %d waits for the next sweep",
-                        conversation_id,
-                    )
-                    return
+                turn = self._claimed.pop(conversation_id, None)
+                if turn is None and not self._stopping:
+                    try:
+                        turn = await self._store.claim_next_turn(
+                            conversation_id,
+                            holder=self._holder,
+                            alive_until=self._alive_until(),
+                            key=key,
+                        )
+                    except StoreUnavailable:
+                        log.warning(
+                            "database unreachable; conversation %d waits for the next sweep",
+                            conversation_id,
+                        )
+                        return
                 if turn is None:
                     # No await between the claim and here: a message accepted
                     # meanwhile has set the mark, and is looked for again.
-                    if conversation_id in self._wanted:
+                    if conversation_id in self._wanted and not self._stopping:
                         continue
                     return
                 key = turn.conversation
@@ -393,13 +414,16 @@ class ConversationCore:
 
     # --- heartbeat and sweep --------------------------------------------------------
 
+    def _claim(self) -> Claim:
+        return Claim(holder=self._holder, alive_until=self._alive_until())
+
     def _alive_until(self) -> datetime:
         return datetime.now(UTC) + timedelta(
             seconds=self._settings.conversation.turn_takeover_seconds
         )
 
     def _ensure_upkeep(self) -> None:
-        if (self._upkeep is None or self._upkeep.done()) and not self._stopping:
+        if self._upkeep is None or self._upkeep.done():
             self._upkeep = self._tasks.spawn(self._keep_up(), name="turn-heartbeat")
 
     async def _keep_up(self) -> None:
@@ -539,9 +563,11 @@ class ConversationCore:
         reply_ref: str | None,
     ) -> None:
         tokens = self._tokens.count(text)
-        try:
-            saved = await self._keep_trying(
-                lambda: self._store.store_answer(
+        store = self._store
+
+        async def save() -> int | None:
+            if self._stopping:
+                return await store.store_answer(
                     turn.turn_id,
                     holder=self._holder,
                     text=text,
@@ -551,7 +577,26 @@ class ConversationCore:
                     model=model,
                     reply_ref=reply_ref,
                 )
+            # The next turn of the conversation is claimed with the save, so the
+            # order costs no extra step.
+            saved, following = await store.store_answer_and_claim_next(
+                turn.turn_id,
+                claim=self._claim(),
+                conversation_id=turn.conversation_id,
+                key=turn.key,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
             )
+            if following is not None:
+                self._claimed[turn.conversation_id] = following
+            return saved
+
+        try:
+            saved = await self._keep_trying(save)
         except StoreUnavailable:
             log.error(
                 "gave up saving the answer to turn %d: the database was unreachable for "

@@ -152,12 +152,23 @@ class ChannelSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """Who claims a turn, and until when its claim lives without a heartbeat."""
+
+    holder: str
+    alive_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class AcceptedTurn:
     """A message that was new, stored, and now waits for its answer."""
 
     turn_id: int
     conversation_id: int
     user_message_id: int
+    # The turn claimed in the same step when the caller asked for a claim and no turn
+    # of the conversation was running (usually this message's own turn).
+    claimed: PendingTurn | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +221,11 @@ class Store(Protocol):
     """Everything the core keeps. One implementation (storage/) over SQLAlchemy."""
 
     async def accept(
-        self, message: IncomingMessage, *, text: str, tokens: int
+        self, message: IncomingMessage, *, text: str, tokens: int, claim: Claim | None = None
     ) -> AcceptedTurn | None:
         """Claim `(platform, message_key)` and store the user's message with a pending turn,
         in one short transaction. None if the key was already claimed (a duplicate delivery).
+        With `claim`, also claim the conversation's next turn if none of it is running.
         Raises `StoreUnavailable` when the database cannot be reached."""
         ...
 
@@ -285,6 +297,25 @@ class Store(Protocol):
         """Store the assistant's answer and mark the turn answered, if `holder` still
         holds it (any unfinished turn, with None). Returns the message id, or None when
         another process took the turn over or it was finished already."""
+        ...
+
+    async def store_answer_and_claim_next(
+        self,
+        turn_id: int,
+        *,
+        claim: Claim,
+        conversation_id: int,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None = None,
+    ) -> tuple[int | None, PendingTurn | None]:
+        """`store_answer` for `claim.holder`, then claim the conversation's next turn, in as
+        few round trips as the database allows. Returns the message id (None: not saved,
+        see `store_answer`) and the turn claimed next, if any."""
         ...
 
     async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:

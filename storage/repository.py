@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -48,6 +49,7 @@ from botservice.events import Attachment, ConversationKey, IncomingMessage
 from botservice.ports import (
     AcceptedTurn,
     ChannelSettings,
+    Claim,
     ForgetCounts,
     MessageStatus,
     PendingTurn,
@@ -154,6 +156,9 @@ _LINK_TURN = (
     )
 )
 _UNFINISHED = ("pending", "running")
+# The same as `status IN _UNFINISHED`, written so the hot statements keep one compiled
+# form (an IN list is an expanding parameter, rendered again on every execution).
+_T_UNFINISHED = or_(_t.status == "pending", _t.status == "running")
 _HOLDER = bindparam("b_holder", type_=String())
 _NOW = bindparam("b_now", type_=UTCDateTime())
 _ALIVE_UNTIL = bindparam("b_alive_until", type_=UTCDateTime())
@@ -161,7 +166,7 @@ _ALIVE_UNTIL = bindparam("b_alive_until", type_=UTCDateTime())
 # off, not dead) may still finish it, but not once another process claimed it.
 _FINISH_HELD_TURN = (
     update(TURNS)
-    .where(_t.id == bindparam("b_turn_id"), _t.claimed_by == _HOLDER, _t.status.in_(_UNFINISHED))
+    .where(_t.id == bindparam("b_turn_id"), _t.claimed_by == _HOLDER, _T_UNFINISHED)
     .values(
         status=bindparam("b_status"),
         finished_at=_NOW,
@@ -172,7 +177,7 @@ _FINISH_HELD_TURN = (
 )
 _FINISH_TURN = (
     update(TURNS)
-    .where(_t.id == bindparam("b_turn_id"), _t.status.in_(_UNFINISHED))
+    .where(_t.id == bindparam("b_turn_id"), _T_UNFINISHED)
     .values(
         status=bindparam("b_status"),
         finished_at=_NOW,
@@ -366,6 +371,7 @@ def _pg_accept_statement() -> Any:
 
 
 _CLAIM_NEXT = _claim_statement()
+_HELD_ANSWER = _answer_statement(_FINISH_HELD_TURN)
 _PING = text("SELECT 1")
 
 
@@ -545,9 +551,10 @@ class SqlStore:
     # --- turns -----------------------------------------------------------------
 
     async def accept(
-        self, message: IncomingMessage, *, text: str, tokens: int
+        self, message: IncomingMessage, *, text: str, tokens: int, claim: Claim | None = None
     ) -> AcceptedTurn | None:
         now = utcnow()
+        conversation_key = message.conversation
         turn_values = {
             "platform": message.platform,
             "message_key": message.message_key,
@@ -578,9 +585,18 @@ class SqlStore:
         }
 
         if self._shared:
-            return await self._accept_in_one_statement(
+            accepted = await self._accept_in_one_statement(
                 key, conversation_values, turn_values, message_values
             )
+            if accepted is None or claim is None:
+                return accepted
+            claimed = await self.claim_next_turn(
+                accepted.conversation_id,
+                holder=claim.holder,
+                alive_until=claim.alive_until,
+                key=conversation_key,
+            )
+            return dataclasses.replace(accepted, claimed=claimed)
 
         def work(connection: Connection) -> AcceptedTurn | None:
             # The claim comes first, so a duplicate delivery (Slack sends most
@@ -609,8 +625,17 @@ class SqlStore:
                     "b_message_id": message_id,
                 },
             )
+            # SQLite: one process writes at a time, so claiming here cannot race.
+            claimed = (
+                _claim_in(connection, conversation_id, claim, conversation_key)
+                if claim is not None
+                else None
+            )
             return AcceptedTurn(
-                turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
+                turn_id=turn_id,
+                conversation_id=conversation_id,
+                user_message_id=message_id,
+                claimed=claimed,
             )
 
         try:
@@ -670,21 +695,10 @@ class SqlStore:
         alive_until: datetime,
         key: ConversationKey | None = None,
     ) -> PendingTurn | None:
-        parameters = {
-            "b_conversation_id": conversation_id,
-            "b_holder": holder,
-            "b_alive_until": alive_until,
-        }
+        claim = Claim(holder=holder, alive_until=alive_until)
 
         def work(connection: Connection) -> PendingTurn | None:
-            row = connection.execute(_CLAIM_NEXT, parameters).one_or_none()
-            if row is None:
-                return None
-            # A conversation's key never changes, so it may be read after the claim.
-            found = key or ConversationKey(
-                *connection.execute(_CONVERSATION_KEY, {"conversation_id": conversation_id}).one()
-            )
-            return _pending_turn(row, found)
+            return _claim_in(connection, conversation_id, claim, key)
 
         try:
             return await self._write_one(work)
@@ -786,55 +800,48 @@ class SqlStore:
         model: str,
         reply_ref: str | None = None,
     ) -> int | None:
-        now = utcnow()
-        finish_statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
-        values = {
-            "role": "assistant",
-            "author_id": "",
-            "author_name": "",
-            "text": _clean_text(text),
-            "platform_message_id": "",
-            "tokens": tokens,
-            "prompt_tokens": usage.prompt_tokens if usage else None,
-            "completion_tokens": usage.completion_tokens if usage else None,
-            "model": model,
-            "status": status,
-            "created_at": now,
-        }
-        finish = {
-            "b_turn_id": turn_id,
-            "b_holder": holder,
-            "b_status": "answered",
-            "b_now": now,
-            "b_reply_ref": reply_ref,
-        }
-
+        answer = _answer_values(text, tokens, usage, status, model)
+        finish = _finish_values(turn_id, holder, reply_ref)
+        statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
         if self._shared:
-            # PostgreSQL: finish the turn and insert the answer in one statement.
-            statement = _answer_statement(finish_statement)
+            pg_answer = _answer_statement(statement)
+            return await self._write_one(
+                lambda connection: _store_answer_in_one(connection, pg_answer, finish, answer)
+            )
+        return await self._write(
+            lambda connection: _store_answer_in(connection, statement, finish, answer)
+        )
 
-            def one_statement(connection: Connection) -> int | None:
-                answer = {f"a_{name}": value for name, value in values.items()}
-                row = connection.execute(statement, {**finish, **answer}).one_or_none()
-                return None if row is None else int(row[0])
+    async def store_answer_and_claim_next(
+        self,
+        turn_id: int,
+        *,
+        claim: Claim,
+        conversation_id: int,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None = None,
+    ) -> tuple[int | None, PendingTurn | None]:
+        answer = _answer_values(text, tokens, usage, status, model)
+        finish = _finish_values(turn_id, claim.holder, reply_ref)
+        if self._shared:
+            # Two statements: a claim in the same statement as the finish would not
+            # see the finished turn as no longer running.
+            message_id = await self._write_one(
+                lambda connection: _store_answer_in_one(connection, _HELD_ANSWER, finish, answer)
+            )
+            claimed = await self.claim_next_turn(
+                conversation_id, holder=claim.holder, alive_until=claim.alive_until, key=key
+            )
+            return message_id, claimed
 
-            return await self._write_one(one_statement)
-
-        def work(connection: Connection) -> int | None:
-            turn = connection.execute(finish_statement, finish).one_or_none()
-            if turn is None or turn.conversation_id is None:
-                # Taken over by another process, finished already, or its
-                # conversation was deleted meanwhile (the workspace was forgotten).
-                return None
-            message_id: int = connection.execute(
-                _INSERT_MESSAGE,
-                {
-                    **values,
-                    "conversation_id": turn.conversation_id,
-                    "reply_to_id": turn.user_message_id,
-                },
-            ).scalar_one()
-            return message_id
+        def work(connection: Connection) -> tuple[int | None, PendingTurn | None]:
+            message_id = _store_answer_in(connection, _FINISH_HELD_TURN, finish, answer)
+            return message_id, _claim_in(connection, conversation_id, claim, key)
 
         return await self._write(work)
 
@@ -1430,6 +1437,77 @@ def _unavailable_as_store_error() -> Iterator[None]:
         raise
     except (OSError, TimeoutError) as error:
         raise StoreUnavailable() from error
+
+
+def _claim_in(
+    connection: Connection, conversation_id: int, claim: Claim, key: ConversationKey | None
+) -> PendingTurn | None:
+    parameters = {
+        "b_conversation_id": conversation_id,
+        "b_holder": claim.holder,
+        "b_alive_until": claim.alive_until,
+    }
+    row = connection.execute(_CLAIM_NEXT, parameters).one_or_none()
+    if row is None:
+        return None
+    # A conversation's key never changes, so it may be read after the claim.
+    found = key or ConversationKey(
+        *connection.execute(_CONVERSATION_KEY, {"conversation_id": conversation_id}).one()
+    )
+    return _pending_turn(row, found)
+
+
+def _answer_values(
+    text: str, tokens: int, usage: Usage | None, status: MessageStatus, model: str
+) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "author_id": "",
+        "author_name": "",
+        "text": _clean_text(text),
+        "platform_message_id": "",
+        "tokens": tokens,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "model": model,
+        "status": status,
+        "created_at": utcnow(),
+    }
+
+
+def _finish_values(turn_id: int, holder: str | None, reply_ref: str | None) -> dict[str, Any]:
+    return {
+        "b_turn_id": turn_id,
+        "b_holder": holder,
+        "b_status": "answered",
+        "b_now": utcnow(),
+        "b_reply_ref": reply_ref,
+    }
+
+
+def _store_answer_in(
+    connection: Connection, finish_statement: Any, finish: dict[str, Any], answer: dict[str, Any]
+) -> int | None:
+    turn = connection.execute(finish_statement, finish).one_or_none()
+    if turn is None or turn.conversation_id is None:
+        # Taken over by another process, finished already, or its conversation was
+        # deleted meanwhile (the workspace was forgotten).
+        return None
+    message_id: int = connection.execute(
+        _INSERT_MESSAGE,
+        {**answer, "conversation_id": turn.conversation_id, "reply_to_id": turn.user_message_id},
+    ).scalar_one()
+    return message_id
+
+
+def _store_answer_in_one(
+    connection: Connection, statement: Any, finish: dict[str, Any], answer: dict[str, Any]
+) -> int | None:
+    """PostgreSQL: the finish and the answer's insert as one statement."""
+    # Prefixed: an UPDATE would take parameters named like its columns as SET values.
+    prefixed = {f"a_{name}": value for name, value in answer.items()}
+    row = connection.execute(statement, {**finish, **prefixed}).one_or_none()
+    return None if row is None else int(row[0])
 
 
 def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
