@@ -60,6 +60,7 @@ from typing import Any, Protocol
 import aiohttp
 import asyncpg
 import orjson
+from sqlalchemy.pool import QueuePool
 
 from bench.bench_core import (
     ROOT,
@@ -89,7 +90,6 @@ TARGET_P99_MS = 5.0
 TARGET_THREAD_RATIO = 1.1
 
 HISTORY_LIMIT = 200
-FLOOR_POOL_SIZE = 10  # the store's PostgreSQL pool_size
 PROMPT_SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
 # --- the floor: raw driver statements ------------------------------------------------
@@ -301,9 +301,9 @@ class PostgresFloor:
         }
 
     @classmethod
-    async def open(cls, dsn: str) -> PostgresFloor:
+    async def open(cls, dsn: str, pool_size: int) -> PostgresFloor:
         pool = await asyncpg.create_pool(
-            dsn, min_size=FLOOR_POOL_SIZE, max_size=FLOOR_POOL_SIZE, reset=_no_reset
+            dsn, min_size=pool_size, max_size=pool_size, reset=_no_reset
         )
         return cls(pool)
 
@@ -463,28 +463,35 @@ class BackendCpu:
     A backend's title names its database ("postgres: <user> <db> <addr> <state>").
     Backends come and go with pooled connections, so /proc is sampled while a run
     lasts and each backend counts from its first sample (0 if it started mid-run).
+    Sampling reads only the postmaster's children, and each one's title once, so
+    the sampler costs this process little beside the run it measures.
     """
 
     def __init__(self, database: str) -> None:
         self._database = f" {database} "
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
+        self._ours: dict[int, bool] = {}  # backend pid -> serves our database
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._children = _postmaster_children()
 
     def _backends(self) -> dict[int, float]:
+        try:
+            pids = [int(pid) for pid in self._children.read_text().split()]
+        except OSError:
+            return {}
         found = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if title.startswith("postgres:") and self._database in f"{title} ":
-                cpu = proc_cpu_seconds(int(entry.name))
-                if cpu is not None:
-                    found[int(entry.name)] = cpu
+        for pid in pids:
+            ours = self._ours.get(pid)
+            if ours is None:
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                ours = self._ours[pid] = self._database in f"{title.decode()} "
+            if ours and (cpu := proc_cpu_seconds(pid)) is not None:
+                found[pid] = cpu
         return found
 
     def _sample(self, *, first: bool) -> None:
@@ -493,7 +500,7 @@ class BackendCpu:
             self._last[pid] = cpu
 
     def _loop(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.25):
             self._sample(first=False)
 
     def __enter__(self) -> BackendCpu:
@@ -511,6 +518,28 @@ class BackendCpu:
     @property
     def seconds(self) -> float:
         return sum(self._last[pid] - self._first[pid] for pid in self._last)
+
+
+def _postmaster_children() -> Path:
+    """/proc's list of the postmaster's children: the server's processes, backends too."""
+
+    def program(pid: str) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            return b""
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not program(entry.name).endswith(b"/postgres"):
+            continue
+        try:
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            continue
+        # The postmaster runs the postgres binary and is not a child of another one.
+        if not program(parent).endswith(b"/postgres"):
+            return entry / "task" / entry.name / "children"
+    raise RuntimeError("no PostgreSQL server process found in /proc (is it on this machine?)")
 
 
 @dataclass
@@ -628,7 +657,7 @@ _ENCRYPTION_REQUESTS = (80877103, 80877104)
 class Backend:
     name: str
     url: str  # SQLAlchemy URL of a migrated database
-    open_floor: Callable[[], Awaitable[FloorDatabase]]
+    open_floor: Callable[[int], Awaitable[FloorDatabase]]  # pool size -> floor
     database: str | None = None  # PostgreSQL: the database whose backends' CPU counts
     proxied: Callable[[int], tuple[str, str]] | None = None  # port -> (core URL, floor DSN)
 
@@ -643,6 +672,7 @@ class Results:
     floor_wire: WireCounts | None = None
     core_wire: WireCounts | None = None
     wire_replies: int = 0
+    pool_size: int = 1  # of the store's engine, and so of the floor's asyncpg pool
 
 
 def bench_settings(base_url: str) -> Settings:
@@ -673,9 +703,10 @@ async def measure_backend(args: argparse.Namespace, base_url: str, backend: Back
     settings = bench_settings(base_url)
     results = Results()
     n, turns = args.conversations, args.turns
-    floor = FloorClient(await backend.open_floor(), base_url)
-    try:
-        async with running_core(settings, backend.url) as (core, transport, store):
+    async with running_core(settings, backend.url) as (core, transport, store):
+        results.pool_size = pool_size(store)
+        floor = FloorClient(await backend.open_floor(results.pool_size), base_url)
+        try:
             await drive_floor(floor, [f"warm{i}" for i in range(n)], 3)
             await drive(core, Timings(), [f"warm{i}" for i in range(n)], 3)
             for run in range(args.rounds):
@@ -711,12 +742,18 @@ async def measure_backend(args: argparse.Namespace, base_url: str, backend: Back
                 if turn >= 5:
                     results.small_ms.append(small_time * 1000)
                     results.large_ms.append(large_time * 1000)
-    finally:
-        await floor.aclose()
+        finally:
+            await floor.aclose()
 
     if backend.proxied is not None:
         await count_round_trips(args, settings, base_url, backend, results)
     return results
+
+
+def pool_size(store: SqlStore) -> int:
+    """The floor's asyncpg pool is as large as the store's kept connections."""
+    pool = store.engine.sync_engine.pool
+    return pool.size() if isinstance(pool, QueuePool) else 1
 
 
 async def conversation_id_of(store: SqlStore, thread: str) -> int:
@@ -737,7 +774,7 @@ async def count_round_trips(
     n, turns = args.conversations, args.count_turns
     async with CountingProxy("127.0.0.1", 5432) as proxy:
         core_url, floor_dsn = backend.proxied(proxy.port)
-        floor = FloorClient(await PostgresFloor.open(floor_dsn), base_url)
+        floor = FloorClient(await PostgresFloor.open(floor_dsn, results.pool_size), base_url)
         try:
             await drive_floor(floor, [f"count-warm{i}" for i in range(n)], 2)
             proxy.counts = WireCounts()
@@ -897,7 +934,7 @@ async def main_async(args: argparse.Namespace, base_url: str, folder: Path) -> l
         url = f"sqlite+aiosqlite:///{path}"
         await upgrade(url)
 
-        async def open_sqlite() -> FloorDatabase:
+        async def open_sqlite(_pool_size: int) -> FloorDatabase:
             return SqliteFloor(path)
 
         results = await measure_backend(args, base_url, Backend("SQLite", url, open_sqlite))
@@ -911,8 +948,8 @@ async def main_async(args: argparse.Namespace, base_url: str, folder: Path) -> l
             url = server.url(name)
             await upgrade(url)
 
-            async def open_postgres() -> FloorDatabase:
-                return await PostgresFloor.open(server.dsn(name))
+            async def open_postgres(pool_size: int) -> FloorDatabase:
+                return await PostgresFloor.open(server.dsn(name), pool_size)
 
             backend = Backend(
                 "PostgreSQL",
