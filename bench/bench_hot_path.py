@@ -24,12 +24,14 @@ throughput and its CPU ratio; core-added latency p50/p99 at one conversation (as
 bench_core measures it); time per reply in a 5,000- vs a 10-message thread; and for
 PostgreSQL the round trips, statements, transactions and connections opened per
 reply, counted on the wire by a counting proxy on 127.0.0.1 in a separate pass
-(round trips = the server's ReadyForQuery messages, transactions = those that
-leave the session idle, i.e. the end of an explicit or implicit transaction).
+(round trips = the server's ReadyForQuery messages; transactions = those that
+leave the session idle, i.e. the end of an explicit or implicit transaction;
+writing ones = those whose commands changed rows, each of which waits for a WAL
+flush at commit while synchronous_commit is on).
 
 Runs on 127.0.0.1 only (PostgreSQL at 127.0.0.1:5432, trust auth, or
 BOTSERVICE_TEST_POSTGRES_URL; a fresh database is created and dropped), in about
-two minutes at the defaults.
+three minutes at the defaults on a quiet machine.
 
     python -m bench.bench_hot_path [--conversations 50] [--turns 10] [--rounds 3]
                                    [--single-turns 200] [--thread-replies 50]
@@ -44,6 +46,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import secrets
 import sqlite3
 import statistics
@@ -59,6 +62,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import asyncpg
+import httpx
 import orjson
 from sqlalchemy.pool import QueuePool
 
@@ -67,6 +71,7 @@ from bench.bench_core import (
     Row,
     TimedTransport,
     Timings,
+    _TimedBody,
     drive,
     message,
     pct,
@@ -570,6 +575,7 @@ class WireCounts:
     connections: int = 0
     round_trips: int = 0  # ReadyForQuery messages after start-up
     transactions: int = 0  # ReadyForQuery leaving the session idle
+    writes: int = 0  # of those, transactions that changed rows: commits that wait for the WAL
     statements: int = 0  # Execute + simple Query messages
 
 
@@ -635,19 +641,28 @@ class CountingProxy:
 
     async def _backend(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started = False  # the first ReadyForQuery ends the start-up, not a round trip of work
+        wrote = False  # the open transaction changed rows
         while True:
             head = await reader.readexactly(5)
             body = await reader.readexactly(struct.unpack("!I", head[1:])[0] - 4)
-            if head[:1] == b"Z":
+            kind = head[:1]
+            if kind == b"C":  # CommandComplete: "INSERT 0 1", "UPDATE 3", "SELECT 5"...
+                tag = body.rstrip(b"\0").split()
+                wrote = wrote or (tag[0] in _WRITES and tag[-1] != b"0")
+            elif kind == b"Z":
                 if started:
                     self.counts.round_trips += 1
-                    self.counts.transactions += body == b"I"
+                    if body == b"I":
+                        self.counts.transactions += 1
+                        self.counts.writes += wrote
+                        wrote = False
                 started = True
             writer.write(head + body)
             await writer.drain()
 
 
 _ENCRYPTION_REQUESTS = (80877103, 80877104)
+_WRITES = (b"INSERT", b"UPDATE", b"DELETE", b"MERGE")
 
 
 # --- one backend -------------------------------------------------------------------------
@@ -685,12 +700,38 @@ def bench_settings(base_url: str) -> Settings:
     )
 
 
+# The message key of the turn a request answers, from its last user message as
+# bench_core's `message` writes it ("<thread> turn <n>: how do I ...").
+_KEY_IN_PROMPT = re.compile(rb'"content":"([^" ]+) turn (-?\d+): ')
+
+
+class PromptTimedTransport(TimedTransport):
+    """bench_core's timed transport, telling turns apart by their prompt.
+
+    bench_core finds the turn from a context variable set where `handle` is called.
+    Since turns are claimed (a process that finishes a turn claims the next one of
+    its conversation itself), the task sending a request may have been started for
+    an earlier turn, and carries that turn's key.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        sent = time.perf_counter()
+        found = _KEY_IN_PROMPT.findall(request.content)
+        key = f"{found[-1][0].decode()}:{int(found[-1][1])}" if found else None
+        if key is not None:
+            self.timings.sent[key] = sent
+        response = await self._inner.handle_async_request(request)
+        if key is not None:
+            response.stream = _TimedBody(response.stream, key, self.timings)
+        return response
+
+
 @contextlib.asynccontextmanager
 async def running_core(
     settings: Settings, url: str
 ) -> AsyncIterator[tuple[ConversationCore, TimedTransport, SqlStore]]:
     store = await SqlStore.open(url, migrate=False)
-    transport = TimedTransport(pooled_transport())
+    transport = PromptTimedTransport(pooled_transport())
     client = OpenAIChatClient(settings.model, transport=transport)
     try:
         yield ConversationCore(settings=settings, store=store, model=client), transport, store
@@ -917,7 +958,8 @@ def backend_rows(
                 f"{wire.round_trips / per:.1f}",
                 target,
                 f"{wire.statements / per:.1f} statements, {wire.transactions / per:.1f} "
-                f"transactions, {wire.connections} connections opened in {per} replies",
+                f"transactions ({wire.writes / per:.1f} writing), {wire.connections} "
+                f"connections opened in {per} replies",
             )
         )
     return rows
