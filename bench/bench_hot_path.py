@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -744,47 +745,63 @@ async def measure_backend(args: argparse.Namespace, base_url: str, backend: Back
     settings = bench_settings(base_url)
     results = Results()
     n, turns = args.conversations, args.turns
-    async with running_core(settings, backend.url) as (core, transport, store):
-        results.pool_size = pool_size(store)
+
+    @contextlib.asynccontextmanager
+    async def floor_client(label: str) -> AsyncIterator[FloorClient]:
+        # Open only while it runs: PostgreSQL's connection slots are shared with
+        # whatever else runs on this machine, and the store keeps its own open.
         floor = FloorClient(await backend.open_floor(results.pool_size), base_url)
         try:
-            await drive_floor(floor, [f"warm{i}" for i in range(n)], 3)
-            await drive(core, Timings(), [f"warm{i}" for i in range(n)], 3)
-            for run in range(args.rounds):
-
-                async def floor_run(run: int = run) -> float:
-                    return await drive_floor(floor, [f"load{run}.{i}" for i in range(n)], turns)
-
-                async def core_run(run: int = run) -> float:
-                    threads = [f"load{run}.{i}" for i in range(n)]
-                    return await drive(core, Timings(), threads, turns)
-
-                # Alternate which goes first, so a trend in the machine's load evens out.
-                order = [("floor", floor_run), ("core", core_run)]
-                for name, go in order if run % 2 == 0 else reversed(order):
-                    outcome = await measured(go, n * turns, backend.database)
-                    getattr(results, name).append(outcome)
-
-            single = transport.timings = Timings()
-            await drive(core, single, ["single"], args.single_turns)
-            results.added_ms = single.added_ms()
-
-            # Threads of 10 (each measured reply finds exactly 10 messages) and one of
-            # 5,000, replies alternating between them (as bench_core does).
-            replies = args.thread_replies
-            small_threads = [f"small{i}" for i in range(replies + 5)]
-            for thread in small_threads:
-                await seed_thread(store, thread, 10)
-            large_id = await conversation_id_of(store, "large")
-            await floor.database.seed(large_id, 4998)
-            for turn, thread in enumerate(small_threads):
-                small_time = await timed_reply(core, thread, 0)
-                large_time = await timed_reply(core, "large", turn)
-                if turn >= 5:
-                    results.small_ms.append(small_time * 1000)
-                    results.large_ms.append(large_time * 1000)
+            # Connections and prepared statements, on threads of their own.
+            await drive_floor(floor, [f"{label}.{i}" for i in range(n)], 1)
+            yield floor
         finally:
             await floor.aclose()
+
+    async with running_core(settings, backend.url) as (core, transport, store):
+        results.pool_size = pool_size(store)
+        async with floor_client("open-warm") as floor:
+            await drive_floor(floor, [f"warm{i}" for i in range(n)], 2)
+        await drive(core, Timings(), [f"warm{i}" for i in range(n)], 3)
+        for run in range(args.rounds):
+            threads = [f"load{run}.{i}" for i in range(n)]
+            # Alternate which goes first, so a trend in the machine's load evens out.
+            for name in ("floor", "core") if run % 2 == 0 else ("core", "floor"):
+                if name == "floor":
+                    async with floor_client(f"open{run}") as floor:
+                        outcome = await measured(
+                            functools.partial(drive_floor, floor, threads, turns),
+                            n * turns,
+                            backend.database,
+                        )
+                    results.floor.append(outcome)
+                else:
+                    outcome = await measured(
+                        functools.partial(drive, core, Timings(), threads, turns),
+                        n * turns,
+                        backend.database,
+                    )
+                    results.core.append(outcome)
+
+        single = transport.timings = Timings()
+        await drive(core, single, ["single"], args.single_turns)
+        results.added_ms = single.added_ms()
+
+        # Threads of 10 (each measured reply finds exactly 10 messages) and one of
+        # 5,000, replies alternating between them (as bench_core does).
+        replies = args.thread_replies
+        small_threads = [f"small{i}" for i in range(replies + 5)]
+        for thread in small_threads:
+            await seed_thread(store, thread, 10)
+        large_id = await conversation_id_of(store, "large")
+        async with floor_client("open-seed") as floor:
+            await floor.database.seed(large_id, 4998)
+        for turn, thread in enumerate(small_threads):
+            small_time = await timed_reply(core, thread, 0)
+            large_time = await timed_reply(core, "large", turn)
+            if turn >= 5:
+                results.small_ms.append(small_time * 1000)
+                results.large_ms.append(large_time * 1000)
 
     if backend.proxied is not None:
         await count_round_trips(args, settings, base_url, backend, results)
