@@ -26,8 +26,8 @@ PostgreSQL the round trips, statements, transactions and connections opened per
 reply, counted on the wire by a counting proxy on 127.0.0.1 in a separate pass
 (round trips = the server's ReadyForQuery messages; transactions = those that
 leave the session idle, i.e. the end of an explicit or implicit transaction;
-writing ones = those whose commands changed rows, each of which waits for a WAL
-flush at commit while synchronous_commit is on).
+writing ones = those that ran an INSERT, UPDATE, DELETE or MERGE: each that
+changed rows waits for a WAL flush at commit while synchronous_commit is on).
 
 Runs on 127.0.0.1 only (PostgreSQL at 127.0.0.1:5432, trust auth, or
 BOTSERVICE_TEST_POSTGRES_URL; a fresh database is created and dropped), in about
@@ -576,7 +576,7 @@ class WireCounts:
     connections: int = 0
     round_trips: int = 0  # ReadyForQuery messages after start-up
     transactions: int = 0  # ReadyForQuery leaving the session idle
-    writes: int = 0  # of those, transactions that changed rows: commits that wait for the WAL
+    writes: int = 0  # of those, transactions that ran a writing statement
     statements: int = 0  # Execute + simple Query messages
 
 
@@ -619,8 +619,10 @@ class CountingProxy:
                 answer = await server_in.readexactly(1)
                 assert answer == b"N", "the counting proxy cannot read an encrypted session"
                 client_out.write(answer)
+            session = _Session()
             await asyncio.gather(
-                self._frontend(client_in, server_out), self._backend(server_in, client_out)
+                self._frontend(client_in, server_out, session),
+                self._backend(server_in, client_out, session),
             )
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -628,42 +630,62 @@ class CountingProxy:
             for writer in (client_out, server_out):
                 writer.close()
 
-    async def _frontend(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _frontend(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: _Session
+    ) -> None:
         while True:
             head = await reader.readexactly(5)
             body = await reader.readexactly(struct.unpack("!I", head[1:])[0] - 4)
             kind = head[:1]
-            if kind in (b"E", b"Q"):
+            if kind == b"P":  # Parse: statement name, query text
+                name, query, _ = body.split(b"\0", 2)
+                session.writes[name] = bool(_WRITE_STATEMENT.search(query))
+            elif kind == b"B":  # Bind: portal name, statement name
+                session.bound = body.split(b"\0", 2)[1]
+            elif kind == b"E":
                 self.counts.statements += 1
+                session.wrote |= session.writes.get(session.bound, False)
+            elif kind == b"Q":  # a simple query (BEGIN, COMMIT, ...)
+                self.counts.statements += 1
+                session.wrote |= bool(_WRITE_STATEMENT.search(body))
             writer.write(head + body)
             await writer.drain()
             if kind == b"X":  # Terminate
                 return
 
-    async def _backend(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _backend(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: _Session
+    ) -> None:
         started = False  # the first ReadyForQuery ends the start-up, not a round trip of work
-        wrote = False  # the open transaction changed rows
         while True:
             head = await reader.readexactly(5)
             body = await reader.readexactly(struct.unpack("!I", head[1:])[0] - 4)
-            kind = head[:1]
-            if kind == b"C":  # CommandComplete: "INSERT 0 1", "UPDATE 3", "SELECT 5"...
-                tag = body.rstrip(b"\0").split()
-                wrote = wrote or (tag[0] in _WRITES and tag[-1] != b"0")
-            elif kind == b"Z":
+            if head[:1] == b"Z":  # ReadyForQuery; its status byte: I(dle), T(ransaction), E
                 if started:
                     self.counts.round_trips += 1
                     if body == b"I":
                         self.counts.transactions += 1
-                        self.counts.writes += wrote
-                        wrote = False
+                        self.counts.writes += session.wrote
+                        session.wrote = False
                 started = True
             writer.write(head + body)
             await writer.drain()
 
 
 _ENCRYPTION_REQUESTS = (80877103, 80877104)
-_WRITES = (b"INSERT", b"UPDATE", b"DELETE", b"MERGE")
+# A statement that writes rows (not `SELECT ... FOR UPDATE`). Told by its text: a
+# DML statement run with a row limit (asyncpg's fetchval/fetchrow) ends in
+# PortalSuspended, with no CommandComplete tag to read.
+_WRITE_STATEMENT = re.compile(rb"(?<!FOR )\b(?:INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
+
+
+@dataclass
+class _Session:
+    """What the counting proxy knows about one connection."""
+
+    writes: dict[bytes, bool] = field(default_factory=dict)  # prepared statement -> writes
+    bound: bytes = b""  # the statement of the portal last bound
+    wrote: bool = False  # the open transaction ran a writing statement
 
 
 # --- one backend -------------------------------------------------------------------------
