@@ -2,12 +2,13 @@
 
 One `httpx.AsyncClient` lives as long as the `OpenAIChatClient`, so every request
 reuses pooled connections (building a client per request costs ~20 ms). Its
-transport is aiohttp's (httpx-aiohttp), not httpcore's: with many answers
-streaming at once, httpcore polls every pooled connection's socket on every
-request, and its pool took about half of the event loop's time. With aiohttp,
-bench/bench_core.py went from ~230 to ~340 replies/s at 50 concurrent
-conversations. Proxies from the environment still go through httpx's own
-transport.
+transport is aiohttp's pool (`AiohttpTransport` below), not httpcore's: with many
+answers streaming at once, httpcore polls every pooled connection's socket on
+every request, and its pool took about half of the event loop's time. Streams
+are read with botservice/sse.py and orjson. Per streamed request this costs
+about 1.3x the CPU of a bare aiohttp client doing the same work
+(bench/bench_model_client.py); with httpx's client layers, httpx-aiohttp and
+httpx-sse it was about 2.9x.
 
 Failures are retried only while nothing has been shown to the user: once a text
 delta has been yielded, a retry would repeat or contradict it, so the stream
@@ -25,13 +26,11 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
-from httpx_sse import aconnect_sse
 
 from botservice.errors import (
     ModelEmptyAnswer,
@@ -45,6 +44,7 @@ from botservice.errors import (
 )
 from botservice.ports import ChatRequest, ChatResult, Usage
 from botservice.settings import ModelSettings
+from botservice.sse import SSEDataDecoder
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 _REASON_LIMIT = 200
 # Connections open at once, busy or idle; idle ones close after httpx's default
-# keep-alive expiry (5 s), which httpx-aiohttp hands on to aiohttp.
+# keep-alive expiry (5 s).
 _MAX_CONNECTIONS = 200
 _KEY_LIKE = re.compile(r"\b(?:sk|key)-[\w*.-]{6,}")
 
@@ -94,10 +94,30 @@ class OpenAIChatClient:
         # Local servers (Ollama, llama.cpp) need no key and some reject an empty one.
         if self._secret:
             self._headers["Authorization"] = f"Bearer {self._secret}"
+        stream_headers = {
+            **self._headers,
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-store",
+        }
+        self._request_headers = {False: self._headers, True: stream_headers}
         self._owns_http = http_client is None
+        # With a client of our own, requests go straight to its transport (see `_send`).
+        self._transport = None if http_client else transport or pooled_transport()
         self.http: httpx.AsyncClient = http_client or httpx.AsyncClient(
-            timeout=self._timeout, transport=transport or pooled_transport()
+            timeout=self._timeout, transport=self._transport
         )
+        if self._transport is not None:
+            self._direct_url = httpx.URL(self._url)
+            # With what httpx's client adds to every request. Built as httpx.Headers
+            # once: a request copies their normalized list instead of normalizing again.
+            defaults = {
+                key: self.http.headers[key] for key in ("Accept", "Accept-Encoding", "User-Agent")
+            }
+            self._direct_headers = {
+                stream: httpx.Headers({**defaults, **headers})
+                for stream, headers in self._request_headers.items()
+            }
+            self._direct_extensions = {"timeout": self._timeout.as_dict()}
 
     def stream(self, request: ChatRequest) -> OpenAIChatStream:
         """Nothing is sent until the returned stream is iterated."""
@@ -112,14 +132,43 @@ class OpenAIChatClient:
 
     # --- one attempt ---------------------------------------------------------
 
-    async def _complete_once(self, request: ChatRequest) -> ChatResult:
-        try:
-            response = await self.http.post(
+    async def _send(self, body: bytes, *, stream: bool) -> httpx.Response:
+        """POST `body`; the response's body is left to read (or close).
+
+        With a client of our own, the request goes straight to its transport:
+        `AsyncClient.send` builds the request from the client's defaults, runs auth,
+        redirect, cookie and event-hook machinery this client never configures, and
+        wraps the body once more: about 30 % of the event loop's CPU in a py-spy
+        profile of bench/bench_model_client.py. A client given by the caller keeps
+        all of that, since its configuration is not ours to skip.
+        """
+        if self._transport is None:
+            request = self.http.build_request(
+                "POST",
                 self._url,
-                content=_encode(request, stream=False),
-                headers=self._headers,
+                content=body,
+                headers=self._request_headers[stream],
                 timeout=self._timeout,
             )
+            return await self.http.send(request, stream=True)
+        request = httpx.Request(
+            "POST",
+            self._direct_url,
+            headers=self._direct_headers[stream],
+            content=body,
+            extensions=dict(self._direct_extensions),
+        )
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def _complete_once(self, request: ChatRequest) -> ChatResult:
+        try:
+            response = await self._send(_encode(request, stream=False), stream=False)
+            try:
+                await response.aread()
+            finally:
+                await _close(response)
         except httpx.HTTPError as error:
             raise _transport_failure(error, response_started=False) from error
         self._check_status(response)
@@ -246,39 +295,37 @@ class OpenAIChatStream:
         started = time.monotonic()
         self.usage, self.finished, self.finish_reason = None, False, None
         shown = done = False
-        headers = dict(client._headers)  # aconnect_sse adds to the dict it is given.
+        response: httpx.Response | None = None
         response_started = False
         try:
-            async with aconnect_sse(
-                client.http,
-                "POST",
-                client._url,
-                content=_encode(self._request, stream=True),
-                headers=headers,
-                timeout=client._timeout,
-            ) as source:
-                response = source.response
-                response_started = True
-                if response.status_code >= 400:
-                    await response.aread()
-                    client._check_status(response)
-                content_type = response.headers.get("content-type", "")
-                if "text/event-stream" not in content_type:
-                    # Some servers ignore `stream: true` and answer with one JSON body.
-                    result = _parse_completion(await response.aread())
-                    self.usage, self.finished = result.usage, True
-                    yield result.text
-                    return
-                async for event in source.aiter_sse():
+            response = await client._send(_encode(self._request, stream=True), stream=True)
+            response_started = True
+            if response.status_code >= 400:
+                await response.aread()
+                client._check_status(response)
+            content_type = response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                # Some servers ignore `stream: true` and answer with one JSON body.
+                result = _parse_completion(await response.aread())
+                self.usage, self.finished = result.usage, True
+                yield result.text
+                return
+            decoder = SSEDataDecoder()
+            chunks = response.aiter_bytes()
+            while True:
+                chunk = await anext(chunks, None)
+                for data in decoder.feed(chunk) if chunk is not None else decoder.end():
                     if done:
                         continue  # Read on to the end so the connection goes back to the pool.
-                    if event.data.strip() == "[DONE]":
+                    if data.strip() == b"[DONE]":
                         done = self.finished = True
                         continue
-                    delta = self._read_chunk(event.data, shown=shown)
+                    delta = self._read_chunk(data, shown=shown)
                     if delta:
                         shown = True
                         yield delta
+                if chunk is None:
+                    break
         except httpx.HTTPError as error:
             if not shown:
                 raise _transport_failure(error, response_started=response_started) from error
@@ -286,6 +333,10 @@ class OpenAIChatStream:
                 raise ModelStreamBroken(f"stream failed after text: {error!r}") from error
             # finish_reason had come: the answer is whole, only usage or [DONE] was lost.
             log.info("model stream dropped after its finish_reason: %r", error)
+        finally:
+            # Also when the consumer stopped early (GeneratorExit at a yield).
+            if response is not None:
+                await _close(response)
         if not self.finished:
             if shown:
                 raise ModelStreamBroken("stream ended before [DONE]")
@@ -298,13 +349,18 @@ class OpenAIChatStream:
             self.finish_reason,
         )
 
-    def _read_chunk(self, data: str, *, shown: bool) -> str:
+    def _read_chunk(self, data: bytes, *, shown: bool) -> str:
         """Take usage and finish_reason from one chunk; return its text delta."""
         try:
-            chunk = json.loads(data)
-        except ValueError:
-            log.debug("ignored a stream event that is not JSON")
-            return ""
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # orjson refuses the NaN and Infinity that Python-based servers may
+            # write (in logprobs, say); json takes them, so such a chunk still counts.
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                log.debug("ignored a stream event that is not JSON")
+                return ""
         if not isinstance(chunk, dict):
             return ""
         if "error" in chunk:
@@ -328,58 +384,110 @@ class OpenAIChatStream:
 
 def pooled_transport() -> httpx.AsyncBaseTransport:
     """The transport an `OpenAIChatClient` uses unless given one."""
-    return _AiohttpTransport(limits=httpx.Limits(max_connections=_MAX_CONNECTIONS))
+    return AiohttpTransport(max_connections=_MAX_CONNECTIONS)
 
 
-class _AiohttpTransport(AiohttpTransport):
-    """httpx-aiohttp's transport, raising the httpx errors that httpx's own would.
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over aiohttp's connection pool.
 
-    httpx-aiohttp 0.2 turns every `aiohttp.ClientConnectionError` into
-    `httpx.ConnectTimeout`: a refused connection, a reset, or a keep-alive
-    connection the server had closed would all look like timeouts. Here each
-    aiohttp error is mapped again from the error itself (`__cause__`).
+    Why aiohttp: with many answers streaming at once, httpcore's pool polls every
+    pooled connection's socket on every request and took about half of the event
+    loop's time. Why not httpx-aiohttp's transport, which this replaced: per
+    request it built a timeout object, converted the headers twice and wrapped the
+    body in two more generators, and it turned every connection error into
+    `ConnectTimeout`. Here the timeouts are built once per setting, the body is
+    read as aiohttp delivers it, and each aiohttp error becomes the httpx error
+    httpx's own transport would raise (refused: ConnectError, reset: ReadError...).
+
+    Keeps httpx-aiohttp's conduct: no redirects, no decompression (httpx decodes
+    the body), no proxies from the environment, certificates as httpx verifies them.
     """
 
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 5.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Built on first use: an aiohttp session belongs to the running event loop.
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            keepalive_timeout=self._keepalive_expiry,
+            ssl=httpx.create_ssl_context(),
+        )
+        self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+        given = request.extensions.get("timeout") or {}
+        key = (given.get("connect"), given.get("read"), given.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                sock_connect=key[0], sock_read=key[1], connect=key[2]
+            )
+        return timeout
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session or self._open()
+        body: Any
         try:
-            response = await super().handle_async_request(request)
-        except Exception as error:
-            _reraise_as_httpx_error(error)
-        response.stream = _ResponseBody(response.stream)
-        return response
+            body = request.content or None
+        except httpx.RequestNotRead:  # a streamed upload: aiohttp frames it itself
+            body = request.stream
+            request.headers.pop("transfer-encoding", None)
+        try:
+            response = await session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=body,
+                timeout=self._timeout(request),
+                allow_redirects=False,
+                auto_decompress=False,
+            )
+        except aiohttp.ClientError as error:
+            raise _httpx_error(error) from error
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_AiohttpBody(response),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
-class _ResponseBody(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream | httpx.SyncByteStream) -> None:
-        assert isinstance(inner, httpx.AsyncByteStream)
-        self._inner = inner
+class _AiohttpBody(httpx.AsyncByteStream):
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._inner:
+            async for chunk in self._response.content.iter_any():
                 yield chunk
-        except Exception as error:
-            _reraise_as_httpx_error(error)
+        except aiohttp.ClientError as error:
+            raise _httpx_error(error) from error
 
     async def aclose(self) -> None:
+        # Back to the pool when read to the end; closed when not (aiohttp decides).
+        self._response.release()
         try:
-            await self._inner.aclose()
-        except Exception as error:
-            _reraise_as_httpx_error(error)
+            await self._response.wait_for_close()
+        except aiohttp.ClientError as error:
+            raise _httpx_error(error) from error
 
 
-def _reraise_as_httpx_error(error: Exception) -> NoReturn:
-    """Raise the httpx error for an aiohttp failure (mapped or not); anything else as is."""
-    cause = error.__cause__ if isinstance(error, httpx.HTTPError) else error
-    if not isinstance(cause, aiohttp.ClientError):
-        raise error
-    mapped = _httpx_error(cause)
-    if mapped is None:
-        raise error
-    raise mapped from cause
-
-
-def _httpx_error(cause: aiohttp.ClientError) -> httpx.TransportError | None:
+def _httpx_error(cause: aiohttp.ClientError) -> httpx.TransportError:
     message = str(cause) or type(cause).__name__
     if isinstance(cause, aiohttp.ConnectionTimeoutError):
         return httpx.ConnectTimeout(message)
@@ -394,10 +502,12 @@ def _httpx_error(cause: aiohttp.ClientError) -> httpx.TransportError | None:
         aiohttp.ClientPayloadError | aiohttp.ClientOSError | aiohttp.ClientConnectionResetError,
     ):
         return httpx.ReadError(message)  # body cut short, connection reset
+    if isinstance(cause, aiohttp.InvalidUrlClientError | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(message)
     if isinstance(cause, aiohttp.ClientConnectionError | aiohttp.ClientResponseError):
         # Server closed the connection, or sent something that is not HTTP.
         return httpx.RemoteProtocolError(message)
-    return None  # e.g. a URL aiohttp refuses: httpx-aiohttp's own mapping stands
+    return httpx.TransportError(message)
 
 
 # --- helpers -------------------------------------------------------------------
@@ -413,9 +523,16 @@ def _encode(request: ChatRequest, *, stream: bool) -> bytes:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     # orjson: ~12x faster than json.dumps on a prompt of 200 history messages (~150 us
-    # -> ~13 us). Replies are still decoded with json: orjson refuses the NaN and
-    # Infinity that Python-based servers may write, and would drop such a chunk.
+    # -> ~13 us).
     return orjson.dumps(body)
+
+
+async def _close(response: httpx.Response) -> None:
+    # What was read decides the outcome; a failure to close only costs the connection.
+    try:
+        await response.aclose()
+    except httpx.HTTPError as error:
+        log.debug("closing a model response failed: %r", error)
 
 
 def _parse_completion(raw: bytes) -> ChatResult:
