@@ -125,6 +125,8 @@ class ConversationCore:
         # Turns this process claimed ahead of running them (with a message it accepted,
         # or with the answer before), by conversation: at most one each.
         self._claimed: dict[int, PendingTurn] = {}
+        # Conversations whose last save also tried to claim the next turn.
+        self._looked: set[int] = set()
         self._tasks = BackgroundTasks()
         self._sink_for: SinkFinder | None = None
         self._upkeep: asyncio.Task[None] | None = None
@@ -310,8 +312,12 @@ class ConversationCore:
         )
         try:
             while True:
-                self._wanted.discard(conversation_id)
                 turn = self._claimed.pop(conversation_id, None)
+                looked = conversation_id in self._looked
+                self._looked.discard(conversation_id)
+                if turn is None and looked and conversation_id not in self._wanted:
+                    return  # the last answer's save looked for a next turn already
+                self._wanted.discard(conversation_id)
                 if turn is None and not self._stopping:
                     try:
                         turn = await self._store.claim_next_turn(
@@ -336,6 +342,7 @@ class ConversationCore:
                 await self._run(turn)
         finally:
             del self._drivers[conversation_id]
+            self._looked.discard(conversation_id)
             self._let_go_of(conversation_id)
 
     def _let_go_of(self, conversation_id: int) -> None:
@@ -578,7 +585,9 @@ class ConversationCore:
                     reply_ref=reply_ref,
                 )
             # The next turn of the conversation is claimed with the save, so the
-            # order costs no extra step.
+            # order costs no extra step. A message accepted from here on marks the
+            # conversation wanted again, and is looked for once more.
+            self._wanted.discard(turn.conversation_id)
             saved, following = await store.store_answer_and_claim_next(
                 turn.turn_id,
                 claim=self._claim(),
@@ -591,6 +600,7 @@ class ConversationCore:
                 model=model,
                 reply_ref=reply_ref,
             )
+            self._looked.add(turn.conversation_id)
             if following is not None:
                 self._claimed[turn.conversation_id] = following
             return saved

@@ -32,6 +32,7 @@ from sqlalchemy import (
     exists,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -156,6 +157,8 @@ _LINK_TURN = (
     )
 )
 _UNFINISHED = ("pending", "running")
+_PENDING = literal_column("'pending'", String())
+_RUNNING = literal_column("'running'", String())
 # The same as `status IN _UNFINISHED`, written so the hot statements keep one compiled
 # form (an IN list is an expanding parameter, rendered again on every execution).
 _T_UNFINISHED = or_(_t.status == "pending", _t.status == "running")
@@ -193,13 +196,15 @@ def _claim_statement() -> Any:
 
     The NOT EXISTS keeps the common case free of errors; the partial unique index
     `uq_turns_one_running` is what makes two simultaneous claims (two processes)
-    impossible: the second fails instead of running beside the first.
+    impossible: the second fails instead of running beside the first. The statuses
+    are SQL literals, not parameters, so both lookups can use the partial indexes
+    (`ix_turns_pending`, `uq_turns_one_running`) whose conditions they match.
     """
     conversation_id = bindparam("b_conversation_id", type_=Integer)
     running = TURNS.alias("running")
     oldest_pending = (
         select(_t.id)
-        .where(_t.conversation_id == conversation_id, _t.status == "pending")
+        .where(_t.conversation_id == conversation_id, _t.status == _PENDING)
         .order_by(_t.id)
         .limit(1)
         .scalar_subquery()
@@ -208,14 +213,12 @@ def _claim_statement() -> Any:
         update(TURNS)
         .where(
             _t.id == oldest_pending,
-            _t.status == "pending",
+            _t.status == _PENDING,
             ~exists().where(
-                running.c.conversation_id == conversation_id, running.c.status == "running"
+                running.c.conversation_id == conversation_id, running.c.status == _RUNNING
             ),
         )
-        .values(
-            status="running", claimed_by=_HOLDER, alive_until=_ALIVE_UNTIL, claims=_t.claims + 1
-        )
+        .values(status=_RUNNING, claimed_by=_HOLDER, alive_until=_ALIVE_UNTIL, claims=_t.claims + 1)
         .returning(*_PENDING_COLUMNS)
     )
 
@@ -754,7 +757,7 @@ class SqlStore:
                 _t.conversation_id.is_not(None),
                 ~exists().where(
                     running.c.conversation_id == _t.conversation_id,
-                    running.c.status == "running",
+                    running.c.status == _RUNNING,
                 ),
             )
             .group_by(_t.conversation_id)

@@ -118,6 +118,14 @@ class Turn(SQLModel, table=True):
         Index("ix_turns_conversation_id", "conversation_id"),
         Index("ix_turns_user_message_id", "user_message_id"),
         Index("ix_turns_reply_ref", "reply_ref"),
+        # The claim's lookup of a conversation's oldest pending turn.
+        Index(
+            "ix_turns_pending",
+            "conversation_id",
+            "id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
         Index(
             "uq_turns_one_running",
             "conversation_id",

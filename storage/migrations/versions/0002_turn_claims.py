@@ -21,6 +21,7 @@ branch_labels = None
 depends_on = None
 
 RUNNING = sa.text("status = 'running'")
+PENDING = sa.text("status = 'pending'")
 
 
 def upgrade() -> None:
@@ -35,6 +36,13 @@ def upgrade() -> None:
         postgresql_where=RUNNING,
         sqlite_where=RUNNING,
     )
+    op.create_index(
+        "ix_turns_pending",
+        "turns",
+        ["conversation_id", "id"],
+        postgresql_where=PENDING,
+        sqlite_where=PENDING,
+    )
     op.execute("ALTER TABLE conversations DROP COLUMN busy_until")
 
 
@@ -42,6 +50,7 @@ def downgrade() -> None:
     op.add_column(
         "conversations", sa.Column("busy_until", sa.DateTime(timezone=True), nullable=True)
     )
+    op.drop_index("ix_turns_pending", "turns")
     op.drop_index("uq_turns_one_running", "turns")
     op.execute("UPDATE turns SET status = 'pending' WHERE status = 'running'")
     op.execute("ALTER TABLE turns DROP COLUMN claims")
