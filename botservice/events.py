@@ -81,6 +81,9 @@ class IncomingMessage:
     text: str
     message_key: str
     is_channel_admin: bool = False
+    # A direct message with the bot: the person manages the "channel", yet some
+    # settings (the model: the operator pays for it) stay with the bot's admins.
+    is_direct: bool = False
     attachments: tuple[Attachment, ...] = ()
     platform_message_id: str = ""
     # What was said in the thread before the bot was first mentioned there. The

@@ -126,6 +126,23 @@ class OpenAIChatClient:
     async def complete(self, request: ChatRequest) -> ChatResult:
         return await self._with_retries(lambda: self._complete_once(request))
 
+    async def list_models(self) -> list[str]:
+        """The model ids the endpoint lists at `/models` (no retries: a person is waiting)."""
+        url = self._settings.base_url.rstrip("/") + "/models"
+        try:
+            response = await self.http.get(url, headers=self._headers, timeout=self._timeout)
+        except httpx.HTTPError as error:
+            failure = _transport_failure(error, response_started=False)
+            raise (failure.error if isinstance(failure, _Retryable) else failure) from error
+        if response.status_code >= 400:
+            log.warning("model endpoint refused to list models: HTTP %d", response.status_code)
+            raise ModelRefused(response.status_code, self._reason(response))
+        try:
+            listed = response.json()["data"]
+            return [str(item["id"]) for item in listed if isinstance(item, dict) and item.get("id")]
+        except (ValueError, KeyError, TypeError):
+            raise ModelError("the model endpoint sent a model list it cannot read") from None
+
     async def aclose(self) -> None:
         if self._owns_http:
             await self.http.aclose()

@@ -121,6 +121,10 @@ class ModelClient(Protocol):
 
     async def complete(self, request: ChatRequest) -> ChatResult: ...
 
+    async def list_models(self) -> list[str]:
+        """The model names the endpoint offers (`/models`). Raises `ModelError`."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -370,6 +374,16 @@ class Store(Protocol):
     async def delete_conversation_messages(self, conversation_id: int) -> int: ...
 
     async def forget_user(self, platform: str, user_id: str) -> ForgetCounts: ...
+
+    async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
+        """Tokens the model spent since `since` answering this person's messages."""
+        ...
+
+    async def tokens_used_in_channel(
+        self, platform: str, workspace: str, channel: str, *, since: datetime
+    ) -> int:
+        """Tokens the model spent since `since` answering in this channel."""
+        ...
 
     async def has_conversation(self, key: ConversationKey) -> bool: ...
 

@@ -45,6 +45,8 @@ class ModelSettings(_Section):
     max_attempts: int = Field(default=4, ge=1, le=10)
     retry_after_cap_seconds: float = Field(default=20.0, ge=0)
     backoff_base_seconds: float = Field(default=0.5, ge=0)
+    # `/model set` also accepts the names the endpoint lists at /models, not only [models].
+    allow_discovered: bool = False
 
 
 class ConversationSettings(_Section):
@@ -70,6 +72,15 @@ class ImageSettings(_Section):
 
     max_images_per_turn: int = Field(default=4, ge=0)
     max_image_bytes_per_turn: int = Field(default=20 * 1024 * 1024, ge=0)
+
+
+class LimitSettings(_Section):
+    # 0 turns a limit off.
+    messages_per_minute: int = Field(default=10, ge=0)
+    max_concurrent_model_calls: int = Field(default=16, ge=1)
+    max_queued_turns: int = Field(default=100, ge=0)
+    user_daily_tokens: int = Field(default=0, ge=0)
+    channel_daily_tokens: int = Field(default=0, ge=0)
 
 
 class AccessSettings(_Section):
@@ -114,6 +125,7 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     access: AccessSettings = AccessSettings()
     images: ImageSettings = ImageSettings()
+    limits: LimitSettings = LimitSettings()
     server: ServerSettings = ServerSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
@@ -123,6 +135,18 @@ class Settings(_Section):
 
     def model_info(self, model: str) -> ModelInfo:
         return self.models.get(model, self.model_defaults)
+
+    @property
+    def configured_models(self) -> tuple[str, ...]:
+        """The models `/model set` accepts without asking the endpoint: the default and [models]."""
+        return tuple(sorted({self.model.name, *self.models}))
+
+    def chat_model(self, chosen: str | None) -> str:
+        """The model to answer with: the channel's choice while it is still offered (a
+        choice made before the operator narrowed [models] falls back), else the default."""
+        if chosen and (self.model.allow_discovered or chosen in self.configured_models):
+            return chosen
+        return self.model.name
 
 
 # Environment variable -> (section, key). Secrets are only ever read from here.

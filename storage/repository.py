@@ -1042,6 +1042,41 @@ class SqlStore:
         )
         return counts
 
+    async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
+        question = MESSAGES.alias("question")
+        statement = (
+            select(_spent(question.c.tokens))
+            .select_from(MESSAGES)
+            .join(question, question.c.id == _m.reply_to_id)
+            .join(CONVERSATIONS, _c.id == _m.conversation_id)
+            .where(
+                _m.role == "assistant",
+                _m.created_at >= since,
+                question.c.author_id == user_id,
+                _c.platform == platform,
+            )
+        )
+        return await self._read(lambda connection: int(connection.execute(statement).scalar_one()))
+
+    async def tokens_used_in_channel(
+        self, platform: str, workspace: str, channel: str, *, since: datetime
+    ) -> int:
+        question = MESSAGES.alias("question")
+        statement = (
+            select(_spent(question.c.tokens))
+            .select_from(MESSAGES)
+            .outerjoin(question, question.c.id == _m.reply_to_id)
+            .join(CONVERSATIONS, _c.id == _m.conversation_id)
+            .where(
+                _m.role == "assistant",
+                _m.created_at >= since,
+                _c.platform == platform,
+                _c.workspace == workspace,
+                _c.channel == channel,
+            )
+        )
+        return await self._read(lambda connection: int(connection.execute(statement).scalar_one()))
+
     async def has_conversation(self, key: ConversationKey) -> bool:
         statement = select(_c.id).where(*_key_filter(key)).limit(1)
 
@@ -1524,6 +1559,14 @@ def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
         is_channel_admin=bool(row[8]),
         claims=row[9],
     )
+
+
+def _spent(question_tokens: Any) -> Any:
+    """Tokens an answer cost: the provider's usage, else the local counts of the answer and
+    its question (endpoints like Ollama may report no usage)."""
+    reported = _m.prompt_tokens + _m.completion_tokens
+    counted = _m.tokens + func.coalesce(question_tokens, 0)
+    return func.coalesce(func.sum(func.coalesce(reported, counted)), 0)
 
 
 def _audio_json(attachments: tuple[Attachment, ...]) -> str | None:

@@ -234,12 +234,12 @@ async def test_bot_admins_from_config_may_change_any_channel(
     client = OpenAIChatClient(settings.model)
     try:
         chat = Chat(ConversationCore(settings=settings, store=sqlite_store, model=client))
-        reply = await chat.say("/model set llama3.1:8b", user="OPS2")
-        assert reply.notices == ["This channel now uses the model llama3.1:8b."]
+        reply = await chat.say("/model set gpt-4.1", user="OPS2")
+        assert reply.notices == ["This channel now uses the model gpt-4.1."]
         await chat.say("which model?")
     finally:
         await client.aclose()
-    assert fake_model.chat_requests[-1].body["model"] == "llama3.1:8b"
+    assert fake_model.chat_requests[-1].body["model"] == "gpt-4.1"
 
 
 async def test_only_managers_choose_how_a_channel_is_spoken(
@@ -365,6 +365,7 @@ async def test_trimming_keeps_the_newest_turns_within_budget_and_says_so_once(
         model__name="tiny-model",  # not listed in config, so [model_defaults] apply
         model_defaults__context_window="400",
         model__max_answer_tokens="100",
+        limits__messages_per_minute="0",  # twelve messages in a row from one person
     )
     counter = TokenCounter()
     client = OpenAIChatClient(settings.model)

@@ -387,6 +387,7 @@ class FakeModelServer:
         return web.json_response({"text": self.transcript})
 
     async def _models(self, request: web.Request) -> web.Response:
+        self._record(request, {})
         return web.json_response(
             {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
         )
