@@ -7,7 +7,7 @@ import re
 
 from botservice.errors import ModelError
 from botservice.events import Command, IncomingMessage
-from botservice.ports import ChannelSettings, ModelClient, SettingField, Store
+from botservice.ports import ChannelSettings, ForgetCounts, ModelClient, SettingField, Store
 from botservice.settings import Settings
 from botservice.voice_settings import DEFAULT_SPEECH_MODEL
 
@@ -47,7 +47,7 @@ Commands:
                                            how answers are spoken in voice channels; without a
                                            speech endpoint the voice is espeak-ng's (e.g. en-gb)
   reset                                    start this conversation afresh (nothing is deleted)
-  forget-me                                delete every message and setting of yours
+  forget-me                                delete every message of yours and the answers to them
   help                                     this list
 Changing instructions, model, retention or speech needs the channel-manager right."""
 
@@ -114,11 +114,7 @@ class CommandRunner:
                 await self._store.reset_conversation(message.conversation)
                 return "Done: the next message here starts a fresh conversation."
             case "forget-me":
-                counts = await self._store.forget_user(message.platform, message.user_id)
-                return (
-                    f"Deleted {counts.messages} message{_s(counts.messages)} and "
-                    f"{counts.settings} setting{_s(counts.settings)} of yours."
-                )
+                return _forgotten(await self._store.forget_user(message.platform, message.user_id))
             case "help":
                 return HELP_TEXT
             case _:
@@ -266,6 +262,19 @@ def _speech_choices(argument: str) -> dict[SettingField, str] | None:
             return None
         choices[field] = value
     return choices
+
+
+def _forgotten(counts: ForgetCounts) -> str:
+    reply = (
+        f"Deleted {counts.messages} message{_s(counts.messages)} of yours and the "
+        f"{counts.answers} answer{_s(counts.answers)} to them, in every conversation."
+    )
+    if counts.settings:
+        reply += (
+            f" The {counts.settings} setting change{_s(counts.settings)} you made stay in "
+            "force but no longer carry your name."
+        )
+    return reply
 
 
 def _choose_from(names: list[str]) -> str:

@@ -204,12 +204,16 @@ class PurgeCounts:
 
 @dataclass(frozen=True, slots=True)
 class ForgetCounts:
+    """What `forget_user` did: messages and answers deleted; setting changes (audit
+    rows) that stay in force but no longer name the person."""
+
     messages: int = 0
+    answers: int = 0
     settings: int = 0
 
     @property
     def total(self) -> int:
-        return self.messages + self.settings
+        return self.messages + self.answers + self.settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +377,10 @@ class Store(Protocol):
 
     async def delete_conversation_messages(self, conversation_id: int) -> int: ...
 
-    async def forget_user(self, platform: str, user_id: str) -> ForgetCounts: ...
+    async def forget_user(self, platform: str, user_id: str) -> ForgetCounts:
+        """Delete everything the person wrote on `platform` and every answer to it; keep
+        the settings they changed, no longer under their name."""
+        ...
 
     async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
         """Tokens the model spent since `since` answering this person's messages."""

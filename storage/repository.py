@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
 PURGE_JOB = "purge"
+# Who changed a setting, once that person asked to be forgotten.
+FORGOTTEN_USER = "(forgotten)"
 MESSAGE_CACHE_SIZE = 20_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -998,17 +1000,18 @@ class SqlStore:
         return deleted
 
     async def forget_user(self, platform: str, user_id: str) -> ForgetCounts:
-        """Delete the user's own messages on `platform` (every conversation), the channel
-        settings rows they changed last, and their audit rows.
+        """Delete the user's own messages on `platform` (every conversation) and every
+        answer to them, which may repeat what they said.
 
-        The bot's answers stay (they keep their place in history); dedupe markers
-        lose the user id. `settings` counts settings rows plus audit rows.
+        Settings they changed stay in force, as the channel relies on them; the
+        settings rows and audit rows no longer name them, nor do dedupe markers.
         """
         authored = (
             select(_m.id)
             .join(CONVERSATIONS, _c.id == _m.conversation_id)
             .where(_m.author_id == user_id, _m.role == "user", _c.platform == platform)
         )
+        answers = select(_m.id).where(_m.role == "assistant", _m.reply_to_id.in_(authored))
         now = utcnow()
 
         def work(connection: Connection) -> ForgetCounts:
@@ -1017,27 +1020,38 @@ class SqlStore:
                 .where(_t.status == "pending", _t.user_message_id.in_(authored))
                 .values(status="failed", finished_at=now)
             )
+            # Answers first: they are found through the questions.
+            answered = connection.execute(delete(MESSAGES).where(_m.id.in_(answers))).rowcount
             messages = connection.execute(delete(MESSAGES).where(_m.id.in_(authored))).rowcount
+            # Where to answer (a DM channel, an interaction token) is theirs too.
             connection.execute(
                 update(TURNS)
                 .where(_t.platform == platform, _t.user_id == user_id)
-                .values(user_id="")
+                .values(
+                    user_id="",
+                    reply_target=case((_t.status == "pending", _t.reply_target), else_="{}"),
+                )
+            )
+            connection.execute(
+                update(CHANNEL_SETTINGS)
+                .where(_s.platform == platform, _s.updated_by == user_id)
+                .values(updated_by=FORGOTTEN_USER)
             )
             settings = connection.execute(
-                delete(CHANNEL_SETTINGS).where(_s.platform == platform, _s.updated_by == user_id)
+                update(SETTING_CHANGES)
+                .where(_a.platform == platform, _a.changed_by == user_id)
+                .values(changed_by=FORGOTTEN_USER)
             ).rowcount
-            audit = connection.execute(
-                delete(SETTING_CHANGES).where(_a.platform == platform, _a.changed_by == user_id)
-            ).rowcount
-            return ForgetCounts(messages=messages, settings=settings + audit)
+            return ForgetCounts(messages=messages, answers=answered, settings=settings)
 
         counts = await self._write(work)
         self._message_cache.clear()
         self._settings_cache.clear()
         log.info(
-            "forgot a user on %s: %d messages, %d settings rows",
+            "forgot a user on %s: %d messages, %d answers, %d setting changes made anonymous",
             platform,
             counts.messages,
+            counts.answers,
             counts.settings,
         )
         return counts
