@@ -90,7 +90,9 @@ class IncomingMessage:
     # core stores it with this message, so the thread is never read again.
     context: tuple[ContextMessage, ...] = ()
     # Where the adapter would answer after a restart: a small JSON-able dict the
-    # adapter understands (channel id, thread ts, interaction token, ...).
+    # adapter understands (channel id, thread ts, ...). Credentials go under
+    # "secrets" with an "expires_at" (epoch seconds) beside it: the store deletes
+    # them once that has passed (`Store.forget_expired_reply_secrets`).
     reply_target: dict[str, Any] = field(default_factory=dict)
     raw: Any = field(default=None, repr=False, compare=False)
 

@@ -424,6 +424,12 @@ class Store(Protocol):
         first to claim it (several processes share one database)."""
         ...
 
+    async def forget_expired_reply_secrets(self, *, now: datetime, batch_size: int) -> int:
+        """Delete the "secrets" of reply targets whose "expires_at" has passed (a Discord
+        interaction token is valid for 15 minutes; it is not kept longer). Returns how
+        many turns lost theirs."""
+        ...
+
     async def ping(self) -> bool:
         """Whether the database answers right now (readiness checks)."""
         ...

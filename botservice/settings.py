@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from botservice.errors import ConfigError
+from botservice.redact import redact_url, scrub
 from botservice.voice_settings import VoiceSettings
 
 DEFAULT_CONFIG_PATH = Path("config/botservice.toml")
@@ -247,7 +248,7 @@ def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _explain(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "is not a known setting (check the spelling against config/botservice.toml)"
-    return f"{error['msg'].lower()} (got {error.get('input')!r})"
+    return f"{error['msg'].lower()} (got {scrub(repr(error.get('input')))})"
 
 
 def _check_urls(settings: Settings) -> None:
@@ -263,7 +264,7 @@ def _check_urls(settings: Settings) -> None:
     ):
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(setting, f"{url!r} is not an http(s) URL")
+            raise ConfigError(setting, f"{redact_url(url)!r} is not an http(s) URL")
     scheme = settings.database_url.partition("://")[0]
     if scheme not in _DATABASE_SCHEMES:
         raise ConfigError(

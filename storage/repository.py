@@ -89,6 +89,7 @@ PURGE_JOB = "purge"
 FORGOTTEN_USER = "(forgotten)"
 MESSAGE_CACHE_SIZE = 20_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECRETS = '%"secrets":%'  # reply targets are written with json.dumps(separators=(",", ":"))
 
 _c = CONVERSATIONS.c
 _m = MESSAGES.c
@@ -1322,6 +1323,51 @@ class SqlStore:
         )
         return PurgeCounts(messages=messages, conversations=conversations, turns=turns)
 
+    async def forget_expired_reply_secrets(self, *, now: datetime, batch_size: int) -> int:
+        # Few turns carry secrets and each loses them once, so a scan of the rows that
+        # still mention them stays small; it walks ids so live ones are read once a run.
+        candidates = (
+            select(_t.id, _t.reply_target)
+            .where(_t.id > bindparam("after_id", type_=Integer), _t.reply_target.like(_SECRETS))
+            .order_by(_t.id)
+            .limit(batch_size)
+        )
+        rewrite = (
+            update(TURNS)
+            .where(_t.id == bindparam("b_turn_id"))
+            .values(reply_target=bindparam("b_reply_target"))
+        )
+        deadline = now.timestamp()
+
+        def work(after_id: int) -> Callable[[Connection], tuple[int, int]]:
+            def batch(connection: Connection) -> tuple[int, int]:
+                rows = connection.execute(candidates, {"after_id": after_id}).all()
+                expired = []
+                for turn_id, raw in rows:
+                    target = json.loads(raw)
+                    if isinstance(target, dict) and _expired(target, deadline):
+                        del target["secrets"]
+                        expired.append(
+                            {
+                                "b_turn_id": turn_id,
+                                "b_reply_target": json.dumps(target, separators=(",", ":")),
+                            }
+                        )
+                if expired:
+                    connection.execute(rewrite, expired)
+                last = rows[-1][0] if len(rows) == batch_size else -1
+                return len(expired), last
+
+            return batch
+
+        total, after = 0, 0
+        while after >= 0:
+            forgotten, after = await self._write(work(after))
+            total += forgotten
+        if total:
+            log.info("deleted the expired reply secrets of %d turns", total)
+        return total
+
     async def _claim_period(self, period: str, now: datetime) -> bool:
         claim = (
             self._insert(PURGE_CLAIMS)
@@ -1573,6 +1619,15 @@ def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
         is_channel_admin=bool(row[8]),
         claims=row[9],
     )
+
+
+def _expired(target: dict[str, Any], deadline: float) -> bool:
+    if "secrets" not in target:
+        return False
+    try:
+        return float(target.get("expires_at", 0)) <= deadline
+    except (TypeError, ValueError):
+        return True  # no readable expiry: not worth keeping a credential for
 
 
 def _spent(question_tokens: Any) -> Any:

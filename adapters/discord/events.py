@@ -231,12 +231,14 @@ def incoming_from_interaction(
 def interaction_reply_target(
     interaction: discord.Interaction, *, ephemeral: bool
 ) -> dict[str, Any]:
-    """Enough to finish the answer after a restart while the token is valid (15 minutes)."""
+    """Enough to finish the answer after a restart while the token is valid (15 minutes).
+    The token is one of the reply target's `secrets`, which the store deletes once
+    `expires_at` has passed."""
     return {
         "kind": "interaction",
         "application_id": str(interaction.application_id),
-        "token": interaction.token,
         "channel_id": str(interaction.channel_id or ""),
         "ephemeral": ephemeral,
         "expires_at": interaction.expires_at.timestamp(),
+        "secrets": {"token": interaction.token},
     }
