@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from botservice.expiry import forget_reply_secrets
@@ -155,3 +157,36 @@ async def test_the_interaction_token_is_kept_only_for_its_15_minutes(
 
     assert interaction["token"] not in await stored()
     assert '"kind":"interaction"' in await stored()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("summarize", []),  # registered under an old name, gone from this version
+        ("model", [subcommand("reset")]),  # a subcommand that no longer exists
+    ],
+)
+async def test_a_stale_command_is_answered_with_what_to_do_and_one_warning(
+    guild: Guild,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    options: list[dict[str, object]],
+) -> None:
+    server = guild.server
+    with caplog.at_level(logging.INFO):
+        interaction = await server.send_command(name, options)
+        answer = await server.wait_until(
+            lambda: server.original_response(interaction), what="the answer"
+        )
+
+    assert answer["content"] == (
+        "This command is not available any more; an admin can run "
+        "`botservice discord sync-commands`"
+    )
+    assert answer["_ephemeral"]
+    assert answer["_callback_type"] == 4  # answered at once, within Discord's 3 seconds
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "sync-commands" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None and "Traceback" not in caplog.text
+    assert guild.model.chat_requests == []
