@@ -190,3 +190,19 @@ async def test_a_stale_command_is_answered_with_what_to_do_and_one_warning(
     assert "sync-commands" in warnings[0].getMessage()
     assert warnings[0].exc_info is None and "Traceback" not in caplog.text
     assert guild.model.chat_requests == []
+
+
+async def test_in_a_dm_only_bot_admins_choose_the_model(guild: Guild) -> None:
+    server = guild.server
+    refused = await server.send_command(
+        "model", [subcommand("set", option("name", "gpt-4o"))], user=server.bob, dm=True
+    )
+    shown = await server.send_command("model", [subcommand("show")], user=server.bob, dm=True)
+
+    assert (await guild.original_response(refused))["content"] == (
+        "In direct messages only the bot's admins can change the model "
+        "(the operator lists them in access.admin_user_ids)."
+    )
+    assert (await guild.original_response(shown))["content"] == (
+        "This channel uses the model gpt-4o-mini (the default)."
+    )
