@@ -5,7 +5,7 @@ daily token budgets, and which models `/model set` accepts."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import pytest
@@ -36,6 +36,17 @@ async def make_chat(fake_model: FakeModelServer, sqlite_store: Store) -> AsyncIt
 
 class ChatFactory(Protocol):
     def __call__(self, store: Store | None = None, **overrides: str) -> Chat: ...
+
+
+async def wait_for(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "waited too long"
+        await asyncio.sleep(0.01)
+
+
+def showing_placeholder(sink: RecordingSink) -> Callable[[], bool]:
+    return lambda: sink.begun == 1
 
 
 def user_texts(fake_model: FakeModelServer) -> list[str]:
@@ -101,33 +112,44 @@ async def test_model_calls_wait_in_order_for_a_free_slot(
     make_chat: ChatFactory, fake_model: FakeModelServer
 ) -> None:
     chat = make_chat(limits__max_concurrent_model_calls="2")
-    fake_model.script(*(Slow(0.3) for _ in range(5)))
+    fake_model.script(*(Slow(0.5) for _ in range(5)))
     sinks = [RecordingSink() for _ in range(5)]
-    for n, sink in enumerate(sinks):
+
+    async def submit(n: int) -> None:
         message = chat.message(f"turn {n}", thread=f"T{n}", user=f"U{n}")
-        assert await chat.core.submit(message, sink) is not None
-        await asyncio.sleep(0.02)  # arrival order is submission order
+        assert await chat.core.submit(message, sinks[n]) is not None
+
+    await submit(0)
+    await submit(1)
+    await wait_for(lambda: len(fake_model.chat_requests) == 2)  # both slots taken
+    for n in (2, 3, 4):
+        await submit(n)
+        await wait_for(showing_placeholder(sinks[n]))
+        await asyncio.sleep(0.1)  # from its placeholder to the gate: a few reads
     await chat.core.drain()
 
     assert [sink.final for sink in sinks] == [f"You said: turn {n}" for n in range(5)]
     requests = fake_model.chat_requests
-    assert [r.last_user_text for r in requests] == [f"turn {n}" for n in range(5)]
+    asked = [r.last_user_text for r in requests]
+    assert sorted(asked[:2]) == ["turn 0", "turn 1"]  # both went straight to a free slot
+    assert asked[2:] == ["turn 2", "turn 3", "turn 4"]  # the waiting ones, in arrival order
     # Two at once: the third request went out only once the first answer was done.
     started = [r.received_at for r in requests]
-    assert started[2] - started[0] >= 0.28
-    assert started[4] - started[2] >= 0.28
+    assert started[2] - started[0] >= 0.45
+    assert started[4] - started[2] >= 0.45
 
 
 async def test_beyond_the_queue_bound_the_turn_is_declined_but_its_message_kept(
     make_chat: ChatFactory, fake_model: FakeModelServer
 ) -> None:
     chat = make_chat(limits__max_concurrent_model_calls="1", limits__max_queued_turns="1")
-    fake_model.script(Slow(0.3), Slow(0.3))
+    fake_model.script(Slow(0.5), Slow(0.5))
     running, waiting, declined = RecordingSink(), RecordingSink(), RecordingSink()
     await chat.core.submit(chat.message("first", thread="TA", user="UA"), running)
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: len(fake_model.chat_requests) == 1)
     await chat.core.submit(chat.message("second", thread="TB", user="UB"), waiting)
-    await asyncio.sleep(0.05)
+    await wait_for(showing_placeholder(waiting))
+    await asyncio.sleep(0.1)  # from its placeholder to the gate: a few reads
     await chat.core.submit(chat.message("my name is Ada", thread="TC", user="UC"), declined)
     await chat.core.drain()
 
