@@ -1017,9 +1017,10 @@ class SqlStore:
 
         def work(connection: Connection) -> ForgetCounts:
             connection.execute(
+                # One being answered right now too: its answer is then not saved.
                 update(TURNS)
-                .where(_t.status == "pending", _t.user_message_id.in_(authored))
-                .values(status="failed", finished_at=now)
+                .where(_t.status.in_(_UNFINISHED), _t.user_message_id.in_(authored))
+                .values(status="failed", finished_at=now, alive_until=None)
             )
             # Answers first: they are found through the questions.
             answered = connection.execute(delete(MESSAGES).where(_m.id.in_(answers))).rowcount
@@ -1030,7 +1031,7 @@ class SqlStore:
                 .where(_t.platform == platform, _t.user_id == user_id)
                 .values(
                     user_id="",
-                    reply_target=case((_t.status == "pending", _t.reply_target), else_="{}"),
+                    reply_target=case((_t.status.in_(_UNFINISHED), _t.reply_target), else_="{}"),
                 )
             )
             connection.execute(

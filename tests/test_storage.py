@@ -421,6 +421,27 @@ async def test_forget_user_deletes_their_messages_and_the_answers_but_keeps_sett
     assert await store.forget_user("test", "U1") == type(counts)()
 
 
+async def test_forget_user_while_their_turn_is_answered_keeps_no_answer(store: SqlStore) -> None:
+    asked = await ask(store, "m1", "my name is Ada", user_id="U1")
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    claimed = await store.claim_next_turn(asked.conversation_id, holder="p1", alive_until=later)
+    assert claimed is not None and claimed.turn_id == asked.turn_id
+
+    await store.forget_user("test", "U1")
+    saved = await store.store_answer(
+        asked.turn_id,
+        holder="p1",
+        text="Your name is Ada.",
+        tokens=5,
+        usage=None,
+        status="complete",
+        model="m1",
+    )
+
+    assert saved is None
+    assert await store.history(asked.conversation_id, up_to_message_id=10**9, limit=50) == []
+
+
 # --- engine and migrations --------------------------------------------------------------
 
 
