@@ -199,7 +199,7 @@ async def test_a_pending_ask_resumes_through_its_token_until_the_token_expires(
 
     resumed = guild.adapter.sink_for(pending(stored))
     assert resumed is not None
-    await resumed.begin(None)
+    await resumed.begin(None, turn_tag="1", resumed=True)
     await resumed.finish("Answered after a restart.")
     assert original["content"] == "Answered after a restart."
 
@@ -212,7 +212,7 @@ async def test_a_pending_ask_resumes_through_its_token_until_the_token_expires(
     fallback = guild.adapter.sink_for(pending({**expired, "expires_at": 0}))
     assert fallback is not None
     before = len(server.calls_to("POST", f"/channels/{server.channel_id}/messages"))
-    await fallback.begin(None)
+    await fallback.begin(None, turn_tag="1", resumed=True)
     await fallback.finish("Answered later.")
     assert len(server.calls_to("POST", f"/channels/{server.channel_id}/messages")) > before
 
