@@ -198,6 +198,8 @@ async def main_async(args: argparse.Namespace, base_url: str, database: Path) ->
             "OPENAI_BASE_URL": base_url,
             "OPENAI_API_KEY": "sk-bench",
             "BOTSERVICE_CONFIG": str(ROOT / "config" / "botservice.toml"),
+            # One person sends the whole load; the per-person rate is not measured here.
+            "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
         }
     )
     store = await SqlStore.open(f"sqlite+aiosqlite:///{database}")

@@ -60,6 +60,8 @@ async def run(channels: int, rounds: int, database: Path) -> dict[str, Any]:
         "OPENAI_API_KEY": "sk-bench",
         "DATABASE_URL": url,
         "BOTSERVICE_CONFIG": CONFIG,
+        # One person sends the whole load; the per-person rate is not measured here.
+        "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
     })
     settings = settings.model_copy(update={"discord": DiscordSettings(
         token=SecretStr(server.token), api_url=server.api_url, gateway_url=server.gateway_url

@@ -69,7 +69,11 @@ async def run(threads: int, rounds: int, follow_ups: int) -> None:
             model_url=model.base_url,
             slack_url=slack.base_url,
             database_url=url,
-            extra={"BOTSERVICE_CONVERSATION__STREAM_UPDATE_INTERVAL_SECONDS": "1.0"},
+            extra={
+                "BOTSERVICE_CONVERSATION__STREAM_UPDATE_INTERVAL_SECONDS": "1.0",
+                # One person sends the whole load; the per-person rate is not measured here.
+                "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
+            },
         )
         bot = await SlackHarness.start(slack, settings, store)
         try:

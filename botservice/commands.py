@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
+from botservice.errors import ModelError
 from botservice.events import Command, IncomingMessage
-from botservice.ports import ChannelSettings, SettingField, Store
+from botservice.ports import ChannelSettings, ForgetCounts, ModelClient, SettingField, Store
 from botservice.settings import Settings
 from botservice.voice_settings import DEFAULT_SPEECH_MODEL
 
+log = logging.getLogger(__name__)
+
 MAX_INSTRUCTIONS_CHARS = 8000
 MAX_RETENTION_DAYS = 3650
+# A refusal names at most this many models (an endpoint may list hundreds).
+_MODELS_SHOWN = 40
 # Model names as OpenAI, Ollama ("llama3.1:8b") and vLLM ("org/model") spell them.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
 # Speech endpoint voices ("nova") and espeak-ng voices ("en-gb", "en+f3"). It never
@@ -41,7 +47,7 @@ Commands:
                                            how answers are spoken in voice channels; without a
                                            speech endpoint the voice is espeak-ng's (e.g. en-gb)
   reset                                    start this conversation afresh (nothing is deleted)
-  forget-me                                delete every message and setting of yours
+  forget-me                                delete every message of yours and the answers to them
   help                                     this list
 Changing instructions, model, retention or speech needs the channel-manager right."""
 
@@ -87,9 +93,12 @@ def who_may_change(platform: str) -> str:
 class CommandRunner:
     """Runs one command for one message and returns the sentence to answer with."""
 
-    def __init__(self, *, settings: Settings, store: Store) -> None:
+    def __init__(
+        self, *, settings: Settings, store: Store, model: ModelClient | None = None
+    ) -> None:
         self._settings = settings
         self._store = store
+        self._models = model
 
     async def run(self, message: IncomingMessage, command: Command) -> str:
         match command.name:
@@ -105,11 +114,7 @@ class CommandRunner:
                 await self._store.reset_conversation(message.conversation)
                 return "Done: the next message here starts a fresh conversation."
             case "forget-me":
-                counts = await self._store.forget_user(message.platform, message.user_id)
-                return (
-                    f"Deleted {counts.messages} message{_s(counts.messages)} and "
-                    f"{counts.settings} setting{_s(counts.settings)} of yours."
-                )
+                return _forgotten(await self._store.forget_user(message.platform, message.user_id))
             case "help":
                 return HELP_TEXT
             case _:
@@ -138,16 +143,34 @@ class CommandRunner:
     async def _model(self, message: IncomingMessage, command: Command) -> str:
         current = await self._channel(message)
         if command.action == "show":
-            model = current.model or self._settings.model.name
-            suffix = "" if current.model else " (the default)"
+            model = self._settings.chat_model(current.model)
+            suffix = "" if current.model == model else " (the default)"
             return f"This channel uses the model {model}{suffix}."
         if refusal := self._refuse_unless_manager(message, "model"):
             return refusal
+        if message.is_direct and message.user_id not in self._settings.access.admin_user_ids:
+            # Everyone manages their own direct messages; the operator's key is not theirs.
+            return (
+                "In direct messages only the bot's admins can change the model "
+                "(the operator lists them in access.admin_user_ids)."
+            )
         name = command.argument.strip()
+        offered = await self._offered_models()
         if not _MODEL_NAME.match(name):
-            return "Give a model name after `model set`, for example `model set gpt-4o-mini`."
+            return f"Give a model name after `model set`; {_choose_from(offered)}"
+        if name not in offered:
+            return f"The model {name} is not offered here; {_choose_from(offered)}"
         await self._change(message, "model", name)
         return f"This channel now uses the model {name}."
+
+    async def _offered_models(self) -> list[str]:
+        offered = set(self._settings.configured_models)
+        if self._settings.model.allow_discovered and self._models is not None:
+            try:
+                offered.update(await self._models.list_models())
+            except ModelError as error:
+                log.warning("could not list the endpoint's models: %s", type(error).__name__)
+        return sorted(offered)
 
     async def _retention(self, message: IncomingMessage, command: Command) -> str:
         current = await self._channel(message)
@@ -239,6 +262,27 @@ def _speech_choices(argument: str) -> dict[SettingField, str] | None:
             return None
         choices[field] = value
     return choices
+
+
+def _forgotten(counts: ForgetCounts) -> str:
+    reply = (
+        f"Deleted {counts.messages} message{_s(counts.messages)} of yours and the "
+        f"{counts.answers} answer{_s(counts.answers)} to them, in every conversation."
+    )
+    if counts.settings:
+        reply += (
+            f" The {counts.settings} setting change{_s(counts.settings)} you made stay in "
+            "force but no longer carry your name."
+        )
+    return reply
+
+
+def _choose_from(names: list[str]) -> str:
+    shown = ", ".join(names[:_MODELS_SHOWN])
+    more = len(names) - _MODELS_SHOWN
+    if more > 0:
+        shown += f" and {more} more"
+    return f"choose one of: {shown}."
 
 
 def _or_default(value: str | None, default: str) -> str:

@@ -21,6 +21,7 @@ from botservice.background import BackgroundTasks
 from botservice.commands import CommandRunner
 from botservice.errors import ModelError, ModelStreamBroken, StoreUnavailable
 from botservice.events import Attachment, Command, ConversationKey, IncomingMessage
+from botservice.limits import BUSY, GateFull, Limits
 from botservice.ports import (
     ChannelSettings,
     ChatRequest,
@@ -114,7 +115,8 @@ class ConversationCore:
         self._store = store
         self._model = model
         self._tokens = tokens or TokenCounter()
-        self._commands = CommandRunner(settings=settings, store=store)
+        self._limits = Limits(settings.limits, store)
+        self._commands = CommandRunner(settings=settings, store=store, model=model)
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -144,12 +146,15 @@ class ConversationCore:
 
         Returns once the message is stored, so an adapter can acknowledge the
         platform knowing nothing will be lost. None when the message was already
-        taken (a redelivery) or was refused with a notice (empty, too long).
+        taken (a redelivery) or was refused with a notice (empty, too long, over a
+        limit: refused messages are not stored, so they never reach a later prompt).
         Raises `StoreUnavailable` when the database cannot take it (the adapter
         should let the platform deliver it again).
         """
         text = clean_text(message.text)
-        if refusal := self._refusal(text, message.attachments):
+        if refusal := self._refusal(text, message.attachments) or await self._limits.refusal(
+            message
+        ):
             if await self._store.claim_key(message.platform, message.message_key):
                 await sink.notice(refusal, private=False)
             return None
@@ -493,7 +498,7 @@ class ConversationCore:
         channel = await self._keep_trying(
             lambda: store.channel_settings(key.platform, key.workspace, key.channel)
         )
-        model = channel.model or self._settings.model.name
+        model = self._settings.chat_model(channel.model)
         model_info = self._settings.model_info(model)
         instructions = channel.instructions or self._settings.conversation.default_instructions
         history = await self._keep_trying(
@@ -519,17 +524,28 @@ class ConversationCore:
         updates = ThrottledUpdates(sink, self._settings.conversation.stream_update_interval_seconds)
         observer = sink if isinstance(sink, StreamObserver) else None
         parts: list[str] = []
-        stream = self._model.stream(request)
         try:
-            async for delta in stream:
-                parts.append(delta)
-                so_far = "".join(parts)
-                updates.offer(so_far)
-                if observer is not None:
-                    observer.observe(so_far)
-        except ModelError as error:
+            async with self._limits.gate.slot():
+                stream = self._model.stream(request)
+                try:
+                    async for delta in stream:
+                        parts.append(delta)
+                        so_far = "".join(parts)
+                        updates.offer(so_far)
+                        if observer is not None:
+                            observer.observe(so_far)
+                except ModelError as error:
+                    await updates.close()
+                    await self._fail(turn, sink, error, "".join(parts), model, reply_ref)
+                    return
+        except GateFull:
+            # The message stays stored; only this answer is declined.
+            log.warning("turn %d declined: too many turns wait for the model", turn.turn_id)
             await updates.close()
-            await self._fail(turn, sink, error, "".join(parts), model, reply_ref)
+            await self._keep_trying(
+                lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
+            )
+            await sink.finish(BUSY)
             return
         await updates.close()
 

@@ -81,13 +81,18 @@ class IncomingMessage:
     text: str
     message_key: str
     is_channel_admin: bool = False
+    # A direct message with the bot: the person manages the "channel", yet some
+    # settings (the model: the operator pays for it) stay with the bot's admins.
+    is_direct: bool = False
     attachments: tuple[Attachment, ...] = ()
     platform_message_id: str = ""
     # What was said in the thread before the bot was first mentioned there. The
     # core stores it with this message, so the thread is never read again.
     context: tuple[ContextMessage, ...] = ()
     # Where the adapter would answer after a restart: a small JSON-able dict the
-    # adapter understands (channel id, thread ts, interaction token, ...).
+    # adapter understands (channel id, thread ts, ...). Credentials go under
+    # "secrets" with an "expires_at" (epoch seconds) beside it: the store deletes
+    # them once that has passed (`Store.forget_expired_reply_secrets`).
     reply_target: dict[str, Any] = field(default_factory=dict)
     raw: Any = field(default=None, repr=False, compare=False)
 

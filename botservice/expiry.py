@@ -16,6 +16,8 @@ from botservice.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 
+REPLY_SECRETS_INTERVAL_SECONDS = 60
+
 
 async def purge_once(
     store: Store,
@@ -28,6 +30,8 @@ async def purge_once(
     """Delete what has expired. With `claim_period`, only the first process to run
     in this period does the work, since every process's scheduler fires the job."""
     now = now or datetime.now(UTC)
+    if not dry_run:
+        await forget_reply_secrets(store, settings, now=now)
     counts = await store.purge(
         now=now,
         default_retention_days=settings.retention_days,
@@ -39,6 +43,16 @@ async def purge_once(
     if not counts.claimed:
         log.info("purge: another process took this period")
     return counts
+
+
+async def forget_reply_secrets(
+    store: Store, settings: StorageSettings, *, now: datetime | None = None
+) -> int:
+    """Delete credentials kept to answer after a restart (Discord interaction tokens)
+    once they have expired. Cheap and idempotent, so every process runs it."""
+    return await store.forget_expired_reply_secrets(
+        now=now or datetime.now(UTC), batch_size=settings.purge_batch_size
+    )
 
 
 def purge_period(now: datetime, interval_minutes: float) -> str:
@@ -66,7 +80,8 @@ def until_shutdown(job: Callable[..., Awaitable[object]]) -> Callable[..., Await
 
 
 def start_expiry_scheduler(store: Store, settings: StorageSettings) -> AsyncIOScheduler:
-    """Run the purge every `purge_interval_minutes` in the running event loop, first one at once."""
+    """Run the purge every `purge_interval_minutes` in the running event loop, first one at
+    once, and delete expired reply secrets every minute."""
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         until_shutdown(purge_once),
@@ -75,6 +90,17 @@ def start_expiry_scheduler(store: Store, settings: StorageSettings) -> AsyncIOSc
         minutes=settings.purge_interval_minutes,
         next_run_time=datetime.now(UTC),
         id="purge",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    # Every minute: an interaction token is valid for 15, and is not kept much longer.
+    scheduler.add_job(
+        until_shutdown(forget_reply_secrets),
+        "interval",
+        args=(store, settings),
+        seconds=REPLY_SECRETS_INTERVAL_SECONDS,
+        id="reply-secrets",
         max_instances=1,
         coalesce=True,
         misfire_grace_time=None,

@@ -23,7 +23,6 @@ import email.utils
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -43,6 +42,7 @@ from botservice.errors import (
     ModelUnreachable,
 )
 from botservice.ports import ChatRequest, ChatResult, Usage
+from botservice.redact import scrub
 from botservice.settings import ModelSettings
 from botservice.sse import SSEDataDecoder
 
@@ -54,7 +54,6 @@ _REASON_LIMIT = 200
 # Connections open at once, busy or idle; idle ones close after httpx's default
 # keep-alive expiry (5 s).
 _MAX_CONNECTIONS = 200
-_KEY_LIKE = re.compile(r"\b(?:sk|key)-[\w*.-]{6,}")
 
 
 class _Retryable(Exception):
@@ -125,6 +124,23 @@ class OpenAIChatClient:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         return await self._with_retries(lambda: self._complete_once(request))
+
+    async def list_models(self) -> list[str]:
+        """The model ids the endpoint lists at `/models` (no retries: a person is waiting)."""
+        url = self._settings.base_url.rstrip("/") + "/models"
+        try:
+            response = await self.http.get(url, headers=self._headers, timeout=self._timeout)
+        except httpx.HTTPError as error:
+            failure = _transport_failure(error, response_started=False)
+            raise (failure.error if isinstance(failure, _Retryable) else failure) from error
+        if response.status_code >= 400:
+            log.warning("model endpoint refused to list models: HTTP %d", response.status_code)
+            raise ModelRefused(response.status_code, self._reason(response))
+        try:
+            listed = response.json()["data"]
+            return [str(item["id"]) for item in listed if isinstance(item, dict) and item.get("id")]
+        except (ValueError, KeyError, TypeError):
+            raise ModelError("the model endpoint sent a model list it cannot read") from None
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -207,9 +223,7 @@ class OpenAIChatClient:
     def _scrub(self, text: str) -> str:
         # Some endpoints echo the key they rejected, whole or masked ("sk-ab***yz");
         # neither may reach users or logs.
-        if self._secret:
-            text = text.replace(self._secret, "***")
-        return _KEY_LIKE.sub("***", text)
+        return scrub(text, self._secret)
 
     # --- retries -------------------------------------------------------------
 
@@ -583,14 +597,20 @@ def _transport_failure(error: httpx.HTTPError, *, response_started: bool) -> Exc
     if isinstance(error, httpx.TimeoutException):
         return _Retryable(ModelTimeout(f"{type(error).__name__} from the model endpoint"))
     if isinstance(error, httpx.ConnectError):
-        return _Retryable(ModelUnreachable(f"cannot connect to the model endpoint: {error}"))
+        return _Retryable(
+            ModelUnreachable(f"cannot connect to the model endpoint: {scrub(str(error))}")
+        )
     if isinstance(error, httpx.NetworkError | httpx.RemoteProtocolError):
         # Typically a pooled keep-alive connection the server had already closed.
         if response_started:
-            return _Retryable(ModelStreamBroken(f"stream failed before any text: {error!r}"))
-        return _Retryable(ModelUnreachable(f"connection lost before a response: {error!r}"))
+            return _Retryable(
+                ModelStreamBroken(f"stream failed before any text: {scrub(repr(error))}")
+            )
+        return _Retryable(
+            ModelUnreachable(f"connection lost before a response: {scrub(repr(error))}")
+        )
     # Bad URL, unsupported scheme, ...: another attempt cannot help.
-    return ModelUnreachable(f"cannot send to the model endpoint: {error!r}")
+    return ModelUnreachable(f"cannot send to the model endpoint: {scrub(repr(error))}")
 
 
 def _error_in_stream(raw: Any, *, shown: bool, scrub: Callable[[str], str]) -> ModelError:

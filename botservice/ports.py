@@ -121,6 +121,10 @@ class ModelClient(Protocol):
 
     async def complete(self, request: ChatRequest) -> ChatResult: ...
 
+    async def list_models(self) -> list[str]:
+        """The model names the endpoint offers (`/models`). Raises `ModelError`."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -200,12 +204,16 @@ class PurgeCounts:
 
 @dataclass(frozen=True, slots=True)
 class ForgetCounts:
+    """What `forget_user` did: messages and answers deleted; setting changes (audit
+    rows) that stay in force but no longer name the person."""
+
     messages: int = 0
+    answers: int = 0
     settings: int = 0
 
     @property
     def total(self) -> int:
-        return self.messages + self.settings
+        return self.messages + self.answers + self.settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,7 +377,20 @@ class Store(Protocol):
 
     async def delete_conversation_messages(self, conversation_id: int) -> int: ...
 
-    async def forget_user(self, platform: str, user_id: str) -> ForgetCounts: ...
+    async def forget_user(self, platform: str, user_id: str) -> ForgetCounts:
+        """Delete everything the person wrote on `platform` and every answer to it; keep
+        the settings they changed, no longer under their name."""
+        ...
+
+    async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
+        """Tokens the model spent since `since` answering this person's messages."""
+        ...
+
+    async def tokens_used_in_channel(
+        self, platform: str, workspace: str, channel: str, *, since: datetime
+    ) -> int:
+        """Tokens the model spent since `since` answering in this channel."""
+        ...
 
     async def has_conversation(self, key: ConversationKey) -> bool: ...
 
@@ -401,6 +422,12 @@ class Store(Protocol):
     ) -> PurgeCounts:
         """Delete what has expired, in batches. With `period`, run only if this process is the
         first to claim it (several processes share one database)."""
+        ...
+
+    async def forget_expired_reply_secrets(self, *, now: datetime, batch_size: int) -> int:
+        """Delete the "secrets" of reply targets whose "expires_at" has passed (a Discord
+        interaction token is valid for 15 minutes; it is not kept longer). Returns how
+        many turns lost theirs."""
         ...
 
     async def ping(self) -> bool:

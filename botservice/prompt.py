@@ -39,6 +39,7 @@ def build_prompt(
     The current message is always included, even alone over budget: the endpoint
     then says the message is too long, which the user can act on.
     """
+    history = _answered_questions_only(history)
     images = [image for image in images if image.shown_to_model]
     image_cost = IMAGE_TOKENS * len(images)
     used = instructions_tokens + MESSAGE_OVERHEAD_TOKENS + image_cost
@@ -61,6 +62,10 @@ def build_prompt(
         content = message.text
         if message.role == "user" and name_speakers:
             content = f"{message.author_name}: {content}"
+        if message.role == "assistant" and messages[-1]["role"] == "assistant":
+            # Two answers to one question (a turn answered twice): the later one stands.
+            messages[-1] = {"role": message.role, "content": content}
+            continue
         messages.append({"role": message.role, "content": content})
     if images and kept:
         messages[-1]["content"] = [
@@ -68,6 +73,15 @@ def build_prompt(
             *(_image_part(image) for image in images),
         ]
     return Prompt(messages=messages, left_out=len(history) - len(kept), tokens=used)
+
+
+def _answered_questions_only(history: Sequence[StoredMessage]) -> list[StoredMessage]:
+    """History without answers whose question is gone (forgotten, deleted on the
+    platform, expired before its answer, or outside the window): such an answer may
+    repeat what was forgotten, and would sit beside another answer with no question
+    between them."""
+    questions = {message.id for message in history if message.role == "user"}
+    return [m for m in history if m.role != "assistant" or m.reply_to_id in questions]
 
 
 def _image_part(image: Attachment) -> dict[str, Any]:

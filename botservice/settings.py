@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from botservice.errors import ConfigError
+from botservice.redact import redact_url, scrub
 from botservice.voice_settings import VoiceSettings
 
 DEFAULT_CONFIG_PATH = Path("config/botservice.toml")
@@ -45,6 +46,8 @@ class ModelSettings(_Section):
     max_attempts: int = Field(default=4, ge=1, le=10)
     retry_after_cap_seconds: float = Field(default=20.0, ge=0)
     backoff_base_seconds: float = Field(default=0.5, ge=0)
+    # `/model set` also accepts the names the endpoint lists at /models, not only [models].
+    allow_discovered: bool = False
 
 
 class ConversationSettings(_Section):
@@ -70,6 +73,15 @@ class ImageSettings(_Section):
 
     max_images_per_turn: int = Field(default=4, ge=0)
     max_image_bytes_per_turn: int = Field(default=20 * 1024 * 1024, ge=0)
+
+
+class LimitSettings(_Section):
+    # 0 turns a limit off.
+    messages_per_minute: int = Field(default=10, ge=0)
+    max_concurrent_model_calls: int = Field(default=16, ge=1)
+    max_queued_turns: int = Field(default=100, ge=0)
+    user_daily_tokens: int = Field(default=0, ge=0)
+    channel_daily_tokens: int = Field(default=0, ge=0)
 
 
 class AccessSettings(_Section):
@@ -114,6 +126,7 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     access: AccessSettings = AccessSettings()
     images: ImageSettings = ImageSettings()
+    limits: LimitSettings = LimitSettings()
     server: ServerSettings = ServerSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
@@ -123,6 +136,18 @@ class Settings(_Section):
 
     def model_info(self, model: str) -> ModelInfo:
         return self.models.get(model, self.model_defaults)
+
+    @property
+    def configured_models(self) -> tuple[str, ...]:
+        """The models `/model set` accepts without asking the endpoint: the default and [models]."""
+        return tuple(sorted({self.model.name, *self.models}))
+
+    def chat_model(self, chosen: str | None) -> str:
+        """The model to answer with: the channel's choice while it is still offered (a
+        choice made before the operator narrowed [models] falls back), else the default."""
+        if chosen and (self.model.allow_discovered or chosen in self.configured_models):
+            return chosen
+        return self.model.name
 
 
 # Environment variable -> (section, key). Secrets are only ever read from here.
@@ -223,7 +248,7 @@ def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _explain(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "is not a known setting (check the spelling against config/botservice.toml)"
-    return f"{error['msg'].lower()} (got {error.get('input')!r})"
+    return f"{error['msg'].lower()} (got {scrub(repr(error.get('input')))})"
 
 
 def _check_urls(settings: Settings) -> None:
@@ -239,7 +264,7 @@ def _check_urls(settings: Settings) -> None:
     ):
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(setting, f"{url!r} is not an http(s) URL")
+            raise ConfigError(setting, f"{redact_url(url)!r} is not an http(s) URL")
     scheme = settings.database_url.partition("://")[0]
     if scheme not in _DATABASE_SCHEMES:
         raise ConfigError(

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from botservice.audio import kill_process
 from botservice.errors import BotServiceError
+from botservice.redact import redact_url, scrub
 from botservice.voice_settings import DEFAULT_SPEECH_MODEL, VoiceSettings
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class OpenAISpeechEngine:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._headers = headers
+        self._key = key or ""
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds))
@@ -108,7 +110,9 @@ class OpenAISpeechEngine:
 
     @property
     def description(self) -> str:
-        return f"speech endpoint {self.base_url} (model {self.model}, voice {self.voice})"
+        return (
+            f"speech endpoint {redact_url(self.base_url)} (model {self.model}, voice {self.voice})"
+        )
 
     async def synthesize(
         self, text: str, *, voice: str | None = None, model: str | None = None
@@ -130,7 +134,10 @@ class OpenAISpeechEngine:
                 None, f"could not reach the speech endpoint ({type(error).__name__})"
             ) from None
         if response.status_code != 200:
-            raise SpeechEndpointError(response.status_code, _error_reason(response))
+            # Endpoints may echo the key they rejected; the reason is logged.
+            raise SpeechEndpointError(
+                response.status_code, scrub(_error_reason(response), self._key)
+            )
         if not response.content:
             raise SpeechEndpointError(response.status_code, "empty audio")
         return response.content

@@ -9,6 +9,7 @@ import httpx
 from pydantic import SecretStr
 
 from botservice.errors import BotServiceError
+from botservice.redact import scrub
 from botservice.voice_settings import VoiceSettings
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class Transcriber:
         self.max_bytes = max_bytes
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._key = key or ""
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds))
@@ -142,7 +144,10 @@ class Transcriber:
                 None, f"could not reach the transcription endpoint ({type(error).__name__})"
             ) from None
         if response.status_code != 200:
-            raise TranscriptionEndpointError(response.status_code, _error_reason(response))
+            # Endpoints may echo the key they rejected; the reason is logged.
+            raise TranscriptionEndpointError(
+                response.status_code, scrub(_error_reason(response), self._key)
+            )
         text = _transcript_of(response)
         log.debug("transcribed %d bytes of audio into %d characters", len(audio), len(text))
         if not text:

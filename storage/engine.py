@@ -97,6 +97,14 @@ async def check_connection(engine: AsyncEngine) -> None:
             # for it; let that finish before the caller's event loop may close.
             await asyncio.sleep(0.05)
         raise ConfigError("DATABASE_URL", _unreachable(engine.url, error)) from None
+    except TypeError as error:
+        if "unexpected keyword argument" not in str(error):
+            raise
+        # A query-string option the driver does not take (`?sslpassword=` for asyncpg).
+        raise ConfigError(
+            "DATABASE_URL",
+            f"{_shown(engine.url)} has an option the database driver does not take ({error})",
+        ) from None
     except Exception as error:  # asyncpg raises its own classes for bad credentials etc.
         if type(error).__module__.startswith("asyncpg"):
             raise ConfigError("DATABASE_URL", _unreachable(engine.url, error)) from None
@@ -186,7 +194,7 @@ def _unreachable(url: URL, error: BaseException) -> str:
     reason = lines[0] if lines else type(cause).__name__
     if url.get_backend_name() == "sqlite":
         return f"cannot open the SQLite file {url.database!r} ({reason}); check the path and permissions"
-    where = url.render_as_string(hide_password=True)
+    where = _shown(url)
     return (
         f"cannot connect to {where} ({reason}); check that PostgreSQL is running "
         "and that the host, port, user, password and database name are right"
@@ -195,7 +203,16 @@ def _unreachable(url: URL, error: BaseException) -> str:
 
 def _redact(database_url: str) -> str:
     try:
-        return make_url(database_url).render_as_string(hide_password=True)
+        return _shown(make_url(database_url))
     except ArgumentError:
         scheme, _, rest = database_url.partition("://")
         return f"{scheme}://…" if rest else database_url
+
+
+def _shown(url: URL) -> str:
+    """The URL as an error may print it: no password, and no query string, which
+    may carry one too (`?password=…`, `?sslpassword=…`)."""
+    hidden = url.render_as_string(hide_password=True)
+    if url.query:
+        hidden = url.set(query={}).render_as_string(hide_password=True) + "?***"
+    return hidden

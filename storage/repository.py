@@ -86,8 +86,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
 PURGE_JOB = "purge"
+# Who changed a setting, once that person asked to be forgotten.
+FORGOTTEN_USER = "(forgotten)"
 MESSAGE_CACHE_SIZE = 20_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECRETS = '%"secrets":%'  # reply targets are written with json.dumps(separators=(",", ":"))
 
 _c = CONVERSATIONS.c
 _m = MESSAGES.c
@@ -1001,49 +1004,97 @@ class SqlStore:
         return deleted
 
     async def forget_user(self, platform: str, user_id: str) -> ForgetCounts:
-        """Delete the user's own messages on `platform` (every conversation), the channel
-        settings rows they changed last, and their audit rows.
+        """Delete the user's own messages on `platform` (every conversation) and every
+        answer to them, which may repeat what they said.
 
-        The bot's answers stay (they keep their place in history); dedupe markers
-        lose the user id. `settings` counts settings rows plus audit rows.
+        Settings they changed stay in force, as the channel relies on them; the
+        settings rows and audit rows no longer name them, nor do dedupe markers.
         """
         authored = (
             select(_m.id)
             .join(CONVERSATIONS, _c.id == _m.conversation_id)
             .where(_m.author_id == user_id, _m.role == "user", _c.platform == platform)
         )
+        answers = select(_m.id).where(_m.role == "assistant", _m.reply_to_id.in_(authored))
         now = utcnow()
 
         def work(connection: Connection) -> ForgetCounts:
             connection.execute(
+                # One being answered right now too: its answer is then not saved.
                 update(TURNS)
-                .where(_t.status == "pending", _t.user_message_id.in_(authored))
-                .values(status="failed", finished_at=now)
+                .where(_t.status.in_(_UNFINISHED), _t.user_message_id.in_(authored))
+                .values(status="failed", finished_at=now, alive_until=None)
             )
+            # Answers first: they are found through the questions.
+            answered = connection.execute(delete(MESSAGES).where(_m.id.in_(answers))).rowcount
             messages = connection.execute(delete(MESSAGES).where(_m.id.in_(authored))).rowcount
+            # Where to answer (a DM channel, an interaction token) is theirs too.
             connection.execute(
                 update(TURNS)
                 .where(_t.platform == platform, _t.user_id == user_id)
-                .values(user_id="")
+                .values(
+                    user_id="",
+                    reply_target=case((_t.status.in_(_UNFINISHED), _t.reply_target), else_="{}"),
+                )
+            )
+            connection.execute(
+                update(CHANNEL_SETTINGS)
+                .where(_s.platform == platform, _s.updated_by == user_id)
+                .values(updated_by=FORGOTTEN_USER)
             )
             settings = connection.execute(
-                delete(CHANNEL_SETTINGS).where(_s.platform == platform, _s.updated_by == user_id)
+                update(SETTING_CHANGES)
+                .where(_a.platform == platform, _a.changed_by == user_id)
+                .values(changed_by=FORGOTTEN_USER)
             ).rowcount
-            audit = connection.execute(
-                delete(SETTING_CHANGES).where(_a.platform == platform, _a.changed_by == user_id)
-            ).rowcount
-            return ForgetCounts(messages=messages, settings=settings + audit)
+            return ForgetCounts(messages=messages, answers=answered, settings=settings)
 
         counts = await self._write(work)
         self._message_cache.clear()
         self._settings_cache.clear()
         log.info(
-            "forgot a user on %s: %d messages, %d settings rows",
+            "forgot a user on %s: %d messages, %d answers, %d setting changes made anonymous",
             platform,
             counts.messages,
+            counts.answers,
             counts.settings,
         )
         return counts
+
+    async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
+        question = MESSAGES.alias("question")
+        statement = (
+            select(_spent(question.c.tokens))
+            .select_from(MESSAGES)
+            .join(question, question.c.id == _m.reply_to_id)
+            .join(CONVERSATIONS, _c.id == _m.conversation_id)
+            .where(
+                _m.role == "assistant",
+                _m.created_at >= since,
+                question.c.author_id == user_id,
+                _c.platform == platform,
+            )
+        )
+        return await self._read(lambda connection: int(connection.execute(statement).scalar_one()))
+
+    async def tokens_used_in_channel(
+        self, platform: str, workspace: str, channel: str, *, since: datetime
+    ) -> int:
+        question = MESSAGES.alias("question")
+        statement = (
+            select(_spent(question.c.tokens))
+            .select_from(MESSAGES)
+            .outerjoin(question, question.c.id == _m.reply_to_id)
+            .join(CONVERSATIONS, _c.id == _m.conversation_id)
+            .where(
+                _m.role == "assistant",
+                _m.created_at >= since,
+                _c.platform == platform,
+                _c.workspace == workspace,
+                _c.channel == channel,
+            )
+        )
+        return await self._read(lambda connection: int(connection.execute(statement).scalar_one()))
 
     async def has_conversation(self, key: ConversationKey) -> bool:
         statement = select(_c.id).where(*_key_filter(key)).limit(1)
@@ -1275,6 +1326,51 @@ class SqlStore:
             turns,
         )
         return PurgeCounts(messages=messages, conversations=conversations, turns=turns)
+
+    async def forget_expired_reply_secrets(self, *, now: datetime, batch_size: int) -> int:
+        # Few turns carry secrets and each loses them once, so a scan of the rows that
+        # still mention them stays small; it walks ids so live ones are read once a run.
+        candidates = (
+            select(_t.id, _t.reply_target)
+            .where(_t.id > bindparam("after_id", type_=Integer), _t.reply_target.like(_SECRETS))
+            .order_by(_t.id)
+            .limit(batch_size)
+        )
+        rewrite = (
+            update(TURNS)
+            .where(_t.id == bindparam("b_turn_id"))
+            .values(reply_target=bindparam("b_reply_target"))
+        )
+        deadline = now.timestamp()
+
+        def work(after_id: int) -> Callable[[Connection], tuple[int, int]]:
+            def batch(connection: Connection) -> tuple[int, int]:
+                rows = connection.execute(candidates, {"after_id": after_id}).all()
+                expired = []
+                for turn_id, raw in rows:
+                    target = json.loads(raw)
+                    if isinstance(target, dict) and _expired(target, deadline):
+                        del target["secrets"]
+                        expired.append(
+                            {
+                                "b_turn_id": turn_id,
+                                "b_reply_target": json.dumps(target, separators=(",", ":")),
+                            }
+                        )
+                if expired:
+                    connection.execute(rewrite, expired)
+                last = rows[-1][0] if len(rows) == batch_size else -1
+                return len(expired), last
+
+            return batch
+
+        total, after = 0, 0
+        while after >= 0:
+            forgotten, after = await self._write(work(after))
+            total += forgotten
+        if total:
+            log.info("deleted the expired reply secrets of %d turns", total)
+        return total
 
     async def _claim_period(self, period: str, now: datetime) -> bool:
         claim = (
@@ -1527,6 +1623,23 @@ def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
         is_channel_admin=bool(row[8]),
         claims=row[9],
     )
+
+
+def _expired(target: dict[str, Any], deadline: float) -> bool:
+    if "secrets" not in target:
+        return False
+    try:
+        return float(target.get("expires_at", 0)) <= deadline
+    except (TypeError, ValueError):
+        return True  # no readable expiry: not worth keeping a credential for
+
+
+def _spent(question_tokens: Any) -> Any:
+    """Tokens an answer cost: the provider's usage, else the local counts of the answer and
+    its question (endpoints like Ollama may report no usage)."""
+    reported = _m.prompt_tokens + _m.completion_tokens
+    counted = _m.tokens + func.coalesce(question_tokens, 0)
+    return func.coalesce(func.sum(func.coalesce(reported, counted)), 0)
 
 
 def _audio_json(attachments: tuple[Attachment, ...]) -> str | None:

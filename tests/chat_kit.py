@@ -96,6 +96,7 @@ class Chat:
         channel: str = "C1",
         thread: str = "T1",
         admin: bool = False,
+        direct: bool = False,
         key: str | None = None,
         attachments: tuple[Attachment, ...] = (),
     ) -> IncomingMessage:
@@ -109,6 +110,7 @@ class Chat:
             text=text,
             message_key=key or f"m{next(self._keys)}",
             is_channel_admin=admin,
+            is_direct=direct,
             attachments=attachments,
             reply_target={"channel": channel, "thread": thread},
         )

@@ -148,6 +148,40 @@ async def test_configuration_mistakes_exit_2_with_one_sentence(tmp_path: Path) -
         assert "Traceback" not in run.stderr
 
 
+async def test_configuration_errors_never_print_credentials_from_a_url(tmp_path: Path) -> None:
+    cases = [
+        (
+            {"OPENAI_BASE_URL": "ftp://sk-SECRET-123@example/v1"},
+            "OPENAI_BASE_URL: 'ftp://***@example/v1' is not an http(s) URL",
+        ),
+        (
+            {"OPENAI_BASE_URL": "ftp://user:SECRET-pw@example/v1?api-key=SECRET-q"},
+            "OPENAI_BASE_URL: 'ftp://***@example/v1?***' is not an http(s) URL",
+        ),
+        (
+            {
+                "OPENAI_API_KEY": "sk-x",
+                "DATABASE_URL": "postgresql+asyncpg://ada:SECRET-pw@127.0.0.1:1/db"
+                "?sslpassword=SECRET-ssl",
+            },
+            "DATABASE_URL: postgresql+asyncpg://ada:***@127.0.0.1:1/db?*** has an option the "
+            "database driver does not take",
+        ),
+        (
+            {
+                "OPENAI_API_KEY": "sk-x",
+                "DATABASE_URL": "postgresql+asyncpg://ada@127.0.0.1:1/db?password=SECRET-q",
+            },
+            "DATABASE_URL: cannot connect to postgresql+asyncpg://ada@127.0.0.1:1/db?***",
+        ),
+    ]
+    for env, expected in cases:
+        run = await botservice("chat", env=env, cwd=tmp_path)
+        assert run.status == 2, (env, run.stderr)
+        assert run.stderr.startswith(f"botservice: {expected}"), run.stderr
+        assert "SECRET" not in run.stderr + run.stdout
+
+
 async def test_help_lists_every_command(tmp_path: Path) -> None:
     run = await botservice("--help", env={}, cwd=tmp_path)
     assert run.status == 0

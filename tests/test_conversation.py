@@ -4,6 +4,7 @@ against the fake model server (real HTTP, real SSE) and a real SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -234,12 +235,12 @@ async def test_bot_admins_from_config_may_change_any_channel(
     client = OpenAIChatClient(settings.model)
     try:
         chat = Chat(ConversationCore(settings=settings, store=sqlite_store, model=client))
-        reply = await chat.say("/model set llama3.1:8b", user="OPS2")
-        assert reply.notices == ["This channel now uses the model llama3.1:8b."]
+        reply = await chat.say("/model set gpt-4.1", user="OPS2")
+        assert reply.notices == ["This channel now uses the model gpt-4.1."]
         await chat.say("which model?")
     finally:
         await client.aclose()
-    assert fake_model.chat_requests[-1].body["model"] == "llama3.1:8b"
+    assert fake_model.chat_requests[-1].body["model"] == "gpt-4.1"
 
 
 async def test_only_managers_choose_how_a_channel_is_spoken(
@@ -331,12 +332,53 @@ async def test_forget_me_deletes_my_messages_everywhere_and_says_how_many(
     await chat.say("someone else's", user="U2", thread="T1")
 
     reply = await chat.say("/forget-me", user="U1")
-    assert reply.notices == ["Deleted 2 messages and 0 settings of yours."]
+    assert reply.notices == [
+        "Deleted 2 messages of yours and the 2 answers to them, in every conversation."
+    ]
 
     await chat.say("anything left?", user="U2", thread="T1")
-    contents = [m["content"] for m in prompt_of(fake_model) if m["role"] == "user"]
-    assert "U1" not in str(contents)
-    assert not any("mine" in str(c) for c in contents)
+    assert "mine" not in str(prompt_of(fake_model))
+
+
+async def test_forget_me_takes_the_answers_that_repeat_me_and_leaves_my_settings(
+    chat: Chat, fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    fake_model.script(Reply("Noted."), Reply("Your name is Ada."))
+    await chat.say("/instructions set Answer in French.", user="U1", admin=True)
+    await chat.say("Hi, I am new here.", user="U2")
+    await chat.say("My name is Ada.", user="U1")
+
+    reply = await chat.say("/forget-me", user="U1")
+    await chat.say("Who was here before?", user="U2")
+
+    assert reply.notices == [
+        "Deleted 1 message of yours and the 1 answer to them, in every conversation. "
+        "The 1 setting change you made stay in force but no longer carry your name."
+    ]
+    prompt = prompt_of(fake_model)
+    assert "Ada" not in str(prompt)
+    assert prompt[0]["content"] == "Answer in French."
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
+    changes = await sqlite_store.setting_changes("test", "W1", "C1")
+    assert [c.changed_by for c in changes] == ["(forgotten)"]
+
+
+async def test_an_answer_whose_question_is_gone_is_left_out_of_the_prompt(
+    chat: Chat, fake_model: FakeModelServer, core: ConversationCore
+) -> None:
+    await chat.say("first question")
+    second = dataclasses.replace(chat.message("second question"), platform_message_id="pm2")
+    await core.handle(second, RecordingSink())
+    # The person deletes their second message on the platform; its answer stays stored.
+    assert await core.delete_platform_message("test", "W1", "C1", "pm2") == 1
+    await chat.say("third question")
+
+    prompt = prompt_of(fake_model)
+    assert [(m["role"], m["content"]) for m in prompt[1:]] == [
+        ("user", "first question"),
+        ("assistant", "You said: first question"),
+        ("user", "third question"),
+    ]
 
 
 async def test_retention_zero_keeps_nothing_after_the_reply(
@@ -365,6 +407,7 @@ async def test_trimming_keeps_the_newest_turns_within_budget_and_says_so_once(
         model__name="tiny-model",  # not listed in config, so [model_defaults] apply
         model_defaults__context_window="400",
         model__max_answer_tokens="100",
+        limits__messages_per_minute="0",  # twelve messages in a row from one person
     )
     counter = TokenCounter()
     client = OpenAIChatClient(settings.model)

@@ -365,14 +365,18 @@ async def test_settings_refuse_nonsense(store: SqlStore) -> None:
 # --- forgetting ----------------------------------------------------------------------
 
 
-async def test_forget_user_removes_their_messages_and_settings_only(store: SqlStore) -> None:
+async def test_forget_user_deletes_their_messages_and_the_answers_but_keeps_settings(
+    store: SqlStore,
+) -> None:
     mine = [
-        await ask(store, "m1", "my secret", user_id="U1"),
+        await ask(store, "m1", "my name is Ada", user_id="U1"),
         await ask(store, "m2", "my other secret", user_id="U1", thread="T2"),
         await ask(store, "m3", "in another channel", user_id="U1", channel="C2"),
     ]
-    await answer(store, mine[0], "an answer to U1")
+    await answer(store, mine[0], "Your name is Ada.")
+    await answer(store, mine[2], "Noted, in C2.")
     theirs = await ask(store, "m4", "not mine", user_id="U2")
+    await answer(store, theirs, "an answer to U2")
     elsewhere = await ask(store, "m5", "same id, other platform", user_id="U1", platform="other")
     await store.change_setting("test", "W1", "C1", field="instructions", value="x", changed_by="U1")
     await store.change_setting("test", "W1", "C2", field="model", value="m", changed_by="U2")
@@ -380,34 +384,62 @@ async def test_forget_user_removes_their_messages_and_settings_only(store: SqlSt
 
     counts = await store.forget_user("test", "U1")
 
-    assert counts.messages == 3
-    # Rows last changed by U1 go whole (C1, and C2 although U2 set its model), with U1's
-    # two audit rows.
-    assert counts.settings == 4
-    assert counts.total == 7
+    assert (counts.messages, counts.answers, counts.settings) == (3, 2, 2)
     for turn in mine:
         assert await store.message_text(turn.user_message_id) is None
-    kept = await store.message_text(theirs.user_message_id)
-    assert kept is not None and kept.text == "not mine"
     assert await store.message_text(elsewhere.user_message_id) is not None
     history = await store.history(mine[0].conversation_id, up_to_message_id=10**9, limit=50)
-    assert texts(history) == ["an answer to U1", "not mine"]
-    assert await store.channel_settings("test", "W1", "C1") == ChannelSettings()
-    assert await store.channel_settings("test", "W1", "C2") == ChannelSettings()
-    assert [c.changed_by for c in await store.setting_changes("test", "W1", "C2")] == ["U2"]
-    # Their unanswered turns cannot be resumed without their messages.
-    assert {turn.turn_id for turn in await store.pending_turns()} == {
-        theirs.turn_id,
-        elsewhere.turn_id,
-    }
+    assert texts(history) == ["not mine", "an answer to U2"]
+    assert (
+        texts(await store.history(mine[2].conversation_id, up_to_message_id=10**9, limit=50)) == []
+    )
+    # The channels keep what U1 set; the record of who set it no longer names U1.
+    assert await store.channel_settings("test", "W1", "C1") == ChannelSettings(instructions="x")
+    assert await store.channel_settings("test", "W1", "C2") == ChannelSettings(
+        instructions="y", model="m"
+    )
+    changes = await store.setting_changes("test", "W1", "C2")
+    assert [(c.field, c.changed_by) for c in changes] == [
+        ("model", "U2"),
+        ("instructions", "(forgotten)"),
+    ]
     async with store.engine.connect() as connection:
+        named = (
+            await connection.execute(
+                text("SELECT count(*) FROM channel_settings WHERE updated_by = 'U1'")
+            )
+        ).scalar_one()
         left = (
             await connection.execute(
                 select(TURNS.c.id).where(TURNS.c.platform == "test", TURNS.c.user_id == "U1")
             )
         ).all()
+    assert named == 0
     assert left == []
+    # Their unanswered turns cannot be resumed without their messages.
+    assert {turn.turn_id for turn in await store.pending_turns()} == {elsewhere.turn_id}
     assert await store.forget_user("test", "U1") == type(counts)()
+
+
+async def test_forget_user_while_their_turn_is_answered_keeps_no_answer(store: SqlStore) -> None:
+    asked = await ask(store, "m1", "my name is Ada", user_id="U1")
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    claimed = await store.claim_next_turn(asked.conversation_id, holder="p1", alive_until=later)
+    assert claimed is not None and claimed.turn_id == asked.turn_id
+
+    await store.forget_user("test", "U1")
+    saved = await store.store_answer(
+        asked.turn_id,
+        holder="p1",
+        text="Your name is Ada.",
+        tokens=5,
+        usage=None,
+        status="complete",
+        model="m1",
+    )
+
+    assert saved is None
+    assert await store.history(asked.conversation_id, up_to_message_id=10**9, limit=50) == []
 
 
 # --- engine and migrations --------------------------------------------------------------
@@ -595,7 +627,9 @@ async def test_settings_read_after_every_kind_of_change_are_current(store: SqlSt
         "test", "W1", "C1", field="model", value="m-channel", changed_by="U1"
     )
     assert (await store.channel_settings("test", "W1", "C1")).model == "m-channel"
-    await store.forget_user("test", "U1")
+    await store.forget_user("test", "U1")  # what U1 set stays in force
+    assert (await store.channel_settings("test", "W1", "C1")).model == "m-channel"
+    await store.change_setting("test", "W1", "C1", field="model", value=None, changed_by="U2")
     assert (await store.channel_settings("test", "W1", "C1")).model == "m-workspace"
     await store.forget_workspace("test", "W1")
     assert await store.channel_settings("test", "W1", "C1") == ChannelSettings()

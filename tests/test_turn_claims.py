@@ -119,7 +119,10 @@ async def test_many_processes_answer_each_message_once_in_order_with_the_previou
 
     async def conversation(thread: int) -> None:
         for number in range(per_thread):
-            message = chats[0].message(f"t{thread} m{number}", thread=f"T{thread}")
+            # One person a thread: 40 messages from one person would meet the message rate.
+            message = chats[0].message(
+                f"t{thread} m{number}", thread=f"T{thread}", user=f"U{thread}"
+            )
             # Delivered 1-4 times to random processes, each waiting for its "ack".
             for _ in range(deliveries.randint(1, 4)):
                 core = deliveries.choice(cores)

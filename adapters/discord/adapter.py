@@ -25,6 +25,7 @@ from adapters.discord.voice_commands import voice_extension
 from adapters.discord.voice_messages import DiscordHearing
 from botservice.errors import ConfigError
 from botservice.ports import PendingTurn, ReplySink
+from botservice.redact import redact_url
 from botservice.settings import Settings
 from botservice.speech import SpeechEngine
 from botservice.transcription import Transcriber
@@ -125,7 +126,7 @@ class DiscordAdapter:
             await client.close()
             raise ConfigError(
                 "DISCORD_API_URL",
-                f"cannot reach {discord_settings.api_url} ({type(error).__name__}); "
+                f"cannot reach {redact_url(discord_settings.api_url)} ({type(error).__name__}); "
                 "check the URL and the network",
             ) from None
         self._task = asyncio.create_task(
@@ -190,14 +191,16 @@ class DiscordAdapter:
         if kind != "interaction":
             return None
         ephemeral = bool(target.get("ephemeral"))
-        if time.time() > float(target.get("expires_at", 0)) - _TOKEN_MARGIN_SECONDS:
+        # Targets stored before tokens moved under "secrets" keep it at the top.
+        token = (target.get("secrets") or target).get("token")
+        if not token or time.time() > float(target.get("expires_at", 0)) - _TOKEN_MARGIN_SECONDS:
             # The interaction token has expired: a public answer can still go to the channel.
             if ephemeral or not target.get("channel_id"):
                 return None
             return self.messages.sink(
                 int(target["channel_id"]), reply_to=None, thread=turn.conversation.thread
             )
-        application_id, token = target["application_id"], target["token"]
+        application_id = target["application_id"]
         # The same follow-up webhook discord.py builds for a live interaction.
         followup = discord.Webhook.from_state(
             data={"id": application_id, "type": 3, "token": token},

@@ -137,7 +137,9 @@ def build_command_tree(
     async def reset(interaction: discord.Interaction) -> None:
         await handlers.command(interaction, Command("reset"))
 
-    @tree.command(name="forget-me", description="Delete every message and setting of yours")
+    @tree.command(
+        name="forget-me", description="Delete every message of yours and the answers to them"
+    )
     async def forget_me(interaction: discord.Interaction) -> None:
         await handlers.command(interaction, Command("forget-me"))
 

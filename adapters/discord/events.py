@@ -194,6 +194,7 @@ def incoming_from_message(
         text=text,
         message_key=str(message.id),
         is_channel_admin=admin,
+        is_direct=message.guild is None,
         attachments=attachments_of(message),
         platform_message_id=str(message.id),
         reply_target=reply_target,
@@ -220,6 +221,7 @@ def incoming_from_interaction(
         text=text,
         message_key=f"interaction:{interaction.id}",
         is_channel_admin=admin,
+        is_direct=interaction.guild_id is None,
         platform_message_id=str(interaction.id),
         reply_target=reply_target,
         raw=interaction,
@@ -229,12 +231,14 @@ def incoming_from_interaction(
 def interaction_reply_target(
     interaction: discord.Interaction, *, ephemeral: bool
 ) -> dict[str, Any]:
-    """Enough to finish the answer after a restart while the token is valid (15 minutes)."""
+    """Enough to finish the answer after a restart while the token is valid (15 minutes).
+    The token is one of the reply target's `secrets`, which the store deletes once
+    `expires_at` has passed."""
     return {
         "kind": "interaction",
         "application_id": str(interaction.application_id),
-        "token": interaction.token,
         "channel_id": str(interaction.channel_id or ""),
         "ephemeral": ephemeral,
         "expires_at": interaction.expires_at.timestamp(),
+        "secrets": {"token": interaction.token},
     }

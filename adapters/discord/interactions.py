@@ -28,6 +28,9 @@ THREAD_PERMISSION_SENTENCE = (
     "Threads permissions in this channel."
 )
 FAILED_SENTENCE = "Something went wrong on my side; please try again."
+STALE_COMMAND_SENTENCE = (
+    "This command is not available any more; an admin can run `botservice discord sync-commands`"
+)
 
 
 class DiscordInteractions:
@@ -167,7 +170,16 @@ async def on_tree_error(
 ) -> None:
     """The one boundary for slash commands: log with the stack, tell the user one sentence."""
     cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-    if isinstance(cause, discord.Forbidden):
+    if isinstance(cause, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):
+        # Discord still offers a command this version no longer has (renamed or removed
+        # since the last sync): nothing failed here, the registration is out of date.
+        sentence = STALE_COMMAND_SENTENCE
+        log.warning(
+            "Discord sent /%s, which this version does not have; run "
+            "`botservice discord sync-commands`",
+            _stale_name(cause),
+        )
+    elif isinstance(cause, discord.Forbidden):
         sentence = (
             "I am missing a permission in this channel (I need View Channel, Send Messages "
             "and Read Message History)."
@@ -195,3 +207,11 @@ async def on_tree_error(
             await interaction.response.send_message(sentence, ephemeral=True)
     except discord.HTTPException:
         log.warning("could not tell the user about a failed command", exc_info=True)
+
+
+def _stale_name(error: app_commands.AppCommandError) -> str:
+    if isinstance(error, app_commands.CommandNotFound):
+        return " ".join((*error.parents, error.name))
+    if isinstance(error, app_commands.CommandSignatureMismatch):
+        return error.command.qualified_name
+    return "?"

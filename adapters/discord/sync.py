@@ -16,6 +16,7 @@ from adapters.discord.client import configure_endpoints
 from adapters.discord.commands import NoHandlers, TreeExtension, build_command_tree
 from adapters.discord.voice_commands import NoVoiceHandlers, voice_extension
 from botservice.errors import ConfigError
+from botservice.redact import redact_url
 from botservice.settings import Settings
 
 
@@ -43,7 +44,7 @@ async def sync_commands(
             raise ConfigError("DISCORD_TOKEN", "Discord rejected the bot token") from None
         except (aiohttp.ClientError, OSError):
             raise ConfigError(
-                "DISCORD_API_URL", f"cannot reach {settings.discord.api_url}"
+                "DISCORD_API_URL", f"cannot reach {redact_url(settings.discord.api_url)}"
             ) from None
         guild = discord.Object(id=guild_id) if guild_id is not None else None
         if guild is not None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from adapters.discord import create_adapter, sync_commands
 from botservice.conversation import ConversationCore
 from botservice.errors import ConfigError
 from botservice.events import ConversationKey
+from botservice.expiry import forget_reply_secrets
 from botservice.model_client import OpenAIChatClient
 from botservice.ports import PendingTurn
-from botservice.settings import Settings
+from botservice.settings import Settings, StorageSettings
 from storage.repository import SqlStore
+from storage.tables import TURNS
 from tests.discord.conftest import Guild, discord_settings
 from tests.fakes.discord_server import FakeDiscordServer
 
@@ -171,3 +175,49 @@ async def test_a_pending_turn_resumes_by_editing_its_placeholder(guild: Guild) -
 
     assert placeholder["content"] == "Yes, here."
     assert len(server.calls_to("POST", "/messages")) == before  # no second placeholder
+
+
+async def test_a_pending_ask_resumes_through_its_token_until_the_token_expires(
+    guild: Guild, sqlite_store: SqlStore
+) -> None:
+    server = guild.server
+    interaction = await server.send_command("ask", [{"name": "prompt", "type": 3, "value": "hi"}])
+    original = await guild.original_response(interaction)
+    [stored] = [t for t in await _reply_targets(sqlite_store) if t.get("kind") == "interaction"]
+
+    def pending(reply_target: dict[str, object]) -> PendingTurn:
+        return PendingTurn(
+            turn_id=1,
+            conversation_id=1,
+            user_message_id=1,
+            platform="discord",
+            conversation=ConversationKey("discord", server.guild_id, server.channel_id, ""),
+            reply_target=reply_target,
+            reply_ref=None,
+            created_at=datetime.now(UTC),
+        )
+
+    resumed = guild.adapter.sink_for(pending(stored))
+    assert resumed is not None
+    await resumed.begin(None, turn_tag="1", resumed=True)
+    await resumed.finish("Answered after a restart.")
+    assert original["content"] == "Answered after a restart."
+
+    await forget_reply_secrets(
+        sqlite_store, StorageSettings(), now=datetime.now(UTC) + timedelta(minutes=16)
+    )
+    [expired] = [t for t in await _reply_targets(sqlite_store) if t.get("kind") == "interaction"]
+    assert "secrets" not in expired
+    # Without its token a public answer still reaches the channel, as a message of its own.
+    fallback = guild.adapter.sink_for(pending({**expired, "expires_at": 0}))
+    assert fallback is not None
+    before = len(server.calls_to("POST", f"/channels/{server.channel_id}/messages"))
+    await fallback.begin(None, turn_tag="1", resumed=True)
+    await fallback.finish("Answered later.")
+    assert len(server.calls_to("POST", f"/channels/{server.channel_id}/messages")) > before
+
+
+async def _reply_targets(store: SqlStore) -> list[dict[str, object]]:
+    async with store.engine.connect() as connection:
+        rows = await connection.execute(select(TURNS.c.reply_target))
+        return [json.loads(row[0]) for row in rows]

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from botservice.expiry import forget_reply_secrets
+from botservice.settings import StorageSettings
+from storage.repository import SqlStore
+from storage.tables import TURNS
 from tests.discord.conftest import Guild, option, subcommand
 
 
@@ -46,8 +56,9 @@ async def test_chat_opens_a_thread_that_continues_without_a_mention(guild: Guild
     server = guild.server
     interaction = await server.send_command("chat", [option("prompt", "Plan a picnic for Sunday")])
 
-    thread = await server.wait_until(lambda: next(iter(server.threads.values()), None),
-                                     what="a thread")
+    thread = await server.wait_until(
+        lambda: next(iter(server.threads.values()), None), what="a thread"
+    )
     assert thread["name"] == "Plan a picnic for Sunday"
     assert thread["parent_id"] == server.channel_id
     first = await guild.answered_in(thread["id"])
@@ -72,7 +83,8 @@ async def test_instructions_need_manage_channels_and_then_steer_the_answers(
 ) -> None:
     server = guild.server
     refused = await server.send_command(
-        "instructions", [subcommand("set", option("text", "Answer like a pirate."))],
+        "instructions",
+        [subcommand("set", option("text", "Answer like a pirate."))],
         user=server.bob,
     )
     refusal = await guild.original_response(refused)
@@ -80,7 +92,8 @@ async def test_instructions_need_manage_channels_and_then_steer_the_answers(
     assert "Manage Channels" in refusal["content"]
 
     allowed = await server.send_command(
-        "instructions", [subcommand("set", option("text", "Answer like a pirate."))],
+        "instructions",
+        [subcommand("set", option("text", "Answer like a pirate."))],
         user=server.alice,
     )
     confirmation = await guild.original_response(allowed)
@@ -121,3 +134,75 @@ async def test_retention_without_days_shows_it(guild: Guild) -> None:
     reply = await guild.original_response(interaction)
     assert reply["_ephemeral"]
     assert reply["content"]
+
+
+async def test_the_interaction_token_is_kept_only_for_its_15_minutes(
+    guild: Guild, sqlite_store: SqlStore
+) -> None:
+    interaction = await guild.server.send_command("ask", [option("prompt", "What is 2 + 2?")])
+    await guild.original_response(interaction)
+
+    async def stored() -> str:
+        async with sqlite_store.engine.connect() as connection:
+            rows = await connection.execute(select(TURNS.c.reply_target))
+            return " ".join(row[0] for row in rows)
+
+    # Kept while valid: a restart within the 15 minutes still finishes the answer.
+    assert interaction["token"] in await stored()
+    await forget_reply_secrets(sqlite_store, StorageSettings())
+    assert interaction["token"] in await stored()
+
+    later = datetime.now(UTC) + timedelta(minutes=15, seconds=1)
+    await forget_reply_secrets(sqlite_store, StorageSettings(), now=later)
+
+    assert interaction["token"] not in await stored()
+    assert '"kind":"interaction"' in await stored()
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("summarize", []),  # registered under an old name, gone from this version
+        ("model", [subcommand("reset")]),  # a subcommand that no longer exists
+    ],
+)
+async def test_a_stale_command_is_answered_with_what_to_do_and_one_warning(
+    guild: Guild,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    options: list[dict[str, object]],
+) -> None:
+    server = guild.server
+    with caplog.at_level(logging.INFO):
+        interaction = await server.send_command(name, options)
+        answer = await server.wait_until(
+            lambda: server.original_response(interaction), what="the answer"
+        )
+
+    assert answer["content"] == (
+        "This command is not available any more; an admin can run "
+        "`botservice discord sync-commands`"
+    )
+    assert answer["_ephemeral"]
+    assert answer["_callback_type"] == 4  # answered at once, within Discord's 3 seconds
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "sync-commands" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None and "Traceback" not in caplog.text
+    assert guild.model.chat_requests == []
+
+
+async def test_in_a_dm_only_bot_admins_choose_the_model(guild: Guild) -> None:
+    server = guild.server
+    refused = await server.send_command(
+        "model", [subcommand("set", option("name", "gpt-4o"))], user=server.bob, dm=True
+    )
+    shown = await server.send_command("model", [subcommand("show")], user=server.bob, dm=True)
+
+    assert (await guild.original_response(refused))["content"] == (
+        "In direct messages only the bot's admins can change the model "
+        "(the operator lists them in access.admin_user_ids)."
+    )
+    assert (await guild.original_response(shown))["content"] == (
+        "This channel uses the model gpt-4o-mini (the default)."
+    )

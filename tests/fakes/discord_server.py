@@ -526,9 +526,10 @@ class FakeDiscordServer:
         *,
         user: FakeUser | None = None,
         channel_id: str | None = None,
+        dm: bool = False,
     ) -> dict[str, Any]:
         user = user or self.bob
-        channel_id = channel_id or self.channel_id
+        channel_id = channel_id or (self.dm_channel_id(user) if dm else self.channel_id)
         interaction_id = self.new_id()
         token = f"itoken-{interaction_id}"
         self._interaction_tokens[token] = interaction_id
@@ -538,7 +539,7 @@ class FakeDiscordServer:
             channel = dict(self.threads[channel_id])
         else:
             channel = self.channel_payload(channel_id, "general", 0)
-        return {
+        payload: dict[str, Any] = {
             "id": interaction_id,
             "application_id": self.application_id,
             "type": 2,
@@ -558,6 +559,15 @@ class FakeDiscordServer:
             "attachment_size_limit": 10 * 1024 * 1024,
             "data": {"id": self.new_id(), "name": name, "type": 1, "options": options or []},
         }
+        if dm:
+            # A command in a direct message with the bot: no guild, the user instead of a member.
+            for key in ("guild_id", "guild", "member", "guild_locale"):
+                del payload[key]
+            payload["user"] = user.payload()
+            payload["channel"] = {"id": channel_id, "type": 1, "recipients": [user.payload()]}
+            payload["authorizing_integration_owners"] = {"1": user.id}
+            payload["context"] = 1
+        return payload
 
     async def send_command(
         self,
@@ -566,8 +576,9 @@ class FakeDiscordServer:
         *,
         user: FakeUser | None = None,
         channel_id: str | None = None,
+        dm: bool = False,
     ) -> dict[str, Any]:
-        data = self.interaction_payload(name, options, user=user, channel_id=channel_id)
+        data = self.interaction_payload(name, options, user=user, channel_id=channel_id, dm=dm)
         await self.dispatch("INTERACTION_CREATE", data)
         return data
 

@@ -176,6 +176,9 @@ class FakeModelServer:
         self.transcript = "hello from the fake transcriber"
         # Seconds a transcription takes (a long clip on a busy endpoint).
         self.transcription_delay = 0.0
+        # Set: the audio endpoints answer with this HTTP status and an error that
+        # echoes the key they were sent, whole and masked, as some providers do.
+        self.audio_key_rejected: int | None = None
         self.requests: list[RecordedRequest] = []
         self._script: deque[Behaviour] = deque()
         self._host, self._port = host, port
@@ -361,6 +364,8 @@ class FakeModelServer:
     async def _speech(self, request: web.Request) -> web.Response:
         body = await request.json()
         self._record(request, body)
+        if self.audio_key_rejected is not None:
+            return self._key_rejected(request)
         text = str(body.get("input", ""))
         pcm_only = body.get("response_format") == "pcm"
         return web.Response(
@@ -380,13 +385,23 @@ class FakeModelServer:
             else:
                 fields[part.name] = await part.text()
         self._record(request, fields, files)
+        if self.audio_key_rejected is not None:
+            return self._key_rejected(request)
         if self.transcription_delay:
             await asyncio.sleep(self.transcription_delay)
         if fields.get("response_format") == "text":
             return web.Response(text=self.transcript)
         return web.json_response({"text": self.transcript})
 
+    def _key_rejected(self, request: web.Request) -> web.Response:
+        assert self.audio_key_rejected is not None
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        masked = f"{key[:7]}{'*' * 12}{key[-4:]}"
+        message = f"Incorrect API key provided: {key} ({masked})."
+        return _error(self.audio_key_rejected, message, "invalid_api_key")
+
     async def _models(self, request: web.Request) -> web.Response:
+        self._record(request, {})
         return web.json_response(
             {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
         )
