@@ -452,6 +452,7 @@ def build_incoming(
         context=context,
         platform_message_id=draft.ts,
         reply_target=draft.reply_target().to_dict(),
+        is_direct=draft.is_direct,
         raw=raw,
     )
 
@@ -482,6 +483,7 @@ class SlashCommand:
             text=self.text,
             message_key=f"command:{self.trigger_id}",
             is_channel_admin=is_channel_admin,
+            is_direct=self.channel_type == "im",
             reply_target=ReplyTarget(
                 team=self.team, channel=self.channel, user=self.user, enterprise=self.enterprise
             ).to_dict(),

@@ -63,3 +63,14 @@ async def test_admin_flag_comes_from_a_cached_users_info(bot: SlackHarness) -> N
     await bot.event(bot.mention("hi", user="UADMIN"))
     await bot.settle()
     assert [c.args.get("user") for c in bot.slack.calls_to("users.info")] == ["UADMIN"]
+
+
+async def test_in_a_direct_message_only_bot_admins_choose_the_model(bot: SlackHarness) -> None:
+    # UADMIN is a workspace admin: enough in a channel, not for the operator's key in a DM.
+    refused = await bot.command("model set gpt-4o", user="UADMIN", channel="D0DIRECT")
+    assert "In direct messages only the bot's admins can change the model" in refused["text"]
+    shown = await bot.command("model show", user="UADMIN", channel="D0DIRECT")
+    assert "(the default)" in shown["text"]
+
+    in_channel = await bot.command("model set gpt-4o", user="UADMIN")
+    assert "now uses the model gpt-4o" in in_channel["text"]
