@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -20,7 +21,13 @@ from typing import TypeVar
 from botservice.background import BackgroundTasks
 from botservice.commands import CommandRunner
 from botservice.errors import ModelError, ModelStreamBroken, StoreUnavailable
-from botservice.events import Attachment, Command, ConversationKey, IncomingMessage
+from botservice.events import (
+    Attachment,
+    Command,
+    ConversationKey,
+    IncomingMessage,
+    within_image_limits,
+)
 from botservice.limits import BUSY, GateFull, Limits
 from botservice.ports import (
     ChannelSettings,
@@ -159,6 +166,14 @@ class ConversationCore:
                 await sink.notice(refusal, private=False)
             return None
 
+        images = self._settings.images
+        limited = within_image_limits(
+            message.attachments,
+            max_images=images.max_images_per_turn,
+            max_bytes=images.max_image_bytes_per_turn,
+        )
+        if limited != message.attachments:
+            message = dataclasses.replace(message, attachments=limited)
         stored_text = self._text_to_store(text, message)
         accepted = await self._store.accept(
             message,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, NamedTuple
 
 Platform = Literal["console", "slack", "discord", "test"]
@@ -52,6 +52,30 @@ class Attachment:
     @property
     def is_audio(self) -> bool:
         return self.content_type.startswith("audio/")
+
+
+def within_image_limits(
+    attachments: tuple[Attachment, ...], *, max_images: int, max_bytes: int
+) -> tuple[Attachment, ...]:
+    """The attachments with every image past `max_images`, or past `max_bytes` in all
+    (by the size the platform declared, or the bytes downloaded), marked skipped. The
+    same rule on every platform; an adapter that downloads applies it first, and then
+    this finds nothing more to skip."""
+    shown, total, limited = 0, 0, []
+    for attachment in attachments:
+        if attachment.shown_to_model:
+            size = len(attachment.data) if attachment.data is not None else attachment.size
+            if shown >= max_images:
+                attachment = replace(
+                    attachment, skipped=f"over the limit of {max_images} images per message"
+                )
+            elif total + size > max_bytes:
+                attachment = replace(attachment, skipped="over the size limit per message")
+            else:
+                shown += 1
+                total += size
+        limited.append(attachment)
+    return tuple(limited)
 
 
 @dataclass(frozen=True, slots=True)

@@ -802,3 +802,26 @@ async def test_two_processes_answer_one_thread_one_turn_at_a_time(
         "The first answer, slowly.",
         "second question",
     ]
+
+
+async def test_images_past_the_per_message_limits_are_named_not_shown_on_every_platform(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    # Public CDN images (Discord's), which no adapter downloads or counts first.
+    photos = tuple(
+        Attachment(
+            name=f"photo{number}.png",
+            content_type="image/png",
+            url=f"https://cdn.example.test/photo{number}.png",
+            size=1024,
+            public_url=True,
+        )
+        for number in range(6)
+    )
+    await chat.say("what are these?", attachments=photos)
+
+    content = prompt_of(fake_model)[-1]["content"]
+    assert isinstance(content, list)
+    shown = [part["image_url"]["url"] for part in content if part["type"] == "image_url"]
+    assert shown == [f"https://cdn.example.test/photo{number}.png" for number in range(4)]
+    assert content[0]["text"].count("not shown: over the limit of 4 images per message") == 2
