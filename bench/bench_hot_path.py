@@ -719,6 +719,8 @@ def bench_settings(base_url: str) -> Settings:
             "OPENAI_BASE_URL": base_url,
             "OPENAI_API_KEY": "sk-bench",
             "BOTSERVICE_CONFIG": str(ROOT / "config" / "botservice.toml"),
+            # One made-up person sends the whole load: no per-person rate.
+            "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
         }
     )
 
