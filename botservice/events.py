@@ -108,6 +108,9 @@ class IncomingMessage:
     # A direct message with the bot: the person manages the "channel", yet some
     # settings (the model: the operator pays for it) stay with the bot's admins.
     is_direct: bool = False
+    # The person running the bot (the console's terminal): not held to the
+    # per-person message rate that protects the operator from everyone else.
+    from_operator: bool = False
     attachments: tuple[Attachment, ...] = ()
     platform_message_id: str = ""
     # What was said in the thread before the bot was first mentioned there. The

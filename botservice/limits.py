@@ -173,7 +173,7 @@ class Limits:
 
     def _rate_refusal(self, message: IncomingMessage) -> str | None:
         per_minute = self._settings.messages_per_minute
-        if per_minute <= 0:
+        if per_minute <= 0 or message.from_operator:
             return None
         wait = self._rate.take(message.platform, message.user_id)
         if not wait:

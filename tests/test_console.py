@@ -286,3 +286,19 @@ async def test_the_console_is_always_connected(
         assert adapter.is_connected()
     finally:
         await model.aclose()
+
+
+async def test_piped_input_is_not_held_to_the_per_person_message_rate(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    """The console is the operator's own terminal: a file of questions piped in is
+    answered line by line, however many there are."""
+    lines = [f"question {number}" for number in range(15)]
+    run = await botservice(
+        "chat",
+        stdin="".join(f"{line}\n" for line in lines),
+        env={"OPENAI_BASE_URL": fake_model.base_url},
+        cwd=tmp_path,
+    )
+    assert run.status == 0, run.stderr
+    assert run.stdout.splitlines() == [f"You said: {line}" for line in lines]

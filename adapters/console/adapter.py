@@ -125,6 +125,7 @@ class ConsoleAdapter:
             message_key=f"{self._session}:{self._count}",
             # Whoever holds the terminal runs the bot: they manage its one channel.
             is_channel_admin=True,
+            from_operator=True,
         )
         sink = ConsoleSink(self._output, stream=self._interactive)
         if line.startswith("/"):
