@@ -26,7 +26,9 @@ the acks; /proc is sampled for the database's CPU by another child. With
 `--probe-gap S` a lone sender in a third process (bench/ack_probe.py) sends one
 message of its own every S seconds and times it: the cross-check (its messages
 are answered too, so they add to the CPU columns; use it for the ack figure).
-With `--profile DIR`, py-spy records each bot process during the run (raw,
+With `--trace-acks DIR`, each bot times the steps of its acknowledgements
+(bench/ack_trace.py, wrapped from outside the bot's code) and the table is
+followed by where their wall time went. With `--profile DIR`, py-spy records each bot process during the run (raw,
 non-idle samples, 200 Hz) into DIR; py-spy's own CPU then weighs on the figures.
 
 Goals from the issue: with 3 processes, CPU per reply (bot + database) within 1.2x
@@ -38,7 +40,7 @@ bounded in messages and time: a few minutes at the defaults.
 
     python -m bench.bench_scale_out [--processes 1,2,3] [--threads 30] [--per-thread 10]
                                     [--burst 30] [--takeover-timeout 60]
-                                    [--probe-gap 0.2] [--profile DIR]
+                                    [--probe-gap 0.2] [--profile DIR] [--trace-acks DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -60,6 +63,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from bench.ack_trace import summarize
 from tests.db import _find_postgres
 from tests.scale_out import ROOT, Cluster, percentile, proc_cpu_seconds
 
@@ -87,6 +91,7 @@ class Row:
     without_previous: int = 0
     follow_ups: int = 0
     takeover: str = "-"
+    trace: str = ""
 
     @property
     def replies_per_second(self) -> float:
@@ -213,8 +218,13 @@ async def profiling(cluster: Cluster, directory: Path | None) -> AsyncIterator[N
 async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Row:
     row = Row(processes)
     postgres = await _find_postgres()
+    trace = args.trace_acks / f"{processes}" if args.trace_acks else None
+    env = {}
+    if trace is not None:
+        site = ROOT / "bench" / "ack_trace_site"
+        env = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "ACK_TRACE_DIR": str(trace)}
     async with Cluster.running(
-        postgres, workdir, processes=processes, seed=args.seed, fakes_apart=True
+        postgres, workdir, processes=processes, seed=args.seed, fakes_apart=True, env=env
     ) as cluster:
         # Warm each process up (first request: Bolt's auth.test, pools, caches).
         warm = cluster.questions(threads=processes, per_thread=1)
@@ -239,6 +249,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
                 # Nothing polls while acks are timed: every delivery first, then the answers.
                 await cluster.send(questions)
                 await cluster.settle_deliveries(within=30)
+                sent = time.monotonic()
             await cluster.wait_answered(questions, within=args.run_timeout)
             bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
             row.fakes_cpu = (proc_cpu_seconds(fakes_pid) or 0.0) - fakes_before
@@ -257,6 +268,9 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         row.probe_p50, row.probe_p99 = percentile(probe_acks, 0.5), percentile(probe_acks, 0.99)
         row.follow_ups = sum(1 for q in questions if q.index)
         row.without_previous = len(cluster.follow_up_order(questions)[1])
+
+        if trace is not None:
+            row.trace = summarize(trace, since=started, until=sent)
 
         if processes >= 2:
             await cluster.quiet(0.5, within=10)
@@ -347,9 +361,13 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         "processes left out); driver: this process (the sender, timing the acks); fakes: "
         "the fake Slack and fake model's process; neither in total"
     )
+    for row in rows:
+        if row.trace:
+            print(f"  where the acks' wall time went, {row.processes} process(es):")
+            print(row.trace)
     if any(row.probe_acks for row in rows):
         print(
-            "  lone sender (bench/ack_probe.py, its own process, one message at a time; "
+            "  lone sender (bench/ack_probe.py, its own process, one message every --probe-gap; "
             "its messages count in no column but add to the CPU ones):"
         )
         for row in rows:
@@ -386,6 +404,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="run the lone sender, one message every this many seconds (default off)",
+    )
+    parser.add_argument(
+        "--trace-acks",
+        type=Path,
+        default=None,
+        help="time each bot's ack steps into this directory",
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy each bot process into this directory"
