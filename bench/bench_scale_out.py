@@ -7,7 +7,8 @@ For each number of processes, on a fresh database (tests/scale_out.py starts it 
 - `--threads` threads of `--per-thread` messages, every thread at once, each message
   after the previous one of its thread was acknowledged, each delivered 1-4 times to
   random processes. Measured until the last answer is shown in the fake Slack:
-  replies/s; CPU per reply of the bot processes (/proc utime + stime) and of the
+  replies/s; CPU per reply of the bot processes (/proc utime + stime), the time
+  their event loops waited for a CPU (run queue, /proc/<pid>/schedstat), and of the
   PostgreSQL backends serving this database (sampled from /proc while the run lasts;
   the server's shared background processes are left out); Slack acknowledgement
   p50/p99 over every delivery; and, as a check, how many follow-ups reached the
@@ -79,6 +80,7 @@ class Row:
     missing: int = 0
     seconds: float = math.nan
     bot_cpu: float = math.nan  # seconds, all bot processes
+    bot_waited: float = math.nan  # seconds the bots' loops were ready to run but had no CPU
     database_cpu: float = math.nan  # seconds, this database's backends
     driver_cpu: float = math.nan  # seconds, this process: the sender
     fakes_cpu: float = math.nan  # seconds, the fakes' process: fake Slack and fake model
@@ -99,6 +101,15 @@ class Row:
 
     def per_reply_ms(self, seconds: float) -> float:
         return 1000 * seconds / self.replies if self.replies else math.nan
+
+
+def run_queue_seconds(pid: int) -> float:
+    """How long the process's main thread (a bot's event loop) has waited, ready to
+    run, for a CPU (/proc/<pid>/schedstat, field 2); 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 @dataclass
@@ -242,6 +253,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         profile = args.profile / f"{processes}" if args.profile else None
         async with sampling(cluster.database, database_cpu), profiling(cluster, profile):
             bot_before = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+            waited_before = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
             fakes_before = proc_cpu_seconds(fakes_pid) or 0.0
             driver_before = time.process_time()
             async with probing(cluster, args.probe_gap, probe_acks):
@@ -252,6 +264,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
                 sent = time.monotonic()
             await cluster.wait_answered(questions, within=args.run_timeout)
             bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+            waited_after = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
             row.fakes_cpu = (proc_cpu_seconds(fakes_pid) or 0.0) - fakes_before
             row.driver_cpu = time.process_time() - driver_before
 
@@ -260,6 +273,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         row.missing = len(questions) - len(shown)
         row.seconds = max(shown, default=started) - started
         row.bot_cpu = sum(bot_after) - sum(bot_before)
+        row.bot_waited = sum(waited_after) - sum(waited_before)
         row.database_cpu = database_cpu[0] if database_cpu else math.nan
         acks = [a.seconds for a in cluster.acks if a.status == 200]
         row.acks = len(acks)
@@ -306,6 +320,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         ("replies", ""),
         ("replies/s", ""),
         ("bot CPU", "ms/reply"),
+        ("bot wait", "ms/reply"),
         ("PG CPU", "ms/reply"),
         ("total", "ms/reply"),
         ("ack p50", "ms"),
@@ -326,6 +341,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.replies}" + (f"/{row.replies + row.missing}" if row.missing else ""),
             f"{row.replies_per_second:.1f}",
             f"{bot:.1f}",
+            f"{row.per_reply_ms(row.bot_waited):.1f}",
             f"{database:.1f}",
             f"{bot + database:.1f}",
             f"{row.ack_p50 * 1000:.0f}",
@@ -355,6 +371,10 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(
         "  no prev. answer: follow-ups whose prompt lacked the previous answer of their "
         "thread (should be 0)"
+    )
+    print(
+        "  bot wait: time the bots' event loops were ready to run but waited for a CPU "
+        "(run queue, /proc/<pid>/schedstat): the machine's share of the ack latency"
     )
     print(
         "  PG CPU: the backends serving this database (the server's shared background "
