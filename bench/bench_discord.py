@@ -55,17 +55,25 @@ async def run(channels: int, rounds: int, database: Path) -> dict[str, Any]:
     url = f"sqlite+aiosqlite:///{database}"
     await upgrade(url)
     store = SqlStore(create_engine(url))
-    settings = load_settings({
-        "OPENAI_BASE_URL": model_server.base_url,
-        "OPENAI_API_KEY": "sk-bench",
-        "DATABASE_URL": url,
-        "BOTSERVICE_CONFIG": CONFIG,
-        # One person sends the whole load; the per-person rate is not measured here.
-        "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
-    })
-    settings = settings.model_copy(update={"discord": DiscordSettings(
-        token=SecretStr(server.token), api_url=server.api_url, gateway_url=server.gateway_url
-    )})
+    settings = load_settings(
+        {
+            "OPENAI_BASE_URL": model_server.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "DATABASE_URL": url,
+            "BOTSERVICE_CONFIG": CONFIG,
+            # One person sends the whole load; the per-person rate is not measured here.
+            "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
+        }
+    )
+    settings = settings.model_copy(
+        update={
+            "discord": DiscordSettings(
+                token=SecretStr(server.token),
+                api_url=server.api_url,
+                gateway_url=server.gateway_url,
+            )
+        }
+    )
     model = OpenAIChatClient(settings.model)
     core = ConversationCore(settings=settings, store=store, model=model)
     adapter = create_adapter(settings, core, guild_ready_timeout=0.05)
@@ -135,18 +143,23 @@ def main() -> None:
         results = asyncio.run(run(args.channels, args.rounds, Path(directory) / "bench.db"))
     calls = results.pop("calls")
     samples = len(calls)
-    print(f"Discord adapter, {args.channels} concurrent channels, {args.rounds} rounds "
-          f"({samples} answers), instant fake model, SQLite store, all on 127.0.0.1")
+    print(
+        f"Discord adapter, {args.channels} concurrent channels, {args.rounds} rounds "
+        f"({samples} answers), instant fake model, SQLite store, all on 127.0.0.1"
+    )
     print()
     print(f"| {'dispatch ->':<26} | {'median ms':>9} | {'p99 ms':>7} |")
     print(f"|{'-' * 28}|{'-' * 11}|{'-' * 9}|")
     for name, values in results.items():
         millis = [v * 1000 for v in values]
-        print(f"| {name:<26} | {statistics.median(millis):>9.1f} | "
-              f"{percentile(millis, 0.99):>7.1f} |")
+        print(
+            f"| {name:<26} | {statistics.median(millis):>9.1f} | {percentile(millis, 0.99):>7.1f} |"
+        )
     print()
-    print(f"REST message calls per answer: median {statistics.median(calls):.0f}, "
-          f"min {min(calls)}, max {max(calls)} (POST reply + edits; no reads)")
+    print(
+        f"REST message calls per answer: median {statistics.median(calls):.0f}, "
+        f"min {min(calls)}, max {max(calls)} (POST reply + edits; no reads)"
+    )
 
 
 if __name__ == "__main__":

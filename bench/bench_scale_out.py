@@ -7,7 +7,8 @@ For each number of processes, on a fresh database (tests/scale_out.py starts it 
 - `--threads` threads of `--per-thread` messages, every thread at once, each message
   after the previous one of its thread was acknowledged, each delivered 1-4 times to
   random processes. Measured until the last answer is shown in the fake Slack:
-  replies/s; CPU per reply of the bot processes (/proc utime + stime) and of the
+  replies/s; CPU per reply of the bot processes (/proc utime + stime), the time
+  their event loops waited for a CPU (run queue, /proc/<pid>/schedstat), and of the
   PostgreSQL backends serving this database (sampled from /proc while the run lasts;
   the server's shared background processes are left out); Slack acknowledgement
   p50/p99 over every delivery; and, as a check, how many follow-ups reached the
@@ -18,6 +19,19 @@ For each number of processes, on a fresh database (tests/scale_out.py starts it 
   still unanswered at the kill is answered by another process (bounded by
   `--takeover-timeout`).
 
+Who times what: the acknowledgements are timed by this process, whose loop
+during the run does nothing but send. The fake Slack and the fake model run in a
+child process of their own (tests/fakes/edge.py), so the bots' chat.postMessage,
+chat.update, users.info and model calls are not served by the loop that times
+the acks; /proc is sampled for the database's CPU by another child. With
+`--probe-gap S` a lone sender in a third process (bench/ack_probe.py) sends one
+message of its own every S seconds and times it: the cross-check (its messages
+are answered too, so they add to the CPU columns; use it for the ack figure).
+With `--trace-acks DIR`, each bot times the steps of its acknowledgements
+(bench/ack_trace.py, wrapped from outside the bot's code) and the table is
+followed by where their wall time went. With `--profile DIR`, py-spy records each bot process during the run (raw,
+non-idle samples, 200 Hz) into DIR; py-spy's own CPU then weighs on the figures.
+
 Goals from the issue: with 3 processes, CPU per reply (bot + database) within 1.2x
 of one process's, ack p99 < 500 ms, takeover <= 30 s. This two-core machine cannot
 show throughput growing with processes; the goals are per unit of work.
@@ -27,6 +41,7 @@ bounded in messages and time: a few minutes at the defaults.
 
     python -m bench.bench_scale_out [--processes 1,2,3] [--threads 30] [--per-thread 10]
                                     [--burst 30] [--takeover-timeout 60]
+                                    [--probe-gap 0.2] [--profile DIR] [--trace-acks DIR]
 """
 
 from __future__ import annotations
@@ -34,16 +49,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+from bench.ack_trace import summarize
 from tests.db import _find_postgres
-from tests.scale_out import Cluster, percentile, proc_cpu_seconds
+from tests.scale_out import ROOT, Cluster, percentile, proc_cpu_seconds
 
 TARGET_CPU_RATIO = 1.2
 TARGET_ACK_P99_MS = 500.0
@@ -57,14 +80,20 @@ class Row:
     missing: int = 0
     seconds: float = math.nan
     bot_cpu: float = math.nan  # seconds, all bot processes
+    bot_waited: float = math.nan  # seconds the bots' loops were ready to run but had no CPU
     database_cpu: float = math.nan  # seconds, this database's backends
-    driver_cpu: float = math.nan  # seconds, this process: the fakes and the sender
+    driver_cpu: float = math.nan  # seconds, this process: the sender
+    fakes_cpu: float = math.nan  # seconds, the fakes' process: fake Slack and fake model
     ack_p50: float = math.nan
     ack_p99: float = math.nan
     acks: int = 0
+    probe_p50: float = math.nan
+    probe_p99: float = math.nan
+    probe_acks: int = 0
     without_previous: int = 0
     follow_ups: int = 0
     takeover: str = "-"
+    trace: str = ""
 
     @property
     def replies_per_second(self) -> float:
@@ -72,6 +101,15 @@ class Row:
 
     def per_reply_ms(self, seconds: float) -> float:
         return 1000 * seconds / self.replies if self.replies else math.nan
+
+
+def run_queue_seconds(pid: int) -> float:
+    """How long the process's main thread (a bot's event loop) has waited, ready to
+    run, for a CPU (/proc/<pid>/schedstat, field 2); 0 once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 @dataclass
@@ -110,29 +148,95 @@ class BackendCpu:
         return sum(self.last[pid] - self.first[pid] for pid in self.last)
 
 
-@contextlib.asynccontextmanager
-async def sampling(cpu: BackendCpu) -> AsyncIterator[None]:
+def _sample_until_told(database: str, conn: Connection, interval: float) -> None:
+    cpu = BackendCpu(database)
     cpu.sample(baseline=True)
+    conn.send("started")
+    while not conn.poll(interval):
+        cpu.sample()
+    cpu.sample()
+    conn.send(cpu.total())
 
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            cpu.sample()
 
-    task = asyncio.create_task(loop())
+@contextlib.asynccontextmanager
+async def sampling(database: str, total: list[float]) -> AsyncIterator[None]:
+    """CPU of the database's backends while the block runs, appended to `total`.
+
+    Sampled in a process of its own: a pass over /proc takes milliseconds that
+    would otherwise delay the acknowledgements this process times."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    sampler = context.Process(target=_sample_until_told, args=(database, theirs, 0.25))
+    sampler.start()
+    try:
+        await asyncio.to_thread(ours.recv)  # the baseline is taken
+        yield
+        ours.send("stop")
+        total.append(await asyncio.to_thread(ours.recv))
+    finally:
+        await asyncio.to_thread(sampler.join, 10)
+        if sampler.is_alive():
+            sampler.kill()
+
+
+@contextlib.asynccontextmanager
+async def probing(cluster: Cluster, gap: float | None, acks: list[float]) -> AsyncIterator[None]:
+    """The lone sender (bench/ack_probe.py) while the block runs; its acks into `acks`."""
+    if not gap:
+        yield
+        return
+    command = [sys.executable, "-m", "bench.ack_probe", "--gap", str(gap)]
+    for process in cluster.live():
+        command += ["--url", process.url]
+    probe = await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert probe.stdout is not None
+    await asyncio.wait_for(probe.stdout.readline(), 60)  # "READY": imports done
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        cpu.sample()
+        out, _ = await probe.communicate(b"")  # closing its stdin tells it to stop
+        acks += json.loads(out.decode())["acks"] if out.strip() else []
+
+
+def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = ["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "200", "-o", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@contextlib.asynccontextmanager
+async def profiling(cluster: Cluster, directory: Path | None) -> AsyncIterator[None]:
+    """py-spy on every bot process while the block runs (raw, non-idle, 200 Hz)."""
+    if directory is None:
+        yield
+        return
+    spies = [
+        _spy(p.popen.pid, directory / f"bot-{p.index}-of-{len(cluster.processes)}.txt")
+        for p in cluster.live()
+    ]
+    await asyncio.sleep(1.0)  # py-spy attaches
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            await asyncio.to_thread(spy.wait, 30)
 
 
 async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Row:
     row = Row(processes)
     postgres = await _find_postgres()
-    async with Cluster.running(postgres, workdir, processes=processes, seed=args.seed) as cluster:
+    trace = args.trace_acks / f"{processes}" if args.trace_acks else None
+    env = {}
+    if trace is not None:
+        site = ROOT / "bench" / "ack_trace_site"
+        env = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "ACK_TRACE_DIR": str(trace)}
+    async with Cluster.running(
+        postgres, workdir, processes=processes, seed=args.seed, fakes_apart=True, env=env
+    ) as cluster:
         # Warm each process up (first request: Bolt's auth.test, pools, caches).
         warm = cluster.questions(threads=processes, per_thread=1)
         for question, process in zip(warm, cluster.processes, strict=True):
@@ -142,28 +246,45 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         cluster.acks.clear()
 
         questions = cluster.questions(threads=args.threads, per_thread=args.per_thread)
-        database = BackendCpu(cluster.database)
-        bot_before = [p.cpu_seconds() or 0.0 for p in cluster.processes]
-        driver_before = time.process_time()
-        async with sampling(database):
-            started = time.monotonic()
-            await cluster.send(questions)
+        database_cpu: list[float] = []
+        probe_acks: list[float] = []
+        fakes_pid = cluster.fakes_pid
+        assert fakes_pid is not None
+        profile = args.profile / f"{processes}" if args.profile else None
+        async with sampling(cluster.database, database_cpu), profiling(cluster, profile):
+            bot_before = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+            waited_before = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
+            fakes_before = proc_cpu_seconds(fakes_pid) or 0.0
+            driver_before = time.process_time()
+            async with probing(cluster, args.probe_gap, probe_acks):
+                started = time.monotonic()
+                # Nothing polls while acks are timed: every delivery first, then the answers.
+                await cluster.send(questions)
+                await cluster.settle_deliveries(within=30)
+                sent = time.monotonic()
             await cluster.wait_answered(questions, within=args.run_timeout)
-            await cluster.settle_deliveries(within=30)
-        bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
-        row.driver_cpu = time.process_time() - driver_before
+            bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+            waited_after = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
+            row.fakes_cpu = (proc_cpu_seconds(fakes_pid) or 0.0) - fakes_before
+            row.driver_cpu = time.process_time() - driver_before
 
         shown = [at for q in questions if (at := cluster.answered_at(q)) is not None]
         row.replies = len(shown)
         row.missing = len(questions) - len(shown)
         row.seconds = max(shown, default=started) - started
         row.bot_cpu = sum(bot_after) - sum(bot_before)
-        row.database_cpu = database.total()
+        row.bot_waited = sum(waited_after) - sum(waited_before)
+        row.database_cpu = database_cpu[0] if database_cpu else math.nan
         acks = [a.seconds for a in cluster.acks if a.status == 200]
         row.acks = len(acks)
         row.ack_p50, row.ack_p99 = percentile(acks, 0.5), percentile(acks, 0.99)
+        row.probe_acks = len(probe_acks)
+        row.probe_p50, row.probe_p99 = percentile(probe_acks, 0.5), percentile(probe_acks, 0.99)
         row.follow_ups = sum(1 for q in questions if q.index)
         row.without_previous = len(cluster.follow_up_order(questions)[1])
+
+        if trace is not None:
+            row.trace = summarize(trace, since=started, until=sent)
 
         if processes >= 2:
             await cluster.quiet(0.5, within=10)
@@ -176,6 +297,7 @@ async def takeover(cluster: Cluster, args: argparse.Namespace) -> str:
     burst = cluster.questions(threads=args.burst, per_thread=1)
     await asyncio.gather(*(cluster.deliver(q, first_to=victim.index, within=30) for q in burst))
     killed_at = victim.kill()
+    await cluster.refresh()
     left = cluster.unanswered(burst)
     if not left:
         return f"n/a (all {len(burst)} answered before the kill)"
@@ -198,12 +320,14 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         ("replies", ""),
         ("replies/s", ""),
         ("bot CPU", "ms/reply"),
+        ("bot wait", "ms/reply"),
         ("PG CPU", "ms/reply"),
         ("total", "ms/reply"),
         ("ack p50", "ms"),
         ("ack p99", "ms"),
         ("no prev.", "answer"),
         ("driver", "ms/reply"),
+        ("fakes", "ms/reply"),
     ]
     widths = [max(len(a), len(b)) + 1 for a, b in columns]
     print("  " + "".join(f"{a:>{w}}" for (a, _), w in zip(columns, widths, strict=True)), end="")
@@ -217,12 +341,14 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.replies}" + (f"/{row.replies + row.missing}" if row.missing else ""),
             f"{row.replies_per_second:.1f}",
             f"{bot:.1f}",
+            f"{row.per_reply_ms(row.bot_waited):.1f}",
             f"{database:.1f}",
             f"{bot + database:.1f}",
             f"{row.ack_p50 * 1000:.0f}",
             f"{row.ack_p99 * 1000:.0f}",
             f"{row.without_previous}/{row.follow_ups}",
             f"{row.per_reply_ms(row.driver_cpu):.1f}",
+            f"{row.per_reply_ms(row.fakes_cpu):.1f}",
         ]
         line = "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths, strict=True))
         print(f"  {line}   {row.takeover}")
@@ -247,10 +373,28 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         "thread (should be 0)"
     )
     print(
-        "  PG CPU: the backends serving this database (the server's shared background "
-        "processes left out); driver: this process (fake Slack, fake model, sender), "
-        "not in total"
+        "  bot wait: time the bots' event loops were ready to run but waited for a CPU "
+        "(run queue, /proc/<pid>/schedstat): the machine's share of the ack latency"
     )
+    print(
+        "  PG CPU: the backends serving this database (the server's shared background "
+        "processes left out); driver: this process (the sender, timing the acks); fakes: "
+        "the fake Slack and fake model's process; neither in total"
+    )
+    for row in rows:
+        if row.trace:
+            print(f"  where the acks' wall time went, {row.processes} process(es):")
+            print(row.trace)
+    if any(row.probe_acks for row in rows):
+        print(
+            "  lone sender (bench/ack_probe.py, its own process, one message every --probe-gap; "
+            "its messages count in no column but add to the CPU ones):"
+        )
+        for row in rows:
+            print(
+                f"    {row.processes} processes: ack p50 {row.probe_p50 * 1000:.0f} ms, "
+                f"p99 {row.probe_p99 * 1000:.0f} ms over {row.probe_acks} messages"
+            )
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -275,6 +419,21 @@ def main() -> None:
     parser.add_argument("--takeover-timeout", type=float, default=60.0)
     parser.add_argument("--run-timeout", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument(
+        "--probe-gap",
+        type=float,
+        default=0.0,
+        help="run the lone sender, one message every this many seconds (default off)",
+    )
+    parser.add_argument(
+        "--trace-acks",
+        type=Path,
+        default=None,
+        help="time each bot's ack steps into this directory",
+    )
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="py-spy each bot process into this directory"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))

@@ -27,7 +27,13 @@ What runs where:
 - in this process: the fake Slack Web API and the fake model server (answers
   "Answer to q-<thread>-<k>." to the message "q-<thread>-<k>", in about
   `answer_seconds`), and optionally a TCP proxy between the bots and PostgreSQL
-  that a test can cut (`database_via_proxy=True`).
+  that a test can cut (`database_via_proxy=True`);
+- or, with `fakes_apart=True`, both fakes in a child process of their own
+  (tests/fakes/edge.py), so that this process's loop, which times the
+  acknowledgements, serves none of the bots' Slack and model calls (the
+  benchmark does this). Then `cluster.slack` and `cluster.model` are copies as of
+  the last `await cluster.refresh()`; the `wait_*` and `quiet` methods refresh as
+  they poll.
 
 Events are signed like Slack's. A delivery that fails (connection refused, a 5xx,
 no answer in time) is redelivered with the next `X-Slack-Retry-Num` to another
@@ -63,6 +69,7 @@ import aiohttp
 
 from storage.migrate import upgrade
 from tests.db import PostgresServer
+from tests.fakes.edge import EdgeFakes, ModelRecord, SlackRecord
 from tests.fakes.model_server import FakeModelServer, RecordedRequest, last_user_text
 from tests.fakes.slack_api import FakeSlackApi, PostedMessage
 from tests.fakes.tcp_proxy import TcpProxy
@@ -249,6 +256,38 @@ def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+@contextlib.asynccontextmanager
+async def _fakes(
+    workdir: Path, *, answer_seconds: float, apart: bool
+) -> AsyncIterator[
+    tuple[FakeSlackApi | SlackRecord, FakeModelServer | ModelRecord, EdgeFakes | None]
+]:
+    """The fake Slack and the fake model: in this process, or `apart` in a child."""
+    chunk_delay = answer_seconds / _STREAM_WRITES
+    if apart:
+        async with EdgeFakes.running(
+            log=workdir / "fakes.log",
+            answer=f"{__name__}:answer_to",
+            chunk_delay=chunk_delay,
+            users=["UALICE=Alice"],
+            env=_child_env({}),
+        ) as edge:
+            yield edge.slack, edge.model, edge
+        return
+    slack = FakeSlackApi()
+    slack.add_user("UALICE", "Alice")
+    model = FakeModelServer(answer=answer_to, default_delay_between_chunks=chunk_delay)
+    await slack.start()
+    try:
+        await model.start()
+        try:
+            yield slack, model, None
+        finally:
+            await model.stop()
+    finally:
+        await slack.close()
+
+
 # --- the cluster -----------------------------------------------------------------------
 
 
@@ -257,8 +296,8 @@ class Cluster:
     postgres: PostgresServer
     workdir: Path
     database: str
-    slack: FakeSlackApi
-    model: FakeModelServer
+    slack: FakeSlackApi | SlackRecord
+    model: FakeModelServer | ModelRecord
     proxy: TcpProxy | None
     env: dict[str, str]
     seed: int
@@ -268,6 +307,7 @@ class Cluster:
     _deliveries: set[asyncio.Task[None]] = field(default_factory=set)
     _ts: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _threads: Iterator[int] = field(default_factory=itertools.count)
+    _edge: EdgeFakes | None = None
 
     rng: random.Random = field(init=False)
 
@@ -284,51 +324,51 @@ class Cluster:
         processes: int,
         answer_seconds: float = 0.0,
         database_via_proxy: bool = False,
+        fakes_apart: bool = False,
         env: Mapping[str, str] | None = None,
         seed: int | None = None,
     ) -> AsyncIterator[Cluster]:
         """A started cluster; everything is stopped and the database dropped on exit."""
-        database = f"botservice_scale_{secrets.token_hex(6)}"
-        await postgres.create_database(database)
-        slack = FakeSlackApi()
-        slack.add_user("UALICE", "Alice")
-        model = FakeModelServer(
-            answer=answer_to, default_delay_between_chunks=answer_seconds / _STREAM_WRITES
-        )
-        cluster = cls(
-            postgres=postgres,
-            workdir=workdir,
-            database=database,
-            slack=slack,
-            model=model,
-            proxy=None,
-            env=dict(env or {}),
-            seed=seed if seed is not None else random.randrange(2**32),
-        )
-        # A killed bot drops its model stream mid-write; the fake would log each one
-        # as an error with a stack, which is expected here and only noise.
-        server_log = logging.getLogger("aiohttp.server")
-        server_log_level = server_log.level
-        server_log.setLevel(logging.CRITICAL)
-        try:
-            await slack.start()
-            await model.start()
-            await cluster._migrate()
-            if database_via_proxy:
-                host, port = _host_port(postgres.url(database))
-                cluster.proxy = TcpProxy((host, port))
-                await cluster.proxy.start()
-            cluster._session = aiohttp.ClientSession()
-            for index in range(processes):
-                cluster.processes.append(cluster._spawn(index))
-            await asyncio.gather(*(cluster.wait_ready(p) for p in cluster.processes))
-            yield cluster
-        finally:
+        async with _fakes(workdir, answer_seconds=answer_seconds, apart=fakes_apart) as (
+            slack,
+            model,
+            edge,
+        ):
+            database = f"botservice_scale_{secrets.token_hex(6)}"
+            await postgres.create_database(database)
+            cluster = cls(
+                postgres=postgres,
+                workdir=workdir,
+                database=database,
+                slack=slack,
+                model=model,
+                proxy=None,
+                env=dict(env or {}),
+                seed=seed if seed is not None else random.randrange(2**32),
+                _edge=edge,
+            )
+            # A killed bot drops its model stream mid-write; the fake would log each one
+            # as an error with a stack, which is expected here and only noise.
+            server_log = logging.getLogger("aiohttp.server")
+            server_log_level = server_log.level
+            server_log.setLevel(logging.CRITICAL)
             try:
-                await cluster._stop()
-                await postgres.drop_database(database)
+                await cluster._migrate()
+                if database_via_proxy:
+                    host, port = _host_port(postgres.url(database))
+                    cluster.proxy = TcpProxy((host, port))
+                    await cluster.proxy.start()
+                cluster._session = aiohttp.ClientSession()
+                for index in range(processes):
+                    cluster.processes.append(cluster._spawn(index))
+                await asyncio.gather(*(cluster.wait_ready(p) for p in cluster.processes))
+                yield cluster
             finally:
-                server_log.setLevel(server_log_level)
+                try:
+                    await cluster._stop()
+                    await postgres.drop_database(database)
+                finally:
+                    server_log.setLevel(server_log_level)
 
     # --- processes --------------------------------------------------------------------
 
@@ -445,8 +485,6 @@ class Cluster:
                 await asyncio.to_thread(process.popen.wait, 5)
         if self.proxy is not None:
             await self.proxy.close()
-        await self.model.stop()
-        await self.slack.close()
 
     # --- sending ------------------------------------------------------------------------
 
@@ -567,6 +605,16 @@ class Cluster:
 
     # --- watching ----------------------------------------------------------------------
 
+    async def refresh(self) -> None:
+        """With the fakes apart, fetch what they recorded since the last refresh (else a no-op)."""
+        if self._edge is not None:
+            await self._edge.refresh()
+
+    @property
+    def fakes_pid(self) -> int | None:
+        """The fakes' process (with `fakes_apart`), e.g. to read its CPU time."""
+        return self._edge.pid if self._edge is not None else None
+
     def answered(self, question: Question) -> bool:
         return not self.unanswered([question])
 
@@ -581,18 +629,22 @@ class Cluster:
     ) -> list[Question]:
         """Wait until every question's answer is shown; returns those still missing."""
         deadline = time.monotonic() + within
+        await self.refresh()
         missing = self.unanswered(questions)
         while missing and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+            await self.refresh()
             missing = self.unanswered(missing)
         return missing
 
     async def wait_until(self, predicate: Callable[[], bool], *, within: float) -> bool:
         """Poll `predicate` for up to `within` seconds; its last value."""
         for _ in range(max(1, round(within / 0.05))):
+            await self.refresh()
             if predicate():
                 return True
             await asyncio.sleep(0.05)
+        await self.refresh()
         return predicate()
 
     async def quiet(self, seconds: float = 1.5, *, within: float = 20.0) -> None:
@@ -601,6 +653,7 @@ class Cluster:
         seen = (-1, -1)
         still_since = time.monotonic()
         while time.monotonic() < deadline:
+            await self.refresh()
             now = (len(self.slack.calls), len(self.model.requests))
             if now != seen:
                 seen, still_since = now, time.monotonic()
