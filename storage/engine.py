@@ -51,7 +51,9 @@ def normalize_url(database_url: str) -> str:
     return f"{scheme}://{rest}"
 
 
-def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, echo: bool = False, pool_size: int = 20
+) -> AsyncEngine:
     """An async engine for `database_url` (SQLite or PostgreSQL). Does not connect yet."""
     url = _parse(normalize_url(database_url))
     if url.get_backend_name() == "sqlite":
@@ -64,13 +66,21 @@ def create_engine(database_url: str, *, echo: bool = False) -> AsyncEngine:
     return create_async_engine(
         url,
         echo=echo,
-        # Kept open at the size concurrent turns need: an overflow connection is
-        # closed on return, so a pool below the concurrency reconnects all the time.
-        pool_size=20,
-        max_overflow=10,
+        # A fixed set of kept connections: an overflow connection is closed on
+        # return, and opening one (an SSL attempt, authentication) costs far more
+        # than waiting a moment for a statement of a few milliseconds to finish.
+        pool_size=pool_size,
+        max_overflow=0,
         # Managed PostgreSQL closes idle connections; recycle before that happens.
         pool_recycle=1800,
         connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def sibling_engine(engine: AsyncEngine, *, pool_size: int) -> AsyncEngine:
+    """Another engine on the same PostgreSQL database with a pool of its own."""
+    return create_engine(
+        engine.url.render_as_string(hide_password=False), echo=engine.echo, pool_size=pool_size
     )
 
 

@@ -66,6 +66,7 @@ from storage.engine import (
     check_connection,
     create_engine,
     is_sqlite,
+    sibling_engine,
     sqlite_thread_engine,
 )
 from storage.migrate import upgrade
@@ -89,6 +90,7 @@ PURGE_JOB = "purge"
 # Who changed a setting, once that person asked to be forgotten.
 FORGOTTEN_USER = "(forgotten)"
 MESSAGE_CACHE_SIZE = 20_000
+ACCEPT_POOL_SIZE = 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECRETS = '%"secrets":%'  # reply targets are written with json.dumps(separators=(",", ":"))
 
@@ -490,6 +492,16 @@ class SqlStore:
         self._async_read_lock: contextlib.AbstractAsyncContextManager[Any] = (
             self._async_write_lock if sqlite_database else contextlib.nullcontext()
         )
+        # The platform waits for `accept` before it gets its acknowledgement (Slack
+        # redelivers after 3 s): accepting has a few connections of its own, so it
+        # never queues behind the statements of answers being written.
+        self._accept_engine = (
+            None
+            if sqlite_database
+            else sibling_engine(engine, pool_size=ACCEPT_POOL_SIZE).execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        )
         thread_engine = sqlite_thread_engine(engine)
         self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
 
@@ -518,6 +530,8 @@ class SqlStore:
     async def aclose(self) -> None:
         if self._worker is not None:
             await self._worker.aclose()
+        if self._accept_engine is not None:
+            await self._accept_engine.dispose()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -540,6 +554,13 @@ class SqlStore:
             return await self._write(work)  # SQLite in memory: one shared connection
         with _unavailable_as_store_error():
             async with self._async_reader.connect() as connection:
+                return await connection.run_sync(work)
+
+    async def _accept_one(self, work: Callable[[Connection], T]) -> T:
+        """`_write_one` on the accepting connections (PostgreSQL)."""
+        assert self._accept_engine is not None
+        with _unavailable_as_store_error():
+            async with self._accept_engine.connect() as connection:
                 return await connection.run_sync(work)
 
     async def _read(self, work: Callable[[Connection], T]) -> T:
@@ -596,12 +617,15 @@ class SqlStore:
             )
             if accepted is None or claim is None:
                 return accepted
-            claimed = await self.claim_next_turn(
-                accepted.conversation_id,
-                holder=claim.holder,
-                alive_until=claim.alive_until,
-                key=conversation_key,
-            )
+            conversation_id = accepted.conversation_id
+
+            def claim_next(connection: Connection) -> PendingTurn | None:
+                return _claim_in(connection, conversation_id, claim, conversation_key)
+
+            try:
+                claimed = await self._accept_one(claim_next)
+            except IntegrityError:
+                claimed = None  # another process claimed a turn of this conversation first
             return dataclasses.replace(accepted, claimed=claimed)
 
         def work(connection: Connection) -> AcceptedTurn | None:
@@ -676,7 +700,7 @@ class SqlStore:
 
         for attempt in range(3):
             try:
-                conversation_id, turn_id, message_id = await self._write_one(accept)
+                conversation_id, turn_id, message_id = await self._accept_one(accept)
             except IntegrityError:
                 # The purge deleted the (empty) conversation as the message came in;
                 # nothing was written, so taking it again is safe.
@@ -684,7 +708,7 @@ class SqlStore:
                     raise
                 continue
             if conversation_id is None:
-                await self._write_one(create_conversation)
+                await self._accept_one(create_conversation)
                 continue
             if turn_id is None:
                 return None  # a duplicate delivery
@@ -1097,11 +1121,19 @@ class SqlStore:
         return await self._read(lambda connection: int(connection.execute(statement).scalar_one()))
 
     async def has_conversation(self, key: ConversationKey) -> bool:
-        statement = select(_c.id).where(*_key_filter(key)).limit(1)
+        parameters = {
+            "platform": key.platform,
+            "workspace": key.workspace,
+            "channel": key.channel,
+            "thread": key.thread,
+        }
 
         def work(connection: Connection) -> bool:
-            return connection.execute(statement).first() is not None
+            return connection.execute(_CONVERSATION_ID, parameters).first() is not None
 
+        # Adapters ask this before acknowledging an event: on the accepting connections.
+        if self._accept_engine is not None:
+            return await self._accept_one(work)
         return await self._read(work)
 
     async def thread_of_message(
