@@ -233,7 +233,9 @@ class Store(Protocol):
     ) -> AcceptedTurn | None:
         """Claim `(platform, message_key)` and store the user's message with a pending turn,
         in one short transaction. None if the key was already claimed (a duplicate delivery).
-        With `claim`, also claim the conversation's next turn if none of it is running.
+        With `claim`, a store that can do it in the same step (one transaction on
+        SQLite) also claims the conversation's next turn if none of it is running;
+        PostgreSQL leaves it to the caller, to keep the acknowledgement one round trip.
         Raises `StoreUnavailable` when the database cannot be reached."""
         ...
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -615,18 +614,9 @@ class SqlStore:
             accepted = await self._accept_in_one_statement(
                 key, conversation_values, turn_values, message_values
             )
-            if accepted is None or claim is None:
-                return accepted
-            conversation_id = accepted.conversation_id
-
-            def claim_next(connection: Connection) -> PendingTurn | None:
-                return _claim_in(connection, conversation_id, claim, conversation_key)
-
-            try:
-                claimed = await self._accept_one(claim_next)
-            except IntegrityError:
-                claimed = None  # another process claimed a turn of this conversation first
-            return dataclasses.replace(accepted, claimed=claimed)
+            # The claim is left to the caller's next step: on PostgreSQL it is a round
+            # trip of its own, and the platform is waiting for this one to acknowledge.
+            return accepted
 
         def work(connection: Connection) -> AcceptedTurn | None:
             # The claim comes first, so a duplicate delivery (Slack sends most
