@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,7 @@ T = TypeVar("T")
 TRIM_FOOTNOTE = "_(Older messages in this conversation were left out to fit the model's context.)_"
 RESTART_TOO_LATE = "Sorry, I restarted before I could answer this, and it is too old to pick up now; please ask again."
 UNEXPECTED_FAILURE = "Something went wrong on my side while answering; please try again."
+REMEMBERED_MESSAGE_KEYS = 20_000
 
 
 SinkFinder = Callable[[PendingTurn], ReplySink | None]
@@ -128,6 +130,9 @@ class ConversationCore:
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._accepted: dict[int, _Accepted] = {}
+        # Message keys this process stored (or found stored), newest last: the
+        # database decides, this only spares it the question for a repeat.
+        self._taken: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._drivers: dict[int, asyncio.Task[None]] = {}
         self._wanted: set[int] = set()  # conversations with work since their driver looked
         self._running: set[int] = set()  # turns this process holds
@@ -158,6 +163,11 @@ class ConversationCore:
         Raises `StoreUnavailable` when the database cannot take it (the adapter
         should let the platform deliver it again).
         """
+        taken = (message.platform, message.message_key)
+        if taken in self._taken:
+            # Taken by this process already (Slack sends a mention twice, and retries):
+            # known without asking the database, so the platform is acknowledged at once.
+            return None
         text = clean_text(message.text)
         if refusal := self._refusal(text, message.attachments) or await self._limits.refusal(
             message
@@ -183,6 +193,7 @@ class ConversationCore:
             # so the usual turn costs no separate claim.
             claim=None if self._stopping else self._claim(),
         )
+        self._remember_taken(taken)
         if accepted is None:
             log.info("dropped a redelivered message (%s %s)", message.platform, message.message_key)
             return None
@@ -199,6 +210,11 @@ class ConversationCore:
             self._claimed[accepted.conversation_id] = accepted.claimed
         self._wake(accepted.conversation_id)
         return Submission(turn_id=accepted.turn_id, answered=done)
+
+    def _remember_taken(self, key: tuple[str, str]) -> None:
+        self._taken[key] = None
+        if len(self._taken) > REMEMBERED_MESSAGE_KEYS:
+            self._taken.popitem(last=False)
 
     async def handle(self, message: IncomingMessage, sink: ReplySink) -> bool:
         """Submit and wait for the answer. False when the message was not taken."""

@@ -52,7 +52,7 @@ def normalize_url(database_url: str) -> str:
 
 
 def create_engine(
-    database_url: str, *, echo: bool = False, pool_size: int = 20
+    database_url: str, *, echo: bool = False, pool_size: int = 16
 ) -> AsyncEngine:
     """An async engine for `database_url` (SQLite or PostgreSQL). Does not connect yet."""
     url = _parse(normalize_url(database_url))

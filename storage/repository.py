@@ -89,7 +89,7 @@ PURGE_JOB = "purge"
 # Who changed a setting, once that person asked to be forgotten.
 FORGOTTEN_USER = "(forgotten)"
 MESSAGE_CACHE_SIZE = 20_000
-ACCEPT_POOL_SIZE = 4
+ACCEPT_POOL_SIZE = 12
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECRETS = '%"secrets":%'  # reply targets are written with json.dumps(separators=(",", ":"))
 

@@ -19,6 +19,7 @@ from botservice.ports import PendingTurn
 from botservice.settings import Settings
 from botservice.tokens import TokenCounter
 from botservice.transcription import NothingHeard
+from storage.engine import create_engine
 from storage.repository import SqlStore
 from tests.chat_kit import Chat, HearingRecordingSink, RecordingSink, settings_for
 from tests.db import StoreFactory
@@ -825,3 +826,25 @@ async def test_images_past_the_per_message_limits_are_named_not_shown_on_every_p
     shown = [part["image_url"]["url"] for part in content if part["type"] == "image_url"]
     assert shown == [f"https://cdn.example.test/photo{number}.png" for number in range(4)]
     assert content[0]["text"].count("not shown: over the limit of 4 images per message") == 2
+
+
+async def test_a_repeat_of_a_message_this_process_took_is_dropped_without_the_database(
+    fake_model: FakeModelServer, sqlite_database_url: str
+) -> None:
+    """Slack sends most mentions twice: the second copy is acknowledged without a
+    database round trip (here the database is already closed when it arrives)."""
+    settings = settings_for(fake_model.base_url)
+    store = SqlStore(create_engine(sqlite_database_url))
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=store, model=client)
+    message = Chat(core).message("twice, please")
+    try:
+        assert await core.handle(message, RecordingSink())
+        await core.drain()
+        await store.aclose()
+        again = RecordingSink()
+        assert await core.submit(message, again) is None
+    finally:
+        await client.aclose()
+    assert again.begun == 0 and again.notices == []
+    assert len(fake_model.chat_requests) == 1
