@@ -547,10 +547,8 @@ class SqlStore:
     async def _write_one(self, work: Callable[[Connection], T]) -> T:
         """Run `work`, which executes a single write statement: atomic by itself, so on
         PostgreSQL it runs without BEGIN and COMMIT (one round trip instead of three)."""
-        if self._worker is not None:
-            return await self._write(work)
         if not self._shared:
-            return await self._write(work)  # SQLite in memory: one shared connection
+            return await self._write(work)  # SQLite: its single writer already
         with _unavailable_as_store_error():
             async with self._async_reader.connect() as connection:
                 return await connection.run_sync(work)
