@@ -104,11 +104,11 @@ def install(directory: str) -> None:
     from slack_bolt.async_app import AsyncApp
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    import adapters.slack.app as slack_app
-    from adapters.slack.signature import SignatureCheck
-    from adapters.slack.users import UserDirectory
-    from botservice.conversation import ConversationCore
-    from storage.repository import SqlStore
+    import botservice.adapters.slack.app as slack_app
+    from botservice.adapters.slack.signature import SignatureCheck
+    from botservice.adapters.slack.users import UserDirectory
+    from botservice.core.conversation import ConversationCore
+    from botservice.storage.repository import SqlStore
 
     Path(directory).mkdir(parents=True, exist_ok=True)
     _out = open(Path(directory) / f"trace-{os.getpid()}.jsonl", "a", buffering=1)  # noqa: SIM115

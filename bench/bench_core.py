@@ -34,11 +34,12 @@ from pathlib import Path
 
 import httpx
 
-from botservice.conversation import ConversationCore
-from botservice.events import IncomingMessage
-from botservice.model_client import OpenAIChatClient, pooled_transport
-from botservice.settings import Settings, load_settings
-from storage.repository import SqlStore
+from botservice.app.config import load_settings
+from botservice.core.conversation import ConversationCore
+from botservice.core.events import IncomingMessage
+from botservice.core.settings import Settings
+from botservice.model.client import OpenAIChatClient, pooled_transport
+from botservice.storage.repository import SqlStore
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_REPLIES_PER_SECOND = 300

@@ -27,13 +27,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from adapters.discord import create_adapter
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient
-from botservice.settings import DiscordSettings, load_settings
-from storage.engine import create_engine
-from storage.migrate import upgrade
-from storage.repository import SqlStore
+from botservice.adapters.discord import create_adapter
+from botservice.app.config import load_settings
+from botservice.core.conversation import ConversationCore
+from botservice.core.settings import DiscordSettings
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.engine import create_engine
+from botservice.storage.migrate import upgrade
+from botservice.storage.repository import SqlStore
 from tests.fakes.discord_server import FakeDiscordServer
 from tests.fakes.model_server import FakeModelServer
 

@@ -81,11 +81,12 @@ from bench.bench_core import (
     start_fake_model,
     timed_reply,
 )
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient, pooled_transport
-from botservice.settings import Settings, load_settings
-from storage.migrate import upgrade
-from storage.repository import SqlStore
+from botservice.app.config import load_settings
+from botservice.core.conversation import ConversationCore
+from botservice.core.settings import Settings
+from botservice.model.client import OpenAIChatClient, pooled_transport
+from botservice.storage.migrate import upgrade
+from botservice.storage.repository import SqlStore
 from tests.db import PostgresServer, _find_postgres
 
 TARGET_THROUGHPUT_FRACTION = 0.5

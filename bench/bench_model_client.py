@@ -9,7 +9,7 @@ runs. `--baseline path/to/model_client.py` adds another version of the module (e
 main's) to the same runs, for before/after figures.
 
     python -m bench.bench_model_client [--concurrency 50] [--requests 2000] [--rounds 3]
-                                       [--baseline /work/main/botservice/model_client.py]
+                                       [--baseline /work/main/botservice/model/client.py]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import orjson
 
 from bench.bench_core import Row, print_table, start_fake_model
 from botservice import model_client
-from botservice.ports import ChatRequest
-from botservice.settings import ModelSettings
+from botservice.core.ports import ChatRequest
+from botservice.core.settings import ModelSettings
 
 # A prompt of a usual size: instructions and a few turns of history.
 PROMPT = ChatRequest(
@@ -83,7 +83,7 @@ class BareClient:
 
 
 class ModuleClient:
-    """`OpenAIChatClient` from a given version of botservice/model_client.py."""
+    """`OpenAIChatClient` from a given version of botservice/model/client.py."""
 
     def __init__(self, module: ModuleType, base_url: str) -> None:
         settings = ModelSettings(base_url=base_url, api_key="sk-bench")  # type: ignore[arg-type]

@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from storage.engine import create_engine
-from storage.migrate import upgrade
-from storage.repository import SqlStore
+from botservice.storage.engine import create_engine
+from botservice.storage.migrate import upgrade
+from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import FakeSlackApi
 from tests.slack.harness import SlackHarness, slack_settings

@@ -20,12 +20,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from botservice.audio import FRAME_SECONDS, decode_frames
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import ChatRequest
-from botservice.settings import ModelSettings
-from botservice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechEngine
-from botservice.voice_pipeline import Utterance, VoiceSpeaker
+from botservice.core.ports import ChatRequest
+from botservice.core.settings import ModelSettings
+from botservice.model.client import OpenAIChatClient
+from botservice.voice.audio import FRAME_SECONDS, decode_frames
+from botservice.voice.pipeline import Utterance, VoiceSpeaker
+from botservice.voice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechEngine
 
 ANSWER = (
     "Sure, here is the forecast for tomorrow. It will be sunny and warm in the afternoon, "

@@ -1,5 +1,5 @@
 import sys
 
-from botservice.cli import main
+from botservice.app.cli import main
 
 sys.exit(main())

@@ -7,9 +7,9 @@ store = SqlStore(engine)               # or: store = await SqlStore.open(databas
 await store.aclose()
 """
 
-from storage.engine import check_connection, create_engine, normalize_url
-from storage.migrate import current_revision, upgrade
-from storage.repository import SqlStore
+from botservice.storage.engine import check_connection, create_engine, normalize_url
+from botservice.storage.migrate import current_revision, upgrade
+from botservice.storage.repository import SqlStore
 
 __all__ = [
     "SqlStore",
@@ -19,3 +19,8 @@ __all__ = [
     "normalize_url",
     "upgrade",
 ]
+
+if __name__ != "botservice.storage":
+    # The folder is installed as `botservice.storage` (see pyproject.toml); imported
+    # under its bare name it would be a second copy of every module.
+    raise ImportError("import botservice.storage, not storage")

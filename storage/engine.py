@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from botservice.errors import ConfigError
+from botservice.core.errors import ConfigError
 
 # Execution options that shape SQLite transactions (ignored on PostgreSQL):
 # WRITE begins with BEGIN IMMEDIATE, so the write lock is taken (waiting up to
@@ -51,9 +51,7 @@ def normalize_url(database_url: str) -> str:
     return f"{scheme}://{rest}"
 
 
-def create_engine(
-    database_url: str, *, echo: bool = False, pool_size: int = 16
-) -> AsyncEngine:
+def create_engine(database_url: str, *, echo: bool = False, pool_size: int = 16) -> AsyncEngine:
     """An async engine for `database_url` (SQLite or PostgreSQL). Does not connect yet."""
     url = _parse(normalize_url(database_url))
     if url.get_backend_name() == "sqlite":
@@ -150,7 +148,7 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
 def sqlite_thread_engine(engine: AsyncEngine) -> Engine | None:
     """A plain sqlite3 engine on the same file as `engine`, or None (PostgreSQL, in-memory).
 
-    For `storage.sqlite_worker`, which runs whole transactions on worker threads.
+    For `botservice.storage.sqlite_worker`, which runs whole transactions on worker threads.
     Its connections stay in autocommit mode with no "begin" hook: the worker
     issues BEGIN IMMEDIATE itself, and an engine without connection event
     listeners skips SQLAlchemy's per-statement event dispatch.

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.engine import SQLITE_WRITE_OPTION, check_connection, create_engine
+from botservice.storage.engine import SQLITE_WRITE_OPTION, check_connection, create_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant; several processes starting at once take turns on it (PostgreSQL).

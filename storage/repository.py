@@ -44,9 +44,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from botservice.errors import StoreUnavailable
-from botservice.events import Attachment, ConversationKey, IncomingMessage
-from botservice.ports import (
+from botservice.core.errors import StoreUnavailable
+from botservice.core.events import Attachment, ConversationKey, IncomingMessage
+from botservice.core.ports import (
     AcceptedTurn,
     ChannelSettings,
     Claim,
@@ -59,7 +59,7 @@ from botservice.ports import (
     StoredMessage,
     Usage,
 )
-from storage.engine import (
+from botservice.storage.engine import (
     SQLITE_SINGLE_READ_OPTION,
     SQLITE_WRITE_OPTION,
     check_connection,
@@ -68,9 +68,9 @@ from storage.engine import (
     sibling_engine,
     sqlite_thread_engine,
 )
-from storage.migrate import upgrade
-from storage.sqlite_worker import SqliteWorker
-from storage.tables import (
+from botservice.storage.migrate import upgrade
+from botservice.storage.sqlite_worker import SqliteWorker
+from botservice.storage.tables import (
     CHANNEL_SETTINGS,
     CONVERSATIONS,
     MESSAGES,
@@ -441,7 +441,7 @@ def _clean_text(text: str) -> str:
 
 
 class SqlStore:
-    """The `Store` port (botservice/ports.py) over SQLAlchemy.
+    """The `Store` port (botservice/core/ports.py) over SQLAlchemy.
 
     Build it with `await SqlStore.open(database_url)` (checks the connection,
     applies migrations) or `SqlStore(create_engine(url))` over a migrated

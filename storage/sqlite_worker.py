@@ -27,7 +27,7 @@ T = TypeVar("T")
 class SqliteWorker:
     def __init__(self, engine: Engine, *, readers: int = 2) -> None:
         # `engine` must leave transactions to us: sqlite3 in autocommit mode
-        # (isolation_level None) and no "begin" listener (see storage.engine).
+        # (isolation_level None) and no "begin" listener (see botservice.storage.engine).
         self._engine = engine
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="botservice-db-write")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="botservice-db-read")

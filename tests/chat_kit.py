@@ -12,10 +12,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from botservice.conversation import ConversationCore
-from botservice.events import Attachment, IncomingMessage
-from botservice.ports import ModelClient, Store
-from botservice.settings import Settings
+from botservice.core.conversation import ConversationCore
+from botservice.core.events import Attachment, IncomingMessage
+from botservice.core.ports import ModelClient, Store
+from botservice.core.settings import Settings
 
 
 @dataclass
@@ -121,7 +121,7 @@ class Chat:
         sink = RecordingSink()
         message = self.message(text, **kwargs)  # type: ignore[arg-type]
         if text.startswith("/"):
-            from botservice.commands import parse_command
+            from botservice.core.commands import parse_command
 
             command = parse_command(text[1:])
             assert command is not None
@@ -140,7 +140,7 @@ def settings_for(base_url: str, **overrides: str) -> Settings:
 
     `overrides` use the environment's names: `conversation__history_limit="5"`.
     """
-    from botservice.settings import load_settings
+    from botservice.app.config import load_settings
 
     env = {
         "OPENAI_BASE_URL": base_url,

@@ -32,10 +32,10 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import make_url
 
-from botservice.events import IncomingMessage
-from storage.engine import create_engine
-from storage.migrate import upgrade
-from storage.repository import SqlStore
+from botservice.core.events import IncomingMessage
+from botservice.storage.engine import create_engine
+from botservice.storage.migrate import upgrade
+from botservice.storage.repository import SqlStore
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "BOTSERVICE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

@@ -20,7 +20,7 @@ acknowledgement p99 within Slack's 3 s, no "never retrieved" in any log.
 What runs where:
 
 - a fresh PostgreSQL database per cluster (`botservice_scale_<hex>`, dropped at
-  the end), migrated as `botservice db upgrade` does (`storage.migrate.upgrade`);
+  the end), migrated as `botservice db upgrade` does (`botservice.storage.migrate.upgrade`);
 - N `python -m botservice run` subprocesses, each with its own PORT, the tree
   under test first on PYTHONPATH, its own OPENAI_API_KEY (`sk-scale-<i>`) and
   SLACK_BOT_TOKEN (`xoxb-scale-<i>`) so the fakes can tell which process called;
@@ -67,7 +67,7 @@ from typing import Any
 
 import aiohttp
 
-from storage.migrate import upgrade
+from botservice.storage.migrate import upgrade
 from tests.db import PostgresServer
 from tests.fakes.edge import EdgeFakes, ModelRecord, SlackRecord
 from tests.fakes.model_server import FakeModelServer, RecordedRequest, last_user_text

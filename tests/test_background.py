@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from botservice.background import BackgroundTasks
+from botservice.core.background import BackgroundTasks
 
 
 async def test_a_failing_task_is_logged_once_and_its_exception_retrieved(
@@ -23,7 +23,7 @@ async def test_a_failing_task_is_logged_once_and_its_exception_retrieved(
     async def fails() -> None:
         raise RuntimeError("boom")
 
-    with caplog.at_level(logging.ERROR, logger="botservice.background"):
+    with caplog.at_level(logging.ERROR, logger="botservice.core.background"):
         task = tasks.spawn(fails(), name="doomed")
         await asyncio.wait({task})  # waits without retrieving the exception
         await asyncio.sleep(0)
@@ -31,7 +31,7 @@ async def test_a_failing_task_is_logged_once_and_its_exception_retrieved(
     gc.collect()
     await asyncio.sleep(0)
 
-    failures = [r for r in caplog.records if r.name == "botservice.background"]
+    failures = [r for r in caplog.records if r.name == "botservice.core.background"]
     assert [r.getMessage() for r in failures] == ["background task doomed failed"]
     assert failures[0].exc_info is not None
     assert loop_complaints == []
@@ -42,7 +42,7 @@ async def test_cancel_all_stops_every_task_quietly(caplog: pytest.LogCaptureFixt
     tasks = BackgroundTasks()
     for number in range(3):
         tasks.spawn(asyncio.sleep(60), name=f"sleeper-{number}")
-    with caplog.at_level(logging.DEBUG, logger="botservice.background"):
+    with caplog.at_level(logging.DEBUG, logger="botservice.core.background"):
         await tasks.cancel_all()
     assert len(tasks) == 0
     assert caplog.records == []

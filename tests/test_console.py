@@ -13,10 +13,10 @@ from pathlib import Path
 
 import aiohttp
 
-from adapters.console.adapter import ConsoleAdapter
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient
-from storage.repository import SqlStore
+from botservice.adapters.console.adapter import ConsoleAdapter
+from botservice.core.conversation import ConversationCore
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from tests.chat_kit import settings_for
 from tests.fakes.model_server import FakeModelServer, Refuse
 

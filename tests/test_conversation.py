@@ -11,16 +11,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import pytest_asyncio
 
-from botservice.commands import parse_command
-from botservice.conversation import TRIM_FOOTNOTE, ConversationCore
-from botservice.events import Attachment, Command
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import PendingTurn
-from botservice.settings import Settings
-from botservice.tokens import TokenCounter
-from botservice.transcription import NothingHeard
-from storage.engine import create_engine
-from storage.repository import SqlStore
+from botservice.core.commands import parse_command
+from botservice.core.conversation import TRIM_FOOTNOTE, ConversationCore
+from botservice.core.events import Attachment, Command
+from botservice.core.ports import PendingTurn
+from botservice.core.settings import Settings
+from botservice.model.client import OpenAIChatClient
+from botservice.model.tokens import TokenCounter
+from botservice.storage.engine import create_engine
+from botservice.storage.repository import SqlStore
+from botservice.voice.transcription import NothingHeard
 from tests.chat_kit import Chat, HearingRecordingSink, RecordingSink, settings_for
 from tests.db import StoreFactory
 from tests.fakes.model_server import (

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from botservice.expiry import purge_period, start_expiry_scheduler
-from botservice.settings import StorageSettings
-from storage.repository import SqlStore
+from botservice.app.expiry import purge_period, start_expiry_scheduler
+from botservice.core.settings import StorageSettings
+from botservice.storage.repository import SqlStore
 from tests.db import incoming
 
 

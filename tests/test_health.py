@@ -9,10 +9,10 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from botservice.ports import PendingTurn, ReplySink, Store
-from botservice.runtime import start_http_server
-from storage.engine import create_engine
-from storage.repository import SqlStore
+from botservice.app.runtime import start_http_server
+from botservice.core.ports import PendingTurn, ReplySink, Store
+from botservice.storage.engine import create_engine
+from botservice.storage.repository import SqlStore
 
 
 class PlatformConnection:

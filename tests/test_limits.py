@@ -11,10 +11,10 @@ from typing import Protocol
 import pytest
 import pytest_asyncio
 
-from botservice.conversation import ConversationCore
-from botservice.limits import BUSY, MessageRate
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import Store
+from botservice.core.conversation import ConversationCore
+from botservice.core.limits import BUSY, MessageRate
+from botservice.core.ports import Store
+from botservice.model.client import OpenAIChatClient
 from tests.chat_kit import Chat, RecordingSink, settings_for
 from tests.fakes.model_server import FakeModelServer, Reply, Slow
 

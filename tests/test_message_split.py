@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from botservice.message_split import split_message
+from botservice.core.message_split import split_message
 
 _FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
 

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 
-from botservice.errors import (
+from botservice.core.errors import (
     ModelEmptyAnswer,
     ModelRateLimited,
     ModelRefused,
@@ -28,9 +28,9 @@ from botservice.errors import (
     ModelTimeout,
     ModelUnreachable,
 )
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import ChatRequest
-from botservice.settings import ModelSettings
+from botservice.core.ports import ChatRequest
+from botservice.core.settings import ModelSettings
+from botservice.model.client import OpenAIChatClient
 from tests.fakes.model_server import (
     CutMidway,
     EmptyAnswer,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from botservice.events import Attachment
-from botservice.ports import StoredMessage
-from botservice.prompt import build_prompt, describe_attachments
+from botservice.core.events import Attachment
+from botservice.core.ports import StoredMessage
+from botservice.core.prompt import build_prompt, describe_attachments
 
 PRIVATE = "https://files.slack.com/files-pri/T1-F1/secret-plans.png"
 PUBLIC = "https://cdn.discordapp.com/attachments/1/2/cat.png"

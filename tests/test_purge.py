@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from botservice.ports import AcceptedTurn, PurgeCounts
-from storage.repository import SqlStore
-from storage.tables import CONVERSATIONS, MESSAGES, TURNS
+from botservice.core.ports import AcceptedTurn, PurgeCounts
+from botservice.storage.repository import SqlStore
+from botservice.storage.tables import CONVERSATIONS, MESSAGES, TURNS
 from tests.db import StoreFactory, incoming
 
 DAY = timedelta(days=1)

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from botservice.expiry import purge_once
-from botservice.redact import redact_url, scrub
-from botservice.settings import StorageSettings
-from botservice.speech import OpenAISpeechEngine, SpeechEndpointError
-from botservice.transcription import Transcriber, TranscriptionEndpointError
-from storage.repository import SqlStore
-from storage.tables import TURNS
+from botservice.app.expiry import purge_once
+from botservice.core.redact import redact_url, scrub
+from botservice.core.settings import StorageSettings
+from botservice.storage.repository import SqlStore
+from botservice.storage.tables import TURNS
+from botservice.voice.speech import OpenAISpeechEngine, SpeechEndpointError
+from botservice.voice.transcription import Transcriber, TranscriptionEndpointError
 from tests.db import incoming
 from tests.fakes.model_server import FakeModelServer, tone
 

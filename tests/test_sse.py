@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from botservice.sse import SSEDataDecoder
+from botservice.model.sse import SSEDataDecoder
 
 
 def decode(*chunks: bytes) -> list[bytes]:

@@ -13,13 +13,13 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect as inspect_database
 from sqlalchemy import select, text
 
-from botservice.errors import ConfigError
-from botservice.events import ConversationKey
-from botservice.ports import AcceptedTurn, ChannelSettings, Store, StoredMessage, Usage
-from storage.engine import check_connection, create_engine, normalize_url
-from storage.migrate import current_revision, head_revision, upgrade
-from storage.repository import SqlStore
-from storage.tables import MESSAGES, TURNS, metadata
+from botservice.core.errors import ConfigError
+from botservice.core.events import ConversationKey
+from botservice.core.ports import AcceptedTurn, ChannelSettings, Store, StoredMessage, Usage
+from botservice.storage.engine import check_connection, create_engine, normalize_url
+from botservice.storage.migrate import current_revision, head_revision, upgrade
+from botservice.storage.repository import SqlStore
+from botservice.storage.tables import MESSAGES, TURNS, metadata
 from tests.db import StoreFactory, incoming
 
 KEY = ConversationKey("test", "W1", "C1", "T1")

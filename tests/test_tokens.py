@@ -14,7 +14,7 @@ import tiktoken.load
 import tiktoken_ext
 import tiktoken_ext.openai_public
 
-from botservice.tokens import (
+from botservice.model.tokens import (
     ENCODINGS,
     IMAGE_TOKENS,
     MESSAGE_OVERHEAD,

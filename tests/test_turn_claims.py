@@ -22,10 +22,10 @@ import pytest
 import pytest_asyncio
 from sqlalchemy.engine import make_url
 
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import PendingTurn
-from storage.repository import SqlStore
+from botservice.core.conversation import ConversationCore
+from botservice.core.ports import PendingTurn
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from tests.chat_kit import Chat, settings_for
 from tests.db import StoreFactory
 from tests.fakes.model_server import FakeModelServer, Reply

@@ -1,5 +1,5 @@
 """Console adapter: chat with the bot in a terminal, no platform needed."""
 
-from adapters.console.adapter import ConsoleAdapter, ConsoleSink
+from botservice.adapters.console.adapter import ConsoleAdapter, ConsoleSink
 
 __all__ = ["ConsoleAdapter", "ConsoleSink"]

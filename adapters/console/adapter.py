@@ -12,10 +12,10 @@ import sys
 import uuid
 from typing import Any, TextIO
 
-from botservice.commands import parse_command
-from botservice.conversation import ConversationCore
-from botservice.events import IncomingMessage
-from botservice.ports import PendingTurn, ReplySink
+from botservice.core.commands import parse_command
+from botservice.core.conversation import ConversationCore
+from botservice.core.events import IncomingMessage
+from botservice.core.ports import PendingTurn, ReplySink
 
 PLATFORM = "console"
 WORKSPACE = "local"

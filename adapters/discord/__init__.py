@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from adapters.discord.adapter import DiscordAdapter
-from adapters.discord.commands import TreeExtension
-from adapters.discord.sync import sync_commands
-from botservice.settings import Settings
+from botservice.adapters.discord.adapter import DiscordAdapter
+from botservice.adapters.discord.commands import TreeExtension
+from botservice.adapters.discord.sync import sync_commands
+from botservice.core.settings import Settings
 
 if TYPE_CHECKING:
-    from botservice.conversation import ConversationCore
+    from botservice.core.conversation import ConversationCore
 
 __all__ = ["DiscordAdapter", "TreeExtension", "create_adapter", "sync_commands"]
 

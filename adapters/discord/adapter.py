@@ -13,25 +13,25 @@ import aiohttp
 import discord
 from discord.http import Route
 
-from adapters.discord.client import BotClient, make_client
-from adapters.discord.commands import TreeExtension, build_command_tree
-from adapters.discord.context import DiscordContext
-from adapters.discord.interactions import DiscordInteractions, on_tree_error
-from adapters.discord.messages import DiscordMessages
-from adapters.discord.sink import NO_MENTIONS, InteractionReplySink
-from adapters.discord.supervision import run_gateway
-from adapters.discord.voice import DiscordVoice
-from adapters.discord.voice_commands import voice_extension
-from adapters.discord.voice_messages import DiscordHearing
-from botservice.errors import ConfigError
-from botservice.ports import PendingTurn, ReplySink
-from botservice.redact import redact_url
-from botservice.settings import Settings
-from botservice.speech import SpeechEngine
-from botservice.transcription import Transcriber
+from botservice.adapters.discord.client import BotClient, make_client
+from botservice.adapters.discord.commands import TreeExtension, build_command_tree
+from botservice.adapters.discord.context import DiscordContext
+from botservice.adapters.discord.interactions import DiscordInteractions, on_tree_error
+from botservice.adapters.discord.messages import DiscordMessages
+from botservice.adapters.discord.sink import NO_MENTIONS, InteractionReplySink
+from botservice.adapters.discord.supervision import run_gateway
+from botservice.adapters.discord.voice.commands import voice_extension
+from botservice.adapters.discord.voice.connection import DiscordVoice
+from botservice.adapters.discord.voice.hearing import DiscordHearing
+from botservice.core.errors import ConfigError
+from botservice.core.ports import PendingTurn, ReplySink
+from botservice.core.redact import redact_url
+from botservice.core.settings import Settings
+from botservice.voice.speech import SpeechEngine
+from botservice.voice.transcription import Transcriber
 
 if TYPE_CHECKING:
-    from botservice.conversation import ConversationCore
+    from botservice.core.conversation import ConversationCore
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import yarl
 from discord.gateway import DiscordWebSocket
 from discord.state import ConnectionState
 
-from adapters.discord.supervision import guard_frames
-from botservice.settings import DiscordSettings
+from botservice.adapters.discord.supervision import guard_frames
+from botservice.core.settings import DiscordSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Protocol
 import discord
 from discord import app_commands
 
-from botservice.events import Command
+from botservice.core.events import Command
 
 MAX_PROMPT = 4000
 

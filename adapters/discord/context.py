@@ -3,19 +3,39 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
-from adapters.discord.reply_chains import ReplyChains
-from botservice.ports import ReplySink
-from botservice.settings import Settings
+from botservice.adapters.discord.reply_chains import ReplyChains
+from botservice.core.ports import ReplySink
+from botservice.core.settings import Settings
 
 if TYPE_CHECKING:
-    from adapters.discord.events import Place
-    from adapters.discord.voice import DiscordVoice
-    from adapters.discord.voice_messages import DiscordHearing
-    from botservice.conversation import ConversationCore
+    from botservice.adapters.discord.events import Place
+    from botservice.core.conversation import ConversationCore
+
+
+# The handlers reach voice through these two roles, so this module (which every
+# handler imports) never imports the voice package, which imports the handlers.
+class Speaking(Protocol):
+    """Answers also spoken in a voice channel (`voice.connection.DiscordVoice`)."""
+
+    async def speaking_sink(
+        self,
+        sink: ReplySink,
+        *,
+        guild_id: int | None,
+        user: Any,
+        channel_id: int | None,
+        place: Place,
+    ) -> ReplySink: ...
+
+
+class Hearing(Protocol):
+    """Voice messages transcribed before they are answered (`voice.hearing.DiscordHearing`)."""
+
+    def listening(self, sink: ReplySink) -> ReplySink: ...
 
 
 @dataclass
@@ -25,8 +45,8 @@ class DiscordContext:
     chains: ReplyChains = field(default_factory=ReplyChains)
     owner_ids: frozenset[int] = frozenset()
     client: discord.Client | None = None
-    voice: DiscordVoice | None = None
-    hearing: DiscordHearing | None = None
+    voice: Speaking | None = None
+    hearing: Hearing | None = None
 
     @property
     def bot_id(self) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import discord
 
-from botservice.events import Attachment, ContextMessage, IncomingMessage
+from botservice.core.events import Attachment, ContextMessage, IncomingMessage
 
 PLATFORM = "discord"
 DM_WORKSPACE = "dm"

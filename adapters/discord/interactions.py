@@ -13,13 +13,13 @@ from collections.abc import Awaitable, Callable
 import discord
 from discord import app_commands
 
-from adapters.discord import events
-from adapters.discord.context import DiscordContext
-from adapters.discord.messages import DiscordMessages
-from adapters.discord.sink import NO_MENTIONS, InteractionReplySink
-from botservice.errors import BotServiceError
-from botservice.events import Command
-from botservice.ports import ReplySink
+from botservice.adapters.discord import events
+from botservice.adapters.discord.context import DiscordContext
+from botservice.adapters.discord.messages import DiscordMessages
+from botservice.adapters.discord.sink import NO_MENTIONS, InteractionReplySink
+from botservice.core.errors import BotServiceError
+from botservice.core.events import Command
+from botservice.core.ports import ReplySink
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import discord
 
-from adapters.discord import events
-from adapters.discord.context import DiscordContext
-from adapters.discord.sink import ChannelReplySink
-from botservice.events import ContextMessage
-from botservice.ports import ReplySink
+from botservice.adapters.discord import events
+from botservice.adapters.discord.context import DiscordContext
+from botservice.adapters.discord.sink import ChannelReplySink
+from botservice.core.events import ContextMessage
+from botservice.core.ports import ReplySink
 
 log = logging.getLogger(__name__)
 

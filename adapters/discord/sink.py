@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import discord
 
-from adapters.discord.split import DISCORD_LIMIT
-from botservice.message_split import split_message
+from botservice.adapters.discord.split import DISCORD_LIMIT
+from botservice.core.message_split import split_message
 
 log = logging.getLogger(__name__)
 

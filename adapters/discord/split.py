@@ -1,3 +1,3 @@
-"""Discord's message limit; `botservice.message_split` does the splitting."""
+"""Discord's message limit; `botservice.core.message_split` does the splitting."""
 
 DISCORD_LIMIT = 2000

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 import aiohttp
 import discord
 
-from adapters.discord.client import configure_endpoints
-from adapters.discord.commands import NoHandlers, TreeExtension, build_command_tree
-from adapters.discord.voice_commands import NoVoiceHandlers, voice_extension
-from botservice.errors import ConfigError
-from botservice.redact import redact_url
-from botservice.settings import Settings
+from botservice.adapters.discord.client import configure_endpoints
+from botservice.adapters.discord.commands import NoHandlers, TreeExtension, build_command_tree
+from botservice.adapters.discord.voice.commands import NoVoiceHandlers, voice_extension
+from botservice.core.errors import ConfigError
+from botservice.core.redact import redact_url
+from botservice.core.settings import Settings
 
 
 async def sync_commands(

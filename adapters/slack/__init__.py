@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from botservice.conversation import ConversationCore
-from botservice.ports import Adapter
-from botservice.settings import Settings
+from botservice.core.conversation import ConversationCore
+from botservice.core.ports import Adapter
+from botservice.core.settings import Settings
 
 
 def create_adapter(settings: Settings, core: ConversationCore) -> Adapter:
     """Build the Slack adapter. Raises `ConfigError` when the credentials do not fit together."""
-    from adapters.slack.app import SlackAdapter
+    from botservice.adapters.slack.app import SlackAdapter
 
     return SlackAdapter(settings, core)
 

@@ -27,10 +27,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.audio import SlackHearing
-from adapters.slack.budget import UpdateBudget
-from adapters.slack.envelope import MalformedBody, odd_field, read_envelope
-from adapters.slack.events import (
+from botservice.adapters.slack.audio import SlackHearing
+from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.envelope import MalformedBody, odd_field, read_envelope
+from botservice.adapters.slack.events import (
     PLATFORM,
     AssistantThreadStarted,
     BotIdentity,
@@ -43,22 +43,22 @@ from adapters.slack.events import (
     slash_command,
     translate_event,
 )
-from adapters.slack.files import fetch_attachments
-from adapters.slack.oauth import SlackOAuth
-from adapters.slack.rejections import Rejection, RejectionLog
-from adapters.slack.signature import SignatureCheck
-from adapters.slack.sink import PLACEHOLDER, CommandReplySink, SlackReplySink
-from adapters.slack.socket_mode import SocketModeRunner
-from adapters.slack.threads import KnownThreads, read_thread_once
-from adapters.slack.users import UserDirectory
-from botservice.background import BackgroundTasks
-from botservice.commands import parse_command
-from botservice.conversation import ConversationCore
-from botservice.errors import ConfigError, StoreUnavailable
-from botservice.events import Command, ContextMessage, ConversationKey
-from botservice.ports import PendingTurn, ReplySink
-from botservice.settings import Settings
-from botservice.transcription import Transcriber
+from botservice.adapters.slack.files import fetch_attachments
+from botservice.adapters.slack.oauth import SlackOAuth
+from botservice.adapters.slack.rejections import Rejection, RejectionLog
+from botservice.adapters.slack.signature import SignatureCheck
+from botservice.adapters.slack.sink import PLACEHOLDER, CommandReplySink, SlackReplySink
+from botservice.adapters.slack.socket_mode import SocketModeRunner
+from botservice.adapters.slack.threads import KnownThreads, read_thread_once
+from botservice.adapters.slack.users import UserDirectory
+from botservice.core.background import BackgroundTasks
+from botservice.core.commands import parse_command
+from botservice.core.conversation import ConversationCore
+from botservice.core.errors import ConfigError, StoreUnavailable
+from botservice.core.events import Command, ContextMessage, ConversationKey
+from botservice.core.ports import PendingTurn, ReplySink
+from botservice.core.settings import Settings
+from botservice.voice.transcription import Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ _BAD_TOKEN_ERRORS = frozenset(
 
 
 class SlackAdapter:
-    """The Slack platform for `botservice run` (implements `botservice.ports.Adapter`)."""
+    """The Slack platform for `botservice run` (implements `botservice.core.ports.Adapter`)."""
 
     platform = PLATFORM
 

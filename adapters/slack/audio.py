@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from adapters.slack.files import AUDIO_TYPES, download
-from botservice.events import Attachment
-from botservice.ports import ReplySink
-from botservice.transcription import Transcriber
-from botservice.voice_messages import ListeningSink
+from botservice.adapters.slack.files import AUDIO_TYPES, download
+from botservice.core.events import Attachment
+from botservice.core.ports import ReplySink
+from botservice.voice.messages import ListeningSink
+from botservice.voice.transcription import Transcriber
 
 # Audio is downloaded after Slack is acknowledged, so a long clip may take its time.
 AUDIO_DOWNLOAD_TIMEOUT_SECONDS = 30.0

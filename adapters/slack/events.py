@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botservice.events import Attachment, ContextMessage, IncomingMessage
+from botservice.core.events import Attachment, ContextMessage, IncomingMessage
 
 PLATFORM = "slack"
 

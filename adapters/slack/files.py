@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from adapters.slack.events import FileRef
-from botservice.events import Attachment
-from botservice.settings import ImageSettings
+from botservice.adapters.slack.events import FileRef
+from botservice.core.events import Attachment
+from botservice.core.settings import ImageSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstall
 from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from botservice.errors import ConfigError
-from botservice.settings import Settings
-from storage.engine import create_engine
+from botservice.core.errors import ConfigError
+from botservice.core.settings import Settings
+from botservice.storage.engine import create_engine
 
 log = logging.getLogger(__name__)
 

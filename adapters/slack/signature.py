@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable
 
-from adapters.slack.rejections import Rejection
+from botservice.adapters.slack.rejections import Rejection
 
 # Slack's own window (and Bolt's): a request older or newer than this is refused.
 MAX_CLOCK_SKEW_SECONDS = 5 * 60

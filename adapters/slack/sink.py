@@ -11,11 +11,11 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.budget import UpdateBudget
-from adapters.slack.events import ReplyTarget
-from adapters.slack.mrkdwn import MESSAGE_LIMIT, markdown_to_mrkdwn
-from botservice.errors import BotServiceError
-from botservice.message_split import split_message
+from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.events import ReplyTarget
+from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, markdown_to_mrkdwn
+from botservice.core.errors import BotServiceError
+from botservice.core.message_split import split_message
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class SlackDeliveryError(BotServiceError):
 
 @dataclass(slots=True)
 class SlackReplySink:
-    """One answer in one Slack thread (implements `botservice.ports.ReplySink`).
+    """One answer in one Slack thread (implements `botservice.core.ports.ReplySink`).
 
     In an assistant thread (Slack's AI side panel) the "thinking" status stands
     in for the placeholder: posting any message clears that status, so the

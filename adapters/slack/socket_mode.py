@@ -9,7 +9,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from botservice.errors import ConfigError
+from botservice.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class SocketModeRunner:
     """
 
     def __init__(self, app: AsyncApp, app_token: str, client: AsyncWebClient) -> None:
-        # slack-sdk's own loggers (quieted by botservice.logs) log the envelopes.
+        # slack-sdk's own loggers (quieted by botservice.app.logs) log the envelopes.
         self._handler = AsyncSocketModeHandler(app, app_token=app_token, web_client=client)
 
     async def start(self) -> None:

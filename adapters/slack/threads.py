@@ -11,9 +11,9 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.events import BotIdentity, MessageDraft, thread_context
-from adapters.slack.users import UserDirectory
-from botservice.events import ContextMessage, ConversationKey
+from botservice.adapters.slack.events import BotIdentity, MessageDraft, thread_context
+from botservice.adapters.slack.users import UserDirectory
+from botservice.core.events import ContextMessage, ConversationKey
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack.events import SlackUser, user_from_info
+from botservice.adapters.slack.events import SlackUser, user_from_info
 
 log = logging.getLogger(__name__)
 

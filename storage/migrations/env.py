@@ -1,6 +1,6 @@
-"""Alembic environment, driven from `storage.migrate` (no alembic.ini needed).
+"""Alembic environment, driven from `botservice.storage.migrate` (no alembic.ini needed).
 
-`storage.migrate` opens the connection itself and hands it over in
+`botservice.storage.migrate` opens the connection itself and hands it over in
 `config.attributes["connection"]`. Run as plain `alembic` (with `-x url=...` or
 DATABASE_URL set), it opens an async engine of its own.
 """
@@ -13,8 +13,8 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from storage.engine import create_engine
-from storage.tables import metadata
+from botservice.storage.engine import create_engine
+from botservice.storage.tables import metadata
 
 
 def _run(connection: Connection) -> None:

@@ -11,11 +11,11 @@ import pytest
 import pytest_asyncio
 from pydantic import SecretStr
 
-from adapters.discord import DiscordAdapter, create_adapter
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient
-from botservice.settings import DiscordSettings, Settings
-from storage.repository import SqlStore
+from botservice.adapters.discord import DiscordAdapter, create_adapter
+from botservice.core.conversation import ConversationCore
+from botservice.core.settings import DiscordSettings, Settings
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from tests.chat_kit import settings_for
 from tests.fakes.discord_server import FakeDiscordServer, FakeUser
 from tests.fakes.model_server import FakeModelServer

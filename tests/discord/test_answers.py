@@ -45,8 +45,9 @@ async def test_a_long_ask_answer_continues_in_follow_ups(guild: Guild) -> None:
 
 async def test_streaming_edits_show_text_at_once_then_the_final_text(guild: Guild) -> None:
     server = guild.server
-    guild.model.script(Reply("one two three four five six", chunk_size=4,
-                             delay_between_chunks=0.03))
+    guild.model.script(
+        Reply("one two three four five six", chunk_size=4, delay_between_chunks=0.03)
+    )
     asked = await server.send_message("Count.", mention_bot=True)
     reply = await guild.reply_to(asked)
 
@@ -65,8 +66,7 @@ async def test_each_reply_streams_at_its_own_pace(guild: Guild) -> None:
     guild.model.script(*answers)
     started = time.monotonic()
     first = await server.send_message("one", mention_bot=True)
-    second = await server.send_message("two", mention_bot=True,
-                                       channel_id=server.second_channel_id)
+    second = await server.send_message("two", mention_bot=True, channel_id=server.second_channel_id)
     await asyncio.gather(guild.reply_to(first), guild.reply_to(second))
 
     first_text_at: dict[str, float] = {}

@@ -12,11 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.discord import create_adapter
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient
-from botservice.settings import Settings
-from storage.repository import SqlStore
+from botservice.adapters.discord import create_adapter
+from botservice.core.conversation import ConversationCore
+from botservice.core.settings import Settings
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from tests.bot_process import BotProcess
 from tests.discord.conftest import Guild, discord_settings
 from tests.fakes.discord_server import FakeDiscordServer

@@ -8,16 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from adapters.discord import create_adapter, sync_commands
-from botservice.conversation import ConversationCore
-from botservice.errors import ConfigError
-from botservice.events import ConversationKey
-from botservice.expiry import forget_reply_secrets
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import PendingTurn
-from botservice.settings import Settings, StorageSettings
-from storage.repository import SqlStore
-from storage.tables import TURNS
+from botservice.adapters.discord import create_adapter, sync_commands
+from botservice.app.expiry import forget_reply_secrets
+from botservice.core.conversation import ConversationCore
+from botservice.core.errors import ConfigError
+from botservice.core.events import ConversationKey
+from botservice.core.ports import PendingTurn
+from botservice.core.settings import Settings, StorageSettings
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
+from botservice.storage.tables import TURNS
 from tests.discord.conftest import Guild, discord_settings
 from tests.fakes.discord_server import FakeDiscordServer
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from adapters.discord import create_adapter
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient
-from botservice.settings import Settings
-from storage.repository import SqlStore
+from botservice.adapters.discord import create_adapter
+from botservice.core.conversation import ConversationCore
+from botservice.core.settings import Settings
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from tests.discord.conftest import Guild, discord_settings
 
 

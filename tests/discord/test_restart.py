@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from adapters.discord.sink import PLACEHOLDER
+from botservice.adapters.discord.sink import PLACEHOLDER
 from tests.bot_process import BotProcess
 from tests.discord.conftest import Guild
 from tests.fakes.discord_server import FakeDiscordServer

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from botservice.expiry import forget_reply_secrets
-from botservice.settings import StorageSettings
-from storage.repository import SqlStore
-from storage.tables import TURNS
+from botservice.app.expiry import forget_reply_secrets
+from botservice.core.settings import StorageSettings
+from botservice.storage.repository import SqlStore
+from botservice.storage.tables import TURNS
 from tests.discord.conftest import Guild, option, subcommand
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapters.discord import events
-from adapters.discord.reply_chains import ReplyChains
+from botservice.adapters.discord import events
+from botservice.adapters.discord.reply_chains import ReplyChains
 
 
 def test_the_bot_mention_is_stripped_from_the_question() -> None:
@@ -21,7 +21,10 @@ def test_thread_names_come_from_the_prompt_and_fit_discord() -> None:
 def test_channel_admins_are_managers_owners_listed_ids_and_dm_users() -> None:
     def admin(**overrides: object) -> bool:
         values: dict[str, object] = {
-            "manage_channels": False, "user_id": 5, "owner_ids": {1}, "admin_user_ids": ("9",),
+            "manage_channels": False,
+            "user_id": 5,
+            "owner_ids": {1},
+            "admin_user_ids": ("9",),
         }
         values.update(overrides)
         return events.is_channel_admin(**values)  # type: ignore[arg-type]

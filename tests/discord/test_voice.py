@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from adapters.discord import create_adapter
-from adapters.discord.voice import NOT_CONNECTED, NOT_IN_VOICE
-from botservice.conversation import ConversationCore
-from botservice.events import Attachment, IncomingMessage
-from botservice.model_client import OpenAIChatClient
-from botservice.settings import Settings
-from storage.repository import SqlStore
+from botservice.adapters.discord import create_adapter
+from botservice.adapters.discord.voice.connection import NOT_CONNECTED, NOT_IN_VOICE
+from botservice.core.conversation import ConversationCore
+from botservice.core.events import Attachment, IncomingMessage
+from botservice.core.settings import Settings
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from tests.discord.conftest import Guild, discord_settings, option, subcommand
 from tests.fakes.discord_server import FakeDiscordServer
 from tests.fakes.discord_voice import FakeVoiceConnection

@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from storage.repository import SqlStore
+from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import FakeSlackApi
 from tests.slack.harness import SlackHarness, slack_settings

@@ -19,12 +19,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from adapters.slack import create_adapter
-from botservice.conversation import ConversationCore
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import Adapter
-from botservice.settings import Settings, load_settings
-from storage.repository import SqlStore
+from botservice.adapters.slack import create_adapter
+from botservice.app.config import load_settings
+from botservice.core.conversation import ConversationCore
+from botservice.core.ports import Adapter
+from botservice.core.settings import Settings
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlackApi
 
 PAYLOADS = Path(__file__).parent / "payloads"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from adapters.slack.mrkdwn import MESSAGE_LIMIT
+from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT
 from tests.fakes.model_server import FakeModelServer, Reply, ServerError
 from tests.slack.harness import CHANNEL, SlackHarness
 

@@ -7,8 +7,14 @@ import asyncio
 import time
 from typing import Any
 
-from adapters.slack.events import BotIdentity, Converse, SlackUser, build_incoming, translate_event
-from botservice.events import Attachment
+from botservice.adapters.slack.events import (
+    BotIdentity,
+    Converse,
+    SlackUser,
+    build_incoming,
+    translate_event,
+)
+from botservice.core.events import Attachment
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_USER_ID, FakeSlackApi, PostedMessage
 from tests.slack.harness import SlackHarness

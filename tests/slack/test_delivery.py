@@ -157,8 +157,8 @@ async def test_message_text_stays_out_of_info_logs(
 async def test_a_wrong_bot_token_is_a_configuration_error_at_start(
     bot: SlackHarness,
 ) -> None:
-    from adapters.slack import create_adapter
-    from botservice.errors import ConfigError
+    from botservice.adapters.slack import create_adapter
+    from botservice.core.errors import ConfigError
 
     bot.slack.failures["auth.test"] = "invalid_auth"
     adapter = create_adapter(bot.settings, bot.core)
@@ -180,4 +180,4 @@ async def test_when_storing_fails_slack_gets_a_500_to_redeliver_later(
     assert status == 500 and "Traceback" not in body
     assert fake_model.chat_requests == []
     failures = [r for r in caplog.records if r.exc_info]
-    assert len(failures) == 1 and failures[0].name == "adapters.slack.app"
+    assert len(failures) == 1 and failures[0].name == "botservice.adapters.slack.app"

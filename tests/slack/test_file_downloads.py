@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from adapters.slack.files import token_may_go_to
-from storage.repository import SqlStore
+from botservice.adapters.slack.files import token_may_go_to
+from botservice.storage.repository import SqlStore
 from tests.fakes.file_host import FakeFileHost
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import FakeSlackApi

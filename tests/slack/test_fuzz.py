@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from botservice.logs import configure_logging
+from botservice.app.logs import configure_logging
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_USER_ID
 from tests.slack.harness import SlackHarness, sign

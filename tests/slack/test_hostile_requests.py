@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from adapters.slack.rejections import Rejection, RejectionLog
+from botservice.adapters.slack.rejections import Rejection, RejectionLog
 from tests.fakes.model_server import FakeModelServer
 from tests.slack.harness import SlackHarness, sign
 
@@ -34,7 +34,7 @@ def refusals(caplog: pytest.LogCaptureFixture, kind: Rejection) -> list[logging.
     return [
         r
         for r in caplog.records
-        if r.name == "adapters.slack.rejections" and kind.value in r.getMessage()
+        if r.name == "botservice.adapters.slack.rejections" and kind.value in r.getMessage()
     ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
-from botservice.logs import PrivateTextFilter, without_quotes
+from botservice.app.logs import PrivateTextFilter, without_quotes
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.slack.harness import CHANNEL, SIGNING_SECRET, payload, sign
@@ -128,7 +128,7 @@ async def test_a_running_service_never_logs_message_text(
     assert MARKER not in log, log
     assert "refused 1 request to /slack/events (bad signature)" in log
     # Told without the text (a traceback of the failed INSERT, or one warning line).
-    assert "adapters.slack.app" in log, "the database failure is still told"
+    assert "botservice.adapters.slack.app" in log, "the database failure is still told"
 
 
 async def _wait_until_up(
@@ -165,7 +165,7 @@ def test_a_traceback_keeps_frames_and_types_but_not_what_messages_quote() -> Non
             raise RuntimeError(f"storing failed\n[parameters: ('{MARKER}',)]") from inner
     except RuntimeError as error:
         record = logging.LogRecord(
-            "adapters.slack.app",
+            "botservice.adapters.slack.app",
             logging.ERROR,
             __file__,
             1,
@@ -190,5 +190,5 @@ def test_library_info_is_dropped_and_warnings_lose_their_quotes() -> None:
     assert not check.filter(record("app.py", logging.INFO, f"request body: {MARKER}"))
     warning = record("slack_bolt.AsyncApp", logging.WARNING, "Unhandled (%r)", {"v": MARKER})
     assert check.filter(warning) and warning.getMessage() == "Unhandled ( …"
-    own = record("adapters.slack.app", logging.INFO, "Slack adapter started")
+    own = record("botservice.adapters.slack.app", logging.INFO, "Slack adapter started")
     assert check.filter(own) and own.getMessage() == "Slack adapter started"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapters.slack.oauth import BOT_SCOPES
-from botservice.settings import SlackSettings
+from botservice.adapters.slack.oauth import BOT_SCOPES
+from botservice.core.settings import SlackSettings
 
 MANIFEST = Path(__file__).resolve().parents[2] / "config" / "slack-manifest.yml"
 

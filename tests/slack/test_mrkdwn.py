@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.slack.budget import UpdateBudget
-from adapters.slack.mrkdwn import markdown_to_mrkdwn
+from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.mrkdwn import markdown_to_mrkdwn
 
 
 @pytest.mark.parametrize(

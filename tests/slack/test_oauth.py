@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest_asyncio
 
-from botservice.events import ConversationKey
-from storage.repository import SqlStore
+from botservice.core.events import ConversationKey
+from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.slack.harness import CHANNEL, SlackHarness, payload, slack_settings

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import aiohttp
 
-from adapters.slack.events import BotIdentity, Converse, SlackUser, build_incoming, translate_event
-from adapters.slack.sink import PLACEHOLDER, TURN_EVENT_TYPE
+from botservice.adapters.slack.events import (
+    BotIdentity,
+    Converse,
+    SlackUser,
+    build_incoming,
+    translate_event,
+)
+from botservice.adapters.slack.sink import PLACEHOLDER, TURN_EVENT_TYPE
 from tests.bot_process import BotProcess
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, BOT_USER_ID, FakeSlackApi, PostedMessage

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
-from storage.repository import SqlStore
+from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import APP_TOKEN, FakeSlackApi
 from tests.slack.harness import CHANNEL, SlackHarness, payload, slack_settings

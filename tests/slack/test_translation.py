@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.slack.events import (
+from botservice.adapters.slack.events import (
     AssistantThreadStarted,
     BotIdentity,
     Converse,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from botservice.speech import EspeakSpeechEngine
+from botservice.voice.speech import EspeakSpeechEngine
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from botservice.voice_pipeline import Utterance
+from botservice.voice.pipeline import Utterance
 from tests.fakes.discord_voice import RecordedAudio
 
 

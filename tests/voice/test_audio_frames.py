@@ -15,10 +15,16 @@ from pathlib import Path
 import discord.opus
 import pytest
 
-from botservice.audio import FRAME_BYTES, AudioError, DependencyMissing, decode_frames, pcm_frames
-from botservice.speech import EspeakSpeechEngine
-from botservice.voice_dependencies import check_voice_dependencies
-from botservice.voice_settings import VoiceSettings
+from botservice.core.voice_settings import VoiceSettings
+from botservice.voice.audio import (
+    FRAME_BYTES,
+    AudioError,
+    DependencyMissing,
+    decode_frames,
+    pcm_frames,
+)
+from botservice.voice.dependencies import check_voice_dependencies
+from botservice.voice.speech import EspeakSpeechEngine
 from tests.voice.helpers import wav_info
 
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it takes a short nap."

@@ -6,10 +6,10 @@ import asyncio
 
 import discord.opus
 
-from adapters.discord.voice_deps import check_discord_voice, load_opus
-from adapters.discord.voice_source import DiscordPlayback
-from botservice.speech import EspeakSpeechEngine
-from botservice.voice_pipeline import VoiceSpeaker
+from botservice.adapters.discord.voice.dependencies import check_discord_voice, load_opus
+from botservice.adapters.discord.voice.playback import DiscordPlayback
+from botservice.voice.pipeline import VoiceSpeaker
+from botservice.voice.speech import EspeakSpeechEngine
 from tests.voice.helpers import FakeVoiceClient
 
 

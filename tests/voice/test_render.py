@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from botservice.audio import DependencyMissing
-from botservice.settings import ModelSettings, Settings
-from botservice.voice_render import NothingToSay, UnsupportedOutput, render_to_file
-from botservice.voice_settings import VoiceSettings
+from botservice.core.settings import ModelSettings, Settings
+from botservice.core.voice_settings import VoiceSettings
+from botservice.voice.audio import DependencyMissing
+from botservice.voice.render import NothingToSay, UnsupportedOutput, render_to_file
 from tests.fakes.model_server import FakeModelServer
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from botservice.sentences import CODE_NOTICE, SentenceSplitter, speakable
+from botservice.voice.sentences import CODE_NOTICE, SentenceSplitter, speakable
 
 
 def split_streamed(text: str, step: int = 1) -> list[str]:

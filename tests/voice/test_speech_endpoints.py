@@ -8,8 +8,9 @@ import socket
 import pytest
 from pydantic import SecretStr
 
-from botservice.audio import FRAME_BYTES, decode_frames
-from botservice.speech import (
+from botservice.core.voice_settings import VoiceSettings
+from botservice.voice.audio import FRAME_BYTES, decode_frames
+from botservice.voice.speech import (
     EspeakSpeechEngine,
     OpenAISpeechEngine,
     SpeechEndpointError,
@@ -17,13 +18,12 @@ from botservice.speech import (
     SpeechError,
     create_speech_engine,
 )
-from botservice.transcription import (
+from botservice.voice.transcription import (
     AudioTooLarge,
     NothingHeard,
     Transcriber,
     TranscriptionEndpointError,
 )
-from botservice.voice_settings import VoiceSettings
 from tests.fakes.model_server import FakeModelServer
 from tests.voice.helpers import wav_info
 

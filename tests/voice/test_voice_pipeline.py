@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from botservice.audio import DependencyMissing
-from botservice.conversation import ConversationCore
-from botservice.errors import BotServiceError
-from botservice.model_client import OpenAIChatClient
-from botservice.ports import ChatRequest
-from botservice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechError
-from botservice.voice_pipeline import SpeakingSink, VoiceSpeaker, VoiceSpeakers
-from storage.repository import SqlStore
+from botservice.core.conversation import ConversationCore
+from botservice.core.errors import BotServiceError
+from botservice.core.ports import ChatRequest
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
+from botservice.voice.audio import DependencyMissing
+from botservice.voice.pipeline import SpeakingSink, VoiceSpeaker, VoiceSpeakers
+from botservice.voice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechError
 from tests.chat_kit import Chat, RecordingSink, settings_for
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.voice.helpers import RecordingPlayback

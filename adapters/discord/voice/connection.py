@@ -1,0 +1,385 @@
+"""Where the bot joins, speaks in and leaves Discord voice channels.
+
+One voice connection per guild, each with its own speech queue (`VoiceSpeaker`). While
+connected, answers to people in that voice channel (or written in its text chat) are
+also spoken there; `/voice ask` answers aloud only. The bot leaves by itself when
+nobody is left in the channel, or after `voice.idle_leave_seconds` without speech.
+Reconnects after network trouble are discord.py's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import discord
+
+from botservice.adapters.discord.context import DiscordContext
+from botservice.adapters.discord.events import PLATFORM, Place, place_of_interaction
+from botservice.adapters.discord.interactions import DiscordInteractions, defer_response
+from botservice.adapters.discord.voice.dependencies import check_discord_voice
+from botservice.adapters.discord.voice.playback import DiscordPlayback
+from botservice.core.errors import BotServiceError
+from botservice.core.ports import ChannelSettings, ReplySink
+from botservice.voice.pipeline import SpeakingSink, SpokenAnswer, VoiceSpeaker, VoiceSpeakers
+from botservice.voice.speech import SpeechEngine, create_speech_engine
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 20.0
+NOT_IN_VOICE = "Join a voice channel first, then use /voice join."
+NOT_CONNECTED = "I am not in a voice channel in this server; use /voice join first."
+CONNECT_TIMED_OUT = "I could not connect to {channel} in time; please try again."
+SPOKEN_NOTE = "\N{SPEAKER WITH THREE SOUND WAVES} Answered aloud in {channel}."
+
+
+class VoiceConnection(Protocol):
+    """What the adapter uses of a `discord.VoiceClient` (a test passes a fake `VoiceProtocol`)."""
+
+    channel: Any
+
+    def play(self, source: discord.AudioSource, *, after: Any = None) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def is_playing(self) -> bool: ...
+
+    def is_connected(self) -> bool: ...
+
+    async def disconnect(self, *, force: bool) -> None: ...
+
+    async def move_to(self, channel: Any) -> None: ...
+
+
+@dataclass
+class _Session:
+    connection: VoiceConnection
+    speaker: VoiceSpeaker
+    watcher: asyncio.Task[None] | None = None
+
+
+class DiscordVoice:
+    """The `/voice` commands, the voice connections, and speaking along with text answers."""
+
+    def __init__(
+        self,
+        context: DiscordContext,
+        interactions: DiscordInteractions,
+        *,
+        connect_cls: type[discord.VoiceProtocol] = discord.VoiceClient,
+        engine: SpeechEngine | None = None,
+    ) -> None:
+        settings = context.settings
+        self._context = context
+        self._interactions = interactions
+        self._settings = settings.voice
+        self._connect_cls = connect_cls
+        engine = engine or create_speech_engine(
+            settings.voice, model_base_url=settings.model.base_url, api_key=settings.model.api_key
+        )
+        self.speakers = VoiceSpeakers(
+            engine,
+            ffmpeg=settings.voice.ffmpeg_executable,
+            max_sentence_chars=settings.voice.max_sentence_chars,
+        )
+        self._sessions: dict[int, _Session] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    # --- start and stop -----------------------------------------------------------------
+
+    def report_dependencies(self) -> bool:
+        """Log once, at start-up, what voice lacks (text features work regardless)."""
+        check = check_discord_voice(self._settings)
+        if not check.ok:
+            log.warning("%s", check.summary())
+        return check.ok
+
+    async def aclose(self) -> None:
+        for guild_id in list(self._sessions):
+            await self._leave(guild_id, "shutting down")
+        await self.speakers.aclose()
+
+    def connection(self, guild_id: int) -> VoiceConnection | None:
+        session = self._sessions.get(guild_id)
+        return session.connection if session else None
+
+    # --- /voice join, leave, stop, ask ------------------------------------------------------
+
+    async def join(self, interaction: discord.Interaction) -> None:
+        if not await defer_response(interaction, ephemeral=True):
+            return
+        guild = interaction.guild
+        member = interaction.user
+        if guild is None or not isinstance(member, discord.Member):
+            await _reply(interaction, "Voice works in servers, not in direct messages.")
+            return
+        check = check_discord_voice(self._settings)
+        if not check.ok:
+            await _reply(interaction, check.summary())
+            return
+        channel = member.voice.channel if member.voice is not None else None
+        if channel is None:
+            await _reply(interaction, NOT_IN_VOICE)
+            return
+        permissions = channel.permissions_for(guild.me)
+        missing = [
+            name
+            for name, granted in (("Connect", permissions.connect), ("Speak", permissions.speak))
+            if not granted
+        ]
+        if missing:
+            names = " and ".join(missing)
+            plural = "s" if len(missing) > 1 else ""
+            await _reply(
+                interaction,
+                f"I cannot speak in {channel.mention}: I need the {names} permission{plural} there.",
+            )
+            return
+        async with self._lock(guild.id):
+            session = self._sessions.get(guild.id)
+            if session is not None:
+                if session.connection.channel.id == channel.id:
+                    await _reply(interaction, f"I am already in {channel.mention}.")
+                    return
+                await session.connection.move_to(channel)
+                await _reply(interaction, f"Moved to {channel.mention}.")
+                return
+            try:
+                connection = await channel.connect(
+                    cls=self._connect_cls, timeout=CONNECT_TIMEOUT_SECONDS, self_deaf=True
+                )
+            except TimeoutError:
+                await _reply(interaction, CONNECT_TIMED_OUT.format(channel=channel.mention))
+                return
+            # discord.VoiceClient (or a test's VoiceProtocol) has everything VoiceConnection names.
+            self._open(guild.id, connection, notice_channel_id=interaction.channel_id)  # type: ignore[arg-type]
+        log.info("joined voice channel %s in guild %s", channel.id, guild.id)
+        await _reply(
+            interaction,
+            f"Joined {channel.mention}. I will speak my answers to people there; "
+            "/voice stop cuts one short, /voice leave sends me away.",
+        )
+
+    async def leave(self, interaction: discord.Interaction) -> None:
+        if not await defer_response(interaction, ephemeral=True):
+            return
+        guild_id = interaction.guild_id
+        session = self._sessions.get(guild_id) if guild_id is not None else None
+        if guild_id is None or session is None:
+            await _reply(interaction, NOT_CONNECTED)
+            return
+        mention = session.connection.channel.mention
+        await self._leave(guild_id, "asked to leave")
+        await _reply(interaction, f"Left {mention}.")
+
+    async def stop(self, interaction: discord.Interaction) -> None:
+        if not await defer_response(interaction, ephemeral=True):
+            return
+        session = self._sessions.get(interaction.guild_id or 0)
+        if session is None:
+            await _reply(interaction, NOT_CONNECTED)
+            return
+        speaking = session.speaker.speaking
+        await session.speaker.interrupt()
+        await _reply(interaction, "Stopped." if speaking else "I was not saying anything.")
+
+    async def ask(self, interaction: discord.Interaction, prompt: str) -> None:
+        session = self._sessions.get(interaction.guild_id or 0)
+        if session is None:
+            await interaction.response.send_message(NOT_CONNECTED, ephemeral=True)
+            return
+        note = SPOKEN_NOTE.format(channel=session.connection.channel.mention)
+        interrupt = self._settings.interrupt_on_new_question
+
+        async def spoken_only(sink: ReplySink) -> ReplySink:
+            speech = await self._speech_settings(place_of_interaction(interaction))
+            return VoiceOnlySink(
+                sink,
+                session.speaker,
+                note=note,
+                interrupt=interrupt,
+                voice=speech.speech_voice,
+                model=speech.speech_model,
+            )
+
+        await self._interactions.ask(interaction, prompt, True, wrap=spoken_only)
+
+    # --- speaking along with text answers ------------------------------------------------
+
+    async def speaking_sink(
+        self,
+        sink: ReplySink,
+        *,
+        guild_id: int | None,
+        user: Any,
+        channel_id: int | None,
+        place: Place,
+    ) -> ReplySink:
+        """`sink`, also spoken when the bot is in a voice channel of this guild and the person
+        is in it too (or writes in its text chat), in the voice and speech model set for
+        `place`'s channel (`/speech set`)."""
+        session = self._sessions.get(guild_id) if guild_id is not None else None
+        if session is None:
+            return sink
+        voice_channel_id = session.connection.channel.id
+        state = user.voice if isinstance(user, discord.Member) else None
+        heard_there = state is not None and getattr(state.channel, "id", None) == voice_channel_id
+        if not (heard_there or channel_id == voice_channel_id):
+            return sink
+        speech = await self._speech_settings(place)
+        return SpeakingSink(
+            sink,
+            session.speaker,
+            voice=speech.speech_voice,
+            model=speech.speech_model,
+            interrupt=self._settings.interrupt_on_new_question,
+        )
+
+    async def _speech_settings(self, place: Place) -> ChannelSettings:
+        return await self._context.core.channel_settings(PLATFORM, place.workspace, place.channel)
+
+    # --- leaving by itself ------------------------------------------------------------------
+
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        guild_id = member.guild.id
+        session = self._sessions.get(guild_id)
+        if session is None:
+            return
+        if member.id == self._context.bot_id:
+            if after.channel is None:
+                # Disconnected from outside (kicked, or the channel was deleted).
+                await self._leave(guild_id, "disconnected by Discord")
+            return
+        channel = session.connection.channel
+        if not _has_people(channel, self._context.bot_id):
+            await self._leave(guild_id, "the channel emptied")
+
+    async def _watch_idle(self, guild_id: int, speaker: VoiceSpeaker) -> None:
+        limit = self._settings.idle_leave_seconds
+        interval = min(10.0, max(0.05, limit / 4))
+        while True:
+            await asyncio.sleep(interval)
+            if speaker.idle_seconds >= limit:
+                await self._leave(guild_id, f"idle for {limit:g} seconds")
+                return
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _open(
+        self, guild_id: int, connection: VoiceConnection, *, notice_channel_id: int | None
+    ) -> None:
+        speaker = self.speakers.open(
+            str(guild_id),
+            DiscordPlayback(connection),
+            on_error=self._reporter(notice_channel_id),
+        )
+        session = _Session(connection, speaker)
+        if self._settings.idle_leave_seconds > 0:
+            session.watcher = asyncio.create_task(
+                self._watch_idle(guild_id, speaker), name=f"voice-idle-{guild_id}"
+            )
+        self._sessions[guild_id] = session
+
+    async def _leave(self, guild_id: int, reason: str) -> None:
+        session = self._sessions.pop(guild_id, None)
+        if session is None:
+            return
+        watcher = session.watcher
+        if watcher is not None and watcher is not asyncio.current_task():
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        await self.speakers.close(str(guild_id))
+        channel_id = getattr(session.connection.channel, "id", None)
+        try:
+            await session.connection.disconnect(force=True)
+        except (discord.HTTPException, discord.ClientException, OSError, ConnectionError):
+            log.warning("leaving voice channel %s did not go cleanly", channel_id, exc_info=True)
+        log.info("left voice channel %s in guild %s (%s)", channel_id, guild_id, reason)
+
+    def _lock(self, guild_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(guild_id, asyncio.Lock())
+
+    def _reporter(self, channel_id: int | None) -> Any:
+        client = self._context.client
+
+        async def report(error: BotServiceError) -> None:
+            if channel_id is None or client is None:
+                return
+            with contextlib.suppress(discord.HTTPException):
+                await client.get_partial_messageable(channel_id).send(
+                    error.user_message, allowed_mentions=discord.AllowedMentions.none()
+                )
+
+        return report
+
+
+class VoiceOnlySink:
+    """An answer spoken only (`/voice ask`): the text channel gets a short note, or the
+    sentence that explains why there is no answer (a model error is spoken too)."""
+
+    def __init__(
+        self,
+        inner: ReplySink,
+        speaker: VoiceSpeaker,
+        *,
+        note: str,
+        interrupt: bool,
+        voice: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        self.inner = inner
+        self.speaker = speaker
+        self.note = note
+        self.interrupt = interrupt
+        self.voice = voice
+        self.model = model
+        self.answer: SpokenAnswer | None = None
+        self.streamed = False
+
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
+        if self.interrupt:
+            await self.speaker.interrupt()
+        self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
+        return await self.inner.begin(existing_ref, turn_tag=turn_tag, resumed=resumed)
+
+    def observe(self, text_so_far: str) -> None:
+        # The core calls this for every piece of a model answer, never for its own sentences.
+        self.streamed = True
+        self._answer().update(text_so_far)
+
+    async def update(self, text: str) -> None:
+        self._answer().update(text)
+
+    async def finish(self, text: str) -> None:
+        self._answer().finish(text)
+        await self.inner.finish(self.note if self.streamed else text)
+
+    async def notice(self, text: str, *, private: bool = True) -> None:
+        await self.inner.notice(text, private=private)
+
+    def _answer(self) -> SpokenAnswer:
+        if self.answer is None:
+            self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
+        return self.answer
+
+
+def _has_people(channel: Any, bot_id: int) -> bool:
+    guild = channel.guild
+    for user_id in channel.voice_states:
+        if user_id == bot_id:
+            continue
+        member = guild.get_member(user_id)
+        if member is None or not member.bot:
+            return True
+    return False
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    await interaction.edit_original_response(
+        content=text, allowed_mentions=discord.AllowedMentions.none()
+    )

@@ -1,0 +1,222 @@
+"""The `botservice` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import stat
+import sys
+from collections.abc import Sequence
+
+from botservice import __version__
+from botservice.app.config import load_settings
+from botservice.app.logs import configure_logging
+from botservice.core.errors import ConfigError
+from botservice.core.ports import Adapter
+from botservice.core.settings import Settings
+
+EXIT_CONFIG = 2
+
+log = logging.getLogger("botservice")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="botservice",
+        description="A language model in Slack and Discord: threaded memory, "
+        "per-channel instructions, exactly-once replies.",
+    )
+    parser.add_argument("--version", action="version", version=f"botservice {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "run",
+        help="start every adapter whose credentials are set (the console when none are), "
+        "the HTTP server and the expiry scheduler",
+    )
+    commands.add_parser("chat", help="talk to the bot in this terminal (reads piped input too)")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", help="apply the database migrations")
+
+    purge = commands.add_parser("purge", help="delete expired data once and print the counts")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+
+    discord = commands.add_parser("discord", help="Discord maintenance")
+    discord_commands = discord.add_subparsers(
+        dest="discord_command", required=True, metavar="ACTION"
+    )
+    sync = discord_commands.add_parser(
+        "sync-commands", help="register the slash commands with Discord"
+    )
+    sync.add_argument(
+        "--guild", type=int, help="register in one server only (instant, for testing)"
+    )
+
+    voice = commands.add_parser("voice", help="voice tools")
+    voice_commands = voice.add_subparsers(dest="voice_command", required=True, metavar="ACTION")
+    render = voice_commands.add_parser(
+        "render", help="write what the bot would say to an audio file"
+    )
+    render.add_argument("text")
+    render.add_argument(
+        "-o", "--output", required=True, help="audio file to write (.wav, .ogg, .mp3)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        configure_logging(_log_level(args, settings))
+        return asyncio.run(_dispatch(args, settings))
+    except ConfigError as error:
+        print(f"botservice: {error.setting}: {error.problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    # In a terminal conversation, routine INFO lines would interleave with the
+    # answers; the console shows warnings only unless asked for more.
+    console = args.command == "chat" or (
+        args.command == "run" and not (settings.slack.configured or settings.discord.configured)
+    )
+    if console and "BOTSERVICE_LOG_LEVEL" not in os.environ:
+        return "WARNING"
+    return settings.log_level
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    match args.command:
+        case "run":
+            return await _run(settings)
+        case "chat":
+            return await _chat(settings)
+        case "db":
+            from botservice.storage.migrate import upgrade
+
+            await upgrade(settings.database_url)
+            print("database is up to date")
+            return 0
+        case "purge":
+            return await _purge(settings, dry_run=args.dry_run)
+        case "discord":
+            return await _discord_sync(settings, args.guild)
+        case "voice":
+            return await _voice_render(settings, args.text, args.output)
+    raise AssertionError(args.command)
+
+
+async def _run(settings: Settings) -> int:
+    from botservice.app.runtime import open_services, require_model_endpoint, serve
+
+    no_platform = not (settings.slack.configured or settings.discord.configured)
+    if no_platform and _has_input():
+        return await _chat(settings)
+    require_model_endpoint(settings)
+    if settings.slack.configured:
+        _require_extra("slack_bolt", extra="slack", setting="SLACK_BOT_TOKEN")
+    if settings.discord.configured:
+        _require_extra("discord", extra="discord", setting="DISCORD_TOKEN")
+    async with open_services(settings) as services:
+        adapters: list[Adapter] = []
+        if settings.slack.configured:
+            from botservice.adapters.slack import create_adapter as create_slack
+
+            adapters.append(create_slack(settings, services.core))
+        if settings.discord.configured:
+            from botservice.adapters.discord import create_adapter as create_discord
+
+            adapters.append(create_discord(settings, services.core))
+        if no_platform:
+            # A platform's process (a Procfile `web:`) has no terminal: stay up and
+            # answer health checks instead of exiting, which would only be restarted.
+            log.warning(
+                "no platform is configured (set SLACK_BOT_TOKEN or DISCORD_TOKEN); "
+                "serving health checks only"
+            )
+        await serve(services, adapters, with_http=True)
+    return 0
+
+
+def _has_input() -> bool:
+    """Whether someone can type or pipe messages in: a terminal, a pipe or a file.
+    Not /dev/null or a closed stdin, which is how platforms start a `web` process."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return sys.stdin.isatty() or stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _require_extra(module: str, *, extra: str, setting: str) -> None:
+    """A platform's token is set but its libraries are not installed: say which extra."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            setting,
+            f"is set, but the {extra} extra is not installed; run "
+            f'`python -m pip install -e ".[{extra}]"` (or unset {setting})',
+        )
+
+
+async def _chat(settings: Settings) -> int:
+    from botservice.adapters.console import ConsoleAdapter
+    from botservice.app.expiry import start_expiry_scheduler
+    from botservice.app.runtime import open_services, require_model_endpoint
+
+    require_model_endpoint(settings)
+    async with open_services(settings) as services:
+        console = ConsoleAdapter(services.core)
+        scheduler = start_expiry_scheduler(services.store, settings.storage)
+        try:
+            await services.core.resume_pending(console.sink_for)
+            await console.serve()
+        finally:
+            scheduler.shutdown(wait=False)
+    return 0
+
+
+async def _purge(settings: Settings, *, dry_run: bool) -> int:
+    from botservice.app.expiry import purge_once
+    from botservice.app.runtime import open_services
+
+    async with open_services(settings) as services:
+        counts = await purge_once(
+            services.store, settings.storage, claim_period=False, dry_run=dry_run
+        )
+    verb = "would delete" if dry_run else "deleted"
+    print(
+        f"{verb}: {counts.messages} messages, {counts.conversations} conversations, "
+        f"{counts.turns} dedupe markers"
+    )
+    return 0
+
+
+async def _discord_sync(settings: Settings, guild: int | None) -> int:
+    if settings.discord.token is None:
+        raise ConfigError("DISCORD_TOKEN", "set the bot token to register its slash commands")
+    from botservice.adapters.discord.sync import sync_commands
+
+    names = await sync_commands(settings, guild)
+    where = f"server {guild}" if guild else "every server (may take up to an hour to show)"
+    print(f"registered {len(names)} commands in {where}: {', '.join(sorted(names))}")
+    return 0
+
+
+async def _voice_render(settings: Settings, text: str, output: str) -> int:
+    from botservice.core.errors import BotServiceError
+    from botservice.voice.render import render_to_file
+
+    try:
+        result = await render_to_file(settings, text, output)
+    except BotServiceError as error:
+        print(f"botservice: {error.user_message}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(result.describe())
+    return 0

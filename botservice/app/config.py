@@ -1,0 +1,153 @@
+"""Settings: `config/botservice.toml` for defaults, the environment over it.
+
+Secrets (API keys, tokens, signing secrets) are read from the environment only.
+Every mistake becomes a `ConfigError` naming the setting, which the CLI turns
+into one sentence and exit status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+
+from botservice.core.errors import ConfigError
+from botservice.core.redact import redact_url, scrub
+from botservice.core.settings import Settings
+
+DEFAULT_CONFIG_PATH = Path("config/botservice.toml")
+# The defaults ship inside the package too, so an installed `botservice` works
+# from any directory.
+PACKAGED_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "botservice.toml"
+
+
+# Environment variable -> (section, key). Secrets are only ever read from here.
+_ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "OPENAI_API_KEY": ("model", "api_key"),
+    "OPENAI_BASE_URL": ("model", "base_url"),
+    "BOTSERVICE_MODEL": ("model", "name"),
+    "DATABASE_URL": ("database_url",),
+    "PORT": ("server", "port"),
+    "BOTSERVICE_LOG_LEVEL": ("log_level",),
+    "SLACK_BOT_TOKEN": ("slack", "bot_token"),
+    "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
+    "SLACK_APP_TOKEN": ("slack", "app_token"),
+    "SLACK_CLIENT_ID": ("slack", "client_id"),
+    "SLACK_CLIENT_SECRET": ("slack", "client_secret"),
+    "SLACK_API_URL": ("slack", "api_url"),
+    "DISCORD_TOKEN": ("discord", "token"),
+    "DISCORD_API_URL": ("discord", "api_url"),
+    "DISCORD_GATEWAY_URL": ("discord", "gateway_url"),
+    "DISCORD_SHARD_COUNT": ("discord", "shard_count"),
+    "DISCORD_SHARD_IDS": ("discord", "shard_ids"),
+}
+_SECRET_KEYS = {"api_key", "bot_token", "signing_secret", "app_token", "client_secret", "token"}
+_LIST_KEYS = {"shard_ids", "admin_user_ids"}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file named by BOTSERVICE_CONFIG (or the default) and apply the environment."""
+    env = os.environ if environ is None else environ
+    path = Path(env["BOTSERVICE_CONFIG"]) if env.get("BOTSERVICE_CONFIG") else _default_path()
+    data = _read_toml(path, explicit="BOTSERVICE_CONFIG" in env)
+    _refuse_secrets_in_file(data, path)
+    _apply_environment(data, env)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(where, _explain(first)) from None
+    _check_urls(settings)
+    return settings
+
+
+def _default_path() -> Path:
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else PACKAGED_CONFIG_PATH
+
+
+def _read_toml(path: Path, *, explicit: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError("BOTSERVICE_CONFIG", f"no settings file at {path}") from None
+        return {}
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), f"is not valid TOML ({error})") from None
+
+
+def _refuse_secrets_in_file(data: Mapping[str, Any], path: Path) -> None:
+    for section, values in data.items():
+        if isinstance(values, Mapping):
+            for key in values:
+                if key in _SECRET_KEYS:
+                    raise ConfigError(
+                        f"{section}.{key}",
+                        f"secrets are read from the environment only; remove it from {path}",
+                    )
+
+
+def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, path in _ENV_OVERRIDES.items():
+        value = env.get(name)
+        if value:
+            _set_path(data, path, _list_value(path[-1], value))
+    # Any other setting: BOTSERVICE_<SECTION>__<KEY>, e.g. BOTSERVICE_STORAGE__RETENTION_DAYS=7.
+    for name, value in env.items():
+        if name.startswith("BOTSERVICE_") and "__" in name:
+            section, _, key = name.removeprefix("BOTSERVICE_").lower().partition("__")
+            if key in _SECRET_KEYS:
+                continue
+            _set_path(data, (section, key), _list_value(key, value))
+
+
+def _list_value(key: str, value: str) -> Any:
+    if key in _LIST_KEYS:
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    target = data
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value
+
+
+def _explain(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "is not a known setting (check the spelling against config/botservice.toml)"
+    return f"{error['msg'].lower()} (got {scrub(repr(error.get('input')))})"
+
+
+def _check_urls(settings: Settings) -> None:
+    for setting, url in (
+        ("OPENAI_BASE_URL", settings.model.base_url),
+        ("SLACK_API_URL", settings.slack.api_url),
+        ("DISCORD_API_URL", settings.discord.api_url),
+        ("voice.speech_base_url", settings.voice.speech_base_url or settings.model.base_url),
+        (
+            "voice.transcription_base_url",
+            settings.voice.transcription_base_url or settings.model.base_url,
+        ),
+    ):
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(setting, f"{redact_url(url)!r} is not an http(s) URL")
+    scheme = settings.database_url.partition("://")[0]
+    if scheme not in _DATABASE_SCHEMES:
+        raise ConfigError(
+            "DATABASE_URL",
+            "must start with sqlite+aiosqlite:/// or postgresql+asyncpg:// "
+            "(sqlite:/// and postgres:// are accepted too)",
+        )
+
+
+_DATABASE_SCHEMES = {"sqlite", "sqlite+aiosqlite", "postgres", "postgresql", "postgresql+asyncpg"}

@@ -1,0 +1,109 @@
+"""Scheduled expiry of stored data: the purge job and its schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from botservice.core.ports import PurgeCounts, Store
+from botservice.core.settings import StorageSettings
+
+log = logging.getLogger(__name__)
+
+REPLY_SECRETS_INTERVAL_SECONDS = 60
+
+
+async def purge_once(
+    store: Store,
+    settings: StorageSettings,
+    *,
+    now: datetime | None = None,
+    claim_period: bool = True,
+    dry_run: bool = False,
+) -> PurgeCounts:
+    """Delete what has expired. With `claim_period`, only the first process to run
+    in this period does the work, since every process's scheduler fires the job."""
+    now = now or datetime.now(UTC)
+    if not dry_run:
+        await forget_reply_secrets(store, settings, now=now)
+    counts = await store.purge(
+        now=now,
+        default_retention_days=settings.retention_days,
+        dedupe_days=settings.dedupe_days,
+        batch_size=settings.purge_batch_size,
+        period=purge_period(now, settings.purge_interval_minutes) if claim_period else None,
+        dry_run=dry_run,
+    )
+    if not counts.claimed:
+        log.info("purge: another process took this period")
+    return counts
+
+
+async def forget_reply_secrets(
+    store: Store, settings: StorageSettings, *, now: datetime | None = None
+) -> int:
+    """Delete credentials kept to answer after a restart (Discord interaction tokens)
+    once they have expired. Cheap and idempotent, so every process runs it."""
+    return await store.forget_expired_reply_secrets(
+        now=now or datetime.now(UTC), batch_size=settings.purge_batch_size
+    )
+
+
+def purge_period(now: datetime, interval_minutes: float) -> str:
+    """The name of the schedule slot `now` falls in, the same in every process."""
+    slot = math.floor(now.timestamp() / (interval_minutes * 60))
+    return f"purge:{interval_minutes:g}m:{slot}"
+
+
+def until_shutdown(job: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[None]]:
+    """A scheduled job that a shutdown may interrupt without an error in the log.
+
+    APScheduler logs a cancelled coroutine job as a failure with its stack. The
+    jobs here are safe to stop anywhere (each purge batch is its own transaction,
+    a resumed turn keeps its lease), so a shutdown is just a stop.
+    """
+
+    @functools.wraps(job)
+    async def run(*args: object, **kwargs: object) -> None:
+        try:
+            await job(*args, **kwargs)
+        except asyncio.CancelledError:
+            log.info("%s stopped by shutdown", getattr(job, "__name__", "job"))
+
+    return run
+
+
+def start_expiry_scheduler(store: Store, settings: StorageSettings) -> AsyncIOScheduler:
+    """Run the purge every `purge_interval_minutes` in the running event loop, first one at
+    once, and delete expired reply secrets every minute."""
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    scheduler.add_job(
+        until_shutdown(purge_once),
+        "interval",
+        args=(store, settings),
+        minutes=settings.purge_interval_minutes,
+        next_run_time=datetime.now(UTC),
+        id="purge",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    # Every minute: an interaction token is valid for 15, and is not kept much longer.
+    scheduler.add_job(
+        until_shutdown(forget_reply_secrets),
+        "interval",
+        args=(store, settings),
+        seconds=REPLY_SECRETS_INTERVAL_SECONDS,
+        id="reply-secrets",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    scheduler.start()
+    return scheduler

@@ -1,0 +1,748 @@
+"""The conversation core: one turn from an incoming message to a stored, streamed answer.
+
+Platform-neutral: adapters hand it an `IncomingMessage` and a `ReplySink`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+from botservice.core.background import BackgroundTasks
+from botservice.core.commands import CommandRunner
+from botservice.core.errors import (
+    ModelError,
+    ModelStreamBroken,
+    StoreUnavailable,
+    TranscriptionError,
+)
+from botservice.core.events import (
+    Attachment,
+    Command,
+    ConversationKey,
+    IncomingMessage,
+    within_image_limits,
+)
+from botservice.core.limits import BUSY, GateFull, Limits
+from botservice.core.ports import (
+    ChannelSettings,
+    ChatRequest,
+    Claim,
+    HearingSink,
+    MessageStatus,
+    ModelClient,
+    PendingTurn,
+    ReplySink,
+    Store,
+    StreamObserver,
+    TokenCounting,
+    Usage,
+)
+from botservice.core.prompt import (
+    build_prompt,
+    describe_attachments,
+    heard_text,
+    quote_context,
+    stored_text,
+)
+from botservice.core.settings import Settings
+from botservice.core.streaming import ThrottledUpdates
+from botservice.core.text import clean_text, estimate_tokens
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TRIM_FOOTNOTE = "_(Older messages in this conversation were left out to fit the model's context.)_"
+RESTART_TOO_LATE = "Sorry, I restarted before I could answer this, and it is too old to pick up now; please ask again."
+UNEXPECTED_FAILURE = "Something went wrong on my side while answering; please try again."
+REMEMBERED_MESSAGE_KEYS = 20_000
+
+
+SinkFinder = Callable[[PendingTurn], ReplySink | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A message that was new and is now stored. `answered` completes when this process
+    has answered it, or has left it to the process answering its conversation."""
+
+    turn_id: int
+    answered: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    turn_id: int
+    conversation_id: int
+    user_message_id: int
+    key: ConversationKey
+    reply_ref: str | None
+    images: tuple[Attachment, ...] = ()
+    # Voice messages and clips, heard when the turn is answered (not before it is stored).
+    audio: tuple[Attachment, ...] = ()
+    # Answered after a stop or a takeover: something may have been shown already.
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """What only the accepting process knows about a turn: the live sink and the
+    attachments' bytes. Another process answering the turn rebuilds the sink from
+    the stored reply target and the text from the store."""
+
+    conversation_id: int
+    key: ConversationKey
+    sink: ReplySink
+    images: tuple[Attachment, ...]
+    audio: tuple[Attachment, ...]
+    done: asyncio.Future[None]
+
+
+class ConversationCore:
+    """Takes messages, and answers each turn once, in order per conversation.
+
+    Who answers a turn is decided by the store (see `botservice.storage.tables.Turn`): a
+    process claims the oldest pending turn of a conversation when none of it is
+    running, answers it, then claims the next one itself, so the order needs no
+    waiting. A claim is kept alive by a heartbeat; the turns of a process that
+    stopped are put back to pending and picked up by any other.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        model: ModelClient,
+        tokens: TokenCounting | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._model = model
+        # Without an exact counter the core budgets with a high estimate.
+        self._count_tokens = tokens.count if tokens else estimate_tokens
+        self._limits = Limits(settings.limits, store)
+        self._commands = CommandRunner(settings=settings, store=store, model=model)
+        # Unique per process start, so a restarted process never mistakes the
+        # claims of its previous life for its own.
+        self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._accepted: dict[int, _Accepted] = {}
+        # Message keys this process stored (or found stored), newest last: the
+        # database decides, this only spares it the question for a repeat.
+        self._taken: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._drivers: dict[int, asyncio.Task[None]] = {}
+        self._wanted: set[int] = set()  # conversations with work since their driver looked
+        self._running: set[int] = set()  # turns this process holds
+        # Turns this process claimed ahead of running them (with a message it accepted,
+        # or with the answer before), by conversation: at most one each.
+        self._claimed: dict[int, PendingTurn] = {}
+        # Conversations whose last save also tried to claim the next turn.
+        self._looked: set[int] = set()
+        self._tasks = BackgroundTasks()
+        self._sink_for: SinkFinder | None = None
+        self._upkeep: asyncio.Task[None] | None = None
+        self._sweeping = False
+        self._stopping = False
+
+    @property
+    def holder(self) -> str:
+        return self._holder
+
+    # --- taking messages -------------------------------------------------------
+
+    async def submit(self, message: IncomingMessage, sink: ReplySink) -> Submission | None:
+        """Store the message and start answering it in the background.
+
+        Returns once the message is stored, so an adapter can acknowledge the
+        platform knowing nothing will be lost. None when the message was already
+        taken (a redelivery) or was refused with a notice (empty, too long, over a
+        limit: refused messages are not stored, so they never reach a later prompt).
+        Raises `StoreUnavailable` when the database cannot take it (the adapter
+        should let the platform deliver it again).
+        """
+        taken = (message.platform, message.message_key)
+        if taken in self._taken:
+            # Taken by this process already (Slack sends a mention twice, and retries):
+            # known without asking the database, so the platform is acknowledged at once.
+            return None
+        text = clean_text(message.text)
+        if refusal := self._refusal(text, message.attachments) or await self._limits.refusal(
+            message
+        ):
+            if await self._store.claim_key(message.platform, message.message_key):
+                await sink.notice(refusal, private=False)
+            return None
+
+        images = self._settings.images
+        limited = within_image_limits(
+            message.attachments,
+            max_images=images.max_images_per_turn,
+            max_bytes=images.max_image_bytes_per_turn,
+        )
+        if limited != message.attachments:
+            message = dataclasses.replace(message, attachments=limited)
+        stored_text = self._text_to_store(text, message)
+        accepted = await self._store.accept(
+            message,
+            text=stored_text,
+            tokens=self._count_tokens(stored_text),
+            # Claimed in the same step when nothing of the conversation is running,
+            # so the usual turn costs no separate claim.
+            claim=None if self._stopping else self._claim(),
+        )
+        self._remember_taken(taken)
+        if accepted is None:
+            log.info("dropped a redelivered message (%s %s)", message.platform, message.message_key)
+            return None
+        done = asyncio.get_running_loop().create_future()
+        self._accepted[accepted.turn_id] = _Accepted(
+            conversation_id=accepted.conversation_id,
+            key=message.conversation,
+            sink=sink,
+            images=tuple(a for a in message.attachments if a.is_image),
+            audio=tuple(a for a in message.attachments if a.is_audio),
+            done=done,
+        )
+        if accepted.claimed is not None:
+            self._claimed[accepted.conversation_id] = accepted.claimed
+        self._wake(accepted.conversation_id)
+        return Submission(turn_id=accepted.turn_id, answered=done)
+
+    def _remember_taken(self, key: tuple[str, str]) -> None:
+        self._taken[key] = None
+        if len(self._taken) > REMEMBERED_MESSAGE_KEYS:
+            self._taken.popitem(last=False)
+
+    async def handle(self, message: IncomingMessage, sink: ReplySink) -> bool:
+        """Submit and wait for the answer. False when the message was not taken."""
+        submission = await self.submit(message, sink)
+        if submission is None:
+            return False
+        await submission.answered
+        return True
+
+    async def run_command(
+        self, message: IncomingMessage, command: Command, sink: ReplySink
+    ) -> None:
+        """Run a platform-neutral command once per message key; answer with a private notice."""
+        if not await self._store.claim_key(message.platform, message.message_key):
+            return
+        reply = await self._commands.run(message, command)
+        await sink.notice(reply, private=True)
+
+    # --- turns nobody is answering ------------------------------------------------
+
+    async def start(self, sink_for: SinkFinder) -> int:
+        """Answer what a stop left behind, then keep sweeping: every
+        `turn_heartbeat_seconds`, turns of a process that stopped are picked up.
+        Returns how many conversations were picked up at once."""
+        resumed = await self.resume_pending(sink_for)
+        self._sweeping = True
+        self._ensure_upkeep()
+        return resumed
+
+    async def resume_pending(self, sink_for: SinkFinder, *, at_start_up: bool = True) -> int:
+        """Answer the turns that no live process is answering, once.
+
+        `sink_for` rebuilds a reply sink for a turn this process did not accept
+        (an adapter's `sink_for`); the core keeps it for turns it claims later.
+        At start-up on a store no other process shares (SQLite), turns left
+        running are this process's own from before the stop and are taken back
+        at once; on a shared store a turn is taken over only once its heartbeat
+        stopped. Returns how many conversations were picked up.
+        """
+        self._sink_for = sink_for
+        if at_start_up and not self._store.shared:
+            await self._store.release_claims()
+        woken = await self._sweep()
+        if woken:
+            log.info("answering the waiting turns of %d conversations", woken)
+        return woken
+
+    async def _sweep(self) -> int:
+        """Put back turns whose process stopped, and start on every conversation that
+        has a turn waiting with nobody answering it."""
+        now = datetime.now(UTC)
+        stale = await self._store.release_stale_turns(now=now)
+        waiting = await self._store.waiting_conversations(accepted_before=now)
+        conversations = set(stale) | set(waiting)
+        for conversation_id in conversations:
+            self._wake(conversation_id)
+        return len(conversations)
+
+    async def stop(self) -> None:
+        """Finish the answers in flight (claiming no new turns), then stop the heartbeat
+        and the sweep."""
+        self._stopping = True
+        self._sweeping = False
+        await self.drain()
+        if self._claimed:
+            # Claimed but not started: back to pending, for another process now or
+            # for this one after its restart.
+            self._claimed.clear()
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.release_claims(self._holder)
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+        await self._tasks.cancel_all()
+
+    # --- what adapters ask of the store, through the core ---------------------------
+
+    async def has_conversation(self, key: ConversationKey) -> bool:
+        """Whether the bot is part of this conversation (so follow-ups need no mention)."""
+        return await self._store.has_conversation(key)
+
+    async def thread_of_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> str | None:
+        """The thread of the conversation a platform message or answer belongs to."""
+        return await self._store.thread_of_message(
+            platform, workspace, channel, platform_message_id
+        )
+
+    async def delete_platform_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> int:
+        """A person deleted their message on the platform: delete the stored copy."""
+        return await self._store.delete_platform_message(
+            platform, workspace, channel, platform_message_id
+        )
+
+    async def channel_settings(
+        self, platform: str, workspace: str, channel: str
+    ) -> ChannelSettings:
+        """A channel's own settings, else its workspace's (speech reads its voice here)."""
+        return await self._store.channel_settings(platform, workspace, channel)
+
+    async def forget_workspace(self, platform: str, workspace: str) -> int:
+        """The app left a workspace: delete everything stored about it."""
+        return await self._store.forget_workspace(platform, workspace)
+
+    async def drain(self) -> None:
+        """Wait for every answer in flight (used at shutdown and by tests)."""
+        while self._drivers:
+            await asyncio.wait(list(self._drivers.values()))
+
+    # --- answering ---------------------------------------------------------------
+
+    def _wake(self, conversation_id: int) -> None:
+        """Make sure this process looks for work in the conversation: a driver that is
+        running sees the mark before it stops; otherwise a new one starts."""
+        self._wanted.add(conversation_id)
+        if conversation_id not in self._drivers and not self._stopping:
+            self._drivers[conversation_id] = self._tasks.spawn(
+                self._drive(conversation_id), name=f"conversation-{conversation_id}"
+            )
+
+    async def _drive(self, conversation_id: int) -> None:
+        """Answer the conversation's pending turns one by one while this process can
+        claim them; stop when none is pending or another process is answering one."""
+        key = next(
+            (a.key for a in self._accepted.values() if a.conversation_id == conversation_id),
+            None,
+        )
+        try:
+            while True:
+                turn = self._claimed.pop(conversation_id, None)
+                looked = conversation_id in self._looked
+                self._looked.discard(conversation_id)
+                if turn is None and looked and conversation_id not in self._wanted:
+                    return  # the last answer's save looked for a next turn already
+                self._wanted.discard(conversation_id)
+                if turn is None and not self._stopping:
+                    try:
+                        turn = await self._store.claim_next_turn(
+                            conversation_id,
+                            holder=self._holder,
+                            alive_until=self._alive_until(),
+                            key=key,
+                        )
+                    except StoreUnavailable:
+                        log.warning(
+                            "database unreachable; conversation %d waits for the next sweep",
+                            conversation_id,
+                        )
+                        return
+                if turn is None:
+                    # No await between the claim and here: a message accepted
+                    # meanwhile has set the mark, and is looked for again.
+                    if conversation_id in self._wanted and not self._stopping:
+                        continue
+                    return
+                key = turn.conversation
+                await self._run(turn)
+        finally:
+            del self._drivers[conversation_id]
+            self._looked.discard(conversation_id)
+            self._let_go_of(conversation_id)
+
+    def _let_go_of(self, conversation_id: int) -> None:
+        """Turns accepted here that another process will answer (it holds their
+        conversation now): their sinks are rebuilt there from the stored target."""
+        for turn_id, accepted in list(self._accepted.items()):
+            if accepted.conversation_id == conversation_id:
+                del self._accepted[turn_id]
+                if not accepted.done.done():
+                    accepted.done.set_result(None)
+
+    async def _run(self, claimed: PendingTurn) -> None:
+        accepted = self._accepted.pop(claimed.turn_id, None)
+        self._running.add(claimed.turn_id)
+        self._ensure_upkeep()
+        try:
+            await self._run_claimed(claimed, accepted)
+        finally:
+            self._running.discard(claimed.turn_id)
+            if accepted is not None and not accepted.done.done():
+                accepted.done.set_result(None)
+
+    async def _run_claimed(self, claimed: PendingTurn, accepted: _Accepted | None) -> None:
+        if accepted is not None:
+            sink: ReplySink | None = accepted.sink
+        else:
+            sink = self._sink_for(claimed) if self._sink_for is not None else None
+        if sink is None:
+            log.warning(
+                "turn %d cannot be answered here (no adapter for %s, or its reply target "
+                "is unusable); marking it failed",
+                claimed.turn_id,
+                claimed.platform,
+            )
+            await self._keep_trying(
+                lambda: self._store.fail_turn(claimed.turn_id, holder=self._holder)
+            )
+            return
+        max_age = self._settings.conversation.resume_pending_max_age_seconds
+        age = (datetime.now(UTC) - claimed.created_at).total_seconds()
+        if accepted is None and age > max_age:
+            await self._keep_trying(
+                lambda: self._store.fail_turn(claimed.turn_id, holder=self._holder)
+            )
+            await sink.finish(RESTART_TOO_LATE)
+            return
+        turn = _Turn(
+            turn_id=claimed.turn_id,
+            conversation_id=claimed.conversation_id,
+            user_message_id=claimed.user_message_id,
+            key=claimed.conversation,
+            reply_ref=claimed.reply_ref,
+            images=accepted.images if accepted else (),
+            audio=(
+                accepted.audio
+                if accepted
+                else await self._keep_trying(
+                    lambda: self._store.unheard_audio(claimed.user_message_id)
+                )
+            ),
+            resumed=claimed.claims > 1 or accepted is None,
+        )
+        try:
+            await self._answer_turn(turn, sink)
+        except Exception:
+            # The adapter's boundary: log the stack once, tell the user one sentence.
+            log.exception("answering turn %d failed", turn.turn_id)
+            with contextlib.suppress(StoreUnavailable):
+                await self._keep_trying(
+                    lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
+                )
+            try:
+                await sink.finish(UNEXPECTED_FAILURE)
+            except Exception:
+                log.exception("could not tell the user that turn %d failed", turn.turn_id)
+
+    # --- heartbeat and sweep --------------------------------------------------------
+
+    def _claim(self) -> Claim:
+        return Claim(holder=self._holder, alive_until=self._alive_until())
+
+    def _alive_until(self) -> datetime:
+        return datetime.now(UTC) + timedelta(
+            seconds=self._settings.conversation.turn_takeover_seconds
+        )
+
+    def _ensure_upkeep(self) -> None:
+        if self._upkeep is None or self._upkeep.done():
+            self._upkeep = self._tasks.spawn(self._keep_up(), name="turn-heartbeat")
+
+    async def _keep_up(self) -> None:
+        """Renew this process's claims and sweep for abandoned turns, every
+        `turn_heartbeat_seconds` (every second while the database is unreachable, so
+        claims are renewed as soon as it is back). Runs while this process holds
+        turns or sweeps (after `start`)."""
+        conversation = self._settings.conversation
+        pause = conversation.turn_heartbeat_seconds
+        # After losing the database, every heartbeat (ours and our peers') has gone
+        # quiet; give them one takeover period to speak again before judging them.
+        judge_after = 0.0
+        while self._running or self._sweeping:
+            await asyncio.sleep(pause)
+            try:
+                if self._running:
+                    await self._store.renew_claims(
+                        self._holder, set(self._running), alive_until=self._alive_until()
+                    )
+                if self._sweeping and time.monotonic() >= judge_after:
+                    await self._sweep()
+            except StoreUnavailable:
+                if pause != 1.0:
+                    log.warning("database unreachable; claims will be renewed once it is back")
+                pause = 1.0
+                judge_after = time.monotonic() + conversation.turn_takeover_seconds
+            else:
+                if pause == 1.0:
+                    log.info("database reachable again")
+                pause = conversation.turn_heartbeat_seconds
+
+    async def _keep_trying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a store operation of a turn, retrying with backoff while the database is
+        unreachable, for at most `store_retry_seconds`."""
+        give_up_at = time.monotonic() + self._settings.conversation.store_retry_seconds
+        pause = 0.2
+        while True:
+            try:
+                return await operation()
+            except StoreUnavailable:
+                if time.monotonic() + pause > give_up_at:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def _answer_turn(self, turn: _Turn, sink: ReplySink) -> None:
+        store = self._store
+        reply_ref = await sink.begin(
+            turn.reply_ref, turn_tag=str(turn.turn_id), resumed=turn.resumed
+        )
+        if reply_ref is not None and reply_ref != turn.reply_ref:
+            # Saved again with the answer, so an unreachable database is no reason
+            # to stop here.
+            with contextlib.suppress(StoreUnavailable):
+                await store.set_reply_ref(turn.turn_id, reply_ref)
+        if turn.audio and not await self._hear(turn, sink):
+            return
+
+        key = turn.key
+        channel = await self._keep_trying(
+            lambda: store.channel_settings(key.platform, key.workspace, key.channel)
+        )
+        model = self._settings.chat_model(channel.model)
+        model_info = self._settings.model_info(model)
+        instructions = channel.instructions or self._settings.conversation.default_instructions
+        history = await self._keep_trying(
+            lambda: store.history(
+                turn.conversation_id,
+                up_to_message_id=turn.user_message_id,
+                limit=self._settings.conversation.history_limit,
+            )
+        )
+        max_answer = self._settings.model.max_answer_tokens
+        prompt = build_prompt(
+            instructions=instructions,
+            instructions_role=model_info.instructions_role,
+            instructions_tokens=self._count_tokens(instructions),
+            history=history,
+            budget_tokens=model_info.context_window - max_answer,
+            # Images travel as parts of the current message when the model takes
+            # them; otherwise the stored text already names them.
+            images=turn.images if model_info.accepts_images else (),
+        )
+        request = ChatRequest(model=model, messages=prompt.messages, max_tokens=max_answer)
+
+        updates = ThrottledUpdates(sink, self._settings.conversation.stream_update_interval_seconds)
+        observer = sink if isinstance(sink, StreamObserver) else None
+        parts: list[str] = []
+        try:
+            async with self._limits.gate.slot():
+                stream = self._model.stream(request)
+                try:
+                    async for delta in stream:
+                        parts.append(delta)
+                        so_far = "".join(parts)
+                        updates.offer(so_far)
+                        if observer is not None:
+                            observer.observe(so_far)
+                except ModelError as error:
+                    await updates.close()
+                    await self._fail(turn, sink, error, "".join(parts), model, reply_ref)
+                    return
+        except GateFull:
+            # The message stays stored; only this answer is declined.
+            log.warning("turn %d declined: too many turns wait for the model", turn.turn_id)
+            await updates.close()
+            await self._keep_trying(
+                lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
+            )
+            await sink.finish(BUSY)
+            return
+        await updates.close()
+
+        answer = "".join(parts)
+        shown = answer
+        if prompt.left_out and await self._first_trim_notice(turn.conversation_id):
+            shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
+        await sink.finish(shown)
+        # The answer has been shown: from here on it is only ever saved, never made
+        # again, so a database outage is waited out (see `_keep_trying`).
+        await self._save_answer(
+            turn,
+            text=answer,
+            usage=stream.usage,
+            status="complete",
+            model=model,
+            reply_ref=reply_ref,
+        )
+        if channel.retention_days == 0:
+            await self._keep_trying(
+                lambda: store.delete_conversation_messages(turn.conversation_id)
+            )
+
+    async def _first_trim_notice(self, conversation_id: int) -> bool:
+        try:
+            return await self._store.mark_trim_noticed(conversation_id)
+        except StoreUnavailable:
+            return False  # the answer is not held back for a footnote
+
+    async def _save_answer(
+        self,
+        turn: _Turn,
+        *,
+        text: str,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None,
+    ) -> None:
+        tokens = self._count_tokens(text)
+        store = self._store
+
+        async def save() -> int | None:
+            if self._stopping:
+                return await store.store_answer(
+                    turn.turn_id,
+                    holder=self._holder,
+                    text=text,
+                    tokens=tokens,
+                    usage=usage,
+                    status=status,
+                    model=model,
+                    reply_ref=reply_ref,
+                )
+            # The next turn of the conversation is claimed with the save, so the
+            # order costs no extra step. A message accepted from here on marks the
+            # conversation wanted again, and is looked for once more.
+            self._wanted.discard(turn.conversation_id)
+            saved, following = await store.store_answer_and_claim_next(
+                turn.turn_id,
+                claim=self._claim(),
+                conversation_id=turn.conversation_id,
+                key=turn.key,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
+            )
+            self._looked.add(turn.conversation_id)
+            if following is not None:
+                self._claimed[turn.conversation_id] = following
+            return saved
+
+        try:
+            saved = await self._keep_trying(save)
+        except StoreUnavailable:
+            log.error(
+                "gave up saving the answer to turn %d: the database was unreachable for "
+                "%.0f s; another process may answer it again",
+                turn.turn_id,
+                self._settings.conversation.store_retry_seconds,
+            )
+            return
+        if saved is None:
+            log.warning(
+                "turn %d was taken over by another process while this one answered it; "
+                "this answer was shown but not saved",
+                turn.turn_id,
+            )
+
+    async def _hear(self, turn: _Turn, sink: ReplySink) -> bool:
+        """Put the transcript of the turn's audio in the stored message. False when it
+        cannot be heard (the turn is failed and the person told why)."""
+        if not isinstance(sink, HearingSink):
+            return True  # answered from the stored text, which names the files
+        store = self._store
+        try:
+            transcript = await sink.hear(turn.audio)
+        except TranscriptionError as error:
+            log.warning("could not hear the audio of turn %d: %s", turn.turn_id, error)
+            await self._keep_trying(lambda: store.fail_turn(turn.turn_id, holder=self._holder))
+            await sink.finish(error.user_message)
+            return False
+        stored = await self._keep_trying(lambda: store.message_text(turn.user_message_id))
+        text = heard_text(stored.text if stored else "", turn.audio, transcript)
+        tokens = self._count_tokens(text)
+        await self._keep_trying(lambda: store.heard(turn.user_message_id, text=text, tokens=tokens))
+        return True
+
+    async def _fail(
+        self,
+        turn: _Turn,
+        sink: ReplySink,
+        error: ModelError,
+        partial: str,
+        model: str,
+        reply_ref: str | None,
+    ) -> None:
+        log.warning("model call for turn %d failed: %s", turn.turn_id, type(error).__name__)
+        if not partial:
+            await self._keep_trying(
+                lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
+            )
+            await sink.finish(error.user_message)
+            return
+        # Keep what the model did say; mark it so neither the user nor a later
+        # prompt mistakes it for a whole answer.
+        reason = error.user_message if not isinstance(error, ModelStreamBroken) else ""
+        marker = "_(The answer was cut off midway" + (f": {reason}" if reason else ".") + ")_"
+        await sink.finish(f"{partial}\n\n{marker}")
+        await self._save_answer(
+            turn, text=partial, usage=None, status="interrupted", model=model, reply_ref=reply_ref
+        )
+
+    # --- input -------------------------------------------------------------------
+
+    def _refusal(self, text: str, attachments: Sequence[Attachment]) -> str | None:
+        limit = self._settings.conversation.max_message_chars
+        if not text and not attachments:
+            return "Your message was empty; what would you like to ask?"
+        if len(text) > limit:
+            return (
+                f"Your message is {len(text):,} characters long and the limit here is "
+                f"{limit:,}; please shorten it or split it up."
+            )
+        return None
+
+    @staticmethod
+    def _text_to_store(text: str, message: IncomingMessage) -> str:
+        pieces = []
+        if message.context:
+            pieces.append(quote_context(message.context))
+        if text:
+            pieces.append(text)
+        if others := [a for a in message.attachments if not a.is_audio]:
+            pieces.append(describe_attachments(others))
+        return stored_text(pieces, [a for a in message.attachments if a.is_audio])

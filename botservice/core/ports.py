@@ -1,0 +1,477 @@
+"""The ports the core needs. Adapters and storage implement them; the core only calls them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from botservice.core.events import Attachment, ConversationKey, IncomingMessage
+
+Role = Literal["user", "assistant"]
+MessageStatus = Literal["complete", "interrupted"]
+TurnStatus = Literal["pending", "running", "answered", "failed", "command"]
+SettingField = Literal["instructions", "model", "retention_days", "speech_model", "speech_voice"]
+
+
+# --- reply sink -------------------------------------------------------------
+
+
+class ReplySink(Protocol):
+    """Where one answer goes, in the platform's own idiom.
+
+    The core calls `begin` once, then `update` with the text so far (throttled),
+    then `finish` exactly once with the whole text. `notice` is for short
+    messages that are not model answers (command results, refusals).
+    """
+
+    async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
+        """Show that an answer is coming (placeholder, typing, deferral).
+
+        `existing_ref` is what an earlier `begin` for this same turn returned,
+        when the turn is being resumed after a crash or retry: reuse it instead
+        of posting again. Return a reference the core stores with the turn.
+
+        `turn_tag` names the turn, the same string every time it is answered: a
+        sink marks what it posts with it. `resumed` is True when the turn is
+        answered again after a stop or a takeover; then a placeholder may exist
+        even without `existing_ref` (the process died after the platform created
+        it and before its reference was stored), and a sink that can find its
+        tagged placeholder edits that one instead of posting a second.
+        """
+        ...
+
+    async def update(self, text: str) -> None:
+        """Show the answer so far. Called with the whole text, not a delta."""
+        ...
+
+    async def finish(self, text: str) -> None:
+        """Show the final text (split if the platform needs it)."""
+        ...
+
+    async def notice(self, text: str, *, private: bool = True) -> None:
+        """Tell the user something that is not a model answer."""
+        ...
+
+
+@runtime_checkable
+class StreamObserver(Protocol):
+    """A sink that also wants every piece of the answer as it arrives, unthrottled
+    (speech starts each sentence the moment it is complete). Must be cheap and
+    must not block: it runs between reads of the model's stream."""
+
+    def observe(self, text_so_far: str) -> None: ...
+
+
+@runtime_checkable
+class HearingSink(Protocol):
+    """A sink that can hear the audio a message came with (voice messages, clips).
+
+    The core stores such a message first and asks the sink to hear it when it
+    answers (again, for a turn resumed after a stop). The sink shows what it
+    heard above the answer.
+    """
+
+    async def hear(self, audio: Sequence[Attachment]) -> str:
+        """Download and transcribe `audio`, in order; the words heard. Raises
+        `botservice.voice.transcription.TranscriptionError` (its `user_message` is one
+        sentence for the person) when the audio cannot be heard."""
+        ...
+
+
+# --- model client -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatRequest:
+    model: str
+    # OpenAI chat messages: {"role": ..., "content": str | list[part]}.
+    messages: Sequence[dict[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+class ChatStream(Protocol):
+    """Text deltas of one streamed answer; `usage` and `finished` are set when it ends."""
+
+    usage: Usage | None
+    finished: bool
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    text: str
+    usage: Usage | None = None
+
+
+class ModelClient(Protocol):
+    def stream(self, request: ChatRequest) -> ChatStream:
+        """Start a streamed completion. Iterating raises `ModelError` subclasses."""
+        ...
+
+    async def complete(self, request: ChatRequest) -> ChatResult: ...
+
+    async def list_models(self) -> list[str]:
+        """The model names the endpoint offers (`/models`). Raises `ModelError`."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class TokenCounting(Protocol):
+    """Counts a text's tokens for prompt budgeting (`botservice.model.tokens`)."""
+
+    def count(self, text: str) -> int: ...
+
+
+# --- store -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    role: Role
+    author_id: str
+    author_name: str
+    text: str
+    tokens: int
+    reply_to_id: int | None = None
+    status: MessageStatus = "complete"
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """Effective settings of a channel; None means "use the default"."""
+
+    instructions: str | None = None
+    model: str | None = None
+    retention_days: int | None = None
+    speech_model: str | None = None
+    speech_voice: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who claims a turn, and until when its claim lives without a heartbeat."""
+
+    holder: str
+    alive_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedTurn:
+    """A message that was new, stored, and now waits for its answer."""
+
+    turn_id: int
+    conversation_id: int
+    user_message_id: int
+    # The turn claimed in the same step when the caller asked for a claim and no turn
+    # of the conversation was running (usually this message's own turn).
+    claimed: PendingTurn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTurn:
+    """A turn waiting for its answer, or one a process has just claimed to answer."""
+
+    turn_id: int
+    conversation_id: int
+    user_message_id: int
+    platform: str
+    conversation: ConversationKey
+    reply_target: dict[str, Any]
+    reply_ref: str | None
+    created_at: datetime
+    user_id: str = ""
+    is_channel_admin: bool = False
+    # How often the turn has been claimed, this claim included. Above one, an
+    # earlier holder stopped midway and may have shown something already.
+    claims: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCounts:
+    messages: int = 0
+    conversations: int = 0
+    turns: int = 0
+    claimed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetCounts:
+    """What `forget_user` did: messages and answers deleted; setting changes (audit
+    rows) that stay in force but no longer name the person."""
+
+    messages: int = 0
+    answers: int = 0
+    settings: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.messages + self.answers + self.settings
+
+
+@dataclass(frozen=True, slots=True)
+class SettingChange:
+    field: str
+    old: str | None
+    new: str | None
+    changed_by: str
+    changed_at: datetime = dataclasses.field(default_factory=datetime.now)
+
+
+class Store(Protocol):
+    """Everything the core keeps. One implementation (storage/) over SQLAlchemy."""
+
+    async def accept(
+        self, message: IncomingMessage, *, text: str, tokens: int, claim: Claim | None = None
+    ) -> AcceptedTurn | None:
+        """Claim `(platform, message_key)` and store the user's message with a pending turn,
+        in one short transaction. None if the key was already claimed (a duplicate delivery).
+        With `claim`, a store that can do it in the same step (one transaction on
+        SQLite) also claims the conversation's next turn if none of it is running;
+        PostgreSQL leaves it to the caller, to keep the acknowledgement one round trip.
+        Raises `StoreUnavailable` when the database cannot be reached."""
+        ...
+
+    async def claim_next_turn(
+        self,
+        conversation_id: int,
+        *,
+        holder: str,
+        alive_until: datetime,
+        key: ConversationKey | None = None,
+    ) -> PendingTurn | None:
+        """Claim the oldest pending turn of the conversation for `holder`, unless a turn
+        of it is running already (here or in another process) or none is pending.
+        `key`: the conversation's key when the caller knows it (saves a read)."""
+        ...
+
+    async def renew_claims(
+        self, holder: str, turn_ids: Collection[int], *, alive_until: datetime
+    ) -> int:
+        """The holder's heartbeat: keep the turns it is still working on alive until
+        `alive_until` (a turn it gave up on is left to go stale and be taken over)."""
+        ...
+
+    async def release_stale_turns(self, *, now: datetime) -> list[int]:
+        """Put running turns whose heartbeat stopped before `now` back to pending. Returns
+        their conversations."""
+        ...
+
+    async def release_claims(self, holder: str | None = None) -> list[int]:
+        """Put the running turns of `holder` (of everyone, with None: a one-process store
+        starting up) back to pending. Returns their conversations."""
+        ...
+
+    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
+        """Conversations with a turn pending since before `accepted_before` and none
+        running: nobody is answering them."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may use the same database (PostgreSQL, not SQLite)."""
+        ...
+
+    async def claim_key(self, platform: str, message_key: str) -> bool:
+        """Claim a key without storing a message (commands). False if already claimed."""
+        ...
+
+    async def history(
+        self, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """Newest messages of the conversation (after its last reset) answering turns up to
+        and including `up_to_message_id`, oldest first, at most `limit`."""
+        ...
+
+    async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None: ...
+
+    async def store_answer(
+        self,
+        turn_id: int,
+        *,
+        holder: str | None = None,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None = None,
+    ) -> int | None:
+        """Store the assistant's answer and mark the turn answered, if `holder` still
+        holds it (any unfinished turn, with None). Returns the message id, or None when
+        another process took the turn over or it was finished already."""
+        ...
+
+    async def store_answer_and_claim_next(
+        self,
+        turn_id: int,
+        *,
+        claim: Claim,
+        conversation_id: int,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None = None,
+    ) -> tuple[int | None, PendingTurn | None]:
+        """`store_answer` for `claim.holder`, then claim the conversation's next turn, in as
+        few round trips as the database allows. Returns the message id (None: not saved,
+        see `store_answer`) and the turn claimed next, if any."""
+        ...
+
+    async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:
+        """Mark the turn failed (only if `holder` still holds it, when given)."""
+        ...
+
+    async def pending_turns(self) -> list[PendingTurn]:
+        """Turns not finished yet (pending or running), oldest first."""
+        ...
+
+    async def message_text(self, message_id: int) -> StoredMessage | None: ...
+
+    async def unheard_audio(self, message_id: int) -> tuple[Attachment, ...]:
+        """The audio a stored message came with, until `heard` replaces it with text."""
+        ...
+
+    async def heard(self, message_id: int, *, text: str, tokens: int) -> None:
+        """Replace a message's text with what was heard, and forget its audio, in one write."""
+        ...
+
+    async def channel_settings(
+        self, platform: str, workspace: str, channel: str
+    ) -> ChannelSettings:
+        """Channel setting, else the workspace's (channel ""), field by field."""
+        ...
+
+    async def change_setting(
+        self,
+        platform: str,
+        workspace: str,
+        channel: str,
+        *,
+        field: SettingField,
+        value: str | int | None,
+        changed_by: str,
+    ) -> None:
+        """Set one channel setting and record who changed it from what to what."""
+        ...
+
+    async def setting_changes(
+        self, platform: str, workspace: str, channel: str
+    ) -> list[SettingChange]: ...
+
+    async def reset_conversation(self, key: ConversationKey) -> None:
+        """Later turns start fresh; nothing is deleted."""
+        ...
+
+    async def mark_trim_noticed(self, conversation_id: int) -> bool:
+        """Record that the user was told older turns were left out. True the first time."""
+        ...
+
+    async def delete_conversation_messages(self, conversation_id: int) -> int: ...
+
+    async def forget_user(self, platform: str, user_id: str) -> ForgetCounts:
+        """Delete everything the person wrote on `platform` and every answer to it; keep
+        the settings they changed, no longer under their name."""
+        ...
+
+    async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
+        """Tokens the model spent since `since` answering this person's messages."""
+        ...
+
+    async def tokens_used_in_channel(
+        self, platform: str, workspace: str, channel: str, *, since: datetime
+    ) -> int:
+        """Tokens the model spent since `since` answering in this channel."""
+        ...
+
+    async def has_conversation(self, key: ConversationKey) -> bool: ...
+
+    async def thread_of_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> str | None:
+        """The thread of the conversation that holds a message or answer with this platform id."""
+        ...
+
+    async def delete_platform_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> int:
+        """Delete a person's stored message by its platform id. Returns rows deleted."""
+        ...
+
+    async def forget_workspace(self, platform: str, workspace: str) -> int:
+        """Delete a workspace's conversations, messages and settings. Returns conversations deleted."""
+        ...
+
+    async def purge(
+        self,
+        *,
+        now: datetime,
+        default_retention_days: int,
+        dedupe_days: int,
+        batch_size: int,
+        period: str | None = None,
+        dry_run: bool = False,
+    ) -> PurgeCounts:
+        """Delete what has expired, in batches. With `period`, run only if this process is the
+        first to claim it (several processes share one database)."""
+        ...
+
+    async def forget_expired_reply_secrets(self, *, now: datetime, batch_size: int) -> int:
+        """Delete the "secrets" of reply targets whose "expires_at" has passed (a Discord
+        interaction token is valid for 15 minutes; it is not kept longer). Returns how
+        many turns lost theirs."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the database answers right now (readiness checks)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- adapters ------------------------------------------------------------------
+
+
+class Adapter(Protocol):
+    """A platform connection started by `botservice run`.
+
+    `start` connects and returns once the adapter is serving (it keeps running in
+    tasks of its own); `stop` disconnects. `sink_for` rebuilds a reply sink for a
+    turn that was pending when the process last stopped, from the
+    `reply_target` the adapter put on the message; None if it cannot answer it.
+    `http_routes` returns aiohttp routes to mount on the shared HTTP server
+    (Slack's `/slack/events`), or an empty list. `is_connected` feeds `/readyz`.
+    """
+
+    platform: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def sink_for(self, turn: PendingTurn) -> ReplySink | None: ...
+
+    def http_routes(self) -> list[Any]: ...
+
+    def is_connected(self) -> bool:
+        """False while the platform connection this adapter keeps is down (a gateway or
+        websocket) or before `start` has finished; an adapter that keeps none (Slack over
+        HTTP, the console) is always connected. Cheap and non-blocking: a load balancer's
+        readiness probe calls it."""
+        ...

@@ -1,0 +1,134 @@
+"""Building the message list sent to the model: instructions first, then the newest history that fits."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from botservice.core.events import Attachment, ContextMessage
+from botservice.core.ports import StoredMessage
+
+# Per-message framing the chat format adds around each message's content.
+MESSAGE_OVERHEAD_TOKENS = 4
+# What one image part costs in the budget (OpenAI's high-detail tile estimate).
+IMAGE_TOKENS = 765
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    messages: list[dict[str, Any]]
+    # How many stored messages did not fit and were left out (oldest first).
+    left_out: int
+    tokens: int
+
+
+def build_prompt(
+    *,
+    instructions: str,
+    instructions_role: Literal["system", "developer"],
+    instructions_tokens: int,
+    history: Sequence[StoredMessage],
+    budget_tokens: int,
+    images: Sequence[Attachment] = (),
+) -> Prompt:
+    """Instructions, then as much of `history` (oldest first, ending with the current
+    message) as fits in `budget_tokens`, newest kept first.
+
+    The current message is always included, even alone over budget: the endpoint
+    then says the message is too long, which the user can act on.
+    """
+    history = _answered_questions_only(history)
+    images = [image for image in images if image.shown_to_model]
+    image_cost = IMAGE_TOKENS * len(images)
+    used = instructions_tokens + MESSAGE_OVERHEAD_TOKENS + image_cost
+    kept: list[StoredMessage] = []
+    for message in reversed(history):
+        cost = message.tokens + MESSAGE_OVERHEAD_TOKENS
+        if kept and used + cost > budget_tokens:
+            break
+        kept.append(message)
+        used += cost
+    kept.reverse()
+
+    # Name the speakers only when several people share the thread, so the
+    # model can tell them apart; a one-person thread stays unprefixed.
+    speakers = {message.author_id for message in kept if message.role == "user"}
+    name_speakers = len(speakers) > 1
+
+    messages: list[dict[str, Any]] = [{"role": instructions_role, "content": instructions}]
+    for message in kept:
+        content = message.text
+        if message.role == "user" and name_speakers:
+            content = f"{message.author_name}: {content}"
+        if message.role == "assistant" and messages[-1]["role"] == "assistant":
+            # Two answers to one question (a turn answered twice): the later one stands.
+            messages[-1] = {"role": message.role, "content": content}
+            continue
+        messages.append({"role": message.role, "content": content})
+    if images and kept:
+        messages[-1]["content"] = [
+            {"type": "text", "text": messages[-1]["content"]},
+            *(_image_part(image) for image in images),
+        ]
+    return Prompt(messages=messages, left_out=len(history) - len(kept), tokens=used)
+
+
+def _answered_questions_only(history: Sequence[StoredMessage]) -> list[StoredMessage]:
+    """History without answers whose question is gone (forgotten, deleted on the
+    platform, expired before its answer, or outside the window): such an answer may
+    repeat what was forgotten, and would sit beside another answer with no question
+    between them."""
+    questions = {message.id for message in history if message.role == "user"}
+    return [m for m in history if m.role != "assistant" or m.reply_to_id in questions]
+
+
+def _image_part(image: Attachment) -> dict[str, Any]:
+    if image.data is not None:
+        encoded = base64.b64encode(image.data).decode("ascii")
+        url = f"data:{image.content_type};base64,{encoded}"
+    else:
+        assert image.public_url  # `shown_to_model` let no private URL through
+        url = image.url
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def describe_attachments(attachments: Sequence[Attachment]) -> str:
+    """A line naming the files that came with a message, so none is dropped silently.
+
+    Images also travel to the model as image parts when its model accepts them (an
+    image that does not, over a limit or not downloaded, says why); other files are
+    named only (their contents are not read).
+    """
+    names = ", ".join(
+        f"{a.name} ({a.content_type or 'unknown type'}"
+        + (f", not shown: {a.skipped})" if a.skipped else ")")
+        for a in attachments
+    )
+    return f"[Attached: {names}]"
+
+
+def quote_context(context: Sequence[ContextMessage]) -> str:
+    """Earlier messages of a thread, quoted ahead of the first question asked in it."""
+    lines = ["Earlier in this thread:"]
+    for message in context:
+        speaker = f"{message.author_name} (bot)" if message.from_bot else message.author_name
+        body = message.text.replace("\n", "\n> ")
+        lines.append(f"> {speaker}: {body}")
+    return "\n".join(lines)
+
+
+def stored_text(pieces: Sequence[str], audio: Sequence[Attachment]) -> str:
+    """A message's text as stored before its audio is heard: the audio files are named
+    last, so `heard_text` can put the transcript in their place."""
+    if audio:
+        pieces = [*pieces, describe_attachments(audio)]
+    return "\n\n".join(pieces)
+
+
+def heard_text(stored: str, audio: Sequence[Attachment], transcript: str) -> str:
+    """The stored text with the transcript in place of the audio files' names (after
+    anything typed with them)."""
+    before = stored.removesuffix(describe_attachments(audio)).rstrip() if audio else stored
+    return f"{before}\n\n{transcript}" if before else transcript

@@ -1,0 +1,134 @@
+"""The settings every part reads: typed, frozen, validated (`botservice.app.config`
+loads them from `config/botservice.toml` and the environment)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from botservice.core.voice_settings import VoiceSettings
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInfo(_Section):
+    context_window: int = Field(default=16384, gt=0)
+    instructions_role: Literal["system", "developer"] = "system"
+    accepts_images: bool = False
+
+
+class ModelSettings(_Section):
+    name: str = "gpt-4o-mini"
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretStr | None = None
+    max_answer_tokens: int = Field(default=1024, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    retry_after_cap_seconds: float = Field(default=20.0, ge=0)
+    backoff_base_seconds: float = Field(default=0.5, ge=0)
+    # `/model set` also accepts the names the endpoint lists at /models, not only [models].
+    allow_discovered: bool = False
+
+
+class ConversationSettings(_Section):
+    default_instructions: str = "You are a helpful assistant."
+    max_message_chars: int = Field(default=20000, gt=0)
+    history_limit: int = Field(default=200, gt=0)
+    stream_update_interval_seconds: float = Field(default=1.0, ge=0)
+    resume_pending_max_age_seconds: float = Field(default=900, ge=0)
+    turn_takeover_seconds: float = Field(default=20, gt=0)
+    turn_heartbeat_seconds: float = Field(default=5, gt=0)
+    store_retry_seconds: float = Field(default=300, ge=0)
+
+
+class StorageSettings(_Section):
+    retention_days: int = Field(default=30, ge=0)
+    purge_interval_minutes: float = Field(default=60, gt=0)
+    purge_batch_size: int = Field(default=5000, gt=0)
+    dedupe_days: int = Field(default=2, ge=1)
+
+
+class ImageSettings(_Section):
+    """How much of a message's images one turn may show the model (the rest are named)."""
+
+    max_images_per_turn: int = Field(default=4, ge=0)
+    max_image_bytes_per_turn: int = Field(default=20 * 1024 * 1024, ge=0)
+
+
+class LimitSettings(_Section):
+    # 0 turns a limit off.
+    messages_per_minute: int = Field(default=10, ge=0)
+    max_concurrent_model_calls: int = Field(default=16, ge=1)
+    max_queued_turns: int = Field(default=100, ge=0)
+    user_daily_tokens: int = Field(default=0, ge=0)
+    channel_daily_tokens: int = Field(default=0, ge=0)
+
+
+class AccessSettings(_Section):
+    admin_user_ids: tuple[str, ...] = ()
+
+
+class ServerSettings(_Section):
+    port: int = Field(default=3000, ge=0, le=65535)
+
+
+class SlackSettings(_Section):
+    bot_token: SecretStr | None = None
+    signing_secret: SecretStr | None = None
+    app_token: SecretStr | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    api_url: str = "https://slack.com/api/"
+    command: str = "/botservice"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.bot_token or self.app_token or self.client_id)
+
+
+class DiscordSettings(_Section):
+    token: SecretStr | None = None
+    api_url: str = "https://discord.com/api/v10"
+    gateway_url: str | None = None
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: tuple[int, ...] = ()
+
+    @property
+    def configured(self) -> bool:
+        return self.token is not None
+
+
+class Settings(_Section):
+    model: ModelSettings = ModelSettings()
+    model_defaults: ModelInfo = ModelInfo()
+    models: dict[str, ModelInfo] = {}
+    conversation: ConversationSettings = ConversationSettings()
+    storage: StorageSettings = StorageSettings()
+    access: AccessSettings = AccessSettings()
+    images: ImageSettings = ImageSettings()
+    limits: LimitSettings = LimitSettings()
+    server: ServerSettings = ServerSettings()
+    slack: SlackSettings = SlackSettings()
+    discord: DiscordSettings = DiscordSettings()
+    voice: VoiceSettings = VoiceSettings()
+    database_url: str = "sqlite+aiosqlite:///botservice.db"
+    log_level: str = "INFO"
+
+    def model_info(self, model: str) -> ModelInfo:
+        return self.models.get(model, self.model_defaults)
+
+    @property
+    def configured_models(self) -> tuple[str, ...]:
+        """The models `/model set` accepts without asking the endpoint: the default and [models]."""
+        return tuple(sorted({self.model.name, *self.models}))
+
+    def chat_model(self, chosen: str | None) -> str:
+        """The model to answer with: the channel's choice while it is still offered (a
+        choice made before the operator narrowed [models] falls back), else the default."""
+        if chosen and (self.model.allow_discovered or chosen in self.configured_models):
+            return chosen
+        return self.model.name

@@ -1,0 +1,626 @@
+"""The model port over any OpenAI-compatible `/chat/completions` endpoint, with httpx.
+
+One `httpx.AsyncClient` lives as long as the `OpenAIChatClient`, so every request
+reuses pooled connections (building a client per request costs ~20 ms). Its
+transport is aiohttp's pool (`AiohttpTransport` below), not httpcore's: with many
+answers streaming at once, httpcore polls every pooled connection's socket on
+every request, and its pool took about half of the event loop's time. Streams
+are read with botservice/model/sse.py and orjson. Per streamed request this costs
+about 1.3x the CPU of a bare aiohttp client doing the same work
+(bench/bench_model_client.py); with httpx's client layers, httpx-aiohttp and
+httpx-sse it was about 2.9x.
+
+Failures are retried only while nothing has been shown to the user: once a text
+delta has been yielded, a retry would repeat or contradict it, so the stream
+raises instead. Logs carry status codes, attempts and waits, never message
+contents, request/response bodies or the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import httpx
+import orjson
+
+from botservice.core.errors import (
+    ModelEmptyAnswer,
+    ModelError,
+    ModelRateLimited,
+    ModelRefused,
+    ModelServerError,
+    ModelStreamBroken,
+    ModelTimeout,
+    ModelUnreachable,
+)
+from botservice.core.ports import ChatRequest, ChatResult, Usage
+from botservice.core.redact import scrub
+from botservice.core.settings import ModelSettings
+from botservice.model.sse import SSEDataDecoder
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_REASON_LIMIT = 200
+# Connections open at once, busy or idle; idle ones close after httpx's default
+# keep-alive expiry (5 s).
+_MAX_CONNECTIONS = 200
+
+
+class _Retryable(Exception):
+    """One attempt failed in a way another attempt may fix.
+
+    `error` is what the caller gets if no attempt is left; `wait` is the delay the
+    server asked for (429), None to use jittered backoff.
+    """
+
+    def __init__(self, error: ModelError, wait: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
+
+
+class OpenAIChatClient:
+    """`ModelClient` for OpenAI, Azure-compatible proxies, vLLM, Ollama, llama.cpp...
+
+    Pass `http_client` to share a pool with other code (it is then not closed by
+    `aclose`), or `transport` to route requests elsewhere (tests, proxies).
+    """
+
+    def __init__(
+        self,
+        settings: ModelSettings,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        self._timeout = httpx.Timeout(
+            settings.read_timeout_seconds, connect=settings.connect_timeout_seconds
+        )
+        self._headers = {"Content-Type": "application/json"}
+        self._secret = settings.api_key.get_secret_value() if settings.api_key else ""
+        # Local servers (Ollama, llama.cpp) need no key and some reject an empty one.
+        if self._secret:
+            self._headers["Authorization"] = f"Bearer {self._secret}"
+        stream_headers = {
+            **self._headers,
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-store",
+        }
+        self._request_headers = {False: self._headers, True: stream_headers}
+        self._owns_http = http_client is None
+        # With a client of our own, requests go straight to its transport (see `_send`).
+        self._transport = None if http_client else transport or pooled_transport()
+        self.http: httpx.AsyncClient = http_client or httpx.AsyncClient(
+            timeout=self._timeout, transport=self._transport
+        )
+        if self._transport is not None:
+            self._direct_url = httpx.URL(self._url)
+            # With what httpx's client adds to every request. Built as httpx.Headers
+            # once: a request copies their normalized list instead of normalizing again.
+            defaults = {
+                key: self.http.headers[key] for key in ("Accept", "Accept-Encoding", "User-Agent")
+            }
+            self._direct_headers = {
+                stream: httpx.Headers({**defaults, **headers})
+                for stream, headers in self._request_headers.items()
+            }
+            self._direct_extensions = {"timeout": self._timeout.as_dict()}
+
+    def stream(self, request: ChatRequest) -> OpenAIChatStream:
+        """Nothing is sent until the returned stream is iterated."""
+        return OpenAIChatStream(self, request)
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        return await self._with_retries(lambda: self._complete_once(request))
+
+    async def list_models(self) -> list[str]:
+        """The model ids the endpoint lists at `/models` (no retries: a person is waiting)."""
+        url = self._settings.base_url.rstrip("/") + "/models"
+        try:
+            response = await self.http.get(url, headers=self._headers, timeout=self._timeout)
+        except httpx.HTTPError as error:
+            failure = _transport_failure(error, response_started=False)
+            raise (failure.error if isinstance(failure, _Retryable) else failure) from error
+        if response.status_code >= 400:
+            log.warning("model endpoint refused to list models: HTTP %d", response.status_code)
+            raise ModelRefused(response.status_code, self._reason(response))
+        try:
+            listed = response.json()["data"]
+            return [str(item["id"]) for item in listed if isinstance(item, dict) and item.get("id")]
+        except (ValueError, KeyError, TypeError):
+            raise ModelError("the model endpoint sent a model list it cannot read") from None
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self.http.aclose()
+
+    # --- one attempt ---------------------------------------------------------
+
+    async def _send(self, body: bytes, *, stream: bool) -> httpx.Response:
+        """POST `body`; the response's body is left to read (or close).
+
+        With a client of our own, the request goes straight to its transport:
+        `AsyncClient.send` builds the request from the client's defaults, runs auth,
+        redirect, cookie and event-hook machinery this client never configures, and
+        wraps the body once more: about 30 % of the event loop's CPU in a py-spy
+        profile of bench/bench_model_client.py. A client given by the caller keeps
+        all of that, since its configuration is not ours to skip.
+        """
+        if self._transport is None:
+            request = self.http.build_request(
+                "POST",
+                self._url,
+                content=body,
+                headers=self._request_headers[stream],
+                timeout=self._timeout,
+            )
+            return await self.http.send(request, stream=True)
+        request = httpx.Request(
+            "POST",
+            self._direct_url,
+            headers=self._direct_headers[stream],
+            content=body,
+            extensions=dict(self._direct_extensions),
+        )
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def _complete_once(self, request: ChatRequest) -> ChatResult:
+        try:
+            response = await self._send(_encode(request, stream=False), stream=False)
+            try:
+                await response.aread()
+            finally:
+                await _close(response)
+        except httpx.HTTPError as error:
+            raise _transport_failure(error, response_started=False) from error
+        self._check_status(response)
+        return _parse_completion(response.content)
+
+    def _check_status(self, response: httpx.Response) -> None:
+        """Raise for anything but 2xx; the body must already be read."""
+        status = response.status_code
+        if status < 400:
+            return
+        if status == 429:
+            wait = _requested_wait(response.headers)
+            if wait is not None and wait > self._settings.retry_after_cap_seconds:
+                # Waiting this long in silence is worse than telling the user now.
+                log.warning("model endpoint HTTP 429, asks to wait %.1f s: over the cap", wait)
+                raise ModelRateLimited(retry_after=wait)
+            raise _Retryable(ModelRateLimited(retry_after=wait), wait=wait)
+        if status >= 500:
+            raise _Retryable(ModelServerError(status))
+        log.warning("model endpoint refused the request: HTTP %d", status)
+        raise ModelRefused(status, self._reason(response))
+
+    def _reason(self, response: httpx.Response) -> str:
+        reason = response.reason_phrase or f"HTTP {response.status_code}"
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            error = body["error"]
+            reason = str(error.get("message") or error.get("code") or reason)
+        elif isinstance(body, dict) and isinstance(body.get("error"), str):
+            reason = body["error"]  # Ollama and llama.cpp answer {"error": "..."}.
+        return self._scrub(reason)[:_REASON_LIMIT]
+
+    def _scrub(self, text: str) -> str:
+        # Some endpoints echo the key they rejected, whole or masked ("sk-ab***yz");
+        # neither may reach users or logs.
+        return scrub(text, self._secret)
+
+    # --- retries -------------------------------------------------------------
+
+    async def _with_retries(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
+        attempt = 1
+        while True:
+            try:
+                return await attempt_once()
+            except _Retryable as failure:
+                await self._before_retry(failure, attempt)
+            attempt += 1
+
+    async def _before_retry(self, failure: _Retryable, attempt: int) -> None:
+        """Sleep before attempt `attempt + 1`, or raise the final error if none is left."""
+        max_attempts = self._settings.max_attempts
+        if attempt >= max_attempts:
+            log.warning("model request failed after %d attempts: %s", attempt, failure.error)
+            raise failure.error from failure.__cause__
+        wait = failure.wait if failure.wait is not None else self._backoff(attempt)
+        log.warning(
+            "model request attempt %d/%d failed (%s); retrying in %.2f s",
+            attempt,
+            max_attempts,
+            failure.error,
+            wait,
+        )
+        await asyncio.sleep(wait)
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter: many bots hitting one endpoint must not retry in lockstep.
+        return random.uniform(0, self._settings.backoff_base_seconds * 2 ** (attempt - 1))
+
+
+class OpenAIChatStream:
+    """One streamed answer. Iterate it once; `usage` and `finished` are set as it ends.
+
+    Also an async context manager: leaving it closes the HTTP response even if
+    the consumer stopped iterating early.
+    """
+
+    def __init__(self, client: OpenAIChatClient, request: ChatRequest) -> None:
+        self._client = client
+        self._request = request
+        self._iterator: AsyncIterator[str] | None = None
+        self.usage: Usage | None = None
+        self.finished = False
+        self.finish_reason: str | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._iterator is not None:
+            raise RuntimeError("a ChatStream can be iterated only once")
+        self._iterator = self._deltas()
+        return self._iterator
+
+    async def __aenter__(self) -> OpenAIChatStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        attempt = 1
+        while True:
+            shown = False
+            try:
+                async for delta in self._attempt():
+                    shown = True
+                    yield delta
+                return
+            except _Retryable as failure:
+                if shown:  # _attempt never asks for a retry after text; be sure anyway.
+                    raise failure.error from failure.__cause__
+                await self._client._before_retry(failure, attempt)
+            attempt += 1
+
+    async def _attempt(self) -> AsyncIterator[str]:
+        client = self._client
+        started = time.monotonic()
+        self.usage, self.finished, self.finish_reason = None, False, None
+        shown = done = False
+        response: httpx.Response | None = None
+        response_started = False
+        try:
+            response = await client._send(_encode(self._request, stream=True), stream=True)
+            response_started = True
+            if response.status_code >= 400:
+                await response.aread()
+                client._check_status(response)
+            content_type = response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                # Some servers ignore `stream: true` and answer with one JSON body.
+                result = _parse_completion(await response.aread())
+                self.usage, self.finished = result.usage, True
+                yield result.text
+                return
+            decoder = SSEDataDecoder()
+            chunks = response.aiter_bytes()
+            while True:
+                chunk = await anext(chunks, None)
+                for data in decoder.feed(chunk) if chunk is not None else decoder.end():
+                    if done:
+                        continue  # Read on to the end so the connection goes back to the pool.
+                    if data.strip() == b"[DONE]":
+                        done = self.finished = True
+                        continue
+                    delta = self._read_chunk(data, shown=shown)
+                    if delta:
+                        shown = True
+                        yield delta
+                if chunk is None:
+                    break
+        except httpx.HTTPError as error:
+            if not shown:
+                raise _transport_failure(error, response_started=response_started) from error
+            if not self.finished:
+                raise ModelStreamBroken(f"stream failed after text: {error!r}") from error
+            # finish_reason had come: the answer is whole, only usage or [DONE] was lost.
+            log.info("model stream dropped after its finish_reason: %r", error)
+        finally:
+            # Also when the consumer stopped early (GeneratorExit at a yield).
+            if response is not None:
+                await _close(response)
+        if not self.finished:
+            if shown:
+                raise ModelStreamBroken("stream ended before [DONE]")
+            raise _Retryable(ModelStreamBroken("stream ended before any text"))
+        if not shown:
+            raise ModelEmptyAnswer("the stream finished without any text")
+        log.debug(
+            "model stream finished in %.2f s (finish_reason=%s)",
+            time.monotonic() - started,
+            self.finish_reason,
+        )
+
+    def _read_chunk(self, data: bytes, *, shown: bool) -> str:
+        """Take usage and finish_reason from one chunk; return its text delta."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # orjson refuses the NaN and Infinity that Python-based servers may
+            # write (in logprobs, say); json takes them, so such a chunk still counts.
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                log.debug("ignored a stream event that is not JSON")
+                return ""
+        if not isinstance(chunk, dict):
+            return ""
+        if "error" in chunk:
+            raise _error_in_stream(chunk["error"], shown=shown, scrub=self._client._scrub)
+        usage = _parse_usage(chunk.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        choices = chunk.get("choices") or []  # The usage chunk has none.
+        if not choices or not isinstance(choices[0], dict):
+            return ""
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = str(choice["finish_reason"])
+            self.finished = True
+        content = (choice.get("delta") or {}).get("content")
+        return content if isinstance(content, str) else ""
+
+
+# --- transport -----------------------------------------------------------------
+
+
+def pooled_transport() -> httpx.AsyncBaseTransport:
+    """The transport an `OpenAIChatClient` uses unless given one."""
+    return AiohttpTransport(max_connections=_MAX_CONNECTIONS)
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over aiohttp's connection pool.
+
+    Why aiohttp: with many answers streaming at once, httpcore's pool polls every
+    pooled connection's socket on every request and took about half of the event
+    loop's time. Why not httpx-aiohttp's transport, which this replaced: per
+    request it built a timeout object, converted the headers twice and wrapped the
+    body in two more generators, and it turned every connection error into
+    `ConnectTimeout`. Here the timeouts are built once per setting, the body is
+    read as aiohttp delivers it, and each aiohttp error becomes the httpx error
+    httpx's own transport would raise (refused: ConnectError, reset: ReadError...).
+
+    Keeps httpx-aiohttp's conduct: no redirects, no decompression (httpx decodes
+    the body), no proxies from the environment, certificates as httpx verifies them.
+    """
+
+    def __init__(self, *, max_connections: int, keepalive_expiry: float = 5.0) -> None:
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Built on first use: an aiohttp session belongs to the running event loop.
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            keepalive_timeout=self._keepalive_expiry,
+            ssl=httpx.create_ssl_context(),
+        )
+        self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+        given = request.extensions.get("timeout") or {}
+        key = (given.get("connect"), given.get("read"), given.get("pool"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(
+                sock_connect=key[0], sock_read=key[1], connect=key[2]
+            )
+        return timeout
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session or self._open()
+        body: Any
+        try:
+            body = request.content or None
+        except httpx.RequestNotRead:  # a streamed upload: aiohttp frames it itself
+            body = request.stream
+            request.headers.pop("transfer-encoding", None)
+        try:
+            response = await session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=body,
+                timeout=self._timeout(request),
+                allow_redirects=False,
+                auto_decompress=False,
+            )
+        except aiohttp.ClientError as error:
+            raise _httpx_error(error) from error
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_AiohttpBody(response),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class _AiohttpBody(httpx.AsyncByteStream):
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except aiohttp.ClientError as error:
+            raise _httpx_error(error) from error
+
+    async def aclose(self) -> None:
+        # Back to the pool when read to the end; closed when not (aiohttp decides).
+        self._response.release()
+        try:
+            await self._response.wait_for_close()
+        except aiohttp.ClientError as error:
+            raise _httpx_error(error) from error
+
+
+def _httpx_error(cause: aiohttp.ClientError) -> httpx.TransportError:
+    message = str(cause) or type(cause).__name__
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message)
+    if isinstance(cause, aiohttp.ServerTimeoutError):  # SocketTimeoutError: between reads
+        return httpx.ReadTimeout(message)
+    if isinstance(cause, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return httpx.ProxyError(message)
+    if isinstance(cause, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake
+        return httpx.ConnectError(message)
+    if isinstance(
+        cause,
+        aiohttp.ClientPayloadError | aiohttp.ClientOSError | aiohttp.ClientConnectionResetError,
+    ):
+        return httpx.ReadError(message)  # body cut short, connection reset
+    if isinstance(cause, aiohttp.InvalidUrlClientError | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(message)
+    if isinstance(cause, aiohttp.ClientConnectionError | aiohttp.ClientResponseError):
+        # Server closed the connection, or sent something that is not HTTP.
+        return httpx.RemoteProtocolError(message)
+    return httpx.TransportError(message)
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _encode(request: ChatRequest, *, stream: bool) -> bytes:
+    body: dict[str, Any] = {"model": request.model, "messages": list(request.messages)}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    # orjson: ~12x faster than json.dumps on a prompt of 200 history messages (~150 us
+    # -> ~13 us).
+    return orjson.dumps(body)
+
+
+async def _close(response: httpx.Response) -> None:
+    # What was read decides the outcome; a failure to close only costs the connection.
+    try:
+        await response.aclose()
+    except httpx.HTTPError as error:
+        log.debug("closing a model response failed: %r", error)
+
+
+def _parse_completion(raw: bytes) -> ChatResult:
+    try:
+        body = json.loads(raw)
+        message = body["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ModelError("the model endpoint sent a response that is not a completion") from None
+    text = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(text, str) or not text:
+        raise ModelEmptyAnswer("the completion has no text")
+    return ChatResult(text=text, usage=_parse_usage(body.get("usage")))
+
+
+def _parse_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    return Usage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+    )
+
+
+def _requested_wait(headers: httpx.Headers) -> float | None:
+    """Seconds a 429 asks us to wait: `retry-after-ms` (OpenAI) or `Retry-After`."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _transport_failure(error: httpx.HTTPError, *, response_started: bool) -> Exception:
+    """Map an httpx failure that happened before any text to what to do about it."""
+    if isinstance(error, httpx.TimeoutException):
+        return _Retryable(ModelTimeout(f"{type(error).__name__} from the model endpoint"))
+    if isinstance(error, httpx.ConnectError):
+        return _Retryable(
+            ModelUnreachable(f"cannot connect to the model endpoint: {scrub(str(error))}")
+        )
+    if isinstance(error, httpx.NetworkError | httpx.RemoteProtocolError):
+        # Typically a pooled keep-alive connection the server had already closed.
+        if response_started:
+            return _Retryable(
+                ModelStreamBroken(f"stream failed before any text: {scrub(repr(error))}")
+            )
+        return _Retryable(
+            ModelUnreachable(f"connection lost before a response: {scrub(repr(error))}")
+        )
+    # Bad URL, unsupported scheme, ...: another attempt cannot help.
+    return ModelUnreachable(f"cannot send to the model endpoint: {scrub(repr(error))}")
+
+
+def _error_in_stream(raw: Any, *, shown: bool, scrub: Callable[[str], str]) -> ModelError:
+    """vLLM and some proxies report failures as an `error` chunk inside a 200 stream."""
+    message = raw.get("message") if isinstance(raw, dict) else raw
+    code = raw.get("code") if isinstance(raw, dict) else None
+    reason = scrub(str(message or "error in stream"))[:_REASON_LIMIT]
+    log.warning("model endpoint reported an error inside the stream (code %s)", code)
+    if shown:
+        return ModelStreamBroken(f"error in stream after text (code {code})")
+    if isinstance(code, int) and 400 <= code < 500 and code != 429:
+        return ModelRefused(code, reason)
+    return ModelServerError(code if isinstance(code, int) and code >= 500 else 500)
