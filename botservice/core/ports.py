@@ -88,6 +88,10 @@ class HearingSink(Protocol):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, how many the endpoint served from its cache (billed lower).
+    cached_tokens: int = 0
+    # Of the completion tokens, how many a reasoning model spent thinking (not shown).
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
