@@ -8,14 +8,18 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 
 from botservice.app.expiry import start_expiry_scheduler
+from botservice.app.metrics import PrometheusTelemetry, TimedStore
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError
 from botservice.core.ports import Adapter, PendingTurn, ReplySink, Store
+from botservice.core.redact import redact_url
 from botservice.core.settings import Settings
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.model.client import OpenAIChatClient
 from botservice.model.tokens import TokenCounter
 from botservice.storage.engine import check_connection, create_engine, is_sqlite
@@ -33,6 +37,12 @@ class Services:
     store: SqlStore
     model: OpenAIChatClient
     core: ConversationCore
+    # Set for `botservice run` (served at /metrics); None for the console and tools.
+    metrics: PrometheusTelemetry | None = None
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self.metrics if self.metrics is not None else NO_TELEMETRY
 
 
 def require_model_endpoint(settings: Settings) -> None:
@@ -47,8 +57,9 @@ def require_model_endpoint(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open the database (bringing SQLite up to date by itself), the model client and the core."""
+async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIterator[Services]:
+    """Open the database (bringing SQLite up to date by itself), the model client and the core;
+    with `metrics`, each of them reports to one `PrometheusTelemetry`."""
     engine = create_engine(settings.database_url)
     try:
         await check_connection(engine)
@@ -66,10 +77,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await engine.dispose()
         raise
     store = SqlStore(engine)
-    model = OpenAIChatClient(settings.model)
-    core = ConversationCore(settings=settings, store=store, model=model, tokens=TokenCounter())
+    telemetry = PrometheusTelemetry(settings) if metrics else None
+    if telemetry is None:
+        model = OpenAIChatClient(settings.model)
+        core = ConversationCore(settings=settings, store=store, model=model, tokens=TokenCounter())
+    else:
+        model = OpenAIChatClient(settings.model, telemetry=telemetry)
+        core = ConversationCore(
+            settings=settings,
+            store=cast(Store, TimedStore(store, telemetry)),
+            model=model,
+            tokens=TokenCounter(),
+            telemetry=telemetry,
+        )
+        telemetry.watch_core(lambda: core.load)
     try:
-        yield Services(settings=settings, store=store, model=model, core=core)
+        yield Services(settings=settings, store=store, model=model, core=core, metrics=telemetry)
     finally:
         await core.stop()
         await model.aclose()
@@ -79,7 +102,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: bool) -> None:
     """Start adapters, the HTTP server and the expiry scheduler; run until SIGINT/SIGTERM."""
     settings = services.settings
-    scheduler = start_expiry_scheduler(services.store, settings.storage)
+    scheduler = start_expiry_scheduler(
+        services.store, settings.storage, telemetry=services.telemetry
+    )
     runner: web.AppRunner | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,10 +113,13 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
             loop.add_signal_handler(signum, stop.set)
     try:
         if with_http:
-            runner = await start_http_server(services.store, adapters, settings.server.port)
+            runner = await start_http_server(
+                services.store, adapters, settings.server.port, metrics=services.metrics
+            )
         for adapter in adapters:
             await adapter.start()
             log.info("%s adapter started", adapter.platform)
+        log.info("%s", startup_summary(settings, adapters, metrics=services.metrics is not None))
         # Answers what a stop left behind, then sweeps for turns of processes that
         # die while others run on the same database.
         await services.core.start(_sink_router(adapters))
@@ -108,15 +136,36 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         scheduler.shutdown(wait=False)
 
 
-async def start_http_server(store: Store, adapters: Sequence[Adapter], port: int) -> web.AppRunner:
+def startup_summary(settings: Settings, adapters: Sequence[Adapter], *, metrics: bool) -> str:
+    """The one line that says what this process serves (no secrets: URLs lose their
+    credentials)."""
+    database = redact_url(settings.database_url)
+    platforms = ",".join(adapter.platform for adapter in adapters) or "none"
+    return (
+        f"botservice started: adapters={platforms} database={database} "
+        f"model_endpoint={redact_url(settings.model.base_url)} model={settings.model.name} "
+        f"tools=none metrics={'/metrics' if metrics else 'off'}"
+    )
+
+
+async def start_http_server(
+    store: Store,
+    adapters: Sequence[Adapter],
+    port: int,
+    *,
+    metrics: PrometheusTelemetry | None = None,
+    host: str = "0.0.0.0",
+) -> web.AppRunner:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", Readiness(store, adapters).handle)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics.handle)
     for adapter in adapters:
         app.router.add_routes(adapter.http_routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host="0.0.0.0", port=port)
+    site = web.TCPSite(runner, host=host, port=port)
     try:
         await site.start()
     except OSError as error:
