@@ -209,6 +209,35 @@ class PurgeClaim(SQLModel, table=True):
     claimed_by: str = ""
 
 
+class UsageEntry(SQLModel, table=True):
+    """One model call's tokens and cost (botservice/core/usage.py). No text; kept for
+    `usage_retention_days`; forget-me blanks `user_id`. No foreign key to the turn: turns
+    are purged long before their usage."""
+
+    __tablename__ = "usage"
+    __table_args__ = (
+        Index("ix_usage_created_at", "created_at"),
+        Index("ix_usage_user", "platform", "user_id", "created_at"),
+        Index("ix_usage_channel", "platform", "workspace", "channel", "created_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    turn_id: int | None = None
+    platform: str
+    workspace: str
+    channel: str
+    user_id: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float = 0.0
+    estimated: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 def _table(model: Any) -> Table:
     return cast(Table, model.__table__)
 
@@ -220,3 +249,4 @@ TURNS = _table(Turn)
 CHANNEL_SETTINGS = _table(ChannelSetting)
 SETTING_CHANGES = _table(SettingChangeRow)
 PURGE_CLAIMS = _table(PurgeClaim)
+USAGE = _table(UsageEntry)

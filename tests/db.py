@@ -48,6 +48,7 @@ TABLES = (
     "setting_changes",
     "channel_settings",
     "purge_claims",
+    "usage",
 )
 
 T = TypeVar("T")

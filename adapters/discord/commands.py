@@ -138,6 +138,12 @@ def build_command_tree(
         await handlers.command(interaction, Command("reset"))
 
     @tree.command(
+        name="usage", description="Your tokens and cost today and this month (and the channel's)"
+    )
+    async def usage(interaction: discord.Interaction) -> None:
+        await handlers.command(interaction, Command("usage"))
+
+    @tree.command(
         name="forget-me", description="Delete every message of yours and the answers to them"
     )
     async def forget_me(interaction: discord.Interaction) -> None:

@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     purge = commands.add_parser("purge", help="delete expired data once and print the counts")
     purge.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
 
+    usage = commands.add_parser("usage", help="tokens and cost from the usage records")
+    usage.add_argument(
+        "--since",
+        default="30d",
+        type=_since,
+        help="a span back from now (30d, 12h, 2w) or a date (2026-11-01); default 30d",
+    )
+    usage.add_argument("--by", choices=("user", "channel", "model"), default="user")
+    usage.add_argument("--csv", action="store_true", help="CSV on stdout, one line per group")
+
     discord = commands.add_parser("discord", help="Discord maintenance")
     discord_commands = discord.add_subparsers(
         dest="discord_command", required=True, metavar="ACTION"
@@ -106,6 +116,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         case "purge":
             return await _purge(settings, dry_run=args.dry_run)
+        case "usage":
+            return await _usage(settings, args)
         case "discord":
             return await _discord_sync(settings, args.guild)
         case "voice":
@@ -173,7 +185,7 @@ async def _chat(settings: Settings) -> int:
     require_model_endpoint(settings)
     async with open_services(settings) as services:
         console = ConsoleAdapter(services.core)
-        scheduler = start_expiry_scheduler(services.store, settings.storage)
+        scheduler = start_expiry_scheduler(services.store, settings.storage, usage=services.usage)
         try:
             await services.core.resume_pending(console.sink_for)
             await console.serve()
@@ -188,13 +200,34 @@ async def _purge(settings: Settings, *, dry_run: bool) -> int:
 
     async with open_services(settings) as services:
         counts = await purge_once(
-            services.store, settings.storage, claim_period=False, dry_run=dry_run
+            services.store,
+            settings.storage,
+            claim_period=False,
+            dry_run=dry_run,
+            usage=services.usage,
         )
     verb = "would delete" if dry_run else "deleted"
+    usage = f", {counts.usage} usage rows" if not dry_run else ""
     print(
         f"{verb}: {counts.messages} messages, {counts.conversations} conversations, "
-        f"{counts.turns} dedupe markers"
+        f"{counts.turns} dedupe markers{usage}"
     )
+    return 0
+
+
+def _since(text: str) -> object:
+    from botservice.app.usage_report import since_argument
+
+    return since_argument(text)
+
+
+async def _usage(settings: Settings, args: argparse.Namespace) -> int:
+    from botservice.app.runtime import open_services
+    from botservice.app.usage_report import usage_report
+
+    async with open_services(settings) as services:
+        report = await usage_report(services.usage, since=args.since, by=args.by, as_csv=args.csv)
+    sys.stdout.write(report)
     return 0
 
 

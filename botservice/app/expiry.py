@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from botservice.core.ports import PurgeCounts, Store
 from botservice.core.settings import StorageSettings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
+from botservice.core.usage import UsageLedger
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ async def purge_once(
     claim_period: bool = True,
     dry_run: bool = False,
     telemetry: Telemetry = NO_TELEMETRY,
+    usage: UsageLedger | None = None,
 ) -> PurgeCounts:
     """Delete what has expired. With `claim_period`, only the first process to run
     in this period does the work, since every process's scheduler fires the job."""
@@ -44,10 +47,19 @@ async def purge_once(
     )
     if not counts.claimed:
         log.info("purge: another process took this period")
-    elif not dry_run:
+        return counts
+    if usage is not None and not dry_run:
+        # Usage rows hold no text and outlive the messages (billing looks back a year).
+        deleted = await usage.purge_usage(
+            before=now - timedelta(days=settings.usage_retention_days),
+            batch_size=settings.purge_batch_size,
+        )
+        counts = dataclasses.replace(counts, usage=deleted)
+    if not dry_run:
         telemetry.purged("messages", counts.messages)
         telemetry.purged("conversations", counts.conversations)
         telemetry.purged("turns", counts.turns)
+        telemetry.purged("usage", counts.usage)
     return counts
 
 
@@ -86,7 +98,11 @@ def until_shutdown(job: Callable[..., Awaitable[object]]) -> Callable[..., Await
 
 
 def start_expiry_scheduler(
-    store: Store, settings: StorageSettings, *, telemetry: Telemetry = NO_TELEMETRY
+    store: Store,
+    settings: StorageSettings,
+    *,
+    telemetry: Telemetry = NO_TELEMETRY,
+    usage: UsageLedger | None = None,
 ) -> AsyncIOScheduler:
     """Run the purge every `purge_interval_minutes` in the running event loop, first one at
     once, and delete expired reply secrets every minute."""
@@ -95,7 +111,7 @@ def start_expiry_scheduler(
         until_shutdown(purge_once),
         "interval",
         args=(store, settings),
-        kwargs={"telemetry": telemetry},
+        kwargs={"telemetry": telemetry, "usage": usage},
         minutes=settings.purge_interval_minutes,
         next_run_time=datetime.now(UTC),
         id="purge",

@@ -25,6 +25,7 @@ from botservice.model.tokens import TokenCounter
 from botservice.storage.engine import check_connection, create_engine, is_sqlite
 from botservice.storage.migrate import current_revision, head_revision, upgrade
 from botservice.storage.repository import SqlStore
+from botservice.storage.usage import SqlUsage
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Services:
     store: SqlStore
     model: OpenAIChatClient
     core: ConversationCore
+    usage: SqlUsage
     # Set for `botservice run` (served at /metrics); None for the console and tools.
     metrics: PrometheusTelemetry | None = None
 
@@ -77,10 +79,13 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
         await engine.dispose()
         raise
     store = SqlStore(engine)
+    usage = SqlUsage(store)
     telemetry = PrometheusTelemetry(settings) if metrics else None
     if telemetry is None:
         model = OpenAIChatClient(settings.model)
-        core = ConversationCore(settings=settings, store=store, model=model, tokens=TokenCounter())
+        core = ConversationCore(
+            settings=settings, store=store, model=model, tokens=TokenCounter(), usage=usage
+        )
     else:
         model = OpenAIChatClient(settings.model, telemetry=telemetry)
         core = ConversationCore(
@@ -89,10 +94,13 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
             model=model,
             tokens=TokenCounter(),
             telemetry=telemetry,
+            usage=usage,
         )
         telemetry.watch_core(lambda: core.load)
     try:
-        yield Services(settings=settings, store=store, model=model, core=core, metrics=telemetry)
+        yield Services(
+            settings=settings, store=store, model=model, core=core, usage=usage, metrics=telemetry
+        )
     finally:
         await core.stop()
         await model.aclose()
@@ -103,7 +111,7 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
     """Start adapters, the HTTP server and the expiry scheduler; run until SIGINT/SIGTERM."""
     settings = services.settings
     scheduler = start_expiry_scheduler(
-        services.store, settings.storage, telemetry=services.telemetry
+        services.store, settings.storage, telemetry=services.telemetry, usage=services.usage
     )
     runner: web.AppRunner | None = None
     stop = asyncio.Event()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 
 from botservice.core.errors import ModelError
 from botservice.core.events import Command, IncomingMessage
 from botservice.core.ports import ChannelSettings, ForgetCounts, ModelClient, SettingField, Store
 from botservice.core.settings import Settings
+from botservice.core.usage import UsageLedger, UsageTotals, start_of_day, start_of_month
 from botservice.core.voice_settings import DEFAULT_SPEECH_MODEL
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "retention": ("show", "set"),
     "speech": ("show", "set", "clear"),
     "reset": (),
+    "usage": (),
     "forget-me": (),
     "help": (),
 }
@@ -47,6 +50,8 @@ Commands:
                                            how answers are spoken in voice channels; without a
                                            speech endpoint the voice is espeak-ng's (e.g. en-gb)
   reset                                    start this conversation afresh (nothing is deleted)
+  usage                                    your tokens and cost today and this month (and the
+                                           channel's, for channel managers)
   forget-me                                delete every message of yours and the answers to them
   help                                     this list
 Changing instructions, model, retention or speech needs the channel-manager right."""
@@ -94,11 +99,17 @@ class CommandRunner:
     """Runs one command for one message and returns the sentence to answer with."""
 
     def __init__(
-        self, *, settings: Settings, store: Store, model: ModelClient | None = None
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        model: ModelClient | None = None,
+        usage: UsageLedger | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._models = model
+        self._usage = usage
 
     async def run(self, message: IncomingMessage, command: Command) -> str:
         match command.name:
@@ -113,8 +124,16 @@ class CommandRunner:
             case "reset":
                 await self._store.reset_conversation(message.conversation)
                 return "Done: the next message here starts a fresh conversation."
+            case "usage":
+                return await self._usage_report(message)
             case "forget-me":
-                return _forgotten(await self._store.forget_user(message.platform, message.user_id))
+                counts = await self._store.forget_user(message.platform, message.user_id)
+                reply = _forgotten(counts)
+                if self._usage is not None and await self._usage.forget_usage_of(
+                    message.platform, message.user_id
+                ):
+                    reply += " Your usage records (token counts, no text) no longer name you."
+                return reply
             case "help":
                 return HELP_TEXT
             case _:
@@ -223,6 +242,34 @@ class CommandRunner:
         model = _or_default(current.speech_model, defaults.speech_model or DEFAULT_SPEECH_MODEL)
         return f"This channel speaks in the voice {voice} with the speech model {model}."
 
+    async def _usage_report(self, message: IncomingMessage) -> str:
+        if self._usage is None:
+            return "Usage is not recorded here."
+        now = datetime.now(UTC)
+        day, month = start_of_day(now), start_of_month(now)
+        usage = self._usage
+
+        async def totals(since: datetime, **who: str) -> UsageTotals:
+            return await usage.usage_totals(platform=message.platform, since=since, **who)
+
+        lines = [
+            "Your usage: today "
+            + _spent(await totals(day, user_id=message.user_id))
+            + "; this month "
+            + _spent(await totals(month, user_id=message.user_id))
+            + "."
+        ]
+        if message.is_channel_admin or message.user_id in self._settings.access.admin_user_ids:
+            place = {"workspace": message.workspace, "channel": message.channel}
+            lines.append(
+                "This channel: today "
+                + _spent(await totals(day, **place))
+                + "; this month "
+                + _spent(await totals(month, **place))
+                + "."
+            )
+        return "\n".join(lines)
+
     async def _channel(self, message: IncomingMessage) -> ChannelSettings:
         return await self._store.channel_settings(
             message.platform, message.workspace, message.channel
@@ -275,6 +322,13 @@ def _forgotten(counts: ForgetCounts) -> str:
             "force but no longer carry your name."
         )
     return reply
+
+
+def _spent(totals: UsageTotals) -> str:
+    text = f"{totals.tokens:,} tokens in {totals.calls:,} answer{_s(totals.calls)}"
+    if totals.cost:
+        text += f" (${totals.cost:,.4f})"
+    return text
 
 
 def _choose_from(names: list[str]) -> str:

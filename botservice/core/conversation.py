@@ -61,6 +61,7 @@ from botservice.core.settings import Settings
 from botservice.core.streaming import ThrottledUpdates
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry, failure_reason
 from botservice.core.text import clean_text, estimate_tokens
+from botservice.core.usage import Quotas, UsageLedger, usage_record
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class _Turn:
     resumed: bool = False
     # When the message was stored: the latencies an operator sees count from here.
     created_at: datetime | None = None
+    user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +146,12 @@ class ConversationCore:
         tokens: TokenCounting | None = None,
         holder: str | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
+        usage: UsageLedger | None = None,
     ) -> None:
         self._settings = settings
+        # Where each answer's tokens and cost are kept, and the quotas read them.
+        self._usage = usage
+        self._quotas = Quotas(settings, usage) if usage is not None else None
         # Public: adapters report their platform calls through the same observer.
         self.telemetry = telemetry
         self._store = store
@@ -153,7 +159,7 @@ class ConversationCore:
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
         self._limits = Limits(settings.limits, store)
-        self._commands = CommandRunner(settings=settings, store=store, model=model)
+        self._commands = CommandRunner(settings=settings, store=store, model=model, usage=usage)
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -208,8 +214,10 @@ class ConversationCore:
             self.telemetry.message_redelivered(message.platform)
             return None
         text = clean_text(message.text)
-        if refusal := self._refusal(text, message.attachments) or await self._limits.refusal(
-            message
+        if refusal := (
+            self._refusal(text, message.attachments)
+            or await self._limits.refusal(message)
+            or (await self._quotas.refusal(message) if self._quotas is not None else None)
         ):
             if await self._store.claim_key(message.platform, message.message_key):
                 await sink.notice(refusal, private=False)
@@ -485,6 +493,7 @@ class ConversationCore:
             ),
             resumed=claimed.claims > 1 or accepted is None,
             created_at=claimed.created_at,
+            user_id=claimed.user_id,
         )
         self.telemetry.turn_started(claimed.platform, resumed=turn.resumed)
         try:
@@ -617,7 +626,9 @@ class ConversationCore:
                             observer.observe(so_far)
                 except ModelError as error:
                     await updates.close()
-                    await self._fail(turn, sink, error, "".join(parts), model, reply_ref)
+                    await self._fail(
+                        turn, sink, error, "".join(parts), model, reply_ref, prompt.tokens
+                    )
                     return
         except GateFull:
             # The message stays stored; only this answer is declined.
@@ -649,10 +660,36 @@ class ConversationCore:
             reply_ref=reply_ref,
         )
         telemetry.turn_finished(key.platform, "answered" if saved else "taken_over")
+        await self._record_usage(turn, model, stream.usage, prompt.tokens, answer)
         if channel.retention_days == 0:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
+
+    async def _record_usage(
+        self, turn: _Turn, model: str, usage: Usage | None, prompt_tokens: int, answer: str
+    ) -> None:
+        """Keep the call's tokens and cost in the usage ledger (our estimate when the
+        endpoint reported none). A database outage loses this row, never the answer."""
+        if self._usage is None:
+            return
+        key = turn.key
+        record = usage_record(
+            self._settings,
+            turn_id=turn.turn_id,
+            message_platform=key.platform,
+            workspace=key.workspace,
+            channel=key.channel,
+            user_id=turn.user_id,
+            model=model,
+            usage=usage,
+            estimated_prompt_tokens=prompt_tokens,
+            estimated_completion_tokens=self._count_tokens(answer) if usage is None else 0,
+        )
+        try:
+            await self._usage.record_usage(record)
+        except StoreUnavailable:
+            log.warning("the usage of turn %d was not recorded: database unreachable", turn.turn_id)
 
     async def _first_trim_notice(self, conversation_id: int) -> bool:
         try:
@@ -754,6 +791,7 @@ class ConversationCore:
         partial: str,
         model: str,
         reply_ref: str | None,
+        prompt_tokens: int = 0,
     ) -> None:
         log.warning("model call for turn %d failed: %s", turn.turn_id, type(error).__name__)
         if not partial:
@@ -772,6 +810,8 @@ class ConversationCore:
             turn, text=partial, usage=None, status="interrupted", model=model, reply_ref=reply_ref
         )
         self.telemetry.turn_finished(turn.key.platform, "interrupted", failure_reason(error))
+        # The endpoint spent what it streamed; it reported no usage for a cut stream.
+        await self._record_usage(turn, model, None, prompt_tokens, partial)
 
     @staticmethod
     def _age(turn: _Turn) -> float:

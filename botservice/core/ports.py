@@ -210,6 +210,7 @@ class PurgeCounts:
     conversations: int = 0
     turns: int = 0
     claimed: bool = True
+    usage: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,7 @@ EXPECTED_COMMANDS = {
     "retention",
     "reset",
     "forget-me",
+    "usage",
     "help",
     "voice",
 }

@@ -174,6 +174,10 @@ class FakeModelServer:
         self.answer = answer
         self.default_delay_between_chunks = default_delay_between_chunks
         self.transcript = "hello from the fake transcriber"
+        # Reported in usage as OpenAI does (`prompt_tokens_details.cached_tokens`,
+        # `completion_tokens_details.reasoning_tokens`) when not zero.
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
         # Seconds a transcription takes (a long clip on a busy endpoint).
         self.transcription_delay = 0.0
         # Set: the audio endpoints answer with this HTTP status and an error that
@@ -322,7 +326,7 @@ class FakeModelServer:
         wants_usage = (body.get("stream_options") or {}).get("include_usage")
         if wants_usage and not (isinstance(behaviour, Reply) and not behaviour.include_usage):
             usage_chunk = _chunk(chunk_id, model, None)
-            usage_chunk["usage"] = _usage(body, len(pieces))
+            usage_chunk["usage"] = self._usage(body, len(pieces))
             events.append(_event(usage_chunk))
         events.append(b"data: [DONE]\n\n")
         delay = (
@@ -356,8 +360,16 @@ class FakeModelServer:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": _usage(body, len(_split(text, None))),
+            "usage": self._usage(body, len(_split(text, None))),
         }
+
+    def _usage(self, body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
+        usage: dict[str, Any] = _usage(body, completion_tokens)
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
 
     # --- audio ---
 
