@@ -23,7 +23,7 @@ from botservice.core.usage import UsageRecord, resets
 from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
 from botservice.storage.tables import USAGE
-from botservice.storage.usage import SqlUsage
+from botservice.storage.usage_ledger import SqlUsage
 from tests.chat_kit import Chat, settings_for
 from tests.fakes.model_server import FakeModelServer, Reply
 

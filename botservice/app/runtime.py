@@ -25,7 +25,7 @@ from botservice.model.tokens import TokenCounter
 from botservice.storage.engine import check_connection, create_engine, is_sqlite
 from botservice.storage.migrate import current_revision, head_revision, upgrade
 from botservice.storage.repository import SqlStore
-from botservice.storage.usage import SqlUsage
+from botservice.storage.usage_ledger import SqlUsage
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Usage and cost: what each model call spent, who it was for, and the quotas on it.
 
 Every answer's tokens are kept as one row of the usage ledger (`UsageLedger`, in
-storage/usage.py) with the platform, workspace, channel, person and model, and its
+storage/usage_ledger.py) with the platform, workspace, channel, person and model, and its
 cost at the prices configured when it was spent. The rows hold no text and outlive
 the messages (`storage.usage_retention_days`); forget-me removes the person from them.
 Quotas read the ledger before a message is taken, so they hold across processes.
@@ -67,7 +67,7 @@ class UsageRow:
 
 
 class UsageLedger(Protocol):
-    """The usage rows (storage/usage.py implements it over the service's database)."""
+    """The usage rows (storage/usage_ledger.py implements it over the service's database)."""
 
     async def record_usage(self, record: UsageRecord) -> None: ...
 
