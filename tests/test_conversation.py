@@ -367,13 +367,13 @@ async def test_forget_me_takes_the_answers_that_repeat_me_and_leaves_my_settings
 
 
 async def test_an_answer_whose_question_is_gone_is_left_out_of_the_prompt(
-    chat: Chat, fake_model: FakeModelServer, core: ConversationCore
+    chat: Chat, fake_model: FakeModelServer, core: ConversationCore, sqlite_store: SqlStore
 ) -> None:
     await chat.say("first question")
     second = dataclasses.replace(chat.message("second question"), platform_message_id="pm2")
     await core.handle(second, RecordingSink())
     # The person deletes their second message on the platform; its answer stays stored.
-    assert await core.delete_platform_message("test", "W1", "C1", "pm2") == 1
+    assert await sqlite_store.delete_platform_message("test", "W1", "C1", "pm2") == 1
     await chat.say("third question")
 
     prompt = prompt_of(fake_model)

@@ -146,7 +146,7 @@ class DiscordMessages:
         if parent_is_bot:
             # A chain answered before this process started: the store knows which
             # conversation the bot's answer belongs to.
-            stored = await self._context.core.thread_of_message(
+            stored = await self._context.lookups.thread_of_message(
                 events.PLATFORM,
                 str(message.guild.id) if message.guild else events.DM_WORKSPACE,
                 str(message.channel.id),

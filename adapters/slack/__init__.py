@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.ports import Adapter
+from botservice.core.ports import Adapter, Lookups
 from botservice.core.settings import Settings
 
 
-def create_adapter(settings: Settings, core: ConversationCore) -> Adapter:
-    """Build the Slack adapter. Raises `ConfigError` when the credentials do not fit together."""
+def create_adapter(settings: Settings, core: ConversationCore, lookups: Lookups) -> Adapter:
+    """Build the Slack adapter; `lookups` is the store's port for adapters. Raises `ConfigError` when the credentials do not fit together."""
     from botservice.adapters.slack.app import SlackAdapter
 
-    return SlackAdapter(settings, core)
+    return SlackAdapter(settings, core, lookups)
 
 
 __all__ = ["create_adapter"]

@@ -56,7 +56,7 @@ from botservice.core.commands import parse_command
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError, StoreUnavailable
 from botservice.core.events import Command, ContextMessage, ConversationKey
-from botservice.core.ports import PendingTurn, ReplySink
+from botservice.core.ports import Lookups, PendingTurn, ReplySink
 from botservice.core.settings import Settings
 from botservice.voice.transcription import Transcriber
 
@@ -83,10 +83,12 @@ class SlackAdapter:
 
     platform = PLATFORM
 
-    def __init__(self, settings: Settings, core: ConversationCore) -> None:
+    def __init__(self, settings: Settings, core: ConversationCore, lookups: Lookups) -> None:
         slack = settings.slack
         self._settings = settings
         self._core = core
+        # Asked before an event is acknowledged, and for what Slack says is gone.
+        self._lookups = lookups
         self._api_url = slack.api_url
         self._signing_secret = (
             slack.signing_secret.get_secret_value() if slack.signing_secret else ""
@@ -391,7 +393,9 @@ class SlackAdapter:
     # --- the rest of Slack's events -------------------------------------------------------
 
     async def _delete(self, action: DeleteMessage) -> None:
-        await self._core.delete_platform_message(PLATFORM, action.team, action.channel, action.ts)
+        await self._lookups.delete_platform_message(
+            PLATFORM, action.team, action.channel, action.ts
+        )
 
     async def _forget_workspace(self, action: WorkspaceGone) -> None:
         log.info(
@@ -403,7 +407,7 @@ class SlackAdapter:
             await self._oauth.delete_workspace(action.enterprise, action.team)
         self._users.forget_workspace(action.team)
         self._known.forget_workspace(action.team)
-        await self._core.forget_workspace(PLATFORM, action.team)
+        await self._lookups.forget_workspace(PLATFORM, action.team)
 
     async def _suggest_prompts(
         self, client: AsyncWebClient, action: AssistantThreadStarted
@@ -430,7 +434,7 @@ class SlackAdapter:
 
     async def _core_knows(self, key: ConversationKey) -> bool:
         # From the store, so it holds across restarts and processes.
-        return await self._core.has_conversation(key)
+        return await self._lookups.has_conversation(key)
 
     async def _token_for(self, target: ReplyTarget) -> str | None:
         if self._oauth is None:

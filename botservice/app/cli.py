@@ -129,11 +129,11 @@ async def _run(settings: Settings) -> int:
         if settings.slack.configured:
             from botservice.adapters.slack import create_adapter as create_slack
 
-            adapters.append(create_slack(settings, services.core))
+            adapters.append(create_slack(settings, services.core, services.store))
         if settings.discord.configured:
             from botservice.adapters.discord import create_adapter as create_discord
 
-            adapters.append(create_discord(settings, services.core))
+            adapters.append(create_discord(settings, services.core, services.store))
         if no_platform:
             # A platform's process (a Procfile `web:`) has no terminal: stay up and
             # answer health checks instead of exiting, which would only be restarted.

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from botservice.core.ports import PurgeCounts, Store
+from botservice.core.ports import PurgeCounts, PurgeStore
 from botservice.core.settings import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ REPLY_SECRETS_INTERVAL_SECONDS = 60
 
 
 async def purge_once(
-    store: Store,
+    store: PurgeStore,
     settings: StorageSettings,
     *,
     now: datetime | None = None,
@@ -46,7 +46,7 @@ async def purge_once(
 
 
 async def forget_reply_secrets(
-    store: Store, settings: StorageSettings, *, now: datetime | None = None
+    store: PurgeStore, settings: StorageSettings, *, now: datetime | None = None
 ) -> int:
     """Delete credentials kept to answer after a restart (Discord interaction tokens)
     once they have expired. Cheap and idempotent, so every process runs it."""
@@ -79,7 +79,7 @@ def until_shutdown(job: Callable[..., Awaitable[object]]) -> Callable[..., Await
     return run
 
 
-def start_expiry_scheduler(store: Store, settings: StorageSettings) -> AsyncIOScheduler:
+def start_expiry_scheduler(store: PurgeStore, settings: StorageSettings) -> AsyncIOScheduler:
     """Run the purge every `purge_interval_minutes` in the running event loop, first one at
     once, and delete expired reply secrets every minute."""
     scheduler = AsyncIOScheduler(timezone=UTC)

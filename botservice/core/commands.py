@@ -7,7 +7,13 @@ import re
 
 from botservice.core.errors import ModelError
 from botservice.core.events import Command, IncomingMessage
-from botservice.core.ports import ChannelSettings, ForgetCounts, ModelClient, SettingField, Store
+from botservice.core.ports import (
+    ChannelSettings,
+    CommandStore,
+    ForgetCounts,
+    ModelClient,
+    SettingField,
+)
 from botservice.core.settings import Settings
 from botservice.core.voice_settings import DEFAULT_SPEECH_MODEL
 
@@ -94,7 +100,7 @@ class CommandRunner:
     """Runs one command for one message and returns the sentence to answer with."""
 
     def __init__(
-        self, *, settings: Settings, store: Store, model: ModelClient | None = None
+        self, *, settings: Settings, store: CommandStore, model: ModelClient | None = None
     ) -> None:
         self._settings = settings
         self._store = store

@@ -36,15 +36,14 @@ from botservice.core.events import (
 )
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.ports import (
-    ChannelSettings,
     ChatRequest,
     Claim,
+    CoreStore,
     HearingSink,
     MessageStatus,
     ModelClient,
     PendingTurn,
     ReplySink,
-    Store,
     StreamObserver,
     TokenCounting,
     Usage,
@@ -124,7 +123,7 @@ class ConversationCore:
         self,
         *,
         settings: Settings,
-        store: Store,
+        store: CoreStore,
         model: ModelClient,
         tokens: TokenCounting | None = None,
         holder: str | None = None,
@@ -300,38 +299,6 @@ class ConversationCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._upkeep
         await self._tasks.cancel_all()
-
-    # --- what adapters ask of the store, through the core ---------------------------
-
-    async def has_conversation(self, key: ConversationKey) -> bool:
-        """Whether the bot is part of this conversation (so follow-ups need no mention)."""
-        return await self._store.has_conversation(key)
-
-    async def thread_of_message(
-        self, platform: str, workspace: str, channel: str, platform_message_id: str
-    ) -> str | None:
-        """The thread of the conversation a platform message or answer belongs to."""
-        return await self._store.thread_of_message(
-            platform, workspace, channel, platform_message_id
-        )
-
-    async def delete_platform_message(
-        self, platform: str, workspace: str, channel: str, platform_message_id: str
-    ) -> int:
-        """A person deleted their message on the platform: delete the stored copy."""
-        return await self._store.delete_platform_message(
-            platform, workspace, channel, platform_message_id
-        )
-
-    async def channel_settings(
-        self, platform: str, workspace: str, channel: str
-    ) -> ChannelSettings:
-        """A channel's own settings, else its workspace's (speech reads its voice here)."""
-        return await self._store.channel_settings(platform, workspace, channel)
-
-    async def forget_workspace(self, platform: str, workspace: str) -> int:
-        """The app left a workspace: delete everything stored about it."""
-        return await self._store.forget_workspace(platform, workspace)
 
     async def drain(self) -> None:
         """Wait for every answer in flight (used at shutdown and by tests)."""

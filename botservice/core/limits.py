@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as clock_time
-from typing import Protocol
 
 from botservice.core.events import IncomingMessage
+from botservice.core.ports import TokenUsage
 from botservice.core.settings import LimitSettings
 
 BUSY = "I'm busy, please try again in a minute."
@@ -29,20 +29,6 @@ BUSY = "I'm busy, please try again in a minute."
 _REMEMBERED_VERDICTS = 10_000
 # Buckets of people who stopped writing are dropped once there are this many.
 _MAX_BUCKETS = 100_000
-
-
-class TokenUsage(Protocol):
-    """What the daily budgets read from storage (the store implements it)."""
-
-    async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
-        """Tokens the model spent since `since` answering this person's messages."""
-        ...
-
-    async def tokens_used_in_channel(
-        self, platform: str, workspace: str, channel: str, *, since: datetime
-    ) -> int:
-        """Tokens the model spent since `since` answering in this channel."""
-        ...
 
 
 class GateFull(Exception):

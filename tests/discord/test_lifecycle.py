@@ -26,7 +26,7 @@ async def _start(server: FakeDiscordServer, settings: Settings, store: SqlStore,
     configured = discord_settings(server, settings, **discord)
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=store, model=model)
-    adapter = create_adapter(configured, core, guild_ready_timeout=0.05)
+    adapter = create_adapter(configured, core, store, guild_ready_timeout=0.05)
     return adapter, model
 
 

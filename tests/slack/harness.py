@@ -89,7 +89,7 @@ class SlackHarness:
     async def start(cls, slack: FakeSlackApi, settings: Settings, store: SqlStore) -> SlackHarness:
         model = OpenAIChatClient(settings.model)
         core = ConversationCore(settings=settings, store=store, model=model)
-        adapter = create_adapter(settings, core)
+        adapter = create_adapter(settings, core, store)
         harness = cls(slack, settings, store, core, model, adapter)
         app = web.Application()
         app.router.add_get("/healthz", _healthz)
