@@ -24,6 +24,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 from botservice.core.text import estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -128,17 +130,13 @@ class _CountCache:
 
     def __init__(self, encode: Callable[[str], list[int]], capacity: int) -> None:
         self._encode = encode
-        self._capacity = capacity
-        self._counts: dict[tuple[int, int], int] = {}  # oldest use first
+        self._counts: LRUCache[tuple[int, int], int] = LRUCache(capacity)
 
     def __call__(self, text: str) -> int:
         key = (hash(text), len(text))
-        count = self._counts.pop(key, None)
+        count = self._counts.get(key)  # a hit counts as a use
         if count is None:
-            count = len(self._encode(text))
-            if len(self._counts) >= self._capacity:
-                self._counts.pop(next(iter(self._counts)), None)
-        self._counts[key] = count
+            count = self._counts[key] = len(self._encode(text))
         return count
 
 
