@@ -48,6 +48,9 @@ TABLES = (
     "setting_changes",
     "channel_settings",
     "purge_claims",
+    "slack_installations",
+    "slack_bots",
+    "slack_oauth_states",
 )
 
 T = TypeVar("T")

@@ -26,6 +26,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.adapters.slack.audio import SlackHearing
 from botservice.adapters.slack.budget import UpdateBudget
@@ -83,7 +84,14 @@ class SlackAdapter:
 
     platform = PLATFORM
 
-    def __init__(self, settings: Settings, core: ConversationCore, lookups: Lookups) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        core: ConversationCore,
+        lookups: Lookups,
+        *,
+        database: AsyncEngine | None = None,
+    ) -> None:
         slack = settings.slack
         self._settings = settings
         self._core = core
@@ -119,7 +127,11 @@ class SlackAdapter:
         self._bot_token = bot_token
         self._signature = SignatureCheck(self._signing_secret)
         self._rejections = RejectionLog()
-        self._oauth = SlackOAuth.from_settings(settings) if not bot_token else None
+        self._oauth: SlackOAuth | None = None
+        if not bot_token:
+            if database is None:
+                raise TypeError("multi-workspace installs need the bot's database engine")
+            self._oauth = SlackOAuth.from_settings(settings, database)
         self._app = AsyncApp(
             client=self._client,
             signing_secret=self._signing_secret or "socket-mode-only",
@@ -152,9 +164,7 @@ class SlackAdapter:
             self._session = aiohttp.ClientSession()
             # Every per-request client Bolt builds reuses this session's pool.
             self._client.session = self._session
-        if self._oauth is not None:
-            await self._oauth.open()
-        else:
+        if self._oauth is None:
             await self._check_bot_token()
         if self._socket is not None:
             await self._socket.start()
@@ -182,8 +192,6 @@ class SlackAdapter:
         if self._socket is not None:
             await self._socket.stop()
         await self._tasks.cancel_all()
-        if self._oauth is not None:
-            await self._oauth.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

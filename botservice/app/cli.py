@@ -129,7 +129,9 @@ async def _run(settings: Settings) -> int:
         if settings.slack.configured:
             from botservice.adapters.slack import create_adapter as create_slack
 
-            adapters.append(create_slack(settings, services.core, services.store))
+            adapters.append(
+                create_slack(settings, services.core, services.store, database=services.database)
+            )
         if settings.discord.configured:
             from botservice.adapters.discord import create_adapter as create_discord
 

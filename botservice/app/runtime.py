@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.app.expiry import start_expiry_scheduler
 from botservice.core.conversation import ConversationCore
@@ -18,7 +19,12 @@ from botservice.core.ports import Adapter, PendingTurn, ReplySink, Store
 from botservice.core.settings import Settings
 from botservice.model.client import OpenAIChatClient
 from botservice.model.tokens import TokenCounter
-from botservice.storage.engine import check_connection, create_engine, is_sqlite
+from botservice.storage.engine import (
+    SQLITE_WRITE_OPTION,
+    check_connection,
+    create_engine,
+    is_sqlite,
+)
 from botservice.storage.migrate import current_revision, head_revision, upgrade
 from botservice.storage.repository import SqlStore
 
@@ -33,6 +39,25 @@ class Services:
     store: SqlStore
     model: OpenAIChatClient
     core: ConversationCore
+
+    @property
+    def database(self) -> AsyncEngine:
+        """The one engine, for libraries that keep tables of their own in it (slack-sdk's
+        OAuth stores); see `library_engine`."""
+        return library_engine(self.store)
+
+
+def library_engine(store: SqlStore) -> AsyncEngine:
+    """The store's engine as handed to a library that runs its own statements on our
+    migrated tables (slack-sdk's OAuth stores).
+
+    On SQLite each of its transactions takes the write lock when it begins: the
+    stores' writes read first (find the row, then insert or update), and a read
+    that turns into a write fails with SQLITE_BUSY, without waiting, once another
+    connection has written in between. Their reads are one short SELECT each. The
+    option is ignored on PostgreSQL. The store owns and disposes of the engine.
+    """
+    return store.engine.execution_options(**{SQLITE_WRITE_OPTION: True})
 
 
 def require_model_endpoint(settings: Settings) -> None:

@@ -13,11 +13,12 @@ import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
+
+from cachetools import FIFOCache
 
 from botservice.core.background import BackgroundTasks
 from botservice.core.commands import CommandRunner
@@ -141,7 +142,7 @@ class ConversationCore:
         self._accepted: dict[int, _Accepted] = {}
         # Message keys this process stored (or found stored), newest last: the
         # database decides, this only spares it the question for a repeat.
-        self._taken: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._taken: FIFOCache[tuple[str, str], None] = FIFOCache(REMEMBERED_MESSAGE_KEYS)
         self._drivers: dict[int, asyncio.Task[None]] = {}
         self._wanted: set[int] = set()  # conversations with work since their driver looked
         self._running: set[int] = set()  # turns this process holds
@@ -222,8 +223,6 @@ class ConversationCore:
 
     def _remember_taken(self, key: tuple[str, str]) -> None:
         self._taken[key] = None
-        if len(self._taken) > REMEMBERED_MESSAGE_KEYS:
-            self._taken.popitem(last=False)
 
     async def handle(self, message: IncomingMessage, sink: ReplySink) -> bool:
         """Submit and wait for the answer. False when the message was not taken."""

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as clock_time
+
+from cachetools import FIFOCache
 
 from botservice.core.events import IncomingMessage
 from botservice.core.ports import TokenUsage
@@ -143,7 +145,7 @@ class Limits:
         self._usage = usage
         self._now = now
         self._rate = MessageRate(settings.messages_per_minute, clock=clock)
-        self._verdicts: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._verdicts: FIFOCache[tuple[str, str], str | None] = FIFOCache(_REMEMBERED_VERDICTS)
         self.gate = ModelCallGate(settings.max_concurrent_model_calls, settings.max_queued_turns)
 
     async def refusal(self, message: IncomingMessage) -> str | None:
@@ -153,8 +155,6 @@ class Limits:
             return self._verdicts[key]
         verdict = self._rate_refusal(message) or await self._budget_refusal(message)
         self._verdicts[key] = verdict
-        if len(self._verdicts) > _REMEMBERED_VERDICTS:
-            self._verdicts.popitem(last=False)
         return verdict
 
     def _rate_refusal(self, message: IncomingMessage) -> str | None:
