@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,9 +23,6 @@ from botservice.core.redact import redact_url, scrub
 from botservice.core.settings import Settings
 
 DEFAULT_CONFIG_PATH = Path("config/botservice.toml")
-# The defaults ship inside the package too, so an installed `botservice` works
-# from any directory.
-PACKAGED_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "botservice.toml"
 
 
 # Environment variable -> (section, key). Secrets are only ever read from here.
@@ -53,8 +52,18 @@ _LIST_KEYS = {"shard_ids", "admin_user_ids"}
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file named by BOTSERVICE_CONFIG (or the default) and apply the environment."""
     env = os.environ if environ is None else environ
-    path = Path(env["BOTSERVICE_CONFIG"]) if env.get("BOTSERVICE_CONFIG") else _default_path()
-    data = _read_toml(path, explicit="BOTSERVICE_CONFIG" in env)
+    if env.get("BOTSERVICE_CONFIG"):
+        path: Path | Traversable = Path(env["BOTSERVICE_CONFIG"])
+        missing = f"no settings file at {path}"
+    else:
+        path = _default_path()
+        # Never fall back to the code's defaults in silence: they differ from the
+        # shipped ones (the instructions, the models), so a broken install says so.
+        missing = (
+            f"the shipped defaults ({path}) are missing from this installation; "
+            "reinstall botservice or point BOTSERVICE_CONFIG at a settings file"
+        )
+    data = _read_toml(path, missing=missing)
     _refuse_secrets_in_file(data, path)
     _apply_environment(data, env)
     try:
@@ -67,23 +76,35 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
-def _default_path() -> Path:
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else PACKAGED_CONFIG_PATH
+def packaged_defaults() -> Traversable:
+    """The shipped `config/botservice.toml`, read through the installed package.
+
+    `botservice/config` is a symlink to the repository's top-level `config/` (the
+    design fixes that folder), the same way `adapters/` and `storage/` become
+    `botservice.adapters` and `botservice.storage`: setuptools follows it into the
+    wheel as package data, and an editable install resolves it in the checkout, so
+    both read one file and there is no copy to keep in step (a build step copying
+    the file would need a setuptools plugin, and an editable install would skip it).
+    """
+    return resources.files("botservice") / "config" / "botservice.toml"
 
 
-def _read_toml(path: Path, *, explicit: bool) -> dict[str, Any]:
+def _default_path() -> Path | Traversable:
+    # A `config/botservice.toml` in the working directory (a checkout) comes first.
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else packaged_defaults()
+
+
+def _read_toml(path: Path | Traversable, *, missing: str) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
-        if explicit:
-            raise ConfigError("BOTSERVICE_CONFIG", f"no settings file at {path}") from None
-        return {}
+        raise ConfigError("BOTSERVICE_CONFIG", missing) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), f"is not valid TOML ({error})") from None
 
 
-def _refuse_secrets_in_file(data: Mapping[str, Any], path: Path) -> None:
+def _refuse_secrets_in_file(data: Mapping[str, Any], path: Path | Traversable) -> None:
     for section, values in data.items():
         if isinstance(values, Mapping):
             for key in values:
