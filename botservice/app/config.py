@@ -7,6 +7,7 @@ into one sentence and exit status 2.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ from botservice.core.settings import Settings
 
 DEFAULT_CONFIG_PATH = Path("config/botservice.toml")
 
+log = logging.getLogger(__name__)
+
 
 # Environment variable -> (section, key). Secrets are only ever read from here.
 _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
@@ -31,7 +34,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "OPENAI_BASE_URL": ("model", "base_url"),
     "BOTSERVICE_MODEL": ("model", "name"),
     "DATABASE_URL": ("database_url",),
-    "PORT": ("server", "port"),
+    "PORT": ("http", "port"),
     "BOTSERVICE_LOG_LEVEL": ("log_level",),
     "SLACK_BOT_TOKEN": ("slack", "bot_token"),
     "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
@@ -65,6 +68,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
     data = _read_toml(path, missing=missing)
     _refuse_secrets_in_file(data, path)
+    _read_old_server_section(data, path)
     _apply_environment(data, env)
     try:
         settings = Settings.model_validate(data)
@@ -116,17 +120,44 @@ def _refuse_secrets_in_file(data: Mapping[str, Any], path: Path | Traversable) -
 
 
 def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, path in _ENV_OVERRIDES.items():
-        value = env.get(name)
-        if value:
-            _set_path(data, path, _list_value(path[-1], value))
-    # Any other setting: BOTSERVICE_<SECTION>__<KEY>, e.g. BOTSERVICE_STORAGE__RETENTION_DAYS=7.
+    # Any setting: BOTSERVICE_<SECTION>__<KEY>, e.g. BOTSERVICE_STORAGE__RETENTION_DAYS=7.
     for name, value in env.items():
         if name.startswith("BOTSERVICE_") and "__" in name:
             section, _, key = name.removeprefix("BOTSERVICE_").lower().partition("__")
             if key in _SECRET_KEYS:
                 continue
+            if section == _OLD_HTTP_SECTION:
+                section = "http"
+                _warn_renamed(name, f"BOTSERVICE_HTTP__{key.upper()}")
             _set_path(data, (section, key), _list_value(key, value))
+    # The named variables come last, so they win: a platform's PORT is the port.
+    for name, path in _ENV_OVERRIDES.items():
+        if named := env.get(name):
+            _set_path(data, path, _list_value(path[-1], named))
+
+
+# `[server]` became `[http]` (with `host` beside `port`). A file or a variable
+# written for the old name keeps working, with a warning, rather than stopping a
+# deployment that worked; `[http]` and the environment win over it.
+_OLD_HTTP_SECTION = "server"
+
+
+def _read_old_server_section(data: dict[str, Any], path: Path | Traversable) -> None:
+    old = data.pop(_OLD_HTTP_SECTION, None)
+    if old is None:
+        return
+    if not isinstance(old, Mapping):
+        raise ConfigError(_OLD_HTTP_SECTION, f"is now called [http]; rename it in {path}")
+    http = data.setdefault("http", {})
+    for key, value in old.items():
+        http.setdefault(key, value)
+    _warn_renamed(f"[{_OLD_HTTP_SECTION}] in {path}", "[http]")
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    # Settings load before logging is set up: Python's last-resort handler prints
+    # this one line to stderr, which is where an operator looks.
+    log.warning("settings: %s is deprecated; rename it to %s (it means the same)", old, new)
 
 
 def _list_value(key: str, value: str) -> Any:
