@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -113,7 +114,9 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
             loop.add_signal_handler(signum, stop.set)
     try:
         if with_http:
-            runner = await start_http_server(services.store, adapters, settings.server.port)
+            runner = await start_http_server(
+                services.store, adapters, settings.http.port, host=settings.http.host
+            )
         for adapter in adapters:
             await adapter.start()
             log.info("%s adapter started", adapter.platform)
@@ -133,7 +136,9 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         scheduler.shutdown(wait=False)
 
 
-async def start_http_server(store: Store, adapters: Sequence[Adapter], port: int) -> web.AppRunner:
+async def start_http_server(
+    store: Store, adapters: Sequence[Adapter], port: int, *, host: str = "0.0.0.0"
+) -> web.AppRunner:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", Readiness(store, adapters).handle)
@@ -141,13 +146,19 @@ async def start_http_server(store: Store, adapters: Sequence[Adapter], port: int
         app.router.add_routes(adapter.http_routes())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host="0.0.0.0", port=port)
+    site = web.TCPSite(runner, host=host, port=port)
     try:
         await site.start()
     except OSError as error:
         await runner.cleanup()
-        raise ConfigError("PORT", f"cannot listen on port {port} ({error.strerror})") from None
-    log.info("HTTP server listening on port %d", port)
+        # A taken or forbidden port is the port's fault; an unknown name or an
+        # address this machine does not have is the host's.
+        port_problem = error.errno in (errno.EADDRINUSE, errno.EACCES)
+        raise ConfigError(
+            "PORT" if port_problem else "http.host",
+            f"cannot listen on {host}:{port} ({error.strerror})",
+        ) from None
+    log.info("HTTP server listening on %s:%d", host, port)
     return runner
 
 

@@ -72,7 +72,12 @@ class AccessSettings(_Section):
     admin_user_ids: tuple[str, ...] = ()
 
 
-class ServerSettings(_Section):
+class HttpSettings(_Section):
+    """Where the HTTP server (Slack events, health checks) listens. `[server]`, its
+    old name, is still read (see `botservice.app.config`)."""
+
+    # Every interface: a platform's router or load balancer reaches the process from outside.
+    host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(default=3000, ge=0, le=65535)
 
 
@@ -111,7 +116,7 @@ class Settings(_Section):
     access: AccessSettings = AccessSettings()
     images: ImageSettings = ImageSettings()
     limits: LimitSettings = LimitSettings()
-    server: ServerSettings = ServerSettings()
+    http: HttpSettings = HttpSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
     voice: VoiceSettings = VoiceSettings()
