@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from botservice import __version__
 from botservice.app.config import load_settings
@@ -173,15 +175,69 @@ async def _chat(settings: Settings) -> int:
     from botservice.app.runtime import open_services, require_model_endpoint
 
     require_model_endpoint(settings)
-    async with open_services(settings) as services:
-        console = ConsoleAdapter(services.core)
-        scheduler = start_expiry_scheduler(services.store, settings.storage)
-        try:
-            await services.core.resume_pending(console.sink_for)
-            await console.serve()
-        finally:
-            scheduler.shutdown(wait=False)
+    console: ConsoleAdapter | None = None
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        if console is not None:
+            console.close_input()
+
+    # Held until the services are closed: closing them finishes the answers in flight.
+    with _stop_on_interrupt(stop):
+        async with open_services(settings) as services:
+            console = ConsoleAdapter(services.core)
+            if stopping:
+                console.close_input()
+            scheduler = start_expiry_scheduler(services.store, settings.storage)
+            try:
+                await services.core.resume_pending(console.sink_for)
+                await console.serve()
+            finally:
+                scheduler.shutdown(wait=False)
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(stop: Callable[[], None]) -> Iterator[None]:
+    """The first Ctrl-C (or SIGTERM) calls `stop`: no more input is read, the answer in
+    flight finishes, and the command exits 0. A second Ctrl-C exits at once with 130;
+    the unfinished turn is stored as taken and is answered on the next start."""
+    loop = asyncio.get_running_loop()
+    interrupted = False
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        if interrupted:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            print(
+                "\nbotservice: stopped at once; an unfinished answer is kept and resumes "
+                "on the next start",
+                file=sys.stderr,
+                flush=True,
+            )
+            # At once means no clean-up that could wait on the model or the database;
+            # what was stored is committed, and the next start takes the turn back.
+            os._exit(130)
+        interrupted = True
+        print(
+            "\nbotservice: finishing the answer in flight, then quitting "
+            "(Ctrl-C again quits at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        yield
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 async def _purge(settings: Settings, *, dry_run: bool) -> int:
