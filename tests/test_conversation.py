@@ -445,7 +445,7 @@ async def test_trimming_keeps_the_newest_turns_within_budget_and_says_so_once(
         # A wait over the cap fails at once; a 500 is retried up to max_attempts.
         (RateLimited(retry_after=120), 1, "rate-limiting me; please try again in 2 minutes."),
         (ServerError(500), 4, "had an internal error (HTTP 500)"),
-        (EmptyAnswer(), 1, "returned an empty answer"),
+        (EmptyAnswer(), 1, "returned no text"),
     ],
 )
 async def test_a_failing_model_keeps_the_message_and_says_what_happened(

@@ -16,6 +16,7 @@ from botservice.core.ports import (
 )
 from botservice.core.settings import Settings
 from botservice.core.voice_settings import DEFAULT_SPEECH_MODEL
+from botservice.core.windows import ContextWindows
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,17 @@ class CommandRunner:
     """Runs one command for one message and returns the sentence to answer with."""
 
     def __init__(
-        self, *, settings: Settings, store: CommandStore, model: ModelClient | None = None
+        self,
+        *,
+        settings: Settings,
+        store: CommandStore,
+        model: ModelClient | None = None,
+        windows: ContextWindows | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._models = model
+        self._windows = windows
 
     async def run(self, message: IncomingMessage, command: Command) -> str:
         match command.name:
@@ -167,6 +174,10 @@ class CommandRunner:
         if name not in offered:
             return f"The model {name} is not offered here; {_choose_from(offered)}"
         await self._change(message, "model", name)
+        if self._windows is not None:
+            # The endpoint may serve this model with another window: ask it now, not
+            # in the middle of the first answer.
+            await self._windows.window(name, fresh=True)
         return f"This channel now uses the model {name}."
 
     async def _offered_models(self) -> list[str]:

@@ -23,6 +23,9 @@ from cachetools import FIFOCache
 from botservice.core.background import BackgroundTasks
 from botservice.core.commands import CommandRunner
 from botservice.core.errors import (
+    ModelAnswerIncomplete,
+    ModelContextExceeded,
+    ModelEmptyAnswer,
     ModelError,
     ModelStreamBroken,
     StoreUnavailable,
@@ -38,6 +41,7 @@ from botservice.core.events import (
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.ports import (
     ChatRequest,
+    ChatStream,
     Claim,
     CoreStore,
     HearingSink,
@@ -50,6 +54,7 @@ from botservice.core.ports import (
     Usage,
 )
 from botservice.core.prompt import (
+    Prompt,
     build_prompt,
     describe_attachments,
     heard_text,
@@ -59,12 +64,22 @@ from botservice.core.prompt import (
 from botservice.core.settings import Settings
 from botservice.core.streaming import ThrottledUpdates
 from botservice.core.text import clean_text, estimate_tokens
+from botservice.core.windows import ContextWindows, Window
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 TRIM_FOOTNOTE = "_(Older messages in this conversation were left out to fit the model's context.)_"
+SHRUNK_FOOTNOTE = (
+    "_(Older messages in this conversation were left out: the model's context window "
+    "is smaller than I had assumed.)_"
+)
+# An empty answer to a request at least this large (prompt and answer reserve), or
+# half the assumed window, may be a server over its window (llama.cpp servers answer
+# so): worth one try with a shorter prompt. 2,048 is the smallest window servers
+# commonly run with.
+OVERFLOW_SUSPECT_TOKENS = 2048
 RESTART_TOO_LATE = "Sorry, I restarted before I could answer this, and it is too old to pick up now; please ask again."
 UNEXPECTED_FAILURE = "Something went wrong on my side while answering; please try again."
 REMEMBERED_MESSAGE_KEYS = 20_000
@@ -135,7 +150,10 @@ class ConversationCore:
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
         self._limits = Limits(settings.limits, store)
-        self._commands = CommandRunner(settings=settings, store=store, model=model)
+        self._windows = ContextWindows(settings, model)
+        self._commands = CommandRunner(
+            settings=settings, store=store, model=model, windows=self._windows
+        )
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -247,6 +265,10 @@ class ConversationCore:
         """Answer what a stop left behind, then keep sweeping: every
         `turn_heartbeat_seconds`, turns of a process that stopped are picked up.
         Returns how many conversations were picked up at once."""
+        # The default model's window is asked for now, so no first answer waits for it.
+        self._tasks.spawn(
+            self._windows.window(self._settings.model.name), name="context-window-discovery"
+        )
         resumed = await self.resume_pending(sink_for)
         self._sweeping = True
         self._ensure_upkeep()
@@ -515,36 +537,56 @@ class ConversationCore:
                 limit=self._settings.conversation.history_limit,
             )
         )
-        max_answer = self._settings.model.max_answer_tokens
-        prompt = build_prompt(
-            instructions=instructions,
-            instructions_role=model_info.instructions_role,
-            instructions_tokens=self._count_tokens(instructions),
-            history=history,
-            budget_tokens=model_info.context_window - max_answer,
-            # Images travel as parts of the current message when the model takes
-            # them; otherwise the stored text already names them.
-            images=turn.images if model_info.accepts_images else (),
-        )
-        request = ChatRequest(model=model, messages=prompt.messages, max_tokens=max_answer)
+        instructions_tokens = self._count_tokens(instructions)
+
+        def prompt_within(budget: int) -> Prompt:
+            return build_prompt(
+                instructions=instructions,
+                instructions_role=model_info.instructions_role,
+                instructions_tokens=instructions_tokens,
+                history=history,
+                budget_tokens=budget,
+                # Images travel as parts of the current message when the model takes
+                # them; otherwise the stored text already names them.
+                images=turn.images if model_info.accepts_images else (),
+            )
+
+        window = await self._windows.window(model)
+        reserve = self._answer_reserve(window.tokens)
+        prompt = prompt_within(window.tokens - reserve)
 
         updates = ThrottledUpdates(sink, self._settings.conversation.stream_update_interval_seconds)
         observer = sink if isinstance(sink, StreamObserver) else None
         parts: list[str] = []
+        shrunk = False
+        learned: int | None = None
         try:
             async with self._limits.gate.slot():
-                stream = self._model.stream(request)
-                try:
-                    async for delta in stream:
-                        parts.append(delta)
-                        so_far = "".join(parts)
-                        updates.offer(so_far)
-                        if observer is not None:
-                            observer.observe(so_far)
-                except ModelError as error:
-                    await updates.close()
-                    await self._fail(turn, sink, error, "".join(parts), model, reply_ref)
-                    return
+                while True:
+                    request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
+                    try:
+                        stream = await self._stream_into(request, parts, updates, observer)
+                        break
+                    except ModelError as error:
+                        retry = None
+                        if not parts and not shrunk:
+                            retry = self._shorter(
+                                error, model, window, reserve, prompt, prompt_within
+                            )
+                        if retry is None:
+                            await updates.close()
+                            await self._fail(turn, sink, error, "".join(parts), model, reply_ref)
+                            return
+                        prompt, reserve, learned = retry
+                        shrunk = True
+                        log.info(
+                            "turn %d: retrying once with a prompt of %d tokens",
+                            turn.turn_id,
+                            prompt.tokens,
+                        )
+                if shrunk and learned is not None:
+                    # The shorter prompt got an answer: the longer one was over the window.
+                    self._windows.learn(model, learned)
         except GateFull:
             # The message stays stored; only this answer is declined.
             log.warning("turn %d declined: too many turns wait for the model", turn.turn_id)
@@ -558,7 +600,10 @@ class ConversationCore:
 
         answer = "".join(parts)
         shown = answer
-        if prompt.left_out and await self._first_trim_notice(turn.conversation_id):
+        if shrunk:
+            await self._first_trim_notice(turn.conversation_id)
+            shown = f"{answer}\n\n{SHRUNK_FOOTNOTE}"
+        elif prompt.left_out and await self._first_trim_notice(turn.conversation_id):
             shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
         await sink.finish(shown)
         # The answer has been shown: from here on it is only ever saved, never made
@@ -575,6 +620,61 @@ class ConversationCore:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
+
+    def _answer_reserve(self, window: int) -> int:
+        """Tokens kept for the answer: `max_answer_tokens`, but never more than half a
+        small window (a 2,048-token server with the default 1,024 keeps 1,024)."""
+        return min(self._settings.model.max_answer_tokens, max(1, window // 2))
+
+    async def _stream_into(
+        self,
+        request: ChatRequest,
+        parts: list[str],
+        updates: ThrottledUpdates,
+        observer: StreamObserver | None,
+    ) -> ChatStream:
+        stream = self._model.stream(request)
+        async for delta in stream:
+            parts.append(delta)
+            so_far = "".join(parts)
+            updates.offer(so_far)
+            if observer is not None:
+                observer.observe(so_far)
+        return stream
+
+    def _shorter(
+        self,
+        error: ModelError,
+        model: str,
+        window: Window,
+        reserve: int,
+        prompt: Prompt,
+        prompt_within: Callable[[int], Prompt],
+    ) -> tuple[Prompt, int, int | None] | None:
+        """After a failure before any text: a prompt half as long, when the failure says
+        (or suggests) the prompt was over the model's window and older turns can go.
+        Returns it with its answer reserve and the window to remember once it works
+        (None: remembered already)."""
+        named: int | None = None
+        if isinstance(error, ModelContextExceeded):
+            named = error.window
+        elif not (
+            isinstance(error, ModelEmptyAnswer)
+            and prompt.tokens + reserve >= min(window.tokens // 2, OVERFLOW_SUSPECT_TOKENS)
+        ):
+            return None
+        budget = min(window.tokens - reserve, prompt.tokens) // 2
+        if named is not None:
+            reserve = min(reserve, self._answer_reserve(named))
+            budget = min(budget, named - reserve)
+        shorter = prompt_within(max(1, budget))
+        if shorter.left_out <= prompt.left_out:
+            return None  # only the current message is left: shortening cannot help
+        if isinstance(error, ModelContextExceeded):
+            # The endpoint said so: remember at once, whatever the retry does.
+            self._windows.learn(model, named if named is not None else budget + reserve)
+            return shorter, reserve, None
+        return shorter, reserve, budget + reserve
 
     async def _first_trim_notice(self, conversation_id: int) -> bool:
         try:
@@ -678,12 +778,19 @@ class ConversationCore:
             await self._keep_trying(
                 lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
             )
+            # Nothing was shown, so nothing was "cut off": a stream that broke before
+            # any text is, to the person, a model that returned none.
+            if isinstance(error, ModelStreamBroken):
+                error = ModelEmptyAnswer(str(error))
             await sink.finish(error.user_message)
             return
         # Keep what the model did say; mark it so neither the user nor a later
         # prompt mistakes it for a whole answer.
-        reason = error.user_message if not isinstance(error, ModelStreamBroken) else ""
-        marker = "_(The answer was cut off midway" + (f": {reason}" if reason else ".") + ")_"
+        if isinstance(error, ModelAnswerIncomplete):
+            marker = f"_(The answer was cut off: {error.marker}.)_"
+        else:
+            reason = error.user_message if not isinstance(error, ModelStreamBroken) else ""
+            marker = "_(The answer was cut off midway" + (f": {reason}" if reason else ".") + ")_"
         await sink.finish(f"{partial}\n\n{marker}")
         await self._save_answer(
             turn, text=partial, usage=None, status="interrupted", model=model, reply_ref=reply_ref

@@ -88,6 +88,30 @@ class HearingSink(Protocol):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, those the endpoint served from its prompt cache.
+    cached_tokens: int = 0
+    # Of the completion tokens, those a reasoning model spent thinking (not shown).
+    reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """What an endpoint's `x-ratelimit-*` headers said about one model's limits.
+
+    `reset_*_seconds`: how long, counted from the response, until that limit is
+    whole again. None: the header was absent (local servers send none).
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_seconds: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_seconds: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.remaining_requests is not None or self.remaining_tokens is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,10 +124,15 @@ class ChatRequest:
 
 
 class ChatStream(Protocol):
-    """Text deltas of one streamed answer; `usage` and `finished` are set when it ends."""
+    """Text deltas of one streamed answer; `usage` and `finished` are set when it ends.
+
+    `rate_limits` is set as soon as the response's headers arrive (before the first
+    delta), so a pacer can read it at the first delta or when the stream fails.
+    """
 
     usage: Usage | None
     finished: bool
+    rate_limits: RateLimits | None
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 
@@ -123,6 +152,12 @@ class ModelClient(Protocol):
 
     async def list_models(self) -> list[str]:
         """The model names the endpoint offers (`/models`). Raises `ModelError`."""
+        ...
+
+    async def context_window(self, model: str, *, fresh: bool = False) -> int | None:
+        """The context window the endpoint reports for `model` (tokens), None when it
+        reports none or cannot be asked; remembered, unless `fresh`. Never raises for
+        an endpoint that does not offer the discovery routes."""
         ...
 
     async def aclose(self) -> None: ...

@@ -8,6 +8,17 @@ queues one-shot behaviours, consumed one per chat request; once the queue is
 empty every request gets the default answer, `answer(body)` (by default
 "You said: <last user message>"). Every request is recorded in `.requests`.
 
+A context window makes it behave like a local server run with a small one:
+
+    fake_model.context_window = 2048     # prompts over it (its own count) overflow
+    fake_model.overflow = "empty"        # ...answered 200 with an empty stream, or
+                                         # "openai" | "vllm" | "llamacpp" | "llama-cpp-python":
+                                         # HTTP 400 in that server's words and shape
+    fake_model.discovery = "llamacpp"    # what it tells about its window: "none",
+                                         # "vllm" (/v1/models max_model_len), "llamacpp"
+                                         # (/props n_ctx, /v1/models meta.n_ctx_train),
+                                         # "ollama" (/api/show), "llama-cpp-python" (nothing)
+
 It also serves `/v1/audio/speech` (a WAV tone, 24 kHz mono 16-bit, longer for
 longer input) and `/v1/audio/transcriptions` (returns `.transcript`).
 
@@ -180,6 +191,12 @@ class FakeModelServer:
         # echoes the key they were sent, whole and masked, as some providers do.
         self.audio_key_rejected: int | None = None
         self.requests: list[RecordedRequest] = []
+        self.context_window: int | None = None
+        self.overflow = "empty"
+        self.discovery = "none"
+        # The window /v1/models reports as trained (llama.cpp), when it differs.
+        self.trained_window: int | None = None
+        self.overflows = 0  # chat requests refused or emptied for being over the window
         self._script: deque[Behaviour] = deque()
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -207,6 +224,8 @@ class FakeModelServer:
         app.router.add_post("/v1/audio/speech", self._tracked(self._speech))
         app.router.add_post("/v1/audio/transcriptions", self._tracked(self._transcription))
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/props", self._props)
+        app.router.add_post("/api/show", self._show)
         # No access log: the benchmark pushes hundreds of requests a second through here.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -262,6 +281,9 @@ class FakeModelServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self._record(request, body)
+        if self.context_window is not None and prompt_tokens(body) > self.context_window:
+            self.overflows += 1
+            return await self._overflow(request, body)
         behaviour = self._script.popleft() if self._script else Reply()
         if isinstance(behaviour, Slow):
             await asyncio.sleep(behaviour.delay_before_first_byte)
@@ -359,6 +381,82 @@ class FakeModelServer:
             "usage": _usage(body, len(_split(text, None))),
         }
 
+    async def _overflow(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """A prompt over the window, answered as each kind of server answers it."""
+        window, used = self.context_window, prompt_tokens(body)
+        if self.overflow == "empty":
+            # llama.cpp-based servers have been seen to answer 200 with an empty body.
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if self.overflow == "openai":
+            message = (
+                f"This model's maximum context length is {window} tokens. However, your "
+                f"messages resulted in {used} tokens. Please reduce the length of the messages."
+            )
+            return _error(400, message, "context_length_exceeded")
+        if self.overflow == "vllm":  # vLLM before 0.10: the error at the top level
+            return web.json_response(
+                {
+                    "object": "error",
+                    "message": f"This model's maximum context length is {window} tokens. "
+                    f"However, you requested {used} tokens in the messages. "
+                    "Please reduce the length of the messages.",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                },
+                status=400,
+            )
+        if self.overflow == "llamacpp":
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 400,
+                        "message": "the request exceeds the available context size, "
+                        "try increasing it",
+                        "type": "exceed_context_size_error",
+                        "n_prompt_tokens": used,
+                        "n_ctx": window,
+                    }
+                },
+                status=400,
+            )
+        assert self.overflow == "llama-cpp-python", self.overflow
+        message = f"Requested tokens ({used}) exceed context window of {window}"
+        response = _error(400, message, "context_length_exceeded")
+        return response
+
+    async def _props(self, request: web.Request) -> web.Response:
+        self._record(request, {})
+        if self.discovery != "llamacpp":
+            raise web.HTTPNotFound()
+        return web.json_response(
+            {
+                "default_generation_settings": {"n_ctx": self.context_window, "temperature": 0.8},
+                "total_slots": 1,
+                "model_path": "/models/tiny.gguf",
+            }
+        )
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._record(request, body)
+        if self.discovery != "ollama":
+            raise web.HTTPNotFound()
+        parameters = f'num_ctx                        {self.context_window}\nstop "<|eot_id|>"'
+        return web.json_response(
+            {
+                "modelfile": "FROM /models/tiny.gguf",
+                "parameters": parameters,
+                "model_info": {
+                    "general.architecture": "llama",
+                    "llama.context_length": self.trained_window or self.context_window,
+                },
+            }
+        )
+
     # --- audio ---
 
     async def _speech(self, request: web.Request) -> web.Response:
@@ -402,9 +500,15 @@ class FakeModelServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         self._record(request, {})
-        return web.json_response(
-            {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
-        )
+        entry: dict[str, Any] = {"id": "fake-model", "object": "model"}
+        if self.discovery == "vllm":
+            entry.update(owned_by="vllm", max_model_len=self.context_window)
+        elif self.discovery == "llamacpp":
+            entry.update(
+                owned_by="llamacpp",
+                meta={"n_ctx_train": self.trained_window or self.context_window, "n_vocab": 32000},
+            )
+        return web.json_response({"object": "list", "data": [entry]})
 
 
 # --- wire helpers ----------------------------------------------------------------
@@ -438,6 +542,21 @@ def _split(text: str, chunk_size: int | None) -> list[str]:
     if chunk_size:
         return [text[i : i + chunk_size] for i in range(0, len(text), chunk_size)]
     return _WORDS.findall(text) or [text]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's own token count of a prompt: a quarter of the characters (about what
+    English costs in a BPE tokenizer), 4 more per message, as servers add framing."""
+    messages = body.get("messages") or body.get("input") or []
+    total = 0
+    for message in messages if isinstance(messages, list) else [messages]:
+        content = message.get("content", "") if isinstance(message, dict) else message
+        if isinstance(content, list):
+            content = " ".join(str(part.get("text", "")) for part in content)
+        total += math.ceil(len(str(content)) / 4) + 4
+    if isinstance(body.get("instructions"), str):
+        total += math.ceil(len(body["instructions"]) / 4) + 4
+    return total
 
 
 def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
