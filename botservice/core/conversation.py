@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from botservice.core.background import BackgroundTasks
+from botservice.core.channel_policy import ChannelPolicy
 from botservice.core.commands import CommandRunner
 from botservice.core.errors import (
     ModelError,
@@ -127,14 +128,20 @@ class ConversationCore:
         model: ModelClient,
         tokens: TokenCounting | None = None,
         holder: str | None = None,
+        policy: ChannelPolicy | None = None,
     ) -> None:
         self._settings = settings
+        # Who manages a channel: adapters ask it when they build a message, the
+        # commands when someone changes a setting.
+        self.policy = policy or ChannelPolicy(settings.access.admin_user_ids)
         self._store = store
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
         self._limits = Limits(settings.limits, store)
-        self._commands = CommandRunner(settings=settings, store=store, model=model)
+        self._commands = CommandRunner(
+            settings=settings, store=store, model=model, policy=self.policy
+        )
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
