@@ -54,12 +54,14 @@ class DiscordMessages:
         if route is None:
             return
         context.chains.remember(message.id, route.thread)
-        admin = events.is_channel_admin(
-            manage_channels=_manage_channels(message),
-            user_id=message.author.id,
-            owner_ids=context.owner_ids,
-            admin_user_ids=context.settings.access.admin_user_ids,
-            in_dm=message.guild is None,
+        admin = context.core.policy.manages(
+            events.manager_facts(
+                manage_channels=_manage_channels(message),
+                user_id=message.author.id,
+                owner_ids=context.owner_ids,
+                in_dm=message.guild is None,
+                guild_owner_id=message.guild.owner_id if message.guild else None,
+            )
         )
         incoming = events.incoming_from_message(
             message,

@@ -39,6 +39,7 @@ from botservice.adapters.slack.events import (
     DeleteMessage,
     Ignore,
     ReplyTarget,
+    SlackUser,
     WorkspaceGone,
     build_incoming,
     slash_command,
@@ -53,6 +54,7 @@ from botservice.adapters.slack.socket_mode import SocketModeRunner
 from botservice.adapters.slack.threads import KnownThreads, read_thread_once
 from botservice.adapters.slack.users import UserDirectory
 from botservice.core.background import BackgroundTasks
+from botservice.core.channel_policy import ManagerFacts
 from botservice.core.commands import parse_command
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError, StoreUnavailable
@@ -143,7 +145,6 @@ class SlackAdapter:
         self._budget = UpdateBudget()
         self._users = UserDirectory()
         self._known = KnownThreads()
-        self._admins = frozenset(settings.access.admin_user_ids)
         self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._socket = SocketModeRunner(self._app, app_token, self._client) if app_token else None
@@ -350,7 +351,7 @@ class SlackAdapter:
         message = build_incoming(
             draft,
             user=user,
-            is_channel_admin=user.is_admin or draft.user in self._admins,
+            is_channel_admin=self._manages(user, direct=draft.is_direct),
             attachments=attachments,
             context=context,
             raw=body,
@@ -378,7 +379,8 @@ class SlackAdapter:
         client = context.client
         user = await self._users.lookup(client, request.team, request.user)
         message = request.message(
-            is_channel_admin=user.is_admin or request.user in self._admins, user_name=user.name
+            is_channel_admin=self._manages(user, direct=request.channel_type == "im"),
+            user_name=user.name,
         )
         sink = CommandReplySink(
             client=client,
@@ -443,6 +445,12 @@ class SlackAdapter:
     async def _core_knows(self, key: ConversationKey) -> bool:
         # From the store, so it holds across restarts and processes.
         return await self._lookups.has_conversation(key)
+
+    def _manages(self, user: SlackUser, *, direct: bool) -> bool:
+        facts = ManagerFacts(
+            platform=PLATFORM, user_id=user.id, direct=direct, workspace_admin=user.is_admin
+        )
+        return self._core.policy.manages(facts)
 
     async def _token_for(self, target: ReplyTarget) -> str | None:
         if self._oauth is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+from botservice.core.channel_policy import ChannelPolicy
 from botservice.core.errors import ModelError
 from botservice.core.events import Command, IncomingMessage
 from botservice.core.ports import (
@@ -58,14 +59,6 @@ Commands:
   help                                     this list
 Changing instructions, model, retention or speech needs the channel-manager right."""
 
-# Who holds the channel-manager right, as each platform's adapter decides it.
-# Plain words only: the core knows platforms by name, never by SDK.
-CHANNEL_MANAGERS = {
-    "slack": "workspace admins and owners",
-    "discord": "members with the Manage Channels permission",
-    "console": "the console user",
-}
-
 
 def parse_command(text: str) -> Command | None:
     """`instructions set Be brief.` -> Command("instructions", "set", "Be brief.").
@@ -92,11 +85,6 @@ def parse_command(text: str) -> Command | None:
     return Command(name, action, argument.strip())
 
 
-def who_may_change(platform: str) -> str:
-    managers = CHANNEL_MANAGERS.get(platform, "channel managers")
-    return f"{managers}, or people the operator listed as bot admins"
-
-
 class CommandRunner:
     """Runs one command for one message and returns the sentence to answer with."""
 
@@ -107,11 +95,13 @@ class CommandRunner:
         store: CommandStore,
         model: ModelClient | None = None,
         windows: ContextWindows | None = None,
+        policy: ChannelPolicy | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._models = model
         self._windows = windows
+        self._policy = policy or ChannelPolicy(settings.access.admin_user_ids)
 
     async def run(self, message: IncomingMessage, command: Command) -> str:
         match command.name:
@@ -161,8 +151,7 @@ class CommandRunner:
             return f"This channel uses the model {model}{suffix}."
         if refusal := self._refuse_unless_manager(message, "model"):
             return refusal
-        if message.is_direct and message.user_id not in self._settings.access.admin_user_ids:
-            # Everyone manages their own direct messages; the operator's key is not theirs.
+        if not self._policy.may_choose_model(message):
             return (
                 "In direct messages only the bot's admins can change the model "
                 "(the operator lists them in access.admin_user_ids)."
@@ -246,9 +235,9 @@ class CommandRunner:
         )
 
     def _refuse_unless_manager(self, message: IncomingMessage, what: str) -> str | None:
-        if message.is_channel_admin or message.user_id in self._settings.access.admin_user_ids:
+        if self._policy.may_manage(message):
             return None
-        return f"Only {who_may_change(message.platform)} can change this channel's {what}."
+        return f"Only {self._policy.managers(message.platform)} can change this channel's {what}."
 
     async def _change(
         self,

@@ -21,6 +21,7 @@ from typing import TypeVar
 from cachetools import FIFOCache
 
 from botservice.core.background import BackgroundTasks
+from botservice.core.channel_policy import ChannelPolicy
 from botservice.core.commands import CommandRunner
 from botservice.core.errors import (
     ModelAnswerIncomplete,
@@ -143,8 +144,12 @@ class ConversationCore:
         model: ModelClient,
         tokens: TokenCounting | None = None,
         holder: str | None = None,
+        policy: ChannelPolicy | None = None,
     ) -> None:
         self._settings = settings
+        # Who manages a channel: adapters ask it when they build a message, the
+        # commands when someone changes a setting.
+        self.policy = policy or ChannelPolicy(settings.access.admin_user_ids)
         self._store = store
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
@@ -152,7 +157,7 @@ class ConversationCore:
         self._limits = Limits(settings.limits, store)
         self._windows = ContextWindows(settings, model)
         self._commands = CommandRunner(
-            settings=settings, store=store, model=model, windows=self._windows
+            settings=settings, store=store, model=model, windows=self._windows, policy=self.policy
         )
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
