@@ -26,46 +26,114 @@ log = logging.getLogger("botservice")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # A small module of its own: listing the formats loads none of the voice machinery.
+    from botservice.voice.formats import OUTPUT_FORMATS, describe_formats
+
+    # Each subcommand has `help` (its line in `botservice --help`) and `description`
+    # (the top of its own `--help`), which argparse keeps apart.
     parser = argparse.ArgumentParser(
         prog="botservice",
         description="A language model in Slack and Discord: threaded memory, "
-        "per-channel instructions, exactly-once replies.",
+        "per-channel instructions, exactly-once replies. Settings come from "
+        "config/botservice.toml and the environment (see the README, Configuration).",
     )
     parser.add_argument("--version", action="version", version=f"botservice {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="`botservice COMMAND --help` says more",
+    )
     commands.add_parser(
         "run",
         help="start every adapter whose credentials are set (the console when none are), "
         "the HTTP server and the expiry scheduler",
+        description="Start the bot: Slack when SLACK_BOT_TOKEN, SLACK_APP_TOKEN or "
+        "SLACK_CLIENT_ID is set, Discord when DISCORD_TOKEN is set, the HTTP server "
+        "(/slack/events, /healthz, /readyz on [http] host and port, or PORT) and the "
+        "expiry scheduler; runs until SIGTERM or Ctrl-C. With no platform credentials it "
+        "is a terminal conversation (as `botservice chat`) when there is a terminal or "
+        "piped input, and otherwise serves only the health checks, logging that no "
+        "platform is configured.",
     )
-    commands.add_parser("chat", help="talk to the bot in this terminal (reads piped input too)")
+    commands.add_parser(
+        "chat",
+        help="talk to the bot in this terminal (reads piped input too)",
+        description="A conversation in this terminal, through the same core as Slack and "
+        "Discord. With piped input each line is one message and each answer is printed; "
+        "end of input exits 0. Lines starting with / are the channel commands "
+        "(/help lists them).",
+    )
 
-    db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_commands.add_parser("upgrade", help="apply the database migrations")
+    db = commands.add_parser(
+        "db",
+        help="database maintenance",
+        description="Database maintenance (DATABASE_URL names the database).",
+    )
+    db_commands = db.add_subparsers(
+        dest="db_command", required=True, metavar="ACTION", help="what to do"
+    )
+    db_commands.add_parser(
+        "upgrade",
+        help="apply the database migrations",
+        description="Apply the database migrations. SQLite is brought up to date by `run` "
+        "and `chat` themselves; PostgreSQL needs this once per release, before the "
+        "processes start.",
+    )
 
-    purge = commands.add_parser("purge", help="delete expired data once and print the counts")
+    purge = commands.add_parser(
+        "purge",
+        help="delete expired data once and print the counts",
+        description="Run the expiry job once: delete messages past their channel's "
+        "retention, conversations left empty and old answered-markers, then print the "
+        "counts. The scheduler in `run` does this every [storage] purge_interval_minutes.",
+    )
     purge.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
 
-    discord = commands.add_parser("discord", help="Discord maintenance")
+    discord = commands.add_parser(
+        "discord",
+        help="Discord maintenance",
+        description="Discord maintenance (needs DISCORD_TOKEN).",
+    )
     discord_commands = discord.add_subparsers(
-        dest="discord_command", required=True, metavar="ACTION"
+        dest="discord_command", required=True, metavar="ACTION", help="what to do"
     )
     sync = discord_commands.add_parser(
-        "sync-commands", help="register the slash commands with Discord"
+        "sync-commands",
+        help="register the slash commands with Discord",
+        description="Register the bot's slash commands with Discord: once per install or "
+        "upgrade, never on start (Discord rate-limits it). Global commands may take up to "
+        "an hour to show; --guild shows them in one server at once.",
     )
     sync.add_argument(
-        "--guild", type=int, help="register in one server only (instant, for testing)"
+        "--guild",
+        type=int,
+        metavar="ID",
+        help="register in this server only (instant, for testing)",
     )
 
-    voice = commands.add_parser("voice", help="voice tools")
-    voice_commands = voice.add_subparsers(dest="voice_command", required=True, metavar="ACTION")
-    render = voice_commands.add_parser(
-        "render", help="write what the bot would say to an audio file"
+    voice = commands.add_parser(
+        "voice",
+        help="voice tools",
+        description="Voice tools, to check the voice set-up without Discord.",
     )
-    render.add_argument("text")
+    voice_commands = voice.add_subparsers(
+        dest="voice_command", required=True, metavar="ACTION", help="what to do"
+    )
+    render = voice_commands.add_parser(
+        "render",
+        help="write what the bot would say to an audio file",
+        description="Write what the bot would say to an audio file, through the same path "
+        "as an answer in a voice channel (sentences, the [voice] speech engine, ffmpeg). "
+        f"Output formats, chosen by the file's extension: {describe_formats()}.",
+    )
+    render.add_argument("text", help="the text to speak (Markdown, as the model writes it)")
     render.add_argument(
-        "-o", "--output", required=True, help="audio file to write (.wav, .ogg, .mp3)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help=f"audio file to write; its folder must exist; one of {', '.join(OUTPUT_FORMATS)}",
     )
     return parser
 
