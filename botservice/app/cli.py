@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib.util
-import logging
 import os
 import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from botservice import __version__
-from botservice.app.config import load_settings
-from botservice.app.logs import configure_logging
+from botservice.app.preflight import check_model_endpoint
 from botservice.core.errors import ConfigError
-from botservice.core.ports import Adapter
-from botservice.core.settings import Settings
+
+# Imported where they are needed, after the quick configuration check: a mistake in
+# the endpoint is answered before asyncio, logging, the settings models, the database
+# and the platform libraries load (seconds on a small machine; see
+# bench/bench_cold_start.py).
+if TYPE_CHECKING:
+    from botservice.core.ports import Adapter
+    from botservice.core.settings import Settings
 
 EXIT_CONFIG = 2
-
-log = logging.getLogger("botservice")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,9 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # httpx imports its own command-line tool when click, rich and pygments are
+    # installed (a third of httpx's import time); the service never runs it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
+        check_model_endpoint(needs_endpoint=args.command in ("run", "chat"))
+        from botservice.app.config import load_settings
+        from botservice.app.logs import configure_logging
+
         settings = load_settings()
         configure_logging(_log_level(args, settings))
+        import asyncio
+
         return asyncio.run(_dispatch(args, settings))
     except ConfigError as error:
         print(f"botservice: {error.setting}: {error.problem}", file=sys.stderr)
@@ -184,6 +195,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(settings: Settings) -> int:
+    import logging
+
     from botservice.app.runtime import open_services, require_model_endpoint, serve
 
     no_platform = not (settings.slack.configured or settings.discord.configured)
@@ -209,7 +222,7 @@ async def _run(settings: Settings) -> int:
         if no_platform:
             # A platform's process (a Procfile `web:`) has no terminal: stay up and
             # answer health checks instead of exiting, which would only be restarted.
-            log.warning(
+            logging.getLogger("botservice").warning(
                 "no platform is configured (set SLACK_BOT_TOKEN or DISCORD_TOKEN); "
                 "serving health checks only"
             )
@@ -272,6 +285,8 @@ def _stop_on_interrupt(stop: Callable[[], None]) -> Iterator[None]:
     """The first Ctrl-C (or SIGTERM) calls `stop`: no more input is read, the answer in
     flight finishes, and the command exits 0. A second Ctrl-C exits at once with 130;
     the unfinished turn is stored as taken and is answered on the next start."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     interrupted = False
 

@@ -9,10 +9,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from botservice.app import preflight
 from botservice.app.expiry import start_expiry_scheduler
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError
@@ -28,6 +27,10 @@ from botservice.storage.engine import (
 )
 from botservice.storage.migrate import current_revision, head_revision, upgrade
 from botservice.storage.repository import SqlStore
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +66,7 @@ def library_engine(store: SqlStore) -> AsyncEngine:
 
 def require_model_endpoint(settings: Settings) -> None:
     """The one configuration mistake every newcomer makes first gets a sentence of its own."""
-    if settings.model.api_key is None and "api.openai.com" in settings.model.base_url:
-        raise ConfigError(
-            "OPENAI_API_KEY",
-            "no model endpoint is configured: set OPENAI_API_KEY to use OpenAI, or point "
-            "OPENAI_BASE_URL at a local OpenAI-compatible server, e.g. "
-            "OPENAI_BASE_URL=http://localhost:11434/v1 for Ollama",
-        )
+    preflight.require_model_endpoint(settings.model.base_url, settings.model.api_key)
 
 
 @contextlib.asynccontextmanager
@@ -139,6 +136,9 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
 async def start_http_server(
     store: Store, adapters: Sequence[Adapter], port: int, *, host: str = "0.0.0.0"
 ) -> web.AppRunner:
+    # Imported here: `botservice chat` serves no HTTP and starts faster without it.
+    from aiohttp import web
+
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", Readiness(store, adapters).handle)
@@ -164,6 +164,8 @@ async def start_http_server(
 
 async def _healthz(request: web.Request) -> web.Response:
     """Liveness: the process serves HTTP. Nothing it depends on is asked."""
+    from aiohttp import web
+
     return web.json_response({"status": "ok"})
 
 
@@ -177,6 +179,8 @@ class Readiness:
         self._adapters = adapters
 
     async def handle(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         problems: dict[str, str] = {}
         try:
             async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):
