@@ -40,6 +40,7 @@ from botservice.core.events import (
     within_image_limits,
 )
 from botservice.core.limits import BUSY, GateFull, Limits
+from botservice.core.pacing import ModelPacer
 from botservice.core.ports import (
     ChatRequest,
     ChatStream,
@@ -50,6 +51,7 @@ from botservice.core.ports import (
     ModelClient,
     PendingTurn,
     ReplySink,
+    StatusSink,
     StreamObserver,
     TokenCounting,
     Usage,
@@ -156,6 +158,7 @@ class ConversationCore:
         self._count_tokens = tokens.count if tokens else estimate_tokens
         self._limits = Limits(settings.limits, store)
         self._windows = ContextWindows(settings, model)
+        self._pacer = ModelPacer(settings)
         self._commands = CommandRunner(
             settings=settings, store=store, model=model, windows=self._windows, policy=self.policy
         )
@@ -570,7 +573,9 @@ class ConversationCore:
                 while True:
                     request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
                     try:
-                        stream = await self._stream_into(request, parts, updates, observer)
+                        stream = await self._stream_into(
+                            request, prompt.tokens, turn.turn_id, sink, parts, updates, observer
+                        )
                         break
                     except ModelError as error:
                         retry = None
@@ -634,18 +639,52 @@ class ConversationCore:
     async def _stream_into(
         self,
         request: ChatRequest,
+        prompt_tokens: int,
+        place: int,
+        sink: ReplySink,
         parts: list[str],
         updates: ThrottledUpdates,
         observer: StreamObserver | None,
     ) -> ChatStream:
+        """Wait for room under the model's rate limits, then stream the answer into
+        `parts` and the sink."""
+        # What OpenAI counts against a token limit when the request arrives.
+        tokens = prompt_tokens + (request.max_tokens or 0)
+        pacer = self._pacer
+        wait = pacer.expected_wait(request.model, tokens)
+        if wait >= 1:
+            await self._show_status(
+                sink, f"Waiting for capacity on {request.model}… about {round(wait)} s"
+            )
+        ticket = await pacer.admit(request.model, tokens, place=place)
         stream = self._model.stream(request)
-        async for delta in stream:
-            parts.append(delta)
-            so_far = "".join(parts)
-            updates.offer(so_far)
-            if observer is not None:
-                observer.observe(so_far)
+        observed = False
+        try:
+            async for delta in stream:
+                if not observed:
+                    # The headers came before the first delta; the next turns need them.
+                    pacer.observe(ticket, stream.rate_limits, answered=True)
+                    observed = True
+                parts.append(delta)
+                so_far = "".join(parts)
+                updates.offer(so_far)
+                if observer is not None:
+                    observer.observe(so_far)
+        finally:
+            if not observed:
+                limits = stream.rate_limits
+                pacer.observe(ticket, limits, answered=limits is not None)
         return stream
+
+    async def _show_status(self, sink: ReplySink, text: str) -> None:
+        try:
+            if isinstance(sink, StatusSink):
+                await sink.status(text)
+            else:
+                await sink.update(f"_{text}_")
+        except Exception:
+            # A status line is a courtesy; the answer still comes.
+            log.warning("showing a status line failed", exc_info=True)
 
     def _shorter(
         self,

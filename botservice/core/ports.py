@@ -66,6 +66,15 @@ class StreamObserver(Protocol):
 
 
 @runtime_checkable
+class StatusSink(Protocol):
+    """A sink that can show a short status line before the answer starts (waiting
+    for the model's capacity, say). The answer's first text replaces it. Without
+    this ability the core shows the line through `update` instead."""
+
+    async def status(self, text: str) -> None: ...
+
+
+@runtime_checkable
 class HearingSink(Protocol):
     """A sink that can hear the audio a message came with (voice messages, clips).
 

@@ -19,6 +19,11 @@ A context window makes it behave like a local server run with a small one:
                                          # (/props n_ctx, /v1/models meta.n_ctx_train),
                                          # "ollama" (/api/show), "llama-cpp-python" (nothing)
 
+A rate limit makes it count requests in fixed windows, say how many are left in
+OpenAI's `x-ratelimit-*` headers, and answer 429 beyond it:
+
+    fake_model.rate_limit = (20, 1.0)    # 20 requests a window of 1 s ("a minute", fast)
+
 It also serves `/v1/audio/speech` (a WAV tone, 24 kHz mono 16-bit, longer for
 longer input) and `/v1/audio/transcriptions` (returns `.transcript`).
 
@@ -197,6 +202,10 @@ class FakeModelServer:
         # The window /v1/models reports as trained (llama.cpp), when it differs.
         self.trained_window: int | None = None
         self.overflows = 0  # chat requests refused or emptied for being over the window
+        self.rate_limit: tuple[int, float] | None = None
+        self.rate_limited = 0  # 429s answered because of `rate_limit`
+        self._window_started = 0.0
+        self._window_used = 0
         self._script: deque[Behaviour] = deque()
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -281,6 +290,9 @@ class FakeModelServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self._record(request, body)
+        limit_headers = self._take_rate()
+        if limit_headers is None:
+            return self._over_rate()
         if self.context_window is not None and prompt_tokens(body) > self.context_window:
             self.overflows += 1
             return await self._overflow(request, body)
@@ -297,8 +309,37 @@ class FakeModelServer:
             return _error(behaviour.status, behaviour.message, behaviour.code)
         if isinstance(behaviour, PlainJson) or not streaming:
             text = self._text_of(behaviour, body)
-            return web.json_response(self._completion(body, text))
-        return await self._stream(request, body, behaviour)
+            return web.json_response(self._completion(body, text), headers=limit_headers)
+        return await self._stream(request, body, behaviour, limit_headers)
+
+    def _take_rate(self) -> dict[str, str] | None:
+        """Count one request against `rate_limit`: its headers, or None when over."""
+        if self.rate_limit is None:
+            return {}
+        limit, seconds = self.rate_limit
+        now = time.monotonic()
+        if now - self._window_started >= seconds:
+            self._window_started, self._window_used = now, 0
+        reset = self._window_started + seconds - now
+        if self._window_used >= limit:
+            return None
+        self._window_used += 1
+        return {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(limit - self._window_used),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+            "x-ratelimit-limit-tokens": "10000000",
+            "x-ratelimit-remaining-tokens": "9990000",
+            "x-ratelimit-reset-tokens": "6ms",
+        }
+
+    def _over_rate(self) -> web.Response:
+        assert self.rate_limit is not None
+        self.rate_limited += 1
+        reset = self._window_started + self.rate_limit[1] - time.monotonic()
+        response = _error(429, "Rate limit reached for requests.", "rate_limit_exceeded")
+        response.headers["retry-after-ms"] = str(max(1, int(reset * 1000)))
+        return response
 
     def _text_of(self, behaviour: Behaviour, body: dict[str, Any]) -> str:
         if isinstance(behaviour, Reply | PlainJson):
@@ -308,10 +349,18 @@ class FakeModelServer:
         return ""
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        behaviour: Behaviour,
+        extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **(extra_headers or {}),
+            }
         )
         await response.prepare(request)
         chunk_id = f"chatcmpl-fake-{next(self._ids)}"
