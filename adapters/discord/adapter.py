@@ -115,6 +115,7 @@ class DiscordAdapter:
             on_setup=self._setup,
             on_voice_state=self.voice.on_voice_state_update if self.voice else None,
             guild_ready_timeout=self._guild_ready_timeout,
+            telemetry=self.context.core.telemetry,
         )
         self._client = client
         self.context.client = client

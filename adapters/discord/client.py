@@ -14,6 +14,7 @@ from discord.state import ConnectionState
 
 from botservice.adapters.discord.supervision import guard_frames
 from botservice.core.settings import DiscordSettings
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,12 @@ class BotClient(discord.Client):
         on_message: MessageHook,
         on_setup: SetupHook,
         on_voice_state: VoiceStateHook | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        if telemetry is not NO_TELEMETRY:
+            _count_requests(self.http, telemetry)
         self._on_message_hook = on_message
         self._on_setup_hook = on_setup
         self._on_voice_state_hook = on_voice_state
@@ -152,6 +156,7 @@ def make_client(
     on_setup: SetupHook,
     on_voice_state: VoiceStateHook | None = None,
     guild_ready_timeout: float = 2.0,
+    telemetry: Telemetry = NO_TELEMETRY,
 ) -> BotClient:
     configure_endpoints(settings)
     options: dict[str, Any] = {
@@ -160,6 +165,7 @@ def make_client(
         # The core keeps history; discord.py's message cache only serves edits/deletes.
         "max_messages": 1000,
         "allowed_mentions": discord.AllowedMentions.none(),
+        "telemetry": telemetry,
     }
     if settings.shard_count is None:
         return BotClient(
@@ -174,3 +180,26 @@ def make_client(
         shard_ids=shard_ids,
         **options,
     )
+
+
+def _count_requests(http: discord.http.HTTPClient, telemetry: Telemetry) -> None:
+    """Count every REST call by its route template ("PATCH /channels/{channel_id}/messages/
+    {message_id}": no ids, so the label set stays small) and outcome ("ok" or the HTTP
+    status). One wrapper on the client's `request`: every call, the sinks', the
+    interactions' and discord.py's own, passes through it."""
+    request = http.request
+
+    async def counted(route: discord.http.Route, **kwargs: Any) -> Any:
+        method = f"{route.method} {route.path}"
+        try:
+            result = await request(route, **kwargs)
+        except discord.HTTPException as error:
+            telemetry.platform_call("discord", method, str(error.status))
+            raise
+        except (OSError, TimeoutError):
+            telemetry.platform_call("discord", method, "transport")
+            raise
+        telemetry.platform_call("discord", method, "ok")
+        return result
+
+    http.request = counted  # type: ignore[method-assign]

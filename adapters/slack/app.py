@@ -142,7 +142,7 @@ class SlackAdapter:
             # Assistant threads are handled by our own listener, not Bolt's helper.
             attaching_conversation_kwargs_enabled=False,
         )
-        self._budget = UpdateBudget()
+        self._budget = UpdateBudget(telemetry=core.telemetry)
         self._users = UserDirectory()
         self._known = KnownThreads()
         self._tasks = BackgroundTasks()
@@ -208,13 +208,19 @@ class SlackAdapter:
         if target is None:
             return None
         if self._oauth is None:
-            sink = SlackReplySink(client=self._client, target=target, budget=self._budget)
+            sink = SlackReplySink(
+                client=self._client,
+                target=target,
+                budget=self._budget,
+                telemetry=self._core.telemetry,
+            )
         else:
             sink = SlackReplySink(
                 client=None,
                 target=target,
                 budget=self._budget,
                 resolve=lambda: self._client_for(target),
+                telemetry=self._core.telemetry,
             )
         # A clip stored before a stop is heard when its turn resumes.
         return self._hearing.listening(
@@ -356,7 +362,12 @@ class SlackAdapter:
             context=context,
             raw=body,
         )
-        sink = SlackReplySink(client=client, target=draft.reply_target(), budget=self._budget)
+        sink = SlackReplySink(
+            client=client,
+            target=draft.reply_target(),
+            budget=self._budget,
+            telemetry=self._core.telemetry,
+        )
 
         async def event_token() -> str | None:
             return token
@@ -387,6 +398,7 @@ class SlackAdapter:
             target=ReplyTarget.from_dict(message.reply_target)
             or ReplyTarget(request.team, request.channel),
             budget=self._budget,
+            telemetry=self._core.telemetry,
         )
         task = self._spawn(self._core.run_command(message, command, sink))
         done, _ = await asyncio.wait({task}, timeout=COMMAND_ACK_SECONDS)

@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
+
 
 @dataclass(slots=True)
 class _Bucket:
@@ -32,6 +34,8 @@ class UpdateBudget:
     # slack-sdk's retry handler honours Slack's Retry-After if it comes to that.
     max_wait_seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
+    # Told how much of the budget is spent, and of every skipped edit.
+    telemetry: Telemetry = NO_TELEMETRY
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _open: Counter[str] = field(default_factory=Counter)
 
@@ -66,7 +70,10 @@ class UpdateBudget:
         bucket = self._refill(workspace)
         if bucket.tokens >= 1.0 + self._open[workspace]:
             bucket.tokens -= 1.0
+            self._report(bucket)
             return True
+        self.telemetry.edit_skipped("slack")
+        self._report(bucket)
         return False
 
     async def take(self, workspace: str) -> None:
@@ -77,5 +84,11 @@ class UpdateBudget:
             remaining = deadline - self.clock()
             if bucket.tokens >= 1.0 or remaining <= 0:
                 bucket.tokens -= 1.0
+                self._report(bucket)
                 return
             await asyncio.sleep(min((1.0 - bucket.tokens) / self._rate, remaining) + 0.001)
+
+    def _report(self, bucket: _Bucket) -> None:
+        # The workspace that edited last stands for all: scanning every bucket on each
+        # edit would cost more than the edit's bookkeeping.
+        self.telemetry.edit_budget("slack", min(1.0, max(0.0, 1.0 - bucket.tokens / self.burst)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from botservice.adapters.slack.events import ReplyTarget
 from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, markdown_to_mrkdwn
 from botservice.core.errors import BotServiceError
 from botservice.core.message_split import split_message
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class SlackReplySink:
     # For a turn resumed after a restart in a multi-workspace install: finds
     # the workspace's bot token when the first call is made.
     resolve: Callable[[], Awaitable[AsyncWebClient | None]] | None = None
+    telemetry: Telemetry = NO_TELEMETRY
     _last_shown: str | None = field(default=None, repr=False)
     _open: bool = field(default=False, repr=False)
     _turn_tag: str | None = field(default=None, repr=False)
@@ -198,13 +201,16 @@ class SlackReplySink:
         arguments = {key: value for key, value in kwargs.items() if value is not None}
         try:
             client = await self._client()
-            return await getattr(client, method)(**arguments)
+            response = await getattr(client, method)(**arguments)
         except (SlackApiError, SlackDeliveryError, aiohttp.ClientError, TimeoutError) as error:
+            self.telemetry.platform_call("slack", method, _status_label(error))
             code = _describe(error)
             log.warning("Slack %s failed in %s: %s", method, self.target.channel, code)
             if required:
                 raise SlackDeliveryError(f"{method} failed: {code}") from None
             return None
+        self.telemetry.platform_call("slack", method, "ok")
+        return response
 
     async def _client(self) -> AsyncWebClient:
         if self.client is None and self.resolve is not None:
@@ -253,6 +259,20 @@ def _describe(error: Exception) -> str:
     if isinstance(error, SlackDeliveryError):
         return str(error)
     return type(error).__name__
+
+
+_ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
+
+
+def _status_label(error: Exception) -> str:
+    """A bounded metric label: Slack's error code (`ratelimited`, `channel_not_found`...),
+    else the kind of failure; never an id or a message."""
+    if isinstance(error, SlackApiError) and error.response is not None:
+        code = str(error.response.get("error") or "")
+        return code if _ERROR_CODE.match(code) else f"http_{error.response.status_code}"
+    if isinstance(error, SlackDeliveryError):
+        return "no_token"
+    return "transport"
 
 
 def _streaming_view(text: str, limit: int) -> str:

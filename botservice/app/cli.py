@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from botservice.app.logs import configure_logging
 
         settings = load_settings()
-        configure_logging(_log_level(args, settings))
+        configure_logging(_log_level(args, settings), log_format=settings.log_format)
         import asyncio
 
         return asyncio.run(_dispatch(args, settings))
@@ -207,7 +207,7 @@ async def _run(settings: Settings) -> int:
         _require_extra("slack_bolt", extra="slack", setting="SLACK_BOT_TOKEN")
     if settings.discord.configured:
         _require_extra("discord", extra="discord", setting="DISCORD_TOKEN")
-    async with open_services(settings) as services:
+    async with open_services(settings, metrics=True) as services:
         adapters: list[Adapter] = []
         if settings.slack.configured:
             from botservice.adapters.slack import create_adapter as create_slack

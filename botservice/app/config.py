@@ -36,6 +36,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "DATABASE_URL": ("database_url",),
     "PORT": ("http", "port"),
     "BOTSERVICE_LOG_LEVEL": ("log_level",),
+    "BOTSERVICE_LOG_FORMAT": ("log_format",),
     "SLACK_BOT_TOKEN": ("slack", "bot_token"),
     "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
     "SLACK_APP_TOKEN": ("slack", "app_token"),

@@ -13,6 +13,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from botservice.core.ports import PurgeCounts, PurgeStore
 from botservice.core.settings import StorageSettings
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ async def purge_once(
     now: datetime | None = None,
     claim_period: bool = True,
     dry_run: bool = False,
+    telemetry: Telemetry = NO_TELEMETRY,
 ) -> PurgeCounts:
     """Delete what has expired. With `claim_period`, only the first process to run
     in this period does the work, since every process's scheduler fires the job."""
@@ -42,6 +44,10 @@ async def purge_once(
     )
     if not counts.claimed:
         log.info("purge: another process took this period")
+    elif not dry_run:
+        telemetry.purged("messages", counts.messages)
+        telemetry.purged("conversations", counts.conversations)
+        telemetry.purged("turns", counts.turns)
     return counts
 
 
@@ -79,7 +85,9 @@ def until_shutdown(job: Callable[..., Awaitable[object]]) -> Callable[..., Await
     return run
 
 
-def start_expiry_scheduler(store: PurgeStore, settings: StorageSettings) -> AsyncIOScheduler:
+def start_expiry_scheduler(
+    store: PurgeStore, settings: StorageSettings, *, telemetry: Telemetry = NO_TELEMETRY
+) -> AsyncIOScheduler:
     """Run the purge every `purge_interval_minutes` in the running event loop, first one at
     once, and delete expired reply secrets every minute."""
     scheduler = AsyncIOScheduler(timezone=UTC)
@@ -87,6 +95,7 @@ def start_expiry_scheduler(store: PurgeStore, settings: StorageSettings) -> Asyn
         until_shutdown(purge_once),
         "interval",
         args=(store, settings),
+        kwargs={"telemetry": telemetry},
         minutes=settings.purge_interval_minutes,
         next_run_time=datetime.now(UTC),
         id="purge",

@@ -10,6 +10,10 @@ and errors keep only their first words before they quote anything, and a traceba
 shows frames and exception types but no more of a message than that (SQLAlchemy's
 carry the statement's parameters, message text included). DEBUG turns all of this
 off, for an operator who asks for everything.
+
+Two formats: human lines (the default) and JSON lines (`BOTSERVICE_LOG_FORMAT=json`),
+one object per line for a log pipeline. In both, a line logged while a turn is being
+answered names the turn, its conversation and platform (`botservice.core.log_context`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import logging
 import re
 import sys
 import traceback
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Literal, TextIO
+
+import orjson
+
+from botservice.core.log_context import current_turn
+
+LogFormat = Literal["human", "json"]
 
 # Loggers whose lines are written for this service, never quoting message text at INFO.
 _OWN = frozenset({"botservice", "bench", "__main__"})
@@ -43,7 +54,7 @@ _LIBRARIES = (
     "websockets",
 )
 ELIDED = "…"
-_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(turn)s"
 _QUOTING = re.compile(r"['\"`{\[<]")
 
 
@@ -61,15 +72,58 @@ class PrivateTextFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str, *, stream: TextIO | None = None) -> logging.Handler:
+class TurnStamp(logging.Filter):
+    """Puts the turn being answered (if any) on the record: `turn_id`, `conversation_id`,
+    `platform`, and `turn`, the same as a suffix for human lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        turn = current_turn.get()
+        if turn is None:
+            record.turn = ""
+        else:
+            record.turn_id = turn.turn_id
+            record.conversation_id = turn.conversation_id
+            record.platform = turn.platform
+            record.turn = (
+                f" [turn={turn.turn_id} conversation={turn.conversation_id} "
+                f"platform={turn.platform}]"
+            )
+        return True
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line: time (UTC, ISO 8601), level, logger, message, the turn's ids
+    when inside one, and the traceback (as the privacy filter left it)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": _message(record),
+        }
+        for key in ("turn_id", "conversation_id", "platform"):
+            if (value := getattr(record, key, None)) is not None:
+                line[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exception"] = record.exc_text
+        return orjson.dumps(line).decode()
+
+
+def configure_logging(
+    level: str, *, stream: TextIO | None = None, log_format: LogFormat = "human"
+) -> logging.Handler:
     """Send every logger to `stream` (stderr) at `level`; returns the handler it installed."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(JsonLines() if log_format == "json" else logging.Formatter(_FORMAT))
     # The handler keeps the level even if the root logger is lowered later.
     handler.setLevel(numeric)
     if numeric > logging.DEBUG:
         handler.addFilter(PrivateTextFilter())
+    handler.addFilter(TurnStamp())
     root = logging.getLogger()
     # Replace our earlier handler (a second call), keep anyone else's (a test runner's).
     for old in [h for h in root.handlers if getattr(h, "botservice", False)]:

@@ -9,14 +9,17 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from botservice.app import preflight
 from botservice.app.expiry import start_expiry_scheduler
+from botservice.app.metrics import PrometheusTelemetry, TimedStore
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError
 from botservice.core.ports import Adapter, PendingTurn, ReplySink, Store
+from botservice.core.redact import redact_url
 from botservice.core.settings import Settings
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.model.client import OpenAIChatClient
 from botservice.model.tokens import TokenCounter
 from botservice.storage.engine import (
@@ -43,6 +46,12 @@ class Services:
     store: SqlStore
     model: OpenAIChatClient
     core: ConversationCore
+    # Set for `botservice run` (served at /metrics); None for the console and tools.
+    metrics: PrometheusTelemetry | None = None
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self.metrics if self.metrics is not None else NO_TELEMETRY
 
     @property
     def database(self) -> AsyncEngine:
@@ -70,8 +79,9 @@ def require_model_endpoint(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Open the database (bringing SQLite up to date by itself), the model client and the core."""
+async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIterator[Services]:
+    """Open the database (bringing SQLite up to date by itself), the model client and the core;
+    with `metrics`, each of them reports to one `PrometheusTelemetry`."""
     engine = create_engine(settings.database_url)
     try:
         await check_connection(engine)
@@ -89,10 +99,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await engine.dispose()
         raise
     store = SqlStore(engine)
-    model = OpenAIChatClient(settings.model)
-    core = ConversationCore(settings=settings, store=store, model=model, tokens=TokenCounter())
+    telemetry = PrometheusTelemetry(settings) if metrics else None
+    if telemetry is None:
+        model = OpenAIChatClient(settings.model)
+        core = ConversationCore(settings=settings, store=store, model=model, tokens=TokenCounter())
+    else:
+        model = OpenAIChatClient(settings.model, telemetry=telemetry)
+        core = ConversationCore(
+            settings=settings,
+            store=cast(Store, TimedStore(store, telemetry)),
+            model=model,
+            tokens=TokenCounter(),
+            telemetry=telemetry,
+        )
+        telemetry.watch_core(lambda: core.load)
     try:
-        yield Services(settings=settings, store=store, model=model, core=core)
+        yield Services(settings=settings, store=store, model=model, core=core, metrics=telemetry)
     finally:
         await core.stop()
         await model.aclose()
@@ -102,7 +124,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: bool) -> None:
     """Start adapters, the HTTP server and the expiry scheduler; run until SIGINT/SIGTERM."""
     settings = services.settings
-    scheduler = start_expiry_scheduler(services.store, settings.storage)
+    scheduler = start_expiry_scheduler(
+        services.store, settings.storage, telemetry=services.telemetry
+    )
     runner: web.AppRunner | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,11 +136,16 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
     try:
         if with_http:
             runner = await start_http_server(
-                services.store, adapters, settings.http.port, host=settings.http.host
+                services.store,
+                adapters,
+                settings.http.port,
+                host=settings.http.host,
+                metrics=services.metrics,
             )
         for adapter in adapters:
             await adapter.start()
             log.info("%s adapter started", adapter.platform)
+        log.info("%s", startup_summary(settings, adapters, metrics=services.metrics is not None))
         # Answers what a stop left behind, then sweeps for turns of processes that
         # die while others run on the same database.
         await services.core.start(_sink_router(adapters))
@@ -133,8 +162,25 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         scheduler.shutdown(wait=False)
 
 
+def startup_summary(settings: Settings, adapters: Sequence[Adapter], *, metrics: bool) -> str:
+    """The one line that says what this process serves (no secrets: URLs lose their
+    credentials)."""
+    database = redact_url(settings.database_url)
+    platforms = ",".join(adapter.platform for adapter in adapters) or "none"
+    return (
+        f"botservice started: adapters={platforms} database={database} "
+        f"model_endpoint={redact_url(settings.model.base_url)} model={settings.model.name} "
+        f"tools=none metrics={'/metrics' if metrics else 'off'}"
+    )
+
+
 async def start_http_server(
-    store: Store, adapters: Sequence[Adapter], port: int, *, host: str = "0.0.0.0"
+    store: Store,
+    adapters: Sequence[Adapter],
+    port: int,
+    *,
+    metrics: PrometheusTelemetry | None = None,
+    host: str = "0.0.0.0",
 ) -> web.AppRunner:
     # Imported here: `botservice chat` serves no HTTP and starts faster without it.
     from aiohttp import web
@@ -142,6 +188,8 @@ async def start_http_server(
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", Readiness(store, adapters).handle)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics.handle)
     for adapter in adapters:
         app.router.add_routes(adapter.http_routes())
     runner = web.AppRunner(app, access_log=None)

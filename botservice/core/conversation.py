@@ -40,6 +40,7 @@ from botservice.core.events import (
     within_image_limits,
 )
 from botservice.core.limits import BUSY, GateFull, Limits
+from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
 from botservice.core.ports import (
     ChatRequest,
@@ -66,6 +67,7 @@ from botservice.core.prompt import (
 )
 from botservice.core.settings import Settings
 from botservice.core.streaming import ThrottledUpdates
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry, failure_reason
 from botservice.core.text import clean_text, estimate_tokens
 from botservice.core.windows import ContextWindows, Window
 
@@ -101,6 +103,17 @@ class Submission:
 
 
 @dataclass(frozen=True, slots=True)
+class CoreLoad:
+    """Turns accepted or claimed here and not started, turns being answered, and the
+    model-call gate's running and waiting calls."""
+
+    pending_turns: int
+    running_turns: int
+    model_calls_running: int
+    model_calls_waiting: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Turn:
     turn_id: int
     conversation_id: int
@@ -112,6 +125,8 @@ class _Turn:
     audio: tuple[Attachment, ...] = ()
     # Answered after a stop or a takeover: something may have been shown already.
     resumed: bool = False
+    # When the message was stored: the latencies an operator sees count from here.
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +162,14 @@ class ConversationCore:
         tokens: TokenCounting | None = None,
         holder: str | None = None,
         policy: ChannelPolicy | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._settings = settings
         # Who manages a channel: adapters ask it when they build a message, the
         # commands when someone changes a setting.
         self.policy = policy or ChannelPolicy(settings.access.admin_user_ids)
+        # Public: adapters report their platform calls through the same observer.
+        self.telemetry = telemetry
         self._store = store
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
@@ -187,6 +205,16 @@ class ConversationCore:
     def holder(self) -> str:
         return self._holder
 
+    @property
+    def load(self) -> CoreLoad:
+        """What this process has in hand right now (read by metrics at scrape time)."""
+        return CoreLoad(
+            pending_turns=len(self._accepted) + len(self._claimed),
+            running_turns=len(self._running),
+            model_calls_running=self._limits.gate.running,
+            model_calls_waiting=self._limits.gate.waiting,
+        )
+
     # --- taking messages -------------------------------------------------------
 
     async def submit(self, message: IncomingMessage, sink: ReplySink) -> Submission | None:
@@ -203,6 +231,7 @@ class ConversationCore:
         if taken in self._taken:
             # Taken by this process already (Slack sends a mention twice, and retries):
             # known without asking the database, so the platform is acknowledged at once.
+            self.telemetry.message_redelivered(message.platform)
             return None
         text = clean_text(message.text)
         if refusal := self._refusal(text, message.attachments) or await self._limits.refusal(
@@ -232,7 +261,9 @@ class ConversationCore:
         self._remember_taken(taken)
         if accepted is None:
             log.info("dropped a redelivered message (%s %s)", message.platform, message.message_key)
+            self.telemetry.message_redelivered(message.platform)
             return None
+        self.telemetry.message_accepted(message.platform)
         done = asyncio.get_running_loop().create_future()
         self._accepted[accepted.turn_id] = _Accepted(
             conversation_id=accepted.conversation_id,
@@ -401,7 +432,8 @@ class ConversationCore:
         self._running.add(claimed.turn_id)
         self._ensure_upkeep()
         try:
-            await self._run_claimed(claimed, accepted)
+            with in_turn(claimed.turn_id, claimed.conversation_id, claimed.platform):
+                await self._run_claimed(claimed, accepted)
         finally:
             self._running.discard(claimed.turn_id)
             if accepted is not None and not accepted.done.done():
@@ -422,6 +454,7 @@ class ConversationCore:
             await self._keep_trying(
                 lambda: self._store.fail_turn(claimed.turn_id, holder=self._holder)
             )
+            self.telemetry.turn_finished(claimed.platform, "failed", "no_sink")
             return
         max_age = self._settings.conversation.resume_pending_max_age_seconds
         age = (datetime.now(UTC) - claimed.created_at).total_seconds()
@@ -430,6 +463,7 @@ class ConversationCore:
                 lambda: self._store.fail_turn(claimed.turn_id, holder=self._holder)
             )
             await sink.finish(RESTART_TOO_LATE)
+            self.telemetry.turn_finished(claimed.platform, "failed", "too_late")
             return
         turn = _Turn(
             turn_id=claimed.turn_id,
@@ -446,12 +480,15 @@ class ConversationCore:
                 )
             ),
             resumed=claimed.claims > 1 or accepted is None,
+            created_at=claimed.created_at,
         )
+        self.telemetry.turn_started(claimed.platform, resumed=turn.resumed)
         try:
             await self._answer_turn(turn, sink)
         except Exception:
             # The adapter's boundary: log the stack once, tell the user one sentence.
             log.exception("answering turn %d failed", turn.turn_id)
+            self.telemetry.turn_finished(claimed.platform, "failed", "unexpected")
             with contextlib.suppress(StoreUnavailable):
                 await self._keep_trying(
                     lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
@@ -566,6 +603,7 @@ class ConversationCore:
         updates = ThrottledUpdates(sink, self._settings.conversation.stream_update_interval_seconds)
         observer = sink if isinstance(sink, StreamObserver) else None
         parts: list[str] = []
+        telemetry = self.telemetry
         shrunk = False
         learned: int | None = None
         try:
@@ -574,7 +612,16 @@ class ConversationCore:
                     request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
                     try:
                         stream = await self._stream_into(
-                            request, prompt.tokens, turn.turn_id, sink, parts, updates, observer
+                            request,
+                            prompt.tokens,
+                            turn.turn_id,
+                            sink,
+                            parts,
+                            updates,
+                            observer,
+                            first_text=lambda: telemetry.first_text(
+                                key.platform, model, self._age(turn)
+                            ),
                         )
                         break
                     except ModelError as error:
@@ -605,8 +652,10 @@ class ConversationCore:
                 lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
             )
             await sink.finish(BUSY)
+            telemetry.turn_finished(key.platform, "failed", "busy")
             return
         await updates.close()
+        _report_usage(telemetry, model, stream.usage)
 
         answer = "".join(parts)
         shown = answer
@@ -616,9 +665,10 @@ class ConversationCore:
         elif prompt.left_out and await self._first_trim_notice(turn.conversation_id):
             shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
         await sink.finish(shown)
+        telemetry.final_text(key.platform, model, self._age(turn))
         # The answer has been shown: from here on it is only ever saved, never made
         # again, so a database outage is waited out (see `_keep_trying`).
-        await self._save_answer(
+        saved = await self._save_answer(
             turn,
             text=answer,
             usage=stream.usage,
@@ -626,6 +676,7 @@ class ConversationCore:
             model=model,
             reply_ref=reply_ref,
         )
+        telemetry.turn_finished(key.platform, "answered" if saved else "taken_over")
         if channel.retention_days == 0:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
@@ -645,9 +696,11 @@ class ConversationCore:
         parts: list[str],
         updates: ThrottledUpdates,
         observer: StreamObserver | None,
+        *,
+        first_text: Callable[[], None],
     ) -> ChatStream:
         """Wait for room under the model's rate limits, then stream the answer into
-        `parts` and the sink."""
+        `parts` and the sink (`first_text` is called when the first text arrives)."""
         # What OpenAI counts against a token limit when the request arrives.
         tokens = prompt_tokens + (request.max_tokens or 0)
         pacer = self._pacer
@@ -665,6 +718,8 @@ class ConversationCore:
                     # The headers came before the first delta; the next turns need them.
                     pacer.observe(ticket, stream.rate_limits, answered=True)
                     observed = True
+                if not parts:
+                    first_text()
                 parts.append(delta)
                 so_far = "".join(parts)
                 updates.offer(so_far)
@@ -735,7 +790,8 @@ class ConversationCore:
         status: MessageStatus,
         model: str,
         reply_ref: str | None,
-    ) -> None:
+    ) -> bool:
+        """False when the answer could not be saved (taken over, or the database stayed away)."""
         tokens = self._count_tokens(text)
         store = self._store
 
@@ -781,13 +837,15 @@ class ConversationCore:
                 turn.turn_id,
                 self._settings.conversation.store_retry_seconds,
             )
-            return
+            return False
         if saved is None:
             log.warning(
                 "turn %d was taken over by another process while this one answered it; "
                 "this answer was shown but not saved",
                 turn.turn_id,
             )
+            return False
+        return True
 
     async def _hear(self, turn: _Turn, sink: ReplySink) -> bool:
         """Put the transcript of the turn's audio in the stored message. False when it
@@ -801,6 +859,7 @@ class ConversationCore:
             log.warning("could not hear the audio of turn %d: %s", turn.turn_id, error)
             await self._keep_trying(lambda: store.fail_turn(turn.turn_id, holder=self._holder))
             await sink.finish(error.user_message)
+            self.telemetry.turn_finished(turn.key.platform, "failed", "unheard")
             return False
         stored = await self._keep_trying(lambda: store.message_text(turn.user_message_id))
         text = heard_text(stored.text if stored else "", turn.audio, transcript)
@@ -827,6 +886,7 @@ class ConversationCore:
             if isinstance(error, ModelStreamBroken):
                 error = ModelEmptyAnswer(str(error))
             await sink.finish(error.user_message)
+            self.telemetry.turn_finished(turn.key.platform, "failed", failure_reason(error))
             return
         # Keep what the model did say; mark it so neither the user nor a later
         # prompt mistakes it for a whole answer.
@@ -839,6 +899,13 @@ class ConversationCore:
         await self._save_answer(
             turn, text=partial, usage=None, status="interrupted", model=model, reply_ref=reply_ref
         )
+        self.telemetry.turn_finished(turn.key.platform, "interrupted", failure_reason(error))
+
+    @staticmethod
+    def _age(turn: _Turn) -> float:
+        if turn.created_at is None:
+            return 0.0
+        return max(0.0, (datetime.now(UTC) - turn.created_at).total_seconds())
 
     # --- input -------------------------------------------------------------------
 
@@ -863,3 +930,14 @@ class ConversationCore:
         if others := [a for a in message.attachments if not a.is_audio]:
             pieces.append(describe_attachments(others))
         return stored_text(pieces, [a for a in message.attachments if a.is_audio])
+
+
+def _report_usage(telemetry: Telemetry, model: str, usage: Usage | None) -> None:
+    if usage is not None:
+        telemetry.tokens(
+            model,
+            prompt=usage.prompt_tokens,
+            completion=usage.completion_tokens,
+            cached=usage.cached_tokens,
+            reasoning=usage.reasoning_tokens,
+        )

@@ -22,6 +22,23 @@ class ModelInfo(_Section):
     # x-ratelimit headers pace it).
     requests_per_minute: int = Field(default=0, ge=0)
     tokens_per_minute: int = Field(default=0, ge=0)
+    # Dollars per million tokens; 0 means unpriced (usage is still counted).
+    price_input_per_mtok: float = Field(default=0.0, ge=0)
+    price_output_per_mtok: float = Field(default=0.0, ge=0)
+    # Cached prompt tokens; unset: the input price.
+    price_cached_input_per_mtok: float | None = Field(default=None, ge=0)
+
+    def cost(self, *, prompt: int, completion: int, cached: int = 0) -> float:
+        """Dollars for one call's tokens. `cached` is part of `prompt` (as OpenAI counts)."""
+        cached = min(cached, prompt)
+        cached_price = self.price_cached_input_per_mtok
+        if cached_price is None:
+            cached_price = self.price_input_per_mtok
+        return (
+            (prompt - cached) * self.price_input_per_mtok
+            + cached * cached_price
+            + completion * self.price_output_per_mtok
+        ) / 1_000_000
 
 
 class ModelSettings(_Section):
@@ -54,6 +71,8 @@ class StorageSettings(_Section):
     purge_interval_minutes: float = Field(default=60, gt=0)
     purge_batch_size: int = Field(default=5000, gt=0)
     dedupe_days: int = Field(default=2, ge=1)
+    # Usage rows (tokens and cost, no text) are kept longer than messages.
+    usage_retention_days: int = Field(default=400, ge=1)
 
 
 class ImageSettings(_Section):
@@ -70,6 +89,15 @@ class LimitSettings(_Section):
     max_queued_turns: int = Field(default=100, ge=0)
     user_daily_tokens: int = Field(default=0, ge=0)
     channel_daily_tokens: int = Field(default=0, ge=0)
+    # Quotas from the usage ledger (botservice/core/usage.py); 0 turns one off.
+    user_monthly_tokens: int = Field(default=0, ge=0)
+    channel_monthly_tokens: int = Field(default=0, ge=0)
+    user_daily_cost: float = Field(default=0.0, ge=0)
+    user_monthly_cost: float = Field(default=0.0, ge=0)
+    channel_daily_cost: float = Field(default=0.0, ge=0)
+    channel_monthly_cost: float = Field(default=0.0, ge=0)
+    # The bot's admins (access.admin_user_ids) are not held to the quotas.
+    quota_exempt_admins: bool = True
 
 
 class AccessSettings(_Section):
@@ -126,9 +154,15 @@ class Settings(_Section):
     voice: VoiceSettings = VoiceSettings()
     database_url: str = "sqlite+aiosqlite:///botservice.db"
     log_level: str = "INFO"
+    # "json": one JSON object a line, for log pipelines (BOTSERVICE_LOG_FORMAT).
+    log_format: Literal["human", "json"] = "human"
 
     def model_info(self, model: str) -> ModelInfo:
         return self.models.get(model, self.model_defaults)
+
+    def token_cost(self, model: str, *, prompt: int, completion: int, cached: int = 0) -> float:
+        """Dollars for one call's tokens at the model's configured prices."""
+        return self.model_info(model).cost(prompt=prompt, completion=completion, cached=cached)
 
     @property
     def configured_models(self) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from botservice.core.errors import (
 from botservice.core.ports import ChatRequest, ChatResult, RateLimits, Usage
 from botservice.core.redact import scrub
 from botservice.core.settings import ModelSettings
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.model.discovery import WindowDiscovery
 from botservice.model.sse import SSEDataDecoder
 
@@ -86,8 +87,10 @@ class OpenAIChatClient:
         *,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._settings = settings
+        self.telemetry = telemetry
         self._url = settings.base_url.rstrip("/") + "/chat/completions"
         self._timeout = httpx.Timeout(
             settings.read_timeout_seconds, connect=settings.connect_timeout_seconds
@@ -133,7 +136,7 @@ class OpenAIChatClient:
         return OpenAIChatStream(self, request)
 
     async def complete(self, request: ChatRequest) -> ChatResult:
-        return await self._with_retries(lambda: self._complete_once(request))
+        return await self._with_retries(lambda: self._complete_once(request), request.model)
 
     async def list_models(self) -> list[str]:
         """The model ids the endpoint lists at `/models` (no retries: a person is waiting)."""
@@ -205,7 +208,9 @@ class OpenAIChatClient:
             finally:
                 await _close(response)
         except httpx.HTTPError as error:
+            self.telemetry.model_request(request.model, "transport")
             raise _transport_failure(error, response_started=False) from error
+        self.telemetry.model_request(request.model, status_class(response.status_code))
         self._check_status(response)
         return _parse_completion(response.content)
 
@@ -251,16 +256,16 @@ class OpenAIChatClient:
 
     # --- retries -------------------------------------------------------------
 
-    async def _with_retries(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
+    async def _with_retries(self, attempt_once: Callable[[], Awaitable[T]], model: str) -> T:
         attempt = 1
         while True:
             try:
                 return await attempt_once()
             except _Retryable as failure:
-                await self._before_retry(failure, attempt)
+                await self._before_retry(failure, attempt, model)
             attempt += 1
 
-    async def _before_retry(self, failure: _Retryable, attempt: int) -> None:
+    async def _before_retry(self, failure: _Retryable, attempt: int, model: str) -> None:
         """Sleep before attempt `attempt + 1`, or raise the final error if none is left."""
         max_attempts = self._settings.max_attempts
         if attempt >= max_attempts:
@@ -273,6 +278,9 @@ class OpenAIChatClient:
             max_attempts,
             failure.error,
             wait,
+        )
+        self.telemetry.model_retry(
+            model, wait, rate_limited=isinstance(failure.error, ModelRateLimited)
         )
         await asyncio.sleep(wait)
 
@@ -326,7 +334,7 @@ class OpenAIChatStream:
             except _Retryable as failure:
                 if shown:  # _attempt never asks for a retry after text; be sure anyway.
                     raise failure.error from failure.__cause__
-                await self._client._before_retry(failure, attempt)
+                await self._client._before_retry(failure, attempt, self._request.model)
             attempt += 1
 
     async def _attempt(self) -> AsyncIterator[str]:
@@ -340,6 +348,7 @@ class OpenAIChatStream:
             response = await client._send(_encode(self._request, stream=True), stream=True)
             response_started = True
             self.rate_limits = read_rate_limits(response.headers)
+            client.telemetry.model_request(self._request.model, status_class(response.status_code))
             if response.status_code >= 400:
                 await response.aread()
                 client._check_status(response)
@@ -367,6 +376,8 @@ class OpenAIChatStream:
                 if chunk is None:
                     break
         except httpx.HTTPError as error:
+            if not response_started:
+                client.telemetry.model_request(self._request.model, "transport")
             if not shown:
                 raise _transport_failure(error, response_started=response_started) from error
             if not self.finished:
@@ -557,6 +568,13 @@ def _httpx_error(cause: aiohttp.ClientError) -> httpx.TransportError:
 
 
 # --- helpers -------------------------------------------------------------------
+
+
+def status_class(status: int) -> str:
+    """A bounded label for an HTTP status: 429 on its own, the rest by hundreds."""
+    if status == 429:
+        return "429"
+    return f"{status // 100}xx"
 
 
 def _encode(request: ChatRequest, *, stream: bool) -> bytes:

@@ -277,7 +277,7 @@ class DiscordVoice:
     ) -> None:
         speaker = self.speakers.open(
             str(guild_id),
-            DiscordPlayback(connection),
+            DiscordPlayback(connection, self._context.core.telemetry),
             on_error=self._reporter(notice_channel_id),
         )
         session = _Session(connection, speaker)
@@ -286,11 +286,13 @@ class DiscordVoice:
                 self._watch_idle(guild_id, speaker), name=f"voice-idle-{guild_id}"
             )
         self._sessions[guild_id] = session
+        self._context.core.telemetry.voice_session(PLATFORM, +1)
 
     async def _leave(self, guild_id: int, reason: str) -> None:
         session = self._sessions.pop(guild_id, None)
         if session is None:
             return
+        self._context.core.telemetry.voice_session(PLATFORM, -1)
         watcher = session.watcher
         if watcher is not None and watcher is not asyncio.current_task():
             watcher.cancel()

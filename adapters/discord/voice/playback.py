@@ -16,12 +16,14 @@ from typing import Any, Protocol
 
 import discord
 
+from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.voice.audio import FRAME_BYTES, AudioError
 from botservice.voice.pipeline import Utterance
 
 SILENCE = bytes(FRAME_BYTES)
 # How long a read may wait for a late frame before playing silence instead.
 LATE_FRAME_WAIT_SECONDS = 0.005
+FRAME_SECONDS = 0.02
 
 
 class VoicePlayer(Protocol):
@@ -76,8 +78,9 @@ class FrameQueueSource(discord.AudioSource):
 class DiscordPlayback:
     """A `Playback` for `VoiceSpeaker` over one voice connection."""
 
-    def __init__(self, voice_client: VoicePlayer) -> None:
+    def __init__(self, voice_client: VoicePlayer, telemetry: Telemetry = NO_TELEMETRY) -> None:
         self.voice_client = voice_client
+        self._telemetry = telemetry
 
     async def __call__(self, utterance: Utterance) -> None:
         first = await anext(utterance.frames, None)
@@ -107,6 +110,9 @@ class DiscordPlayback:
             # Interrupted: cut the sentence now.
             self.voice_client.stop()
             raise
+        finally:
+            # What the player read is what was heard (20 ms a frame), cut short or not.
+            self._telemetry.spoken("discord", source.frames_read * FRAME_SECONDS)
         if failure is not None:
             raise AudioError(f"voice playback failed: {type(failure).__name__}") from failure
 
