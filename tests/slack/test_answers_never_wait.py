@@ -86,11 +86,18 @@ async def test_twenty_mentions_at_once_are_one_post_each(
     assert all(status == 200 for status, _ in statuses)
     await tiered.settle()
 
+    placeholders = 0
     for i, mention in enumerate(mentions):
         (answer,) = slack.thread(CHANNEL, mention["event"]["ts"])
-        assert answer.texts == [f"You said: question {i}"]
+        # The answer whole at once; only where the first token took over a second
+        # (twenty at once on a busy machine) a placeholder came first.
+        if answer.texts[0] == PLACEHOLDER:
+            placeholders += 1
+            assert answer.texts == [PLACEHOLDER, f"You said: question {i}"]
+        else:
+            assert answer.texts == [f"You said: question {i}"]
     assert slack.count("chat.postMessage") == 20
-    assert slack.count("chat.update") == 0
+    assert slack.count("chat.update") == placeholders
     assert slack.rate_limited == 0
 
 
