@@ -28,7 +28,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from botservice.adapters.slack.audio import SlackHearing
-from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
 from botservice.adapters.slack.envelope import MalformedBody, odd_field, read_envelope
 from botservice.adapters.slack.events import (
     PLATFORM,
@@ -127,6 +127,7 @@ class SlackAdapter:
             attaching_conversation_kwargs_enabled=False,
         )
         self._budget = UpdateBudget()
+        self._streams = StreamBudget()
         self._users = UserDirectory()
         self._known = KnownThreads()
         self._admins = frozenset(settings.access.admin_user_ids)
@@ -197,13 +198,16 @@ class SlackAdapter:
         if target is None:
             return None
         if self._oauth is None:
-            sink = SlackReplySink(client=self._client, target=target, budget=self._budget)
+            sink = SlackReplySink(
+                client=self._client, target=target, budget=self._budget, streams=self._streams
+            )
         else:
             sink = SlackReplySink(
                 client=None,
                 target=target,
                 budget=self._budget,
                 resolve=lambda: self._client_for(target),
+                streams=self._streams,
             )
         # A clip stored before a stop is heard when its turn resumes.
         return self._hearing.listening(
@@ -345,7 +349,9 @@ class SlackAdapter:
             context=context,
             raw=body,
         )
-        sink = SlackReplySink(client=client, target=draft.reply_target(), budget=self._budget)
+        sink = SlackReplySink(
+            client=client, target=draft.reply_target(), budget=self._budget, streams=self._streams
+        )
 
         async def event_token() -> str | None:
             return token

@@ -73,3 +73,90 @@ class UpdateBudget:
                 sent.append(self.clock())
                 return
             await asyncio.sleep(max(sent[0] + self.window_seconds - self.clock(), 0.0) + 0.001)
+
+
+@dataclass(slots=True)
+class _Window:
+    """Times of the calls of one method in one workspace within the last window."""
+
+    per_minute: int
+    window_seconds: float
+    times: deque[float] = field(default_factory=deque)
+
+    def used(self, now: float) -> int:
+        while self.times and now - self.times[0] >= self.window_seconds:
+            self.times.popleft()
+        return len(self.times)
+
+
+@dataclass(slots=True)
+class StreamBudget:
+    """Slack's native streaming per workspace: `chat.startStream` and `chat.stopStream`
+    are Tier 2 (20 a minute), `chat.appendStream` Tier 4 (100).
+
+    A stream is started only while its stop is sure to fit in the window too
+    (every open stream holds a stop slot); otherwise that answer is shown by post
+    and edits. Appends, like intermediate edits, are skipped when none is left:
+    the next one carries all the text not yet sent. A workspace where Slack
+    refused streaming itself (an unknown method, a missing scope) is remembered
+    and answered by post and edits from then on.
+    """
+
+    start_per_minute: int = 20
+    append_per_minute: int = 100
+    stop_per_minute: int = 20
+    window_seconds: float = 61.0
+    clock: Callable[[], float] = time.monotonic
+    refused: set[str] = field(default_factory=set)
+    _windows: dict[tuple[str, str], _Window] = field(default_factory=dict)
+    _open: Counter[str] = field(default_factory=Counter)
+
+    def _window(self, method: str, workspace: str) -> _Window:
+        window = self._windows.get((method, workspace))
+        if window is None:
+            limit = {
+                "start": self.start_per_minute,
+                "append": self.append_per_minute,
+                "stop": self.stop_per_minute,
+            }[method]
+            window = self._windows[(method, workspace)] = _Window(limit, self.window_seconds)
+        return window
+
+    def _room(self, method: str, workspace: str) -> int:
+        window = self._window(method, workspace)
+        return window.per_minute - window.used(self.clock())
+
+    def _record(self, method: str, workspace: str) -> None:
+        self._window(method, workspace).times.append(self.clock())
+
+    def try_start(self, workspace: str) -> bool:
+        if workspace in self.refused or self._room("start", workspace) < 1:
+            return False
+        if self._room("stop", workspace) < self._open[workspace] + 1:
+            return False
+        self._record("start", workspace)
+        self._open[workspace] += 1
+        return True
+
+    def try_append(self, workspace: str) -> bool:
+        if self._room("append", workspace) < 1:
+            return False
+        self._record("append", workspace)
+        return True
+
+    async def stop(self, workspace: str) -> None:
+        """A slot for the stream's last call, held for it since it started."""
+        while self._room("stop", workspace) < 1:
+            window = self._window("stop", workspace)
+            await asyncio.sleep(
+                max(window.times[0] + window.window_seconds - self.clock(), 0.0) + 0.001
+            )
+        self._record("stop", workspace)
+
+    def ended(self, workspace: str) -> None:
+        """The stream is over (stopped, expired or given up): its stop slot is free."""
+        if self._open[workspace] > 0:
+            self._open[workspace] -= 1
+
+    def refuse(self, workspace: str) -> None:
+        self.refused.add(workspace)

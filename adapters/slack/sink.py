@@ -17,9 +17,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
 from botservice.adapters.slack.events import ReplyTarget
-from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, markdown_to_mrkdwn
+from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, escape, markdown_to_mrkdwn
 from botservice.core.errors import BotServiceError
 from botservice.core.message_split import split_message
 
@@ -40,6 +40,20 @@ _MORE = "\n…"
 # waiting at most this long each time: the final text must land.
 FINAL_EDIT_ATTEMPTS = 5
 RETRY_AFTER_CAP_SECONDS = 30.0
+# Slack's answers to chat.startStream that mean "not in this workspace" (an older
+# plan, a missing scope, a method it does not know): edits from then on.
+STREAMING_REFUSED = frozenset(
+    {
+        "unknown_method",
+        "method_deprecated",
+        "missing_scope",
+        "not_allowed_token_type",
+        "feature_not_enabled",
+        "team_not_allowed",
+        "not_allowed",
+    }
+)
+STREAM_EXPIRED = "message_not_in_streaming_state"
 
 
 class SlackDeliveryError(BotServiceError):
@@ -63,6 +77,13 @@ class SlackReplySink:
     Edits after the first message come out of the workspace's `UpdateBudget`:
     intermediate ones are skipped when it is low; the final one is always made.
     Slack's own 429 on an edit holds back this reply's next edit only.
+
+    In assistant threads and direct-message threads, with `streams` given, an
+    answer still going when its first text is due is streamed natively
+    (`chat.startStream`, `appendStream`, `stopStream`) instead of edited. A
+    stream that expires mid-answer (`message_not_in_streaming_state`) continues
+    by `chat.update` with the whole text; a workspace that refuses streaming
+    gets edits from then on.
     """
 
     client: AsyncWebClient | None
@@ -75,9 +96,13 @@ class SlackReplySink:
     resolve: Callable[[], Awaitable[AsyncWebClient | None]] | None = None
     placeholder_after: float = 1.0
     first_text_hold: float = 0.3
+    streams: StreamBudget | None = None
     clock: Callable[[], float] = time.monotonic
     _last_shown: str | None = field(default=None, repr=False)
     _pending: str | None = field(default=None, repr=False)
+    _pending_raw: str = field(default="", repr=False)
+    _streaming: bool = field(default=False, repr=False)
+    _streamed: str = field(default="", repr=False)
     _open: bool = field(default=False, repr=False)
     _finishing: bool = field(default=False, repr=False)
     _turn_tag: str | None = field(default=None, repr=False)
@@ -127,17 +152,129 @@ class SlackReplySink:
             await self._post_first(PLACEHOLDER)
 
     async def _post_pending(self) -> None:
-        if self._pending is not None:
-            text = self._pending
-            await self._post_first(text)
-            if self.ts is not None:
-                self._last_shown = text
+        if self._pending is None:
+            return
+        if self._may_stream() and await self._start_stream(self._pending_raw):
+            return
+        text = self._pending
+        await self._post_first(text)
+        if self.ts is not None:
+            self._last_shown = text
+
+    def _metadata(self) -> dict[str, Any] | None:
+        if self._turn_tag is None:
+            return None
+        return {"event_type": TURN_EVENT_TYPE, "event_payload": {"turn": self._turn_tag}}
+
+    # --- native streaming ------------------------------------------------------------
+
+    def _may_stream(self) -> bool:
+        target = self.target
+        return (
+            self.streams is not None
+            and self.ts is None
+            and bool(target.thread_ts)
+            and (target.assistant or target.channel.startswith("D"))
+            and target.team not in self.streams.refused
+        )
+
+    async def _start_stream(self, text: str) -> bool:
+        """Start a native stream with `text`; False when this answer must use edits."""
+        assert self.streams is not None
+        team = self.target.team
+        view = escape(text)
+        if len(view) > self.limit or not self.streams.try_start(team):
+            return False
+        response, code = await self._stream_call(
+            "chat_startStream",
+            channel=self.target.channel,
+            thread_ts=self.target.thread_ts,
+            markdown_text=view,
+            recipient_team_id=team,
+            recipient_user_id=self.target.user or None,
+            # Not among chat.startStream's documented arguments (chat.stopStream's
+            # are): sent at the start too, so a turn resumed after a crash
+            # mid-stream can find its message where Slack keeps it.
+            metadata=self._metadata(),
+        )
+        ts = response.get("ts") if response is not None else None
+        if not isinstance(ts, str) or not ts:
+            self.streams.ended(team)
+            if code in STREAMING_REFUSED:
+                log.info("Slack workspace %s refused streaming (%s); using edits", team, code)
+                self.streams.refuse(team)
+            return False
+        self.ts = ts
+        self._streaming = True
+        self._streamed = view
+        return True
+
+    async def _append_stream(self, text: str) -> None:
+        assert self.streams is not None and self.ts is not None
+        view = escape(text)
+        if not view.startswith(self._streamed) or len(view) > self.limit:
+            return  # the final text settles it
+        delta = view[len(self._streamed) :]
+        if not delta or not self.streams.try_append(self.target.team):
+            return  # skipped: the next append carries everything not yet sent
+        _, code = await self._stream_call(
+            "chat_appendStream", channel=self.target.channel, ts=self.ts, markdown_text=delta
+        )
+        if code is None:
+            self._streamed = view
+        elif code == STREAM_EXPIRED:
+            self._stream_expired()
+
+    def _stream_expired(self) -> None:
+        """Slack closed the stream (a long pause): the message stays and is edited on."""
+        assert self.streams is not None and self.ts is not None
+        log.info("a Slack stream in %s expired; continuing by edits", self.target.channel)
+        self._streaming = False
+        self.streams.ended(self.target.team)
+        self._shown_at(self.ts)
+
+    async def _stop_stream(self, text: str) -> bool:
+        """End the stream with the final text; False when the final text must still be
+        shown by an edit (it does not continue what was streamed, or the stream expired)."""
+        assert self.streams is not None and self.ts is not None
+        view = escape(text)
+        continues = view.startswith(self._streamed) and len(view) <= self.limit
+        delta = view[len(self._streamed) :] if continues else ""
+        await self.streams.stop(self.target.team)
+        _, code = await self._stream_call(
+            "chat_stopStream",
+            channel=self.target.channel,
+            ts=self.ts,
+            markdown_text=delta or None,
+            metadata=self._metadata(),
+        )
+        if code is None:
+            self._streaming = False
+            self.streams.ended(self.target.team)
+            if continues:
+                self._streamed = view
+                return True
+            self._shown_at(self.ts)
+            return False
+        self._stream_expired()
+        return False
+
+    async def _stream_call(self, method: str, **kwargs: Any) -> tuple[Any, str | None]:
+        """A streaming call: (response, None), or (None, Slack's error code)."""
+        arguments = {key: value for key, value in kwargs.items() if value is not None}
+        try:
+            client = await self._client_for_edits()
+            return await getattr(client, method)(**arguments), None
+        except (SlackApiError, SlackDeliveryError, aiohttp.ClientError, TimeoutError) as error:
+            code = _describe(error)
+            log.warning("Slack %s failed in %s: %s", method, self.target.channel, code)
+            return None, code
+
+    # --- posting and editing -----------------------------------------------------------
 
     async def _post_first(self, text: str, *, required: bool = False) -> str | None:
         """Post the answer's first message, tagged with its turn."""
-        metadata = None
-        if self._turn_tag is not None:
-            metadata = {"event_type": TURN_EVENT_TYPE, "event_payload": {"turn": self._turn_tag}}
+        metadata = self._metadata()
         response = await self._call(
             "chat_postMessage",
             channel=self.target.channel,
@@ -185,11 +322,15 @@ class SlackReplySink:
             return
         if self.ts is None:
             # Held briefly, so a short answer goes out whole in one post; the
-            # post takes whatever text has come by then.
+            # post (or stream) takes whatever text has come by then.
             first = self._pending is None
             self._pending = shown
+            self._pending_raw = text
             if first:
                 self._later(self.first_text_hold, self._post_pending)
+            return
+        if self._streaming:
+            await self._append_stream(text)
             return
         if self.clock() < self._edit_after or not self.budget.try_take(self.target.team):
             return  # skipped, not queued: the next edit carries the whole text
@@ -218,6 +359,8 @@ class SlackReplySink:
         # answer: skipping it is how placeholders get stuck.
         chunks = split_message(markdown_to_mrkdwn(text), self.limit) or [""]
         first, rest = chunks[0] or "…", chunks[1:]
+        if self._streaming and await self._stop_stream(text):
+            return
         if self.ts is None:
             await self._post_first(first, required=True)
         else:

@@ -49,9 +49,11 @@ TIERS: dict[str, int] = {
     "chat.update": TIER_3,
     "chat.delete": TIER_3,
     "chat.postEphemeral": TIER_4,
-    "chat.startStream": TIER_4,
+    # chat.stopStream is Tier 2 in Slack's method reference; startStream is taken
+    # to be Tier 2 and appendStream Tier 4 (not checked against the reference here).
+    "chat.startStream": TIER_2,
     "chat.appendStream": TIER_4,
-    "chat.stopStream": TIER_4,
+    "chat.stopStream": TIER_2,
     "users.info": TIER_4,
     # Apps outside the Marketplace: Tier 1 for conversations.history / .replies (2025-05).
     "conversations.replies": TIER_1,
@@ -86,6 +88,10 @@ class PostedMessage:
     # Every text the message has shown, first to last (the post, then each edit),
     # with when it was shown (monotonic clock).
     shown: list[tuple[float, str]] = field(default_factory=list)
+    # A message made by chat.startStream stays open for appends until it is stopped
+    # or has been idle for the fake's `stream_idle_seconds`.
+    streaming: bool = False
+    last_streamed: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.shown:
@@ -140,7 +146,14 @@ class FakeSlackApi:
     refuse_sockets: bool = False
     # Slack's tiers per method per workspace (see the module docstring).
     enforce_tiers: bool = False
+    # Native streaming (chat.startStream / appendStream / stopStream): a workspace
+    # without it answers `unknown_method`; a stream idle this long has expired and
+    # answers `message_not_in_streaming_state`, as Slack's do after long pauses.
+    streaming_supported: bool = True
+    stream_idle_seconds: float = 300.0
     rate_limited_by_method: dict[str, int] = field(default_factory=dict)
+    # ts -> the blocks chat.stopStream put under a streamed message.
+    stream_blocks: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ts = itertools.count(1)
@@ -156,6 +169,9 @@ class FakeSlackApi:
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
+            "chat.startStream": self._start_stream,
+            "chat.appendStream": self._append_stream,
+            "chat.stopStream": self._stop_stream,
             "chat.postEphemeral": self._post_ephemeral,
             "users.info": self._users_info,
             "conversations.replies": self._replies,
@@ -356,6 +372,8 @@ class FakeSlackApi:
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         handler = self.handlers.get(method)
+        if method.endswith("Stream") and not self.streaming_supported:
+            handler = None
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
         answer = handler(args)
@@ -456,6 +474,66 @@ class FakeSlackApi:
         self._notify()
         return {"ok": True, "channel": key[0], "ts": key[1], "text": message.text}
 
+    def _start_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = str(args.get("channel", ""))
+        thread_ts = args.get("thread_ts") or None
+        if not channel or not thread_ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        ts = self._next_ts()
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        message = PostedMessage(
+            channel, ts, _streamed_text(args), str(thread_ts), metadata=metadata
+        )
+        message.streaming = True
+        message.last_streamed = time.monotonic()
+        self.messages[(channel, ts)] = message
+        self._notify()
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _streaming_message(self, args: dict[str, Any]) -> PostedMessage | dict[str, Any]:
+        key = (str(args.get("channel", "")), str(args.get("ts", "")))
+        message = self.messages.get(key)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if message.streaming and time.monotonic() - message.last_streamed > (
+            self.stream_idle_seconds
+        ):
+            message.streaming = False
+        if not message.streaming:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        return message
+
+    def _append_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming_message(args)
+        if isinstance(message, dict):
+            return message
+        message.text += _streamed_text(args)
+        message.last_streamed = time.monotonic()
+        message.shown.append((message.last_streamed, message.text))
+        self._notify()
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _stop_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming_message(args)
+        if isinstance(message, dict):
+            return message
+        added = _streamed_text(args)
+        message.streaming = False
+        if added:
+            message.text += added
+            message.shown.append((time.monotonic(), message.text))
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        if metadata:
+            message.metadata = metadata
+        if args.get("blocks"):
+            self.stream_blocks[message.ts] = args["blocks"]
+        self._notify()
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
     def _post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         self.ephemeral.append(args)
         return {"ok": True, "message_ts": self._next_ts()}
@@ -522,6 +600,18 @@ class FakeSlackApi:
             return web.Response(status=404)
         content_type, data = self.files[name]
         return web.Response(body=data, content_type=content_type)
+
+
+def _streamed_text(args: dict[str, Any]) -> str:
+    """The text a streaming call adds: `markdown_text` and markdown text chunks."""
+    text = str(args.get("markdown_text") or "")
+    chunks = args.get("chunks") or []
+    if isinstance(chunks, str):
+        chunks = json.loads(chunks)
+    for chunk in chunks:
+        if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
+            text += str(chunk.get("text") or "")
+    return text
 
 
 def _flag(value: Any) -> bool:
