@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -136,6 +137,8 @@ class RecordedRequest:
     body: dict[str, Any]  # parsed JSON, or the form fields of a multipart upload
     files: dict[str, bytes] = field(default_factory=dict)
     received_at: float = 0.0
+    # When the whole answer had been written (a streamed one's last byte), if it was.
+    finished_at: float | None = None
     peer: tuple[str, int] | None = None  # client address: tells connection reuse apart
 
     @property
@@ -276,7 +279,12 @@ class FakeModelServer:
         if isinstance(behaviour, PlainJson) or not streaming:
             text = self._text_of(behaviour, body)
             return web.json_response(self._completion(body, text))
-        return await self._stream(request, body, behaviour)
+        index = len(self.requests) - 1
+        response = await self._stream(request, body, behaviour)
+        self.requests[index] = dataclasses.replace(
+            self.requests[index], finished_at=time.monotonic()
+        )
+        return response
 
     def _text_of(self, behaviour: Behaviour, body: dict[str, Any]) -> str:
         if isinstance(behaviour, Reply | PlainJson):
