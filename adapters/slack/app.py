@@ -29,7 +29,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.adapters.slack.audio import SlackHearing
-from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
 from botservice.adapters.slack.envelope import MalformedBody, odd_field, read_envelope
 from botservice.adapters.slack.events import (
     PLATFORM,
@@ -143,6 +143,7 @@ class SlackAdapter:
             attaching_conversation_kwargs_enabled=False,
         )
         self._budget = UpdateBudget(telemetry=core.telemetry)
+        self._streams = StreamBudget()
         self._users = UserDirectory()
         self._known = KnownThreads()
         self._tasks = BackgroundTasks()
@@ -213,6 +214,7 @@ class SlackAdapter:
                 target=target,
                 budget=self._budget,
                 telemetry=self._core.telemetry,
+                streams=self._streams,
             )
         else:
             sink = SlackReplySink(
@@ -221,6 +223,7 @@ class SlackAdapter:
                 budget=self._budget,
                 resolve=lambda: self._client_for(target),
                 telemetry=self._core.telemetry,
+                streams=self._streams,
             )
         # A clip stored before a stop is heard when its turn resumes.
         return self._hearing.listening(
@@ -367,6 +370,7 @@ class SlackAdapter:
             target=draft.reply_target(),
             budget=self._budget,
             telemetry=self._core.telemetry,
+            streams=self._streams,
         )
 
         async def event_token() -> str | None:

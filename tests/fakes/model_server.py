@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -152,6 +153,8 @@ class RecordedRequest:
     body: dict[str, Any]  # parsed JSON, or the form fields of a multipart upload
     files: dict[str, bytes] = field(default_factory=dict)
     received_at: float = 0.0
+    # When the whole answer had been written (a streamed one's last byte), if it was.
+    finished_at: float | None = None
     peer: tuple[str, int] | None = None  # client address: tells connection reuse apart
 
     @property
@@ -310,7 +313,12 @@ class FakeModelServer:
         if isinstance(behaviour, PlainJson) or not streaming:
             text = self._text_of(behaviour, body)
             return web.json_response(self._completion(body, text), headers=limit_headers)
-        return await self._stream(request, body, behaviour, limit_headers)
+        index = len(self.requests) - 1
+        response = await self._stream(request, body, behaviour, limit_headers)
+        self.requests[index] = dataclasses.replace(
+            self.requests[index], finished_at=time.monotonic()
+        )
+        return response
 
     def _take_rate(self) -> dict[str, str] | None:
         """Count one request against `rate_limit`: its headers, or None when over."""
