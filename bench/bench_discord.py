@@ -77,7 +77,7 @@ async def run(channels: int, rounds: int, database: Path) -> dict[str, Any]:
     )
     model = OpenAIChatClient(settings.model)
     core = ConversationCore(settings=settings, store=store, model=model)
-    adapter = create_adapter(settings, core, guild_ready_timeout=0.05)
+    adapter = create_adapter(settings, core, store, guild_ready_timeout=0.05)
     await adapter.start()
 
     first_call: list[float] = []

@@ -31,6 +31,7 @@ class RecordingSink:
     finals: list[str] = field(default_factory=list)
     finished_at: float | None = None
     notices: list[str] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
     ref: str = "placeholder-1"
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -51,6 +52,9 @@ class RecordingSink:
 
     async def notice(self, text: str, *, private: bool = True) -> None:
         self.notices.append(text)
+
+    async def status(self, text: str) -> None:
+        self.statuses.append(text)
 
     @property
     def final(self) -> str:

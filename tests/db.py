@@ -49,6 +49,9 @@ TABLES = (
     "channel_settings",
     "purge_claims",
     "usage",
+    "slack_installations",
+    "slack_bots",
+    "slack_oauth_states",
 )
 
 T = TypeVar("T")

@@ -57,7 +57,7 @@ def user_texts(fake_model: FakeModelServer) -> list[str]:
 
 
 async def test_the_eleventh_message_in_a_minute_is_refused_and_never_reaches_the_model(
-    make_chat: ChatFactory, fake_model: FakeModelServer
+    make_chat: ChatFactory, fake_model: FakeModelServer, sqlite_store: Store
 ) -> None:
     chat = make_chat()  # the shipped default: 10 a minute
     for n in range(10):
@@ -75,7 +75,7 @@ async def test_the_eleventh_message_in_a_minute_is_refused_and_never_reaches_the
     # Someone else is not held back by it.
     assert (await chat.say("hello", user="U2", thread="TU2")).final == "You said: hello"
     # The refused message was not stored: it never turns up in a later prompt.
-    assert not await chat.core.has_conversation(chat.message("x", thread="T99").conversation)
+    assert not await sqlite_store.has_conversation(chat.message("x", thread="T99").conversation)
 
 
 async def test_a_second_delivery_of_one_message_does_not_count_twice(

@@ -100,7 +100,7 @@ async def test_purge_deletes_in_batches_of_at_most_batch_size(
         await exchange(store, f"m{index}", thread=f"T{index}")
     assert await count(store, MESSAGES) == 10
 
-    with caplog.at_level(logging.DEBUG, logger="storage"):
+    with caplog.at_level(logging.DEBUG, logger="botservice.storage"):
         counts = await purge(store, later(31), batch_size=3)
 
     assert (counts.messages, counts.conversations) == (10, 5)
@@ -238,7 +238,7 @@ async def test_purge_logs_counts_never_text(
     store: SqlStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     await exchange(store, "m1", "my bank password is swordfish")
-    with caplog.at_level(logging.INFO, logger="storage"):
+    with caplog.at_level(logging.INFO, logger="botservice.storage"):
         await purge(store, later(31))
         await store.forget_user("test", "U1")
     assert "removed 2 messages, 1 conversations, 1 dedupe markers" in caplog.text

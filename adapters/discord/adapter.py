@@ -24,7 +24,7 @@ from botservice.adapters.discord.voice.commands import voice_extension
 from botservice.adapters.discord.voice.connection import DiscordVoice
 from botservice.adapters.discord.voice.hearing import DiscordHearing
 from botservice.core.errors import ConfigError
-from botservice.core.ports import PendingTurn, ReplySink
+from botservice.core.ports import Lookups, PendingTurn, ReplySink
 from botservice.core.redact import redact_url
 from botservice.core.settings import Settings
 from botservice.voice.speech import SpeechEngine
@@ -54,6 +54,7 @@ class DiscordAdapter:
         self,
         settings: Settings,
         core: ConversationCore,
+        lookups: Lookups,
         *,
         extensions: Sequence[TreeExtension] = (),
         guild_ready_timeout: float = 2.0,
@@ -63,7 +64,7 @@ class DiscordAdapter:
         speech_engine: SpeechEngine | None = None,
     ) -> None:
         self.settings = settings
-        self.context = DiscordContext(settings=settings, core=core)
+        self.context = DiscordContext(settings=settings, core=core, lookups=lookups)
         self.messages = DiscordMessages(self.context)
         self.interactions = DiscordInteractions(self.context, self.messages)
         # Transcription needs only HTTP, so voice messages work even where speaking cannot.

@@ -1,4 +1,5 @@
-"""What the Discord handlers share: the core, the settings, the client once it exists."""
+"""What the Discord handlers share: the core, the store's lookups, the settings, the client
+once it exists."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import discord
 
 from botservice.adapters.discord.reply_chains import ReplyChains
-from botservice.core.ports import ReplySink
+from botservice.core.ports import Lookups, ReplySink
 from botservice.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class Hearing(Protocol):
 class DiscordContext:
     settings: Settings
     core: ConversationCore
+    lookups: Lookups
     chains: ReplyChains = field(default_factory=ReplyChains)
     owner_ids: frozenset[int] = frozenset()
     client: discord.Client | None = None

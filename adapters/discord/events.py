@@ -1,8 +1,9 @@
 """Pure translation: discord.py messages and interactions into the core's `IncomingMessage`.
 
-Nothing here does I/O. Deciding *whether* to answer a message, *which conversation*
-it belongs to and *who* may administer the channel are small functions of the
-payload and of what the adapter already knows (the bot's id, the reply-chain index).
+Nothing here does I/O. Deciding *whether* to answer a message and *which conversation*
+it belongs to, and gathering the facts `ChannelPolicy` decides *who* manages the channel
+on, are small functions of the payload and of what the adapter already knows (the
+bot's id, the reply-chain index, the application's owners).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import discord
 
+from botservice.core.channel_policy import ManagerFacts
 from botservice.core.events import Attachment, ContextMessage, IncomingMessage
 
 PLATFORM = "discord"
@@ -78,18 +80,23 @@ def referenced_message(message: discord.Message) -> discord.Message | None:
     return resolved if isinstance(resolved, discord.Message) else None
 
 
-def is_channel_admin(
+def manager_facts(
     *,
     manage_channels: bool,
     user_id: int,
     owner_ids: Iterable[int],
-    admin_user_ids: Iterable[str],
     in_dm: bool = False,
-) -> bool:
-    """Manage Channels in this channel, the bot's owner, or an id listed in the config.
-    In a direct message the person is the only member, so they manage it."""
-    return (
-        in_dm or manage_channels or user_id in set(owner_ids) or str(user_id) in set(admin_user_ids)
+    guild_owner_id: int | None = None,
+) -> ManagerFacts:
+    """What Discord tells about managing the channel: Manage Channels in it, owning the
+    server or the bot's application, a direct message (`ChannelPolicy` decides)."""
+    return ManagerFacts(
+        platform=PLATFORM,
+        user_id=str(user_id),
+        direct=in_dm,
+        manage_channels=manage_channels,
+        guild_owner=guild_owner_id is not None and guild_owner_id == user_id,
+        bot_owner=user_id in set(owner_ids),
     )
 
 

@@ -135,12 +135,15 @@ class DiscordInteractions:
     # --- shared ---------------------------------------------------------------------------
 
     def _admin(self, interaction: discord.Interaction) -> bool:
-        return events.is_channel_admin(
-            manage_channels=interaction.permissions.manage_channels,
-            user_id=interaction.user.id,
-            owner_ids=self._context.owner_ids,
-            admin_user_ids=self._context.settings.access.admin_user_ids,
-            in_dm=interaction.guild_id is None,
+        guild = interaction.guild
+        return self._context.core.policy.manages(
+            events.manager_facts(
+                manage_channels=interaction.permissions.manage_channels,
+                user_id=interaction.user.id,
+                owner_ids=self._context.owner_ids,
+                in_dm=interaction.guild_id is None,
+                guild_owner_id=guild.owner_id if guild is not None else None,
+            )
         )
 
 

@@ -54,12 +54,14 @@ class DiscordMessages:
         if route is None:
             return
         context.chains.remember(message.id, route.thread)
-        admin = events.is_channel_admin(
-            manage_channels=_manage_channels(message),
-            user_id=message.author.id,
-            owner_ids=context.owner_ids,
-            admin_user_ids=context.settings.access.admin_user_ids,
-            in_dm=message.guild is None,
+        admin = context.core.policy.manages(
+            events.manager_facts(
+                manage_channels=_manage_channels(message),
+                user_id=message.author.id,
+                owner_ids=context.owner_ids,
+                in_dm=message.guild is None,
+                guild_owner_id=message.guild.owner_id if message.guild else None,
+            )
         )
         incoming = events.incoming_from_message(
             message,
@@ -146,7 +148,7 @@ class DiscordMessages:
         if parent_is_bot:
             # A chain answered before this process started: the store knows which
             # conversation the bot's answer belongs to.
-            stored = await self._context.core.thread_of_message(
+            stored = await self._context.lookups.thread_of_message(
                 events.PLATFORM,
                 str(message.guild.id) if message.guild else events.DM_WORKSPACE,
                 str(message.channel.id),

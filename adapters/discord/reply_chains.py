@@ -11,8 +11,9 @@ answer is "cold": see `DiscordMessages.place_reply`.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import NamedTuple
+
+from cachetools import LRUCache
 
 
 class ChainEntry(NamedTuple):
@@ -22,14 +23,11 @@ class ChainEntry(NamedTuple):
 
 class ReplyChains:
     def __init__(self, capacity: int = 100_000) -> None:
-        self._capacity = capacity
-        self._roots: OrderedDict[int, ChainEntry] = OrderedDict()
+        # Least recently used first out: a chain someone is still replying to stays.
+        self._roots: LRUCache[int, ChainEntry] = LRUCache(capacity)
 
     def entry(self, message_id: int) -> ChainEntry | None:
-        found = self._roots.get(message_id)
-        if found is not None:
-            self._roots.move_to_end(message_id)
-        return found
+        return self._roots.get(message_id)  # a hit counts as a use
 
     def root_of(self, message_id: int) -> str | None:
         found = self.entry(message_id)
@@ -37,9 +35,6 @@ class ReplyChains:
 
     def remember(self, message_id: int, root: str, *, by_bot: bool = False) -> None:
         self._roots[message_id] = ChainEntry(root, by_bot)
-        self._roots.move_to_end(message_id)
-        while len(self._roots) > self._capacity:
-            self._roots.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._roots)

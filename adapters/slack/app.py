@@ -26,9 +26,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.adapters.slack.audio import SlackHearing
-from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
 from botservice.adapters.slack.envelope import MalformedBody, odd_field, read_envelope
 from botservice.adapters.slack.events import (
     PLATFORM,
@@ -38,6 +39,7 @@ from botservice.adapters.slack.events import (
     DeleteMessage,
     Ignore,
     ReplyTarget,
+    SlackUser,
     WorkspaceGone,
     build_incoming,
     slash_command,
@@ -52,11 +54,12 @@ from botservice.adapters.slack.socket_mode import SocketModeRunner
 from botservice.adapters.slack.threads import KnownThreads, read_thread_once
 from botservice.adapters.slack.users import UserDirectory
 from botservice.core.background import BackgroundTasks
+from botservice.core.channel_policy import ManagerFacts
 from botservice.core.commands import parse_command
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError, StoreUnavailable
 from botservice.core.events import Command, ContextMessage, ConversationKey
-from botservice.core.ports import PendingTurn, ReplySink
+from botservice.core.ports import Lookups, PendingTurn, ReplySink
 from botservice.core.settings import Settings
 from botservice.voice.transcription import Transcriber
 
@@ -83,10 +86,19 @@ class SlackAdapter:
 
     platform = PLATFORM
 
-    def __init__(self, settings: Settings, core: ConversationCore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        core: ConversationCore,
+        lookups: Lookups,
+        *,
+        database: AsyncEngine | None = None,
+    ) -> None:
         slack = settings.slack
         self._settings = settings
         self._core = core
+        # Asked before an event is acknowledged, and for what Slack says is gone.
+        self._lookups = lookups
         self._api_url = slack.api_url
         self._signing_secret = (
             slack.signing_secret.get_secret_value() if slack.signing_secret else ""
@@ -117,7 +129,11 @@ class SlackAdapter:
         self._bot_token = bot_token
         self._signature = SignatureCheck(self._signing_secret)
         self._rejections = RejectionLog()
-        self._oauth = SlackOAuth.from_settings(settings) if not bot_token else None
+        self._oauth: SlackOAuth | None = None
+        if not bot_token:
+            if database is None:
+                raise TypeError("multi-workspace installs need the bot's database engine")
+            self._oauth = SlackOAuth.from_settings(settings, database)
         self._app = AsyncApp(
             client=self._client,
             signing_secret=self._signing_secret or "socket-mode-only",
@@ -127,9 +143,9 @@ class SlackAdapter:
             attaching_conversation_kwargs_enabled=False,
         )
         self._budget = UpdateBudget(telemetry=core.telemetry)
+        self._streams = StreamBudget()
         self._users = UserDirectory()
         self._known = KnownThreads()
-        self._admins = frozenset(settings.access.admin_user_ids)
         self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._socket = SocketModeRunner(self._app, app_token, self._client) if app_token else None
@@ -150,9 +166,7 @@ class SlackAdapter:
             self._session = aiohttp.ClientSession()
             # Every per-request client Bolt builds reuses this session's pool.
             self._client.session = self._session
-        if self._oauth is not None:
-            await self._oauth.open()
-        else:
+        if self._oauth is None:
             await self._check_bot_token()
         if self._socket is not None:
             await self._socket.start()
@@ -180,8 +194,6 @@ class SlackAdapter:
         if self._socket is not None:
             await self._socket.stop()
         await self._tasks.cancel_all()
-        if self._oauth is not None:
-            await self._oauth.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -202,6 +214,7 @@ class SlackAdapter:
                 target=target,
                 budget=self._budget,
                 telemetry=self._core.telemetry,
+                streams=self._streams,
             )
         else:
             sink = SlackReplySink(
@@ -210,6 +223,7 @@ class SlackAdapter:
                 budget=self._budget,
                 resolve=lambda: self._client_for(target),
                 telemetry=self._core.telemetry,
+                streams=self._streams,
             )
         # A clip stored before a stop is heard when its turn resumes.
         return self._hearing.listening(
@@ -346,7 +360,7 @@ class SlackAdapter:
         message = build_incoming(
             draft,
             user=user,
-            is_channel_admin=user.is_admin or draft.user in self._admins,
+            is_channel_admin=self._manages(user, direct=draft.is_direct),
             attachments=attachments,
             context=context,
             raw=body,
@@ -356,6 +370,7 @@ class SlackAdapter:
             target=draft.reply_target(),
             budget=self._budget,
             telemetry=self._core.telemetry,
+            streams=self._streams,
         )
 
         async def event_token() -> str | None:
@@ -379,7 +394,8 @@ class SlackAdapter:
         client = context.client
         user = await self._users.lookup(client, request.team, request.user)
         message = request.message(
-            is_channel_admin=user.is_admin or request.user in self._admins, user_name=user.name
+            is_channel_admin=self._manages(user, direct=request.channel_type == "im"),
+            user_name=user.name,
         )
         sink = CommandReplySink(
             client=client,
@@ -403,7 +419,9 @@ class SlackAdapter:
     # --- the rest of Slack's events -------------------------------------------------------
 
     async def _delete(self, action: DeleteMessage) -> None:
-        await self._core.delete_platform_message(PLATFORM, action.team, action.channel, action.ts)
+        await self._lookups.delete_platform_message(
+            PLATFORM, action.team, action.channel, action.ts
+        )
 
     async def _forget_workspace(self, action: WorkspaceGone) -> None:
         log.info(
@@ -415,7 +433,7 @@ class SlackAdapter:
             await self._oauth.delete_workspace(action.enterprise, action.team)
         self._users.forget_workspace(action.team)
         self._known.forget_workspace(action.team)
-        await self._core.forget_workspace(PLATFORM, action.team)
+        await self._lookups.forget_workspace(PLATFORM, action.team)
 
     async def _suggest_prompts(
         self, client: AsyncWebClient, action: AssistantThreadStarted
@@ -442,7 +460,13 @@ class SlackAdapter:
 
     async def _core_knows(self, key: ConversationKey) -> bool:
         # From the store, so it holds across restarts and processes.
-        return await self._core.has_conversation(key)
+        return await self._lookups.has_conversation(key)
+
+    def _manages(self, user: SlackUser, *, direct: bool) -> bool:
+        facts = ManagerFacts(
+            platform=PLATFORM, user_id=user.id, direct=direct, workspace_admin=user.is_admin
+        )
+        return self._core.policy.manages(facts)
 
     async def _token_for(self, target: ReplyTarget) -> str | None:
         if self._oauth is None:

@@ -2,7 +2,11 @@
 
 slack-sdk's async SQLAlchemy stores keep installations (`slack_installations`,
 `slack_bots`) and OAuth states (`slack_oauth_states`) in the same database as
-the conversations, through their own async engine on `DATABASE_URL`.
+the conversations, on the one engine the runtime opened. Their tables belong to
+our Alembic migrations (`0003_slack_oauth`), like every other table: the stores'
+`create_tables()` is never called, so a schema change of slack-sdk cannot slip
+into a database behind the migrations' back (tests/slack/test_oauth_tables.py
+notices one).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.core.errors import ConfigError
 from botservice.core.settings import Settings
-from botservice.storage.engine import create_engine
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +47,22 @@ STATE_EXPIRATION_SECONDS = 600
 class SlackOAuth:
     client_id: str
     client_secret: str
-    database_url: str
     api_url: str
+    # The bot's own engine (owned and disposed by the store), with migrated tables.
+    engine: AsyncEngine
     install_path: str = INSTALL_PATH
     redirect_path: str = REDIRECT_PATH
 
     def __post_init__(self) -> None:
-        self._engine: AsyncEngine = create_engine(self.database_url)
         self.installations = AsyncSQLAlchemyInstallationStore(
-            client_id=self.client_id, engine=self._engine
+            client_id=self.client_id, engine=self.engine
         )
         self.states = AsyncSQLAlchemyOAuthStateStore(
-            expiration_seconds=STATE_EXPIRATION_SECONDS, engine=self._engine
+            expiration_seconds=STATE_EXPIRATION_SECONDS, engine=self.engine
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SlackOAuth:
+    def from_settings(cls, settings: Settings, engine: AsyncEngine) -> SlackOAuth:
         slack = settings.slack
         if not slack.client_id or not slack.client_secret:
             raise ConfigError(
@@ -70,8 +73,8 @@ class SlackOAuth:
         return cls(
             client_id=slack.client_id,
             client_secret=slack.client_secret.get_secret_value(),
-            database_url=settings.database_url,
             api_url=slack.api_url,
+            engine=engine,
         )
 
     def bolt_settings(self) -> AsyncOAuthSettings:
@@ -86,14 +89,6 @@ class SlackOAuth:
             state_store=self.states,
             authorization_url=self._authorization_url(),
         )
-
-    async def open(self) -> None:
-        # checkfirst: existing tables are left alone.
-        await self.installations.create_tables()
-        await self.states.create_tables()
-
-    async def close(self) -> None:
-        await self._engine.dispose()
 
     async def bot_token(self, enterprise: str | None, team: str) -> str | None:
         bot = await self.installations.async_find_bot(enterprise_id=enterprise, team_id=team)

@@ -1,20 +1,26 @@
-"""Where one answer goes in Slack: a placeholder at once, throttled edits, split final text."""
+"""Where one answer goes in Slack: the first text when it arrives, edits within the
+workspace's budget, the final text split if it must be."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from botservice.adapters.slack.budget import UpdateBudget
+from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
 from botservice.adapters.slack.events import ReplyTarget
-from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, markdown_to_mrkdwn
+from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, escape, markdown_to_mrkdwn
 from botservice.core.errors import BotServiceError
 from botservice.core.message_split import split_message
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 PLACEHOLDER = "_Thinking…_"
 ASSISTANT_STATUS = "is thinking…"
 # Message metadata on the first message of each answer, naming its turn: after a crash
-# between Slack creating the placeholder and the core storing its ts, the resumed turn
+# between Slack creating that message and the core storing its ts, the resumed turn
 # finds it by this tag and edits it instead of leaving it stuck under a second one.
 TURN_EVENT_TYPE = "botservice_turn"
 # How far back a resumed turn looks for its tagged message: one page, one call.
@@ -32,6 +38,24 @@ FIND_LIMIT = 200
 # Shown while streaming when the answer has outgrown one message; the final
 # text is split into several messages instead.
 _MORE = "\n…"
+# A final edit refused with Slack's 429 is tried again after Retry-After this often,
+# waiting at most this long each time: the final text must land.
+FINAL_EDIT_ATTEMPTS = 5
+RETRY_AFTER_CAP_SECONDS = 30.0
+# Slack's answers to chat.startStream that mean "not in this workspace" (an older
+# plan, a missing scope, a method it does not know): edits from then on.
+STREAMING_REFUSED = frozenset(
+    {
+        "unknown_method",
+        "method_deprecated",
+        "missing_scope",
+        "not_allowed_token_type",
+        "feature_not_enabled",
+        "team_not_allowed",
+        "not_allowed",
+    }
+)
+STREAM_EXPIRED = "message_not_in_streaming_state"
 
 
 class SlackDeliveryError(BotServiceError):
@@ -44,9 +68,24 @@ class SlackDeliveryError(BotServiceError):
 class SlackReplySink:
     """One answer in one Slack thread (implements `botservice.core.ports.ReplySink`).
 
-    In an assistant thread (Slack's AI side panel) the "thinking" status stands
-    in for the placeholder: posting any message clears that status, so the
-    first text is posted when it arrives.
+    Nothing is posted before there is something to show. The first text is
+    posted `first_text_hold` seconds after it arrives, with whatever has come by
+    then, so an answer that is complete by then is one `chat.postMessage` and
+    nothing else. Until the first text, the user sees Slack's "thinking" status
+    in an assistant thread, and elsewhere a placeholder, posted only when the
+    first text takes longer than `placeholder_after` seconds. Whatever is posted
+    first carries the turn's metadata, so a resumed turn finds and edits it.
+
+    Edits after the first message come out of the workspace's `UpdateBudget`:
+    intermediate ones are skipped when it is low; the final one is always made.
+    Slack's own 429 on an edit holds back this reply's next edit only.
+
+    In assistant threads and direct-message threads, with `streams` given, an
+    answer still going when its first text is due is streamed natively
+    (`chat.startStream`, `appendStream`, `stopStream`) instead of edited. A
+    stream that expires mid-answer (`message_not_in_streaming_state`) continues
+    by `chat.update` with the whole text; a workspace that refuses streaming
+    gets edits from then on.
     """
 
     client: AsyncWebClient | None
@@ -58,36 +97,187 @@ class SlackReplySink:
     # the workspace's bot token when the first call is made.
     resolve: Callable[[], Awaitable[AsyncWebClient | None]] | None = None
     telemetry: Telemetry = NO_TELEMETRY
+    placeholder_after: float = 1.0
+    first_text_hold: float = 0.3
+    streams: StreamBudget | None = None
+    clock: Callable[[], float] = time.monotonic
     _last_shown: str | None = field(default=None, repr=False)
+    _pending: str | None = field(default=None, repr=False)
+    _pending_raw: str = field(default="", repr=False)
+    _streaming: bool = field(default=False, repr=False)
+    _streamed: str = field(default="", repr=False)
     _open: bool = field(default=False, repr=False)
+    _finishing: bool = field(default=False, repr=False)
     _turn_tag: str | None = field(default=None, repr=False)
+    _edit_after: float = field(default=0.0, repr=False)
+    _first_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _timers: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
+    _edit_client: AsyncWebClient | None = field(default=None, repr=False)
 
     async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
-        if not self._open:
-            self._open = True
-            self.budget.opened(self.target.team)
         self._turn_tag = turn_tag
         if existing_ref:
-            self.ts = existing_ref
+            self._shown_at(existing_ref)
             return existing_ref
         if resumed and (found := await self._find_tagged(turn_tag)):
-            self.ts = found
+            self._shown_at(found)
             return found
         # In a plain DM thread (not an assistant thread) setting the status
-        # fails, and a placeholder is posted as anywhere else.
+        # fails, and a placeholder stands in as anywhere else.
         if (
             self.target.assistant
             and self.target.thread_ts
             and await self._set_status(ASSISTANT_STATUS)
         ):
             return None
-        return await self._post_first(PLACEHOLDER)
+        self._later(self.placeholder_after, self._post_placeholder)
+        # The core learns no reference now; a resumed turn finds the message by its tag.
+        return None
+
+    def _shown_at(self, ts: str) -> None:
+        """A message of this answer exists: it will need a final edit."""
+        self.ts = ts
+        if not self._open:
+            self._open = True
+            self.budget.opened(self.target.team)
+
+    def _later(self, delay: float, action: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            await asyncio.sleep(delay)
+            async with self._first_lock:
+                if self.ts is None and not self._finishing:
+                    await action()
+
+        self._timers.append(asyncio.create_task(run()))
+
+    async def _post_placeholder(self) -> None:
+        if self._pending is None:
+            await self._post_first(PLACEHOLDER)
+
+    async def _post_pending(self) -> None:
+        if self._pending is None:
+            return
+        if self._may_stream() and await self._start_stream(self._pending_raw):
+            return
+        text = self._pending
+        await self._post_first(text)
+        if self.ts is not None:
+            self._last_shown = text
+
+    def _metadata(self) -> dict[str, Any] | None:
+        if self._turn_tag is None:
+            return None
+        return {"event_type": TURN_EVENT_TYPE, "event_payload": {"turn": self._turn_tag}}
+
+    # --- native streaming ------------------------------------------------------------
+
+    def _may_stream(self) -> bool:
+        target = self.target
+        return (
+            self.streams is not None
+            and self.ts is None
+            and bool(target.thread_ts)
+            and (target.assistant or target.channel.startswith("D"))
+            and target.team not in self.streams.refused
+        )
+
+    async def _start_stream(self, text: str) -> bool:
+        """Start a native stream with `text`; False when this answer must use edits."""
+        assert self.streams is not None
+        team = self.target.team
+        view = escape(text)
+        if len(view) > self.limit or not self.streams.try_start(team):
+            return False
+        response, code = await self._stream_call(
+            "chat_startStream",
+            channel=self.target.channel,
+            thread_ts=self.target.thread_ts,
+            markdown_text=view,
+            recipient_team_id=team,
+            recipient_user_id=self.target.user or None,
+            # Not among chat.startStream's documented arguments (chat.stopStream's
+            # are): sent at the start too, so a turn resumed after a crash
+            # mid-stream can find its message where Slack keeps it.
+            metadata=self._metadata(),
+        )
+        ts = response.get("ts") if response is not None else None
+        if not isinstance(ts, str) or not ts:
+            self.streams.ended(team)
+            if code in STREAMING_REFUSED:
+                log.info("Slack workspace %s refused streaming (%s); using edits", team, code)
+                self.streams.refuse(team)
+            return False
+        self.ts = ts
+        self._streaming = True
+        self._streamed = view
+        return True
+
+    async def _append_stream(self, text: str) -> None:
+        assert self.streams is not None and self.ts is not None
+        view = escape(text)
+        if not view.startswith(self._streamed) or len(view) > self.limit:
+            return  # the final text settles it
+        delta = view[len(self._streamed) :]
+        if not delta or not self.streams.try_append(self.target.team):
+            return  # skipped: the next append carries everything not yet sent
+        _, code = await self._stream_call(
+            "chat_appendStream", channel=self.target.channel, ts=self.ts, markdown_text=delta
+        )
+        if code is None:
+            self._streamed = view
+        elif code == STREAM_EXPIRED:
+            self._stream_expired()
+
+    def _stream_expired(self) -> None:
+        """Slack closed the stream (a long pause): the message stays and is edited on."""
+        assert self.streams is not None and self.ts is not None
+        log.info("a Slack stream in %s expired; continuing by edits", self.target.channel)
+        self._streaming = False
+        self.streams.ended(self.target.team)
+        self._shown_at(self.ts)
+
+    async def _stop_stream(self, text: str) -> bool:
+        """End the stream with the final text; False when the final text must still be
+        shown by an edit (it does not continue what was streamed, or the stream expired)."""
+        assert self.streams is not None and self.ts is not None
+        view = escape(text)
+        continues = view.startswith(self._streamed) and len(view) <= self.limit
+        delta = view[len(self._streamed) :] if continues else ""
+        await self.streams.stop(self.target.team)
+        _, code = await self._stream_call(
+            "chat_stopStream",
+            channel=self.target.channel,
+            ts=self.ts,
+            markdown_text=delta or None,
+            metadata=self._metadata(),
+        )
+        if code is None:
+            self._streaming = False
+            self.streams.ended(self.target.team)
+            if continues:
+                self._streamed = view
+                return True
+            self._shown_at(self.ts)
+            return False
+        self._stream_expired()
+        return False
+
+    async def _stream_call(self, method: str, **kwargs: Any) -> tuple[Any, str | None]:
+        """A streaming call: (response, None), or (None, Slack's error code)."""
+        arguments = {key: value for key, value in kwargs.items() if value is not None}
+        try:
+            client = await self._client_for_edits()
+            return await getattr(client, method)(**arguments), None
+        except (SlackApiError, SlackDeliveryError, aiohttp.ClientError, TimeoutError) as error:
+            code = _describe(error)
+            log.warning("Slack %s failed in %s: %s", method, self.target.channel, code)
+            return None, code
+
+    # --- posting and editing -----------------------------------------------------------
 
     async def _post_first(self, text: str, *, required: bool = False) -> str | None:
         """Post the answer's first message, tagged with its turn."""
-        metadata = None
-        if self._turn_tag is not None:
-            metadata = {"event_type": TURN_EVENT_TYPE, "event_payload": {"turn": self._turn_tag}}
+        metadata = self._metadata()
         response = await self._call(
             "chat_postMessage",
             channel=self.target.channel,
@@ -96,7 +286,9 @@ class SlackReplySink:
             metadata=metadata,
             required=required,
         )
-        self.ts = response.get("ts") if response is not None else None
+        ts = response.get("ts") if response is not None else None
+        if isinstance(ts, str) and ts:
+            self._shown_at(ts)
         return self.ts
 
     async def _find_tagged(self, turn_tag: str) -> str | None:
@@ -132,12 +324,21 @@ class SlackReplySink:
         if not shown.strip() or shown == self._last_shown:
             return
         if self.ts is None:
-            await self._post_first(shown)
-        else:
-            if not self.budget.try_take(self.target.team):
-                return
-            await self._call("chat_update", channel=self.target.channel, ts=self.ts, text=shown)
-        self._last_shown = shown
+            # Held briefly, so a short answer goes out whole in one post; the
+            # post (or stream) takes whatever text has come by then.
+            first = self._pending is None
+            self._pending = shown
+            self._pending_raw = text
+            if first:
+                self._later(self.first_text_hold, self._post_pending)
+            return
+        if self._streaming:
+            await self._append_stream(text)
+            return
+        if self.clock() < self._edit_after or not self.budget.try_take(self.target.team):
+            return  # skipped, not queued: the next edit carries the whole text
+        if await self._edit(shown):
+            self._last_shown = shown
 
     async def finish(self, text: str) -> None:
         try:
@@ -148,17 +349,25 @@ class SlackReplySink:
                 self.budget.closed(self.target.team)
 
     async def _finish(self, text: str) -> None:
-        # Always edit, even if the text equals what is shown or an earlier
+        self._finishing = True
+        # A first post already on the wire is waited for (its ts is needed to edit
+        # it); one still waiting for its moment is not made at all.
+        async with self._first_lock:
+            pass
+        for timer in self._timers:
+            timer.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
+        self._timers.clear()
+        # Always show the final text, even if it equals what is shown or an earlier
         # answer: skipping it is how placeholders get stuck.
         chunks = split_message(markdown_to_mrkdwn(text), self.limit) or [""]
         first, rest = chunks[0] or "…", chunks[1:]
+        if self._streaming and await self._stop_stream(text):
+            return
         if self.ts is None:
             await self._post_first(first, required=True)
         else:
-            await self.budget.take(self.target.team)
-            await self._call(
-                "chat_update", channel=self.target.channel, ts=self.ts, text=first, required=True
-            )
+            await self._final_edit(first)
         for chunk in rest:
             await self._call(
                 "chat_postMessage",
@@ -168,6 +377,56 @@ class SlackReplySink:
                 required=True,
             )
         self._last_shown = first
+
+    async def _final_edit(self, text: str) -> None:
+        for attempt in range(1, FINAL_EDIT_ATTEMPTS + 1):
+            if (wait := self._edit_after - self.clock()) > 0:
+                await asyncio.sleep(wait)
+            await self.budget.take(self.target.team)
+            if await self._edit(text, required=attempt == FINAL_EDIT_ATTEMPTS):
+                return
+
+    async def _edit(self, text: str, *, required: bool = False) -> bool:
+        """One `chat.update`; False when Slack answered 429 (then this reply waits
+        Retry-After before its next edit) or, unless `required`, failed otherwise."""
+        assert self.ts is not None
+        try:
+            client = await self._client_for_edits()
+            await client.chat_update(channel=self.target.channel, ts=self.ts, text=text)
+            return True
+        except SlackApiError as error:
+            response = error.response
+            if response is not None and response.status_code == 429:
+                retry_after = _retry_after(response.headers)
+                self._edit_after = self.clock() + retry_after
+                log.warning(
+                    "Slack rate-limited chat.update in %s; this reply waits %.0f s",
+                    self.target.channel,
+                    retry_after,
+                )
+                if required:
+                    raise SlackDeliveryError("chat_update failed: ratelimited") from None
+                return False
+            code = _describe(error)
+        except (SlackDeliveryError, aiohttp.ClientError, TimeoutError) as error:
+            code = _describe(error)
+        log.warning("Slack chat_update failed in %s: %s", self.target.channel, code)
+        if required:
+            raise SlackDeliveryError(f"chat_update failed: {code}") from None
+        return False
+
+    async def _client_for_edits(self) -> AsyncWebClient:
+        """The client without slack-sdk's 429 retry: a rate-limited edit is this
+        sink's to reschedule, not to be slept through where the final text waits."""
+        if self._edit_client is None:
+            client = copy.copy(await self._client())
+            client.retry_handlers = [
+                handler
+                for handler in client.retry_handlers
+                if not isinstance(handler, AsyncRateLimitErrorRetryHandler)
+            ]
+            self._edit_client = client
+        return self._edit_client
 
     async def notice(self, text: str, *, private: bool = True) -> None:
         message = markdown_to_mrkdwn(text)
@@ -251,6 +510,19 @@ class CommandReplySink(SlackReplySink):
 
     def go_direct(self) -> None:
         self._direct = True
+
+
+def _retry_after(headers: Any) -> float:
+    value = None
+    with contextlib.suppress(AttributeError, KeyError, IndexError):
+        value = headers.get("Retry-After") or headers.get("retry-after")
+    if isinstance(value, list):
+        value = value[0] if value else None
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
 
 
 def _describe(error: Exception) -> str:

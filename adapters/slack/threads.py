@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -28,13 +28,15 @@ class KnownThreads:
     """Threads this process has taken a message in, most recent last (bounded)."""
 
     max_entries: int = 100_000
-    _keys: OrderedDict[ConversationKey, None] = field(default_factory=OrderedDict)
+    # Adding counts as a use, asking whether a thread is known does not (`in` leaves
+    # the order alone).
+    _keys: LRUCache[ConversationKey, None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._keys = LRUCache(self.max_entries)
 
     def add(self, key: ConversationKey) -> None:
         self._keys[key] = None
-        self._keys.move_to_end(key)
-        while len(self._keys) > self.max_entries:
-            self._keys.popitem(last=False)
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys

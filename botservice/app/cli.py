@@ -3,86 +3,174 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import importlib.util
-import logging
 import os
+import signal
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from botservice import __version__
-from botservice.app.config import load_settings
-from botservice.app.logs import configure_logging
+from botservice.app.preflight import check_model_endpoint
 from botservice.core.errors import ConfigError
-from botservice.core.ports import Adapter
-from botservice.core.settings import Settings
+
+# Imported where they are needed, after the quick configuration check: a mistake in
+# the endpoint is answered before asyncio, logging, the settings models, the database
+# and the platform libraries load (seconds on a small machine; see
+# bench/bench_cold_start.py).
+if TYPE_CHECKING:
+    from botservice.core.ports import Adapter
+    from botservice.core.settings import Settings
 
 EXIT_CONFIG = 2
 
-log = logging.getLogger("botservice")
-
 
 def build_parser() -> argparse.ArgumentParser:
+    # A small module of its own: listing the formats loads none of the voice machinery.
+    from botservice.voice.formats import OUTPUT_FORMATS, describe_formats
+
+    # Each subcommand has `help` (its line in `botservice --help`) and `description`
+    # (the top of its own `--help`), which argparse keeps apart.
     parser = argparse.ArgumentParser(
         prog="botservice",
         description="A language model in Slack and Discord: threaded memory, "
-        "per-channel instructions, exactly-once replies.",
+        "per-channel instructions, exactly-once replies. Settings come from "
+        "config/botservice.toml and the environment (see the README, Configuration).",
     )
     parser.add_argument("--version", action="version", version=f"botservice {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="`botservice COMMAND --help` says more",
+    )
     commands.add_parser(
         "run",
         help="start every adapter whose credentials are set (the console when none are), "
         "the HTTP server and the expiry scheduler",
+        description="Start the bot: Slack when SLACK_BOT_TOKEN, SLACK_APP_TOKEN or "
+        "SLACK_CLIENT_ID is set, Discord when DISCORD_TOKEN is set, the HTTP server "
+        "(/slack/events, /healthz, /readyz on [http] host and port, or PORT) and the "
+        "expiry scheduler; runs until SIGTERM or Ctrl-C. With no platform credentials it "
+        "is a terminal conversation (as `botservice chat`) when there is a terminal or "
+        "piped input, and otherwise serves only the health checks, logging that no "
+        "platform is configured.",
     )
-    commands.add_parser("chat", help="talk to the bot in this terminal (reads piped input too)")
+    commands.add_parser(
+        "chat",
+        help="talk to the bot in this terminal (reads piped input too)",
+        description="A conversation in this terminal, through the same core as Slack and "
+        "Discord. With piped input each line is one message and each answer is printed; "
+        "end of input exits 0. Lines starting with / are the channel commands "
+        "(/help lists them).",
+    )
 
-    db = commands.add_parser("db", help="database maintenance")
-    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_commands.add_parser("upgrade", help="apply the database migrations")
+    db = commands.add_parser(
+        "db",
+        help="database maintenance",
+        description="Database maintenance (DATABASE_URL names the database).",
+    )
+    db_commands = db.add_subparsers(
+        dest="db_command", required=True, metavar="ACTION", help="what to do"
+    )
+    db_commands.add_parser(
+        "upgrade",
+        help="apply the database migrations",
+        description="Apply the database migrations. SQLite is brought up to date by `run` "
+        "and `chat` themselves; PostgreSQL needs this once per release, before the "
+        "processes start.",
+    )
 
-    purge = commands.add_parser("purge", help="delete expired data once and print the counts")
+    purge = commands.add_parser(
+        "purge",
+        help="delete expired data once and print the counts",
+        description="Run the expiry job once: delete messages past their channel's "
+        "retention, conversations left empty and old answered-markers, then print the "
+        "counts. The scheduler in `run` does this every [storage] purge_interval_minutes.",
+    )
     purge.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
 
-    usage = commands.add_parser("usage", help="tokens and cost from the usage records")
+    usage = commands.add_parser(
+        "usage",
+        help="tokens and cost from the usage records",
+        description="Tokens and cost per person, channel or model from the usage rows "
+        "(one per answer, no text), as a table with a total line or as CSV.",
+    )
     usage.add_argument(
         "--since",
         default="30d",
         type=_since,
         help="a span back from now (30d, 12h, 2w) or a date (2026-11-01); default 30d",
     )
-    usage.add_argument("--by", choices=("user", "channel", "model"), default="user")
+    usage.add_argument(
+        "--by", choices=("user", "channel", "model"), default="user", help="group by; default user"
+    )
     usage.add_argument("--csv", action="store_true", help="CSV on stdout, one line per group")
 
-    discord = commands.add_parser("discord", help="Discord maintenance")
+    discord = commands.add_parser(
+        "discord",
+        help="Discord maintenance",
+        description="Discord maintenance (needs DISCORD_TOKEN).",
+    )
     discord_commands = discord.add_subparsers(
-        dest="discord_command", required=True, metavar="ACTION"
+        dest="discord_command", required=True, metavar="ACTION", help="what to do"
     )
     sync = discord_commands.add_parser(
-        "sync-commands", help="register the slash commands with Discord"
+        "sync-commands",
+        help="register the slash commands with Discord",
+        description="Register the bot's slash commands with Discord: once per install or "
+        "upgrade, never on start (Discord rate-limits it). Global commands may take up to "
+        "an hour to show; --guild shows them in one server at once.",
     )
     sync.add_argument(
-        "--guild", type=int, help="register in one server only (instant, for testing)"
+        "--guild",
+        type=int,
+        metavar="ID",
+        help="register in this server only (instant, for testing)",
     )
 
-    voice = commands.add_parser("voice", help="voice tools")
-    voice_commands = voice.add_subparsers(dest="voice_command", required=True, metavar="ACTION")
-    render = voice_commands.add_parser(
-        "render", help="write what the bot would say to an audio file"
+    voice = commands.add_parser(
+        "voice",
+        help="voice tools",
+        description="Voice tools, to check the voice set-up without Discord.",
     )
-    render.add_argument("text")
+    voice_commands = voice.add_subparsers(
+        dest="voice_command", required=True, metavar="ACTION", help="what to do"
+    )
+    render = voice_commands.add_parser(
+        "render",
+        help="write what the bot would say to an audio file",
+        description="Write what the bot would say to an audio file, through the same path "
+        "as an answer in a voice channel (sentences, the [voice] speech engine, ffmpeg). "
+        f"Output formats, chosen by the file's extension: {describe_formats()}.",
+    )
+    render.add_argument("text", help="the text to speak (Markdown, as the model writes it)")
     render.add_argument(
-        "-o", "--output", required=True, help="audio file to write (.wav, .ogg, .mp3)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help=f"audio file to write; its folder must exist; one of {', '.join(OUTPUT_FORMATS)}",
     )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # httpx imports its own command-line tool when click, rich and pygments are
+    # installed (a third of httpx's import time); the service never runs it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     try:
+        check_model_endpoint(needs_endpoint=args.command in ("run", "chat"))
+        from botservice.app.config import load_settings
+        from botservice.app.logs import configure_logging
+
         settings = load_settings()
         configure_logging(_log_level(args, settings), log_format=settings.log_format)
+        import asyncio
+
         return asyncio.run(_dispatch(args, settings))
     except ConfigError as error:
         print(f"botservice: {error.setting}: {error.problem}", file=sys.stderr)
@@ -126,6 +214,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(settings: Settings) -> int:
+    import logging
+
     from botservice.app.runtime import open_services, require_model_endpoint, serve
 
     no_platform = not (settings.slack.configured or settings.discord.configured)
@@ -141,15 +231,17 @@ async def _run(settings: Settings) -> int:
         if settings.slack.configured:
             from botservice.adapters.slack import create_adapter as create_slack
 
-            adapters.append(create_slack(settings, services.core))
+            adapters.append(
+                create_slack(settings, services.core, services.store, database=services.database)
+            )
         if settings.discord.configured:
             from botservice.adapters.discord import create_adapter as create_discord
 
-            adapters.append(create_discord(settings, services.core))
+            adapters.append(create_discord(settings, services.core, services.store))
         if no_platform:
             # A platform's process (a Procfile `web:`) has no terminal: stay up and
             # answer health checks instead of exiting, which would only be restarted.
-            log.warning(
+            logging.getLogger("botservice").warning(
                 "no platform is configured (set SLACK_BOT_TOKEN or DISCORD_TOKEN); "
                 "serving health checks only"
             )
@@ -183,15 +275,73 @@ async def _chat(settings: Settings) -> int:
     from botservice.app.runtime import open_services, require_model_endpoint
 
     require_model_endpoint(settings)
-    async with open_services(settings) as services:
-        console = ConsoleAdapter(services.core)
-        scheduler = start_expiry_scheduler(services.store, settings.storage, usage=services.usage)
-        try:
-            await services.core.resume_pending(console.sink_for)
-            await console.serve()
-        finally:
-            scheduler.shutdown(wait=False)
+    console: ConsoleAdapter | None = None
+    stopping = False
+
+    def stop() -> None:
+        nonlocal stopping
+        stopping = True
+        if console is not None:
+            console.close_input()
+
+    # Held until the services are closed: closing them finishes the answers in flight.
+    with _stop_on_interrupt(stop):
+        async with open_services(settings) as services:
+            console = ConsoleAdapter(services.core)
+            if stopping:
+                console.close_input()
+            scheduler = start_expiry_scheduler(
+                services.store, settings.storage, usage=services.usage
+            )
+            try:
+                await services.core.resume_pending(console.sink_for)
+                await console.serve()
+            finally:
+                scheduler.shutdown(wait=False)
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt(stop: Callable[[], None]) -> Iterator[None]:
+    """The first Ctrl-C (or SIGTERM) calls `stop`: no more input is read, the answer in
+    flight finishes, and the command exits 0. A second Ctrl-C exits at once with 130;
+    the unfinished turn is stored as taken and is answered on the next start."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    interrupted = False
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        if interrupted:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            print(
+                "\nbotservice: stopped at once; an unfinished answer is kept and resumes "
+                "on the next start",
+                file=sys.stderr,
+                flush=True,
+            )
+            # At once means no clean-up that could wait on the model or the database;
+            # what was stored is committed, and the next start takes the turn back.
+            os._exit(130)
+        interrupted = True
+        print(
+            "\nbotservice: finishing the answer in flight, then quitting "
+            "(Ctrl-C again quits at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        yield
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 async def _purge(settings: Settings, *, dry_run: bool) -> int:

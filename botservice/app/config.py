@@ -7,9 +7,12 @@ into one sentence and exit status 2.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -21,9 +24,8 @@ from botservice.core.redact import redact_url, scrub
 from botservice.core.settings import Settings
 
 DEFAULT_CONFIG_PATH = Path("config/botservice.toml")
-# The defaults ship inside the package too, so an installed `botservice` works
-# from any directory.
-PACKAGED_CONFIG_PATH = Path(__file__).resolve().parents[2] / "config" / "botservice.toml"
+
+log = logging.getLogger(__name__)
 
 
 # Environment variable -> (section, key). Secrets are only ever read from here.
@@ -32,7 +34,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "OPENAI_BASE_URL": ("model", "base_url"),
     "BOTSERVICE_MODEL": ("model", "name"),
     "DATABASE_URL": ("database_url",),
-    "PORT": ("server", "port"),
+    "PORT": ("http", "port"),
     "BOTSERVICE_LOG_LEVEL": ("log_level",),
     "BOTSERVICE_LOG_FORMAT": ("log_format",),
     "SLACK_BOT_TOKEN": ("slack", "bot_token"),
@@ -54,9 +56,20 @@ _LIST_KEYS = {"shard_ids", "admin_user_ids"}
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the TOML file named by BOTSERVICE_CONFIG (or the default) and apply the environment."""
     env = os.environ if environ is None else environ
-    path = Path(env["BOTSERVICE_CONFIG"]) if env.get("BOTSERVICE_CONFIG") else _default_path()
-    data = _read_toml(path, explicit="BOTSERVICE_CONFIG" in env)
+    if env.get("BOTSERVICE_CONFIG"):
+        path: Path | Traversable = Path(env["BOTSERVICE_CONFIG"])
+        missing = f"no settings file at {path}"
+    else:
+        path = _default_path()
+        # Never fall back to the code's defaults in silence: they differ from the
+        # shipped ones (the instructions, the models), so a broken install says so.
+        missing = (
+            f"the shipped defaults ({path}) are missing from this installation; "
+            "reinstall botservice or point BOTSERVICE_CONFIG at a settings file"
+        )
+    data = _read_toml(path, missing=missing)
     _refuse_secrets_in_file(data, path)
+    _read_old_server_section(data, path)
     _apply_environment(data, env)
     try:
         settings = Settings.model_validate(data)
@@ -68,23 +81,35 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
-def _default_path() -> Path:
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else PACKAGED_CONFIG_PATH
+def packaged_defaults() -> Traversable:
+    """The shipped `config/botservice.toml`, read through the installed package.
+
+    `botservice/config` is a symlink to the repository's top-level `config/` (the
+    design fixes that folder), the same way `adapters/` and `storage/` become
+    `botservice.adapters` and `botservice.storage`: setuptools follows it into the
+    wheel as package data, and an editable install resolves it in the checkout, so
+    both read one file and there is no copy to keep in step (a build step copying
+    the file would need a setuptools plugin, and an editable install would skip it).
+    """
+    return resources.files("botservice") / "config" / "botservice.toml"
 
 
-def _read_toml(path: Path, *, explicit: bool) -> dict[str, Any]:
+def _default_path() -> Path | Traversable:
+    # A `config/botservice.toml` in the working directory (a checkout) comes first.
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else packaged_defaults()
+
+
+def _read_toml(path: Path | Traversable, *, missing: str) -> dict[str, Any]:
     try:
         with path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
-        if explicit:
-            raise ConfigError("BOTSERVICE_CONFIG", f"no settings file at {path}") from None
-        return {}
+        raise ConfigError("BOTSERVICE_CONFIG", missing) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(str(path), f"is not valid TOML ({error})") from None
 
 
-def _refuse_secrets_in_file(data: Mapping[str, Any], path: Path) -> None:
+def _refuse_secrets_in_file(data: Mapping[str, Any], path: Path | Traversable) -> None:
     for section, values in data.items():
         if isinstance(values, Mapping):
             for key in values:
@@ -96,17 +121,44 @@ def _refuse_secrets_in_file(data: Mapping[str, Any], path: Path) -> None:
 
 
 def _apply_environment(data: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, path in _ENV_OVERRIDES.items():
-        value = env.get(name)
-        if value:
-            _set_path(data, path, _list_value(path[-1], value))
-    # Any other setting: BOTSERVICE_<SECTION>__<KEY>, e.g. BOTSERVICE_STORAGE__RETENTION_DAYS=7.
+    # Any setting: BOTSERVICE_<SECTION>__<KEY>, e.g. BOTSERVICE_STORAGE__RETENTION_DAYS=7.
     for name, value in env.items():
         if name.startswith("BOTSERVICE_") and "__" in name:
             section, _, key = name.removeprefix("BOTSERVICE_").lower().partition("__")
             if key in _SECRET_KEYS:
                 continue
+            if section == _OLD_HTTP_SECTION:
+                section = "http"
+                _warn_renamed(name, f"BOTSERVICE_HTTP__{key.upper()}")
             _set_path(data, (section, key), _list_value(key, value))
+    # The named variables come last, so they win: a platform's PORT is the port.
+    for name, path in _ENV_OVERRIDES.items():
+        if named := env.get(name):
+            _set_path(data, path, _list_value(path[-1], named))
+
+
+# `[server]` became `[http]` (with `host` beside `port`). A file or a variable
+# written for the old name keeps working, with a warning, rather than stopping a
+# deployment that worked; `[http]` and the environment win over it.
+_OLD_HTTP_SECTION = "server"
+
+
+def _read_old_server_section(data: dict[str, Any], path: Path | Traversable) -> None:
+    old = data.pop(_OLD_HTTP_SECTION, None)
+    if old is None:
+        return
+    if not isinstance(old, Mapping):
+        raise ConfigError(_OLD_HTTP_SECTION, f"is now called [http]; rename it in {path}")
+    http = data.setdefault("http", {})
+    for key, value in old.items():
+        http.setdefault(key, value)
+    _warn_renamed(f"[{_OLD_HTTP_SECTION}] in {path}", "[http]")
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    # Settings load before logging is set up: Python's last-resort handler prints
+    # this one line to stderr, which is where an operator looks.
+    log.warning("settings: %s is deprecated; rename it to %s (it means the same)", old, new)
 
 
 def _list_value(key: str, value: str) -> Any:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from botservice.core.ports import PurgeCounts, Store
+from botservice.core.ports import PurgeCounts, PurgeStore
 from botservice.core.settings import StorageSettings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.core.usage import UsageLedger
@@ -23,7 +23,7 @@ REPLY_SECRETS_INTERVAL_SECONDS = 60
 
 
 async def purge_once(
-    store: Store,
+    store: PurgeStore,
     settings: StorageSettings,
     *,
     now: datetime | None = None,
@@ -64,7 +64,7 @@ async def purge_once(
 
 
 async def forget_reply_secrets(
-    store: Store, settings: StorageSettings, *, now: datetime | None = None
+    store: PurgeStore, settings: StorageSettings, *, now: datetime | None = None
 ) -> int:
     """Delete credentials kept to answer after a restart (Discord interaction tokens)
     once they have expired. Cheap and idempotent, so every process runs it."""
@@ -98,7 +98,7 @@ def until_shutdown(job: Callable[..., Awaitable[object]]) -> Callable[..., Await
 
 
 def start_expiry_scheduler(
-    store: Store,
+    store: PurgeStore,
     settings: StorageSettings,
     *,
     telemetry: Telemetry = NO_TELEMETRY,

@@ -32,7 +32,7 @@ from botservice.core.log_context import current_turn
 LogFormat = Literal["human", "json"]
 
 # Loggers whose lines are written for this service, never quoting message text at INFO.
-_OWN = frozenset({"botservice", "adapters", "storage", "bench", "__main__"})
+_OWN = frozenset({"botservice", "bench", "__main__"})
 # Every library logger the service uses, set explicitly so the configuration reads as a
 # list; the filter holds whatever level a library sets for itself afterwards.
 _LIBRARIES = (

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from aiohttp import web
-
+from botservice.app import preflight
 from botservice.app.expiry import start_expiry_scheduler
 from botservice.app.metrics import PrometheusTelemetry, TimedStore
 from botservice.core.conversation import ConversationCore
@@ -22,10 +22,19 @@ from botservice.core.settings import Settings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.model.client import OpenAIChatClient
 from botservice.model.tokens import TokenCounter
-from botservice.storage.engine import check_connection, create_engine, is_sqlite
+from botservice.storage.engine import (
+    SQLITE_WRITE_OPTION,
+    check_connection,
+    create_engine,
+    is_sqlite,
+)
 from botservice.storage.migrate import current_revision, head_revision, upgrade
 from botservice.storage.repository import SqlStore
 from botservice.storage.usage_ledger import SqlUsage
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +55,29 @@ class Services:
     def telemetry(self) -> Telemetry:
         return self.metrics if self.metrics is not None else NO_TELEMETRY
 
+    @property
+    def database(self) -> AsyncEngine:
+        """The one engine, for libraries that keep tables of their own in it (slack-sdk's
+        OAuth stores); see `library_engine`."""
+        return library_engine(self.store)
+
+
+def library_engine(store: SqlStore) -> AsyncEngine:
+    """The store's engine as handed to a library that runs its own statements on our
+    migrated tables (slack-sdk's OAuth stores).
+
+    On SQLite each of its transactions takes the write lock when it begins: the
+    stores' writes read first (find the row, then insert or update), and a read
+    that turns into a write fails with SQLITE_BUSY, without waiting, once another
+    connection has written in between. Their reads are one short SELECT each. The
+    option is ignored on PostgreSQL. The store owns and disposes of the engine.
+    """
+    return store.engine.execution_options(**{SQLITE_WRITE_OPTION: True})
+
 
 def require_model_endpoint(settings: Settings) -> None:
     """The one configuration mistake every newcomer makes first gets a sentence of its own."""
-    if settings.model.api_key is None and "api.openai.com" in settings.model.base_url:
-        raise ConfigError(
-            "OPENAI_API_KEY",
-            "no model endpoint is configured: set OPENAI_API_KEY to use OpenAI, or point "
-            "OPENAI_BASE_URL at a local OpenAI-compatible server, e.g. "
-            "OPENAI_BASE_URL=http://localhost:11434/v1 for Ollama",
-        )
+    preflight.require_model_endpoint(settings.model.base_url, settings.model.api_key)
 
 
 @contextlib.asynccontextmanager
@@ -122,7 +144,11 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
     try:
         if with_http:
             runner = await start_http_server(
-                services.store, adapters, settings.server.port, metrics=services.metrics
+                services.store,
+                adapters,
+                settings.http.port,
+                host=settings.http.host,
+                metrics=services.metrics,
             )
         for adapter in adapters:
             await adapter.start()
@@ -164,6 +190,9 @@ async def start_http_server(
     metrics: PrometheusTelemetry | None = None,
     host: str = "0.0.0.0",
 ) -> web.AppRunner:
+    # Imported here: `botservice chat` serves no HTTP and starts faster without it.
+    from aiohttp import web
+
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", Readiness(store, adapters).handle)
@@ -178,13 +207,21 @@ async def start_http_server(
         await site.start()
     except OSError as error:
         await runner.cleanup()
-        raise ConfigError("PORT", f"cannot listen on port {port} ({error.strerror})") from None
-    log.info("HTTP server listening on port %d", port)
+        # A taken or forbidden port is the port's fault; an unknown name or an
+        # address this machine does not have is the host's.
+        port_problem = error.errno in (errno.EADDRINUSE, errno.EACCES)
+        raise ConfigError(
+            "PORT" if port_problem else "http.host",
+            f"cannot listen on {host}:{port} ({error.strerror})",
+        ) from None
+    log.info("HTTP server listening on %s:%d", host, port)
     return runner
 
 
 async def _healthz(request: web.Request) -> web.Response:
     """Liveness: the process serves HTTP. Nothing it depends on is asked."""
+    from aiohttp import web
+
     return web.json_response({"status": "ok"})
 
 
@@ -198,6 +235,8 @@ class Readiness:
         self._adapters = adapters
 
     async def handle(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
         problems: dict[str, str] = {}
         try:
             async with asyncio.timeout(READY_CHECK_TIMEOUT_SECONDS):

@@ -6,12 +6,20 @@ import logging
 import re
 from datetime import UTC, datetime
 
+from botservice.core.channel_policy import ChannelPolicy
 from botservice.core.errors import ModelError
 from botservice.core.events import Command, IncomingMessage
-from botservice.core.ports import ChannelSettings, ForgetCounts, ModelClient, SettingField, Store
+from botservice.core.ports import (
+    ChannelSettings,
+    CommandStore,
+    ForgetCounts,
+    ModelClient,
+    SettingField,
+)
 from botservice.core.settings import Settings
 from botservice.core.usage import UsageLedger, UsageTotals, start_of_day, start_of_month
 from botservice.core.voice_settings import DEFAULT_SPEECH_MODEL
+from botservice.core.windows import ContextWindows
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +64,6 @@ Commands:
   help                                     this list
 Changing instructions, model, retention or speech needs the channel-manager right."""
 
-# Who holds the channel-manager right, as each platform's adapter decides it.
-# Plain words only: the core knows platforms by name, never by SDK.
-CHANNEL_MANAGERS = {
-    "slack": "workspace admins and owners",
-    "discord": "members with the Manage Channels permission",
-    "console": "the console user",
-}
-
 
 def parse_command(text: str) -> Command | None:
     """`instructions set Be brief.` -> Command("instructions", "set", "Be brief.").
@@ -90,11 +90,6 @@ def parse_command(text: str) -> Command | None:
     return Command(name, action, argument.strip())
 
 
-def who_may_change(platform: str) -> str:
-    managers = CHANNEL_MANAGERS.get(platform, "channel managers")
-    return f"{managers}, or people the operator listed as bot admins"
-
-
 class CommandRunner:
     """Runs one command for one message and returns the sentence to answer with."""
 
@@ -102,13 +97,17 @@ class CommandRunner:
         self,
         *,
         settings: Settings,
-        store: Store,
+        store: CommandStore,
         model: ModelClient | None = None,
+        windows: ContextWindows | None = None,
+        policy: ChannelPolicy | None = None,
         usage: UsageLedger | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._models = model
+        self._windows = windows
+        self._policy = policy or ChannelPolicy(settings.access.admin_user_ids)
         self._usage = usage
 
     async def run(self, message: IncomingMessage, command: Command) -> str:
@@ -167,8 +166,7 @@ class CommandRunner:
             return f"This channel uses the model {model}{suffix}."
         if refusal := self._refuse_unless_manager(message, "model"):
             return refusal
-        if message.is_direct and message.user_id not in self._settings.access.admin_user_ids:
-            # Everyone manages their own direct messages; the operator's key is not theirs.
+        if not self._policy.may_choose_model(message):
             return (
                 "In direct messages only the bot's admins can change the model "
                 "(the operator lists them in access.admin_user_ids)."
@@ -180,6 +178,10 @@ class CommandRunner:
         if name not in offered:
             return f"The model {name} is not offered here; {_choose_from(offered)}"
         await self._change(message, "model", name)
+        if self._windows is not None:
+            # The endpoint may serve this model with another window: ask it now, not
+            # in the middle of the first answer.
+            await self._windows.window(name, fresh=True)
         return f"This channel now uses the model {name}."
 
     async def _offered_models(self) -> list[str]:
@@ -259,7 +261,7 @@ class CommandRunner:
             + _spent(await totals(month, user_id=message.user_id))
             + "."
         ]
-        if message.is_channel_admin or message.user_id in self._settings.access.admin_user_ids:
+        if self._policy.may_manage(message):
             place = {"workspace": message.workspace, "channel": message.channel}
             lines.append(
                 "This channel: today "
@@ -276,9 +278,9 @@ class CommandRunner:
         )
 
     def _refuse_unless_manager(self, message: IncomingMessage, what: str) -> str | None:
-        if message.is_channel_admin or message.user_id in self._settings.access.admin_user_ids:
+        if self._policy.may_manage(message):
             return None
-        return f"Only {who_may_change(message.platform)} can change this channel's {what}."
+        return f"Only {self._policy.managers(message.platform)} can change this channel's {what}."
 
     async def _change(
         self,

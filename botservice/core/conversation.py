@@ -13,15 +13,20 @@ import os
 import secrets
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from cachetools import FIFOCache
+
 from botservice.core.background import BackgroundTasks
+from botservice.core.channel_policy import ChannelPolicy
 from botservice.core.commands import CommandRunner
 from botservice.core.errors import (
+    ModelAnswerIncomplete,
+    ModelContextExceeded,
+    ModelEmptyAnswer,
     ModelError,
     ModelStreamBroken,
     StoreUnavailable,
@@ -36,21 +41,24 @@ from botservice.core.events import (
 )
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
+from botservice.core.pacing import ModelPacer
 from botservice.core.ports import (
-    ChannelSettings,
     ChatRequest,
+    ChatStream,
     Claim,
+    CoreStore,
     HearingSink,
     MessageStatus,
     ModelClient,
     PendingTurn,
     ReplySink,
-    Store,
+    StatusSink,
     StreamObserver,
     TokenCounting,
     Usage,
 )
 from botservice.core.prompt import (
+    Prompt,
     build_prompt,
     describe_attachments,
     heard_text,
@@ -62,12 +70,22 @@ from botservice.core.streaming import ThrottledUpdates
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry, failure_reason
 from botservice.core.text import clean_text, estimate_tokens
 from botservice.core.usage import Quotas, UsageLedger, usage_record
+from botservice.core.windows import ContextWindows, Window
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 TRIM_FOOTNOTE = "_(Older messages in this conversation were left out to fit the model's context.)_"
+SHRUNK_FOOTNOTE = (
+    "_(Older messages in this conversation were left out: the model's context window "
+    "is smaller than I had assumed.)_"
+)
+# An empty answer to a request at least this large (prompt and answer reserve), or
+# half the assumed window, may be a server over its window (llama.cpp servers answer
+# so): worth one try with a shorter prompt. 2,048 is the smallest window servers
+# commonly run with.
+OVERFLOW_SUSPECT_TOKENS = 2048
 RESTART_TOO_LATE = "Sorry, I restarted before I could answer this, and it is too old to pick up now; please ask again."
 UNEXPECTED_FAILURE = "Something went wrong on my side while answering; please try again."
 REMEMBERED_MESSAGE_KEYS = 20_000
@@ -141,14 +159,18 @@ class ConversationCore:
         self,
         *,
         settings: Settings,
-        store: Store,
+        store: CoreStore,
         model: ModelClient,
         tokens: TokenCounting | None = None,
         holder: str | None = None,
+        policy: ChannelPolicy | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
         usage: UsageLedger | None = None,
     ) -> None:
         self._settings = settings
+        # Who manages a channel: adapters ask it when they build a message, the
+        # commands when someone changes a setting.
+        self.policy = policy or ChannelPolicy(settings.access.admin_user_ids)
         # Where each answer's tokens and cost are kept, and the quotas read them.
         self._usage = usage
         self._quotas = Quotas(settings, usage) if usage is not None else None
@@ -159,14 +181,23 @@ class ConversationCore:
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
         self._limits = Limits(settings.limits, store)
-        self._commands = CommandRunner(settings=settings, store=store, model=model, usage=usage)
+        self._windows = ContextWindows(settings, model)
+        self._pacer = ModelPacer(settings)
+        self._commands = CommandRunner(
+            settings=settings,
+            store=store,
+            model=model,
+            windows=self._windows,
+            policy=self.policy,
+            usage=usage,
+        )
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._accepted: dict[int, _Accepted] = {}
         # Message keys this process stored (or found stored), newest last: the
         # database decides, this only spares it the question for a repeat.
-        self._taken: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._taken: FIFOCache[tuple[str, str], None] = FIFOCache(REMEMBERED_MESSAGE_KEYS)
         self._drivers: dict[int, asyncio.Task[None]] = {}
         self._wanted: set[int] = set()  # conversations with work since their driver looked
         self._running: set[int] = set()  # turns this process holds
@@ -262,8 +293,6 @@ class ConversationCore:
 
     def _remember_taken(self, key: tuple[str, str]) -> None:
         self._taken[key] = None
-        if len(self._taken) > REMEMBERED_MESSAGE_KEYS:
-            self._taken.popitem(last=False)
 
     async def handle(self, message: IncomingMessage, sink: ReplySink) -> bool:
         """Submit and wait for the answer. False when the message was not taken."""
@@ -288,6 +317,10 @@ class ConversationCore:
         """Answer what a stop left behind, then keep sweeping: every
         `turn_heartbeat_seconds`, turns of a process that stopped are picked up.
         Returns how many conversations were picked up at once."""
+        # The default model's window is asked for now, so no first answer waits for it.
+        self._tasks.spawn(
+            self._windows.window(self._settings.model.name), name="context-window-discovery"
+        )
         resumed = await self.resume_pending(sink_for)
         self._sweeping = True
         self._ensure_upkeep()
@@ -339,38 +372,6 @@ class ConversationCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._upkeep
         await self._tasks.cancel_all()
-
-    # --- what adapters ask of the store, through the core ---------------------------
-
-    async def has_conversation(self, key: ConversationKey) -> bool:
-        """Whether the bot is part of this conversation (so follow-ups need no mention)."""
-        return await self._store.has_conversation(key)
-
-    async def thread_of_message(
-        self, platform: str, workspace: str, channel: str, platform_message_id: str
-    ) -> str | None:
-        """The thread of the conversation a platform message or answer belongs to."""
-        return await self._store.thread_of_message(
-            platform, workspace, channel, platform_message_id
-        )
-
-    async def delete_platform_message(
-        self, platform: str, workspace: str, channel: str, platform_message_id: str
-    ) -> int:
-        """A person deleted their message on the platform: delete the stored copy."""
-        return await self._store.delete_platform_message(
-            platform, workspace, channel, platform_message_id
-        )
-
-    async def channel_settings(
-        self, platform: str, workspace: str, channel: str
-    ) -> ChannelSettings:
-        """A channel's own settings, else its workspace's (speech reads its voice here)."""
-        return await self._store.channel_settings(platform, workspace, channel)
-
-    async def forget_workspace(self, platform: str, workspace: str) -> int:
-        """The app left a workspace: delete everything stored about it."""
-        return await self._store.forget_workspace(platform, workspace)
 
     async def drain(self) -> None:
         """Wait for every answer in flight (used at shutdown and by tests)."""
@@ -595,41 +596,70 @@ class ConversationCore:
                 limit=self._settings.conversation.history_limit,
             )
         )
-        max_answer = self._settings.model.max_answer_tokens
-        prompt = build_prompt(
-            instructions=instructions,
-            instructions_role=model_info.instructions_role,
-            instructions_tokens=self._count_tokens(instructions),
-            history=history,
-            budget_tokens=model_info.context_window - max_answer,
-            # Images travel as parts of the current message when the model takes
-            # them; otherwise the stored text already names them.
-            images=turn.images if model_info.accepts_images else (),
-        )
-        request = ChatRequest(model=model, messages=prompt.messages, max_tokens=max_answer)
+        instructions_tokens = self._count_tokens(instructions)
+
+        def prompt_within(budget: int) -> Prompt:
+            return build_prompt(
+                instructions=instructions,
+                instructions_role=model_info.instructions_role,
+                instructions_tokens=instructions_tokens,
+                history=history,
+                budget_tokens=budget,
+                # Images travel as parts of the current message when the model takes
+                # them; otherwise the stored text already names them.
+                images=turn.images if model_info.accepts_images else (),
+            )
+
+        window = await self._windows.window(model)
+        reserve = self._answer_reserve(window.tokens)
+        prompt = prompt_within(window.tokens - reserve)
 
         updates = ThrottledUpdates(sink, self._settings.conversation.stream_update_interval_seconds)
         observer = sink if isinstance(sink, StreamObserver) else None
         parts: list[str] = []
         telemetry = self.telemetry
+        shrunk = False
+        learned: int | None = None
         try:
             async with self._limits.gate.slot():
-                stream = self._model.stream(request)
-                try:
-                    async for delta in stream:
-                        if not parts:
-                            telemetry.first_text(key.platform, model, self._age(turn))
-                        parts.append(delta)
-                        so_far = "".join(parts)
-                        updates.offer(so_far)
-                        if observer is not None:
-                            observer.observe(so_far)
-                except ModelError as error:
-                    await updates.close()
-                    await self._fail(
-                        turn, sink, error, "".join(parts), model, reply_ref, prompt.tokens
-                    )
-                    return
+                while True:
+                    request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
+                    try:
+                        stream = await self._stream_into(
+                            request,
+                            prompt.tokens,
+                            turn.turn_id,
+                            sink,
+                            parts,
+                            updates,
+                            observer,
+                            first_text=lambda: telemetry.first_text(
+                                key.platform, model, self._age(turn)
+                            ),
+                        )
+                        break
+                    except ModelError as error:
+                        retry = None
+                        if not parts and not shrunk:
+                            retry = self._shorter(
+                                error, model, window, reserve, prompt, prompt_within
+                            )
+                        if retry is None:
+                            await updates.close()
+                            await self._fail(
+                                turn, sink, error, "".join(parts), model, reply_ref, prompt.tokens
+                            )
+                            return
+                        prompt, reserve, learned = retry
+                        shrunk = True
+                        log.info(
+                            "turn %d: retrying once with a prompt of %d tokens",
+                            turn.turn_id,
+                            prompt.tokens,
+                        )
+                if shrunk and learned is not None:
+                    # The shorter prompt got an answer: the longer one was over the window.
+                    self._windows.learn(model, learned)
         except GateFull:
             # The message stays stored; only this answer is declined.
             log.warning("turn %d declined: too many turns wait for the model", turn.turn_id)
@@ -645,7 +675,10 @@ class ConversationCore:
 
         answer = "".join(parts)
         shown = answer
-        if prompt.left_out and await self._first_trim_notice(turn.conversation_id):
+        if shrunk:
+            await self._first_trim_notice(turn.conversation_id)
+            shown = f"{answer}\n\n{SHRUNK_FOOTNOTE}"
+        elif prompt.left_out and await self._first_trim_notice(turn.conversation_id):
             shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
         await sink.finish(shown)
         telemetry.final_text(key.platform, model, self._age(turn))
@@ -690,6 +723,99 @@ class ConversationCore:
             await self._usage.record_usage(record)
         except StoreUnavailable:
             log.warning("the usage of turn %d was not recorded: database unreachable", turn.turn_id)
+
+    def _answer_reserve(self, window: int) -> int:
+        """Tokens kept for the answer: `max_answer_tokens`, but never more than half a
+        small window (a 2,048-token server with the default 1,024 keeps 1,024)."""
+        return min(self._settings.model.max_answer_tokens, max(1, window // 2))
+
+    async def _stream_into(
+        self,
+        request: ChatRequest,
+        prompt_tokens: int,
+        place: int,
+        sink: ReplySink,
+        parts: list[str],
+        updates: ThrottledUpdates,
+        observer: StreamObserver | None,
+        *,
+        first_text: Callable[[], None],
+    ) -> ChatStream:
+        """Wait for room under the model's rate limits, then stream the answer into
+        `parts` and the sink (`first_text` is called when the first text arrives)."""
+        # What OpenAI counts against a token limit when the request arrives.
+        tokens = prompt_tokens + (request.max_tokens or 0)
+        pacer = self._pacer
+        wait = pacer.expected_wait(request.model, tokens)
+        if wait >= 1:
+            await self._show_status(
+                sink, f"Waiting for capacity on {request.model}… about {round(wait)} s"
+            )
+        ticket = await pacer.admit(request.model, tokens, place=place)
+        stream = self._model.stream(request)
+        observed = False
+        try:
+            async for delta in stream:
+                if not observed:
+                    # The headers came before the first delta; the next turns need them.
+                    pacer.observe(ticket, stream.rate_limits, answered=True)
+                    observed = True
+                if not parts:
+                    first_text()
+                parts.append(delta)
+                so_far = "".join(parts)
+                updates.offer(so_far)
+                if observer is not None:
+                    observer.observe(so_far)
+        finally:
+            if not observed:
+                limits = stream.rate_limits
+                pacer.observe(ticket, limits, answered=limits is not None)
+        return stream
+
+    async def _show_status(self, sink: ReplySink, text: str) -> None:
+        try:
+            if isinstance(sink, StatusSink):
+                await sink.status(text)
+            else:
+                await sink.update(f"_{text}_")
+        except Exception:
+            # A status line is a courtesy; the answer still comes.
+            log.warning("showing a status line failed", exc_info=True)
+
+    def _shorter(
+        self,
+        error: ModelError,
+        model: str,
+        window: Window,
+        reserve: int,
+        prompt: Prompt,
+        prompt_within: Callable[[int], Prompt],
+    ) -> tuple[Prompt, int, int | None] | None:
+        """After a failure before any text: a prompt half as long, when the failure says
+        (or suggests) the prompt was over the model's window and older turns can go.
+        Returns it with its answer reserve and the window to remember once it works
+        (None: remembered already)."""
+        named: int | None = None
+        if isinstance(error, ModelContextExceeded):
+            named = error.window
+        elif not (
+            isinstance(error, ModelEmptyAnswer)
+            and prompt.tokens + reserve >= min(window.tokens // 2, OVERFLOW_SUSPECT_TOKENS)
+        ):
+            return None
+        budget = min(window.tokens - reserve, prompt.tokens) // 2
+        if named is not None:
+            reserve = min(reserve, self._answer_reserve(named))
+            budget = min(budget, named - reserve)
+        shorter = prompt_within(max(1, budget))
+        if shorter.left_out <= prompt.left_out:
+            return None  # only the current message is left: shortening cannot help
+        if isinstance(error, ModelContextExceeded):
+            # The endpoint said so: remember at once, whatever the retry does.
+            self._windows.learn(model, named if named is not None else budget + reserve)
+            return shorter, reserve, None
+        return shorter, reserve, budget + reserve
 
     async def _first_trim_notice(self, conversation_id: int) -> bool:
         try:
@@ -798,13 +924,20 @@ class ConversationCore:
             await self._keep_trying(
                 lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
             )
+            # Nothing was shown, so nothing was "cut off": a stream that broke before
+            # any text is, to the person, a model that returned none.
+            if isinstance(error, ModelStreamBroken):
+                error = ModelEmptyAnswer(str(error))
             await sink.finish(error.user_message)
             self.telemetry.turn_finished(turn.key.platform, "failed", failure_reason(error))
             return
         # Keep what the model did say; mark it so neither the user nor a later
         # prompt mistakes it for a whole answer.
-        reason = error.user_message if not isinstance(error, ModelStreamBroken) else ""
-        marker = "_(The answer was cut off midway" + (f": {reason}" if reason else ".") + ")_"
+        if isinstance(error, ModelAnswerIncomplete):
+            marker = f"_(The answer was cut off: {error.marker}.)_"
+        else:
+            reason = error.user_message if not isinstance(error, ModelStreamBroken) else ""
+            marker = "_(The answer was cut off midway" + (f": {reason}" if reason else ".") + ")_"
         await sink.finish(f"{partial}\n\n{marker}")
         await self._save_answer(
             turn, text=partial, usage=None, status="interrupted", model=model, reply_ref=reply_ref

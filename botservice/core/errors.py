@@ -79,6 +79,20 @@ class ModelRefused(ModelError):
         return f"The model endpoint refused the request (HTTP {self.status})."
 
 
+class ModelContextExceeded(ModelRefused):
+    """The prompt did not fit the model's context window (HTTP 400 from OpenAI, vLLM,
+    llama.cpp, or an `error` event saying so). `window` is the window the endpoint
+    named, when it named one."""
+
+    def __init__(self, status: int, reason: str, *, window: int | None = None) -> None:
+        super().__init__(status, reason)
+        self.window = window
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return "This conversation is too long for the model; start a new thread or reset it."
+
+
 class ModelServerError(ModelError):
     def __init__(self, status: int) -> None:
         super().__init__(f"server error HTTP {status}")
@@ -90,13 +104,39 @@ class ModelServerError(ModelError):
 
 
 class ModelStreamBroken(ModelError):
-    """The stream ended before the model said it was done."""
+    """The stream ended before the model said it was done. The core says "cut off"
+    only when some text was shown; with none it says the model returned no text."""
 
     user_message = "The model's answer was cut off midway."
 
 
 class ModelEmptyAnswer(ModelError):
-    user_message = "The model returned an empty answer; please rephrase or try again."
+    """The endpoint finished (or ended its stream cleanly) without any text."""
+
+    user_message = "The model returned no text; please rephrase or try again."
+
+
+class ModelAnswerIncomplete(ModelError):
+    """The model stopped before finishing: it hit the answer length limit
+    (`finish_reason: length`, `response.incomplete` with `max_output_tokens`) or a
+    content filter. Raised after the text it did write."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"answer incomplete: {reason}")
+        self.reason = reason
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        if self.reason == "content_filter":
+            return "The model's answer was stopped by the endpoint's content filter."
+        return "The model stopped before writing any text (it reached its length limit); please ask for something shorter."
+
+    @property
+    def marker(self) -> str:
+        """What follows the text that was written, in the same sentence style."""
+        if self.reason == "content_filter":
+            return "stopped by the endpoint's content filter"
+        return "it reached the answer length limit"
 
 
 class TranscriptionError(BotServiceError):

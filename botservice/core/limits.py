@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as clock_time
-from typing import Protocol
+
+from cachetools import FIFOCache
 
 from botservice.core.events import IncomingMessage
+from botservice.core.ports import TokenUsage
 from botservice.core.settings import LimitSettings
 
 BUSY = "I'm busy, please try again in a minute."
@@ -29,20 +31,6 @@ BUSY = "I'm busy, please try again in a minute."
 _REMEMBERED_VERDICTS = 10_000
 # Buckets of people who stopped writing are dropped once there are this many.
 _MAX_BUCKETS = 100_000
-
-
-class TokenUsage(Protocol):
-    """What the daily budgets read from storage (the store implements it)."""
-
-    async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
-        """Tokens the model spent since `since` answering this person's messages."""
-        ...
-
-    async def tokens_used_in_channel(
-        self, platform: str, workspace: str, channel: str, *, since: datetime
-    ) -> int:
-        """Tokens the model spent since `since` answering in this channel."""
-        ...
 
 
 class GateFull(Exception):
@@ -157,7 +145,7 @@ class Limits:
         self._usage = usage
         self._now = now
         self._rate = MessageRate(settings.messages_per_minute, clock=clock)
-        self._verdicts: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._verdicts: FIFOCache[tuple[str, str], str | None] = FIFOCache(_REMEMBERED_VERDICTS)
         self.gate = ModelCallGate(settings.max_concurrent_model_calls, settings.max_queued_turns)
 
     async def refusal(self, message: IncomingMessage) -> str | None:
@@ -167,8 +155,6 @@ class Limits:
             return self._verdicts[key]
         verdict = self._rate_refusal(message) or await self._budget_refusal(message)
         self._verdicts[key] = verdict
-        if len(self._verdicts) > _REMEMBERED_VERDICTS:
-            self._verdicts.popitem(last=False)
         return verdict
 
     def _rate_refusal(self, message: IncomingMessage) -> str | None:

@@ -66,6 +66,15 @@ class StreamObserver(Protocol):
 
 
 @runtime_checkable
+class StatusSink(Protocol):
+    """A sink that can show a short status line before the answer starts (waiting
+    for the model's capacity, say). The answer's first text replaces it. Without
+    this ability the core shows the line through `update` instead."""
+
+    async def status(self, text: str) -> None: ...
+
+
+@runtime_checkable
 class HearingSink(Protocol):
     """A sink that can hear the audio a message came with (voice messages, clips).
 
@@ -88,10 +97,30 @@ class HearingSink(Protocol):
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    # Of the prompt tokens, how many the endpoint served from its cache (billed lower).
+    # Of the prompt tokens, those the endpoint served from its prompt cache.
     cached_tokens: int = 0
-    # Of the completion tokens, how many a reasoning model spent thinking (not shown).
+    # Of the completion tokens, those a reasoning model spent thinking (not shown).
     reasoning_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """What an endpoint's `x-ratelimit-*` headers said about one model's limits.
+
+    `reset_*_seconds`: how long, counted from the response, until that limit is
+    whole again. None: the header was absent (local servers send none).
+    """
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_seconds: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_seconds: float | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.remaining_requests is not None or self.remaining_tokens is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,10 +133,15 @@ class ChatRequest:
 
 
 class ChatStream(Protocol):
-    """Text deltas of one streamed answer; `usage` and `finished` are set when it ends."""
+    """Text deltas of one streamed answer; `usage` and `finished` are set when it ends.
+
+    `rate_limits` is set as soon as the response's headers arrive (before the first
+    delta), so a pacer can read it at the first delta or when the stream fails.
+    """
 
     usage: Usage | None
     finished: bool
+    rate_limits: RateLimits | None
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 
@@ -127,6 +161,12 @@ class ModelClient(Protocol):
 
     async def list_models(self) -> list[str]:
         """The model names the endpoint offers (`/models`). Raises `ModelError`."""
+        ...
+
+    async def context_window(self, model: str, *, fresh: bool = False) -> int | None:
+        """The context window the endpoint reports for `model` (tokens), None when it
+        reports none or cannot be asked; remembered, unless `fresh`. Never raises for
+        an endpoint that does not offer the discovery routes."""
         ...
 
     async def aclose(self) -> None: ...
@@ -236,8 +276,9 @@ class SettingChange:
     changed_at: datetime = dataclasses.field(default_factory=datetime.now)
 
 
-class Store(Protocol):
-    """Everything the core keeps. One implementation (storage/) over SQLAlchemy."""
+class TurnStore(Protocol):
+    """Turns: accepting a message with its pending turn, claiming turns, the heartbeat,
+    and finishing them with the answer (the conversation core's hot path)."""
 
     async def accept(
         self, message: IncomingMessage, *, text: str, tokens: int, claim: Claim | None = None
@@ -294,13 +335,6 @@ class Store(Protocol):
         """Claim a key without storing a message (commands). False if already claimed."""
         ...
 
-    async def history(
-        self, conversation_id: int, *, up_to_message_id: int, limit: int
-    ) -> list[StoredMessage]:
-        """Newest messages of the conversation (after its last reset) answering turns up to
-        and including `up_to_message_id`, oldest first, at most `limit`."""
-        ...
-
     async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None: ...
 
     async def store_answer(
@@ -347,6 +381,17 @@ class Store(Protocol):
         """Turns not finished yet (pending or running), oldest first."""
         ...
 
+
+class HistoryStore(Protocol):
+    """The messages of a conversation: read for a prompt, heard, marked, deleted."""
+
+    async def history(
+        self, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """Newest messages of the conversation (after its last reset) answering turns up to
+        and including `up_to_message_id`, oldest first, at most `limit`."""
+        ...
+
     async def message_text(self, message_id: int) -> StoredMessage | None: ...
 
     async def unheard_audio(self, message_id: int) -> tuple[Attachment, ...]:
@@ -356,6 +401,16 @@ class Store(Protocol):
     async def heard(self, message_id: int, *, text: str, tokens: int) -> None:
         """Replace a message's text with what was heard, and forget its audio, in one write."""
         ...
+
+    async def mark_trim_noticed(self, conversation_id: int) -> bool:
+        """Record that the user was told older turns were left out. True the first time."""
+        ...
+
+    async def delete_conversation_messages(self, conversation_id: int) -> int: ...
+
+
+class ChannelSettingsStore(Protocol):
+    """A channel's settings, and the audit trail of who changed them."""
 
     async def channel_settings(
         self, platform: str, workspace: str, channel: str
@@ -380,20 +435,22 @@ class Store(Protocol):
         self, platform: str, workspace: str, channel: str
     ) -> list[SettingChange]: ...
 
+
+class CommandStore(ChannelSettingsStore, Protocol):
+    """What the platform-neutral commands change: settings, conversations, a person's data."""
+
     async def reset_conversation(self, key: ConversationKey) -> None:
         """Later turns start fresh; nothing is deleted."""
         ...
-
-    async def mark_trim_noticed(self, conversation_id: int) -> bool:
-        """Record that the user was told older turns were left out. True the first time."""
-        ...
-
-    async def delete_conversation_messages(self, conversation_id: int) -> int: ...
 
     async def forget_user(self, platform: str, user_id: str) -> ForgetCounts:
         """Delete everything the person wrote on `platform` and every answer to it; keep
         the settings they changed, no longer under their name."""
         ...
+
+
+class TokenUsage(Protocol):
+    """What the daily budgets read from storage (`botservice.core.limits`)."""
 
     async def tokens_used_by_user(self, platform: str, user_id: str, *, since: datetime) -> int:
         """Tokens the model spent since `since` answering this person's messages."""
@@ -405,12 +462,25 @@ class Store(Protocol):
         """Tokens the model spent since `since` answering in this channel."""
         ...
 
+
+class Lookups(Protocol):
+    """What adapters ask of the store directly, not through the core: whether the bot is
+    in a conversation, which thread holds a message, a channel's settings (the voice a
+    spoken answer uses), and the deletions a platform reports (a person deleted their
+    message, the app left a workspace)."""
+
     async def has_conversation(self, key: ConversationKey) -> bool: ...
 
     async def thread_of_message(
         self, platform: str, workspace: str, channel: str, platform_message_id: str
     ) -> str | None:
         """The thread of the conversation that holds a message or answer with this platform id."""
+        ...
+
+    async def channel_settings(
+        self, platform: str, workspace: str, channel: str
+    ) -> ChannelSettings:
+        """Channel setting, else the workspace's (channel ""), field by field."""
         ...
 
     async def delete_platform_message(
@@ -422,6 +492,10 @@ class Store(Protocol):
     async def forget_workspace(self, platform: str, workspace: str) -> int:
         """Delete a workspace's conversations, messages and settings. Returns conversations deleted."""
         ...
+
+
+class PurgeStore(Protocol):
+    """Expiry (`botservice.app.expiry`): what has expired goes, in batches."""
 
     async def purge(
         self,
@@ -442,6 +516,15 @@ class Store(Protocol):
         interaction token is valid for 15 minutes; it is not kept longer). Returns how
         many turns lost theirs."""
         ...
+
+
+class CoreStore(TurnStore, HistoryStore, CommandStore, TokenUsage, Protocol):
+    """What `ConversationCore` needs: turns, history, commands and budgets."""
+
+
+class Store(CoreStore, Lookups, PurgeStore, Protocol):
+    """Everything the bot keeps: the sum of the ports above, for the composition root.
+    One implementation (storage/) over SQLAlchemy."""
 
     async def ping(self) -> bool:
         """Whether the database answers right now (readiness checks)."""

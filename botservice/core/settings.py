@@ -18,6 +18,10 @@ class ModelInfo(_Section):
     context_window: int = Field(default=16384, gt=0)
     instructions_role: Literal["system", "developer"] = "system"
     accepts_images: bool = False
+    # This process paces its calls of the model under these (0: only the endpoint's
+    # x-ratelimit headers pace it).
+    requests_per_minute: int = Field(default=0, ge=0)
+    tokens_per_minute: int = Field(default=0, ge=0)
     # Dollars per million tokens; 0 means unpriced (usage is still counted).
     price_input_per_mtok: float = Field(default=0.0, ge=0)
     price_output_per_mtok: float = Field(default=0.0, ge=0)
@@ -100,7 +104,12 @@ class AccessSettings(_Section):
     admin_user_ids: tuple[str, ...] = ()
 
 
-class ServerSettings(_Section):
+class HttpSettings(_Section):
+    """Where the HTTP server (Slack events, health checks) listens. `[server]`, its
+    old name, is still read (see `botservice.app.config`)."""
+
+    # Every interface: a platform's router or load balancer reaches the process from outside.
+    host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(default=3000, ge=0, le=65535)
 
 
@@ -139,7 +148,7 @@ class Settings(_Section):
     access: AccessSettings = AccessSettings()
     images: ImageSettings = ImageSettings()
     limits: LimitSettings = LimitSettings()
-    server: ServerSettings = ServerSettings()
+    http: HttpSettings = HttpSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
     voice: VoiceSettings = VoiceSettings()

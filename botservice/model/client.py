@@ -23,6 +23,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -32,6 +33,8 @@ import httpx
 import orjson
 
 from botservice.core.errors import (
+    ModelAnswerIncomplete,
+    ModelContextExceeded,
     ModelEmptyAnswer,
     ModelError,
     ModelRateLimited,
@@ -41,10 +44,11 @@ from botservice.core.errors import (
     ModelTimeout,
     ModelUnreachable,
 )
-from botservice.core.ports import ChatRequest, ChatResult, Usage
+from botservice.core.ports import ChatRequest, ChatResult, RateLimits, Usage
 from botservice.core.redact import scrub
 from botservice.core.settings import ModelSettings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
+from botservice.model.discovery import WindowDiscovery
 from botservice.model.sse import SSEDataDecoder
 
 log = logging.getLogger(__name__)
@@ -120,6 +124,12 @@ class OpenAIChatClient:
                 for stream, headers in self._request_headers.items()
             }
             self._direct_extensions = {"timeout": self._timeout.as_dict()}
+        self._windows = WindowDiscovery(
+            self.http,
+            base_url=settings.base_url,
+            headers=self._headers,
+            connect_timeout=settings.connect_timeout_seconds,
+        )
 
     def stream(self, request: ChatRequest) -> OpenAIChatStream:
         """Nothing is sent until the returned stream is iterated."""
@@ -138,12 +148,21 @@ class OpenAIChatClient:
             raise (failure.error if isinstance(failure, _Retryable) else failure) from error
         if response.status_code >= 400:
             log.warning("model endpoint refused to list models: HTTP %d", response.status_code)
-            raise ModelRefused(response.status_code, self._reason(response))
+            raise ModelRefused(
+                response.status_code, self._reason(response, _json_or_none(response))
+            )
         try:
             listed = response.json()["data"]
             return [str(item["id"]) for item in listed if isinstance(item, dict) and item.get("id")]
         except (ValueError, KeyError, TypeError):
             raise ModelError("the model endpoint sent a model list it cannot read") from None
+
+    async def context_window(self, model: str, *, fresh: bool = False) -> int | None:
+        """What the endpoint reports (see botservice/model/discovery.py), remembered;
+        `fresh` asks again (a channel switched to this model)."""
+        if fresh:
+            self._windows.forget(model)
+        return await self._windows.context_window(model)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -210,19 +229,24 @@ class OpenAIChatClient:
         if status >= 500:
             raise _Retryable(ModelServerError(status))
         log.warning("model endpoint refused the request: HTTP %d", status)
-        raise ModelRefused(status, self._reason(response))
-
-    def _reason(self, response: httpx.Response) -> str:
-        reason = response.reason_phrase or f"HTTP {response.status_code}"
         try:
             body = response.json()
         except ValueError:
             body = None
+        reason = self._reason(response, body)
+        if status in (400, 413, 422) and (window := context_overflow(body, reason)) is not False:
+            raise ModelContextExceeded(status, reason, window=window)
+        raise ModelRefused(status, reason)
+
+    def _reason(self, response: httpx.Response, body: Any = None) -> str:
+        reason = response.reason_phrase or f"HTTP {response.status_code}"
         if isinstance(body, dict) and isinstance(body.get("error"), dict):
             error = body["error"]
             reason = str(error.get("message") or error.get("code") or reason)
         elif isinstance(body, dict) and isinstance(body.get("error"), str):
             reason = body["error"]  # Ollama and llama.cpp answer {"error": "..."}.
+        elif isinstance(body, dict) and isinstance(body.get("message"), str):
+            reason = body["message"]  # vLLM before 0.10: {"object": "error", "message": ...}
         return self._scrub(reason)[:_REASON_LIMIT]
 
     def _scrub(self, text: str) -> str:
@@ -279,6 +303,7 @@ class OpenAIChatStream:
         self.usage: Usage | None = None
         self.finished = False
         self.finish_reason: str | None = None
+        self.rate_limits: RateLimits | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._iterator is not None:
@@ -322,6 +347,7 @@ class OpenAIChatStream:
         try:
             response = await client._send(_encode(self._request, stream=True), stream=True)
             response_started = True
+            self.rate_limits = read_rate_limits(response.headers)
             client.telemetry.model_request(self._request.model, status_class(response.status_code))
             if response.status_code >= 400:
                 await response.aread()
@@ -365,7 +391,13 @@ class OpenAIChatStream:
         if not self.finished:
             if shown:
                 raise ModelStreamBroken("stream ended before [DONE]")
-            raise _Retryable(ModelStreamBroken("stream ended before any text"))
+            # The body ended cleanly with nothing in it: the server meant it (llama.cpp
+            # servers answer so to a prompt over their window). Asking again would get
+            # the same; the core decides whether a shorter prompt is worth a try.
+            raise ModelEmptyAnswer("the stream ended without any text")
+        incomplete = _INCOMPLETE_REASONS.get(self.finish_reason or "")
+        if incomplete is not None:
+            raise ModelAnswerIncomplete(incomplete)
         if not shown:
             raise ModelEmptyAnswer("the stream finished without any text")
         log.debug(
@@ -580,26 +612,128 @@ def _parse_completion(raw: bytes) -> ChatResult:
 
 
 def _parse_usage(raw: Any) -> Usage | None:
+    """Chat Completions' `usage` (prompt/completion), or the Responses API's
+    (input/output); the details objects carry cached and reasoning tokens."""
     if not isinstance(raw, dict):
         return None
-    prompt_details = raw.get("prompt_tokens_details")
-    completion_details = raw.get("completion_tokens_details")
+    prompt_details = raw.get("prompt_tokens_details") or raw.get("input_tokens_details")
+    completion_details = raw.get("completion_tokens_details") or raw.get("output_tokens_details")
     return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-        cached_tokens=_detail(prompt_details, "cached_tokens"),
-        reasoning_tokens=_detail(completion_details, "reasoning_tokens"),
+        prompt_tokens=_int(raw.get("prompt_tokens", raw.get("input_tokens"))),
+        completion_tokens=_int(raw.get("completion_tokens", raw.get("output_tokens"))),
+        cached_tokens=_int(_get(prompt_details, "cached_tokens")),
+        reasoning_tokens=_int(_get(completion_details, "reasoning_tokens")),
     )
 
 
-def _detail(details: Any, name: str) -> int:
-    # OpenAI's `prompt_tokens_details` / `completion_tokens_details`; absent elsewhere.
-    if not isinstance(details, dict):
-        return 0
+def _get(raw: Any, key: str) -> Any:
+    return raw.get(key) if isinstance(raw, dict) else None
+
+
+def _int(value: Any) -> int:
     try:
-        return int(details.get(name) or 0)
+        return max(0, int(value or 0))
     except (TypeError, ValueError):
         return 0
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+# finish_reason values (and Responses' incomplete reasons) that end an answer early.
+_INCOMPLETE_REASONS = {
+    "length": "max_output_tokens",
+    "max_output_tokens": "max_output_tokens",
+    "content_filter": "content_filter",
+}
+
+# How OpenAI, vLLM, llama.cpp, llama-cpp-python and Ollama word a prompt too long
+# for the window; the codes OpenAI, llama-cpp-python and llama.cpp send with it.
+_CONTEXT_CODES = {"context_length_exceeded", "exceed_context_size_error"}
+_CONTEXT_WORDS = re.compile(
+    r"context[ _-]?(length|window|size)|maximum context|exceeds? (the )?(available )?context"
+    r"|prompt is too long|too many tokens|input is too large|n_ctx",
+    re.IGNORECASE,
+)
+_WINDOW_IN_TEXT = (
+    re.compile(r"maximum context length is (\d+)", re.IGNORECASE),  # OpenAI, vLLM
+    re.compile(r"context window of (\d+)", re.IGNORECASE),  # llama-cpp-python
+    re.compile(r"context size \(?(\d+)", re.IGNORECASE),
+    re.compile(r"n_ctx\W{0,4}(\d+)", re.IGNORECASE),
+)
+
+
+def context_overflow(body: Any, reason: str) -> int | bool | None:
+    """Whether an error says the prompt was over the window: False when it does not,
+    else the window it names (None when it names none)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error if isinstance(error, dict) else body if isinstance(body, dict) else {}
+    code = details.get("code") if isinstance(details, dict) else None
+    kind = details.get("type") if isinstance(details, dict) else None
+    if (
+        code not in _CONTEXT_CODES
+        and kind not in _CONTEXT_CODES
+        and not _CONTEXT_WORDS.search(reason)
+    ):
+        return False
+    n_ctx = details.get("n_ctx") if isinstance(details, dict) else None  # llama.cpp
+    if isinstance(n_ctx, int) and n_ctx > 0:
+        return n_ctx
+    for pattern in _WINDOW_IN_TEXT:
+        if match := pattern.search(reason):
+            return int(match.group(1))
+    return None
+
+
+def read_rate_limits(headers: httpx.Headers) -> RateLimits | None:
+    """OpenAI's `x-ratelimit-*` headers (also sent by Azure, Groq, most proxies);
+    None when the response has none."""
+    if "x-ratelimit-remaining-requests" not in headers and (
+        "x-ratelimit-remaining-tokens" not in headers
+    ):
+        return None
+    return RateLimits(
+        limit_requests=_header_int(headers, "x-ratelimit-limit-requests"),
+        remaining_requests=_header_int(headers, "x-ratelimit-remaining-requests"),
+        reset_requests_seconds=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        limit_tokens=_header_int(headers, "x-ratelimit-limit-tokens"),
+        remaining_tokens=_header_int(headers, "x-ratelimit-remaining-tokens"),
+        reset_tokens_seconds=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
+
+
+def _header_int(headers: httpx.Headers, name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return max(0, int(float(value)))
+    except ValueError:
+        return None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """OpenAI writes resets as Go durations ("1s", "6m0s", "20ms", "1h2m3.5s");
+    some proxies write plain seconds ("0.5")."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
 
 
 def _requested_wait(headers: httpx.Headers) -> float | None:
@@ -653,6 +787,8 @@ def _error_in_stream(raw: Any, *, shown: bool, scrub: Callable[[str], str]) -> M
     log.warning("model endpoint reported an error inside the stream (code %s)", code)
     if shown:
         return ModelStreamBroken(f"error in stream after text (code {code})")
+    if (window := context_overflow(raw if isinstance(raw, dict) else {}, reason)) is not False:
+        return ModelContextExceeded(code if isinstance(code, int) else 400, reason, window=window)
     if isinstance(code, int) and 400 <= code < 500 and code != 429:
         return ModelRefused(code, reason)
     return ModelServerError(code if isinstance(code, int) and code >= 500 else 500)

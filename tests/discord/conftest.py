@@ -102,7 +102,7 @@ async def guild(
     configured = discord_settings(discord_server, settings)
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=sqlite_store, model=model)
-    adapter = create_adapter(configured, core, guild_ready_timeout=0.05)
+    adapter = create_adapter(configured, core, sqlite_store, guild_ready_timeout=0.05)
     await adapter.start()
     try:
         yield Guild(discord_server, fake_model, core, adapter)

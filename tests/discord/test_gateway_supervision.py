@@ -81,7 +81,7 @@ async def test_a_malformed_frame_during_start_up_is_a_warning_not_an_exit(
     configured = discord_settings(discord_server, settings)
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=sqlite_store, model=model)
-    adapter = create_adapter(configured, core, guild_ready_timeout=0.05)
+    adapter = create_adapter(configured, core, sqlite_store, guild_ready_timeout=0.05)
     await adapter.start()
     try:
         asked = await discord_server.send_message("hello after start", mention_bot=True)

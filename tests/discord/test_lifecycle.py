@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +27,7 @@ async def _start(server: FakeDiscordServer, settings: Settings, store: SqlStore,
     configured = discord_settings(server, settings, **discord)
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=store, model=model)
-    adapter = create_adapter(configured, core, guild_ready_timeout=0.05)
+    adapter = create_adapter(configured, core, store, guild_ready_timeout=0.05)
     return adapter, model
 
 
@@ -222,3 +223,25 @@ async def _reply_targets(store: SqlStore) -> list[dict[str, object]]:
     async with store.engine.connect() as connection:
         rows = await connection.execute(select(TURNS.c.reply_target))
         return [json.loads(row[0]) for row in rows]
+
+
+async def test_the_adapter_serves_once_every_guild_arrived_without_waiting_out_the_quiet_period(
+    discord_server: FakeDiscordServer, settings: Settings, sqlite_store: SqlStore
+) -> None:
+    """discord.py calls a client ready only after no GUILD_CREATE came for
+    `guild_ready_timeout`; READY lists every guild, so once each arrived there is
+    nothing left to wait for (the shipped default of 2 s was most of a start-up)."""
+    configured = discord_settings(discord_server, settings)
+    model = OpenAIChatClient(configured.model)
+    core = ConversationCore(settings=configured, store=sqlite_store, model=model)
+    adapter = create_adapter(configured, core, guild_ready_timeout=600)
+    try:
+        await asyncio.wait_for(adapter.start(), timeout=60)
+        assert adapter.is_connected()
+        assert [guild.id for guild in adapter.client.guilds] == [int(discord_server.guild_id)]
+        assert not adapter.client.guilds[0].unavailable
+        # The configured quiet period is back for the next session's READY.
+        assert adapter.client._connection.guild_ready_timeout == 600
+    finally:
+        await adapter.stop()
+        await model.aclose()

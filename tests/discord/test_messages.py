@@ -141,7 +141,7 @@ async def test_a_reply_deep_in_a_chain_from_before_a_restart_continues_from_the_
     configured = discord_settings(server, settings)
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=sqlite_store, model=model)
-    restarted = create_adapter(configured, core, guild_ready_timeout=0.05)
+    restarted = create_adapter(configured, core, sqlite_store, guild_ready_timeout=0.05)
     await restarted.start()
     try:
         follow_up = await server.send_message("Where do I live?", reply_to=second_answer)

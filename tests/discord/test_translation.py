@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from botservice.adapters.discord import events
 from botservice.adapters.discord.reply_chains import ReplyChains
+from botservice.core.channel_policy import ChannelPolicy
 
 
 def test_the_bot_mention_is_stripped_from_the_question() -> None:
@@ -27,7 +28,8 @@ def test_channel_admins_are_managers_owners_listed_ids_and_dm_users() -> None:
             "admin_user_ids": ("9",),
         }
         values.update(overrides)
-        return events.is_channel_admin(**values)  # type: ignore[arg-type]
+        policy = ChannelPolicy(values.pop("admin_user_ids"))  # type: ignore[arg-type]
+        return policy.manages(events.manager_facts(**values))  # type: ignore[arg-type]
 
     assert not admin()
     assert admin(manage_channels=True)

@@ -45,7 +45,11 @@ async def voice_guild(
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=sqlite_store, model=model)
     adapter = create_adapter(
-        configured, core, guild_ready_timeout=0.05, voice_connect_cls=FakeVoiceConnection
+        configured,
+        core,
+        sqlite_store,
+        guild_ready_timeout=0.05,
+        voice_connect_cls=FakeVoiceConnection,
     )
     FakeVoiceConnection.made.clear()
     await adapter.start()

@@ -8,6 +8,22 @@ queues one-shot behaviours, consumed one per chat request; once the queue is
 empty every request gets the default answer, `answer(body)` (by default
 "You said: <last user message>"). Every request is recorded in `.requests`.
 
+A context window makes it behave like a local server run with a small one:
+
+    fake_model.context_window = 2048     # prompts over it (its own count) overflow
+    fake_model.overflow = "empty"        # ...answered 200 with an empty stream, or
+                                         # "openai" | "vllm" | "llamacpp" | "llama-cpp-python":
+                                         # HTTP 400 in that server's words and shape
+    fake_model.discovery = "llamacpp"    # what it tells about its window: "none",
+                                         # "vllm" (/v1/models max_model_len), "llamacpp"
+                                         # (/props n_ctx, /v1/models meta.n_ctx_train),
+                                         # "ollama" (/api/show), "llama-cpp-python" (nothing)
+
+A rate limit makes it count requests in fixed windows, say how many are left in
+OpenAI's `x-ratelimit-*` headers, and answer 429 beyond it:
+
+    fake_model.rate_limit = (20, 1.0)    # 20 requests a window of 1 s ("a minute", fast)
+
 It also serves `/v1/audio/speech` (a WAV tone, 24 kHz mono 16-bit, longer for
 longer input) and `/v1/audio/transcriptions` (returns `.transcript`).
 
@@ -21,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -136,6 +153,8 @@ class RecordedRequest:
     body: dict[str, Any]  # parsed JSON, or the form fields of a multipart upload
     files: dict[str, bytes] = field(default_factory=dict)
     received_at: float = 0.0
+    # When the whole answer had been written (a streamed one's last byte), if it was.
+    finished_at: float | None = None
     peer: tuple[str, int] | None = None  # client address: tells connection reuse apart
 
     @property
@@ -184,6 +203,16 @@ class FakeModelServer:
         # echoes the key they were sent, whole and masked, as some providers do.
         self.audio_key_rejected: int | None = None
         self.requests: list[RecordedRequest] = []
+        self.context_window: int | None = None
+        self.overflow = "empty"
+        self.discovery = "none"
+        # The window /v1/models reports as trained (llama.cpp), when it differs.
+        self.trained_window: int | None = None
+        self.overflows = 0  # chat requests refused or emptied for being over the window
+        self.rate_limit: tuple[int, float] | None = None
+        self.rate_limited = 0  # 429s answered because of `rate_limit`
+        self._window_started = 0.0
+        self._window_used = 0
         self._script: deque[Behaviour] = deque()
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
@@ -211,6 +240,8 @@ class FakeModelServer:
         app.router.add_post("/v1/audio/speech", self._tracked(self._speech))
         app.router.add_post("/v1/audio/transcriptions", self._tracked(self._transcription))
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/props", self._props)
+        app.router.add_post("/api/show", self._show)
         # No access log: the benchmark pushes hundreds of requests a second through here.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -266,6 +297,12 @@ class FakeModelServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self._record(request, body)
+        limit_headers = self._take_rate()
+        if limit_headers is None:
+            return self._over_rate()
+        if self.context_window is not None and prompt_tokens(body) > self.context_window:
+            self.overflows += 1
+            return await self._overflow(request, body)
         behaviour = self._script.popleft() if self._script else Reply()
         if isinstance(behaviour, Slow):
             await asyncio.sleep(behaviour.delay_before_first_byte)
@@ -279,8 +316,42 @@ class FakeModelServer:
             return _error(behaviour.status, behaviour.message, behaviour.code)
         if isinstance(behaviour, PlainJson) or not streaming:
             text = self._text_of(behaviour, body)
-            return web.json_response(self._completion(body, text))
-        return await self._stream(request, body, behaviour)
+            return web.json_response(self._completion(body, text), headers=limit_headers)
+        index = len(self.requests) - 1
+        response = await self._stream(request, body, behaviour, limit_headers)
+        self.requests[index] = dataclasses.replace(
+            self.requests[index], finished_at=time.monotonic()
+        )
+        return response
+
+    def _take_rate(self) -> dict[str, str] | None:
+        """Count one request against `rate_limit`: its headers, or None when over."""
+        if self.rate_limit is None:
+            return {}
+        limit, seconds = self.rate_limit
+        now = time.monotonic()
+        if now - self._window_started >= seconds:
+            self._window_started, self._window_used = now, 0
+        reset = self._window_started + seconds - now
+        if self._window_used >= limit:
+            return None
+        self._window_used += 1
+        return {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(limit - self._window_used),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+            "x-ratelimit-limit-tokens": "10000000",
+            "x-ratelimit-remaining-tokens": "9990000",
+            "x-ratelimit-reset-tokens": "6ms",
+        }
+
+    def _over_rate(self) -> web.Response:
+        assert self.rate_limit is not None
+        self.rate_limited += 1
+        reset = self._window_started + self.rate_limit[1] - time.monotonic()
+        response = _error(429, "Rate limit reached for requests.", "rate_limit_exceeded")
+        response.headers["retry-after-ms"] = str(max(1, int(reset * 1000)))
+        return response
 
     def _text_of(self, behaviour: Behaviour, body: dict[str, Any]) -> str:
         if isinstance(behaviour, Reply | PlainJson):
@@ -290,10 +361,18 @@ class FakeModelServer:
         return ""
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        behaviour: Behaviour,
+        extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **(extra_headers or {}),
+            }
         )
         await response.prepare(request)
         chunk_id = f"chatcmpl-fake-{next(self._ids)}"
@@ -371,6 +450,82 @@ class FakeModelServer:
             usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
         return usage
 
+    async def _overflow(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        """A prompt over the window, answered as each kind of server answers it."""
+        window, used = self.context_window, prompt_tokens(body)
+        if self.overflow == "empty":
+            # llama.cpp-based servers have been seen to answer 200 with an empty body.
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if self.overflow == "openai":
+            message = (
+                f"This model's maximum context length is {window} tokens. However, your "
+                f"messages resulted in {used} tokens. Please reduce the length of the messages."
+            )
+            return _error(400, message, "context_length_exceeded")
+        if self.overflow == "vllm":  # vLLM before 0.10: the error at the top level
+            return web.json_response(
+                {
+                    "object": "error",
+                    "message": f"This model's maximum context length is {window} tokens. "
+                    f"However, you requested {used} tokens in the messages. "
+                    "Please reduce the length of the messages.",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                },
+                status=400,
+            )
+        if self.overflow == "llamacpp":
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 400,
+                        "message": "the request exceeds the available context size, "
+                        "try increasing it",
+                        "type": "exceed_context_size_error",
+                        "n_prompt_tokens": used,
+                        "n_ctx": window,
+                    }
+                },
+                status=400,
+            )
+        assert self.overflow == "llama-cpp-python", self.overflow
+        message = f"Requested tokens ({used}) exceed context window of {window}"
+        response = _error(400, message, "context_length_exceeded")
+        return response
+
+    async def _props(self, request: web.Request) -> web.Response:
+        self._record(request, {})
+        if self.discovery != "llamacpp":
+            raise web.HTTPNotFound()
+        return web.json_response(
+            {
+                "default_generation_settings": {"n_ctx": self.context_window, "temperature": 0.8},
+                "total_slots": 1,
+                "model_path": "/models/tiny.gguf",
+            }
+        )
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self._record(request, body)
+        if self.discovery != "ollama":
+            raise web.HTTPNotFound()
+        parameters = f'num_ctx                        {self.context_window}\nstop "<|eot_id|>"'
+        return web.json_response(
+            {
+                "modelfile": "FROM /models/tiny.gguf",
+                "parameters": parameters,
+                "model_info": {
+                    "general.architecture": "llama",
+                    "llama.context_length": self.trained_window or self.context_window,
+                },
+            }
+        )
+
     # --- audio ---
 
     async def _speech(self, request: web.Request) -> web.Response:
@@ -414,9 +569,15 @@ class FakeModelServer:
 
     async def _models(self, request: web.Request) -> web.Response:
         self._record(request, {})
-        return web.json_response(
-            {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
-        )
+        entry: dict[str, Any] = {"id": "fake-model", "object": "model"}
+        if self.discovery == "vllm":
+            entry.update(owned_by="vllm", max_model_len=self.context_window)
+        elif self.discovery == "llamacpp":
+            entry.update(
+                owned_by="llamacpp",
+                meta={"n_ctx_train": self.trained_window or self.context_window, "n_vocab": 32000},
+            )
+        return web.json_response({"object": "list", "data": [entry]})
 
 
 # --- wire helpers ----------------------------------------------------------------
@@ -450,6 +611,21 @@ def _split(text: str, chunk_size: int | None) -> list[str]:
     if chunk_size:
         return [text[i : i + chunk_size] for i in range(0, len(text), chunk_size)]
     return _WORDS.findall(text) or [text]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's own token count of a prompt: a quarter of the characters (about what
+    English costs in a BPE tokenizer), 4 more per message, as servers add framing."""
+    messages = body.get("messages") or body.get("input") or []
+    total = 0
+    for message in messages if isinstance(messages, list) else [messages]:
+        content = message.get("content", "") if isinstance(message, dict) else message
+        if isinstance(content, list):
+            content = " ".join(str(part.get("text", "")) for part in content)
+        total += math.ceil(len(str(content)) / 4) + 4
+    if isinstance(body.get("instructions"), str):
+        total += math.ceil(len(body["instructions"]) / 4) + 4
+    return total
 
 
 def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:

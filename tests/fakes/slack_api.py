@@ -5,14 +5,28 @@ would see it), users with admin flags, threads for `conversations.replies`,
 downloadable files, and a Socket Mode websocket that pushes envelopes and
 records their acknowledgements. With `update_limit_per_minute` it answers
 `chat.update` beyond Tier 3 with a 429 and `Retry-After`, like Slack.
+
+With `enforce_tiers=True` it enforces Slack's published rate limits for every
+method it serves (`TIERS`), per method per workspace, and answers a call beyond
+them with HTTP 429 `ratelimited` and a `Retry-After` of the seconds until the
+call would have been allowed. Slack publishes floors ("Tier 3: 50+ per minute,
+sporadic bursts are welcome"), not algorithms, so the fake takes the strictest
+reading that still allows bursts: at most N calls in any 60-second window, all
+N at once if the caller likes. `chat.postMessage` is Slack's special tier: about
+one message a second per channel with short bursts (at most 60 in any 60 s per
+channel here) under a workspace-wide cap Slack calls "several hundred per
+minute" (300 here). Every 429 is counted in `rate_limited` and
+`rate_limited_by_method`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -26,6 +40,31 @@ BOT_USER_ID = "UBOT0001"
 BOT_ID = "BBOT0001"
 BOT_TOKEN = "xoxb-test-token"
 APP_TOKEN = "xapp-1-test-token"
+
+
+# Slack's published tiers: calls allowed in any 60-second window, per method per workspace.
+TIER_1, TIER_2, TIER_3, TIER_4 = 1, 20, 50, 100
+TIERS: dict[str, int] = {
+    "auth.test": TIER_4,  # "special": hundreds a minute; Tier 4 is the closest floor
+    "chat.update": TIER_3,
+    "chat.delete": TIER_3,
+    "chat.postEphemeral": TIER_4,
+    # chat.stopStream is Tier 2 in Slack's method reference; startStream is taken
+    # to be Tier 2 and appendStream Tier 4 (not checked against the reference here).
+    "chat.startStream": TIER_2,
+    "chat.appendStream": TIER_4,
+    "chat.stopStream": TIER_2,
+    "users.info": TIER_4,
+    # Apps outside the Marketplace: Tier 1 for conversations.history / .replies (2025-05).
+    "conversations.replies": TIER_1,
+    "conversations.history": TIER_1,
+    "assistant.threads.setStatus": TIER_3,
+    "assistant.threads.setSuggestedPrompts": TIER_3,
+    "assistant.threads.setTitle": TIER_3,
+}
+POST_PER_CHANNEL_PER_MINUTE = 60
+POST_PER_WORKSPACE_PER_MINUTE = 300
+WINDOW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +85,21 @@ class PostedMessage:
     edits: int = 0
     # Message metadata (`event_type`, `event_payload`), returned only on request.
     metadata: dict[str, Any] | None = None
+    # Every text the message has shown, first to last (the post, then each edit),
+    # with when it was shown (monotonic clock).
+    shown: list[tuple[float, str]] = field(default_factory=list)
+    # A message made by chat.startStream stays open for appends until it is stopped
+    # or has been idle for the fake's `stream_idle_seconds`.
+    streaming: bool = False
+    last_streamed: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.shown:
+            self.shown.append((time.monotonic(), self.text))
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for _, text in self.shown]
 
     def payload(self, *, with_metadata: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -90,10 +144,22 @@ class FakeSlackApi:
     hold_posts: asyncio.Event | None = None
     # While True the Socket Mode endpoint refuses websocket handshakes (503).
     refuse_sockets: bool = False
+    # Slack's tiers per method per workspace (see the module docstring).
+    enforce_tiers: bool = False
+    # Native streaming (chat.startStream / appendStream / stopStream): a workspace
+    # without it answers `unknown_method`; a stream idle this long has expired and
+    # answers `message_not_in_streaming_state`, as Slack's do after long pauses.
+    streaming_supported: bool = True
+    stream_idle_seconds: float = 300.0
+    rate_limited_by_method: dict[str, int] = field(default_factory=dict)
+    # ts -> the blocks chat.stopStream put under a streamed message.
+    stream_blocks: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ts = itertools.count(1)
         self._updates: dict[str, list[float]] = {}
+        # (method, workspace or channel) -> times of the calls Slack accepted, oldest first.
+        self._windows: dict[tuple[str, str], collections.deque[float]] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._ack_events: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Event()
@@ -103,6 +169,9 @@ class FakeSlackApi:
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
+            "chat.startStream": self._start_stream,
+            "chat.appendStream": self._append_stream,
+            "chat.stopStream": self._stop_stream,
             "chat.postEphemeral": self._post_ephemeral,
             "users.info": self._users_info,
             "conversations.replies": self._replies,
@@ -294,13 +363,49 @@ class FakeSlackApi:
             return web.json_response(
                 {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"}
             )
+        if self.enforce_tiers and (wait := self._over_tier(method, args)) is not None:
+            self.rate_limited += 1
+            self.rate_limited_by_method[method] = self.rate_limited_by_method.get(method, 0) + 1
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         handler = self.handlers.get(method)
+        if method.endswith("Stream") and not self.streaming_supported:
+            handler = None
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
         answer = handler(args)
         if method == "chat.postMessage" and self.hold_posts is not None:
             await self.hold_posts.wait()
         return web.json_response(answer)
+
+    def _over_tier(self, method: str, args: dict[str, Any]) -> float | None:
+        """Seconds until this call would be allowed, or None (then it is counted)."""
+        team = self.team_id
+        if method == "chat.postMessage":
+            limits = [
+                ((method, f"{team}/{args.get('channel', '')}"), POST_PER_CHANNEL_PER_MINUTE),
+                ((method, team), POST_PER_WORKSPACE_PER_MINUTE),
+            ]
+        elif method in TIERS:
+            limits = [((method, team), TIERS[method])]
+        else:
+            return None
+        now = time.monotonic()
+        waits = []
+        for key, limit in limits:
+            window = self._windows.setdefault(key, collections.deque())
+            while window and now - window[0] >= WINDOW_SECONDS:
+                window.popleft()
+            if len(window) >= limit:
+                waits.append(window[0] + WINDOW_SECONDS - now)
+        if waits:
+            return max(waits)
+        for key, _ in limits:
+            self._windows[key].append(now)
+        return None
 
     def _over_limit(self, channel: str) -> bool:
         if self.update_limit_per_minute is None:
@@ -365,7 +470,69 @@ class FakeSlackApi:
             return {"ok": False, "error": "message_not_found"}
         message.text = str(args.get("text", ""))
         message.edits += 1
+        message.shown.append((time.monotonic(), message.text))
+        self._notify()
         return {"ok": True, "channel": key[0], "ts": key[1], "text": message.text}
+
+    def _start_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = str(args.get("channel", ""))
+        thread_ts = args.get("thread_ts") or None
+        if not channel or not thread_ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        ts = self._next_ts()
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        message = PostedMessage(
+            channel, ts, _streamed_text(args), str(thread_ts), metadata=metadata
+        )
+        message.streaming = True
+        message.last_streamed = time.monotonic()
+        self.messages[(channel, ts)] = message
+        self._notify()
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _streaming_message(self, args: dict[str, Any]) -> PostedMessage | dict[str, Any]:
+        key = (str(args.get("channel", "")), str(args.get("ts", "")))
+        message = self.messages.get(key)
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if message.streaming and time.monotonic() - message.last_streamed > (
+            self.stream_idle_seconds
+        ):
+            message.streaming = False
+        if not message.streaming:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        return message
+
+    def _append_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming_message(args)
+        if isinstance(message, dict):
+            return message
+        message.text += _streamed_text(args)
+        message.last_streamed = time.monotonic()
+        message.shown.append((message.last_streamed, message.text))
+        self._notify()
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _stop_stream(self, args: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming_message(args)
+        if isinstance(message, dict):
+            return message
+        added = _streamed_text(args)
+        message.streaming = False
+        if added:
+            message.text += added
+            message.shown.append((time.monotonic(), message.text))
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        if metadata:
+            message.metadata = metadata
+        if args.get("blocks"):
+            self.stream_blocks[message.ts] = args["blocks"]
+        self._notify()
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
 
     def _post_ephemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         self.ephemeral.append(args)
@@ -433,6 +600,18 @@ class FakeSlackApi:
             return web.Response(status=404)
         content_type, data = self.files[name]
         return web.Response(body=data, content_type=content_type)
+
+
+def _streamed_text(args: dict[str, Any]) -> str:
+    """The text a streaming call adds: `markdown_text` and markdown text chunks."""
+    text = str(args.get("markdown_text") or "")
+    chunks = args.get("chunks") or []
+    if isinstance(chunks, str):
+        chunks = json.loads(chunks)
+    for chunk in chunks:
+        if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
+            text += str(chunk.get("text") or "")
+    return text
 
 
 def _flag(value: Any) -> bool:

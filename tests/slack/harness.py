@@ -21,6 +21,7 @@ from aiohttp import web
 
 from botservice.adapters.slack import create_adapter
 from botservice.app.config import load_settings
+from botservice.app.runtime import library_engine
 from botservice.core.conversation import ConversationCore
 from botservice.core.ports import Adapter
 from botservice.core.settings import Settings
@@ -89,7 +90,7 @@ class SlackHarness:
     async def start(cls, slack: FakeSlackApi, settings: Settings, store: SqlStore) -> SlackHarness:
         model = OpenAIChatClient(settings.model)
         core = ConversationCore(settings=settings, store=store, model=model)
-        adapter = create_adapter(settings, core)
+        adapter = create_adapter(settings, core, store, database=library_engine(store))
         harness = cls(slack, settings, store, core, model, adapter)
         app = web.Application()
         app.router.add_get("/healthz", _healthz)

@@ -161,7 +161,7 @@ async def test_a_wrong_bot_token_is_a_configuration_error_at_start(
     from botservice.core.errors import ConfigError
 
     bot.slack.failures["auth.test"] = "invalid_auth"
-    adapter = create_adapter(bot.settings, bot.core)
+    adapter = create_adapter(bot.settings, bot.core, bot.store)
     with pytest.raises(ConfigError) as raised:
         await adapter.start()
     await adapter.stop()

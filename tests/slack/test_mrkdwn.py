@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from botservice.adapters.slack.budget import UpdateBudget
 from botservice.adapters.slack.mrkdwn import markdown_to_mrkdwn
 
 
@@ -79,31 +78,3 @@ def test_no_model_output_makes_a_mention_or_a_foreign_link(markdown: str) -> Non
     mrkdwn = markdown_to_mrkdwn(markdown)
     # Every mention starts with "<"; a ">" alone is a quote.
     assert "<" not in _ALLOWED_LINK.sub("", mrkdwn), mrkdwn
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_budget_never_exceeds_the_limit_in_a_minute_and_saves_room_for_finals() -> None:
-    clock = Clock()
-    budget = UpdateBudget(per_minute=50, burst=15, clock=clock)
-    for _ in range(10):
-        budget.opened("T1")
-    taken = 0
-    for _ in range(600):  # ten replies asking once a second for a minute
-        clock.now += 0.1
-        taken += budget.try_take("T1")
-    assert taken + 10 <= 50, "room left for the ten final edits"
-    assert budget.try_take("T2"), "workspaces have their own budget"
-
-
-async def test_final_edit_waits_for_a_token() -> None:
-    clock = Clock()
-    budget = UpdateBudget(per_minute=50, burst=1, clock=clock, max_wait_seconds=0.0)
-    await budget.take("T1")
-    await budget.take("T1")  # over budget: goes anyway after max_wait

@@ -3,41 +3,90 @@ uninstall forgetting the workspace."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest_asyncio
 
 from botservice.core.events import ConversationKey
+from botservice.storage.engine import create_engine
 from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.slack.harness import CHANNEL, SlackHarness, payload, slack_settings
 
+ROOT = Path(__file__).resolve().parents[2]
 
-@pytest_asyncio.fixture
-async def oauth_bot(
-    slack_api: FakeSlackApi,
-    fake_model: FakeModelServer,
-    sqlite_store: SqlStore,
-    sqlite_database_url: str,
-) -> AsyncIterator[SlackHarness]:
+
+async def upgrade_with_the_cli(database_url: str, cwd: Path) -> None:
+    """`botservice db upgrade`, as an operator runs it: the only thing that creates tables."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "botservice",
+        "db",
+        "upgrade",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env={
+            **clean,
+            "PYTHONPATH": str(ROOT),
+            "BOTSERVICE_CONFIG": str(ROOT / "config" / "botservice.toml"),
+            "DATABASE_URL": database_url,
+        },
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().strip() == "database is up to date"
+
+
+async def start_oauth_bot(
+    slack_api: FakeSlackApi, fake_model: FakeModelServer, store: SqlStore, database_url: str
+) -> SlackHarness:
     settings = slack_settings(
         model_url=fake_model.base_url,
         slack_url=slack_api.base_url,
-        database_url=sqlite_database_url,
+        database_url=database_url,
         extra={
             "SLACK_BOT_TOKEN": "",
             "SLACK_CLIENT_ID": "1111.2222",
             "SLACK_CLIENT_SECRET": "client-secret-value",
         },
     )
-    harness = await SlackHarness.start(slack_api, settings, sqlite_store)
+    return await SlackHarness.start(slack_api, settings, store)
+
+
+@pytest_asyncio.fixture
+async def oauth_bot(
+    slack_api: FakeSlackApi,
+    fake_model: FakeModelServer,
+    empty_database_url: str,
+    tmp_path: Path,
+) -> AsyncIterator[SlackHarness]:
+    """Multi-workspace installs on SQLite and PostgreSQL, on a database that only
+    `botservice db upgrade` prepared (the OAuth stores never create tables)."""
+    await upgrade_with_the_cli(empty_database_url, tmp_path)
+    store = SqlStore(create_engine(empty_database_url))
     try:
-        yield harness
+        harness = await start_oauth_bot(slack_api, fake_model, store, empty_database_url)
+        try:
+            yield harness
+        finally:
+            await harness.close()
     finally:
-        await harness.close()
+        await store.aclose()
 
 
 async def _install(bot: SlackHarness) -> int:

@@ -1,4 +1,4 @@
-"""After a restart: no second answer, and a pending turn edits its own placeholder."""
+"""After a restart: no second answer, and a pending turn edits its own first message."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from botservice.adapters.slack.events import (
     BotIdentity,
@@ -17,7 +18,7 @@ from botservice.adapters.slack.events import (
 )
 from botservice.adapters.slack.sink import PLACEHOLDER, TURN_EVENT_TYPE
 from tests.bot_process import BotProcess
-from tests.fakes.model_server import FakeModelServer
+from tests.fakes.model_server import FakeModelServer, Reply, Slow
 from tests.fakes.slack_api import BOT_TOKEN, BOT_USER_ID, FakeSlackApi, PostedMessage
 from tests.slack.harness import CHANNEL, SIGNING_SECRET, SlackHarness, payload, sign, user_texts
 
@@ -117,8 +118,9 @@ async def test_a_message_deleted_in_slack_is_deleted_from_the_store(
     assert len(fake_model.chat_requests) == 3, "a deletion never calls the model"
 
 
-async def test_a_crash_while_the_placeholder_is_posted_leaves_no_stuck_placeholder(
-    slack_api: FakeSlackApi, fake_model: FakeModelServer, tmp_path: Path
+@pytest.mark.parametrize("first_token_after", [0.0, 1.6], ids=["answer-posted", "placeholder"])
+async def test_a_crash_while_the_first_message_is_posted_leaves_nothing_stuck(
+    slack_api: FakeSlackApi, fake_model: FakeModelServer, tmp_path: Path, first_token_after: float
 ) -> None:
     env = {
         "OPENAI_BASE_URL": fake_model.base_url,
@@ -128,10 +130,16 @@ async def test_a_crash_while_the_placeholder_is_posted_leaves_no_stuck_placehold
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
         "SLACK_API_URL": slack_api.base_url,
     }
+    # A quick answer is the first message itself; a first token slower than a
+    # second is preceded by a placeholder. Either is what a crash can strand.
+    fake_model.script(
+        Slow(delay_before_first_byte=first_token_after, then=Reply("You said: survive the crash"))
+    )
+    first_text = "You said: survive the crash" if first_token_after == 0 else PLACEHOLDER
     mention = payload("app_mention")
     mention["event"].update(text="<@UBOT0001> survive the crash", user="UALICE", channel=CHANNEL)
     thread_ts = mention["event"]["ts"]
-    # Slack creates the placeholder but its answer (with the ts) never reaches the bot:
+    # Slack creates the message but its answer (with the ts) never reaches the bot:
     # the process is killed in between, before the ts could be stored with the turn.
     slack_api.hold_posts = asyncio.Event()
     first = await BotProcess.start(env, cwd=tmp_path, name="first")
@@ -144,23 +152,24 @@ async def test_a_crash_while_the_placeholder_is_posted_leaves_no_stuck_placehold
     slack_api.hold_posts.set()
     slack_api.hold_posts = None
     (stuck,) = slack_api.thread(CHANNEL, thread_ts)
-    assert stuck.text == PLACEHOLDER
+    assert stuck.texts == [first_text]
     assert stuck.metadata == {"event_type": TURN_EVENT_TYPE, "event_payload": {"turn": "1"}}
 
     second = await BotProcess.start(env, cwd=tmp_path, name="second")
     try:
         await second.wait_healthy()
-        await slack_api.wait_for(
-            lambda: stuck.text == "You said: survive the crash", 20, "the placeholder edited"
-        )
+        await slack_api.wait_for(lambda: stuck.edits == 1, 20, "the stranded message edited")
     finally:
         await second.stop()
     (answer,) = slack_api.thread(CHANNEL, thread_ts)
-    assert answer.ts == stuck.ts, "one bot message in the thread: the placeholder, edited"
+    assert answer.ts == stuck.ts, "one bot message in the thread: the stranded one, edited"
+    assert answer.text == "You said: survive the crash"
     assert slack_api.count("chat.postMessage") == 1
     (lookup,) = slack_api.calls_to("conversations.replies")
     assert lookup.args["ts"] == thread_ts
-    assert len(fake_model.chat_requests) == 1
+    # The first process had asked the model before it died; its answer was never
+    # stored, so the resumed turn asks again.
+    assert len(fake_model.chat_requests) == 2
 
 
 async def _send_event(url: str, data: dict[str, object]) -> int:

@@ -12,7 +12,12 @@ import pytest
 from botservice.core.settings import ModelSettings, Settings
 from botservice.core.voice_settings import VoiceSettings
 from botservice.voice.audio import DependencyMissing
-from botservice.voice.render import NothingToSay, UnsupportedOutput, render_to_file
+from botservice.voice.render import (
+    NothingToSay,
+    OutputFolderMissing,
+    UnsupportedOutput,
+    render_to_file,
+)
 from tests.fakes.model_server import FakeModelServer
 
 
@@ -75,6 +80,20 @@ async def test_render_refuses_unknown_formats_and_empty_text(tmp_path: Path) -> 
     with pytest.raises(NothingToSay):
         await render_to_file(settings_with(VoiceSettings()), "  \n---\n** **", tmp_path / "x.wav")
     assert not (tmp_path / "x.wav").exists()
+
+
+async def test_render_refuses_a_folder_that_is_not_there_before_speaking(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "x.wav"
+    with pytest.raises(OutputFolderMissing) as caught:
+        await render_to_file(settings_with(VoiceSettings()), "Hi.", missing)
+    assert caught.value.user_message == (
+        f"cannot write {str(missing)!r}: the folder {str(missing.parent)!r} does not exist; "
+        "create it first"
+    )
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OutputFolderMissing, match=r"'.*a-file' is not a folder"):
+        await render_to_file(settings_with(VoiceSettings()), "Hi.", tmp_path / "a-file" / "x.wav")
+    assert not (tmp_path / "missing").exists()
 
 
 async def test_render_without_ffmpeg_says_what_to_install(tmp_path: Path) -> None:

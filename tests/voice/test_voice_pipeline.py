@@ -119,7 +119,7 @@ async def test_a_channels_voice_and_model_reach_the_speech_endpoint(
     chat = Chat(core)
     await chat.say("/speech set voice nova model gpt-4o-mini-tts", admin=True)
     try:
-        speech = await core.channel_settings("test", "W1", "C1")
+        speech = await sqlite_store.channel_settings("test", "W1", "C1")
         sink = SpeakingSink(
             RecordingSink(), speaker, voice=speech.speech_voice, model=speech.speech_model
         )

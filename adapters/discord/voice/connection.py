@@ -239,7 +239,9 @@ class DiscordVoice:
         )
 
     async def _speech_settings(self, place: Place) -> ChannelSettings:
-        return await self._context.core.channel_settings(PLATFORM, place.workspace, place.channel)
+        return await self._context.lookups.channel_settings(
+            PLATFORM, place.workspace, place.channel
+        )
 
     # --- leaving by itself ------------------------------------------------------------------
 

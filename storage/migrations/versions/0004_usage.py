@@ -1,7 +1,7 @@
 """The usage ledger: one row per model call with its tokens and cost, no text.
 
-Revision ID: 0003_usage
-Revises: 0002
+Revision ID: 0004_usage
+Revises: 0003_slack_oauth
 Create Date: 2026-11-30
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_usage"
-# The revision id of 0002_turn_claims.py is "0002".
-down_revision = "0002"
+revision = "0004_usage"
+down_revision = "0003_slack_oauth"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,309 @@
+"""The machinery every part of `SqlStore` shares: how work runs on the database.
+
+Every operation is one plain function of a SQLAlchemy `Connection` run as one
+transaction: on a SQLite file by `SqliteWorker` (worker threads, one round trip
+per transaction); on PostgreSQL, or SQLite in memory, through the async engine
+with `AsyncConnection.run_sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Self, TypeVar, get_args
+
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from botservice.core.errors import StoreUnavailable
+from botservice.core.events import ConversationKey
+from botservice.core.ports import (
+    ChannelSettings,
+    SettingField,
+    StoredMessage,
+)
+from botservice.storage.engine import (
+    SQLITE_SINGLE_READ_OPTION,
+    SQLITE_WRITE_OPTION,
+    check_connection,
+    create_engine,
+    is_sqlite,
+    sibling_engine,
+    sqlite_thread_engine,
+)
+from botservice.storage.migrate import upgrade
+from botservice.storage.sqlite_worker import SqliteWorker
+from botservice.storage.tables import (
+    CHANNEL_SETTINGS,
+    CONVERSATIONS,
+    MESSAGES,
+    SETTING_CHANGES,
+    TURNS,
+)
+
+T = TypeVar("T")
+_SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
+MESSAGE_CACHE_SIZE = 20_000
+ACCEPT_POOL_SIZE = 12
+
+_c = CONVERSATIONS.c
+_m = MESSAGES.c
+_t = TURNS.c
+_s = CHANNEL_SETTINGS.c
+_a = SETTING_CHANGES.c
+
+# Columns of a StoredMessage, in the order _stored_message reads them.
+_MESSAGE_COLUMNS = (
+    _m.id,
+    _m.role,
+    _m.author_id,
+    _m.author_name,
+    _m.text,
+    _m.tokens,
+    _m.reply_to_id,
+    _m.status,
+    _m.created_at,
+)
+
+_UNFINISHED = ("pending", "running")
+_PENDING = literal_column("'pending'", String())
+_RUNNING = literal_column("'running'", String())
+_CONVERSATION_ID = select(_c.id).where(
+    _c.platform == bindparam("platform"),
+    _c.workspace == bindparam("workspace"),
+    _c.channel == bindparam("channel"),
+    _c.thread == bindparam("thread"),
+)
+_INSERT_MESSAGE = MESSAGES.insert().returning(_m.id)
+_PING = text("SELECT 1")
+
+
+def _stored_message(row: Any) -> StoredMessage:
+    return StoredMessage(
+        id=row[0],
+        role=row[1],
+        author_id=row[2],
+        author_name=row[3],
+        text=row[4],
+        tokens=row[5],
+        reply_to_id=row[6],
+        status=row[7],
+        created_at=row[8],
+    )
+
+
+class _MessageCache:
+    """Recently read messages by id, shared by the read threads.
+
+    A stored message changes only once, when the audio it came with is heard
+    (`heard` drops it from here), before any history includes it; its id is
+    never handed out again, so a cached copy is never wrong. History asks the
+    database which ids belong in the window and builds objects only for ids it
+    has not seen. A deleted message is simply never asked for again; deletions
+    in this process also empty the cache so no forgotten text lingers in memory.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._messages: dict[int, StoredMessage] = {}
+        self._lock = threading.Lock()
+
+    def get_many(self, ids: list[int]) -> dict[int, StoredMessage]:
+        with self._lock:
+            return {id_: self._messages[id_] for id_ in ids if id_ in self._messages}
+
+    def add(self, messages: list[StoredMessage]) -> None:
+        with self._lock:
+            for message in messages:
+                self._messages[message.id] = message
+            excess = len(self._messages) - self._capacity
+            if excess > 0:
+                # Oldest insertions go first (dicts keep insertion order).
+                for id_ in list(itertools.islice(self._messages, excess)):
+                    del self._messages[id_]
+
+    def discard(self, message_id: int) -> None:
+        with self._lock:
+            self._messages.pop(message_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._messages.clear()
+
+
+def _clean_text(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; nobody means to send one.
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+class StoreBase:
+    """What every part of `SqlStore` runs on: the engine, its connections, the caches.
+
+    Build it with `await SqlStore.open(database_url)` (checks the connection,
+    applies migrations) or `SqlStore(create_engine(url))` over a migrated
+    database. Close it with `aclose()`.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = True) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+        self._claimed_by = f"{socket.gethostname()}:{os.getpid()}"
+        self._message_cache = _MessageCache(MESSAGE_CACHE_SIZE)
+        sqlite_database = is_sqlite(engine)
+        self._shared = not sqlite_database
+        # Every turn reads its channel's settings; they change only through this
+        # store, so with SQLite (one process) they are kept in memory and dropped
+        # on every change. With a shared database another process may change them.
+        self._settings_cache: dict[tuple[str, str, str], ChannelSettings] = {}
+        self._insert: Callable[..., Any] = sqlite.insert if sqlite_database else postgresql.insert
+
+        write_options = {SQLITE_WRITE_OPTION: True}
+        read_options: dict[str, Any] = {SQLITE_SINGLE_READ_OPTION: True}
+        if not sqlite_database:
+            # A read, or a write of one statement, is atomic on its own: no BEGIN and
+            # COMMIT/ROLLBACK round trips around it.
+            read_options = {"isolation_level": "AUTOCOMMIT"}
+        self._async_writer = engine.execution_options(**write_options)
+        self._async_reader = engine.execution_options(**read_options)
+        # SQLite has one writer at a time; queueing here is cheaper than SQLite's
+        # busy-wait sleeps when two connections of this process collide. An
+        # in-memory database is a single shared connection: reads queue too.
+        self._async_write_lock: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if sqlite_database else contextlib.nullcontext()
+        )
+        self._async_read_lock: contextlib.AbstractAsyncContextManager[Any] = (
+            self._async_write_lock if sqlite_database else contextlib.nullcontext()
+        )
+        # The platform waits for `accept` before it gets its acknowledgement (Slack
+        # redelivers after 3 s): accepting has a few connections of its own, so it
+        # never queues behind the statements of answers being written.
+        self._accept_engine = (
+            None
+            if sqlite_database
+            else sibling_engine(engine, pool_size=ACCEPT_POOL_SIZE).execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        )
+        thread_engine = sqlite_thread_engine(engine)
+        self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
+
+    @classmethod
+    async def open(cls, database_url: str, *, migrate: bool = True) -> Self:
+        """Connect (ConfigError if unreachable) and migrate to head unless told not to."""
+        engine = create_engine(database_url)
+        try:
+            await check_connection(engine)
+            if migrate:
+                await upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine)
+
+    @property
+    def shared(self) -> bool:
+        # SQLite is the one-process store; PostgreSQL is the shared one (README).
+        return self._shared
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            await self._worker.aclose()
+        if self._accept_engine is not None:
+            await self._accept_engine.dispose()
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    # --- running work -------------------------------------------------------------
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one write transaction."""
+        with _unavailable_as_store_error():
+            if self._worker is not None:
+                return await self._worker.write(work)
+            async with self._async_write_lock, self._async_writer.begin() as connection:
+                return await connection.run_sync(work)
+
+    async def _write_one(self, work: Callable[[Connection], T]) -> T:
+        """Run `work`, which executes a single write statement: atomic by itself, so on
+        PostgreSQL it runs without BEGIN and COMMIT (one round trip instead of three)."""
+        if not self._shared:
+            return await self._write(work)  # SQLite: its single writer already
+        with _unavailable_as_store_error():
+            async with self._async_reader.connect() as connection:
+                return await connection.run_sync(work)
+
+    async def _accept_one(self, work: Callable[[Connection], T]) -> T:
+        """`_write_one` on the accepting connections (PostgreSQL)."""
+        assert self._accept_engine is not None
+        with _unavailable_as_store_error():
+            async with self._accept_engine.connect() as connection:
+                return await connection.run_sync(work)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
+        """Run `work`, which only reads, outside an explicit transaction on SQLite.
+
+        Each statement sees its own snapshot there; `work` must not need two
+        statements to agree.
+        """
+        with _unavailable_as_store_error():
+            if self._worker is not None:
+                return await self._worker.read(work)
+            async with self._async_read_lock, self._async_reader.connect() as connection:
+                return await connection.run_sync(work)
+
+    async def ping(self) -> bool:
+        try:
+            await self._read(lambda connection: connection.execute(_PING).scalar())
+        except StoreUnavailable:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    """Connection failures become `StoreUnavailable`, which callers may retry; errors
+    in the statements themselves (integrity, programming) pass through unchanged."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as error:
+        raise StoreUnavailable() from error
+    except DBAPIError as error:
+        if error.connection_invalidated:
+            raise StoreUnavailable() from error
+        raise
+    except (OSError, TimeoutError) as error:
+        raise StoreUnavailable() from error
+
+
+def _rows_of(statement: Any, parameters: dict[str, Any]) -> Callable[[Connection], list[Any]]:
+    def work(connection: Connection) -> list[Any]:
+        return list(connection.execute(statement, parameters))
+
+    return work
+
+
+def _key_filter(key: ConversationKey) -> tuple[Any, ...]:
+    return (
+        _c.platform == key.platform,
+        _c.workspace == key.workspace,
+        _c.channel == key.channel,
+        _c.thread == key.thread,
+    )

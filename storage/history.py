@@ -1,0 +1,197 @@
+"""History: the messages of a conversation, read for prompts, heard, reset, deleted."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+
+from botservice.core.events import Attachment, ConversationKey
+from botservice.core.ports import (
+    StoredMessage,
+)
+from botservice.storage.base import (
+    _MESSAGE_COLUMNS,
+    StoreBase,
+    _c,
+    _clean_text,
+    _key_filter,
+    _m,
+    _stored_message,
+    _t,
+)
+from botservice.storage.tables import (
+    CONVERSATIONS,
+    MESSAGES,
+    TURNS,
+    utcnow,
+)
+
+
+def _history_statement() -> Select[Any]:
+    reset = func.coalesce(
+        select(_c.reset_after_message_id)
+        .where(_c.id == bindparam("conversation_id"))
+        .scalar_subquery(),
+        0,
+    )
+    up_to = bindparam("up_to", type_=Integer)
+    return (
+        select(_m.id, _m.reply_to_id)
+        .where(
+            _m.conversation_id == bindparam("conversation_id"),
+            # `id > reset` lets the (conversation_id, id) index bound the scan; the
+            # coalesce also drops an answer, stored after a reset, to a question before it.
+            _m.id > reset,
+            func.coalesce(_m.reply_to_id, _m.id) > reset,
+            or_(_m.id <= up_to, _m.reply_to_id <= up_to),
+        )
+        .order_by(_m.id.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
+# Hot statements are built once, so SQLAlchemy reuses their compiled form.
+_HISTORY_IDS = _history_statement()
+_MESSAGES_BY_IDS = select(*_MESSAGE_COLUMNS).where(_m.id.in_(bindparam("ids", expanding=True)))
+_MESSAGE_BY_ID = select(*_MESSAGE_COLUMNS).where(_m.id == bindparam("message_id"))
+_AUDIO_BY_ID = select(_m.audio).where(_m.id == bindparam("message_id"))
+_HEARD = (
+    update(MESSAGES)
+    .where(_m.id == bindparam("b_message_id"))
+    .values(text=bindparam("b_text"), tokens=bindparam("b_tokens"), audio=None)
+)
+
+
+class SqlHistoryStore(StoreBase):
+    """The messages of a conversation (`botservice.core.ports.HistoryStore`)."""
+
+    # --- messages --------------------------------------------------------------
+
+    async def history(
+        self, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        parameters = {
+            "conversation_id": conversation_id,
+            "up_to": up_to_message_id,
+            "limit": limit,
+        }
+
+        cache = self._message_cache
+
+        def work(connection: Connection) -> list[StoredMessage]:
+            window = list(connection.execute(_HISTORY_IDS, parameters))
+            # Oldest first, each answer right after the question it answers, even
+            # when it was stored after a later question.
+            window.sort(key=lambda row: (row[1] or row[0], row[0]))
+            ids = [row[0] for row in window]
+            known = cache.get_many(ids)
+            missing = [id_ for id_ in ids if id_ not in known]
+            if missing:
+                fresh = [
+                    _stored_message(row)
+                    for row in connection.execute(_MESSAGES_BY_IDS, {"ids": missing})
+                ]
+                cache.add(fresh)
+                known.update((message.id, message) for message in fresh)
+            # A message deleted between the two queries is left out.
+            return [known[id_] for id_ in ids if id_ in known]
+
+        return await self._read(work)
+
+    async def message_text(self, message_id: int) -> StoredMessage | None:
+        def work(connection: Connection) -> StoredMessage | None:
+            row = connection.execute(_MESSAGE_BY_ID, {"message_id": message_id}).one_or_none()
+            return None if row is None else _stored_message(row)
+
+        return await self._read(work)
+
+    async def unheard_audio(self, message_id: int) -> tuple[Attachment, ...]:
+        def work(connection: Connection) -> str | None:
+            value: str | None = connection.execute(
+                _AUDIO_BY_ID, {"message_id": message_id}
+            ).scalar_one_or_none()
+            return value
+
+        stored = await self._read(work)
+        if not stored:
+            return ()
+        return tuple(
+            Attachment(
+                name=item["name"],
+                content_type=item["content_type"],
+                url=item["url"],
+                size=item["size"],
+            )
+            for item in json.loads(stored)
+        )
+
+    async def heard(self, message_id: int, *, text: str, tokens: int) -> None:
+        def work(connection: Connection) -> None:
+            connection.execute(
+                _HEARD,
+                {"b_message_id": message_id, "b_text": _clean_text(text), "b_tokens": tokens},
+            )
+
+        await self._write(work)
+        self._message_cache.discard(message_id)
+
+    async def reset_conversation(self, key: ConversationKey) -> None:
+        latest = select(func.max(_m.id)).where(_m.conversation_id == _c.id).scalar_subquery()
+        statement = (
+            update(CONVERSATIONS)
+            .where(*_key_filter(key))
+            .values(
+                reset_after_message_id=func.coalesce(latest, _c.reset_after_message_id),
+                trim_noticed=False,
+                updated_at=utcnow(),
+            )
+        )
+
+        def work(connection: Connection) -> None:
+            connection.execute(statement)
+
+        await self._write(work)
+
+    async def mark_trim_noticed(self, conversation_id: int) -> bool:
+        statement = (
+            update(CONVERSATIONS)
+            .where(_c.id == conversation_id, _c.trim_noticed.is_(False))
+            .values(trim_noticed=True)
+        )
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement).rowcount == 1
+
+        return await self._write(work)
+
+    async def delete_conversation_messages(self, conversation_id: int) -> int:
+        now = utcnow()
+
+        def work(connection: Connection) -> int:
+            # A turn whose question is gone cannot be resumed.
+            connection.execute(
+                update(TURNS)
+                .where(_t.conversation_id == conversation_id, _t.status == "pending")
+                .values(status="failed", finished_at=now)
+            )
+            return connection.execute(
+                delete(MESSAGES).where(_m.conversation_id == conversation_id)
+            ).rowcount
+
+        deleted = await self._write(work)
+        self._message_cache.clear()
+        return deleted

@@ -1,0 +1,70 @@
+"""Lookups for the adapters: whether a conversation exists, which thread holds a message."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Connection,
+    select,
+)
+
+from botservice.core.events import ConversationKey
+from botservice.storage.base import (
+    _CONVERSATION_ID,
+    StoreBase,
+    _c,
+    _m,
+    _t,
+)
+from botservice.storage.tables import (
+    MESSAGES,
+    TURNS,
+)
+
+
+class SqlLookups(StoreBase):
+    """What adapters look up (`botservice.core.ports.Lookups`, with the channel settings
+    and the deletions in `SqlForgetting`)."""
+
+    async def has_conversation(self, key: ConversationKey) -> bool:
+        parameters = {
+            "platform": key.platform,
+            "workspace": key.workspace,
+            "channel": key.channel,
+            "thread": key.thread,
+        }
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(_CONVERSATION_ID, parameters).first() is not None
+
+        # Adapters ask this before acknowledging an event: on the accepting connections.
+        if self._accept_engine is not None:
+            return await self._accept_one(work)
+        return await self._read(work)
+
+    async def thread_of_message(
+        self, platform: str, workspace: str, channel: str, platform_message_id: str
+    ) -> str | None:
+        """The thread of the conversation holding a message, found by its platform id:
+        a person's message, or an answer (the turn's reply reference)."""
+        in_channel = (_c.platform == platform, _c.workspace == workspace, _c.channel == channel)
+        by_message = (
+            select(_c.thread)
+            .join(MESSAGES, _m.conversation_id == _c.id)
+            .where(_m.platform_message_id == platform_message_id, *in_channel)
+            .limit(1)
+        )
+        by_answer = (
+            select(_c.thread)
+            .join(TURNS, _t.conversation_id == _c.id)
+            .where(_t.reply_ref == platform_message_id, *in_channel)
+            .limit(1)
+        )
+
+        def work(connection: Connection) -> str | None:
+            for statement in (by_message, by_answer):
+                row = connection.execute(statement).first()
+                if row is not None:
+                    return str(row.thread)
+            return None
+
+        return await self._read(work)

@@ -1,0 +1,713 @@
+"""Turns: accepting a message, claiming its turn, the heartbeat, storing the answer.
+
+The PostgreSQL and SQLite paths differ on purpose (round trips on one, a single
+writer on the other); see each method.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    bindparam,
+    exists,
+    func,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from botservice.core.events import Attachment, ConversationKey, IncomingMessage
+from botservice.core.ports import (
+    AcceptedTurn,
+    Claim,
+    MessageStatus,
+    PendingTurn,
+    Usage,
+)
+from botservice.storage.base import (
+    _CONVERSATION_ID,
+    _INSERT_MESSAGE,
+    _PENDING,
+    _RUNNING,
+    _UNFINISHED,
+    StoreBase,
+    _c,
+    _clean_text,
+    _m,
+    _t,
+)
+from botservice.storage.tables import (
+    CONVERSATIONS,
+    MESSAGES,
+    TURNS,
+    UTCDateTime,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+# The same as `status IN _UNFINISHED`, written so the hot statements keep one compiled
+# form (an IN list is an expanding parameter, rendered again on every execution).
+_T_UNFINISHED = or_(_t.status == "pending", _t.status == "running")
+_HOLDER = bindparam("b_holder", type_=String())
+_NOW = bindparam("b_now", type_=UTCDateTime())
+_ALIVE_UNTIL = bindparam("b_alive_until", type_=UTCDateTime())
+# Finishing needs the claim: a holder whose turn was reset to pending (it was cut
+# off, not dead) may still finish it, but not once another process claimed it.
+_FINISH_HELD_TURN = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"), _t.claimed_by == _HOLDER, _T_UNFINISHED)
+    .values(
+        status=bindparam("b_status"),
+        finished_at=_NOW,
+        alive_until=null(),
+        reply_ref=func.coalesce(bindparam("b_reply_ref"), _t.reply_ref),
+    )
+    .returning(_t.conversation_id, _t.user_message_id)
+)
+_FINISH_TURN = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"), _T_UNFINISHED)
+    .values(
+        status=bindparam("b_status"),
+        finished_at=_NOW,
+        alive_until=null(),
+        reply_ref=func.coalesce(bindparam("b_reply_ref"), _t.reply_ref),
+    )
+    .returning(_t.conversation_id, _t.user_message_id)
+)
+
+
+def _claim_statement() -> Any:
+    """Claim the oldest pending turn of a conversation, unless one of it is running.
+
+    The NOT EXISTS keeps the common case free of errors; the partial unique index
+    `uq_turns_one_running` is what makes two simultaneous claims (two processes)
+    impossible: the second fails instead of running beside the first. The statuses
+    are SQL literals, not parameters, so both lookups can use the partial indexes
+    (`ix_turns_pending`, `uq_turns_one_running`) whose conditions they match.
+    """
+    conversation_id = bindparam("b_conversation_id", type_=Integer)
+    running = TURNS.alias("running")
+    oldest_pending = (
+        select(_t.id)
+        .where(_t.conversation_id == conversation_id, _t.status == _PENDING)
+        .order_by(_t.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return (
+        update(TURNS)
+        .where(
+            _t.id == oldest_pending,
+            _t.status == _PENDING,
+            ~exists().where(
+                running.c.conversation_id == conversation_id, running.c.status == _RUNNING
+            ),
+        )
+        .values(status=_RUNNING, claimed_by=_HOLDER, alive_until=_ALIVE_UNTIL, claims=_t.claims + 1)
+        .returning(*_PENDING_COLUMNS)
+    )
+
+
+_PENDING_COLUMNS = (
+    _t.id,
+    _t.conversation_id,
+    _t.user_message_id,
+    _t.platform,
+    _t.reply_target,
+    _t.reply_ref,
+    _t.created_at,
+    _t.user_id,
+    _t.is_channel_admin,
+    _t.claims,
+)
+_SET_REPLY_REF = (
+    update(TURNS).where(_t.id == bindparam("b_turn_id")).values(reply_ref=bindparam("b_reply_ref"))
+)
+_CONVERSATION_KEY = select(_c.platform, _c.workspace, _c.channel, _c.thread).where(
+    _c.id == bindparam("conversation_id")
+)
+_RENEW_CLAIMS = (
+    update(TURNS)
+    .where(
+        _t.id.in_(bindparam("b_turn_ids", expanding=True)),
+        _t.claimed_by == _HOLDER,
+        _t.status == "running",
+    )
+    .values(alive_until=_ALIVE_UNTIL)
+)
+_RELEASE_STALE = (
+    update(TURNS)
+    .where(_t.status == "running", _t.alive_until < _NOW)
+    .values(status="pending", alive_until=None)
+    .returning(_t.conversation_id)
+)
+
+
+def _answer_statement(finish: Any) -> Any:
+    """Finish a turn and store its answer in one statement (PostgreSQL): the answer is
+    inserted only for a turn the finish matched, in the same atomic step."""
+    finished = finish.cte("finished")
+    columns = (
+        "conversation_id",
+        "reply_to_id",
+        "role",
+        "author_id",
+        "author_name",
+        "text",
+        "platform_message_id",
+        "tokens",
+        "prompt_tokens",
+        "completion_tokens",
+        "model",
+        "status",
+        "created_at",
+    )
+    answer = select(
+        finished.c.conversation_id,
+        finished.c.user_message_id,
+        # Prefixed: an UPDATE would take parameters named like its columns as SET values.
+        *(bindparam(f"a_{name}", type_=MESSAGES.c[name].type) for name in columns[2:]),
+    ).where(finished.c.conversation_id.is_not(None))
+    return (
+        MESSAGES.insert()
+        .from_select(list(columns), answer)
+        .returning(_m.id)
+        .add_cte(finished, nest_here=True)
+    )
+
+
+_TURN_FIELDS = (
+    "platform",
+    "message_key",
+    "user_id",
+    "is_channel_admin",
+    "status",
+    "reply_target",
+    "claims",
+    "created_at",
+)
+_MESSAGE_FIELDS = (
+    "role",
+    "author_id",
+    "author_name",
+    "text",
+    "platform_message_id",
+    "tokens",
+    "status",
+    "audio",
+    "created_at",
+)
+
+
+def _pg_accept_statement() -> Any:
+    """Accept a message in one statement (PostgreSQL), for a conversation that exists.
+
+    The message id is drawn from its sequence first, so the turn (the dedupe claim)
+    can be inserted pointing at it; the message is inserted only if the turn was,
+    so a duplicate delivery writes nothing. Foreign keys are checked at the end of
+    the statement, when both rows are there. Returns one row: the conversation id
+    (None: no such conversation yet), then the turn and message ids (None: a
+    duplicate).
+    """
+    conversation = (
+        select(_c.id)
+        .where(
+            _c.platform == bindparam("k_platform"),
+            _c.workspace == bindparam("k_workspace"),
+            _c.channel == bindparam("k_channel"),
+            _c.thread == bindparam("k_thread"),
+        )
+        .scalar_subquery()
+    )
+    message_id = func.nextval(func.pg_get_serial_sequence("messages", "id"))
+    ids = select(conversation.label("conversation_id"), message_id.label("message_id")).cte("ids")
+    turn_row = select(
+        *(bindparam(f"t_{name}", type_=TURNS.c[name].type) for name in _TURN_FIELDS),
+        ids.c.conversation_id,
+        ids.c.message_id,
+    ).where(ids.c.conversation_id.is_not(None))
+    turn = (
+        postgresql.insert(TURNS)
+        .from_select([*_TURN_FIELDS, "conversation_id", "user_message_id"], turn_row)
+        .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
+        .returning(_t.id, _t.conversation_id, _t.user_message_id)
+        .cte("turn")
+    )
+    message_row = select(
+        turn.c.user_message_id,
+        turn.c.conversation_id,
+        *(bindparam(f"m_{name}", type_=MESSAGES.c[name].type) for name in _MESSAGE_FIELDS),
+    )
+    message = (
+        MESSAGES.insert()
+        .from_select(["id", "conversation_id", *_MESSAGE_FIELDS], message_row)
+        .returning(_m.id)
+        .cte("message")
+    )
+    return (
+        select(ids.c.conversation_id, turn.c.id, message.c.id)
+        .select_from(ids)
+        .outerjoin(turn, true())
+        .outerjoin(message, true())
+    )
+
+
+_LINK_TURN = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"))
+    .values(
+        conversation_id=bindparam("b_conversation_id"),
+        user_message_id=bindparam("b_message_id"),
+    )
+)
+_CLAIM_NEXT = _claim_statement()
+_HELD_ANSWER = _answer_statement(_FINISH_HELD_TURN)
+
+
+class SqlTurnStore(StoreBase):
+    """Accepting messages and answering their turns (`botservice.core.ports.TurnStore`)."""
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = True) -> None:
+        super().__init__(engine, owns_engine=owns_engine)
+        sqlite_database = not self._shared
+        self._claim = (
+            self._insert(TURNS)
+            .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
+            .returning(_t.id)
+        )
+        self._pg_accept = _pg_accept_statement() if not sqlite_database else None
+        self._create_conversation = (
+            self._insert(CONVERSATIONS)
+            .on_conflict_do_nothing(
+                index_elements=[_c.platform, _c.workspace, _c.channel, _c.thread]
+            )
+            .returning(_c.id)
+        )
+
+    # --- turns -----------------------------------------------------------------
+
+    async def accept(
+        self, message: IncomingMessage, *, text: str, tokens: int, claim: Claim | None = None
+    ) -> AcceptedTurn | None:
+        now = utcnow()
+        conversation_key = message.conversation
+        turn_values = {
+            "platform": message.platform,
+            "message_key": message.message_key,
+            "user_id": message.user_id,
+            "is_channel_admin": message.is_channel_admin,
+            "status": "pending",
+            "reply_target": json.dumps(message.reply_target, separators=(",", ":")),
+            "claims": 0,
+            "created_at": now,
+        }
+        key = {
+            "platform": message.platform,
+            "workspace": message.workspace,
+            "channel": message.channel,
+            "thread": message.thread,
+        }
+        conversation_values = {**key, "created_at": now, "updated_at": now, "trim_noticed": False}
+        message_values = {
+            "role": "user",
+            "author_id": message.user_id,
+            "author_name": message.user_name,
+            "text": _clean_text(text),
+            "platform_message_id": message.platform_message_id,
+            "tokens": tokens,
+            "status": "complete",
+            "audio": _audio_json(message.attachments),
+            "created_at": now,
+        }
+
+        if self._shared:
+            accepted = await self._accept_in_one_statement(
+                key, conversation_values, turn_values, message_values
+            )
+            # The claim is left to the caller's next step: on PostgreSQL it is a round
+            # trip of its own, and the platform is waiting for this one to acknowledge.
+            return accepted
+
+        def work(connection: Connection) -> AcceptedTurn | None:
+            # The claim comes first, so a duplicate delivery (Slack sends most
+            # mentions twice) costs one statement and leaves nothing to undo.
+            turn_id = connection.execute(self._claim, turn_values).scalar_one_or_none()
+            if turn_id is None:
+                return None
+            # The conversation row is only read (or created once): updating it on
+            # every message would make concurrent messages of one thread queue on
+            # its row lock. Its last activity is its newest message.
+            conversation_id = connection.execute(_CONVERSATION_ID, key).scalar_one_or_none()
+            if conversation_id is None:
+                conversation_id = connection.execute(
+                    self._create_conversation, conversation_values
+                ).scalar_one_or_none()
+            if conversation_id is None:  # created by another process just now
+                conversation_id = connection.execute(_CONVERSATION_ID, key).scalar_one()
+            message_id = connection.execute(
+                _INSERT_MESSAGE, {**message_values, "conversation_id": conversation_id}
+            ).scalar_one()
+            connection.execute(
+                _LINK_TURN,
+                {
+                    "b_turn_id": turn_id,
+                    "b_conversation_id": conversation_id,
+                    "b_message_id": message_id,
+                },
+            )
+            # SQLite: one process writes at a time, so claiming here cannot race.
+            claimed = (
+                _claim_in(connection, conversation_id, claim, conversation_key)
+                if claim is not None
+                else None
+            )
+            return AcceptedTurn(
+                turn_id=turn_id,
+                conversation_id=conversation_id,
+                user_message_id=message_id,
+                claimed=claimed,
+            )
+
+        try:
+            return await self._write(work)
+        except IntegrityError:
+            # The purge deleted the (empty) conversation between our read and our
+            # insert: nothing was written, so taking the message again is safe.
+            return await self._write(work)
+
+    async def _accept_in_one_statement(
+        self,
+        key: dict[str, Any],
+        conversation_values: dict[str, Any],
+        turn_values: dict[str, Any],
+        message_values: dict[str, Any],
+    ) -> AcceptedTurn | None:
+        """PostgreSQL: one round trip for a message in a known conversation, three for
+        the first message of a new one."""
+        parameters = {
+            **{f"k_{name}": value for name, value in key.items()},
+            **{f"t_{name}": value for name, value in turn_values.items()},
+            **{f"m_{name}": value for name, value in message_values.items()},
+        }
+        statement = self._pg_accept
+        assert statement is not None
+
+        def accept(connection: Connection) -> Any:
+            return connection.execute(statement, parameters).one()
+
+        def create_conversation(connection: Connection) -> None:
+            connection.execute(self._create_conversation, conversation_values)
+
+        for attempt in range(3):
+            try:
+                conversation_id, turn_id, message_id = await self._accept_one(accept)
+            except IntegrityError:
+                # The purge deleted the (empty) conversation as the message came in;
+                # nothing was written, so taking it again is safe.
+                if attempt == 2:
+                    raise
+                continue
+            if conversation_id is None:
+                await self._accept_one(create_conversation)
+                continue
+            if turn_id is None:
+                return None  # a duplicate delivery
+            return AcceptedTurn(
+                turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
+            )
+        raise LookupError("the conversation of an incoming message could not be created")
+
+    async def claim_next_turn(
+        self,
+        conversation_id: int,
+        *,
+        holder: str,
+        alive_until: datetime,
+        key: ConversationKey | None = None,
+    ) -> PendingTurn | None:
+        claim = Claim(holder=holder, alive_until=alive_until)
+
+        def work(connection: Connection) -> PendingTurn | None:
+            return _claim_in(connection, conversation_id, claim, key)
+
+        try:
+            return await self._write_one(work)
+        except IntegrityError:
+            return None  # another process claimed a turn of this conversation first
+
+    async def renew_claims(
+        self, holder: str, turn_ids: Collection[int], *, alive_until: datetime
+    ) -> int:
+        if not turn_ids:
+            return 0
+        parameters = {
+            "b_holder": holder,
+            "b_turn_ids": list(turn_ids),
+            "b_alive_until": alive_until,
+        }
+        return await self._write_one(
+            lambda connection: connection.execute(_RENEW_CLAIMS, parameters).rowcount
+        )
+
+    async def release_stale_turns(self, *, now: datetime) -> list[int]:
+        def work(connection: Connection) -> list[int]:
+            return sorted({row[0] for row in connection.execute(_RELEASE_STALE, {"b_now": now})})
+
+        released = await self._write_one(work)
+        if released:
+            log.warning(
+                "took back the turns of %d conversations whose process stopped answering",
+                len(released),
+            )
+        return released
+
+    async def release_claims(self, holder: str | None = None) -> list[int]:
+        statement = update(TURNS).where(_t.status == "running")
+        if holder is not None:
+            statement = statement.where(_t.claimed_by == holder)
+        statement = statement.values(status="pending", alive_until=None).returning(
+            _t.conversation_id
+        )
+
+        def work(connection: Connection) -> list[int]:
+            return sorted({row[0] for row in connection.execute(statement)})
+
+        return await self._write_one(work)
+
+    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
+        running = TURNS.alias("running")
+        statement = (
+            select(_t.conversation_id)
+            .where(
+                _t.status == "pending",
+                _t.created_at < accepted_before,
+                _t.conversation_id.is_not(None),
+                ~exists().where(
+                    running.c.conversation_id == _t.conversation_id,
+                    running.c.status == _RUNNING,
+                ),
+            )
+            .group_by(_t.conversation_id)
+            .order_by(func.min(_t.id))
+        )
+        rows = await self._read(lambda connection: connection.execute(statement).all())
+        return [row[0] for row in rows]
+
+    async def claim_key(self, platform: str, message_key: str) -> bool:
+        now = utcnow()
+        values = {
+            "platform": platform,
+            "message_key": message_key,
+            "user_id": "",
+            "is_channel_admin": False,
+            "status": "command",
+            "reply_target": "{}",
+            "claims": 0,
+            "created_at": now,
+            "finished_at": now,
+        }
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(self._claim, values).scalar_one_or_none() is not None
+
+        return await self._write_one(work)
+
+    async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None:
+        def work(connection: Connection) -> None:
+            connection.execute(_SET_REPLY_REF, {"b_turn_id": turn_id, "b_reply_ref": reply_ref})
+
+        await self._write_one(work)
+
+    async def store_answer(
+        self,
+        turn_id: int,
+        *,
+        holder: str | None = None,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None = None,
+    ) -> int | None:
+        answer = _answer_values(text, tokens, usage, status, model)
+        finish = _finish_values(turn_id, holder, reply_ref)
+        statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
+        if self._shared:
+            pg_answer = _answer_statement(statement)
+            return await self._write_one(
+                lambda connection: _store_answer_in_one(connection, pg_answer, finish, answer)
+            )
+        return await self._write(
+            lambda connection: _store_answer_in(connection, statement, finish, answer)
+        )
+
+    async def store_answer_and_claim_next(
+        self,
+        turn_id: int,
+        *,
+        claim: Claim,
+        conversation_id: int,
+        key: ConversationKey,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None = None,
+    ) -> tuple[int | None, PendingTurn | None]:
+        answer = _answer_values(text, tokens, usage, status, model)
+        finish = _finish_values(turn_id, claim.holder, reply_ref)
+        if self._shared:
+            # Two statements: a claim in the same statement as the finish would not
+            # see the finished turn as no longer running.
+            message_id = await self._write_one(
+                lambda connection: _store_answer_in_one(connection, _HELD_ANSWER, finish, answer)
+            )
+            claimed = await self.claim_next_turn(
+                conversation_id, holder=claim.holder, alive_until=claim.alive_until, key=key
+            )
+            return message_id, claimed
+
+        def work(connection: Connection) -> tuple[int | None, PendingTurn | None]:
+            message_id = _store_answer_in(connection, _FINISH_HELD_TURN, finish, answer)
+            return message_id, _claim_in(connection, conversation_id, claim, key)
+
+        return await self._write(work)
+
+    async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:
+        now = utcnow()
+        statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
+        parameters = {
+            "b_turn_id": turn_id,
+            "b_holder": holder,
+            "b_status": "failed",
+            "b_now": now,
+            "b_reply_ref": None,
+        }
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement, parameters).rowcount == 1
+
+        return await self._write_one(work)
+
+    async def pending_turns(self) -> list[PendingTurn]:
+        statement = (
+            select(*_PENDING_COLUMNS, _c.platform, _c.workspace, _c.channel, _c.thread)
+            .join(CONVERSATIONS, _c.id == _t.conversation_id)
+            .where(_t.status.in_(_UNFINISHED), _t.user_message_id.is_not(None))
+            .order_by(_t.id)
+        )
+        rows = await self._read(lambda connection: connection.execute(statement).all())
+        return [_pending_turn(row, ConversationKey(*row[-4:])) for row in rows]
+
+
+def _claim_in(
+    connection: Connection, conversation_id: int, claim: Claim, key: ConversationKey | None
+) -> PendingTurn | None:
+    parameters = {
+        "b_conversation_id": conversation_id,
+        "b_holder": claim.holder,
+        "b_alive_until": claim.alive_until,
+    }
+    row = connection.execute(_CLAIM_NEXT, parameters).one_or_none()
+    if row is None:
+        return None
+    # A conversation's key never changes, so it may be read after the claim.
+    found = key or ConversationKey(
+        *connection.execute(_CONVERSATION_KEY, {"conversation_id": conversation_id}).one()
+    )
+    return _pending_turn(row, found)
+
+
+def _answer_values(
+    text: str, tokens: int, usage: Usage | None, status: MessageStatus, model: str
+) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "author_id": "",
+        "author_name": "",
+        "text": _clean_text(text),
+        "platform_message_id": "",
+        "tokens": tokens,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "model": model,
+        "status": status,
+        "created_at": utcnow(),
+    }
+
+
+def _finish_values(turn_id: int, holder: str | None, reply_ref: str | None) -> dict[str, Any]:
+    return {
+        "b_turn_id": turn_id,
+        "b_holder": holder,
+        "b_status": "answered",
+        "b_now": utcnow(),
+        "b_reply_ref": reply_ref,
+    }
+
+
+def _store_answer_in(
+    connection: Connection, finish_statement: Any, finish: dict[str, Any], answer: dict[str, Any]
+) -> int | None:
+    turn = connection.execute(finish_statement, finish).one_or_none()
+    if turn is None or turn.conversation_id is None:
+        # Taken over by another process, finished already, or its conversation was
+        # deleted meanwhile (the workspace was forgotten).
+        return None
+    message_id: int = connection.execute(
+        _INSERT_MESSAGE,
+        {**answer, "conversation_id": turn.conversation_id, "reply_to_id": turn.user_message_id},
+    ).scalar_one()
+    return message_id
+
+
+def _store_answer_in_one(
+    connection: Connection, statement: Any, finish: dict[str, Any], answer: dict[str, Any]
+) -> int | None:
+    """PostgreSQL: the finish and the answer's insert as one statement."""
+    # Prefixed: an UPDATE would take parameters named like its columns as SET values.
+    prefixed = {f"a_{name}": value for name, value in answer.items()}
+    row = connection.execute(statement, {**finish, **prefixed}).one_or_none()
+    return None if row is None else int(row[0])
+
+
+def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
+    return PendingTurn(
+        turn_id=row[0],
+        conversation_id=row[1],
+        user_message_id=row[2],
+        platform=row[3],
+        conversation=conversation,
+        reply_target=json.loads(row[4]) if row[4] else {},
+        reply_ref=row[5],
+        created_at=row[6],
+        user_id=row[7],
+        is_channel_admin=bool(row[8]),
+        claims=row[9],
+    )
+
+
+def _audio_json(attachments: tuple[Attachment, ...]) -> str | None:
+    audio = [
+        {"name": a.name, "content_type": a.content_type, "url": a.url, "size": a.size}
+        for a in attachments
+        if a.is_audio
+    ]
+    return json.dumps(audio, separators=(",", ":")) if audio else None
