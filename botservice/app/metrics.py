@@ -78,6 +78,7 @@ class PrometheusTelemetry:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._settings = settings
         self._models: set[str] = set(settings.configured_models)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         Gauge("botservice_info", "The running version.", ["version"], registry=r).labels(
             __version__
@@ -199,6 +200,15 @@ class PrometheusTelemetry:
 
     # --- bounded labels ---
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: prometheus-client takes a lock and builds
+        a key on every `labels` call (several microseconds); the label sets are few."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def _model(self, model: str) -> str:
         if model in self._models:
             return model
@@ -210,31 +220,31 @@ class PrometheusTelemetry:
     # --- the port ---
 
     def message_accepted(self, platform: str) -> None:
-        self._accepted.labels(platform).inc()
+        self._child(self._accepted, platform).inc()
 
     def message_redelivered(self, platform: str) -> None:
-        self._redelivered.labels(platform).inc()
+        self._child(self._redelivered, platform).inc()
 
     def turn_started(self, platform: str, *, resumed: bool) -> None:
-        self._started.labels(platform, "true" if resumed else "false").inc()
+        self._child(self._started, platform, "true" if resumed else "false").inc()
 
     def turn_finished(self, platform: str, outcome: TurnOutcome, reason: str = "") -> None:
-        self._turns.labels(platform, outcome, reason).inc()
+        self._child(self._turns, platform, outcome, reason).inc()
 
     def first_text(self, platform: str, model: str, seconds: float) -> None:
-        self._first.labels(platform, self._model(model)).observe(seconds)
+        self._child(self._first, platform, self._model(model)).observe(seconds)
 
     def final_text(self, platform: str, model: str, seconds: float) -> None:
-        self._final.labels(platform, self._model(model)).observe(seconds)
+        self._child(self._final, platform, self._model(model)).observe(seconds)
 
     def model_request(self, model: str, status: str) -> None:
-        self._requests.labels(self._model(model), status).inc()
+        self._child(self._requests, self._model(model), status).inc()
 
     def model_retry(self, model: str, wait_seconds: float, *, rate_limited: bool) -> None:
         cause = "rate_limited" if rate_limited else "error"
         label = self._model(model)
-        self._retries.labels(label, cause).inc()
-        self._waits.labels(label, cause).observe(wait_seconds)
+        self._child(self._retries, label, cause).inc()
+        self._child(self._waits, label, cause).observe(wait_seconds)
 
     def tokens(
         self,
@@ -248,33 +258,33 @@ class PrometheusTelemetry:
         label = self._model(model)
         for kind, count in zip(_TOKEN_KINDS, (prompt, completion, cached, reasoning), strict=True):
             if count:
-                self._tokens.labels(label, kind).inc(count)
+                self._child(self._tokens, label, kind).inc(count)
         cost = self._settings.token_cost(model, prompt=prompt, completion=completion, cached=cached)
         if cost:
-            self._cost.labels(label).inc(cost)
+            self._child(self._cost, label).inc(cost)
 
     def platform_call(self, platform: str, method: str, status: str) -> None:
-        self._platform_calls.labels(platform, method, status).inc()
+        self._child(self._platform_calls, platform, method, status).inc()
 
     def edit_budget(self, platform: str, in_use: float) -> None:
-        self._budget.labels(platform).set(in_use)
+        self._child(self._budget, platform).set(in_use)
 
     def edit_skipped(self, platform: str) -> None:
-        self._skipped.labels(platform).inc()
+        self._child(self._skipped, platform).inc()
 
     def purged(self, kind: str, count: int) -> None:
-        self._purged.labels(kind).inc(count)
+        self._child(self._purged, kind).inc(count)
 
     def voice_session(self, platform: str, delta: int) -> None:
-        self._voice.labels(platform).inc(delta)
+        self._child(self._voice, platform).inc(delta)
 
     def spoken(self, platform: str, seconds: float) -> None:
-        self._spoken.labels(platform).inc(seconds)
+        self._child(self._spoken, platform).inc(seconds)
 
     # --- the rest ---
 
     def store_operation(self, operation: str, seconds: float) -> None:
-        self._store_seconds.labels(operation).observe(seconds)
+        self._child(self._store_seconds, operation).observe(seconds)
 
     def watch_core(self, load: Callable[[], CoreLoad]) -> None:
         """Read the core's pending and running turns and its model-call queue at each scrape."""
