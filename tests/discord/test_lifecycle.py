@@ -233,7 +233,7 @@ async def test_the_adapter_serves_once_every_guild_arrived_without_waiting_out_t
     configured = discord_settings(discord_server, settings)
     model = OpenAIChatClient(configured.model)
     core = ConversationCore(settings=configured, store=sqlite_store, model=model)
-    adapter = create_adapter(configured, core, guild_ready_timeout=600)
+    adapter = create_adapter(configured, core, sqlite_store, guild_ready_timeout=600)
     try:
         await asyncio.wait_for(adapter.start(), timeout=60)
         assert adapter.is_connected()
