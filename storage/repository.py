@@ -68,6 +68,7 @@ from botservice.storage.engine import (
     sibling_engine,
     sqlite_thread_engine,
 )
+from botservice.storage.feedback import FeedbackQueries
 from botservice.storage.migrate import upgrade
 from botservice.storage.sqlite_worker import SqliteWorker
 from botservice.storage.tables import (
@@ -440,7 +441,7 @@ def _clean_text(text: str) -> str:
     return text.replace("\x00", "") if "\x00" in text else text
 
 
-class SqlStore:
+class SqlStore(FeedbackQueries):
     """The `Store` port (botservice/core/ports.py) over SQLAlchemy.
 
     Build it with `await SqlStore.open(database_url)` (checks the connection,

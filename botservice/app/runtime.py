@@ -67,7 +67,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         raise
     store = SqlStore(engine)
     model = OpenAIChatClient(settings.model)
-    core = ConversationCore(settings=settings, store=store, model=model, tokens=TokenCounter())
+    core = ConversationCore(
+        settings=settings, store=store, model=model, tokens=TokenCounter(), feedback=store
+    )
     try:
         yield Services(settings=settings, store=store, model=model, core=core)
     finally:

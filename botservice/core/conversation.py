@@ -34,6 +34,7 @@ from botservice.core.events import (
     IncomingMessage,
     within_image_limits,
 )
+from botservice.core.feedback import FeedbackClick, FeedbackStore
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.ports import (
     ChannelSettings,
@@ -128,9 +129,11 @@ class ConversationCore:
         model: ModelClient,
         tokens: TokenCounting | None = None,
         holder: str | None = None,
+        feedback: FeedbackStore | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._feedback = feedback
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
@@ -160,6 +163,12 @@ class ConversationCore:
     @property
     def holder(self) -> str:
         return self._holder
+
+    async def record_feedback(self, click: FeedbackClick) -> bool:
+        """Keep a 👍 / 👎 on an answer; False when there is no such answer (any more)."""
+        if self._feedback is None:
+            return False
+        return await self._feedback.record_feedback(click)
 
     # --- taking messages -------------------------------------------------------
 
