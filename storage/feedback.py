@@ -13,33 +13,52 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import (
     Column,
     Connection,
+    Delete,
     ForeignKey,
+    Index,
     Integer,
-    MetaData,
     String,
     Table,
+    UniqueConstraint,
     and_,
     case,
+    delete,
     func,
     select,
 )
 
 from botservice.core.feedback import DownVote, FeedbackClick, FeedbackCount, FeedbackSummary
-from botservice.storage.tables import CONVERSATIONS, MESSAGES, TURNS, UTCDateTime, utcnow
+from botservice.storage.tables import (
+    CONVERSATIONS,
+    MESSAGES,
+    TURNS,
+    UTCDateTime,
+    metadata,
+    utcnow,
+)
 
 T = TypeVar("T")
 
+# In the tables' shared metadata, so the migrations are checked against it too.
 FEEDBACK = Table(
     "feedback",
-    MetaData(),
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("turn_id", Integer, ForeignKey(TURNS.c.id, ondelete="CASCADE"), nullable=False),
     Column("user_id", String, nullable=False),
-    Column("verdict", String, nullable=False),
-    Column("answer_ref", String, nullable=False, default=""),
+    Column("verdict", String, nullable=False),  # 'up' | 'down'
+    Column("answer_ref", String, nullable=False, default="", server_default=""),
     Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("turn_id", "user_id", name="uq_feedback_turn_user"),
+    Index("ix_feedback_created_at", "created_at"),
 )
 _f, _t, _c, _m = FEEDBACK.c, TURNS.c, CONVERSATIONS.c, MESSAGES.c
+
+
+def forget_feedback(platform: str, user_id: str) -> Delete:
+    """A person's clicks on `platform`: deleted with the rest by `forget_user`."""
+    on_platform = select(_t.id).where(_t.platform == platform)
+    return delete(FEEDBACK).where(_f.user_id == user_id, _f.turn_id.in_(on_platform))
 
 
 class FeedbackQueries:

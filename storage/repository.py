@@ -68,7 +68,7 @@ from botservice.storage.engine import (
     sibling_engine,
     sqlite_thread_engine,
 )
-from botservice.storage.feedback import FeedbackQueries
+from botservice.storage.feedback import FeedbackQueries, forget_feedback
 from botservice.storage.migrate import upgrade
 from botservice.storage.sqlite_worker import SqliteWorker
 from botservice.storage.tables import (
@@ -1041,6 +1041,7 @@ class SqlStore(FeedbackQueries):
             # Answers first: they are found through the questions.
             answered = connection.execute(delete(MESSAGES).where(_m.id.in_(answers))).rowcount
             messages = connection.execute(delete(MESSAGES).where(_m.id.in_(authored))).rowcount
+            connection.execute(forget_feedback(platform, user_id))
             # Where to answer (a DM channel, an interaction token) is theirs too.
             connection.execute(
                 update(TURNS)

@@ -125,3 +125,20 @@ async def test_the_feedback_command_prints_counts_and_the_latest_thumbs_down(
     refused = await botservice("feedback", "--since", "a week", env=env, cwd=tmp_path)
     assert refused.status == 2
     assert "is not a period like 7d" in refused.stderr
+
+
+async def test_forgetting_a_person_forgets_their_clicks(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    mention = bot.mention("forget me")
+    await bot.event(mention)
+    await bot.settle()
+    (answer,) = bot.slack.thread(CHANNEL, mention["event"]["ts"])
+    await bot.click(value="down:1", message_ts=answer.ts, user="UBOB")
+    await bot.click(value="up:1", message_ts=answer.ts, user="UALICE")
+    await bot.slack.wait_for(lambda: len(bot.slack.ephemeral) == 2, what="two thanks")
+
+    await bot.store.forget_user("slack", "UBOB")
+    summary = await bot.store.feedback_summary(datetime.now(UTC) - timedelta(days=7))
+    assert [(c.up, c.down) for c in summary.counts] == [(1, 0)]
+    assert summary.latest_down == []
