@@ -102,7 +102,9 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
     telemetry = PrometheusTelemetry(settings) if metrics else None
     if telemetry is None:
         model = OpenAIChatClient(settings.model)
-        core = ConversationCore(settings=settings, store=store, model=model, tokens=TokenCounter())
+        core = ConversationCore(
+            settings=settings, store=store, model=model, tokens=TokenCounter(), feedback=store
+        )
     else:
         model = OpenAIChatClient(settings.model, telemetry=telemetry)
         core = ConversationCore(
@@ -111,6 +113,7 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
             model=model,
             tokens=TokenCounter(),
             telemetry=telemetry,
+            feedback=store,
         )
         telemetry.watch_core(lambda: core.load)
     try:

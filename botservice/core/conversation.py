@@ -39,6 +39,7 @@ from botservice.core.events import (
     IncomingMessage,
     within_image_limits,
 )
+from botservice.core.feedback import FeedbackClick, FeedbackStore
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
@@ -163,6 +164,7 @@ class ConversationCore:
         holder: str | None = None,
         policy: ChannelPolicy | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
+        feedback: FeedbackStore | None = None,
     ) -> None:
         self._settings = settings
         # Who manages a channel: adapters ask it when they build a message, the
@@ -171,6 +173,7 @@ class ConversationCore:
         # Public: adapters report their platform calls through the same observer.
         self.telemetry = telemetry
         self._store = store
+        self._feedback = feedback
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
@@ -214,6 +217,12 @@ class ConversationCore:
             model_calls_running=self._limits.gate.running,
             model_calls_waiting=self._limits.gate.waiting,
         )
+
+    async def record_feedback(self, click: FeedbackClick) -> bool:
+        """Keep a 👍 / 👎 on an answer; False when there is no such answer (any more)."""
+        if self._feedback is None:
+            return False
+        return await self._feedback.record_feedback(click)
 
     # --- taking messages -------------------------------------------------------
 
