@@ -24,6 +24,7 @@ from botservice.storage.base import (
     _s,
     _t,
 )
+from botservice.storage.feedback import forget_feedback
 from botservice.storage.tables import (
     CHANNEL_SETTINGS,
     CONVERSATIONS,
@@ -67,6 +68,7 @@ class SqlForgetting(StoreBase):
             # Answers first: they are found through the questions.
             answered = connection.execute(delete(MESSAGES).where(_m.id.in_(answers))).rowcount
             messages = connection.execute(delete(MESSAGES).where(_m.id.in_(authored))).rowcount
+            connection.execute(forget_feedback(platform, user_id))
             # Where to answer (a DM channel, an interaction token) is theirs too.
             connection.execute(
                 update(TURNS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from botservice.storage.base import ACCEPT_POOL_SIZE, MESSAGE_CACHE_SIZE, StoreBase
 from botservice.storage.channel_settings import SqlChannelSettingsStore
+from botservice.storage.feedback import FeedbackQueries
 from botservice.storage.forgetting import FORGOTTEN_USER, SqlForgetting
 from botservice.storage.history import SqlHistoryStore
 from botservice.storage.lookups import SqlLookups
@@ -41,6 +42,7 @@ class SqlStore(
     SqlLookups,
     SqlForgetting,
     SqlPurgeStore,
+    FeedbackQueries,
 ):
     """The `Store` port (botservice/core/ports.py) over SQLAlchemy.
 

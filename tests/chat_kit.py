@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from botservice.core.conversation import ConversationCore
 from botservice.core.events import Attachment, IncomingMessage
-from botservice.core.ports import ModelClient, Store
+from botservice.core.ports import ModelClient, SinkAbilities, Store
 from botservice.core.settings import Settings
 
 
@@ -57,6 +57,10 @@ class RecordingSink:
         self.statuses.append(text)
 
     @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(status=self.status)
+
+    @property
     def final(self) -> str:
         assert len(self.finals) == 1, f"expected one final text, got {self.finals!r}"
         return self.finals[0]
@@ -72,6 +76,10 @@ class HearingRecordingSink(RecordingSink):
     fails_with: Exception | None = None
     heard: list[tuple[Attachment, ...]] = field(default_factory=list)
     on_hear: Callable[[], Awaitable[None]] | None = None
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(hear=self.hear, status=self.status)
 
     async def hear(self, audio: Sequence[Attachment]) -> str:
         if self.on_hear is not None:

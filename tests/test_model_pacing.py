@@ -46,8 +46,11 @@ async def test_a_burst_of_50_turns_under_20_requests_a_window_meets_no_429_and_k
     assert sorted(asked) == list(range(50))
     # The first window's twenty go as they reach the pacer (each turn reads the
     # database first, so they may arrive a little out of order); every turn that
-    # had to wait went in the order the turns were taken.
-    assert asked[20:] == list(range(20, 50))
+    # had to wait went in the order the turns were taken: the next twenty in the
+    # second window, the last ten in the third. (Within a window the calls are let
+    # go together, so which of two reaches the server first is a race.)
+    assert sorted(asked[20:40]) == list(range(20, 40))
+    assert sorted(asked[40:]) == list(range(40, 50))
     started = [r.received_at for r in fake_model.chat_requests]
     assert started[40] - started[0] >= 2 * 2.0 - 0.1  # three windows, none crowded
     # Those that waited a window or more were told, as a status line, about how long.

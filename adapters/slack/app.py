@@ -45,11 +45,17 @@ from botservice.adapters.slack.events import (
     slash_command,
     translate_event,
 )
+from botservice.adapters.slack.feedback import GONE, THANKS, feedback_action
 from botservice.adapters.slack.files import fetch_attachments
 from botservice.adapters.slack.oauth import SlackOAuth
 from botservice.adapters.slack.rejections import Rejection, RejectionLog
 from botservice.adapters.slack.signature import SignatureCheck
-from botservice.adapters.slack.sink import PLACEHOLDER, CommandReplySink, SlackReplySink
+from botservice.adapters.slack.sink import (
+    FEEDBACK_ACTION,
+    PLACEHOLDER,
+    CommandReplySink,
+    SlackReplySink,
+)
 from botservice.adapters.slack.socket_mode import SocketModeRunner
 from botservice.adapters.slack.threads import KnownThreads, read_thread_once
 from botservice.adapters.slack.users import UserDirectory
@@ -297,6 +303,7 @@ class SlackAdapter:
     def _register(self) -> None:
         self._app.event(re.compile(r".+"))(self._on_event)
         self._app.command(self._settings.slack.command)(self._on_command)
+        self._app.action(FEEDBACK_ACTION)(self._on_feedback)
         self._app.error(self._on_error)
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> BoltResponse:
@@ -415,6 +422,27 @@ class SlackAdapter:
             await ack()
             if done:
                 await sink.notice("That command failed on my side; please try again.")
+
+    async def _on_feedback(
+        self,
+        body: dict[str, Any],
+        ack: Callable[..., Awaitable[None]],
+        context: AsyncBoltContext,
+    ) -> None:
+        await ack()
+        action = feedback_action(body)
+        if action is None:
+            log.info("a Slack feedback click that names no answer was ignored")
+            return
+        click = action.click
+        kept = await self._core.record_feedback(click)
+        with contextlib.suppress(SlackApiError, aiohttp.ClientError, TimeoutError):
+            await context.client.chat_postEphemeral(
+                channel=click.channel,
+                user=click.user_id,
+                text=THANKS[click.verdict] if kept else GONE,
+                thread_ts=action.thread_ts,
+            )
 
     # --- the rest of Slack's events -------------------------------------------------------
 

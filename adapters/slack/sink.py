@@ -56,6 +56,11 @@ STREAMING_REFUSED = frozenset(
     }
 )
 STREAM_EXPIRED = "message_not_in_streaming_state"
+# The action id of the 👍 / 👎 buttons under every final answer (Slack's feedback
+# buttons); their values are `up:<turn id>` and `down:<turn id>`.
+FEEDBACK_ACTION = "botservice_feedback"
+# Slack's limit on a section block's text; longer answers get several sections.
+SECTION_LIMIT = 3000
 
 
 class SlackDeliveryError(BotServiceError):
@@ -244,11 +249,13 @@ class SlackReplySink:
         continues = view.startswith(self._streamed) and len(view) <= self.limit
         delta = view[len(self._streamed) :] if continues else ""
         await self.streams.stop(self.target.team)
+        feedback = self._feedback_block() if continues else None
         _, code = await self._stream_call(
             "chat_stopStream",
             channel=self.target.channel,
             ts=self.ts,
             markdown_text=delta or None,
+            blocks=[feedback] if feedback is not None else None,
             metadata=self._metadata(),
         )
         if code is None:
@@ -275,7 +282,9 @@ class SlackReplySink:
 
     # --- posting and editing -----------------------------------------------------------
 
-    async def _post_first(self, text: str, *, required: bool = False) -> str | None:
+    async def _post_first(
+        self, text: str, *, required: bool = False, blocks: list[dict[str, Any]] | None = None
+    ) -> str | None:
         """Post the answer's first message, tagged with its turn."""
         metadata = self._metadata()
         response = await self._call(
@@ -283,6 +292,7 @@ class SlackReplySink:
             channel=self.target.channel,
             thread_ts=self.target.thread_ts,
             text=text,
+            blocks=blocks,
             metadata=metadata,
             required=required,
         )
@@ -364,35 +374,63 @@ class SlackReplySink:
         first, rest = chunks[0] or "…", chunks[1:]
         if self._streaming and await self._stop_stream(text):
             return
+        # The feedback buttons go under the answer's last message.
+        first_blocks = self._answer_blocks(first) if not rest else None
         if self.ts is None:
-            await self._post_first(first, required=True)
+            await self._post_first(first, required=True, blocks=first_blocks)
         else:
-            await self._final_edit(first)
-        for chunk in rest:
+            await self._final_edit(first, blocks=first_blocks)
+        for index, chunk in enumerate(rest, start=1):
             await self._call(
                 "chat_postMessage",
                 channel=self.target.channel,
                 thread_ts=self.target.thread_ts,
                 text=chunk,
+                blocks=self._answer_blocks(chunk) if index == len(rest) else None,
                 required=True,
             )
         self._last_shown = first
 
-    async def _final_edit(self, text: str) -> None:
+    def _feedback_block(self) -> dict[str, Any] | None:
+        if self._turn_tag is None:
+            return None  # not an answer to a turn (a notice): nothing to rate
+        return feedback_block(self._turn_tag)
+
+    def _answer_blocks(self, text: str) -> list[dict[str, Any]] | None:
+        """The message as blocks (blocks replace `text` on screen): its text in
+        sections, then the feedback buttons."""
+        feedback = self._feedback_block()
+        if feedback is None:
+            return None
+        sections: list[dict[str, Any]] = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": part}}
+            for part in split_message(text, SECTION_LIMIT)
+            if part.strip()
+        ]
+        return [*sections, feedback]
+
+    async def _final_edit(self, text: str, *, blocks: list[dict[str, Any]] | None = None) -> None:
         for attempt in range(1, FINAL_EDIT_ATTEMPTS + 1):
             if (wait := self._edit_after - self.clock()) > 0:
                 await asyncio.sleep(wait)
             await self.budget.take(self.target.team)
-            if await self._edit(text, required=attempt == FINAL_EDIT_ATTEMPTS):
+            if await self._edit(text, blocks=blocks, required=attempt == FINAL_EDIT_ATTEMPTS):
                 return
 
-    async def _edit(self, text: str, *, required: bool = False) -> bool:
+    async def _edit(
+        self, text: str, *, blocks: list[dict[str, Any]] | None = None, required: bool = False
+    ) -> bool:
         """One `chat.update`; False when Slack answered 429 (then this reply waits
         Retry-After before its next edit) or, unless `required`, failed otherwise."""
         assert self.ts is not None
         try:
             client = await self._client_for_edits()
-            await client.chat_update(channel=self.target.channel, ts=self.ts, text=text)
+            if blocks is None:
+                await client.chat_update(channel=self.target.channel, ts=self.ts, text=text)
+            else:
+                await client.chat_update(
+                    channel=self.target.channel, ts=self.ts, text=text, blocks=blocks
+                )
             return True
         except SlackApiError as error:
             response = error.response
@@ -510,6 +548,29 @@ class CommandReplySink(SlackReplySink):
 
     def go_direct(self) -> None:
         self._direct = True
+
+
+def feedback_block(turn_tag: str) -> dict[str, Any]:
+    """Slack's 👍 / 👎 feedback buttons for the answer of turn `turn_tag`."""
+
+    def button(label: str, verdict: str) -> dict[str, Any]:
+        return {
+            "text": {"type": "plain_text", "text": label},
+            "accessibility_label": f"{label} answer",
+            "value": f"{verdict}:{turn_tag}",
+        }
+
+    return {
+        "type": "context_actions",
+        "elements": [
+            {
+                "type": "feedback_buttons",
+                "action_id": FEEDBACK_ACTION,
+                "positive_button": button("Good", "up"),
+                "negative_button": button("Bad", "down"),
+            }
+        ],
+    }
 
 
 def _retry_after(headers: Any) -> float:

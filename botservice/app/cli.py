@@ -10,6 +10,7 @@ import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from botservice import __version__
@@ -109,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage.add_argument("--csv", action="store_true", help="CSV on stdout, one line per group")
 
+    feedback = commands.add_parser(
+        "feedback",
+        help="print 👍 / 👎 counts per channel and model, and the latest 👎 answers",
+        description="Print the 👍 / 👎 clicks on answers per channel and model since a "
+        "period, and the latest 👎 answers (turn, channel, answer message id, when).",
+    )
+    feedback.add_argument(
+        "--since",
+        type=_period,
+        default=_period("7d"),
+        metavar="PERIOD",
+        help="how far back: 7d, 12h, 30m (default 7d)",
+    )
+
     discord = commands.add_parser(
         "discord",
         help="Discord maintenance",
@@ -206,6 +221,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return await _purge(settings, dry_run=args.dry_run)
         case "usage":
             return await _usage(settings, args)
+        case "feedback":
+            return await _feedback(settings, args.since)
         case "discord":
             return await _discord_sync(settings, args.guild)
         case "voice":
@@ -378,6 +395,39 @@ async def _usage(settings: Settings, args: argparse.Namespace) -> int:
     async with open_services(settings) as services:
         report = await usage_report(services.usage, since=args.since, by=args.by, as_csv=args.csv)
     sys.stdout.write(report)
+    return 0
+
+
+def _period(value: str) -> timedelta:
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = value[:-1], value[-1:]
+    if unit not in units or not number.isdigit() or len(number) > 6:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a period like 7d, 12h or 30m")
+    return timedelta(**{units[unit]: int(number)})
+
+
+async def _feedback(settings: Settings, since: timedelta) -> int:
+    from botservice.app.runtime import open_services
+
+    async with open_services(settings) as services:
+        summary = await services.store.feedback_summary(datetime.now(UTC) - since)
+    print(f"feedback since {since.days}d {since.seconds // 3600}h")
+    if not summary.counts:
+        print("no feedback yet")
+        return 0
+    print(f"{'platform':<9} {'channel':<14} {'model':<22} {'👍':>5} {'👎':>5}")
+    for row in summary.counts:
+        print(
+            f"{row.platform:<9} {row.channel:<14} {row.model or '?':<22} {row.up:>5} {row.down:>5}"
+        )
+    if summary.latest_down:
+        print()
+        print("latest 👎 (turn, platform, channel, answer message id, when)")
+        for vote in summary.latest_down:
+            print(
+                f"  turn {vote.turn_id} {vote.platform} {vote.channel} {vote.answer_ref or '-'} "
+                f"{vote.at:%Y-%m-%d %H:%M}"
+            )
     return 0
 
 

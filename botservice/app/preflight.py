@@ -55,8 +55,8 @@ def check_model_endpoint(*, needs_endpoint: bool, environ: Mapping[str, str] | N
     if model is None:
         return
     base_url = (
-        env.get("BOTSERVICE_MODEL__BASE_URL")
-        or env.get("OPENAI_BASE_URL")
+        env.get("OPENAI_BASE_URL")
+        or env.get("BOTSERVICE_MODEL__BASE_URL")
         or model.get("base_url", DEFAULT_BASE_URL)
     )
     if not isinstance(base_url, str):

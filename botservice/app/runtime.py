@@ -106,7 +106,12 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
     if telemetry is None:
         model = OpenAIChatClient(settings.model)
         core = ConversationCore(
-            settings=settings, store=store, model=model, tokens=TokenCounter(), usage=usage
+            settings=settings,
+            store=store,
+            model=model,
+            tokens=TokenCounter(),
+            feedback=store,
+            usage=usage,
         )
     else:
         model = OpenAIChatClient(settings.model, telemetry=telemetry)
@@ -117,6 +122,7 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
             tokens=TokenCounter(),
             telemetry=telemetry,
             usage=usage,
+            feedback=store,
         )
         telemetry.watch_core(lambda: core.load)
     try:

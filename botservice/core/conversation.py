@@ -39,6 +39,7 @@ from botservice.core.events import (
     IncomingMessage,
     within_image_limits,
 )
+from botservice.core.feedback import FeedbackClick, FeedbackStore
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
@@ -47,15 +48,14 @@ from botservice.core.ports import (
     ChatStream,
     Claim,
     CoreStore,
-    HearingSink,
     MessageStatus,
     ModelClient,
     PendingTurn,
     ReplySink,
-    StatusSink,
-    StreamObserver,
+    SinkAbilities,
     TokenCounting,
     Usage,
+    abilities_of,
 )
 from botservice.core.prompt import (
     Prompt,
@@ -166,6 +166,7 @@ class ConversationCore:
         policy: ChannelPolicy | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
         usage: UsageLedger | None = None,
+        feedback: FeedbackStore | None = None,
     ) -> None:
         self._settings = settings
         # Who manages a channel: adapters ask it when they build a message, the
@@ -177,6 +178,7 @@ class ConversationCore:
         # Public: adapters report their platform calls through the same observer.
         self.telemetry = telemetry
         self._store = store
+        self._feedback = feedback
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
@@ -225,6 +227,12 @@ class ConversationCore:
             model_calls_running=self._limits.gate.running,
             model_calls_waiting=self._limits.gate.waiting,
         )
+
+    async def record_feedback(self, click: FeedbackClick) -> bool:
+        """Keep a 👍 / 👎 on an answer; False when there is no such answer (any more)."""
+        if self._feedback is None:
+            return False
+        return await self._feedback.record_feedback(click)
 
     # --- taking messages -------------------------------------------------------
 
@@ -579,7 +587,8 @@ class ConversationCore:
             # to stop here.
             with contextlib.suppress(StoreUnavailable):
                 await store.set_reply_ref(turn.turn_id, reply_ref)
-        if turn.audio and not await self._hear(turn, sink):
+        abilities = abilities_of(sink)
+        if turn.audio and not await self._hear(turn, sink, abilities):
             return
 
         key = turn.key
@@ -615,7 +624,6 @@ class ConversationCore:
         prompt = prompt_within(window.tokens - reserve)
 
         updates = ThrottledUpdates(sink, self._settings.conversation.stream_update_interval_seconds)
-        observer = sink if isinstance(sink, StreamObserver) else None
         parts: list[str] = []
         telemetry = self.telemetry
         shrunk = False
@@ -632,7 +640,7 @@ class ConversationCore:
                             sink,
                             parts,
                             updates,
-                            observer,
+                            abilities,
                             first_text=lambda: telemetry.first_text(
                                 key.platform, model, self._age(turn)
                             ),
@@ -737,7 +745,7 @@ class ConversationCore:
         sink: ReplySink,
         parts: list[str],
         updates: ThrottledUpdates,
-        observer: StreamObserver | None,
+        abilities: SinkAbilities,
         *,
         first_text: Callable[[], None],
     ) -> ChatStream:
@@ -749,10 +757,11 @@ class ConversationCore:
         wait = pacer.expected_wait(request.model, tokens)
         if wait >= 1:
             await self._show_status(
-                sink, f"Waiting for capacity on {request.model}… about {round(wait)} s"
+                sink, abilities, f"Waiting for capacity on {request.model}… about {round(wait)} s"
             )
         ticket = await pacer.admit(request.model, tokens, place=place)
         stream = self._model.stream(request)
+        observe = abilities.observe
         observed = False
         try:
             async for delta in stream:
@@ -765,18 +774,18 @@ class ConversationCore:
                 parts.append(delta)
                 so_far = "".join(parts)
                 updates.offer(so_far)
-                if observer is not None:
-                    observer.observe(so_far)
+                if observe is not None:
+                    observe(so_far)
         finally:
             if not observed:
                 limits = stream.rate_limits
                 pacer.observe(ticket, limits, answered=limits is not None)
         return stream
 
-    async def _show_status(self, sink: ReplySink, text: str) -> None:
+    async def _show_status(self, sink: ReplySink, abilities: SinkAbilities, text: str) -> None:
         try:
-            if isinstance(sink, StatusSink):
-                await sink.status(text)
+            if abilities.status is not None:
+                await abilities.status(text)
             else:
                 await sink.update(f"_{text}_")
         except Exception:
@@ -889,14 +898,14 @@ class ConversationCore:
             return False
         return True
 
-    async def _hear(self, turn: _Turn, sink: ReplySink) -> bool:
+    async def _hear(self, turn: _Turn, sink: ReplySink, abilities: SinkAbilities) -> bool:
         """Put the transcript of the turn's audio in the stored message. False when it
         cannot be heard (the turn is failed and the person told why)."""
-        if not isinstance(sink, HearingSink):
+        if abilities.hear is None:
             return True  # answered from the stored text, which names the files
         store = self._store
         try:
-            transcript = await sink.hear(turn.audio)
+            transcript = await abilities.hear(turn.audio)
         except TranscriptionError as error:
             log.warning("could not hear the audio of turn %d: %s", turn.turn_id, error)
             await self._keep_trying(lambda: store.fail_turn(turn.turn_id, holder=self._holder))

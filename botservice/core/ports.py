@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 from botservice.core.events import Attachment, ConversationKey, IncomingMessage
 
@@ -24,7 +24,9 @@ class ReplySink(Protocol):
 
     The core calls `begin` once, then `update` with the text so far (throttled),
     then `finish` exactly once with the whole text. `notice` is for short
-    messages that are not model answers (command results, refusals).
+    messages that are not model answers (command results, refusals). What a sink
+    can do beyond these (observe the stream, hear audio, speak) it declares in an
+    optional `abilities` attribute (`SinkAbilities`).
     """
 
     async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
@@ -56,38 +58,75 @@ class ReplySink(Protocol):
         ...
 
 
-@runtime_checkable
-class StreamObserver(Protocol):
-    """A sink that also wants every piece of the answer as it arrives, unthrottled
-    (speech starts each sentence the moment it is complete). Must be cheap and
-    must not block: it runs between reads of the model's stream."""
+@dataclass(frozen=True, slots=True)
+class SinkAbilities:
+    """What a reply sink can do besides the four `ReplySink` calls, declared.
 
-    def observe(self, text_so_far: str) -> None: ...
-
-
-@runtime_checkable
-class StatusSink(Protocol):
-    """A sink that can show a short status line before the answer starts (waiting
-    for the model's capacity, say). The answer's first text replaces it. Without
-    this ability the core shows the line through `update` instead."""
-
-    async def status(self, text: str) -> None: ...
-
-
-@runtime_checkable
-class HearingSink(Protocol):
-    """A sink that can hear the audio a message came with (voice messages, clips).
-
-    The core stores such a message first and asks the sink to hear it when it
-    answers (again, for a turn resumed after a stop). The sink shows what it
-    heard above the answer.
+    A sink with an ability declares it in an `abilities` attribute; a sink that wraps
+    another declares its own abilities `joined` with the inner sink's (`abilities_of`),
+    so the order of wrapping never hides one. The core reads them once per turn.
     """
 
-    async def hear(self, audio: Sequence[Attachment]) -> str:
-        """Download and transcribe `audio`, in order; the words heard. Raises
-        `botservice.voice.transcription.TranscriptionError` (its `user_message` is one
-        sentence for the person) when the audio cannot be heard."""
-        ...
+    # Every piece of the answer as it arrives, unthrottled (speech starts each sentence
+    # the moment it is complete). Must be cheap and must not block: it runs between
+    # reads of the model's stream.
+    observe: Callable[[str], None] | None = None
+    # Download and transcribe the audio a message came with, in order; the words heard.
+    # The core stores such a message first and asks the sink to hear it when it
+    # answers (again, for a turn resumed after a stop); the sink shows what it heard
+    # above the answer. Raises `TranscriptionError` (its `user_message` is one
+    # sentence for the person) when the audio cannot be heard.
+    hear: Callable[[Sequence[Attachment]], Awaitable[str]] | None = None
+    # Show a short status line before the answer starts (waiting for the model's
+    # capacity, say); the answer's first text replaces it. Without it the core shows
+    # the line through `update` instead.
+    status: Callable[[str], Awaitable[None]] | None = None
+    # The answer is also spoken aloud (a voice channel).
+    speaks: bool = False
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The abilities present, by name: "observe", "hear", "status", "speaks"."""
+        present = {
+            "observe": self.observe is not None,
+            "hear": self.hear is not None,
+            "status": self.status is not None,
+            "speaks": self.speaks,
+        }
+        return frozenset(name for name, has in present.items() if has)
+
+    def joined(self, inner: SinkAbilities) -> SinkAbilities:
+        """A wrapper's abilities over its inner sink's: both observe the stream; the
+        wrapper hears (or shows a status) if it can, else the inner sink does; either
+        speaking speaks."""
+        return SinkAbilities(
+            observe=_both(self.observe, inner.observe),
+            hear=self.hear or inner.hear,
+            status=self.status or inner.status,
+            speaks=self.speaks or inner.speaks,
+        )
+
+
+NO_ABILITIES = SinkAbilities()
+
+
+def abilities_of(sink: object) -> SinkAbilities:
+    """The abilities `sink` declares (none, for a sink that declares nothing)."""
+    declared = getattr(sink, "abilities", None)
+    return declared if isinstance(declared, SinkAbilities) else NO_ABILITIES
+
+
+def _both(
+    first: Callable[[str], None] | None, second: Callable[[str], None] | None
+) -> Callable[[str], None] | None:
+    if first is None or second is None:
+        return first or second
+
+    def observe(text_so_far: str) -> None:
+        first(text_so_far)
+        second(text_so_far)
+
+    return observe
 
 
 # --- model client -------------------------------------------------------------

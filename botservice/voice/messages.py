@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from botservice.core.events import Attachment
-from botservice.core.ports import ReplySink
+from botservice.core.ports import ReplySink, SinkAbilities, abilities_of
 from botservice.voice.transcription import AudioTooLarge, Transcriber, TranscriptionError
 
 # A transcript longer than this is cut in the line shown above the answer (the
@@ -62,7 +62,7 @@ def heard_line(transcript: str) -> str:
 
 
 class ListeningSink:
-    """A `ReplySink` that can hear (`botservice.core.ports.HearingSink`): it downloads the
+    """A `ReplySink` that can hear (`SinkAbilities.hear`): it downloads the
     audio with `fetch` and transcribes it when the core asks, then shows the
     transcript above the answer (the answer the core stores stays the model's own)."""
 
@@ -71,6 +71,11 @@ class ListeningSink:
         self.transcriber = transcriber
         self._fetch = fetch
         self.line: str | None = None
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        # Its own hearing, and whatever the sink inside can do (speak, observe).
+        return SinkAbilities(hear=self.hear).joined(abilities_of(self.inner))
 
     async def hear(self, audio: Sequence[Attachment]) -> str:
         transcript = await transcribe_audio(self.transcriber, audio, self._fetch)

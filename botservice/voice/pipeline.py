@@ -23,17 +23,14 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Sequence,
 )
 from dataclasses import dataclass, field
 
 from botservice.core.errors import BotServiceError
-from botservice.core.events import Attachment
-from botservice.core.ports import HearingSink, ReplySink
+from botservice.core.ports import ReplySink, SinkAbilities, abilities_of
 from botservice.voice.audio import AudioError, pcm_frames
 from botservice.voice.sentences import SentenceSplitter
 from botservice.voice.speech import SpeechEngine, SpeechError
-from botservice.voice.transcription import TranscriptionError
 
 log = logging.getLogger(__name__)
 
@@ -418,12 +415,11 @@ class SpeakingSink:
         self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return await self.inner.begin(existing_ref, turn_tag=turn_tag, resumed=resumed)
 
-    async def hear(self, audio: Sequence[Attachment]) -> str:
-        """A voice message answered aloud is heard by the written sink, which shows the
-        transcript (so it is written above the answer, not spoken)."""
-        if not isinstance(self.inner, HearingSink):
-            raise TranscriptionError("the sink under speech cannot hear audio")
-        return await self.inner.hear(audio)
+    @property
+    def abilities(self) -> SinkAbilities:
+        # A voice message answered aloud is heard by the written sink inside, which
+        # shows the transcript (written above the answer, not spoken).
+        return SinkAbilities(observe=self.observe, speaks=True).joined(abilities_of(self.inner))
 
     def observe(self, text_so_far: str) -> None:
         """Every delta's text so far, unthrottled (cheap, synchronous)."""

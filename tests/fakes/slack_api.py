@@ -92,6 +92,8 @@ class PostedMessage:
     # or has been idle for the fake's `stream_idle_seconds`.
     streaming: bool = False
     last_streamed: float = 0.0
+    # The blocks the message shows (Slack shows them instead of `text`).
+    blocks: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.shown:
@@ -152,8 +154,6 @@ class FakeSlackApi:
     streaming_supported: bool = True
     stream_idle_seconds: float = 300.0
     rate_limited_by_method: dict[str, int] = field(default_factory=dict)
-    # ts -> the blocks chat.stopStream put under a streamed message.
-    stream_blocks: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ts = itertools.count(1)
@@ -449,6 +449,7 @@ class FakeSlackApi:
         self.messages[(channel, ts)] = PostedMessage(
             channel, ts, str(args.get("text", "")), thread_ts, metadata=metadata
         )
+        self.messages[(channel, ts)].blocks = _blocks(args)
         self._notify()
         return {
             "ok": True,
@@ -469,6 +470,7 @@ class FakeSlackApi:
         if message is None:
             return {"ok": False, "error": "message_not_found"}
         message.text = str(args.get("text", ""))
+        message.blocks = _blocks(args)
         message.edits += 1
         message.shown.append((time.monotonic(), message.text))
         self._notify()
@@ -529,8 +531,8 @@ class FakeSlackApi:
             metadata = json.loads(metadata)
         if metadata:
             message.metadata = metadata
-        if args.get("blocks"):
-            self.stream_blocks[message.ts] = args["blocks"]
+        if blocks := _blocks(args):
+            message.blocks = blocks
         self._notify()
         return {"ok": True, "channel": message.channel, "ts": message.ts}
 
@@ -600,6 +602,13 @@ class FakeSlackApi:
             return web.Response(status=404)
         content_type, data = self.files[name]
         return web.Response(body=data, content_type=content_type)
+
+
+def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | None:
+    blocks = args.get("blocks")
+    if isinstance(blocks, str):  # form-encoded calls send them as JSON text
+        blocks = json.loads(blocks)
+    return blocks if isinstance(blocks, list) and blocks else None
 
 
 def _streamed_text(args: dict[str, Any]) -> str:

@@ -89,7 +89,7 @@ class SlackHarness:
     @classmethod
     async def start(cls, slack: FakeSlackApi, settings: Settings, store: SqlStore) -> SlackHarness:
         model = OpenAIChatClient(settings.model)
-        core = ConversationCore(settings=settings, store=store, model=model)
+        core = ConversationCore(settings=settings, store=store, model=model, feedback=store)
         adapter = create_adapter(settings, core, store, database=library_engine(store))
         harness = cls(slack, settings, store, core, model, adapter)
         app = web.Application()
@@ -217,6 +217,42 @@ class SlackHarness:
             event["thread_ts"] = thread_ts
         data["event_id"] = f"Ev{ts.replace('.', '')}D"
         return data
+
+    async def click(
+        self,
+        *,
+        value: str,
+        message_ts: str,
+        user: str = "UALICE",
+        channel: str = CHANNEL,
+        thread_ts: str | None = None,
+    ) -> int:
+        """A click on a feedback button, as Slack posts it (a signed form with `payload`)."""
+        message: dict[str, Any] = {"type": "message", "ts": message_ts}
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        body = {
+            "type": "block_actions",
+            "user": {"id": user, "team_id": TEAM},
+            "team": {"id": TEAM, "domain": "fake"},
+            "channel": {"id": channel, "name": "general"},
+            "api_app_id": "A0001",
+            "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
+            "message": message,
+            "trigger_id": f"{next(self._ts)}.trigger",
+            "actions": [
+                {
+                    "type": "feedback_buttons",
+                    "action_id": "botservice_feedback",
+                    "block_id": "feedback",
+                    "value": value,
+                    "action_ts": self.next_ts(),
+                }
+            ],
+        }
+        form = urllib.parse.urlencode({"payload": json.dumps(body)}).encode()
+        status, _ = await self.post(form, content_type="application/x-www-form-urlencoded")
+        return status
 
     async def settle(self) -> None:
         """Wait until every answer in flight has been shown."""

@@ -23,7 +23,7 @@ from botservice.adapters.discord.interactions import DiscordInteractions, defer_
 from botservice.adapters.discord.voice.dependencies import check_discord_voice
 from botservice.adapters.discord.voice.playback import DiscordPlayback
 from botservice.core.errors import BotServiceError
-from botservice.core.ports import ChannelSettings, ReplySink
+from botservice.core.ports import ChannelSettings, ReplySink, SinkAbilities, abilities_of
 from botservice.voice.pipeline import SpeakingSink, SpokenAnswer, VoiceSpeaker, VoiceSpeakers
 from botservice.voice.speech import SpeechEngine, create_speech_engine
 
@@ -350,6 +350,10 @@ class VoiceOnlySink:
             await self.speaker.interrupt()
         self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return await self.inner.begin(existing_ref, turn_tag=turn_tag, resumed=resumed)
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(observe=self.observe, speaks=True).joined(abilities_of(self.inner))
 
     def observe(self, text_so_far: str) -> None:
         # The core calls this for every piece of a model answer, never for its own sentences.

@@ -1,7 +1,7 @@
 """The usage ledger: one row per model call with its tokens and cost, no text.
 
-Revision ID: 0004_usage
-Revises: 0003_slack_oauth
+Revision ID: 0005_usage
+Revises: 0004_feedback
 Create Date: 2026-11-30
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_usage"
-down_revision = "0003_slack_oauth"
+revision = "0005_usage"
+down_revision = "0004_feedback"
 branch_labels = None
 depends_on = None
 
