@@ -205,3 +205,28 @@ async def test_a_length_limited_answer_raises_after_its_text_on_both_apis(
         finally:
             await client.aclose()
         assert "".join(received) == "Half"
+
+
+def test_events_are_read_whatever_the_order_of_their_keys() -> None:
+    from botservice.model.responses import ResponsesStream
+
+    client = OpenAIResponsesClient(settings_for("http://127.0.0.1:9/v1").model)
+    stream = ResponsesStream(client, ASK)
+    # OpenAI's layout: `type` first; the text's repeats are passed over unparsed.
+    assert (
+        stream._read_chunk(b'{"type":"response.output_text.delta","delta":"Hi"}', shown=False)
+        == "Hi"
+    )
+    assert (
+        stream._read_chunk(b'{"type":"response.output_text.done","text":"Hi"}', shown=False) == ""
+    )
+    # Another server's layout.
+    assert (
+        stream._read_chunk(b'{"delta":" there","type":"response.output_text.delta"}', shown=True)
+        == " there"
+    )
+    completed = (
+        b'{"response":{"usage":{"input_tokens":3,"output_tokens":2}},"type":"response.completed"}'
+    )
+    assert stream._read_chunk(completed, shown=True) == ""
+    assert stream.finished and stream.usage == Usage(prompt_tokens=3, completion_tokens=2)

@@ -98,10 +98,35 @@ class OpenAIResponsesClient(OpenAIChatClient):
         return ChatResult(text=text, usage=_parse_usage(body.get("usage")))
 
 
+# Events that carry nothing this client reads; three of them repeat the whole text.
+_PASSED_OVER = frozenset(
+    {
+        b"response.created",
+        b"response.in_progress",
+        b"response.output_item.added",
+        b"response.content_part.added",
+        b"response.output_text.done",
+        b"response.content_part.done",
+        b"response.output_item.done",
+    }
+)
+_TYPE_FIRST = b'{"type":"'
+
+
 class ResponsesStream(OpenAIChatStream):
     """One streamed response, with the same conduct as a chat stream."""
 
     _client: OpenAIResponsesClient
+
+    def _read_chunk(self, data: bytes, *, shown: bool) -> str:
+        # OpenAI writes `type` first: an event known to carry nothing needed is passed
+        # over unparsed (a long answer's text comes three more times in them). Any
+        # other layout is parsed whole.
+        if data.startswith(_TYPE_FIRST):
+            end = data.find(b'"', len(_TYPE_FIRST))
+            if data[len(_TYPE_FIRST) : end] in _PASSED_OVER:
+                return ""
+        return super()._read_chunk(data, shown=shown)
 
     def _read_event(self, chunk: dict[str, Any], *, shown: bool) -> str:
         kind = chunk.get("type")
