@@ -245,3 +245,30 @@ async def test_each_servers_context_length_error_names_the_window(
         await client.aclose()
     assert raised.value.window == window
     assert raised.value.status == 400
+
+
+async def test_a_channel_switching_model_has_its_window_asked_at_once(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    fake_model.discovery = "llamacpp"
+    fake_model.context_window = 2048
+    settings = settings_for(
+        fake_model.base_url, model__allow_discovered="true", limits__messages_per_minute="0"
+    )
+    client = OpenAIChatClient(settings.model)
+    try:
+        chat = Chat(ConversationCore(settings=settings, store=sqlite_store, model=client))
+        await chat.say("hello")  # the default model's window is configured: nothing asked
+        assert not [r for r in fake_model.requests if r.path == "/props"]
+
+        changed = await chat.say(f"/model set {LOCAL_MODEL}", admin=True)
+        assert changed.notices == [f"This channel now uses the model {LOCAL_MODEL}."]
+        assert len([r for r in fake_model.requests if r.path == "/props"]) == 1
+
+        for n in range(20):
+            await chat.say(long_message(n))
+    finally:
+        await client.aclose()
+    assert len([r for r in fake_model.requests if r.path == "/props"]) == 1
+    assert fake_model.chat_requests[-1].body["model"] == LOCAL_MODEL
+    assert all(prompt_tokens(r.body) <= 2048 for r in fake_model.chat_requests)

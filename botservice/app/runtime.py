@@ -21,6 +21,7 @@ from botservice.core.redact import redact_url
 from botservice.core.settings import Settings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.model.client import OpenAIChatClient
+from botservice.model.responses import open_model_client
 from botservice.model.tokens import TokenCounter
 from botservice.storage.engine import (
     SQLITE_WRITE_OPTION,
@@ -104,7 +105,7 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
     usage = SqlUsage(store)
     telemetry = PrometheusTelemetry(settings) if metrics else None
     if telemetry is None:
-        model = OpenAIChatClient(settings.model)
+        model = open_model_client(settings.model)
         core = ConversationCore(
             settings=settings,
             store=store,
@@ -114,7 +115,7 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
             usage=usage,
         )
     else:
-        model = OpenAIChatClient(settings.model, telemetry=telemetry)
+        model = open_model_client(settings.model, telemetry=telemetry)
         core = ConversationCore(
             settings=settings,
             store=cast(Store, TimedStore(store, telemetry)),

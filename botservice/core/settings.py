@@ -44,6 +44,8 @@ class ModelInfo(_Section):
 class ModelSettings(_Section):
     name: str = "gpt-4o-mini"
     base_url: str = "https://api.openai.com/v1"
+    # Which of the endpoint's APIs answers: Chat Completions or the Responses API.
+    api: Literal["chat", "responses"] = "chat"
     api_key: SecretStr | None = None
     max_answer_tokens: int = Field(default=1024, gt=0)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -91,7 +91,7 @@ class OpenAIChatClient:
     ) -> None:
         self._settings = settings
         self.telemetry = telemetry
-        self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        self._url = settings.base_url.rstrip("/") + self.path
         self._timeout = httpx.Timeout(
             settings.read_timeout_seconds, connect=settings.connect_timeout_seconds
         )
@@ -131,9 +131,20 @@ class OpenAIChatClient:
             connect_timeout=settings.connect_timeout_seconds,
         )
 
+    # Where requests go, below the base URL; the Responses client changes it.
+    path = "/chat/completions"
+
     def stream(self, request: ChatRequest) -> OpenAIChatStream:
         """Nothing is sent until the returned stream is iterated."""
         return OpenAIChatStream(self, request)
+
+    def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
+        """The request body this API takes."""
+        return _encode(request, stream=stream)
+
+    def parse_result(self, raw: bytes) -> ChatResult:
+        """A whole (not streamed) answer's body."""
+        return _parse_completion(raw)
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         return await self._with_retries(lambda: self._complete_once(request), request.model)
@@ -202,7 +213,7 @@ class OpenAIChatClient:
 
     async def _complete_once(self, request: ChatRequest) -> ChatResult:
         try:
-            response = await self._send(_encode(request, stream=False), stream=False)
+            response = await self._send(self.encode(request, stream=False), stream=False)
             try:
                 await response.aread()
             finally:
@@ -212,7 +223,7 @@ class OpenAIChatClient:
             raise _transport_failure(error, response_started=False) from error
         self.telemetry.model_request(request.model, status_class(response.status_code))
         self._check_status(response)
-        return _parse_completion(response.content)
+        return self.parse_result(response.content)
 
     def _check_status(self, response: httpx.Response) -> None:
         """Raise for anything but 2xx; the body must already be read."""
@@ -345,7 +356,7 @@ class OpenAIChatStream:
         response: httpx.Response | None = None
         response_started = False
         try:
-            response = await client._send(_encode(self._request, stream=True), stream=True)
+            response = await client._send(client.encode(self._request, stream=True), stream=True)
             response_started = True
             self.rate_limits = read_rate_limits(response.headers)
             client.telemetry.model_request(self._request.model, status_class(response.status_code))
@@ -355,7 +366,7 @@ class OpenAIChatStream:
             content_type = response.headers.get("content-type", "")
             if "text/event-stream" not in content_type:
                 # Some servers ignore `stream: true` and answer with one JSON body.
-                result = _parse_completion(await response.aread())
+                result = client.parse_result(await response.aread())
                 self.usage, self.finished = result.usage, True
                 yield result.text
                 return
@@ -420,6 +431,10 @@ class OpenAIChatStream:
                 return ""
         if not isinstance(chunk, dict):
             return ""
+        return self._read_event(chunk, shown=shown)
+
+    def _read_event(self, chunk: dict[str, Any], *, shown: bool) -> str:
+        """One chat-completion chunk: take usage and finish_reason; return its text."""
         if "error" in chunk:
             raise _error_in_stream(chunk["error"], shown=shown, scrub=self._client._scrub)
         usage = _parse_usage(chunk.get("usage"))

@@ -56,6 +56,8 @@ from typing import Any
 import pytest_asyncio
 from aiohttp import BodyPartReader, web
 
+from tests.fakes.responses_events import ResponseEvents, responses_usage
+
 # --- behaviours ------------------------------------------------------------------
 
 
@@ -133,8 +135,36 @@ class ErrorInStream:
     code: int = 400
 
 
+@dataclass(frozen=True)
+class Incomplete:
+    """Stream `text`, then stop short: Chat's `finish_reason` "length" (or
+    "content_filter"), the Responses API's `response.incomplete` with that reason."""
+
+    text: str = "The beginning of a long"
+    reason: str = "max_output_tokens"  # or "content_filter"
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The Responses API's `error` event before any text (Chat: an error chunk)."""
+
+    code: str = "server_error"
+    message: str = "Something went wrong."
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The Responses API's `response.failed` (Chat: an error chunk)."""
+
+    code: str = "server_error"
+    message: str = "The model failed to generate a response."
+
+
 Behaviour = (
     Reply
+    | Incomplete
+    | ErrorEvent
+    | Failed
     | RateLimited
     | ServerError
     | Refuse
@@ -163,12 +193,14 @@ class RecordedRequest:
 
 
 def last_user_text(body: dict[str, Any]) -> str:
-    for message in reversed(body.get("messages") or []):
+    for message in reversed(body.get("messages") or body.get("input") or []):
         if message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, list):
                 return " ".join(
-                    part.get("text", "") for part in content if part.get("type") == "text"
+                    part.get("text", "")
+                    for part in content
+                    if part.get("type") in ("text", "input_text")
                 )
             return str(content or "")
     return ""
@@ -193,10 +225,6 @@ class FakeModelServer:
         self.answer = answer
         self.default_delay_between_chunks = default_delay_between_chunks
         self.transcript = "hello from the fake transcriber"
-        # Reported in usage as OpenAI does (`prompt_tokens_details.cached_tokens`,
-        # `completion_tokens_details.reasoning_tokens`) when not zero.
-        self.cached_tokens = 0
-        self.reasoning_tokens = 0
         # Seconds a transcription takes (a long clip on a busy endpoint).
         self.transcription_delay = 0.0
         # Set: the audio endpoints answer with this HTTP status and an error that
@@ -208,6 +236,9 @@ class FakeModelServer:
         self.discovery = "none"
         # The window /v1/models reports as trained (llama.cpp), when it differs.
         self.trained_window: int | None = None
+        # Reported in usage on both APIs (prompt cache hits, reasoning tokens).
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
         self.overflows = 0  # chat requests refused or emptied for being over the window
         self.rate_limit: tuple[int, float] | None = None
         self.rate_limited = 0  # 429s answered because of `rate_limit`
@@ -234,9 +265,19 @@ class FakeModelServer:
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
+    @property
+    def responses_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/responses")]
+
+    @property
+    def model_requests(self) -> list[RecordedRequest]:
+        """Requests for an answer, on either API."""
+        return [r for r in self.requests if r.path.endswith(("/chat/completions", "/responses"))]
+
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._tracked(self._chat))
+        app.router.add_post("/v1/responses", self._tracked(self._responses))
         app.router.add_post("/v1/audio/speech", self._tracked(self._speech))
         app.router.add_post("/v1/audio/transcriptions", self._tracked(self._transcription))
         app.router.add_get("/v1/models", self._models)
@@ -324,6 +365,12 @@ class FakeModelServer:
         )
         return response
 
+    def _details(self, usage: dict[str, Any]) -> dict[str, Any]:
+        if self.cached_tokens or self.reasoning_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return usage
+
     def _take_rate(self) -> dict[str, str] | None:
         """Count one request against `rate_limit`: its headers, or None when over."""
         if self.rate_limit is None:
@@ -377,11 +424,18 @@ class FakeModelServer:
         await response.prepare(request)
         chunk_id = f"chatcmpl-fake-{next(self._ids)}"
         model = str(body.get("model", "fake-model"))
-        if isinstance(behaviour, ErrorInStream):
+        if isinstance(behaviour, ErrorInStream | ErrorEvent | Failed):
             error = {"error": {"message": behaviour.message, "code": behaviour.code}}
             await response.write(_event(error))
             await response.write_eof()
             return response
+        if isinstance(behaviour, Incomplete):
+            behaviour = Reply(
+                behaviour.text,
+                finish_reason="length"
+                if behaviour.reason == "max_output_tokens"
+                else behaviour.reason,
+            )
 
         text = self._text_of(behaviour, body)
         chunk_size = behaviour.chunk_size if isinstance(behaviour, Reply | CutMidway) else None
@@ -405,7 +459,7 @@ class FakeModelServer:
         wants_usage = (body.get("stream_options") or {}).get("include_usage")
         if wants_usage and not (isinstance(behaviour, Reply) and not behaviour.include_usage):
             usage_chunk = _chunk(chunk_id, model, None)
-            usage_chunk["usage"] = self._usage(body, len(pieces))
+            usage_chunk["usage"] = self._details(_usage(body, len(pieces)))
             events.append(_event(usage_chunk))
         events.append(b"data: [DONE]\n\n")
         delay = (
@@ -439,16 +493,84 @@ class FakeModelServer:
                     "finish_reason": "stop",
                 }
             ],
-            "usage": self._usage(body, len(_split(text, None))),
+            "usage": self._details(_usage(body, len(_split(text, None)))),
         }
 
-    def _usage(self, body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
-        usage: dict[str, Any] = _usage(body, completion_tokens)
-        if self.cached_tokens:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-        if self.reasoning_tokens:
-            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
-        return usage
+    # --- responses ---
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API: the same behaviours as chat, in its own events."""
+        body = await request.json()
+        self._record(request, body)
+        limit_headers = self._take_rate()
+        if limit_headers is None:
+            return self._over_rate()
+        if self.context_window is not None and prompt_tokens(body) > self.context_window:
+            self.overflows += 1
+            return await self._overflow(request, body)
+        behaviour = self._script.popleft() if self._script else Reply()
+        if isinstance(behaviour, Slow):
+            await asyncio.sleep(behaviour.delay_before_first_byte)
+            behaviour = behaviour.then
+        if isinstance(behaviour, RateLimited):
+            return _rate_limited(behaviour)
+        if isinstance(behaviour, ServerError):
+            return _error(behaviour.status, behaviour.message, "server_error")
+        if isinstance(behaviour, Refuse):
+            return _error(behaviour.status, behaviour.message, behaviour.code)
+        events = ResponseEvents(f"resp_fake{next(self._ids)}", str(body.get("model", "fake")))
+        text = self._text_of(behaviour, body)
+        if isinstance(behaviour, Incomplete):
+            text = behaviour.text
+        pieces = _split(
+            text, behaviour.chunk_size if isinstance(behaviour, Reply | CutMidway) else None
+        )
+        usage = responses_usage(prompt_tokens(body), len(pieces))
+        usage["input_tokens_details"]["cached_tokens"] = self.cached_tokens
+        usage["output_tokens_details"]["reasoning_tokens"] = self.reasoning_tokens
+        if not body.get("stream"):
+            return web.json_response(
+                events.response("completed", text, usage=usage), headers=limit_headers
+            )
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **limit_headers,
+            }
+        )
+        await response.prepare(request)
+        sequence = events.opening()
+        if isinstance(behaviour, ErrorInStream | ErrorEvent):
+            code = (
+                behaviour.code if isinstance(behaviour, ErrorEvent) else "context_length_exceeded"
+            )
+            sequence.append(events.error(str(code), behaviour.message))
+        elif isinstance(behaviour, Failed):
+            sequence.append(events.failed(behaviour.code, behaviour.message))
+        elif isinstance(behaviour, CutMidway):
+            sequence += events.text(pieces)
+            await self._send(response, sequence, 0.0)
+            if behaviour.clean_end:
+                await response.write_eof()
+            else:
+                assert request.transport is not None
+                request.transport.close()
+            return response
+        elif isinstance(behaviour, Incomplete):
+            sequence += events.text(pieces) + events.text_done(text, "incomplete")
+            sequence.append(events.incomplete(text, behaviour.reason, usage))
+        else:
+            sequence += events.text(pieces) + events.text_done(text)
+            sequence.append(events.completed(text, usage))
+        delay = (
+            behaviour.delay_between_chunks
+            if isinstance(behaviour, Reply) and behaviour.delay_between_chunks
+            else self.default_delay_between_chunks
+        )
+        await self._send(response, sequence, delay)
+        await response.write_eof()
+        return response
 
     async def _overflow(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         """A prompt over the window, answered as each kind of server answers it."""

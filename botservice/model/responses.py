@@ -1,0 +1,213 @@
+"""The model port over OpenAI's Responses API (`POST /v1/responses`), which OpenAI,
+Ollama, vLLM and llama.cpp's server serve beside Chat Completions.
+
+Same transport, retries, failures and stream protocol as the Chat Completions client
+(botservice/model/client.py): only the request body and the events differ. Stateless:
+`store: false`, and every turn sends the whole input from the bot's own history (the
+bot's database is the memory; the provider keeps nothing beyond its own retention).
+
+Events read: `response.output_text.delta` (and `response.refusal.delta`: a refusal
+is the answer the person sees), then one terminal event: `response.completed`,
+`response.incomplete` (length limit or content filter: like Chat's
+`finish_reason: length`), `response.failed`, or `error`. Everything else (created,
+in_progress, output_item.added, content_part.*, reasoning summaries...) is read past.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from botservice.core.errors import (
+    ModelContextExceeded,
+    ModelEmptyAnswer,
+    ModelError,
+    ModelRateLimited,
+    ModelRefused,
+    ModelServerError,
+    ModelStreamBroken,
+)
+from botservice.core.ports import ChatRequest, ChatResult
+from botservice.core.settings import ModelSettings
+from botservice.model.client import (
+    OpenAIChatClient,
+    OpenAIChatStream,
+    _parse_usage,
+    context_overflow,
+)
+
+log = logging.getLogger(__name__)
+
+# The Responses API refuses a max_output_tokens below this.
+MIN_OUTPUT_TOKENS = 16
+_TEXT_DELTAS = {"response.output_text.delta", "response.refusal.delta"}
+_REASON_LIMIT = 200
+_CODE = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+class ResponsesError(ModelError):
+    """A failure the endpoint named with a code this client does not know."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"the model endpoint reported an error ({code})")
+        self.code = code
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return f"The model endpoint reported an error ({self.code}); please try again."
+
+
+class OpenAIResponsesClient(OpenAIChatClient):
+    """`ModelClient` over `/responses`; selected with `[model] api = "responses"`."""
+
+    path = "/responses"
+
+    def stream(self, request: ChatRequest) -> ResponsesStream:
+        return ResponsesStream(self, request)
+
+    def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "input": [_input_item(message) for message in request.messages],
+            "store": False,
+        }
+        if request.max_tokens is not None:
+            body["max_output_tokens"] = max(MIN_OUTPUT_TOKENS, request.max_tokens)
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if stream:
+            body["stream"] = True
+        return orjson.dumps(body)
+
+    def parse_result(self, raw: bytes) -> ChatResult:
+        try:
+            body = json.loads(raw)
+            output = body["output"]
+        except (ValueError, KeyError, TypeError):
+            raise ModelError("the model endpoint sent a response that is not a response") from None
+        if body.get("status") == "failed" or body.get("error"):
+            raise _error(body.get("error") or {}, shown=False, scrub=self._scrub)
+        text = "".join(_output_text(output))
+        if not text:
+            raise ModelEmptyAnswer("the response has no text")
+        return ChatResult(text=text, usage=_parse_usage(body.get("usage")))
+
+
+# Events that carry nothing this client reads; three of them repeat the whole text.
+_PASSED_OVER = frozenset(
+    {
+        b"response.created",
+        b"response.in_progress",
+        b"response.output_item.added",
+        b"response.content_part.added",
+        b"response.output_text.done",
+        b"response.content_part.done",
+        b"response.output_item.done",
+    }
+)
+_TYPE_FIRST = b'{"type":"'
+
+
+class ResponsesStream(OpenAIChatStream):
+    """One streamed response, with the same conduct as a chat stream."""
+
+    _client: OpenAIResponsesClient
+
+    def _read_chunk(self, data: bytes, *, shown: bool) -> str:
+        # OpenAI writes `type` first: an event known to carry nothing needed is passed
+        # over unparsed (a long answer's text comes three more times in them). Any
+        # other layout is parsed whole.
+        if data.startswith(_TYPE_FIRST):
+            end = data.find(b'"', len(_TYPE_FIRST))
+            if data[len(_TYPE_FIRST) : end] in _PASSED_OVER:
+                return ""
+        return super()._read_chunk(data, shown=shown)
+
+    def _read_event(self, chunk: dict[str, Any], *, shown: bool) -> str:
+        kind = chunk.get("type")
+        if kind in _TEXT_DELTAS:
+            delta = chunk.get("delta")
+            return delta if isinstance(delta, str) else ""
+        if kind == "response.completed":
+            self._end(chunk, "stop")
+        elif kind == "response.incomplete":
+            response = chunk.get("response")
+            details = response.get("incomplete_details") if isinstance(response, dict) else None
+            reason = details.get("reason") if isinstance(details, dict) else None
+            self._end(chunk, str(reason or "max_output_tokens"))
+        elif kind == "response.failed":
+            response = chunk.get("response")
+            failure = response.get("error") if isinstance(response, dict) else None
+            raise _error(failure or {}, shown=shown, scrub=self._client._scrub)
+        elif kind == "error":
+            raise _error(chunk, shown=shown, scrub=self._client._scrub)
+        return ""
+
+    def _end(self, chunk: dict[str, Any], finish_reason: str) -> None:
+        response = chunk.get("response")
+        if isinstance(response, dict):
+            usage = _parse_usage(response.get("usage"))
+            if usage is not None:
+                self.usage = usage
+        self.finish_reason = finish_reason
+        self.finished = True
+
+
+def open_model_client(settings: ModelSettings, **options: Any) -> OpenAIChatClient:
+    """The client for the API `[model] api` names (`options`: as `OpenAIChatClient`'s)."""
+    if settings.api == "responses":
+        return OpenAIResponsesClient(settings, **options)
+    return OpenAIChatClient(settings, **options)
+
+
+def _input_item(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message as a Responses input message (system and developer roles, and
+    plain string content, are taken as they are)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = [_input_part(part) for part in content]
+    return {"role": message["role"], "content": content}
+
+
+def _input_part(part: dict[str, Any]) -> dict[str, Any]:
+    if part.get("type") == "text":
+        return {"type": "input_text", "text": part.get("text", "")}
+    if part.get("type") == "image_url":
+        image = part.get("image_url") or {}
+        url = image.get("url") if isinstance(image, dict) else image
+        return {"type": "input_image", "image_url": url}
+    return part
+
+
+def _output_text(output: Any) -> list[str]:
+    texts: list[str] = []
+    for item in output if isinstance(output, list) else []:
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue
+        for part in item.get("content") or []:
+            if isinstance(part, dict) and part.get("type") in ("output_text", "refusal"):
+                texts.append(str(part.get("text") or part.get("refusal") or ""))
+    return texts
+
+
+def _error(raw: dict[str, Any], *, shown: bool, scrub: Callable[[str], str]) -> ModelError:
+    """An `error` event or a failed response's `error`, as the error the core knows."""
+    code = str(raw.get("code") or "")
+    reason = scrub(str(raw.get("message") or code or "error"))[:_REASON_LIMIT]
+    log.warning("the model endpoint reported an error in the response (code %s)", code or "none")
+    if shown:
+        return ModelStreamBroken(f"error in stream after text (code {code})")
+    if (window := context_overflow(raw, reason)) is not False:
+        return ModelContextExceeded(400, reason, window=window)
+    if code == "rate_limit_exceeded":
+        return ModelRateLimited(retry_after=None)
+    if code in ("server_error", "internal_error", "vector_store_timeout"):
+        return ModelServerError(500)
+    if code.startswith("invalid_") or code in ("bad_request", "content_policy_violation"):
+        return ModelRefused(400, reason)
+    return ResponsesError(code if _CODE.fullmatch(code) else "unknown")
