@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, cast
 
 from botservice.app import preflight
 from botservice.app.expiry import start_expiry_scheduler
-from botservice.app.metrics import PrometheusTelemetry, TimedStore
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError
 from botservice.core.ports import Adapter, PendingTurn, ReplySink, Store
@@ -35,6 +34,8 @@ from botservice.storage.repository import SqlStore
 if TYPE_CHECKING:
     from aiohttp import web
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from botservice.app.metrics import PrometheusTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,18 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
         await engine.dispose()
         raise
     store = SqlStore(engine)
-    telemetry = PrometheusTelemetry(settings) if metrics else None
-    if telemetry is None:
+    telemetry: PrometheusTelemetry | None = None
+    if not metrics:
         model = open_model_client(settings.model)
         core = ConversationCore(
             settings=settings, store=store, model=model, tokens=TokenCounter(), feedback=store
         )
     else:
+        # Imported here: prometheus-client and the timing wrappers cost the console
+        # (`botservice chat`, no /metrics) a tenth of its start-up.
+        from botservice.app.metrics import PrometheusTelemetry, TimedStore
+
+        telemetry = PrometheusTelemetry(settings)
         model = open_model_client(settings.model, telemetry=telemetry)
         core = ConversationCore(
             settings=settings,
