@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Self, TypeVar, get_args
 
+from cachetools import FIFOCache
 from sqlalchemy import (
     Connection,
     String,
@@ -118,8 +118,8 @@ class _MessageCache:
     """
 
     def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._messages: dict[int, StoredMessage] = {}
+        # Oldest insertions go first.
+        self._messages: FIFOCache[int, StoredMessage] = FIFOCache(capacity)
         self._lock = threading.Lock()
 
     def get_many(self, ids: list[int]) -> dict[int, StoredMessage]:
@@ -130,11 +130,6 @@ class _MessageCache:
         with self._lock:
             for message in messages:
                 self._messages[message.id] = message
-            excess = len(self._messages) - self._capacity
-            if excess > 0:
-                # Oldest insertions go first (dicts keep insertion order).
-                for id_ in list(itertools.islice(self._messages, excess)):
-                    del self._messages[id_]
 
     def discard(self, message_id: int) -> None:
         with self._lock:

@@ -527,6 +527,34 @@ async def test_upgrade_creates_the_tables_once(empty_database_url: str) -> None:
     }
 
 
+def test_the_head_read_from_the_files_is_alembics(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from botservice.storage.migrate import alembic_config
+
+    assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def test_the_revision_read_without_alembic_is_alembics(database_url: str) -> None:
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            alembic_says = await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+    assert await current_revision(database_url) == alembic_says == head_revision()
+
+
+async def test_a_database_behind_the_head_is_upgraded(empty_database_url: str) -> None:
+    await upgrade(empty_database_url, "0002")
+    assert await current_revision(empty_database_url) == "0002"
+    await upgrade(empty_database_url)
+    assert await current_revision(empty_database_url) == head_revision()
+
+
 async def test_the_migrations_build_exactly_the_declared_tables(database_url: str) -> None:
     engine = create_engine(database_url)
     try:

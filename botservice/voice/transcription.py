@@ -78,9 +78,15 @@ class Transcriber:
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._key = key or ""
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds))
-        )
+        self._timeout = httpx.Timeout(timeout_seconds, connect=min(5.0, timeout_seconds))
+        # Made on the first transcription: a default client loads httpcore and the CA
+        # bundle, start-up time that a bot receiving no voice message never needs.
+        self._client_or_none = client
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._client_or_none is None:
+            self._client_or_none = httpx.AsyncClient(timeout=self._timeout)
+        return self._client_or_none
 
     @classmethod
     def from_settings(
@@ -125,7 +131,7 @@ class Transcriber:
         if prompt:
             data["prompt"] = prompt
         try:
-            response = await self._client.post(
+            response = await self._client().post(
                 f"{self.base_url}/audio/transcriptions",
                 data=data,
                 files={"file": (filename, audio, content_type)},
@@ -149,8 +155,8 @@ class Transcriber:
         return text
 
     async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
+        if self._owns_client and self._client_or_none is not None:
+            await self._client_or_none.aclose()
 
 
 def _transcript_of(response: httpx.Response) -> str:
