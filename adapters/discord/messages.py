@@ -109,7 +109,9 @@ class DiscordMessages:
         self, message: discord.Message, place: events.Place, bot_id: int
     ) -> _Route | None:
         mentioned = events.mentions_user(message, bot_id)
-        text = events.strip_mention(message.content, bot_id) if mentioned else message.content
+        own = events.strip_mention(message.content, bot_id) if mentioned else message.content
+        # A forward arrives empty: its snapshots are the content, quoted as forwarded.
+        text = events.message_text(message, own)
         if place.workspace == events.DM_WORKSPACE:
             return _Route(thread="", text=text, reply=False)
         if place.in_thread:
@@ -118,7 +120,7 @@ class DiscordMessages:
             if place.thread_owner_id == bot_id or mentioned:
                 return _Route(thread=place.thread, text=text, reply=False)
             return None
-        if message.reference is not None and message.reference.message_id is not None:
+        if events.is_reply(message):
             return await self._route_reply(message, text, bot_id, mentioned)
         if mentioned:
             return _Route(thread=str(message.id), text=text, reply=True)

@@ -473,6 +473,46 @@ class FakeDiscordServer:
         await self.dispatch("MESSAGE_CREATE", data)
         return data
 
+    async def send_forward(
+        self,
+        original: dict[str, Any],
+        *,
+        author: FakeUser | None = None,
+        channel_id: str | None = None,
+        dm: bool = False,
+    ) -> dict[str, Any]:
+        """A person forwards `original` (a message payload): as Discord sends it, an empty
+        message whose reference has type 1 (forward) and whose `message_snapshots` carry
+        the original's content and files, without its author."""
+        author = author or self.bob
+        if dm:
+            channel_id = channel_id or self.dm_channel_id(author)
+        data = self._message(
+            channel_id=channel_id or self.channel_id, author=author, content="", guild=not dm
+        )
+        data["message_reference"] = {
+            "type": 1,
+            "message_id": original["id"],
+            "channel_id": original["channel_id"],
+            **({"guild_id": original["guild_id"]} if "guild_id" in original else {}),
+        }
+        snapshot_keys = (
+            "type",
+            "content",
+            "embeds",
+            "attachments",
+            "timestamp",
+            "edited_timestamp",
+            "flags",
+            "mentions",
+            "mention_roles",
+            "components",
+        )
+        data["message_snapshots"] = [{"message": {k: original[k] for k in snapshot_keys}}]
+        self.messages[data["id"]] = data
+        await self.dispatch("MESSAGE_CREATE", data)
+        return data
+
     def add_attachment(
         self, filename: str, content_type: str | None, data: bytes, *, voice: bool = False
     ) -> dict[str, Any]:
