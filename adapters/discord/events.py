@@ -190,7 +190,8 @@ def _guess_type(filename: str) -> str:
 
 def context_of(message: discord.Message, bot_id: int, limit: int = 4000) -> ContextMessage:
     """A message the store does not have (a cold reply chain), for the core to quote once."""
-    text = message.content if len(message.content) <= limit else message.content[:limit] + "…"
+    content = message_text(message, message.content)
+    text = content if len(content) <= limit else content[:limit] + "…"
     return ContextMessage(
         author_name=message.author.display_name,
         text=text,

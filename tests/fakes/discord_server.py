@@ -513,6 +513,14 @@ class FakeDiscordServer:
         await self.dispatch("MESSAGE_CREATE", data)
         return data
 
+    def delete_message(self, message_id: str) -> None:
+        """A person deleted a message: Discord forgets it, and replies to it carry
+        `referenced_message: null` from then on."""
+        self.messages.pop(message_id, None)
+        for message in self.messages.values():
+            if (message.get("message_reference") or {}).get("message_id") == message_id:
+                message["referenced_message"] = None
+
     def add_attachment(
         self, filename: str, content_type: str | None, data: bytes, *, voice: bool = False
     ) -> dict[str, Any]:
