@@ -630,6 +630,29 @@ class FakeDiscordServer:
         await self.dispatch("INTERACTION_CREATE", data)
         return data
 
+    async def click_button(
+        self, message: dict[str, Any], custom_id: str, *, user: FakeUser | None = None
+    ) -> dict[str, Any]:
+        """A person clicks a button of `message` (INTERACTION_CREATE, MESSAGE_COMPONENT)."""
+        user = user or self.bob
+        in_dm = "guild_id" not in message
+        data = self.interaction_payload("", user=user, channel_id=message["channel_id"], dm=in_dm)
+        data["type"] = 3
+        data["data"] = {"custom_id": custom_id, "component_type": 2}
+        data["message"] = _public(message)
+        await self.dispatch("INTERACTION_CREATE", data)
+        return data
+
+    @staticmethod
+    def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
+        """The buttons a message shows, in order."""
+        return [
+            item
+            for row in message.get("components") or []
+            for item in row.get("components") or []
+            if item.get("type") == 2
+        ]
+
     # --- reading what happened -----------------------------------------------------
 
     def calls_to(self, method: str, fragment: str = "") -> list[RestCall]:
@@ -925,6 +948,8 @@ class FakeDiscordServer:
             guild=in_guild,
             reference=reference,
         )
+        if body.get("components"):
+            data["components"] = body["components"]
         if reference is None and ref:
             data["message_reference"] = {
                 "type": 0,
@@ -966,6 +991,8 @@ class FakeDiscordServer:
             return self._error(404, 10008, "Unknown Message")
         if "content" in body:
             found["content"] = body["content"] or ""
+        if "components" in body:
+            found["components"] = body["components"] or []
         found["edited_timestamp"] = datetime.now(UTC).isoformat()
         found.setdefault("_edits", 0)
         found["_edits"] += 1
@@ -1053,6 +1080,8 @@ class FakeDiscordServer:
             return self._error(404, 10015, "Unknown Webhook")
         if "content" in body:
             original["content"] = body["content"] or ""
+        if "components" in body:
+            original["components"] = body["components"] or []
         original["flags"] = original["flags"] & ~128
         original.setdefault("_edits", 0)
         original["_edits"] += 1
