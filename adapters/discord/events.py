@@ -277,16 +277,27 @@ def incoming_from_interaction(
     )
 
 
+def bot_can_post_in(interaction: discord.Interaction) -> bool:
+    """Whether the bot itself may post in the interaction's channel: its own DM with the
+    person, or a server that installed it. A user-installed command in a group DM or
+    in a server without the bot can only be answered through the interaction."""
+    if interaction.guild_id is None:
+        return bool(interaction.context.dm_channel)
+    return interaction.is_guild_integration()
+
+
 def interaction_reply_target(
     interaction: discord.Interaction, *, ephemeral: bool
 ) -> dict[str, Any]:
     """Enough to finish the answer after a restart while the token is valid (15 minutes).
     The token is one of the reply target's `secrets`, which the store deletes once
-    `expires_at` has passed."""
+    `expires_at` has passed. Without a `channel_id` an expired answer is not posted to
+    the channel (the bot cannot post there)."""
+    channel_id = interaction.channel_id if bot_can_post_in(interaction) else None
     return {
         "kind": "interaction",
         "application_id": str(interaction.application_id),
-        "channel_id": str(interaction.channel_id or ""),
+        "channel_id": str(channel_id or ""),
         "ephemeral": ephemeral,
         "expires_at": interaction.expires_at.timestamp(),
         "secrets": {"token": interaction.token},

@@ -130,6 +130,11 @@ class FakeDiscordServer:
         self.second_channel_id = self.new_id()
         self.extra_channel_ids: list[str] = []
         self.voice_channel_id = self.new_id()
+        # A server the bot is not in, where people use /ask as a user-installed command,
+        # and a group DM (people only, no bot).
+        self.foreign_guild_id = self.new_id()
+        self.foreign_channel_id = self.new_id()
+        self.group_dm_id = self.new_id()
         # user id -> voice channel id, as GUILD_CREATE and VOICE_STATE_UPDATE report it.
         self.voice_states: dict[str, str] = {}
         # The bot's op-4 requests: (guild id, channel id or None).
@@ -575,8 +580,15 @@ class FakeDiscordServer:
         user: FakeUser | None = None,
         channel_id: str | None = None,
         dm: bool = False,
+        user_install: str | None = None,
     ) -> dict[str, Any]:
+        """`user_install`: the command as a user-installed app, used in "foreign_guild" (a
+        server without the bot) or in "group_dm" (a private channel of people)."""
         user = user or self.bob
+        if user_install == "foreign_guild":
+            channel_id = self.foreign_channel_id
+        elif user_install == "group_dm":
+            channel_id = self.group_dm_id
         channel_id = channel_id or (self.dm_channel_id(user) if dm else self.channel_id)
         interaction_id = self.new_id()
         token = f"itoken-{interaction_id}"
@@ -615,6 +627,37 @@ class FakeDiscordServer:
             payload["channel"] = {"id": channel_id, "type": 1, "recipients": [user.payload()]}
             payload["authorizing_integration_owners"] = {"1": user.id}
             payload["context"] = 1
+        if user_install is not None:
+            # The person installed the app for themselves (key "1" only): the bot is no
+            # member there, and the interaction is all it has. In a server Discord still
+            # sends the person's member data (of a guild the bot never received); in a
+            # group DM there is no guild: `user` instead of `member`.
+            payload["authorizing_integration_owners"] = {"1": user.id}
+            payload["app_permissions"] = str((1 << 14) | (1 << 15) | (1 << 38))
+            if user_install == "group_dm":
+                del payload["member"]
+                payload["user"] = user.payload()
+            if user_install == "foreign_guild":
+                payload["guild_id"] = self.foreign_guild_id
+                payload["guild"] = {"id": self.foreign_guild_id, "locale": "en-US", "features": []}
+                payload["channel"] = {
+                    **self.channel_payload(channel_id, "elsewhere", 0),
+                    "guild_id": self.foreign_guild_id,
+                }
+                payload["context"] = 0
+            else:
+                for key in ("guild_id", "guild", "guild_locale"):
+                    payload.pop(key, None)
+                payload["channel"] = {
+                    "id": channel_id,
+                    "type": 3,
+                    "name": None,
+                    "icon": None,
+                    "owner_id": self.alice.id,
+                    "recipients": [self.alice.payload(), user.payload()],
+                    "last_message_id": None,
+                }
+                payload["context"] = 2
         return payload
 
     async def send_command(
@@ -625,8 +668,11 @@ class FakeDiscordServer:
         user: FakeUser | None = None,
         channel_id: str | None = None,
         dm: bool = False,
+        user_install: str | None = None,
     ) -> dict[str, Any]:
-        data = self.interaction_payload(name, options, user=user, channel_id=channel_id, dm=dm)
+        data = self.interaction_payload(
+            name, options, user=user, channel_id=channel_id, dm=dm, user_install=user_install
+        )
         await self.dispatch("INTERACTION_CREATE", data)
         return data
 
