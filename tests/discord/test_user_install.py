@@ -3,8 +3,17 @@ through the interaction alone (no guild member in the payload, the bot cannot po
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
 from botservice.adapters.discord import sync_commands
+from botservice.core.events import ConversationKey
+from botservice.core.ports import PendingTurn
 from botservice.core.settings import Settings
+from botservice.storage.repository import SqlStore
+from botservice.storage.tables import TURNS
 from tests.discord.conftest import Guild, discord_settings, option
 from tests.fakes.discord_server import FakeDiscordServer
 
@@ -74,3 +83,30 @@ async def test_sync_commands_registers_ask_for_server_and_user_installs(
     # The rest act on a server's channel settings: server installs only.
     assert sent["chat"].get("integration_types") in (None, [0])
     assert sent["instructions"].get("integration_types") in (None, [0])
+
+
+async def test_an_answer_where_the_bot_cannot_post_is_not_resumed_to_the_channel(
+    guild: Guild, sqlite_store: SqlStore
+) -> None:
+    server = guild.server
+    command = await server.send_command(
+        "ask", [option("prompt", "hello there")], user_install="foreign_guild"
+    )
+    await guild.original_response(command)
+    async with sqlite_store.engine.connect() as connection:
+        rows = await connection.execute(select(TURNS.c.reply_target))
+        [target] = [t for t in (json.loads(row[0]) for row in rows) if t["kind"] == "interaction"]
+    assert target["channel_id"] == ""
+
+    expired = PendingTurn(
+        turn_id=1,
+        conversation_id=1,
+        user_message_id=1,
+        platform="discord",
+        conversation=ConversationKey("discord", server.foreign_guild_id, command["channel_id"], ""),
+        reply_target={**target, "expires_at": 0},
+        reply_ref=None,
+        created_at=datetime.now(UTC),
+    )
+    # Past the token's 15 minutes nothing can reach that channel: no sink, no stray post.
+    assert guild.adapter.sink_for(expired) is None
