@@ -5,6 +5,9 @@ a plain message) that is edited as the text grows; an interaction answer is the
 deferred original response, edited the same way. Text past 2,000 characters continues
 in further messages (channel messages, or interaction follow-ups).
 
+The final text carries the 👍 / 👎 feedback buttons on its last message, in the same
+edit that shows it (`feedback_buttons`).
+
 The core throttles `update`; nothing here adds a timer, so each reply streams at its
 own pace. discord.py's per-route rate limiting still applies underneath.
 """
