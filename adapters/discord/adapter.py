@@ -16,6 +16,8 @@ from discord.http import Route
 from botservice.adapters.discord.client import BotClient, make_client
 from botservice.adapters.discord.commands import TreeExtension, build_command_tree
 from botservice.adapters.discord.context import DiscordContext
+from botservice.adapters.discord.feedback import DiscordFeedback
+from botservice.adapters.discord.feedback_buttons import FeedbackButton
 from botservice.adapters.discord.interactions import DiscordInteractions, on_tree_error
 from botservice.adapters.discord.messages import DiscordMessages
 from botservice.adapters.discord.sink import NO_MENTIONS, InteractionReplySink
@@ -67,6 +69,7 @@ class DiscordAdapter:
         self.context = DiscordContext(settings=settings, core=core, lookups=lookups)
         self.messages = DiscordMessages(self.context)
         self.interactions = DiscordInteractions(self.context, self.messages)
+        self.feedback = DiscordFeedback(self.context)
         # Transcription needs only HTTP, so voice messages work even where speaking cannot.
         self.hearing = DiscordHearing(
             Transcriber.from_settings(
@@ -114,6 +117,7 @@ class DiscordAdapter:
             on_message=self.messages.on_message,
             on_setup=self._setup,
             on_voice_state=self.voice.on_voice_state_update if self.voice else None,
+            on_feedback=self.feedback.on_click,
             guild_ready_timeout=self._guild_ready_timeout,
             telemetry=self.context.core.telemetry,
         )
@@ -168,6 +172,7 @@ class DiscordAdapter:
     async def _setup(self, client: discord.Client) -> None:
         tree = build_command_tree(client, self.interactions, self._extensions)
         tree.error(on_tree_error)
+        client.add_dynamic_items(FeedbackButton)
         application = client.application
         if application is not None:
             owners = {application.owner.id}
@@ -209,16 +214,18 @@ class DiscordAdapter:
             state=client._connection,
         )
 
-        async def edit_original(text: str) -> int | None:
+        async def edit_original(text: str, view: discord.ui.View | None) -> int | None:
             route = Route(
                 "PATCH",
                 "/webhooks/{webhook_id}/{webhook_token}/messages/@original",
                 webhook_id=application_id,
                 webhook_token=token,
             )
-            data = await client.http.request(
-                route, json={"content": text, "allowed_mentions": NO_MENTIONS.to_dict()}
-            )
+            payload: dict[str, Any] = {"content": text, "allowed_mentions": NO_MENTIONS.to_dict()}
+            if view is not None:
+                # The buttons are dynamic items: clicks find them by custom id, unstored.
+                payload["components"] = view.to_components()
+            data = await client.http.request(route, json=payload)
             return int(data["id"]) if isinstance(data, dict) and "id" in data else None
 
         return InteractionReplySink(

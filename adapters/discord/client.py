@@ -24,6 +24,8 @@ _DISCORD_GATEWAY = DiscordWebSocket.DEFAULT_GATEWAY
 MessageHook = Callable[[discord.Message], Awaitable[None]]
 SetupHook = Callable[[discord.Client], Awaitable[None]]
 VoiceStateHook = Callable[[discord.Member, discord.VoiceState, discord.VoiceState], Awaitable[None]]
+# A click on an answer's feedback button: (interaction, verdict, turn tag).
+FeedbackHook = Callable[[discord.Interaction[Any], str, str], Awaitable[None]]
 
 
 def configure_endpoints(settings: DiscordSettings) -> None:
@@ -60,6 +62,7 @@ class BotClient(discord.Client):
         on_message: MessageHook,
         on_setup: SetupHook,
         on_voice_state: VoiceStateHook | None = None,
+        on_feedback: FeedbackHook | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
         **options: Any,
     ) -> None:
@@ -69,6 +72,7 @@ class BotClient(discord.Client):
         self._on_message_hook = on_message
         self._on_setup_hook = on_setup
         self._on_voice_state_hook = on_voice_state
+        self._on_feedback_hook = on_feedback
         self.became_ready = asyncio.Event()
         self._session_up = False
         self._guild_ready_timeout = float(options.get("guild_ready_timeout", 2.0))
@@ -103,6 +107,13 @@ class BotClient(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self._on_message_hook(message)
+
+    async def on_feedback_click(
+        self, interaction: discord.Interaction[Any], verdict: str, turn_tag: str
+    ) -> None:
+        # Dispatched by `feedback_buttons.FeedbackButton.callback`.
+        if self._on_feedback_hook is not None:
+            await self._on_feedback_hook(interaction, verdict, turn_tag)
 
     async def on_voice_state_update(
         self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
@@ -155,6 +166,7 @@ def make_client(
     on_message: MessageHook,
     on_setup: SetupHook,
     on_voice_state: VoiceStateHook | None = None,
+    on_feedback: FeedbackHook | None = None,
     guild_ready_timeout: float = 2.0,
     telemetry: Telemetry = NO_TELEMETRY,
 ) -> BotClient:
@@ -169,13 +181,18 @@ def make_client(
     }
     if settings.shard_count is None:
         return BotClient(
-            on_message=on_message, on_setup=on_setup, on_voice_state=on_voice_state, **options
+            on_message=on_message,
+            on_setup=on_setup,
+            on_voice_state=on_voice_state,
+            on_feedback=on_feedback,
+            **options,
         )
     shard_ids = list(settings.shard_ids) or None
     return ShardedBotClient(
         on_message=on_message,
         on_setup=on_setup,
         on_voice_state=on_voice_state,
+        on_feedback=on_feedback,
         shard_count=settings.shard_count,
         shard_ids=shard_ids,
         **options,

@@ -39,6 +39,11 @@ def build_command_tree(
 
     @tree.command(name="ask", description="Ask the assistant; the answer stays in this channel.")
     @app_commands.describe(prompt="What to ask", private="Only you see the question and the answer")
+    # Also a user-installed command (integration_types [0, 1]): usable in DMs, group DMs
+    # and servers the bot is not in (contexts [0, 1, 2]), answered through the
+    # interaction itself, which needs no membership.
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def ask(
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, MAX_PROMPT],

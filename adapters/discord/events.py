@@ -72,6 +72,43 @@ def is_person_message(message: discord.Message) -> bool:
     return not message.author.bot and message.webhook_id is None and message.type in _ANSWERED_TYPES
 
 
+def is_reply(message: discord.Message) -> bool:
+    """A reply to a message; a forward also carries a reference, of another type."""
+    reference = message.reference
+    return (
+        reference is not None
+        and reference.message_id is not None
+        and reference.type is not discord.MessageReferenceType.forward
+    )
+
+
+def is_forward(message: discord.Message) -> bool:
+    reference = message.reference
+    return reference is not None and reference.type is discord.MessageReferenceType.forward
+
+
+FORWARDED = "Forwarded message"
+
+
+def forwarded_text(message: discord.Message) -> str:
+    """The text of the messages forwarded in `message`, quoted as forwarded.
+
+    Discord delivers a forward as an empty message whose `message_snapshots` hold the
+    forwarded content (no author: Discord does not say who wrote it)."""
+    if not is_forward(message):
+        return ""
+    quotes = [
+        quoted(FORWARDED, snapshot.content or "(no text)") for snapshot in message.message_snapshots
+    ]
+    return "\n\n".join(quotes)
+
+
+def message_text(message: discord.Message, text: str) -> str:
+    """`text` (the message's own content, a mention stripped) with what it forwards."""
+    forwarded = forwarded_text(message)
+    return "\n\n".join(part for part in (text, forwarded) if part)
+
+
 def referenced_message(message: discord.Message) -> discord.Message | None:
     reference = message.reference
     if reference is None:
@@ -101,7 +138,11 @@ def manager_facts(
 
 
 def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
-    """Every file as a reference to its public CDN URL; the core decides what goes to the model."""
+    """Every file as a reference to its public CDN URL; the core decides what goes to the model.
+    A forward's files are in its snapshots."""
+    files = list(message.attachments)
+    if is_forward(message):
+        files += [item for snapshot in message.message_snapshots for item in snapshot.attachments]
     return tuple(
         Attachment(
             name=item.filename,
@@ -111,7 +152,7 @@ def attachments_of(message: discord.Message) -> tuple[Attachment, ...]:
             # Discord's CDN URLs work without the bot token.
             public_url=True,
         )
-        for item in message.attachments
+        for item in files
     )
 
 
@@ -149,7 +190,8 @@ def _guess_type(filename: str) -> str:
 
 def context_of(message: discord.Message, bot_id: int, limit: int = 4000) -> ContextMessage:
     """A message the store does not have (a cold reply chain), for the core to quote once."""
-    text = message.content if len(message.content) <= limit else message.content[:limit] + "…"
+    content = message_text(message, message.content)
+    text = content if len(content) <= limit else content[:limit] + "…"
     return ContextMessage(
         author_name=message.author.display_name,
         text=text,
@@ -235,16 +277,27 @@ def incoming_from_interaction(
     )
 
 
+def bot_can_post_in(interaction: discord.Interaction) -> bool:
+    """Whether the bot itself may post in the interaction's channel: its own DM with the
+    person, or a server that installed it. A user-installed command in a group DM or
+    in a server without the bot can only be answered through the interaction."""
+    if interaction.guild_id is None:
+        return bool(interaction.context.dm_channel)
+    return interaction.is_guild_integration()
+
+
 def interaction_reply_target(
     interaction: discord.Interaction, *, ephemeral: bool
 ) -> dict[str, Any]:
     """Enough to finish the answer after a restart while the token is valid (15 minutes).
     The token is one of the reply target's `secrets`, which the store deletes once
-    `expires_at` has passed."""
+    `expires_at` has passed. Without a `channel_id` an expired answer is not posted to
+    the channel (the bot cannot post there)."""
+    channel_id = interaction.channel_id if bot_can_post_in(interaction) else None
     return {
         "kind": "interaction",
         "application_id": str(interaction.application_id),
-        "channel_id": str(interaction.channel_id or ""),
+        "channel_id": str(channel_id or ""),
         "ephemeral": ephemeral,
         "expires_at": interaction.expires_at.timestamp(),
         "secrets": {"token": interaction.token},

@@ -109,7 +109,9 @@ class DiscordMessages:
         self, message: discord.Message, place: events.Place, bot_id: int
     ) -> _Route | None:
         mentioned = events.mentions_user(message, bot_id)
-        text = events.strip_mention(message.content, bot_id) if mentioned else message.content
+        own = events.strip_mention(message.content, bot_id) if mentioned else message.content
+        # A forward arrives empty: its snapshots are the content, quoted as forwarded.
+        text = events.message_text(message, own)
         if place.workspace == events.DM_WORKSPACE:
             return _Route(thread="", text=text, reply=False)
         if place.in_thread:
@@ -118,7 +120,7 @@ class DiscordMessages:
             if place.thread_owner_id == bot_id or mentioned:
                 return _Route(thread=place.thread, text=text, reply=False)
             return None
-        if message.reference is not None and message.reference.message_id is not None:
+        if events.is_reply(message):
             return await self._route_reply(message, text, bot_id, mentioned)
         if mentioned:
             return _Route(thread=str(message.id), text=text, reply=True)
@@ -173,9 +175,41 @@ class DiscordMessages:
                 reply=True,
                 context=(events.context_of(parent, bot_id),),
             )
-        # A mention replying to someone else's message: a new conversation about it.
-        context = (events.context_of(parent, bot_id),) if parent is not None else ()
+        # A mention replying to someone else's message: a new conversation about it, with
+        # the chain it replies to read once (the core stores it with the question).
+        context = await self._unseen_chain(message, parent, bot_id) if parent is not None else ()
         return _Route(thread=str(message.id), text=text, reply=True, context=context)
+
+    async def _unseen_chain(
+        self, message: discord.Message, parent: discord.Message, bot_id: int
+    ) -> tuple[ContextMessage, ...]:
+        """The message replied to and up to `discord.unseen_chain_fetch` messages before it
+        in its reply chain, oldest first. Discord nests each fetched message's parent in it,
+        so a chain of n costs about n / 2 calls."""
+        budget = self._context.settings.discord.unseen_chain_fetch
+        chain = [parent]
+        seen = {message.id, parent.id}
+        current = parent
+        while len(chain) <= budget and events.is_reply(current):
+            reference = current.reference
+            assert reference is not None and reference.message_id is not None
+            if reference.message_id in seen:
+                break  # Discord never makes a cycle; a broken payload must not loop
+            earlier = events.referenced_message(current)
+            if earlier is None:
+                earlier = await _fetch(message.channel, reference.message_id)
+            if earlier is None:
+                break  # deleted, or no Read Message History: quote what was read
+            seen.add(earlier.id)
+            chain.append(earlier)
+            current = earlier
+        if len(chain) > budget and events.is_reply(current):
+            log.debug(
+                "read %d earlier messages of the reply chain in channel %s; older ones left out",
+                budget,
+                message.channel.id,
+            )
+        return tuple(events.context_of(item, bot_id) for item in reversed(chain))
 
 
 async def _fetch_once(message: discord.Message) -> discord.Message | None:
@@ -184,6 +218,13 @@ async def _fetch_once(message: discord.Message) -> discord.Message | None:
         return None
     try:
         return await message.channel.fetch_message(reference.message_id)
+    except discord.HTTPException:
+        return None
+
+
+async def _fetch(channel: discord.abc.Messageable, message_id: int) -> discord.Message | None:
+    try:
+        return await channel.fetch_message(message_id)
     except discord.HTTPException:
         return None
 

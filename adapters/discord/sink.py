@@ -5,6 +5,9 @@ a plain message) that is edited as the text grows; an interaction answer is the
 deferred original response, edited the same way. Text past 2,000 characters continues
 in further messages (channel messages, or interaction follow-ups).
 
+The final text carries the 👍 / 👎 feedback buttons on its last message, in the same
+edit that shows it (`feedback_buttons`).
+
 The core throttles `update`; nothing here adds a timer, so each reply streams at its
 own pace. discord.py's per-route rate limiting still applies underneath.
 """
@@ -18,6 +21,7 @@ from typing import Any, Protocol
 
 import discord
 
+from botservice.adapters.discord.feedback_buttons import feedback_view
 from botservice.adapters.discord.split import DISCORD_LIMIT
 from botservice.core.message_split import split_message
 
@@ -30,14 +34,17 @@ FIND_LIMIT = 50
 _NONCE_MAX = 25  # Discord's limit on a message nonce
 
 OnPosted = Callable[[int], None]
+View = discord.ui.View
 
 
 class _Transport(Protocol):
     async def post_first(self) -> int | None: ...
 
-    async def edit(self, index: int, message_id: int | None, text: str) -> None: ...
+    async def edit(
+        self, index: int, message_id: int | None, text: str, *, view: View | None = None
+    ) -> None: ...
 
-    async def post_more(self, text: str) -> int: ...
+    async def post_more(self, text: str, *, view: View | None = None) -> int: ...
 
     async def say(self, text: str, *, private: bool) -> None: ...
 
@@ -51,16 +58,20 @@ class _Renderer:
         # (message id, content shown); the first id is None for an interaction's original.
         self.shown: list[tuple[int | None, str | None]] = []
 
-    async def render(self, text: str) -> None:
+    async def render(self, text: str, *, view: View | None = None) -> None:
+        """`view` (the feedback buttons) goes on the last message, even when its text is
+        already shown."""
         chunks = split_message(text, self._limit) if text else [PLACEHOLDER]
+        last = len(chunks) - 1
         for index, chunk in enumerate(chunks):
+            extra = view if index == last else None
             if index < len(self.shown):
                 message_id, content = self.shown[index]
-                if content != chunk:
-                    await self._transport.edit(index, message_id, chunk)
+                if content != chunk or extra is not None:
+                    await self._transport.edit(index, message_id, chunk, view=extra)
                     self.shown[index] = (message_id, chunk)
             else:
-                message_id = await self._transport.post_more(chunk)
+                message_id = await self._transport.post_more(chunk, view=extra)
                 self.shown.append((message_id, chunk))
         for index in range(len(chunks), len(self.shown)):
             # The text got shorter at a split point: blank the leftover message.
@@ -75,6 +86,8 @@ class _ReplySinkBase:
         self._transport = transport
         self._renderer = _Renderer(transport, limit)
         self.finished = False
+        # Set by `begin`: the turn this sink answers, named by the feedback buttons.
+        self._turn_tag: str | None = None
 
     async def update(self, text: str) -> None:
         if not self.finished:
@@ -82,7 +95,8 @@ class _ReplySinkBase:
 
     async def finish(self, text: str) -> None:
         self.finished = True
-        await self._renderer.render(text)
+        view = feedback_view(self._turn_tag) if self._turn_tag and text.strip() else None
+        await self._renderer.render(text, view=view)
 
     async def notice(self, text: str, *, private: bool = True) -> None:
         await self._transport.say(text, private=private)
@@ -106,7 +120,9 @@ class _ChannelTransport:
         self.reply_to = reply_to
         self.on_posted = on_posted
 
-    async def _send(self, text: str, *, reply: bool, nonce: str | None = None) -> int:
+    async def _send(
+        self, text: str, *, reply: bool, nonce: str | None = None, view: View | None = None
+    ) -> int:
         reference = None
         if reply and self.reply_to is not None:
             reference = discord.MessageReference(
@@ -117,6 +133,8 @@ class _ChannelTransport:
         options: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
         if nonce is not None:
             options["nonce"] = nonce
+        if view is not None:
+            options["view"] = view
         try:
             message = await self.channel.send(
                 text,
@@ -165,14 +183,17 @@ class _ChannelTransport:
             )
         return None
 
-    async def edit(self, index: int, message_id: int | None, text: str) -> None:
+    async def edit(
+        self, index: int, message_id: int | None, text: str, *, view: View | None = None
+    ) -> None:
         assert message_id is not None
+        options: dict[str, Any] = {"view": view} if view is not None else {}
         await self.channel.get_partial_message(message_id).edit(
-            content=text, allowed_mentions=NO_MENTIONS
+            content=text, allowed_mentions=NO_MENTIONS, **options
         )
 
-    async def post_more(self, text: str) -> int:
-        return await self._send(text, reply=False)
+    async def post_more(self, text: str, *, view: View | None = None) -> int:
+        return await self._send(text, reply=False, view=view)
 
     async def say(self, text: str, *, private: bool) -> None:
         # A channel message cannot be private; a short reply is the closest idiom.
@@ -196,6 +217,7 @@ class ChannelReplySink(_ReplySinkBase):
         super().__init__(self._channel_transport, limit)
 
     async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
+        self._turn_tag = turn_tag
         if existing_ref:
             # Resumed after a restart: keep editing the message we already posted.
             return self._continue(int(existing_ref), None)
@@ -222,7 +244,8 @@ class ChannelReplySink(_ReplySinkBase):
 # --- interactions ------------------------------------------------------------------------
 
 
-EditOriginal = Callable[[str], Awaitable[int | None]]
+# Edits the interaction's original response: its text, and the buttons when given.
+EditOriginal = Callable[[str, View | None], Awaitable[int | None]]
 Defer = Callable[[], Awaitable[None]]
 
 
@@ -249,19 +272,25 @@ class _InteractionTransport:
             self.defer = None
         return None
 
-    async def edit(self, index: int, message_id: int | None, text: str) -> None:
+    async def edit(
+        self, index: int, message_id: int | None, text: str, *, view: View | None = None
+    ) -> None:
         if index == 0:
             self.original_used = True
-            original_id = await self.edit_original(text)
+            original_id = await self.edit_original(text, view)
             if original_id is not None and self.on_posted is not None:
                 self.on_posted(original_id)
             return
         assert message_id is not None
-        await self.followup.edit_message(message_id, content=text, allowed_mentions=NO_MENTIONS)
+        options: dict[str, Any] = {"view": view} if view is not None else {}
+        await self.followup.edit_message(
+            message_id, content=text, allowed_mentions=NO_MENTIONS, **options
+        )
 
-    async def post_more(self, text: str) -> int:
+    async def post_more(self, text: str, *, view: View | None = None) -> int:
+        options: dict[str, Any] = {"view": view} if view is not None else {}
         message = await self.followup.send(
-            text, ephemeral=self.ephemeral, wait=True, allowed_mentions=NO_MENTIONS
+            text, ephemeral=self.ephemeral, wait=True, allowed_mentions=NO_MENTIONS, **options
         )
         if self.on_posted is not None:
             self.on_posted(message.id)
@@ -271,7 +300,7 @@ class _InteractionTransport:
         await self.post_first()
         if not self.original_used and private == self.ephemeral:
             self.original_used = True
-            await self.edit_original(text)
+            await self.edit_original(text, None)
             return
         await self.followup.send(text, ephemeral=private, wait=True, allowed_mentions=NO_MENTIONS)
 
@@ -306,9 +335,10 @@ class InteractionReplySink(_ReplySinkBase):
         ephemeral: bool,
         on_posted: OnPosted | None = None,
     ) -> InteractionReplySink:
-        async def edit_original(text: str) -> int | None:
+        async def edit_original(text: str, view: View | None) -> int | None:
+            options: dict[str, Any] = {"view": view} if view is not None else {}
             message = await interaction.edit_original_response(
-                content=text, allowed_mentions=NO_MENTIONS
+                content=text, allowed_mentions=NO_MENTIONS, **options
             )
             return message.id
 
@@ -325,6 +355,7 @@ class InteractionReplySink(_ReplySinkBase):
         )
 
     async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
+        self._turn_tag = turn_tag
         # The interaction's original response is the placeholder; its token finds it again.
         await self._transport.post_first()
         # The deferred original shows "thinking…" until the first edit.

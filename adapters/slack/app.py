@@ -33,6 +33,7 @@ from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
 from botservice.adapters.slack.envelope import MalformedBody, odd_field, read_envelope
 from botservice.adapters.slack.events import (
     PLATFORM,
+    AgentViewOpened,
     AssistantThreadStarted,
     BotIdentity,
     Converse,
@@ -40,6 +41,7 @@ from botservice.adapters.slack.events import (
     Ignore,
     ReplyTarget,
     SlackUser,
+    ViewChanged,
     WorkspaceGone,
     build_incoming,
     slash_command,
@@ -59,6 +61,7 @@ from botservice.adapters.slack.sink import (
 from botservice.adapters.slack.socket_mode import SocketModeRunner
 from botservice.adapters.slack.threads import KnownThreads, read_thread_once
 from botservice.adapters.slack.users import UserDirectory
+from botservice.adapters.slack.viewing import ChannelsInView
 from botservice.core.background import BackgroundTasks
 from botservice.core.channel_policy import ManagerFacts
 from botservice.core.commands import parse_command
@@ -152,6 +155,8 @@ class SlackAdapter:
         self._streams = StreamBudget()
         self._users = UserDirectory()
         self._known = KnownThreads()
+        # Public: what a person is looking at beside the app (agent/assistant view).
+        self.in_view = ChannelsInView()
         self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._socket = SocketModeRunner(self._app, app_token, self._client) if app_token else None
@@ -334,7 +339,13 @@ class SlackAdapter:
         elif isinstance(action, DeleteMessage):
             await self._delete(action)
         elif isinstance(action, AssistantThreadStarted):
-            self._spawn(self._suggest_prompts(client, action))
+            self._spawn(self._suggest_prompts(client, action.channel, action.thread_ts))
+        elif isinstance(action, AgentViewOpened):
+            # The agent view's conversation has no thread to name: Slack drops a
+            # `thread_ts` sent for an agent app.
+            self._spawn(self._suggest_prompts(client, action.channel, None))
+        elif isinstance(action, ViewChanged):
+            self.in_view.record(action.team, action.user, action.channel)
         elif isinstance(action, WorkspaceGone):
             await self._forget_workspace(action)
 
@@ -461,15 +472,16 @@ class SlackAdapter:
             await self._oauth.delete_workspace(action.enterprise, action.team)
         self._users.forget_workspace(action.team)
         self._known.forget_workspace(action.team)
+        self.in_view.forget_workspace(action.team)
         await self._lookups.forget_workspace(PLATFORM, action.team)
 
     async def _suggest_prompts(
-        self, client: AsyncWebClient, action: AssistantThreadStarted
+        self, client: AsyncWebClient, channel: str, thread_ts: str | None
     ) -> None:
         with contextlib.suppress(SlackApiError):
             await client.assistant_threads_setSuggestedPrompts(
-                channel_id=action.channel,
-                thread_ts=action.thread_ts,
+                channel_id=channel,
+                thread_ts=thread_ts,
                 prompts=[dict(prompt) for prompt in SUGGESTED_PROMPTS],
             )
 

@@ -159,6 +159,27 @@ class AssistantThreadStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentViewOpened:
+    """Someone opened the app's Messages tab (the agent view's conversation): show the
+    suggested prompts, as for `assistant_thread_started`, without a thread."""
+
+    team: str
+    channel: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChanged:
+    """What a person is looking at in Slack changed while the app was open beside it
+    (`app_context_changed`; `assistant_thread_context_changed` in the assistant view).
+    `channel` is None when they look at no channel."""
+
+    team: str
+    user: str
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkspaceGone:
     """The app was uninstalled, or its bot token revoked: forget the workspace."""
 
@@ -167,7 +188,15 @@ class WorkspaceGone:
     uninstalled: bool
 
 
-Action = Ignore | Converse | DeleteMessage | AssistantThreadStarted | WorkspaceGone
+Action = (
+    Ignore
+    | Converse
+    | DeleteMessage
+    | AssistantThreadStarted
+    | AgentViewOpened
+    | ViewChanged
+    | WorkspaceGone
+)
 Translator = Callable[[Mapping[str, Any], Mapping[str, Any], BotIdentity], Action]
 
 
@@ -274,6 +303,68 @@ def _assistant_thread_started(
     )
 
 
+def _app_home_opened(body: Mapping[str, Any], event: Mapping[str, Any], bot: BotIdentity) -> Action:
+    channel, user = event.get("channel"), event.get("user")
+    if event.get("tab") != "messages":
+        return Ignore("app home opened on another tab")
+    if not isinstance(channel, str) or not channel or not isinstance(user, str) or not user:
+        return Ignore("app home opened without channel or user")
+    return AgentViewOpened(team=_team(body, event), channel=channel, user=user)
+
+
+_CHANNEL_ENTITY = "slack#/types/channel_id"
+_MESSAGE_ENTITY = "slack#/types/message_context"
+
+
+def _app_context_changed(
+    body: Mapping[str, Any], event: Mapping[str, Any], bot: BotIdentity
+) -> Action:
+    user = event.get("user") or _person_authorized(body)
+    if not isinstance(user, str) or not user:
+        return Ignore("context change without a person")
+    context = event.get("context")
+    entities = context.get("entities") if isinstance(context, Mapping) else None
+    channel = None
+    # Ordered by relevance: the first channel (or message's channel) is what they look at.
+    for entity in entities if isinstance(entities, Sequence) else ():
+        if not isinstance(entity, Mapping):
+            continue
+        value = entity.get("value")
+        if entity.get("type") == _CHANNEL_ENTITY and isinstance(value, str) and value:
+            channel = value
+        elif entity.get("type") == _MESSAGE_ENTITY and isinstance(value, Mapping):
+            found = value.get("channel_id")
+            channel = found if isinstance(found, str) and found else None
+        if channel:
+            break
+    return ViewChanged(team=_team(body, event), user=user, channel=channel)
+
+
+def _assistant_thread_context_changed(
+    body: Mapping[str, Any], event: Mapping[str, Any], bot: BotIdentity
+) -> Action:
+    thread = event.get("assistant_thread")
+    if not isinstance(thread, Mapping) or not thread.get("user_id"):
+        return Ignore("assistant context change without a person")
+    context = thread.get("context")
+    channel = context.get("channel_id") if isinstance(context, Mapping) else None
+    return ViewChanged(
+        team=_team(body, event),
+        user=str(thread["user_id"]),
+        channel=channel if isinstance(channel, str) and channel else None,
+    )
+
+
+def _person_authorized(body: Mapping[str, Any]) -> str | None:
+    """The person an event is for, when the event does not say (`app_context_changed`)."""
+    authorizations = body.get("authorizations")
+    for item in authorizations if isinstance(authorizations, Sequence) else ():
+        if isinstance(item, Mapping) and item.get("is_bot") is False:
+            user = item.get("user_id")
+            return user if isinstance(user, str) else None
+    return None
+
+
 def _app_uninstalled(body: Mapping[str, Any], event: Mapping[str, Any], bot: BotIdentity) -> Action:
     return WorkspaceGone(_team(body, event), _enterprise(body), uninstalled=True)
 
@@ -289,6 +380,9 @@ EVENT_TRANSLATORS: dict[str, Translator] = {
     "app_mention": _app_mention,
     "message": _message,
     "assistant_thread_started": _assistant_thread_started,
+    "assistant_thread_context_changed": _assistant_thread_context_changed,
+    "app_home_opened": _app_home_opened,
+    "app_context_changed": _app_context_changed,
     "app_uninstalled": _app_uninstalled,
     "tokens_revoked": _tokens_revoked,
 }

@@ -135,6 +135,9 @@ class DiscordSettings(_Section):
     gateway_url: str | None = None
     shard_count: int | None = Field(default=None, ge=1)
     shard_ids: tuple[int, ...] = ()
+    # Earlier messages of a reply chain the bot never saw, read once when it is mentioned
+    # in it (then stored with the question, never read again); 0 reads none.
+    unseen_chain_fetch: int = Field(default=10, ge=0, le=100)
 
     @property
     def configured(self) -> bool:

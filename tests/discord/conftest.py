@@ -101,7 +101,9 @@ async def guild(
 ) -> AsyncIterator[Guild]:
     configured = discord_settings(discord_server, settings)
     model = OpenAIChatClient(configured.model)
-    core = ConversationCore(settings=configured, store=sqlite_store, model=model)
+    core = ConversationCore(
+        settings=configured, store=sqlite_store, model=model, feedback=sqlite_store
+    )
     adapter = create_adapter(configured, core, sqlite_store, guild_ready_timeout=0.05)
     await adapter.start()
     try:

@@ -130,6 +130,11 @@ class FakeDiscordServer:
         self.second_channel_id = self.new_id()
         self.extra_channel_ids: list[str] = []
         self.voice_channel_id = self.new_id()
+        # A server the bot is not in, where people use /ask as a user-installed command,
+        # and a group DM (people only, no bot).
+        self.foreign_guild_id = self.new_id()
+        self.foreign_channel_id = self.new_id()
+        self.group_dm_id = self.new_id()
         # user id -> voice channel id, as GUILD_CREATE and VOICE_STATE_UPDATE report it.
         self.voice_states: dict[str, str] = {}
         # The bot's op-4 requests: (guild id, channel id or None).
@@ -473,6 +478,54 @@ class FakeDiscordServer:
         await self.dispatch("MESSAGE_CREATE", data)
         return data
 
+    async def send_forward(
+        self,
+        original: dict[str, Any],
+        *,
+        author: FakeUser | None = None,
+        channel_id: str | None = None,
+        dm: bool = False,
+    ) -> dict[str, Any]:
+        """A person forwards `original` (a message payload): as Discord sends it, an empty
+        message whose reference has type 1 (forward) and whose `message_snapshots` carry
+        the original's content and files, without its author."""
+        author = author or self.bob
+        if dm:
+            channel_id = channel_id or self.dm_channel_id(author)
+        data = self._message(
+            channel_id=channel_id or self.channel_id, author=author, content="", guild=not dm
+        )
+        data["message_reference"] = {
+            "type": 1,
+            "message_id": original["id"],
+            "channel_id": original["channel_id"],
+            **({"guild_id": original["guild_id"]} if "guild_id" in original else {}),
+        }
+        snapshot_keys = (
+            "type",
+            "content",
+            "embeds",
+            "attachments",
+            "timestamp",
+            "edited_timestamp",
+            "flags",
+            "mentions",
+            "mention_roles",
+            "components",
+        )
+        data["message_snapshots"] = [{"message": {k: original[k] for k in snapshot_keys}}]
+        self.messages[data["id"]] = data
+        await self.dispatch("MESSAGE_CREATE", data)
+        return data
+
+    def delete_message(self, message_id: str) -> None:
+        """A person deleted a message: Discord forgets it, and replies to it carry
+        `referenced_message: null` from then on."""
+        self.messages.pop(message_id, None)
+        for message in self.messages.values():
+            if (message.get("message_reference") or {}).get("message_id") == message_id:
+                message["referenced_message"] = None
+
     def add_attachment(
         self, filename: str, content_type: str | None, data: bytes, *, voice: bool = False
     ) -> dict[str, Any]:
@@ -527,8 +580,15 @@ class FakeDiscordServer:
         user: FakeUser | None = None,
         channel_id: str | None = None,
         dm: bool = False,
+        user_install: str | None = None,
     ) -> dict[str, Any]:
+        """`user_install`: the command as a user-installed app, used in "foreign_guild" (a
+        server without the bot) or in "group_dm" (a private channel of people)."""
         user = user or self.bob
+        if user_install == "foreign_guild":
+            channel_id = self.foreign_channel_id
+        elif user_install == "group_dm":
+            channel_id = self.group_dm_id
         channel_id = channel_id or (self.dm_channel_id(user) if dm else self.channel_id)
         interaction_id = self.new_id()
         token = f"itoken-{interaction_id}"
@@ -567,6 +627,37 @@ class FakeDiscordServer:
             payload["channel"] = {"id": channel_id, "type": 1, "recipients": [user.payload()]}
             payload["authorizing_integration_owners"] = {"1": user.id}
             payload["context"] = 1
+        if user_install is not None:
+            # The person installed the app for themselves (key "1" only): the bot is no
+            # member there, and the interaction is all it has. In a server Discord still
+            # sends the person's member data (of a guild the bot never received); in a
+            # group DM there is no guild: `user` instead of `member`.
+            payload["authorizing_integration_owners"] = {"1": user.id}
+            payload["app_permissions"] = str((1 << 14) | (1 << 15) | (1 << 38))
+            if user_install == "group_dm":
+                del payload["member"]
+                payload["user"] = user.payload()
+            if user_install == "foreign_guild":
+                payload["guild_id"] = self.foreign_guild_id
+                payload["guild"] = {"id": self.foreign_guild_id, "locale": "en-US", "features": []}
+                payload["channel"] = {
+                    **self.channel_payload(channel_id, "elsewhere", 0),
+                    "guild_id": self.foreign_guild_id,
+                }
+                payload["context"] = 0
+            else:
+                for key in ("guild_id", "guild", "guild_locale"):
+                    payload.pop(key, None)
+                payload["channel"] = {
+                    "id": channel_id,
+                    "type": 3,
+                    "name": None,
+                    "icon": None,
+                    "owner_id": self.alice.id,
+                    "recipients": [self.alice.payload(), user.payload()],
+                    "last_message_id": None,
+                }
+                payload["context"] = 2
         return payload
 
     async def send_command(
@@ -577,10 +668,36 @@ class FakeDiscordServer:
         user: FakeUser | None = None,
         channel_id: str | None = None,
         dm: bool = False,
+        user_install: str | None = None,
     ) -> dict[str, Any]:
-        data = self.interaction_payload(name, options, user=user, channel_id=channel_id, dm=dm)
+        data = self.interaction_payload(
+            name, options, user=user, channel_id=channel_id, dm=dm, user_install=user_install
+        )
         await self.dispatch("INTERACTION_CREATE", data)
         return data
+
+    async def click_button(
+        self, message: dict[str, Any], custom_id: str, *, user: FakeUser | None = None
+    ) -> dict[str, Any]:
+        """A person clicks a button of `message` (INTERACTION_CREATE, MESSAGE_COMPONENT)."""
+        user = user or self.bob
+        in_dm = "guild_id" not in message
+        data = self.interaction_payload("", user=user, channel_id=message["channel_id"], dm=in_dm)
+        data["type"] = 3
+        data["data"] = {"custom_id": custom_id, "component_type": 2}
+        data["message"] = _public(message)
+        await self.dispatch("INTERACTION_CREATE", data)
+        return data
+
+    @staticmethod
+    def buttons(message: dict[str, Any]) -> list[dict[str, Any]]:
+        """The buttons a message shows, in order."""
+        return [
+            item
+            for row in message.get("components") or []
+            for item in row.get("components") or []
+            if item.get("type") == 2
+        ]
 
     # --- reading what happened -----------------------------------------------------
 
@@ -877,6 +994,8 @@ class FakeDiscordServer:
             guild=in_guild,
             reference=reference,
         )
+        if body.get("components"):
+            data["components"] = body["components"]
         if reference is None and ref:
             data["message_reference"] = {
                 "type": 0,
@@ -918,6 +1037,8 @@ class FakeDiscordServer:
             return self._error(404, 10008, "Unknown Message")
         if "content" in body:
             found["content"] = body["content"] or ""
+        if "components" in body:
+            found["components"] = body["components"] or []
         found["edited_timestamp"] = datetime.now(UTC).isoformat()
         found.setdefault("_edits", 0)
         found["_edits"] += 1
@@ -1005,6 +1126,8 @@ class FakeDiscordServer:
             return self._error(404, 10015, "Unknown Webhook")
         if "content" in body:
             original["content"] = body["content"] or ""
+        if "components" in body:
+            original["components"] = body["components"] or []
         original["flags"] = original["flags"] & ~128
         original.setdefault("_edits", 0)
         original["_edits"] += 1

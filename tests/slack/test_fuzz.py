@@ -51,9 +51,11 @@ KEYS = (
     "thread_ts", "deleted_ts", "command", "text", "value", "submission", "callback_id",
     "trigger_id", "is_ext_shared_channel", "is_enterprise_install", "function_data",
     "function_execution_id", "bot_id", "bot_profile", "channel_type", "user_team", "challenge",
+    "tab", "context", "entities", "authorizations",
 )  # fmt: skip
 EVENT_TYPES = ("app_mention", "message", "assistant_thread_started", "app_uninstalled",
-               "tokens_revoked", "reaction_added", "function_executed")  # fmt: skip
+               "tokens_revoked", "reaction_added", "function_executed", "app_home_opened",
+               "app_context_changed", "assistant_thread_context_changed")  # fmt: skip
 ENVELOPE_TYPES = ("event_callback", "url_verification", "block_actions", "block_suggestion",
                   "dialog_submission", "view_submission", "shortcut", "message_action",
                   "interactive_message", "ssl_check")  # fmt: skip

@@ -38,6 +38,10 @@ def test_manifest_matches_the_code() -> None:
         "app_uninstalled",
         "tokens_revoked",
         "assistant_thread_started",
+        "app_home_opened",
+        "app_context_changed",
+        "assistant_thread_context_changed",
     } <= events
     assert "assistant_view:" in text
+    assert "agent_view:" in text
     assert "request_url: https://bot.example.com/slack/events" in text
