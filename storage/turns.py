@@ -36,6 +36,7 @@ from botservice.core.ports import (
     MessageStatus,
     PendingTurn,
     Usage,
+    UsageRecord,
 )
 from botservice.storage.base import (
     _CONVERSATION_ID,
@@ -56,6 +57,7 @@ from botservice.storage.tables import (
     UTCDateTime,
     utcnow,
 )
+from botservice.storage.usage_rows import write_usage
 
 log = logging.getLogger(__name__)
 
@@ -544,6 +546,7 @@ class SqlTurnStore(StoreBase):
         status: MessageStatus,
         model: str,
         reply_ref: str | None = None,
+        ledger: UsageRecord | None = None,
     ) -> int | None:
         answer = _answer_values(text, tokens, usage, status, model)
         finish = _finish_values(turn_id, holder, reply_ref)
@@ -551,10 +554,14 @@ class SqlTurnStore(StoreBase):
         if self._shared:
             pg_answer = _answer_statement(statement)
             return await self._write_one(
-                lambda connection: _store_answer_in_one(connection, pg_answer, finish, answer)
+                lambda connection: _with_ledger(
+                    connection, _store_answer_in_one(connection, pg_answer, finish, answer), ledger
+                )
             )
         return await self._write(
-            lambda connection: _store_answer_in(connection, statement, finish, answer)
+            lambda connection: _with_ledger(
+                connection, _store_answer_in(connection, statement, finish, answer), ledger
+            )
         )
 
     async def store_answer_and_claim_next(
@@ -570,6 +577,7 @@ class SqlTurnStore(StoreBase):
         status: MessageStatus,
         model: str,
         reply_ref: str | None = None,
+        ledger: UsageRecord | None = None,
     ) -> tuple[int | None, PendingTurn | None]:
         answer = _answer_values(text, tokens, usage, status, model)
         finish = _finish_values(turn_id, claim.holder, reply_ref)
@@ -577,7 +585,11 @@ class SqlTurnStore(StoreBase):
             # Two statements: a claim in the same statement as the finish would not
             # see the finished turn as no longer running.
             message_id = await self._write_one(
-                lambda connection: _store_answer_in_one(connection, _HELD_ANSWER, finish, answer)
+                lambda connection: _with_ledger(
+                    connection,
+                    _store_answer_in_one(connection, _HELD_ANSWER, finish, answer),
+                    ledger,
+                )
             )
             claimed = await self.claim_next_turn(
                 conversation_id, holder=claim.holder, alive_until=claim.alive_until, key=key
@@ -586,6 +598,7 @@ class SqlTurnStore(StoreBase):
 
         def work(connection: Connection) -> tuple[int | None, PendingTurn | None]:
             message_id = _store_answer_in(connection, _FINISH_HELD_TURN, finish, answer)
+            _with_ledger(connection, message_id, ledger)
             return message_id, _claim_in(connection, conversation_id, claim, key)
 
         return await self._write(work)
@@ -675,6 +688,18 @@ def _store_answer_in(
         _INSERT_MESSAGE,
         {**answer, "conversation_id": turn.conversation_id, "reply_to_id": turn.user_message_id},
     ).scalar_one()
+    return message_id
+
+
+def _with_ledger(
+    connection: Connection, message_id: int | None, ledger: UsageRecord | None
+) -> int | None:
+    """Write the call's usage row when its answer was saved. An answer not saved
+    (taken over) leaves no row: the process answering the turn records its own call.
+    On PostgreSQL the row is a second statement on the answer's connection, on
+    SQLite part of its transaction: either way no write of its own."""
+    if ledger is not None and message_id is not None:
+        write_usage(connection, ledger)
     return message_id
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, delete, func, literal, select, update
 
 from botservice.core.usage import UsageGrouping, UsageLedger, UsageRecord, UsageRow, UsageTotals
 from botservice.storage.repository import SqlStore
-from botservice.storage.tables import USAGE, utcnow
+from botservice.storage.tables import USAGE
+from botservice.storage.usage_rows import write_usage
 
 _u = USAGE.c
 
@@ -32,25 +33,8 @@ class SqlUsage(UsageLedger):
         self._store = store
 
     async def record_usage(self, record: UsageRecord) -> None:
-        values = {
-            "turn_id": record.turn_id,
-            "platform": record.platform,
-            "workspace": record.workspace,
-            "channel": record.channel,
-            "user_id": record.user_id,
-            "model": record.model,
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "cached_tokens": record.cached_tokens,
-            "reasoning_tokens": record.reasoning_tokens,
-            "cost": record.cost,
-            "estimated": record.estimated,
-            "created_at": utcnow(),
-        }
-        statement = insert(USAGE).values(values)
-
         def work(connection: Connection) -> None:
-            connection.execute(statement)
+            write_usage(connection, record)
 
         await self._store._write_one(work)
 

@@ -69,7 +69,7 @@ from botservice.core.settings import Settings
 from botservice.core.streaming import ThrottledUpdates
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry, failure_reason
 from botservice.core.text import clean_text, estimate_tokens
-from botservice.core.usage import Quotas, UsageLedger, usage_record
+from botservice.core.usage import Quotas, UsageLedger, UsageRecord, usage_record
 from botservice.core.windows import ContextWindows, Window
 
 log = logging.getLogger(__name__)
@@ -699,9 +699,11 @@ class ConversationCore:
             status="complete",
             model=model,
             reply_ref=reply_ref,
+            # Written with the answer: a write of its own cost a fifth of the
+            # replies a second (bench/bench_metrics.py).
+            ledger=self._usage_record(turn, model, stream.usage, prompt.tokens, answer),
         )
         telemetry.turn_finished(key.platform, "answered" if saved else "taken_over")
-        await self._record_usage(turn, model, stream.usage, prompt.tokens, answer)
         if channel.retention_days == 0:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
@@ -712,10 +714,22 @@ class ConversationCore:
     ) -> None:
         """Keep the call's tokens and cost in the usage ledger (our estimate when the
         endpoint reported none). A database outage loses this row, never the answer."""
-        if self._usage is None:
+        record = self._usage_record(turn, model, usage, prompt_tokens, answer)
+        if record is None or self._usage is None:
             return
+        try:
+            await self._usage.record_usage(record)
+        except StoreUnavailable:
+            log.warning("the usage of turn %d was not recorded: database unreachable", turn.turn_id)
+
+    def _usage_record(
+        self, turn: _Turn, model: str, usage: Usage | None, prompt_tokens: int, answer: str
+    ) -> UsageRecord | None:
+        """The usage ledger's row for this call; None when no ledger is kept."""
+        if self._usage is None:
+            return None
         key = turn.key
-        record = usage_record(
+        return usage_record(
             self._settings,
             turn_id=turn.turn_id,
             message_platform=key.platform,
@@ -727,10 +741,6 @@ class ConversationCore:
             estimated_prompt_tokens=prompt_tokens,
             estimated_completion_tokens=self._count_tokens(answer) if usage is None else 0,
         )
-        try:
-            await self._usage.record_usage(record)
-        except StoreUnavailable:
-            log.warning("the usage of turn %d was not recorded: database unreachable", turn.turn_id)
 
     def _answer_reserve(self, window: int) -> int:
         """Tokens kept for the answer: `max_answer_tokens`, but never more than half a
@@ -841,6 +851,7 @@ class ConversationCore:
         status: MessageStatus,
         model: str,
         reply_ref: str | None,
+        ledger: UsageRecord | None = None,
     ) -> bool:
         """False when the answer could not be saved (taken over, or the database stayed away)."""
         tokens = self._count_tokens(text)
@@ -857,6 +868,7 @@ class ConversationCore:
                     status=status,
                     model=model,
                     reply_ref=reply_ref,
+                    ledger=ledger,
                 )
             # The next turn of the conversation is claimed with the save, so the
             # order costs no extra step. A message accepted from here on marks the
@@ -873,6 +885,7 @@ class ConversationCore:
                 status=status,
                 model=model,
                 reply_ref=reply_ref,
+                ledger=ledger,
             )
             self._looked.add(turn.conversation_id)
             if following is not None:

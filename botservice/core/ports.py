@@ -142,6 +142,25 @@ class Usage:
     reasoning_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageRecord:
+    """One model call's tokens, for one turn (a row of the usage ledger)."""
+
+    turn_id: int | None
+    platform: str
+    workspace: str
+    channel: str
+    user_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float = 0.0
+    # True when the endpoint reported no usage and the counts are our own estimate.
+    estimated: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimits:
     """What an endpoint's `x-ratelimit-*` headers said about one model's limits.
@@ -387,10 +406,13 @@ class TurnStore(Protocol):
         status: MessageStatus,
         model: str,
         reply_ref: str | None = None,
+        ledger: UsageRecord | None = None,
     ) -> int | None:
         """Store the assistant's answer and mark the turn answered, if `holder` still
         holds it (any unfinished turn, with None). Returns the message id, or None when
-        another process took the turn over or it was finished already."""
+        another process took the turn over or it was finished already.
+        `ledger`, the model call's usage row, is written with the answer (no write of
+        its own) when the answer is saved."""
         ...
 
     async def store_answer_and_claim_next(
@@ -406,6 +428,7 @@ class TurnStore(Protocol):
         status: MessageStatus,
         model: str,
         reply_ref: str | None = None,
+        ledger: UsageRecord | None = None,
     ) -> tuple[int | None, PendingTurn | None]:
         """`store_answer` for `claim.holder`, then claim the conversation's next turn, in as
         few round trips as the database allows. Returns the message id (None: not saved,

@@ -17,29 +17,10 @@ from datetime import time as clock_time
 from typing import Literal, Protocol
 
 from botservice.core.events import IncomingMessage
-from botservice.core.ports import Usage
+from botservice.core.ports import Usage, UsageRecord
 from botservice.core.settings import Settings
 
 UsageGrouping = Literal["user", "channel", "model"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UsageRecord:
-    """One model call's tokens, for one turn."""
-
-    turn_id: int | None
-    platform: str
-    workspace: str
-    channel: str
-    user_id: str
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost: float = 0.0
-    # True when the endpoint reported no usage and the counts are our own estimate.
-    estimated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
