@@ -16,6 +16,16 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The bot's own settings: a developer's exported OPENAI_BASE_URL or SLACK_BOT_TOKEN
+# must never reach a bot a test starts.
+_BOT_SETTINGS = ("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL")
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any of the bot's settings."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(_BOT_SETTINGS)}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -34,11 +44,7 @@ class BotProcess:
     @classmethod
     async def start(cls, env: dict[str, str], *, cwd: Path, name: str = "bot") -> BotProcess:
         port = int(env.get("PORT") or free_port())
-        clean = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
-        }
+        clean = clean_environment()
         log_path = cwd / f"{name}-{time.monotonic_ns()}.log"
         with log_path.open("wb") as log_file:
             process = await asyncio.create_subprocess_exec(

@@ -17,6 +17,7 @@ from botservice.adapters.console.adapter import ConsoleAdapter
 from botservice.core.conversation import ConversationCore
 from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
+from tests.bot_process import clean_environment
 from tests.chat_kit import settings_for
 from tests.fakes.model_server import FakeModelServer, Refuse
 
@@ -31,11 +32,7 @@ class Run:
 
 
 async def botservice(*args: str, stdin: str = "", env: dict[str, str], cwd: Path) -> Run:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
-    }
+    clean = clean_environment()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

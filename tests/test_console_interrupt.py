@@ -4,12 +4,12 @@ an answer streams from a slow fake model on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from tests.bot_process import clean_environment
 from tests.fakes.model_server import FakeModelServer, Reply, Slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,11 +18,7 @@ ANSWER = "one two three four five six seven eight nine ten"
 
 
 async def start_chat(base_url: str, cwd: Path) -> asyncio.subprocess.Process:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
-    }
+    clean = clean_environment()
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

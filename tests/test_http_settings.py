@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import sys
@@ -19,6 +18,7 @@ from botservice.app.config import load_settings
 from botservice.app.runtime import start_http_server
 from botservice.core.errors import ConfigError
 from botservice.storage.repository import SqlStore
+from tests.bot_process import clean_environment
 from tests.fakes.model_server import FakeModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,11 +129,7 @@ async def test_run_with_nothing_to_connect_serves_health_checks_and_says_so_once
     """A platform starts a `web:` process with no terminal and, before the tokens are
     set, no platform: it logs that once and keeps serving `/healthz` on [http]."""
     port = free_port()
-    clean = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
-    }
+    clean = clean_environment()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

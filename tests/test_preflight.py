@@ -4,7 +4,6 @@ load, and says exactly what the full settings check says."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from botservice.app.config import load_settings
 from botservice.app.preflight import check_model_endpoint
 from botservice.app.runtime import require_model_endpoint
 from botservice.core.errors import ConfigError
+from tests.bot_process import clean_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = (
@@ -37,11 +37,7 @@ def test_a_configuration_mistake_is_answered_before_any_heavy_import(tmp_path: P
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
         "sys.exit(status)\n"
     )
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
-    }
+    clean = clean_environment()
     for env, message in (
         ({}, "botservice: OPENAI_API_KEY: no model endpoint is configured"),
         ({"OPENAI_BASE_URL": "ftp://x/v1"}, "botservice: OPENAI_BASE_URL: 'ftp://x/v1' is not"),

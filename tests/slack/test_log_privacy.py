@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 import socket
 import sqlite3
@@ -19,6 +18,7 @@ from pathlib import Path
 import aiohttp
 
 from botservice.app.logs import PrivateTextFilter, without_quotes
+from tests.bot_process import clean_environment
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.slack.harness import CHANNEL, SIGNING_SECRET, payload, sign
@@ -45,11 +45,7 @@ async def test_a_running_service_never_logs_message_text(
 ) -> None:
     port = free_port()
     database = tmp_path / "bot.db"
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
-    }
+    clean = clean_environment()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -4,7 +4,6 @@ uninstall forgetting the workspace."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -16,6 +15,7 @@ import pytest_asyncio
 from botservice.core.events import ConversationKey
 from botservice.storage.engine import create_engine
 from botservice.storage.repository import SqlStore
+from tests.bot_process import clean_environment
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.slack_api import BOT_TOKEN, FakeSlackApi
 from tests.slack.harness import CHANNEL, SlackHarness, payload, slack_settings
@@ -25,11 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def upgrade_with_the_cli(database_url: str, cwd: Path) -> None:
     """`botservice db upgrade`, as an operator runs it: the only thing that creates tables."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL"))
-    }
+    clean = clean_environment()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
