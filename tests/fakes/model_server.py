@@ -335,7 +335,12 @@ class FakeModelServer:
 
     # --- chat ---
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _take(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], Behaviour, dict[str, str]] | web.StreamResponse:
+        """What both APIs do first: record the request, answer it at once when it is
+        over the rate limit or the context window, else take the next scripted
+        behaviour (after its delay) and the rate-limit headers to send."""
         body = await request.json()
         self._record(request, body)
         limit_headers = self._take_rate()
@@ -348,6 +353,13 @@ class FakeModelServer:
         if isinstance(behaviour, Slow):
             await asyncio.sleep(behaviour.delay_before_first_byte)
             behaviour = behaviour.then
+        return body, behaviour, limit_headers
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        taken = await self._take(request)
+        if isinstance(taken, web.StreamResponse):
+            return taken
+        body, behaviour, limit_headers = taken
         streaming = bool(body.get("stream"))
         if isinstance(behaviour, RateLimited):
             return _rate_limited(behaviour)
@@ -500,18 +512,10 @@ class FakeModelServer:
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         """The Responses API: the same behaviours as chat, in its own events."""
-        body = await request.json()
-        self._record(request, body)
-        limit_headers = self._take_rate()
-        if limit_headers is None:
-            return self._over_rate()
-        if self.context_window is not None and prompt_tokens(body) > self.context_window:
-            self.overflows += 1
-            return await self._overflow(request, body)
-        behaviour = self._script.popleft() if self._script else Reply()
-        if isinstance(behaviour, Slow):
-            await asyncio.sleep(behaviour.delay_before_first_byte)
-            behaviour = behaviour.then
+        taken = await self._take(request)
+        if isinstance(taken, web.StreamResponse):
+            return taken
+        body, behaviour, limit_headers = taken
         if isinstance(behaviour, RateLimited):
             return _rate_limited(behaviour)
         if isinstance(behaviour, ServerError):
