@@ -202,6 +202,29 @@ async def test_a_channel_over_its_daily_tokens_stops_answering_everyone_there(
     assert other_channel.final == "You said: hello"
 
 
+@pytest.mark.parametrize("exempt", [True, False])
+async def test_the_bots_admins_are_held_to_no_daily_budget_while_exempt(
+    make_chat: ChatFactory, fake_model: FakeModelServer, store: Store, exempt: bool
+) -> None:
+    chat = make_chat(
+        store,
+        limits__user_daily_tokens="20",
+        access__admin_user_ids="UADMIN",
+        limits__quota_exempt_admins=str(exempt).lower(),
+    )
+    fake_model.script(Reply("word " * 30))
+    await chat.say("tell me a long story", user="UADMIN")
+
+    again = await chat.say("and another one", user="UADMIN", thread="T2")
+
+    if exempt:
+        assert again.final == "You said: and another one"
+    else:
+        assert again.notices == [
+            "You have used your 20 tokens for today; the allowance renews at 00:00 UTC."
+        ]
+
+
 async def test_budgets_are_off_by_default(
     make_chat: ChatFactory, fake_model: FakeModelServer
 ) -> None:

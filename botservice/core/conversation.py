@@ -182,7 +182,7 @@ class ConversationCore:
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
         self._count_tokens = tokens.count if tokens else estimate_tokens
-        self._limits = Limits(settings.limits, store)
+        self._limits = Limits(settings.limits, store, admin_user_ids=settings.access.admin_user_ids)
         self._windows = ContextWindows(settings, model)
         self._pacer = ModelPacer(settings)
         self._commands = CommandRunner(

@@ -14,7 +14,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import time as clock_time
@@ -138,11 +138,14 @@ class Limits:
         settings: LimitSettings,
         usage: TokenUsage,
         *,
+        admin_user_ids: Collection[str] = (),
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._usage = usage
+        # Held to no daily budget while `quota_exempt_admins` is on, like the quotas.
+        self._exempt = frozenset(admin_user_ids) if settings.quota_exempt_admins else frozenset()
         self._now = now
         self._rate = MessageRate(settings.messages_per_minute, clock=clock)
         self._verdicts: FIFOCache[tuple[str, str], str | None] = FIFOCache(_REMEMBERED_VERDICTS)
@@ -174,6 +177,8 @@ class Limits:
         user_budget = self._settings.user_daily_tokens
         channel_budget = self._settings.channel_daily_tokens
         if not user_budget and not channel_budget:
+            return None
+        if message.from_operator or message.user_id in self._exempt:
             return None
         # Budgets are per UTC day, so everyone knows when they renew.
         since = datetime.combine(self._now().astimezone(UTC).date(), clock_time(), UTC)

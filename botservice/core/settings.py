@@ -98,7 +98,7 @@ class LimitSettings(_Section):
     user_monthly_cost: float = Field(default=0.0, ge=0)
     channel_daily_cost: float = Field(default=0.0, ge=0)
     channel_monthly_cost: float = Field(default=0.0, ge=0)
-    # The bot's admins (access.admin_user_ids) are not held to the quotas.
+    # The bot's admins (access.admin_user_ids) are not held to the quotas or daily budgets.
     quota_exempt_admins: bool = True
 
 
