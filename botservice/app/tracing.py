@@ -80,9 +80,16 @@ class Tracing:
                     "botservice.turn.id": turn_id,
                     "botservice.conversation.id": conversation_id,
                 },
-            ):
+                # An exception's message may hold a statement's values or the model's
+                # words: the class name only (`_failed`).
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
                 try:
                     yield
+                except BaseException as error:
+                    _failed(span, error)
+                    raise
                 finally:
                     for span in opened:
                         if span.is_recording():
@@ -250,9 +257,18 @@ class TracedStore:
             if not trace.get_current_span().is_recording():
                 return await value(*args, **kwargs)
             with tracer.start_as_current_span(
-                f"store {name}", kind=SpanKind.CLIENT, attributes=attributes
-            ):
-                return await value(*args, **kwargs)
+                f"store {name}",
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                # SQLAlchemy's messages quote the statement and its parameters.
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                try:
+                    return await value(*args, **kwargs)
+                except BaseException as error:
+                    _failed(span, error)
+                    raise
 
         self._wrapped[name] = traced
         return traced
@@ -372,7 +388,12 @@ def _end(span: Span, usage: Usage | None, error: BaseException | None) -> None:
         if usage.reasoning_tokens:
             span.set_attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoning_tokens)
     if error is not None:
-        # The class name only: a model error's message may quote the request.
-        span.set_attribute("error.type", type(error).__name__)
-        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        _failed(span, error)
     span.end()
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    # The class name only: an error's message may quote the request, the model's words
+    # or a statement's values.
+    span.set_attribute("error.type", type(error).__name__)
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
