@@ -4,12 +4,18 @@
 the opentelemetry-proto message classes and keeps every span; `.bodies` keeps the
 exported bytes as they arrived (decompressed), so a test can search them for text
 that must never leave the process.
+
+Standalone, for benchmarks (prints "READY <base_url>"; keeps a count, not the spans):
+
+    python -m tests.fakes.otlp_collector
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -48,7 +54,9 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 
 
 class FakeCollector:
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
+        self.keep = keep
+        self.span_count = 0
         self.spans: list[CollectedSpan] = []
         self.bodies: list[bytes] = []
         self.base_url = ""
@@ -74,9 +82,14 @@ class FakeCollector:
         body = await request.read()
         if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
-        self.bodies.append(body)
         export = ExportTraceServiceRequest()
         export.ParseFromString(body)
+        if not self.keep:
+            self.span_count += sum(
+                len(scope.spans) for rs in export.resource_spans for scope in rs.scope_spans
+            )
+            return _ok()
+        self.bodies.append(body)
         for resource_spans in export.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
@@ -96,10 +109,7 @@ class FakeCollector:
                             resource=resource,
                         )
                     )
-        return web.Response(
-            body=ExportTraceServiceResponse().SerializeToString(),
-            content_type="application/x-protobuf",
-        )
+        return _ok()
 
     def named(self, name: str) -> list[CollectedSpan]:
         return [span for span in self.spans if span.name == name]
@@ -115,6 +125,13 @@ class FakeCollector:
             await asyncio.sleep(0.05)
 
 
+def _ok() -> web.Response:
+    return web.Response(
+        body=ExportTraceServiceResponse().SerializeToString(),
+        content_type="application/x-protobuf",
+    )
+
+
 @pytest_asyncio.fixture
 async def otlp_collector() -> AsyncIterator[FakeCollector]:
     collector = FakeCollector()
@@ -123,3 +140,21 @@ async def otlp_collector() -> AsyncIterator[FakeCollector]:
         yield collector
     finally:
         await collector.close()
+
+
+async def _serve() -> None:
+    collector = FakeCollector(keep=False)
+    await collector.start()
+    print(f"READY {collector.base_url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    print(f"SPANS {collector.span_count}", flush=True)
+    await collector.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve())
