@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 import pytest_asyncio
 
 from tests.bot_process import BotProcess
@@ -184,13 +185,18 @@ async def test_a_refused_model_call_marks_its_span_and_the_turn_failed(
     assert_no_content(otlp_collector)
 
 
+@pytest.mark.parametrize("disabled", [False, True], ids=["unset", "OTEL_SDK_DISABLED"])
 async def test_without_the_variable_no_opentelemetry_module_is_imported(
-    fake_model: FakeModelServer, tmp_path: Path
+    fake_model: FakeModelServer, otlp_collector: FakeCollector, tmp_path: Path, disabled: bool
 ) -> None:
-    run = await chat("Hello\n", env={"OPENAI_BASE_URL": fake_model.base_url}, cwd=tmp_path)
+    env = {"OPENAI_BASE_URL": fake_model.base_url}
+    if disabled:
+        env |= {**tracing_env(otlp_collector), "OTEL_SDK_DISABLED": "true"}
+    run = await chat("Hello\n", env=env, cwd=tmp_path)
     assert run.status == 0, run.stderr
     assert run.stdout.splitlines()[0] == "You said: Hello"
     assert run.otel_modules == []
+    assert otlp_collector.bodies == []
 
 
 async def test_without_the_extra_the_bot_answers_and_says_traces_are_off(

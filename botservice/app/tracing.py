@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
@@ -91,10 +92,10 @@ class Tracing:
                     _failed(span, error)
                     raise
                 finally:
-                    for span in opened:
-                        if span.is_recording():
-                            span.set_status(Status(StatusCode.ERROR, "abandoned"))
-                            span.end()
+                    for child in opened:
+                        if child.is_recording():
+                            child.set_status(Status(StatusCode.ERROR, "abandoned"))
+                            child.end()
         finally:
             _open_spans.reset(reset)
 
@@ -115,8 +116,7 @@ class Tracing:
 
 
 def _service_name() -> str:
-    import os
-
+    # Given attributes win over the environment's in `Resource.create`: read it here.
     return os.environ.get("OTEL_SERVICE_NAME") or "botservice"
 
 
