@@ -340,6 +340,7 @@ class TracedStream:
         self._inner = inner
         self._span = span
         self._deltas: AsyncIterator[str] | None = None
+        self._answering = False
 
     @property
     def usage(self) -> Usage | None:
@@ -363,10 +364,20 @@ class TracedStream:
     async def __anext__(self) -> str:
         if self._deltas is None:
             self._deltas = self._inner.__aiter__()
+        if self._answering:
+            # Past the first delta the client makes no more attempts: no context to set.
+            try:
+                return await self._deltas.__anext__()
+            except StopAsyncIteration:
+                _end(self._span, self._inner.usage, None)
+                raise
+            except BaseException as error:
+                _end(self._span, None, error)
+                raise
         # Current only around the read, never across the yield to the core.
         token = otel_context.attach(trace.set_span_in_context(self._span))
         try:
-            return await self._deltas.__anext__()
+            delta = await self._deltas.__anext__()
         except StopAsyncIteration:
             _end(self._span, self._inner.usage, None)
             raise
@@ -375,6 +386,8 @@ class TracedStream:
             raise
         finally:
             otel_context.detach(token)
+        self._answering = True
+        return delta
 
 
 def _end(span: Span, usage: Usage | None, error: BaseException | None) -> None:
