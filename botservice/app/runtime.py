@@ -86,9 +86,12 @@ def require_model_endpoint(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, *, metrics: bool = False, traces: bool = False
+) -> AsyncIterator[Services]:
     """Open the database (bringing SQLite up to date by itself), the model client and the core;
-    with `metrics`, each of them reports to one `PrometheusTelemetry`."""
+    with `metrics`, each of them reports to one `PrometheusTelemetry`; with `traces`, turns
+    are traced when the environment asks for it (`open_tracing`)."""
     engine = create_engine(settings.database_url)
     try:
         await check_connection(engine)
@@ -118,7 +121,7 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
         telemetry = PrometheusTelemetry(settings)
         reports = telemetry
         core_store = cast(Store, TimedStore(store, telemetry))
-    tracing = open_tracing()
+    tracing = open_tracing() if traces else None
     if tracing is not None:
         reports = tracing.telemetry(reports)
         core_store = cast(Store, tracing.store(core_store, system=tracing_system(engine)))
