@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -208,15 +209,20 @@ def _count_requests(http: discord.http.HTTPClient, telemetry: Telemetry) -> None
 
     async def counted(route: discord.http.Route, **kwargs: Any) -> Any:
         method = f"{route.method} {route.path}"
+        started = time.perf_counter()
         try:
             result = await request(route, **kwargs)
         except discord.HTTPException as error:
-            telemetry.platform_call("discord", method, str(error.status))
+            telemetry.platform_call(
+                "discord", method, str(error.status), seconds=time.perf_counter() - started
+            )
             raise
         except (OSError, TimeoutError):
-            telemetry.platform_call("discord", method, "transport")
+            telemetry.platform_call(
+                "discord", method, "transport", seconds=time.perf_counter() - started
+            )
             raise
-        telemetry.platform_call("discord", method, "ok")
+        telemetry.platform_call("discord", method, "ok", seconds=time.perf_counter() - started)
         return result
 
     http.request = counted  # type: ignore[method-assign]

@@ -496,17 +496,20 @@ class SlackReplySink:
 
     async def _call(self, method: str, *, required: bool = False, **kwargs: Any) -> Any:
         arguments = {key: value for key, value in kwargs.items() if value is not None}
+        started = time.perf_counter()
         try:
             client = await self._client()
             response = await getattr(client, method)(**arguments)
         except (SlackApiError, SlackDeliveryError, aiohttp.ClientError, TimeoutError) as error:
-            self.telemetry.platform_call("slack", method, _status_label(error))
+            self.telemetry.platform_call(
+                "slack", method, _status_label(error), seconds=time.perf_counter() - started
+            )
             code = _describe(error)
             log.warning("Slack %s failed in %s: %s", method, self.target.channel, code)
             if required:
                 raise SlackDeliveryError(f"{method} failed: {code}") from None
             return None
-        self.telemetry.platform_call("slack", method, "ok")
+        self.telemetry.platform_call("slack", method, "ok", seconds=time.perf_counter() - started)
         return response
 
     async def _client(self) -> AsyncWebClient:

@@ -263,7 +263,9 @@ class PrometheusTelemetry:
         if cost:
             self._child(self._cost, label).inc(cost)
 
-    def platform_call(self, platform: str, method: str, status: str) -> None:
+    def platform_call(
+        self, platform: str, method: str, status: str, *, seconds: float = 0.0
+    ) -> None:
         self._child(self._platform_calls, platform, method, status).inc()
 
     def edit_budget(self, platform: str, in_use: float) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from botservice.core.ports import Adapter, PendingTurn, ReplySink, Store
 from botservice.core.redact import redact_url
 from botservice.core.settings import Settings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
+from botservice.core.tracing import NO_TRACER
 from botservice.model.client import OpenAIChatClient
 from botservice.model.responses import open_model_client
 from botservice.model.tokens import TokenCounter
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from botservice.app.metrics import PrometheusTelemetry
+    from botservice.app.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +86,12 @@ def require_model_endpoint(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, *, metrics: bool = False, traces: bool = False
+) -> AsyncIterator[Services]:
     """Open the database (bringing SQLite up to date by itself), the model client and the core;
-    with `metrics`, each of them reports to one `PrometheusTelemetry`."""
+    with `metrics`, each of them reports to one `PrometheusTelemetry`; with `traces`, turns
+    are traced when the environment asks for it (`open_tracing`)."""
     engine = create_engine(settings.database_url)
     try:
         await check_connection(engine)
@@ -105,33 +111,34 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
     store = SqlStore(engine)
     usage = SqlUsage(store)
     telemetry: PrometheusTelemetry | None = None
-    if not metrics:
-        model = open_model_client(settings.model)
-        core = ConversationCore(
-            settings=settings,
-            store=store,
-            model=model,
-            tokens=TokenCounter(),
-            feedback=store,
-            usage=usage,
-        )
-    else:
+    reports: Telemetry = NO_TELEMETRY
+    core_store: Store = store
+    if metrics:
         # Imported here: prometheus-client and the timing wrappers cost the console
         # (`botservice chat`, no /metrics) a tenth of its start-up.
         from botservice.app.metrics import PrometheusTelemetry, TimedStore
 
         telemetry = PrometheusTelemetry(settings)
-        model = open_model_client(settings.model, telemetry=telemetry)
-        core = ConversationCore(
-            settings=settings,
-            store=cast(Store, TimedStore(store, telemetry)),
-            model=model,
-            tokens=TokenCounter(),
-            telemetry=telemetry,
-            usage=usage,
-            feedback=store,
-        )
-        telemetry.watch_core(lambda: core.load)
+        reports = telemetry
+        core_store = cast(Store, TimedStore(store, telemetry))
+    tracing = open_tracing() if traces else None
+    if tracing is not None:
+        reports = tracing.telemetry(reports)
+        core_store = cast(Store, tracing.store(core_store, system=tracing_system(engine)))
+    model = open_model_client(settings.model, telemetry=reports)
+    core = ConversationCore(
+        settings=settings,
+        store=core_store,
+        model=tracing.model(model, settings.model) if tracing is not None else model,
+        tokens=TokenCounter(),
+        telemetry=reports,
+        usage=usage,
+        feedback=store,
+        tracer=tracing if tracing is not None else NO_TRACER,
+    )
+    if telemetry is not None:
+        core_load = core
+        telemetry.watch_core(lambda: core_load.load)
     try:
         yield Services(
             settings=settings, store=store, model=model, core=core, usage=usage, metrics=telemetry
@@ -140,6 +147,33 @@ async def open_services(settings: Settings, *, metrics: bool = False) -> AsyncIt
         await core.stop()
         await model.aclose()
         await store.aclose()
+        if tracing is not None:
+            # Sends the spans still batched: a blocking HTTP request, off the loop.
+            await asyncio.to_thread(tracing.shutdown)
+
+
+def open_tracing() -> Tracing | None:
+    """OpenTelemetry traces when `OTEL_EXPORTER_OTLP_ENDPOINT` (or its traces-only form)
+    is set and the `otel` extra is installed; otherwise None, and no opentelemetry
+    module is imported at all."""
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if not endpoint or os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    try:
+        from botservice.app.tracing import Tracing
+    except ImportError:
+        log.warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but the otel extra is not installed "
+            "(pip install 'botservice[otel]'); traces are off"
+        )
+        return None
+    return Tracing.from_environment()
+
+
+def tracing_system(engine: AsyncEngine) -> str:
+    return "sqlite" if is_sqlite(engine) else "postgresql"
 
 
 async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: bool) -> None:

@@ -69,6 +69,7 @@ from botservice.core.settings import Settings
 from botservice.core.streaming import ThrottledUpdates
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry, failure_reason
 from botservice.core.text import clean_text, estimate_tokens
+from botservice.core.tracing import NO_TRACER, Tracer
 from botservice.core.usage import Quotas, UsageLedger, UsageRecord, usage_record
 from botservice.core.windows import ContextWindows, Window
 
@@ -167,8 +168,10 @@ class ConversationCore:
         telemetry: Telemetry = NO_TELEMETRY,
         usage: UsageLedger | None = None,
         feedback: FeedbackStore | None = None,
+        tracer: Tracer = NO_TRACER,
     ) -> None:
         self._settings = settings
+        self._tracer = tracer
         # Who manages a channel: adapters ask it when they build a message, the
         # commands when someone changes a setting.
         self.policy = policy or ChannelPolicy(settings.access.admin_user_ids)
@@ -453,7 +456,14 @@ class ConversationCore:
         self._running.add(claimed.turn_id)
         self._ensure_upkeep()
         try:
-            with in_turn(claimed.turn_id, claimed.conversation_id, claimed.platform):
+            with (
+                in_turn(claimed.turn_id, claimed.conversation_id, claimed.platform),
+                self._tracer.turn(
+                    claimed.platform,
+                    turn_id=claimed.turn_id,
+                    conversation_id=claimed.conversation_id,
+                ),
+            ):
                 await self._run_claimed(claimed, accepted)
         finally:
             self._running.discard(claimed.turn_id)

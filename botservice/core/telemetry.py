@@ -88,8 +88,11 @@ class Telemetry(Protocol):
 
     # --- platforms ---
 
-    def platform_call(self, platform: str, method: str, status: str) -> None:
-        """One platform API call (`chat.update`, `message.edit`...), "ok" or an error class."""
+    def platform_call(
+        self, platform: str, method: str, status: str, *, seconds: float = 0.0
+    ) -> None:
+        """One platform API call (`chat.update`, `message.edit`...), "ok" or an error class,
+        that took `seconds` (a trace shows it as a span of that length)."""
         ...
 
     def edit_budget(self, platform: str, in_use: float) -> None:
@@ -153,7 +156,9 @@ class NoTelemetry:
     ) -> None:
         pass
 
-    def platform_call(self, platform: str, method: str, status: str) -> None:
+    def platform_call(
+        self, platform: str, method: str, status: str, *, seconds: float = 0.0
+    ) -> None:
         pass
 
     def edit_budget(self, platform: str, in_use: float) -> None:
