@@ -16,9 +16,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# The bot's own settings: a developer's exported OPENAI_BASE_URL or SLACK_BOT_TOKEN
-# must never reach a bot a test starts.
-_BOT_SETTINGS = ("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL")
+# The bot's own settings and OpenTelemetry's: a developer's exported OPENAI_BASE_URL,
+# SLACK_BOT_TOKEN or OTEL_EXPORTER_OTLP_ENDPOINT must never reach a bot a test starts.
+_BOT_SETTINGS = ("OPENAI_", "SLACK_", "DISCORD_", "BOTSERVICE_", "DATABASE_URL", "OTEL_")
 
 
 def clean_environment() -> dict[str, str]:
