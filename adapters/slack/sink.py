@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER = "_Thinking…_"
 ASSISTANT_STATUS = "is thinking…"
+# Shown in turn by Slack under the status while the first words are awaited (its
+# loading messages); short, and saying nothing about the question.
+LOADING_MESSAGES = ("Reading the thread…", "Thinking it over…", "Writing an answer…")
 # Message metadata on the first message of each answer, naming its turn: after a crash
 # between Slack creating that message and the core storing its ts, the resumed turn
 # finds it by this tag and edits it instead of leaving it stuck under a second one.
@@ -492,6 +495,7 @@ class SlackReplySink:
             channel_id=self.target.channel,
             thread_ts=self.target.thread_ts,
             status=status,
+            loading_messages=list(LOADING_MESSAGES),
         )
 
     async def _call(self, method: str, *, required: bool = False, **kwargs: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from botservice.adapters.slack.sink import LOADING_MESSAGES
 from tests.fakes.model_server import FakeModelServer
 from tests.slack.harness import CHANNEL, SlackHarness, payload, user_texts
 
@@ -59,6 +60,8 @@ async def test_assistant_thread_gets_prompts_status_title_and_answer(
 
     status = bot.slack.calls_to("assistant.threads.setStatus")
     assert [c.args["status"] for c in status] == ["is thinking…"]
+    # Slack rotates these under the status until the first words arrive.
+    assert status[0].args["loading_messages"] == list(LOADING_MESSAGES)
     title = bot.slack.calls_to("assistant.threads.setTitle")[0].args["title"]
     assert title.startswith("How do I rotate a PostgreSQL password")
     (answer,) = bot.slack.thread("D0BOBDM", "1767000400.000700")
