@@ -25,10 +25,10 @@ import logging
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from bench.bench_core import (
     ROOT,
@@ -100,7 +100,21 @@ async def variant_core(
         await client.aclose()
 
 
-async def main_async(args: argparse.Namespace, base_url: str, database: Path) -> list[Row]:
+VariantCore = Callable[
+    [str, Settings, SqlStore], contextlib.AbstractAsyncContextManager[tuple[Any, Any]]
+]
+
+
+async def measure_variants(
+    args: argparse.Namespace,
+    base_url: str,
+    database: Path,
+    variants: Sequence[str],
+    variant_core: VariantCore,
+) -> dict[str, Results]:
+    """bench_core's load through each variant's core, rounds interleaved (round 0 warms
+    up): added latency at one conversation, then replies/s and CPU per reply at
+    `args.conversations`. Shared by bench_metrics and bench_traces."""
     settings: Settings = load_settings(
         {
             "OPENAI_BASE_URL": base_url,
@@ -110,11 +124,11 @@ async def main_async(args: argparse.Namespace, base_url: str, database: Path) ->
         }
     )
     store = await SqlStore.open(f"sqlite+aiosqlite:///{database}")
-    results = {name: Results() for name in VARIANTS}
+    results = {name: Results() for name in variants}
     n = args.conversations
     try:
         for round_number in range(args.rounds + 1):
-            for name in VARIANTS:
+            for name in variants:
                 async with variant_core(name, settings, store) as (core, transport):
                     tag = f"{name}.{round_number}"
                     if round_number == 0:  # warm-up: connections, SQLite pages, code paths
@@ -133,6 +147,12 @@ async def main_async(args: argparse.Namespace, base_url: str, database: Path) ->
     finally:
         await store.aclose()
 
+    return results
+
+
+async def main_async(args: argparse.Namespace, base_url: str, database: Path) -> list[Row]:
+    results = await measure_variants(args, base_url, database, VARIANTS, variant_core)
+    n = args.conversations
     base = results["off"]
     base_rate = statistics.median(base.rates)
     base_p99 = pct(base.added_ms, 0.99)

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
@@ -35,14 +34,11 @@ from bench.bench_core import (
     ROOT,
     Row,
     TimedTransport,
-    Timings,
-    drive,
     pct,
     print_table,
     start_fake_model,
 )
-from bench.bench_metrics import Results
-from botservice.app.config import load_settings
+from bench.bench_metrics import measure_variants
 from botservice.app.metrics import PrometheusTelemetry, TimedStore
 from botservice.app.runtime import open_tracing
 from botservice.core.conversation import ConversationCore
@@ -95,38 +91,8 @@ async def variant_core(
 
 
 async def main_async(args: argparse.Namespace, base_url: str, database: Path) -> list[Row]:
-    settings: Settings = load_settings(
-        {
-            "OPENAI_BASE_URL": base_url,
-            "OPENAI_API_KEY": "sk-bench",
-            "BOTSERVICE_CONFIG": str(ROOT / "config" / "botservice.toml"),
-            "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
-        }
-    )
-    store = await SqlStore.open(f"sqlite+aiosqlite:///{database}")
-    results = {name: Results() for name in VARIANTS}
+    results = await measure_variants(args, base_url, database, VARIANTS, variant_core)
     n = args.conversations
-    try:
-        for round_number in range(args.rounds + 1):
-            for name in VARIANTS:
-                async with variant_core(name, settings, store) as (core, transport):
-                    tag = f"{name}.{round_number}"
-                    if round_number == 0:  # warm-up
-                        await drive(core, Timings(), [f"warm{tag}.{i}" for i in range(n)], 3)
-                        continue
-                    single = transport.timings = Timings()
-                    await drive(core, single, [f"single{tag}"], args.single_turns)
-                    results[name].added_ms += single.added_ms()
-                    cpu = time.process_time()
-                    rate = await drive(
-                        core, Timings(), [f"load{tag}.{i}" for i in range(n)], args.turns
-                    )
-                    cpu = time.process_time() - cpu
-                    results[name].rates.append(rate)
-                    results[name].cpu_ms.append(1000 * cpu / (n * args.turns))
-    finally:
-        await store.aclose()
-
     base = results["off"]
     base_rate = statistics.median(base.rates)
     base_cpu = statistics.median(base.cpu_ms)
