@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from botservice.core.events import Attachment, ConversationKey, IncomingMessage
+from botservice.core.tools import ConfirmationRequest
 
 Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
@@ -83,15 +84,21 @@ class SinkAbilities:
     status: Callable[[str], Awaitable[None]] | None = None
     # The answer is also spoken aloud (a voice channel).
     speaks: bool = False
+    # Ask the person who asked to approve a tool call (buttons, a y/N prompt). The
+    # decision comes back through `ConversationCore.decide_tool_call`; a sink without
+    # this ability cannot ask, so calls that need asking are declined.
+    confirm: Callable[[ConfirmationRequest], Awaitable[None]] | None = None
 
     @property
     def names(self) -> frozenset[str]:
-        """The abilities present, by name: "observe", "hear", "status", "speaks"."""
+        """The abilities present, by name: "observe", "hear", "status", "speaks",
+        "confirm"."""
         present = {
             "observe": self.observe is not None,
             "hear": self.hear is not None,
             "status": self.status is not None,
             "speaks": self.speaks,
+            "confirm": self.confirm is not None,
         }
         return frozenset(name for name, has in present.items() if has)
 
@@ -104,6 +111,7 @@ class SinkAbilities:
             hear=self.hear or inner.hear,
             status=self.status or inner.status,
             speaks=self.speaks or inner.speaks,
+            confirm=self.confirm or inner.confirm,
         )
 
 
