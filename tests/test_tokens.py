@@ -23,6 +23,7 @@ from botservice.model.tokens import (
     TokenCounter,
     estimate_tokens,
     load_encoding,
+    read_ranks,
 )
 
 SAMPLES = {
@@ -101,6 +102,19 @@ def test_urls_hashes_patterns_and_special_tokens_match_the_installed_tiktoken(
     assert (seen["url"], seen["expected_hash"]) == ENCODINGS[name]
     assert definition["pat_str"] == PATTERNS[name]
     assert definition["special_tokens"] == SPECIAL_TOKENS[name]
+
+
+def test_the_shipped_file_reads_as_tiktoken_reads_it(tmp_path: Path) -> None:
+    path = ENCODING_FOLDER / "cl100k_base.tiktoken"
+    expected_hash = ENCODINGS["cl100k_base"][1]
+
+    ours = read_ranks(path, expected_hash=expected_hash)
+
+    assert ours == tiktoken.load.load_tiktoken_bpe(str(path), expected_hash=expected_hash)
+    tampered = tmp_path / "cl100k_base.tiktoken"
+    tampered.write_bytes(path.read_bytes().replace(b" 0\n", b" 1\n", 1))
+    with pytest.raises(ValueError, match="SHA-256"):
+        read_ranks(tampered, expected_hash=expected_hash)
 
 
 def test_exact_with_no_plugin_package_no_cache_and_no_network(
