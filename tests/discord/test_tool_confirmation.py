@@ -3,6 +3,7 @@ what a click does (component interactions from the fake gateway, through discord
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -145,6 +146,43 @@ async def jira() -> RemoteTools:
     return jira_tools()
 
 
+async def _start_bot(
+    server: FakeDiscordServer,
+    fake_model: FakeModelServer,
+    settings: Settings,
+    store: SqlStore,
+    jira: RemoteTools,
+) -> tuple[Guild, OpenAIChatClient]:
+    """The bot in the guild with a JIRA server's tools, enabled in the channel (and the
+    client it talks to the model with, closed by `_stop`)."""
+    configured = discord_settings(server, settings)
+    await store.change_setting(
+        "discord",
+        server.guild_id,
+        server.channel_id,
+        field="tools",
+        value="+jira__*",
+        changed_by=server.alice.id,
+    )
+    model = OpenAIChatClient(configured.model)
+    core = ConversationCore(
+        settings=configured,
+        store=store,
+        model=model,
+        feedback=store,
+        tool_sources=[jira],
+    )
+    adapter = create_adapter(configured, core, store, guild_ready_timeout=0.05)
+    await adapter.start()
+    return Guild(server, fake_model, core, adapter), model
+
+
+async def _stop(guild: Guild, model: OpenAIChatClient) -> None:
+    await guild.core.drain()
+    await guild.adapter.stop()
+    await model.aclose()
+
+
 @pytest_asyncio.fixture
 async def jira_guild(
     discord_server: FakeDiscordServer,
@@ -153,32 +191,11 @@ async def jira_guild(
     sqlite_store: SqlStore,
     jira: RemoteTools,
 ) -> AsyncIterator[Guild]:
-    """The bot in the guild with a JIRA server's tools, enabled in the channel."""
-    configured = discord_settings(discord_server, settings)
-    await sqlite_store.change_setting(
-        "discord",
-        discord_server.guild_id,
-        discord_server.channel_id,
-        field="tools",
-        value="+jira__*",
-        changed_by=discord_server.alice.id,
-    )
-    model = OpenAIChatClient(configured.model)
-    core = ConversationCore(
-        settings=configured,
-        store=sqlite_store,
-        model=model,
-        feedback=sqlite_store,
-        tool_sources=[jira],
-    )
-    adapter = create_adapter(configured, core, sqlite_store, guild_ready_timeout=0.05)
-    await adapter.start()
+    guild, model = await _start_bot(discord_server, fake_model, settings, sqlite_store, jira)
     try:
-        yield Guild(discord_server, fake_model, core, adapter)
+        yield guild
     finally:
-        await core.drain()
-        await adapter.stop()
-        await model.aclose()
+        await _stop(guild, model)
 
 
 def _the_model_files_a_ticket(fake_model: FakeModelServer) -> None:
@@ -348,3 +365,44 @@ async def test_a_private_ask_asks_privately_and_approval_edits_that_question(
     assert question["content"].split("\n")[-1] == f"✅ Approved by <@{bob.id}>"
     assert len(jira.calls) == 1
     assert "Filed it as JIRA-101." in original["content"]
+
+
+async def test_approval_after_a_restart_runs_the_tool_once_and_asks_no_second_time(
+    discord_server: FakeDiscordServer,
+    fake_model: FakeModelServer,
+    settings: Settings,
+    sqlite_store: SqlStore,
+    jira: RemoteTools,
+) -> None:
+    server, alice = discord_server, discord_server.alice
+    first, first_model = await _start_bot(server, fake_model, settings, sqlite_store, jira)
+    _the_model_files_a_ticket(fake_model)
+    asked = await server.send_message("file a ticket", author=alice, mention_bot=True)
+    question = await _question_after(first, asked)
+    # The process dies while the turn waits for the click: its task ends where it is,
+    # and the turn stays as the database last saw it.
+    answering = [t for t in asyncio.all_tasks() if t.get_name().startswith("conversation-")]
+    for task in answering:
+        task.cancel()
+    await asyncio.gather(*answering, return_exceptions=True)
+    await _stop(first, first_model)
+
+    restarted, model = await _start_bot(server, fake_model, settings, sqlite_store, jira)
+    try:
+        # The buttons shown before the restart still work, then the turn resumes.
+        await server.click_button(question, f"botservice_tool:approve:1:{alice.id}", user=alice)
+        await _edited(server, question)
+        assert await restarted.core.resume_pending(restarted.adapter.sink_for) == 1
+        answer = await restarted.reply_to(asked)
+    finally:
+        await _stop(restarted, model)
+
+    assert len(jira.calls) == 1
+    questions = [
+        call
+        for call in server.calls_to("POST", f"/channels/{server.channel_id}/messages")
+        if "botservice_tool:" in str(call.json)
+    ]
+    assert len(questions) == 1, "the resumed turn waits on the question it asked before"
+    assert question["content"].split("\n")[-1] == f"✅ Approved by <@{alice.id}>"
+    assert "Filed it as JIRA-101." in answer["content"]
