@@ -20,7 +20,7 @@ from botservice.core.ports import PendingTurn, abilities_of
 from botservice.core.tools import ConfirmationRequest
 from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import CallTool, FakeModelServer, Reply, ToolCalls
-from tests.fakes.slack_api import FakeSlackApi, PostedMessage
+from tests.fakes.slack_api import APP_TOKEN, FakeSlackApi, PostedMessage
 from tests.remote_tool import RemoteTools, jira_tools
 from tests.slack.harness import CHANNEL, TEAM, SlackHarness, slack_settings
 
@@ -84,20 +84,15 @@ def _shown(message: PostedMessage) -> str:
     return "\n".join(lines)
 
 
-async def click(
-    bot: SlackHarness,
-    question: PostedMessage,
-    *,
-    approve: bool = True,
-    user: str = "UALICE",
-    value: str | None = None,
-) -> int:
-    """A click on the question's Approve (or Deny) button, as Slack posts it: a signed form
-    whose payload carries the action and the message with its blocks."""
+def click_body(
+    question: PostedMessage, *, approve: bool = True, user: str = "UALICE", value: str | None = None
+) -> dict[str, Any]:
+    """A click on the question's Approve (or Deny) button as Slack sends it: the action,
+    and the message with its blocks."""
     buttons = _buttons(question)
     button = buttons[0 if approve else 1]
     actions_block = next(b for b in question.blocks or [] if b["type"] == "actions")
-    body = {
+    return {
         "type": "block_actions",
         "user": {"id": user, "team_id": TEAM},
         "team": {"id": TEAM, "domain": "fake"},
@@ -127,6 +122,18 @@ async def click(
             }
         ],
     }
+
+
+async def click(
+    bot: SlackHarness,
+    question: PostedMessage,
+    *,
+    approve: bool = True,
+    user: str = "UALICE",
+    value: str | None = None,
+) -> int:
+    """A click posted to `/slack/events` as Slack does: a signed form with `payload`."""
+    body = click_body(question, approve=approve, user=user, value=value)
     form = urllib.parse.urlencode({"payload": json.dumps(body)}).encode()
     status, _ = await bot.post(form, content_type="application/x-www-form-urlencoded")
     return status
@@ -442,3 +449,40 @@ async def _crash(bot: SlackHarness) -> None:
         task.cancel()
     await asyncio.gather(*answering, return_exceptions=True)
     await bot.close()
+
+
+async def test_a_click_taken_by_another_process_over_socket_mode_lets_the_waiting_turn_go_on(
+    slack_api: FakeSlackApi,
+    fake_model: FakeModelServer,
+    sqlite_store: SqlStore,
+    sqlite_database_url: str,
+    jira: RemoteTools,
+) -> None:
+    settings = {"SLACK_APP_TOKEN": APP_TOKEN, "SLACK_SIGNING_SECRET": ""}
+    asking = await _bot_with_jira(
+        slack_api, fake_model, sqlite_store, sqlite_database_url, jira, **settings
+    )
+    other = await _bot_with_jira(
+        slack_api, fake_model, sqlite_store, sqlite_database_url, jira, **settings
+    )
+    try:
+        await slack_api.wait_for(lambda: slack_api.socket_connections == 2)
+        _the_model_files_a_ticket(fake_model)
+        mention = asking.mention("file a ticket")
+        await slack_api.wait_ack(await slack_api.push(mention, connection=0))
+        question = await _question_in(asking, mention["event"]["ts"])
+
+        # The click reaches the other process: it decides; the waiting turn sees it
+        # in the database and goes on.
+        clicked = click_body(question, approve=True, user="UALICE")
+        await slack_api.wait_ack(await slack_api.push(clicked, kind="interactive", connection=1))
+        await slack_api.wait_for(lambda: question.edits == 1, what="the question edited")
+        await asking.settle()
+    finally:
+        await asking.close()
+        await other.close()
+
+    assert question.text == "✅ Approved by <@UALICE>"
+    assert len(jira.calls) == 1
+    [result] = _tool_results(fake_model)
+    assert result["content"] == "Created JIRA-101."
