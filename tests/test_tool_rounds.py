@@ -781,3 +781,36 @@ async def test_forget_me_removes_tool_rounds_and_the_asker_from_confirmations(
     assert await store.tool_calls(turn_id) == []
     kept = await store.confirmation(confirmation.id)
     assert kept is not None and kept.asker_id == "(forgotten)"
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+async def test_managers_enable_and_disable_tools_and_everyone_sees_them(
+    chat: Chat, sqlite_store: SqlStore, fake_model: FakeModelServer
+) -> None:
+    shown = (await chat.say("/tools show")).notices[0]
+    assert shown.splitlines()[1:5] == [
+        "  current_time: on. The time now.",
+        "  lookup: on. Look something up.",
+        "  ops__deploy: off, asks. Deploy the service.",
+        "  ops__status: off, asks. Service status.",
+    ]
+
+    refused = (await chat.say("/tools enable ops__*", user="U2")).notices[0]
+    assert refused.startswith("Only ")
+    enabled = (await chat.say("/tools enable ops__*", admin=True)).notices[0]
+    assert enabled == "Now enabled here: ops__deploy, ops__status."
+    disabled = (await chat.say("/tools disable lookup", admin=True)).notices[0]
+    assert disabled == "Now disabled here: lookup."
+    bad = (await chat.say("/tools enable a,b", admin=True)).notices[0]
+    assert bad.startswith("Give a tool name or a pattern")
+
+    await chat.say("What can you do?")
+    offered = [t["function"]["name"] for t in fake_model.chat_requests[-1].body["tools"]]
+    assert offered == ["current_time", "ops__deploy", "ops__status"]
+    audit = await sqlite_store.setting_changes("test", "W1", "C1")
+    assert [(a.field, a.new) for a in audit] == [
+        ("tools", "+ops__*"),
+        ("tools", "+ops__*,-lookup"),
+    ]
