@@ -211,6 +211,7 @@ class ConversationCore:
             windows=self._windows,
             policy=self.policy,
             usage=usage,
+            tools=self.tools,
         )
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
