@@ -33,6 +33,7 @@ from botservice.storage.tables import (
     TURNS,
     utcnow,
 )
+from botservice.storage.tool_rounds import forget_confirmations
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class SqlForgetting(StoreBase):
             answered = connection.execute(delete(MESSAGES).where(_m.id.in_(answers))).rowcount
             messages = connection.execute(delete(MESSAGES).where(_m.id.in_(authored))).rowcount
             connection.execute(forget_feedback(platform, user_id))
+            # Their tool calls went with their messages (the foreign key cascades).
+            for statement in forget_confirmations(platform, user_id, FORGOTTEN_USER):
+                connection.execute(statement)
             # Where to answer (a DM channel, an interaction token) is theirs too.
             connection.execute(
                 update(TURNS)

@@ -188,6 +188,8 @@ class ChannelSetting(SQLModel, table=True):
     retention_days: int | None = None
     speech_model: str | None = None
     speech_voice: str | None = None
+    # The channel's tool rules (`ToolPolicy.serialize()`): "+name,-server__*,...".
+    tools: str | None = None
     updated_by: str = ""
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

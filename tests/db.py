@@ -42,6 +42,8 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 # Children first, so a plain DELETE never trips a foreign key.
 TABLES = (
+    "tool_confirmations",
+    "tool_calls",
     "turns",
     "messages",
     "conversations",

@@ -16,12 +16,14 @@ import queue
 import sys
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from botservice.core.commands import parse_command
 from botservice.core.conversation import ConversationCore
 from botservice.core.events import IncomingMessage
-from botservice.core.ports import PendingTurn, ReplySink
+from botservice.core.ports import PendingTurn, ReplySink, SinkAbilities
+from botservice.core.tools import ConfirmationRequest, Decision
 
 if TYPE_CHECKING:
     from botservice.adapters.console.terminal import TerminalPrompt
@@ -30,14 +32,36 @@ PLATFORM = "console"
 WORKSPACE = "local"
 CHANNEL = "console"
 
+# Approve (True) or deny a tool call waiting for the console's person.
+Decide = Callable[[int, bool], Awaitable[Decision]]
+PIPED_DENIAL = (
+    "The assistant wanted to run {tool} ({arguments}); that needs your approval, which "
+    "piped input cannot give, so it was declined."
+)
+
 
 class ConsoleSink:
     """Writes one answer to a text stream; streams it when the stream is a terminal."""
 
-    def __init__(self, output: TextIO, *, stream: bool) -> None:
+    def __init__(self, output: TextIO, *, stream: bool, decide: Decide | None = None) -> None:
         self._output = output
         self._stream = stream
         self._shown = ""
+        self._decide = decide
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(confirm=self.confirm if self._decide is not None else None)
+
+    async def confirm(self, request: ConfirmationRequest) -> None:
+        """Piped input cannot answer a question: the call is declined, and the person
+        reading the output is told why."""
+        assert self._decide is not None
+        self._output.write(
+            PIPED_DENIAL.format(tool=request.tool, arguments=request.arguments) + "\n"
+        )
+        self._output.flush()
+        await self._decide(request.confirmation_id, False)
 
     async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         return None
@@ -72,12 +96,48 @@ class TerminalSink:
     the prompt is shown: it is printed whole, labelled, above the prompt.
     """
 
-    def __init__(self, output: TextIO, terminal: TerminalPrompt, *, resumed: bool) -> None:
+    def __init__(
+        self,
+        output: TextIO,
+        terminal: TerminalPrompt,
+        *,
+        resumed: bool,
+        decide: Decide | None = None,
+    ) -> None:
         self._output = output
         self._terminal = terminal
         self._label = "bot (resumed)> " if resumed else "bot> "
         self._stream = not resumed
         self._shown: str | None = None  # None: the label is not on the screen yet
+        self._decide = decide
+        self._questions: set[asyncio.Task[None]] = set()
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(confirm=self.confirm if self._decide is not None else None)
+
+    async def confirm(self, request: ConfirmationRequest) -> None:
+        """Ask y/N on the terminal. Returns at once: the answer comes back through the
+        core, which waits for it (no answer within the timeout is a denial)."""
+        task = asyncio.get_running_loop().create_task(self._ask(request))
+        self._questions.add(task)
+        task.add_done_callback(self._questions.discard)
+
+    async def _ask(self, request: ConfirmationRequest) -> None:
+        assert self._decide is not None
+        if self._shown is not None:
+            self._print("\n")  # below any words streamed so far
+            self._shown = None
+        question = f"Run {request.tool} {request.arguments}? [y/N] "
+        try:
+            approve = await asyncio.wait_for(
+                self._terminal.ask_yes_no(question), request.timeout_seconds
+            )
+        except TimeoutError:
+            self._terminal.cancel_question()
+            self._print("No answer in time: declined.\n")
+            approve = False
+        await self._decide(request.confirmation_id, approve)
 
     async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         return None
@@ -166,8 +226,13 @@ class ConsoleAdapter:
 
     def _sink(self, *, resumed: bool) -> ReplySink:
         if self._terminal is not None:
-            return TerminalSink(self._output, self._terminal, resumed=resumed)
-        return ConsoleSink(self._output, stream=False)
+            return TerminalSink(self._output, self._terminal, resumed=resumed, decide=self._decide)
+        return ConsoleSink(self._output, stream=False, decide=self._decide)
+
+    async def _decide(self, confirmation_id: int, approve: bool) -> Decision:
+        return await self._core.decide_tool_call(
+            confirmation_id, platform=PLATFORM, user_id=self._user_name, approve=approve
+        )
 
     async def serve(self) -> None:
         """Answer message after message; return at end of input (or after `close_input`)."""

@@ -37,12 +37,31 @@ class TerminalPrompt:
         self._session: PromptSession[str] = PromptSession(
             history=InMemoryHistory(), input=input, output=output
         )
+        # y/N questions get a session of their own: their answers are no messages to recall.
+        self._questions: PromptSession[str] = PromptSession(input=input, output=output)
         self._closed = False
 
     @property
     def showing(self) -> bool:
         """Whether the prompt is on the screen (anything printed must go above it)."""
-        return self._session.app.is_running
+        return self._session.app.is_running or self._questions.app.is_running
+
+    async def ask_yes_no(self, question: str) -> bool:
+        """A y/N question; anything but y or yes (Ctrl-D, Ctrl-C, Enter) is no. Asked
+        only while no prompt is shown (the person is waiting for an answer)."""
+        if self._closed or self.showing:
+            return False
+        try:
+            answer = await self._questions.prompt_async(question, handle_sigint=False)
+        except (EOFError, KeyboardInterrupt):
+            return False
+        return answer.strip().lower() in ("y", "yes")
+
+    def cancel_question(self) -> None:
+        """Take an unanswered y/N question down (its time is up)."""
+        app = self._questions.app
+        if app.is_running and app.future is not None and not app.future.done():
+            app.exit(exception=EOFError())
 
     async def read(self) -> str | None:
         """The next message; None at Ctrl-D, at Ctrl-C, or once `close` was called."""

@@ -15,6 +15,8 @@ from discord.http import Route
 
 from botservice.adapters.discord.client import BotClient, make_client
 from botservice.adapters.discord.commands import TreeExtension, build_command_tree
+from botservice.adapters.discord.confirmation import DiscordConfirmations
+from botservice.adapters.discord.confirmation_buttons import ConfirmationButton
 from botservice.adapters.discord.context import DiscordContext
 from botservice.adapters.discord.feedback import DiscordFeedback
 from botservice.adapters.discord.feedback_buttons import FeedbackButton
@@ -70,6 +72,7 @@ class DiscordAdapter:
         self.messages = DiscordMessages(self.context)
         self.interactions = DiscordInteractions(self.context, self.messages)
         self.feedback = DiscordFeedback(self.context)
+        self.confirmations = DiscordConfirmations(self.context)
         # Transcription needs only HTTP, so voice messages work even where speaking cannot.
         self.hearing = DiscordHearing(
             Transcriber.from_settings(
@@ -118,6 +121,7 @@ class DiscordAdapter:
             on_setup=self._setup,
             on_voice_state=self.voice.on_voice_state_update if self.voice else None,
             on_feedback=self.feedback.on_click,
+            on_confirmation=self.confirmations.on_click,
             guild_ready_timeout=self._guild_ready_timeout,
             telemetry=self.context.core.telemetry,
         )
@@ -172,7 +176,9 @@ class DiscordAdapter:
     async def _setup(self, client: discord.Client) -> None:
         tree = build_command_tree(client, self.interactions, self._extensions)
         tree.error(on_tree_error)
-        client.add_dynamic_items(FeedbackButton)
+        # Clicks are understood from the custom id alone: buttons shown before a restart
+        # still work.
+        client.add_dynamic_items(FeedbackButton, ConfirmationButton)
         application = client.application
         if application is not None:
             owners = {application.owner.id}

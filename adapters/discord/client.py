@@ -27,6 +27,8 @@ SetupHook = Callable[[discord.Client], Awaitable[None]]
 VoiceStateHook = Callable[[discord.Member, discord.VoiceState, discord.VoiceState], Awaitable[None]]
 # A click on an answer's feedback button: (interaction, verdict, turn tag).
 FeedbackHook = Callable[[discord.Interaction[Any], str, str], Awaitable[None]]
+# A click on a tool call's Approve / Deny button: (interaction, the button's custom id).
+ConfirmationHook = Callable[[discord.Interaction[Any], str], Awaitable[None]]
 
 
 def configure_endpoints(settings: DiscordSettings) -> None:
@@ -64,6 +66,7 @@ class BotClient(discord.Client):
         on_setup: SetupHook,
         on_voice_state: VoiceStateHook | None = None,
         on_feedback: FeedbackHook | None = None,
+        on_confirmation: ConfirmationHook | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
         **options: Any,
     ) -> None:
@@ -74,6 +77,7 @@ class BotClient(discord.Client):
         self._on_setup_hook = on_setup
         self._on_voice_state_hook = on_voice_state
         self._on_feedback_hook = on_feedback
+        self._on_confirmation_hook = on_confirmation
         self.became_ready = asyncio.Event()
         self._session_up = False
         self._guild_ready_timeout = float(options.get("guild_ready_timeout", 2.0))
@@ -115,6 +119,13 @@ class BotClient(discord.Client):
         # Dispatched by `feedback_buttons.FeedbackButton.callback`.
         if self._on_feedback_hook is not None:
             await self._on_feedback_hook(interaction, verdict, turn_tag)
+
+    async def on_confirmation_click(
+        self, interaction: discord.Interaction[Any], custom_id: str
+    ) -> None:
+        # Dispatched by `confirmation_buttons.ConfirmationButton.callback`.
+        if self._on_confirmation_hook is not None:
+            await self._on_confirmation_hook(interaction, custom_id)
 
     async def on_voice_state_update(
         self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
@@ -168,6 +179,7 @@ def make_client(
     on_setup: SetupHook,
     on_voice_state: VoiceStateHook | None = None,
     on_feedback: FeedbackHook | None = None,
+    on_confirmation: ConfirmationHook | None = None,
     guild_ready_timeout: float = 2.0,
     telemetry: Telemetry = NO_TELEMETRY,
 ) -> BotClient:
@@ -186,6 +198,7 @@ def make_client(
             on_setup=on_setup,
             on_voice_state=on_voice_state,
             on_feedback=on_feedback,
+            on_confirmation=on_confirmation,
             **options,
         )
     shard_ids = list(settings.shard_ids) or None
@@ -194,6 +207,7 @@ def make_client(
         on_setup=on_setup,
         on_voice_state=on_voice_state,
         on_feedback=on_feedback,
+        on_confirmation=on_confirmation,
         shard_count=settings.shard_count,
         shard_ids=shard_ids,
         **options,

@@ -125,6 +125,26 @@ def build_command_tree(
     async def speech_clear(interaction: discord.Interaction) -> None:
         await handlers.command(interaction, Command("speech", "clear"))
 
+    tools = app_commands.Group(name="tools", description="The tools the assistant may use here")
+
+    @tools.command(name="show", description="Which tools are available, on here, and ask first")
+    async def tools_show(interaction: discord.Interaction) -> None:
+        await handlers.command(interaction, Command("tools", "show"))
+
+    @tools.command(name="enable", description="Let the assistant use tools here (Manage Channels)")
+    @app_commands.describe(name="A tool name, or a pattern such as jira__*")
+    async def tools_enable(
+        interaction: discord.Interaction, name: app_commands.Range[str, 1, 64]
+    ) -> None:
+        await handlers.command(interaction, Command("tools", "enable", name))
+
+    @tools.command(name="disable", description="Stop tools here (Manage Channels)")
+    @app_commands.describe(name="A tool name, or a pattern such as jira__*")
+    async def tools_disable(
+        interaction: discord.Interaction, name: app_commands.Range[str, 1, 64]
+    ) -> None:
+        await handlers.command(interaction, Command("tools", "disable", name))
+
     @tree.command(
         name="retention",
         description="Show, or set (Manage Channels), how many days this channel's messages are kept",
@@ -161,6 +181,7 @@ def build_command_tree(
     tree.add_command(instructions)
     tree.add_command(model)
     tree.add_command(speech)
+    tree.add_command(tools)
     for extend in extensions:
         extend(tree)
     return tree

@@ -147,11 +147,14 @@ class DiscordInteractions:
         )
 
 
-async def defer_response(interaction: discord.Interaction, *, ephemeral: bool) -> bool:
+async def defer_response(
+    interaction: discord.Interaction, *, ephemeral: bool, thinking: bool = True
+) -> bool:
     """Acknowledge at once. False when Discord says it was already acknowledged (the same
-    interaction delivered twice, e.g. replayed after a resume): someone else answers it."""
+    interaction delivered twice, e.g. replayed after a resume): someone else answers it.
+    A button's click deferred without `thinking` is a deferred update of its message."""
     try:
-        await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+        await interaction.response.defer(ephemeral=ephemeral, thinking=thinking)
     except discord.InteractionResponded:
         return True
     except discord.HTTPException as error:

@@ -21,13 +21,19 @@ from typing import Any, Protocol
 
 import discord
 
+from botservice.adapters.discord.confirmation_buttons import confirmation_view, prompt_text
 from botservice.adapters.discord.feedback_buttons import feedback_view
 from botservice.adapters.discord.split import DISCORD_LIMIT
 from botservice.core.message_split import split_message
+from botservice.core.ports import SinkAbilities
+from botservice.core.tools import ConfirmationRequest
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "\N{HOURGLASS WITH FLOWING SAND} …"
+# The answer's place while its first tool call waits for Approve / Deny (see
+# `_InteractionTransport.ask`).
+WAITING_FOR_APPROVAL = "\N{HOURGLASS WITH FLOWING SAND} Waiting for approval…"
 NO_MENTIONS = discord.AllowedMentions.none()
 # How many recent channel messages a resumed turn looks through for its placeholder.
 FIND_LIMIT = 50
@@ -47,6 +53,8 @@ class _Transport(Protocol):
     async def post_more(self, text: str, *, view: View | None = None) -> int: ...
 
     async def say(self, text: str, *, private: bool) -> None: ...
+
+    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None: ...
 
 
 class _Renderer:
@@ -102,6 +110,20 @@ class _ReplySinkBase:
         await self._transport.say(text, private=private)
 
     @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(confirm=self.confirm)
+
+    async def confirm(self, request: ConfirmationRequest) -> None:
+        """Ask whether the tool call may run: a message of its own with Approve / Deny
+        buttons (the adapter hands the click to the core), pinging only the asker."""
+        mentions = discord.AllowedMentions.none()
+        if request.asker_id.isdigit():
+            mentions.users = [discord.Object(int(request.asker_id))]
+        await self._transport.ask(
+            prompt_text(request), view=confirmation_view(request), mentions=mentions
+        )
+
+    @property
     def message_ids(self) -> list[int]:
         return [mid for mid, _ in self._renderer.shown if mid is not None]
 
@@ -121,7 +143,13 @@ class _ChannelTransport:
         self.on_posted = on_posted
 
     async def _send(
-        self, text: str, *, reply: bool, nonce: str | None = None, view: View | None = None
+        self,
+        text: str,
+        *,
+        reply: bool,
+        nonce: str | None = None,
+        view: View | None = None,
+        mentions: discord.AllowedMentions = NO_MENTIONS,
     ) -> int:
         reference = None
         if reply and self.reply_to is not None:
@@ -130,7 +158,7 @@ class _ChannelTransport:
             )
         # discord.py sends every nonce with `enforce_nonce`: Discord then returns the
         # message it already created for this nonce (a few minutes) instead of a second.
-        options: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
+        options: dict[str, Any] = {"allowed_mentions": mentions}
         if nonce is not None:
             options["nonce"] = nonce
         if view is not None:
@@ -198,6 +226,9 @@ class _ChannelTransport:
     async def say(self, text: str, *, private: bool) -> None:
         # A channel message cannot be private; a short reply is the closest idiom.
         await self._send(text, reply=True)
+
+    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None:
+        await self._send(text, reply=True, view=view, mentions=mentions)
 
 
 class ChannelReplySink(_ReplySinkBase):
@@ -303,6 +334,18 @@ class _InteractionTransport:
             await self.edit_original(text, None)
             return
         await self.followup.send(text, ephemeral=private, wait=True, allowed_mentions=NO_MENTIONS)
+
+    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None:
+        await self.post_first()
+        if not self.original_used:
+            # After a deferral Discord makes the first follow-up the original response,
+            # which the answer then overwrites: the original shows a line of its own first.
+            self.original_used = True
+            await self.edit_original(WAITING_FOR_APPROVAL, None)
+        # As private as the answer: a private /ask asks privately too.
+        await self.followup.send(
+            text, ephemeral=self.ephemeral, wait=True, view=view, allowed_mentions=mentions
+        )
 
 
 class InteractionReplySink(_ReplySinkBase):

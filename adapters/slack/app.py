@@ -30,6 +30,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.adapters.slack.audio import SlackHearing
 from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
+from botservice.adapters.slack.confirmation import (
+    APPROVE_ACTION,
+    DENY_ACTION,
+    FAILED,
+    ConfirmationClick,
+    PrivateReply,
+    PromptEdit,
+    click_outcome,
+    read_click,
+)
 from botservice.adapters.slack.envelope import MalformedBody, odd_field, read_envelope
 from botservice.adapters.slack.events import (
     PLATFORM,
@@ -309,6 +319,8 @@ class SlackAdapter:
         self._app.event(re.compile(r".+"))(self._on_event)
         self._app.command(self._settings.slack.command)(self._on_command)
         self._app.action(FEEDBACK_ACTION)(self._on_feedback)
+        self._app.action(APPROVE_ACTION)(self._on_confirmation)
+        self._app.action(DENY_ACTION)(self._on_confirmation)
         self._app.error(self._on_error)
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> BoltResponse:
@@ -453,6 +465,59 @@ class SlackAdapter:
                 user=click.user_id,
                 text=THANKS[click.verdict] if kept else GONE,
                 thread_ts=action.thread_ts,
+            )
+
+    async def _on_confirmation(
+        self,
+        body: dict[str, Any],
+        ack: Callable[..., Awaitable[None]],
+        context: AsyncBoltContext,
+    ) -> None:
+        # Acknowledged at once; the decision and the edit follow in the background, so
+        # a slow database never shows the clicker Slack's warning triangle.
+        await ack()
+        click = read_click(body)
+        if click is None:
+            log.info("a Slack Approve/Deny click that names no confirmation was ignored")
+            return
+        self._spawn(self._decide(click, context.client))
+
+    async def _decide(self, click: ConfirmationClick, client: AsyncWebClient) -> None:
+        try:
+            decision = await self._core.decide_tool_call(
+                click.confirmation_id,
+                platform=PLATFORM,
+                user_id=click.user_id,
+                approve=click.approve,
+            )
+        except Exception:
+            # The one boundary for these clicks: the stack to the log, one sentence to
+            # the person; the buttons stay, so they can click again.
+            log.exception("could not decide Slack confirmation %s", click.confirmation_id)
+            outcome: PromptEdit | PrivateReply = PrivateReply(FAILED)
+        else:
+            outcome = click_outcome(click, decision)
+        try:
+            if isinstance(outcome, PromptEdit):
+                await client.chat_update(
+                    channel=click.channel,
+                    ts=click.message_ts,
+                    text=outcome.text,
+                    blocks=outcome.blocks,
+                )
+            else:
+                await client.chat_postEphemeral(
+                    channel=click.channel,
+                    user=click.user_id,
+                    text=outcome.text,
+                    thread_ts=click.thread_ts,
+                )
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            # The decision is recorded either way; only its display is lost.
+            log.warning(
+                "could not show the outcome of Slack confirmation %s (%s)",
+                click.confirmation_id,
+                type(error).__name__,
             )
 
     # --- the rest of Slack's events -------------------------------------------------------

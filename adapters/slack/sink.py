@@ -19,11 +19,14 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
+from botservice.adapters.slack.confirmation import prompt_message
 from botservice.adapters.slack.events import ReplyTarget
 from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, escape, markdown_to_mrkdwn
 from botservice.core.errors import BotServiceError
 from botservice.core.message_split import split_message
+from botservice.core.ports import SinkAbilities
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
+from botservice.core.tools import ConfirmationRequest
 
 log = logging.getLogger(__name__)
 
@@ -468,6 +471,24 @@ class SlackReplySink:
             ]
             self._edit_client = client
         return self._edit_client
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(confirm=self.confirm)
+
+    async def confirm(self, request: ConfirmationRequest) -> None:
+        """Ask in the thread whether the tool call may run: Approve / Deny buttons that
+        the adapter's `block_actions` listener hands to the core. The question is a
+        message of its own, untagged, so the answer's message stays the one edited."""
+        text, blocks = prompt_message(request)
+        await self._call(
+            "chat_postMessage",
+            channel=self.target.channel,
+            thread_ts=self.target.thread_ts,
+            text=text,
+            blocks=blocks,
+            required=True,
+        )
 
     async def notice(self, text: str, *, private: bool = True) -> None:
         message = markdown_to_mrkdwn(text)

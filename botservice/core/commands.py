@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 from datetime import UTC, datetime
@@ -17,6 +18,8 @@ from botservice.core.ports import (
     SettingField,
 )
 from botservice.core.settings import Settings
+from botservice.core.tool_rounds import ToolBox
+from botservice.core.tools import ToolPolicy, ToolSpec
 from botservice.core.usage import UsageLedger, UsageTotals, start_of_day, start_of_month
 from botservice.core.voice_settings import DEFAULT_SPEECH_MODEL
 from botservice.core.windows import ContextWindows
@@ -43,6 +46,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "model": ("show", "set"),
     "retention": ("show", "set"),
     "speech": ("show", "set", "clear"),
+    "tools": ("show", "enable", "disable"),
     "reset": (),
     "usage": (),
     "forget-me": (),
@@ -57,12 +61,15 @@ Commands:
   speech show | set voice|model <name> | clear
                                            how answers are spoken in voice channels; without a
                                            speech endpoint the voice is espeak-ng's (e.g. en-gb)
+  tools show | enable|disable <name|glob>   the tools the model may use here (e.g. jira__*)
   reset                                    start this conversation afresh (nothing is deleted)
   usage                                    your tokens and cost today and this month (and the
                                            channel's, for channel managers)
   forget-me                                delete every message of yours and the answers to them
   help                                     this list
-Changing instructions, model, retention or speech needs the channel-manager right."""
+Changing instructions, model, retention, speech or tools needs the channel-manager right."""
+# What `tools enable|disable` takes: a tool name, or a glob over names (`jira__*`).
+_TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_*?\[\]-]{1,64}$")
 
 
 def parse_command(text: str) -> Command | None:
@@ -102,8 +109,10 @@ class CommandRunner:
         windows: ContextWindows | None = None,
         policy: ChannelPolicy | None = None,
         usage: UsageLedger | None = None,
+        tools: ToolBox | None = None,
     ) -> None:
         self._settings = settings
+        self._tools = tools or ToolBox(())
         self._store = store
         self._models = model
         self._windows = windows
@@ -120,6 +129,8 @@ class CommandRunner:
                 return await self._retention(message, command)
             case "speech":
                 return await self._speech(message, command)
+            case "tools":
+                return await self._tool_rules(message, command)
             case "reset":
                 await self._store.reset_conversation(message.conversation)
                 return "Done: the next message here starts a fresh conversation."
@@ -244,6 +255,32 @@ class CommandRunner:
         model = _or_default(current.speech_model, defaults.speech_model or DEFAULT_SPEECH_MODEL)
         return f"This channel speaks in the voice {voice} with the speech model {model}."
 
+    async def _tool_rules(self, message: IncomingMessage, command: Command) -> str:
+        policy = ToolPolicy.parse((await self._channel(message)).tools)
+        available = self._tools.available()
+        if command.action == "show":
+            return _tools_summary(available, policy)
+        if refusal := self._refuse_unless_manager(message, "tools"):
+            return refusal
+        pattern = command.argument.strip()
+        if not _TOOL_PATTERN.match(pattern):
+            return (
+                f"Give a tool name or a pattern after `tools {command.action}`, for example "
+                f"`tools {command.action} current_time` or `tools {command.action} jira__*`."
+            )
+        enabled = command.action == "enable"
+        changed = policy.with_rule(pattern, enabled=enabled)
+        await self._change(message, "tools", changed.serialize())
+        # The new rule comes last, so it decides for every tool it matches.
+        matching = [spec.name for spec in available if fnmatch.fnmatchcase(spec.name, pattern)]
+        verb = "enabled" if enabled else "disabled"
+        if not matching:
+            return (
+                f"Tools matching {pattern} are now {verb} here; no tool matches it yet "
+                "(it applies when one appears)."
+            )
+        return f"Now {verb} here: {', '.join(matching)}."
+
     async def _usage_report(self, message: IncomingMessage) -> str:
         if self._usage is None:
             return "Usage is not recorded here."
@@ -296,6 +333,18 @@ class CommandRunner:
             value=value,
             changed_by=message.user_id,
         )
+
+
+def _tools_summary(available: list[ToolSpec], policy: ToolPolicy) -> str:
+    if not available:
+        return "No tools are set up for this bot."
+    lines = ["Tools here (on: the model may use it; asks: the asker approves each call):"]
+    for spec in sorted(available, key=lambda spec: spec.name):
+        state = "on" if policy.allows(spec) else "off"
+        asks = "" if spec.runs_without_asking else ", asks"
+        lines.append(f"  {spec.name}: {state}{asks}. {spec.description.splitlines()[0][:80]}")
+    lines.append("Change with `tools enable <name|pattern>` or `tools disable <name|pattern>`.")
+    return "\n".join(lines)
 
 
 def _speech_choices(argument: str) -> dict[SettingField, str] | None:

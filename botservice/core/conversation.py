@@ -44,6 +44,7 @@ from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
 from botservice.core.ports import (
+    ChannelSettings,
     ChatRequest,
     ChatStream,
     Claim,
@@ -53,6 +54,7 @@ from botservice.core.ports import (
     PendingTurn,
     ReplySink,
     SinkAbilities,
+    StoredMessage,
     TokenCounting,
     Usage,
     abilities_of,
@@ -69,6 +71,16 @@ from botservice.core.settings import Settings
 from botservice.core.streaming import ThrottledUpdates
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry, failure_reason
 from botservice.core.text import clean_text, estimate_tokens
+from botservice.core.tool_rounds import (
+    LIMIT_NO_TEXT,
+    LIMIT_REACHED,
+    Asker,
+    ConfirmationWaiters,
+    ToolBox,
+    TurnTools,
+    tools_used_line,
+)
+from botservice.core.tools import Decision, ToolContext, ToolPolicy, ToolSource
 from botservice.core.tracing import NO_TRACER, Tracer
 from botservice.core.usage import Quotas, UsageLedger, UsageRecord, usage_record
 from botservice.core.windows import ContextWindows, Window
@@ -169,8 +181,12 @@ class ConversationCore:
         usage: UsageLedger | None = None,
         feedback: FeedbackStore | None = None,
         tracer: Tracer = NO_TRACER,
+        tool_sources: Sequence[ToolSource] = (),
     ) -> None:
         self._settings = settings
+        # The tools the model may be offered (each channel's policy picks among them).
+        self.tools = ToolBox(tool_sources)
+        self._confirmations = ConfirmationWaiters()
         self._tracer = tracer
         # Who manages a channel: adapters ask it when they build a message, the
         # commands when someone changes a setting.
@@ -195,6 +211,7 @@ class ConversationCore:
             windows=self._windows,
             policy=self.policy,
             usage=usage,
+            tools=self.tools,
         )
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
@@ -230,6 +247,27 @@ class ConversationCore:
             model_calls_running=self._limits.gate.running,
             model_calls_waiting=self._limits.gate.waiting,
         )
+
+    async def decide_tool_call(
+        self, confirmation_id: int, *, platform: str, user_id: str, approve: bool
+    ) -> Decision:
+        """Approve or deny a tool call waiting for its asker (a button click, the
+        console's answer). Only the asker decides; the decision is recorded with who
+        and when, and the waiting turn (here, or in another process sharing the
+        database, which polls) goes on."""
+        decision = await self._keep_trying(
+            lambda: self._store.decide_confirmation(
+                confirmation_id,
+                platform=platform,
+                user_id=user_id,
+                approve=approve,
+                now=datetime.now(UTC),
+            )
+        )
+        if decision in ("approved", "denied"):
+            log.info("tool call confirmation %d %s", confirmation_id, decision)
+            self._confirmations.wake(confirmation_id)
+        return decision
 
     async def record_feedback(self, click: FeedbackClick) -> bool:
         """Keep a 👍 / 👎 on an answer; False when there is no such answer (any more)."""
@@ -616,6 +654,17 @@ class ConversationCore:
             )
         )
         instructions_tokens = self._count_tokens(instructions)
+        tools = await self._turn_tools(turn, channel, history, sink, abilities)
+        # Earlier turns' tool rounds, shown to the model with the messages they answered.
+        earlier_calls = (
+            await self._keep_trying(
+                lambda: store.tool_calls_for(
+                    [m.id for m in history if m.role == "user" and m.id != turn.user_message_id]
+                )
+            )
+            if tools is not None
+            else []
+        )
 
         def prompt_within(budget: int) -> Prompt:
             return build_prompt(
@@ -627,6 +676,7 @@ class ConversationCore:
                 # Images travel as parts of the current message when the model takes
                 # them; otherwise the stored text already names them.
                 images=turn.images if model_info.accepts_images else (),
+                tool_calls=tools.by_message(earlier_calls) if tools is not None else None,
             )
 
         window = await self._windows.window(model)
@@ -638,46 +688,85 @@ class ConversationCore:
         telemetry = self.telemetry
         shrunk = False
         learned: int | None = None
+        usage: Usage | None = None
+        # Why the model may call no more tools (a limit), once one is reached.
+        limit: str | None = None
         try:
-            async with self._limits.gate.slot():
-                while True:
-                    request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
-                    try:
-                        stream = await self._stream_into(
+            while True:  # one model request per tool round, the last one answers
+                request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
+                if tools is not None:
+                    if limit is not None:
+                        note = {"role": "system", "content": LIMIT_REACHED.format(why=limit)}
+                        request = dataclasses.replace(
                             request,
-                            prompt.tokens,
-                            turn.turn_id,
-                            sink,
-                            parts,
-                            updates,
-                            abilities,
-                            first_text=lambda: telemetry.first_text(
-                                key.platform, model, self._age(turn)
-                            ),
+                            messages=[*prompt.messages, note],
+                            tools=tools.offered.specs,
+                            no_more_tools=True,
                         )
-                        break
-                    except ModelError as error:
-                        retry = None
-                        if not parts and not shrunk:
-                            retry = self._shorter(
-                                error, model, window, reserve, prompt, prompt_within
+                    else:
+                        request = dataclasses.replace(request, tools=tools.offered.specs)
+                async with self._limits.gate.slot():
+                    while True:
+                        try:
+                            stream = await self._stream_into(
+                                request,
+                                prompt.tokens,
+                                turn.turn_id,
+                                sink,
+                                parts,
+                                updates,
+                                abilities,
+                                first_text=lambda: telemetry.first_text(
+                                    key.platform, model, self._age(turn)
+                                ),
                             )
-                        if retry is None:
-                            await updates.close()
-                            await self._fail(
-                                turn, sink, error, "".join(parts), model, reply_ref, prompt.tokens
+                            break
+                        except ModelError as error:
+                            retry = None
+                            if not parts and not shrunk:
+                                retry = self._shorter(
+                                    error, model, window, reserve, prompt, prompt_within
+                                )
+                            if retry is None:
+                                await updates.close()
+                                await self._fail(
+                                    turn,
+                                    sink,
+                                    error,
+                                    "".join(parts),
+                                    model,
+                                    reply_ref,
+                                    prompt.tokens,
+                                )
+                                return
+                            prompt, reserve, learned = retry
+                            shrunk = True
+                            request = dataclasses.replace(
+                                request, messages=prompt.messages, max_tokens=reserve
                             )
-                            return
-                        prompt, reserve, learned = retry
-                        shrunk = True
-                        log.info(
-                            "turn %d: retrying once with a prompt of %d tokens",
-                            turn.turn_id,
-                            prompt.tokens,
-                        )
+                            log.info(
+                                "turn %d: retrying once with a prompt of %d tokens",
+                                turn.turn_id,
+                                prompt.tokens,
+                            )
                 if shrunk and learned is not None:
                     # The shorter prompt got an answer: the longer one was over the window.
                     self._windows.learn(model, learned)
+                    learned = None
+                usage = _added(usage, stream.usage)
+                if tools is None or limit is not None or not stream.tool_calls:
+                    break
+                # A tool round: what the model wrote with its calls goes back with them.
+                await updates.close()
+                round_text = "".join(parts)
+                parts.clear()
+                limit = tools.limit_reached()
+                if limit is None:
+                    await tools.run_round(stream.tool_calls, round_text)
+                    limit = tools.limit_reached()
+                    if limit is not None and tools.rounds < self._settings.tools.max_rounds:
+                        limit = None  # only time: the next request may still answer
+                prompt = prompt_within(window.tokens - reserve)
         except GateFull:
             # The message stays stored; only this answer is declined.
             log.warning("turn %d declined: too many turns wait for the model", turn.turn_id)
@@ -689,7 +778,9 @@ class ConversationCore:
             telemetry.turn_finished(key.platform, "failed", "busy")
             return
         await updates.close()
-        _report_usage(telemetry, model, stream.usage)
+        _report_usage(telemetry, model, usage)
+        if tools is not None and not parts:
+            parts.append(LIMIT_NO_TEXT)  # calls where only text may come: say so
 
         answer = "".join(parts)
         shown = answer
@@ -698,6 +789,8 @@ class ConversationCore:
             shown = f"{answer}\n\n{SHRUNK_FOOTNOTE}"
         elif prompt.left_out and await self._first_trim_notice(turn.conversation_id):
             shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
+        if tools is not None and tools.used:
+            shown = f"{shown}\n\n{tools_used_line(tools.used)}"
         await sink.finish(shown)
         telemetry.final_text(key.platform, model, self._age(turn))
         # The answer has been shown: from here on it is only ever saved, never made
@@ -705,19 +798,64 @@ class ConversationCore:
         saved = await self._save_answer(
             turn,
             text=answer,
-            usage=stream.usage,
+            usage=usage,
             status="complete",
             model=model,
             reply_ref=reply_ref,
             # Written with the answer: a write of its own cost a fifth of the
             # replies a second (bench/bench_metrics.py).
-            ledger=self._usage_record(turn, model, stream.usage, prompt.tokens, answer),
+            ledger=self._usage_record(turn, model, usage, prompt.tokens, answer),
         )
         telemetry.turn_finished(key.platform, "answered" if saved else "taken_over")
         if channel.retention_days == 0:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
+
+    async def _turn_tools(
+        self,
+        turn: _Turn,
+        channel: ChannelSettings,
+        history: Sequence[StoredMessage],
+        sink: ReplySink,
+        abilities: SinkAbilities,
+    ) -> TurnTools | None:
+        """The tool rounds of this turn, when the channel allows any tool (None: the
+        request is exactly as without tools). Goes on from rounds stored before."""
+        if not self.tools:
+            return None
+        offered = self.tools.offered(ToolPolicy.parse(channel.tools))
+        if not offered:
+            return None
+        key, store = turn.key, self._store
+        asker_name = next(
+            (m.author_name for m in reversed(history) if m.id == turn.user_message_id),
+            turn.user_id,
+        )
+        tools = TurnTools(
+            settings=self._settings.tools,
+            store=store,
+            toolbox=self.tools,
+            offered=offered,
+            context=ToolContext(
+                conversation=key,
+                conversation_id=turn.conversation_id,
+                user_id=turn.user_id,
+                turn_id=turn.turn_id,
+            ),
+            user_message_id=turn.user_message_id,
+            asker=Asker(platform=key.platform, user_id=turn.user_id, name=asker_name),
+            abilities=abilities,
+            waiters=self._confirmations,
+            channel_settings=lambda: self._keep_trying(
+                lambda: store.channel_settings(key.platform, key.workspace, key.channel)
+            ),
+            count_tokens=self._count_tokens,
+            keep_trying=self._keep_trying,
+            show_status=lambda text: self._show_status(sink, abilities, text),
+        )
+        await tools.resume()
+        return tools
 
     async def _record_usage(
         self, turn: _Turn, model: str, usage: Usage | None, prompt_tokens: int, answer: str
@@ -1007,6 +1145,18 @@ class ConversationCore:
         if others := [a for a in message.attachments if not a.is_audio]:
             pieces.append(describe_attachments(others))
         return stored_text(pieces, [a for a in message.attachments if a.is_audio])
+
+
+def _added(total: Usage | None, more: Usage | None) -> Usage | None:
+    """The usage of a turn's model calls together (one per tool round)."""
+    if total is None or more is None:
+        return more if total is None else total
+    return Usage(
+        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
+        completion_tokens=total.completion_tokens + more.completion_tokens,
+        cached_tokens=total.cached_tokens + more.cached_tokens,
+        reasoning_tokens=total.reasoning_tokens + more.reasoning_tokens,
+    )
 
 
 def _report_usage(telemetry: Telemetry, model: str, usage: Usage | None) -> None:

@@ -9,12 +9,14 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from botservice.core.events import Attachment, ConversationKey, IncomingMessage
-from botservice.core.tools import ConfirmationRequest
+from botservice.core.tools import ConfirmationRequest, Decision, ToolCall, ToolSpec
 
 Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
 TurnStatus = Literal["pending", "running", "answered", "failed", "command"]
-SettingField = Literal["instructions", "model", "retention_days", "speech_model", "speech_voice"]
+SettingField = Literal[
+    "instructions", "model", "retention_days", "speech_model", "speech_voice", "tools"
+]
 
 
 # --- reply sink -------------------------------------------------------------
@@ -196,18 +198,31 @@ class ChatRequest:
     messages: Sequence[dict[str, Any]]
     max_tokens: int | None = None
     temperature: float | None = None
+    # The tools the model may call this time (sent as `tools`, `tool_choice: auto`).
+    # Empty: the request carries no tool fields at all, exactly as without tools.
+    tools: Sequence[ToolSpec] = ()
+    # True: the model must answer in text now (a tool limit was reached): the request
+    # says `tool_choice: "none"` so earlier tool messages in it stay valid.
+    no_more_tools: bool = False
 
 
 class ChatStream(Protocol):
-    """Text deltas of one streamed answer; `usage` and `finished` are set when it ends.
+    """Text deltas of one streamed answer; `usage`, `finished` and `tool_calls` are set
+    when it ends.
 
     `rate_limits` is set as soon as the response's headers arrive (before the first
     delta), so a pacer can read it at the first delta or when the stream fails.
+    `tool_calls`: the calls the model asked for, whole, in the order it began them
+    (empty for a text answer). A stream that carries calls is a tool round whatever
+    its `finish_reason` said.
     """
 
     usage: Usage | None
     finished: bool
     rate_limits: RateLimits | None
+
+    @property
+    def tool_calls(self) -> Sequence[ToolCall]: ...
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 
@@ -269,6 +284,8 @@ class ChannelSettings:
     retention_days: int | None = None
     speech_model: str | None = None
     speech_voice: str | None = None
+    # The channel's tool rules, `ToolPolicy.serialize()`d.
+    tools: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,8 +605,120 @@ class PurgeStore(Protocol):
         ...
 
 
-class CoreStore(TurnStore, HistoryStore, CommandStore, TokenUsage, Protocol):
-    """What `ConversationCore` needs: turns, history, commands and budgets."""
+ToolCallStatus = Literal["requested", "started", "done"]
+ConfirmationStatus = Literal["pending", "approved", "denied", "timed_out"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredToolCall:
+    """One call of a tool round, stored with the turn (its question's message).
+
+    `requested`: the model asked for it; `started`: it began running (stored before
+    anything that needed a confirmation runs, so a crash never runs it twice);
+    `done`: `result` holds what the model was (or is to be) told.
+    """
+
+    user_message_id: int
+    round: int
+    position: int
+    call_id: str
+    name: str
+    arguments: str
+    status: ToolCallStatus
+    result: str | None = None
+    is_error: bool = False
+    tokens: int = 0
+    # What the model wrote beside the round's calls (kept on the round's first call).
+    round_text: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredConfirmation:
+    """A call waiting for (or past) its asker's Approve or Deny."""
+
+    id: int
+    turn_id: int
+    round: int
+    position: int
+    tool: str
+    arguments_hash: str
+    platform: str
+    asker_id: str
+    status: ConfirmationStatus
+    expires_at: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+
+
+class ToolRoundStore(Protocol):
+    """Tool rounds kept with their turn, and the confirmations they wait for."""
+
+    async def store_tool_round(
+        self,
+        turn_id: int,
+        user_message_id: int,
+        *,
+        round: int,
+        calls: Sequence[ToolCall],
+        round_text: str,
+    ) -> None:
+        """Keep the calls the model asked for in round `round` (status `requested`).
+        Storing a round again (a resumed turn) changes nothing."""
+        ...
+
+    async def start_tool_call(self, turn_id: int, *, round: int, position: int) -> None:
+        """Mark the call `started`: from here a crash leaves its outcome unknown."""
+        ...
+
+    async def store_tool_result(
+        self, turn_id: int, *, round: int, position: int, result: str, is_error: bool, tokens: int
+    ) -> None: ...
+
+    async def tool_calls(self, turn_id: int) -> list[StoredToolCall]:
+        """The turn's stored calls, by round and position (a resumed turn goes on
+        from them)."""
+        ...
+
+    async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
+        """The calls made answering these messages, by message, round and position
+        (what follow-ups see in their prompt)."""
+        ...
+
+    async def open_confirmation(
+        self,
+        turn_id: int,
+        *,
+        round: int,
+        position: int,
+        tool: str,
+        arguments_hash: str,
+        platform: str,
+        asker_id: str,
+        expires_at: datetime,
+    ) -> tuple[StoredConfirmation, bool]:
+        """The confirmation of this call: stored now (True), or the one stored before
+        (False: a resumed turn waits on it and asks no second time)."""
+        ...
+
+    async def confirmation(self, confirmation_id: int) -> StoredConfirmation | None: ...
+
+    async def decide_confirmation(
+        self, confirmation_id: int, *, platform: str, user_id: str, approve: bool, now: datetime
+    ) -> Decision:
+        """Record the asker's decision, and in the audit trail who decided what and when.
+        Only a pending confirmation not yet expired is decided (an expired one is
+        recorded as timed out)."""
+        ...
+
+    async def expire_confirmation(
+        self, confirmation_id: int, *, now: datetime
+    ) -> StoredConfirmation | None:
+        """Mark the confirmation `timed_out` if it is still pending; the row after."""
+        ...
+
+
+class CoreStore(TurnStore, HistoryStore, CommandStore, TokenUsage, ToolRoundStore, Protocol):
+    """What `ConversationCore` needs: turns, history, commands, budgets and tool rounds."""
 
 
 class Store(CoreStore, Lookups, PurgeStore, Protocol):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+import itertools
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from botservice.core.events import Attachment, ContextMessage
-from botservice.core.ports import StoredMessage
+from botservice.core.ports import StoredMessage, StoredToolCall
 
 # Per-message framing the chat format adds around each message's content.
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -32,20 +34,28 @@ def build_prompt(
     history: Sequence[StoredMessage],
     budget_tokens: int,
     images: Sequence[Attachment] = (),
+    tool_calls: Mapping[int, Sequence[StoredToolCall]] | None = None,
 ) -> Prompt:
     """Instructions, then as much of `history` (oldest first, ending with the current
     message) as fits in `budget_tokens`, newest kept first.
 
     The current message is always included, even alone over budget: the endpoint
     then says the message is too long, which the user can act on.
+
+    `tool_calls`: the tool rounds made answering a message, by its id, in order. They
+    follow their message (before its answer), as the model made them, and are kept
+    or left out with it.
     """
     history = _answered_questions_only(history)
+    rounds = tool_calls or {}
     images = [image for image in images if image.shown_to_model]
     image_cost = IMAGE_TOKENS * len(images)
     used = instructions_tokens + MESSAGE_OVERHEAD_TOKENS + image_cost
     kept: list[StoredMessage] = []
     for message in reversed(history):
         cost = message.tokens + MESSAGE_OVERHEAD_TOKENS
+        if rounds and message.id in rounds:
+            cost += tool_rounds_tokens(rounds[message.id])
         if kept and used + cost > budget_tokens:
             break
         kept.append(message)
@@ -58,6 +68,7 @@ def build_prompt(
     name_speakers = len(speakers) > 1
 
     messages: list[dict[str, Any]] = [{"role": instructions_role, "content": instructions}]
+    last_question = 0
     for message in kept:
         content = message.text
         if message.role == "user" and name_speakers:
@@ -67,12 +78,69 @@ def build_prompt(
             messages[-1] = {"role": message.role, "content": content}
             continue
         messages.append({"role": message.role, "content": content})
+        if message.role == "user":
+            last_question = len(messages) - 1
+            if rounds and message.id in rounds:
+                messages += tool_round_messages(rounds[message.id])
     if images and kept:
-        messages[-1]["content"] = [
-            {"type": "text", "text": messages[-1]["content"]},
+        messages[last_question]["content"] = [
+            {"type": "text", "text": messages[last_question]["content"]},
             *(_image_part(image) for image in images),
         ]
     return Prompt(messages=messages, left_out=len(history) - len(kept), tokens=used)
+
+
+# What the model is told of a call that has no result (its turn stopped midway).
+NO_RESULT = "(no result: this call did not finish)"
+
+
+def tool_rounds_tokens(calls: Sequence[StoredToolCall]) -> int:
+    """What a message's tool rounds cost in the budget: each result as counted when it
+    was stored (with its arguments), plus the framing of each message."""
+    round_count = len({call.round for call in calls})
+    return sum(call.tokens for call in calls) + MESSAGE_OVERHEAD_TOKENS * (len(calls) + round_count)
+
+
+def tool_round_messages(calls: Sequence[StoredToolCall]) -> list[dict[str, Any]]:
+    """Stored tool rounds in chat-completions shape: per round, the assistant message
+    with its `tool_calls`, then one `role: tool` message per call, by `tool_call_id`."""
+    messages: list[dict[str, Any]] = []
+    for _, grouped in itertools.groupby(calls, key=lambda call: call.round):
+        round_calls = list(grouped)
+        messages.append(
+            {
+                "role": "assistant",
+                "content": round_calls[0].round_text or None,
+                "tool_calls": [
+                    {
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": replayed_arguments(call)},
+                    }
+                    for call in round_calls
+                ],
+            }
+        )
+        messages += [
+            {
+                "role": "tool",
+                "tool_call_id": call.call_id,
+                "content": call.result if call.result is not None else NO_RESULT,
+            }
+            for call in round_calls
+        ]
+    return messages
+
+
+def replayed_arguments(call: StoredToolCall) -> str:
+    """The arguments as the model sent them, unless they are not a JSON object: some
+    servers refuse a request whose history holds malformed arguments, so those are
+    sent back as `{}` (the call's error result says what was wrong)."""
+    try:
+        parsed = json.loads(call.arguments) if call.arguments else {}
+    except ValueError:
+        return "{}"
+    return call.arguments if isinstance(parsed, dict) and call.arguments else "{}"
 
 
 def _answered_questions_only(history: Sequence[StoredMessage]) -> list[StoredMessage]:

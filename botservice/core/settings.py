@@ -55,6 +55,9 @@ class ModelSettings(_Section):
     backoff_base_seconds: float = Field(default=0.5, ge=0)
     # `/model set` also accepts the names the endpoint lists at /models, not only [models].
     allow_discovered: bool = False
+    # Send `parallel_tool_calls: true` with tools (OpenAI, vLLM and llama.cpp take it);
+    # false for an endpoint that refuses fields it does not know.
+    parallel_tool_calls: bool = True
 
 
 class ConversationSettings(_Section):
@@ -100,6 +103,18 @@ class LimitSettings(_Section):
     channel_monthly_cost: float = Field(default=0.0, ge=0)
     # The bot's admins (access.admin_user_ids) are not held to the quotas or daily budgets.
     quota_exempt_admins: bool = True
+
+
+class ToolSettings(_Section):
+    """Bounds of the tool loop (botservice/core/tool_rounds.py)."""
+
+    max_rounds: int = Field(default=5, ge=1)
+    max_calls_per_round: int = Field(default=8, ge=1)
+    call_timeout_seconds: float = Field(default=15.0, gt=0)
+    # All tool calls of one turn together (waiting for a person's approval not counted).
+    turn_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_result_bytes: int = Field(default=16 * 1024, ge=256)
+    confirm_timeout_seconds: float = Field(default=120.0, gt=0)
 
 
 class AccessSettings(_Section):
@@ -153,6 +168,7 @@ class Settings(_Section):
     access: AccessSettings = AccessSettings()
     images: ImageSettings = ImageSettings()
     limits: LimitSettings = LimitSettings()
+    tools: ToolSettings = ToolSettings()
     http: HttpSettings = HttpSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()

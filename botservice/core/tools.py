@@ -38,6 +38,9 @@ class ToolSpec:
     destructive: bool = True
     # Whether the tool's source is trusted (built-in tools always are).
     trusted: bool = False
+    # The status line shown while the tool runs ("Searching this channel's history…");
+    # empty: "Calling <name>…".
+    status: str = ""
 
     @property
     def runs_without_asking(self) -> bool:

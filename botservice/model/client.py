@@ -48,8 +48,10 @@ from botservice.core.ports import ChatRequest, ChatResult, RateLimits, Usage
 from botservice.core.redact import scrub
 from botservice.core.settings import ModelSettings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
+from botservice.core.tools import ToolCall, ToolSpec
 from botservice.model.discovery import WindowDiscovery
 from botservice.model.sse import SSEDataDecoder
+from botservice.model.tool_calls import ToolCallAccumulator
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,7 @@ class OpenAIChatClient:
 
     def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
         """The request body this API takes."""
-        return _encode(request, stream=stream)
+        return _encode(request, stream=stream, parallel=self._settings.parallel_tool_calls)
 
     def parse_result(self, raw: bytes) -> ChatResult:
         """A whole (not streamed) answer's body."""
@@ -315,6 +317,8 @@ class OpenAIChatStream:
         self.finished = False
         self.finish_reason: str | None = None
         self.rate_limits: RateLimits | None = None
+        self.tool_calls: list[ToolCall] = []
+        self._calls = ToolCallAccumulator()
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._iterator is not None:
@@ -352,6 +356,7 @@ class OpenAIChatStream:
         client = self._client
         started = time.monotonic()
         self.usage, self.finished, self.finish_reason = None, False, None
+        self.tool_calls, self._calls = [], ToolCallAccumulator()
         shown = done = False
         response: httpx.Response | None = None
         response_started = False
@@ -366,7 +371,13 @@ class OpenAIChatStream:
             content_type = response.headers.get("content-type", "")
             if "text/event-stream" not in content_type:
                 # Some servers ignore `stream: true` and answer with one JSON body.
-                result = client.parse_result(await response.aread())
+                body = await response.aread()
+                self._whole_calls(body)
+                if self._calls:
+                    self.tool_calls = self._calls.calls()
+                    self.finished = True
+                    return
+                result = client.parse_result(body)
                 self.usage, self.finished = result.usage, True
                 yield result.text
                 return
@@ -399,6 +410,14 @@ class OpenAIChatStream:
             # Also when the consumer stopped early (GeneratorExit at a yield).
             if response is not None:
                 await _close(response)
+        if self._calls:
+            # Calls are a tool round whatever the finish_reason said ("stop" from some
+            # servers, "length" when cut: then the arguments show as malformed), and
+            # also when the body ended cleanly without [DONE] or a finish_reason.
+            self.tool_calls = self._calls.calls()
+            self.finished = True
+            log.debug("model stream ended with %d tool calls", len(self.tool_calls))
+            return
         if not self.finished:
             if shown:
                 raise ModelStreamBroken("stream ended before [DONE]")
@@ -447,8 +466,22 @@ class OpenAIChatStream:
         if choice.get("finish_reason"):
             self.finish_reason = str(choice["finish_reason"])
             self.finished = True
-        content = (choice.get("delta") or {}).get("content")
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            return ""
+        if "tool_calls" in delta:
+            self._calls.feed(delta["tool_calls"])
+        content = delta.get("content")
         return content if isinstance(content, str) else ""
+
+    def _whole_calls(self, raw: bytes) -> None:
+        """Tool calls of an answer sent whole (a server that ignored `stream: true`)."""
+        try:
+            message = orjson.loads(raw)["choices"][0]["message"]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return
+        if isinstance(message, dict):
+            self._calls.feed(message.get("tool_calls"))
 
 
 # --- transport -----------------------------------------------------------------
@@ -592,18 +625,33 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-def _encode(request: ChatRequest, *, stream: bool) -> bytes:
+def _encode(request: ChatRequest, *, stream: bool, parallel: bool = True) -> bytes:
     body: dict[str, Any] = {"model": request.model, "messages": list(request.messages)}
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.tools:
+        body["tools"] = [
+            {"type": "function", "function": function_spec(spec)} for spec in request.tools
+        ]
+        # "none" at a limit: the tools stay declared so the earlier rounds in the
+        # messages remain valid, but the model must answer in text.
+        body["tool_choice"] = "none" if request.no_more_tools else "auto"
+        if parallel and not request.no_more_tools:
+            body["parallel_tool_calls"] = True
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     # orjson: ~12x faster than json.dumps on a prompt of 200 history messages (~150 us
     # -> ~13 us).
     return orjson.dumps(body)
+
+
+def function_spec(spec: ToolSpec) -> dict[str, Any]:
+    """A tool as the function-calling APIs declare it: name, description, parameters."""
+    parameters = dict(spec.parameters) or {"type": "object", "properties": {}}
+    return {"name": spec.name, "description": spec.description, "parameters": parameters}
 
 
 async def _close(response: httpx.Response) -> None:

@@ -6,6 +6,12 @@ Same transport, retries, failures and stream protocol as the Chat Completions cl
 `store: false`, and every turn sends the whole input from the bot's own history (the
 bot's database is the memory; the provider keeps nothing beyond its own retention).
 
+Tools: the core composes chat-completions messages (an assistant message with
+`tool_calls`, `role: tool` results); they are sent as `function_call` and
+`function_call_output` items, and the `function_call` items of the output are read
+back as the stream's `tool_calls` (from `response.output_item.added`, the
+`response.function_call_arguments.*` events, and `response.output_item.done`).
+
 Events read: `response.output_text.delta` (and `response.refusal.delta`: a refusal
 is the answer the person sees), then one terminal event: `response.completed`,
 `response.incomplete` (length limit or content filter: like Chat's
@@ -39,6 +45,7 @@ from botservice.model.client import (
     OpenAIChatStream,
     _parse_usage,
     context_overflow,
+    function_spec,
 )
 
 log = logging.getLogger(__name__)
@@ -73,9 +80,14 @@ class OpenAIResponsesClient(OpenAIChatClient):
     def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
         body: dict[str, Any] = {
             "model": request.model,
-            "input": [_input_item(message) for message in request.messages],
+            "input": [item for message in request.messages for item in _input_items(message)],
             "store": False,
         }
+        if request.tools:
+            body["tools"] = [{"type": "function", **function_spec(spec)} for spec in request.tools]
+            body["tool_choice"] = "none" if request.no_more_tools else "auto"
+            if self._settings.parallel_tool_calls and not request.no_more_tools:
+                body["parallel_tool_calls"] = True
         if request.max_tokens is not None:
             body["max_output_tokens"] = max(MIN_OUTPUT_TOKENS, request.max_tokens)
         if request.temperature is not None:
@@ -111,6 +123,8 @@ _PASSED_OVER = frozenset(
     }
 )
 _TYPE_FIRST = b'{"type":"'
+# Of those, the ones that announce or restate a function call when they carry one.
+_ITEM_EVENTS = frozenset({b"response.output_item.added", b"response.output_item.done"})
 
 
 class ResponsesStream(OpenAIChatStream):
@@ -124,7 +138,8 @@ class ResponsesStream(OpenAIChatStream):
         # other layout is parsed whole.
         if data.startswith(_TYPE_FIRST):
             end = data.find(b'"', len(_TYPE_FIRST))
-            if data[len(_TYPE_FIRST) : end] in _PASSED_OVER:
+            kind = data[len(_TYPE_FIRST) : end]
+            if kind in _PASSED_OVER and not (kind in _ITEM_EVENTS and b"function_call" in data):
                 return ""
         return super()._read_chunk(data, shown=shown)
 
@@ -133,7 +148,13 @@ class ResponsesStream(OpenAIChatStream):
         if kind in _TEXT_DELTAS:
             delta = chunk.get("delta")
             return delta if isinstance(delta, str) else ""
-        if kind == "response.completed":
+        if kind in ("response.output_item.added", "response.output_item.done"):
+            self._function_call(chunk.get("output_index"), chunk.get("item"))
+        elif kind == "response.function_call_arguments.delta":
+            index, delta = chunk.get("output_index"), chunk.get("delta")
+            if isinstance(index, int) and isinstance(delta, str):
+                self._calls.feed([{"index": index, "function": {"arguments": delta}}])
+        elif kind == "response.completed":
             self._end(chunk, "stop")
         elif kind == "response.incomplete":
             response = chunk.get("response")
@@ -148,12 +169,28 @@ class ResponsesStream(OpenAIChatStream):
             raise _error(chunk, shown=shown, scrub=self._client._scrub)
         return ""
 
+    def _function_call(self, index: Any, item: Any) -> None:
+        if not isinstance(index, int) or not isinstance(item, dict):
+            return
+        if item.get("type") != "function_call":
+            return
+        self._calls.replace(
+            index,
+            call_id=str(item.get("call_id") or ""),
+            name=str(item.get("name") or ""),
+            arguments=str(item.get("arguments") or ""),
+        )
+
     def _end(self, chunk: dict[str, Any], finish_reason: str) -> None:
         response = chunk.get("response")
         if isinstance(response, dict):
             usage = _parse_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage
+            if not self._calls:  # a server that streamed no item events
+                output = response.get("output")
+                for index, item in enumerate(output if isinstance(output, list) else []):
+                    self._function_call(index, item)
         self.finish_reason = finish_reason
         self.finished = True
 
@@ -165,13 +202,37 @@ def open_model_client(settings: ModelSettings, **options: Any) -> OpenAIChatClie
     return OpenAIChatClient(settings, **options)
 
 
-def _input_item(message: dict[str, Any]) -> dict[str, Any]:
-    """A chat message as a Responses input message (system and developer roles, and
-    plain string content, are taken as they are)."""
+def _input_items(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat message as Responses input items (system and developer roles, and plain
+    string content, are taken as they are): an assistant message with tool calls is
+    its text (if any) and one `function_call` item per call; a `role: tool` result is
+    a `function_call_output`."""
+    if message.get("role") == "tool":
+        return [
+            {
+                "type": "function_call_output",
+                "call_id": message.get("tool_call_id", ""),
+                "output": str(message.get("content") or ""),
+            }
+        ]
     content = message.get("content")
+    calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+    if calls:
+        items = [{"role": "assistant", "content": content}] if content else []
+        for call in calls:
+            function = call.get("function") or {}
+            items.append(
+                {
+                    "type": "function_call",
+                    "call_id": call.get("id", ""),
+                    "name": function.get("name", ""),
+                    "arguments": function.get("arguments", ""),
+                }
+            )
+        return items
     if isinstance(content, list):
         content = [_input_part(part) for part in content]
-    return {"role": message["role"], "content": content}
+    return [{"role": message["role"], "content": content}]
 
 
 def _input_part(part: dict[str, Any]) -> dict[str, Any]:

@@ -96,6 +96,7 @@ EXPECTED_COMMANDS = {
     "instructions",
     "model",
     "speech",
+    "tools",
     "retention",
     "reset",
     "forget-me",
@@ -131,6 +132,7 @@ async def test_sync_commands_sends_the_command_tree_to_a_guild(
         ("model", False),
     ]
     assert {o["name"] for o in sent["voice"]["options"]} == {"join", "leave", "stop", "ask"}
+    assert {o["name"] for o in sent["tools"]["options"]} == {"show", "enable", "disable"}
     # Nothing but the sync: no gateway connection, no other writes.
     assert discord_server.identifies == []
 

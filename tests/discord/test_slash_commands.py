@@ -206,3 +206,21 @@ async def test_in_a_dm_only_bot_admins_choose_the_model(guild: Guild) -> None:
     assert (await guild.original_response(shown))["content"] == (
         "This channel uses the model gpt-4o-mini (the default)."
     )
+
+
+async def test_tools_enable_is_for_managers_and_is_kept_for_the_channel(
+    guild: Guild, sqlite_store: SqlStore
+) -> None:
+    server = guild.server
+    interaction = await server.send_command(
+        "tools", [subcommand("enable", option("name", "jira__*"))], user=server.owner
+    )
+    reply = await guild.original_response(interaction)
+
+    assert reply["_ephemeral"]
+    assert reply["content"] == (
+        "Tools matching jira__* are now enabled here; no tool matches it yet "
+        "(it applies when one appears)."
+    )
+    settings = await sqlite_store.channel_settings("discord", server.guild_id, server.channel_id)
+    assert settings.tools == "+jira__*"

@@ -150,6 +150,8 @@ class FakeDiscordServer:
         self.interaction_responses: dict[str, dict[str, Any]] = {}
         self._interaction_tokens: dict[str, str] = {}  # token -> interaction id
         self._interaction_channels: dict[str, str] = {}  # interaction id -> channel id
+        # interaction id -> the message whose button was clicked (a component interaction)
+        self._interaction_messages: dict[str, str] = {}
         self._sessions: list[_Session] = []
         self._call_event = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -686,6 +688,7 @@ class FakeDiscordServer:
         data["type"] = 3
         data["data"] = {"custom_id": custom_id, "component_type": 2}
         data["message"] = _public(message)
+        self._interaction_messages[data["id"]] = message["id"]
         await self.dispatch("INTERACTION_CREATE", data)
         return data
 
@@ -1078,6 +1081,9 @@ class FakeDiscordServer:
             return self._error(400, 40060, "Interaction has already been acknowledged.")
         kind = body.get("type")
         data = body.get("data") or {}
+        clicked = self.messages.get(self._interaction_messages.get(interaction_id, ""))
+        if kind in (6, 7) and clicked is not None:
+            return self._update_clicked(interaction_id, clicked, kind, data)
         ephemeral = bool(data.get("flags", 0) & 64)
         token = next(t for t, i in self._interaction_tokens.items() if i == interaction_id)
         channel_id = self._channel_of_interaction(token)
@@ -1112,6 +1118,33 @@ class FakeDiscordServer:
                     "response_message_ephemeral": ephemeral,
                 },
                 "resource": {"type": kind, "message": _public(message)},
+            }
+        )
+
+    def _update_clicked(
+        self, interaction_id: str, clicked: dict[str, Any], kind: int, data: dict[str, Any]
+    ) -> web.Response:
+        """A button's click answered by updating its message (7), now or later (6): the
+        clicked message becomes the interaction's original response, as on Discord."""
+        if kind == 7:
+            if "content" in data:
+                clicked["content"] = data["content"] or ""
+            if "components" in data:
+                clicked["components"] = data["components"] or []
+            clicked.setdefault("_edits", 0)
+            clicked["_edits"] += 1
+        clicked.setdefault("flags", 0)
+        self.interaction_responses[interaction_id] = clicked
+        return self._json(
+            {
+                "interaction": {
+                    "id": interaction_id,
+                    "type": 3,
+                    "response_message_id": clicked["id"],
+                    "response_message_loading": False,
+                    "response_message_ephemeral": bool(clicked["flags"] & 64),
+                },
+                "resource": {"type": kind, "message": _public(clicked)},
             }
         )
 

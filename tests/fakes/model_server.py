@@ -24,6 +24,14 @@ OpenAI's `x-ratelimit-*` headers, and answer 429 beyond it:
 
     fake_model.rate_limit = (20, 1.0)    # 20 requests a window of 1 s ("a minute", fast)
 
+Tool calls, in the styles real servers stream them (see `ToolCalls`):
+
+    fake_model.script(ToolCalls(CallTool("current_time")), Reply("It is noon."))
+    fake_model.endless = ToolCalls(CallTool("search"))   # an endless caller: every
+                                         # request offering tools calls one more
+
+A request with `tool_choice: "none"` is answered in text, as OpenAI does.
+
 It also serves `/v1/audio/speech` (a WAV tone, 24 kHz mono 16-bit, longer for
 longer input) and `/v1/audio/transcriptions` (returns `.transcript`).
 
@@ -160,8 +168,59 @@ class Failed:
     message: str = "The model failed to generate a response."
 
 
+@dataclass(frozen=True)
+class CallTool:
+    """One call in a `ToolCalls` round. `arguments`: JSON text as the model writes it
+    (malformed on purpose, if a test wants), or an object to be written as JSON."""
+
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+    id: str | None = None  # None: "call_<n>"
+
+    def text(self) -> str:
+        return self.arguments if isinstance(self.arguments, str) else json.dumps(self.arguments)
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """A round of tool calls, streamed in one of the styles servers use:
+
+    - "openai": per call, a first fragment with id and name at the call's own
+      `index`, then the arguments in fragments of `fragment_size` characters;
+    - "whole": each call whole in one chunk, at its own index;
+    - "ollama": each call whole, every one at `index: 0`, told apart by its id.
+
+    `finish_reason` "tool_calls" as OpenAI says; "stop" as some servers say with
+    calls. `text`: words before the calls. `done_marker` False: no `data: [DONE]`.
+    """
+
+    calls: tuple[CallTool, ...]
+    style: str = "openai"
+    finish_reason: str = "tool_calls"
+    text: str = ""
+    done_marker: bool = True
+    fragment_size: int = 7
+
+    def __init__(
+        self,
+        *calls: CallTool,
+        style: str = "openai",
+        finish_reason: str = "tool_calls",
+        text: str = "",
+        done_marker: bool = True,
+        fragment_size: int = 7,
+    ) -> None:
+        object.__setattr__(self, "calls", calls)
+        object.__setattr__(self, "style", style)
+        object.__setattr__(self, "finish_reason", finish_reason)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "done_marker", done_marker)
+        object.__setattr__(self, "fragment_size", fragment_size)
+
+
 Behaviour = (
-    Reply
+    ToolCalls
+    | Reply
     | Incomplete
     | ErrorEvent
     | Failed
@@ -245,6 +304,9 @@ class FakeModelServer:
         self._window_started = 0.0
         self._window_used = 0
         self._script: deque[Behaviour] = deque()
+        # With the script empty, every request that offers tools gets this (an endless
+        # caller), unless it says `tool_choice: "none"`.
+        self.endless: ToolCalls | None = None
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -349,10 +411,17 @@ class FakeModelServer:
         if self.context_window is not None and prompt_tokens(body) > self.context_window:
             self.overflows += 1
             return await self._overflow(request, body)
-        behaviour = self._script.popleft() if self._script else Reply()
+        if self._script:
+            behaviour: Behaviour = self._script.popleft()
+        elif self.endless is not None and body.get("tools"):
+            behaviour = self.endless
+        else:
+            behaviour = Reply()
         if isinstance(behaviour, Slow):
             await asyncio.sleep(behaviour.delay_before_first_byte)
             behaviour = behaviour.then
+        if isinstance(behaviour, ToolCalls) and body.get("tool_choice") == "none":
+            behaviour = Reply()
         return body, behaviour, limit_headers
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -441,6 +510,10 @@ class FakeModelServer:
             await response.write(_event(error))
             await response.write_eof()
             return response
+        if isinstance(behaviour, ToolCalls):
+            await self._send(response, self._tool_call_events(chunk_id, model, behaviour), 0.0)
+            await response.write_eof()
+            return response
         if isinstance(behaviour, Incomplete):
             behaviour = Reply(
                 behaviour.text,
@@ -483,6 +556,40 @@ class FakeModelServer:
         await response.write_eof()
         return response
 
+    def _call_id(self, call: CallTool) -> str:
+        return call.id or f"call_{next(self._ids)}"
+
+    def _tool_call_events(self, chunk_id: str, model: str, round_: ToolCalls) -> list[bytes]:
+        events = [_event(_chunk(chunk_id, model, {"role": "assistant", "content": None}))]
+        events += [
+            _event(_chunk(chunk_id, model, {"content": p})) for p in _split(round_.text, None)
+        ]
+        for index, call in enumerate(round_.calls):
+            call_id, arguments = self._call_id(call), call.text()
+            if round_.style == "openai":
+                first = {"index": index, "id": call_id, "type": "function"}
+                first["function"] = {"name": call.name, "arguments": ""}
+                events.append(_event(_chunk(chunk_id, model, {"tool_calls": [first]})))
+                size = round_.fragment_size
+                for start in range(0, len(arguments), size):
+                    piece = {
+                        "index": index,
+                        "function": {"arguments": arguments[start : start + size]},
+                    }
+                    events.append(_event(_chunk(chunk_id, model, {"tool_calls": [piece]})))
+            else:
+                whole = {
+                    "index": 0 if round_.style == "ollama" else index,
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": arguments},
+                }
+                events.append(_event(_chunk(chunk_id, model, {"tool_calls": [whole]})))
+        events.append(_event(_chunk(chunk_id, model, {}, finish_reason=round_.finish_reason)))
+        if round_.done_marker:
+            events.append(b"data: [DONE]\n\n")
+        return events
+
     @staticmethod
     async def _send(response: web.StreamResponse, events: list[bytes], delay: float) -> None:
         if not delay:
@@ -523,6 +630,13 @@ class FakeModelServer:
         if isinstance(behaviour, Refuse):
             return _error(behaviour.status, behaviour.message, behaviour.code)
         events = ResponseEvents(f"resp_fake{next(self._ids)}", str(body.get("model", "fake")))
+        if isinstance(behaviour, ToolCalls):
+            calls = [(self._call_id(call), call.name, call.text()) for call in behaviour.calls]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await self._send(response, [*events.opening(), *events.function_calls(calls)], 0.0)
+            await response.write_eof()
+            return response
         text = self._text_of(behaviour, body)
         if isinstance(behaviour, Incomplete):
             text = behaviour.text

@@ -101,6 +101,47 @@ class ResponseEvents:
             ),
         )
 
+    def function_calls(self, calls: list[tuple[str, str, str]]) -> list[bytes]:
+        """Each call (call_id, name, arguments) as OpenAI streams a function call: the
+        item, its arguments in two deltas, done, the item done; then completed."""
+        events: list[bytes] = []
+        items = []
+        for index, (call_id, name, arguments) in enumerate(calls):
+            item = {
+                "id": f"fc_{index}",
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": call_id,
+                "name": name,
+                "arguments": "",
+            }
+            events.append(self.event("response.output_item.added", output_index=index, item=item))
+            half = len(arguments) // 2
+            for piece in (arguments[:half], arguments[half:]):
+                events.append(
+                    self.event(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=index,
+                        delta=piece,
+                    )
+                )
+            events.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=index,
+                    arguments=arguments,
+                )
+            )
+            done = {**item, "status": "completed", "arguments": arguments}
+            items.append(done)
+            events.append(self.event("response.output_item.done", output_index=index, item=done))
+        completed = self.response("completed", usage=responses_usage(10, 5))
+        completed["output"] = items
+        events.append(self.event("response.completed", response=completed))
+        return events
+
     def failed(self, code: str, message: str) -> bytes:
         return self.event(
             "response.failed",

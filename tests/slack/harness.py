@@ -11,7 +11,7 @@ import itertools
 import json
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from botservice.app.runtime import library_engine
 from botservice.core.conversation import ConversationCore
 from botservice.core.ports import Adapter
 from botservice.core.settings import Settings
+from botservice.core.tools import ToolSource
 from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
 from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlackApi
@@ -87,9 +88,22 @@ class SlackHarness:
     _ts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @classmethod
-    async def start(cls, slack: FakeSlackApi, settings: Settings, store: SqlStore) -> SlackHarness:
+    async def start(
+        cls,
+        slack: FakeSlackApi,
+        settings: Settings,
+        store: SqlStore,
+        *,
+        tool_sources: Sequence[ToolSource] = (),
+    ) -> SlackHarness:
         model = OpenAIChatClient(settings.model)
-        core = ConversationCore(settings=settings, store=store, model=model, feedback=store)
+        core = ConversationCore(
+            settings=settings,
+            store=store,
+            model=model,
+            feedback=store,
+            tool_sources=tool_sources,
+        )
         adapter = create_adapter(settings, core, store, database=library_engine(store))
         harness = cls(slack, settings, store, core, model, adapter)
         app = web.Application()
