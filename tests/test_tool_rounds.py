@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.ports import SinkAbilities
+from botservice.core.ports import SinkAbilities, StoredToolCall
 from botservice.core.settings import Settings
 from botservice.core.tools import (
     BUILTIN,
@@ -649,9 +649,16 @@ async def crashed_turn(store: SqlStore, call: ToolCall) -> tuple[int, int]:
     assert accepted is not None
     stopped = datetime.now(UTC) - timedelta(seconds=1)
     await store.claim_next_turn(accepted.conversation_id, holder="dead", alive_until=stopped)
-    await store.store_tool_round(
-        accepted.turn_id, accepted.user_message_id, round=0, calls=[call], round_text=""
+    requested = StoredToolCall(
+        user_message_id=accepted.user_message_id,
+        round=0,
+        position=0,
+        call_id=call.id,
+        name=call.name,
+        arguments=call.arguments,
+        status="requested",
     )
+    await store.store_tool_round(accepted.turn_id, [requested])
     return accepted.turn_id, accepted.user_message_id
 
 

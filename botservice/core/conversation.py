@@ -729,6 +729,8 @@ class ConversationCore:
                                 )
                             if retry is None:
                                 await updates.close()
+                                if tools is not None:
+                                    await tools.settle()
                                 await self._fail(
                                     turn,
                                     sink,
@@ -771,6 +773,8 @@ class ConversationCore:
             # The message stays stored; only this answer is declined.
             log.warning("turn %d declined: too many turns wait for the model", turn.turn_id)
             await updates.close()
+            if tools is not None:
+                await tools.settle()
             await self._keep_trying(
                 lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
             )
@@ -779,8 +783,10 @@ class ConversationCore:
             return
         await updates.close()
         _report_usage(telemetry, model, usage)
-        if tools is not None and not parts:
-            parts.append(LIMIT_NO_TEXT)  # calls where only text may come: say so
+        if tools is not None:
+            await tools.settle()
+            if not parts:
+                parts.append(LIMIT_NO_TEXT)  # calls where only text may come: say so
 
         answer = "".join(parts)
         shown = answer
