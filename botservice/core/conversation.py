@@ -765,9 +765,8 @@ class ConversationCore:
                 limit = tools.limit_reached()
                 if limit is None:
                     await tools.run_round(stream.tool_calls, round_text)
+                    # A limit reached by this round: the next request is the last one.
                     limit = tools.limit_reached()
-                    if limit is not None and tools.rounds < self._settings.tools.max_rounds:
-                        limit = None  # only time: the next request may still answer
                 prompt = prompt_within(window.tokens - reserve)
         except GateFull:
             # The message stays stored; only this answer is declined.
