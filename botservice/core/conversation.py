@@ -55,6 +55,7 @@ from botservice.core.ports import (
     ReplySink,
     SinkAbilities,
     StoredMessage,
+    StoredToolCall,
     TokenCounting,
     Usage,
     abilities_of,
@@ -654,17 +655,18 @@ class ConversationCore:
             )
         )
         instructions_tokens = self._count_tokens(instructions)
-        tools = await self._turn_tools(turn, channel, history, sink, abilities)
-        # Earlier turns' tool rounds, shown to the model with the messages they answered.
-        earlier_calls = (
-            await self._keep_trying(
-                lambda: store.tool_calls_for(
-                    [m.id for m in history if m.role == "user" and m.id != turn.user_message_id]
-                )
+        tools = self._turn_tools(turn, channel, history, sink, abilities)
+        earlier_calls: list[StoredToolCall] = []
+        if tools is not None:
+            # One read: the rounds of earlier turns (shown to the model with the
+            # messages they answered) and this turn's own, stored before a restart.
+            stored_calls = await self._keep_trying(
+                lambda: store.tool_calls_for([m.id for m in history if m.role == "user"])
             )
-            if tools is not None
-            else []
-        )
+            earlier_calls = [c for c in stored_calls if c.user_message_id != turn.user_message_id]
+            await tools.resume(
+                [c for c in stored_calls if c.user_message_id == turn.user_message_id]
+            )
 
         def prompt_within(budget: int) -> Prompt:
             return build_prompt(
@@ -691,6 +693,15 @@ class ConversationCore:
         usage: Usage | None = None
         # Why the model may call no more tools (a limit), once one is reached.
         limit: str | None = None
+        texted = False
+
+        def first_text() -> None:
+            # Once per turn, though each tool round's request may bring text of its own.
+            nonlocal texted
+            if not texted:
+                texted = True
+                telemetry.first_text(key.platform, model, self._age(turn))
+
         try:
             while True:  # one model request per tool round, the last one answers
                 request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
@@ -716,9 +727,7 @@ class ConversationCore:
                                 parts,
                                 updates,
                                 abilities,
-                                first_text=lambda: telemetry.first_text(
-                                    key.platform, model, self._age(turn)
-                                ),
+                                first_text=first_text,
                             )
                             break
                         except ModelError as error:
@@ -817,7 +826,7 @@ class ConversationCore:
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
 
-    async def _turn_tools(
+    def _turn_tools(
         self,
         turn: _Turn,
         channel: ChannelSettings,
@@ -826,7 +835,7 @@ class ConversationCore:
         abilities: SinkAbilities,
     ) -> TurnTools | None:
         """The tool rounds of this turn, when the channel allows any tool (None: the
-        request is exactly as without tools). Goes on from rounds stored before."""
+        request is exactly as without tools)."""
         if not self.tools:
             return None
         offered = self.tools.offered(ToolPolicy.parse(channel.tools))
@@ -859,7 +868,6 @@ class ConversationCore:
             keep_trying=self._keep_trying,
             show_status=lambda text: self._show_status(sink, abilities, text),
         )
-        await tools.resume()
         return tools
 
     async def _record_usage(

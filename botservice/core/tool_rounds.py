@@ -212,12 +212,11 @@ class TurnTools:
             return f"{self._settings.turn_timeout_seconds:g} s of tool time"
         return None
 
-    async def resume(self) -> None:
-        """Go on from what an earlier run of this turn stored: finish its last round
-        (the calls it did not finish), keep the rest as they are."""
-        stored: list[StoredToolCall] = await self._keep_trying(
-            lambda: self._store.tool_calls(self._context.turn_id)
-        )
+    async def resume(self, stored: Sequence[StoredToolCall]) -> None:
+        """Go on from what an earlier run of this turn stored (its calls, by round and
+        position): finish its last round (the calls it did not finish), keep the rest
+        as they are."""
+        stored = list(stored)
         if not stored:
             return
         last = stored[-1].round
@@ -371,8 +370,10 @@ class TurnTools:
             log.warning("tool %s timed out after %.1f s", spec.name, timeout)
             output = ToolOutput(TIMED_OUT.format(seconds=timeout), is_error=True)
         except Exception as error:
-            # The tool's failure is the model's to handle; the turn goes on.
-            log.warning("tool %s failed", spec.name, exc_info=True)
+            # The tool's failure is the model's to handle; the turn goes on. Its message
+            # may quote the conversation: only its kind is logged at the default level.
+            log.warning("tool %s failed: %s", spec.name, type(error).__name__)
+            log.debug("tool %s failed", spec.name, exc_info=True)
             output = ToolOutput(TOOL_FAILED.format(kind=type(error).__name__), is_error=True)
         return output, time.monotonic() - started
 
@@ -427,8 +428,9 @@ class TurnTools:
             await self._show_status(f"Waiting for {self._asker.name} to approve {call.name}…")
             try:
                 await confirm(request)
-            except Exception:
-                log.warning("asking for a confirmation failed", exc_info=True)
+            except Exception as error:
+                log.warning("asking for a confirmation failed: %s", type(error).__name__)
+                log.debug("asking for a confirmation failed", exc_info=True)
                 await self._keep_trying(
                     lambda: self._store.expire_confirmation(confirmation.id, now=datetime.now(UTC))
                 )
