@@ -35,7 +35,7 @@ from botservice.model.responses import OpenAIResponsesClient
 from botservice.storage.repository import SqlStore
 from tests.chat_kit import Chat, RecordingSink, settings_for
 from tests.db import StoreFactory
-from tests.fakes.model_server import CallTool, FakeModelServer, Reply, ToolCalls
+from tests.fakes.model_server import CallTool, FakeModelServer, Refuse, Reply, ToolCalls
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[ToolOutput]]
 
@@ -914,3 +914,19 @@ async def test_a_click_handled_by_another_process_reaches_the_waiting_turn(
 
     assert ops.calls == [("ops__deploy", {"env": "prod"})]
     assert sink.final.startswith("Done.")
+
+
+async def test_a_model_without_function_calling_is_asked_again_without_tools(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    # What Ollama answers for a model that has no tool template.
+    fake_model.script(
+        Refuse(400, "registry.ollama.ai/library/gemma:2b does not support tools"),
+    )
+
+    first = await chat.say("Hello?")
+    await chat.say("Hello again?")
+
+    assert first.final == "You said: Hello?"
+    bodies = [r.body for r in fake_model.chat_requests]
+    assert ["tools" in body for body in bodies] == [True, False, False]

@@ -28,6 +28,7 @@ from botservice.core.errors import (
     ModelContextExceeded,
     ModelEmptyAnswer,
     ModelError,
+    ModelRefused,
     ModelStreamBroken,
     StoreUnavailable,
     TranscriptionError,
@@ -188,6 +189,8 @@ class ConversationCore:
         # The tools the model may be offered (each channel's policy picks among them).
         self.tools = ToolBox(tool_sources)
         self._confirmations = ConfirmationWaiters()
+        # Models whose endpoint refused a request for carrying tools: asked without.
+        self._tool_less_models: set[str] = set()
         self._tracer = tracer
         # Who manages a channel: adapters ask it when they build a message, the
         # commands when someone changes a setting.
@@ -655,7 +658,7 @@ class ConversationCore:
             )
         )
         instructions_tokens = self._count_tokens(instructions)
-        tools = self._turn_tools(turn, channel, history, sink, abilities)
+        tools = self._turn_tools(turn, model, channel, history, sink, abilities)
         earlier_calls: list[StoredToolCall] = []
         if tools is not None:
             # One read: the rounds of earlier turns (shown to the model with the
@@ -731,6 +734,21 @@ class ConversationCore:
                             )
                             break
                         except ModelError as error:
+                            if tools is not None and not tools.rounds and _refuses_tools(error):
+                                # An endpoint (or model) without function calling: this
+                                # answer and later ones go without tools.
+                                log.warning(
+                                    "the model endpoint refused tools for %s; answering "
+                                    "without them from now on",
+                                    model,
+                                )
+                                self._tool_less_models.add(model)
+                                tools = None
+                                prompt = prompt_within(window.tokens - reserve)
+                                request = dataclasses.replace(
+                                    request, messages=prompt.messages, tools=()
+                                )
+                                continue
                             retry = None
                             if not parts and not shrunk:
                                 retry = self._shorter(
@@ -829,6 +847,7 @@ class ConversationCore:
     def _turn_tools(
         self,
         turn: _Turn,
+        model: str,
         channel: ChannelSettings,
         history: Sequence[StoredMessage],
         sink: ReplySink,
@@ -836,7 +855,7 @@ class ConversationCore:
     ) -> TurnTools | None:
         """The tool rounds of this turn, when the channel allows any tool (None: the
         request is exactly as without tools)."""
-        if not self.tools:
+        if not self.tools or model in self._tool_less_models:
             return None
         offered = self.tools.offered(ToolPolicy.parse(channel.tools))
         if not offered:
@@ -1158,6 +1177,16 @@ class ConversationCore:
         if others := [a for a in message.attachments if not a.is_audio]:
             pieces.append(describe_attachments(others))
         return stored_text(pieces, [a for a in message.attachments if a.is_audio])
+
+
+def _refuses_tools(error: ModelError) -> bool:
+    """Whether the endpoint refused the request for its tools (Ollama: "… does not
+    support tools"; servers without a tool-call template say similar)."""
+    return (
+        isinstance(error, ModelRefused)
+        and not isinstance(error, ModelContextExceeded)
+        and "tool" in error.reason.lower()
+    )
 
 
 def _added(total: Usage | None, more: Usage | None) -> Usage | None:
