@@ -6,10 +6,13 @@ concurrently (asking the asker first for anything that changes the world), store
 each result, and the core asks the model again with the results, until it answers
 in text or a limit is reached (`[tools]` in the settings).
 
-Every step is stored before the next one, so a turn resumed after a crash goes on
-from its stored rounds: a finished call is not run again, and a call that was
-started after a confirmation but has no stored result is never run again (the
-model is told its outcome is unknown).
+Each round is stored before the next round runs and before the answer is saved, so
+a turn resumed after a crash goes on from its stored rounds: a finished call is not
+run again. A round that asks the asker is stored before anyone is asked (a restart
+waits on the same question), and each approved call is marked started before it
+runs: a started call without a stored result is never run again (the model is told
+its outcome is unknown). A round of read-only calls is stored with its results in
+one write; a crash before it lands only runs those read-only calls again.
 """
 
 from __future__ import annotations
