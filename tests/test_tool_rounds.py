@@ -930,3 +930,19 @@ async def test_a_model_without_function_calling_is_asked_again_without_tools(
     assert first.final == "You said: Hello?"
     bodies = [r.body for r in fake_model.chat_requests]
     assert ["tools" in body for body in bodies] == [True, False, False]
+
+
+async def test_tool_rounds_expire_with_their_question(store: SqlStore) -> None:
+    turn_id, message_id = await crashed_turn(store, ToolCall("d1", "lookup", "{}"))
+    await store.fail_turn(turn_id)
+    assert len(await store.tool_calls_for([message_id])) == 1
+
+    counts = await store.purge(
+        now=datetime.now(UTC) + timedelta(days=31),
+        default_retention_days=30,
+        dedupe_days=2,
+        batch_size=100,
+    )
+
+    assert counts.messages == 1
+    assert await store.tool_calls_for([message_id]) == []
