@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from botservice.core.ports import StoredConfirmation, StoredToolCall
-from botservice.core.tools import Decision, ToolCall
+from botservice.core.tools import Decision
 from botservice.storage.tables import (
     CONVERSATIONS,
     MESSAGES,
@@ -119,6 +119,20 @@ _CALLS_FOR_MESSAGES = (
     .where(_k.user_message_id.in_(bindparam("ids", expanding=True)))
     .order_by(_k.user_message_id, _k.round, _k.position)
 )
+_STORE_RESULT = (
+    update(TOOL_CALLS)
+    .where(
+        _k.turn_id == bindparam("b_turn_id"),
+        _k.round == bindparam("b_round"),
+        _k.position == bindparam("b_position"),
+    )
+    .values(
+        status="done",
+        result=bindparam("b_result"),
+        is_error=bindparam("b_is_error"),
+        tokens=bindparam("b_tokens"),
+    )
+)
 _CONFIRMATION_COLUMNS = (
     _q.id,
     _q.turn_id,
@@ -197,35 +211,27 @@ class ToolRoundQueries:
 
         async def _read(self, work: Callable[[Connection], T]) -> T: ...
 
-    async def store_tool_round(
-        self,
-        turn_id: int,
-        user_message_id: int,
-        *,
-        round: int,
-        calls: Sequence[ToolCall],
-        round_text: str,
-    ) -> None:
+    async def store_tool_round(self, turn_id: int, calls: Sequence[StoredToolCall]) -> None:
         if not calls:
             return
         now = utcnow()
         rows = [
             {
                 "turn_id": turn_id,
-                "user_message_id": user_message_id,
-                "round": round,
-                "position": position,
-                "call_id": call.id,
+                "user_message_id": call.user_message_id,
+                "round": call.round,
+                "position": call.position,
+                "call_id": call.call_id,
                 "name": call.name,
                 "arguments": _clean(call.arguments),
-                "status": "requested",
-                "result": None,
-                "is_error": False,
-                "tokens": 0,
-                "round_text": _clean(round_text) if position == 0 else "",
+                "status": call.status,
+                "result": None if call.result is None else _clean(call.result),
+                "is_error": call.is_error,
+                "tokens": call.tokens,
+                "round_text": _clean(call.round_text),
                 "created_at": now,
             }
-            for position, call in enumerate(calls)
+            for call in calls
         ]
         insert = (
             self._insert(TOOL_CALLS)
@@ -247,15 +253,25 @@ class ToolRoundQueries:
         )
         await self._write(lambda connection: connection.execute(statement))
 
-    async def store_tool_result(
-        self, turn_id: int, *, round: int, position: int, result: str, is_error: bool, tokens: int
-    ) -> None:
-        statement = (
-            update(TOOL_CALLS)
-            .where(_k.turn_id == turn_id, _k.round == round, _k.position == position)
-            .values(status="done", result=_clean(result), is_error=is_error, tokens=tokens)
-        )
-        await self._write(lambda connection: connection.execute(statement))
+    async def store_tool_results(self, turn_id: int, calls: Sequence[StoredToolCall]) -> None:
+        if not calls:
+            return
+        rows = [
+            {
+                "b_turn_id": turn_id,
+                "b_round": call.round,
+                "b_position": call.position,
+                "b_result": None if call.result is None else _clean(call.result),
+                "b_is_error": call.is_error,
+                "b_tokens": call.tokens,
+            }
+            for call in calls
+        ]
+
+        def work(connection: Connection) -> None:
+            connection.execute(_STORE_RESULT, rows)
+
+        await self._write(work)
 
     async def tool_calls(self, turn_id: int) -> list[StoredToolCall]:
         def work(connection: Connection) -> list[StoredToolCall]:

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.ports import SinkAbilities
+from botservice.core.ports import SinkAbilities, StoredToolCall
 from botservice.core.settings import Settings
 from botservice.core.tools import (
     BUILTIN,
@@ -34,7 +34,8 @@ from botservice.model.client import OpenAIChatClient
 from botservice.model.responses import OpenAIResponsesClient
 from botservice.storage.repository import SqlStore
 from tests.chat_kit import Chat, RecordingSink, settings_for
-from tests.fakes.model_server import CallTool, FakeModelServer, Reply, ToolCalls
+from tests.db import StoreFactory
+from tests.fakes.model_server import CallTool, FakeModelServer, Refuse, Reply, ToolCalls
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[ToolOutput]]
 
@@ -649,9 +650,16 @@ async def crashed_turn(store: SqlStore, call: ToolCall) -> tuple[int, int]:
     assert accepted is not None
     stopped = datetime.now(UTC) - timedelta(seconds=1)
     await store.claim_next_turn(accepted.conversation_id, holder="dead", alive_until=stopped)
-    await store.store_tool_round(
-        accepted.turn_id, accepted.user_message_id, round=0, calls=[call], round_text=""
+    requested = StoredToolCall(
+        user_message_id=accepted.user_message_id,
+        round=0,
+        position=0,
+        call_id=call.id,
+        name=call.name,
+        arguments=call.arguments,
+        status="requested",
     )
+    await store.store_tool_round(accepted.turn_id, [requested])
     return accepted.turn_id, accepted.user_message_id
 
 
@@ -814,3 +822,127 @@ async def test_managers_enable_and_disable_tools_and_everyone_sees_them(
         ("tools", "+ops__*"),
         ("tools", "+ops__*,-lookup"),
     ]
+
+
+# --- more limits, and a click in another process ---------------------------------
+
+
+async def test_calls_beyond_the_per_round_limit_are_refused(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url, tools__max_calls_per_round="2")
+    client = OpenAIChatClient(settings.model)
+    tools = builtin_tools()
+    core = ConversationCore(
+        settings=settings, store=sqlite_store, model=client, tool_sources=[tools]
+    )
+    fake_model.script(
+        ToolCalls(*(CallTool("lookup", {"query": str(n)}, id=f"c{n}") for n in range(3))),
+        Reply("Two of three."),
+    )
+    try:
+        await Chat(core).say("Look up three things.")
+    finally:
+        await client.aclose()
+
+    assert tools.calls == [("lookup", {"query": "0"}), ("lookup", {"query": "1"})]
+    results = {
+        m["tool_call_id"]: m["content"] for m in tool_messages(fake_model.chat_requests[1].body)
+    }
+    assert (
+        results["c2"] == "Refused: at most 2 calls may be made in one round; this one was not run."
+    )
+
+
+async def test_the_time_for_tools_in_one_answer_is_bounded(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url, tools__turn_timeout_seconds="0.25")
+    client = OpenAIChatClient(settings.model)
+
+    async def slowish(arguments: Mapping[str, Any]) -> ToolOutput:
+        await asyncio.sleep(0.15)
+        return ToolOutput("a little")
+
+    tools = builtin_tools()
+    tools.handlers["lookup"] = slowish
+    core = ConversationCore(
+        settings=settings, store=sqlite_store, model=client, tool_sources=[tools]
+    )
+    fake_model.endless = ToolCalls(CallTool("lookup", {"query": "more"}))
+    try:
+        sink = await asyncio.wait_for(Chat(core).say("Keep looking, slowly."), 10)
+    finally:
+        await client.aclose()
+
+    # 0.15 s, then 0.1 s left (stopped there), then the time is up: text only.
+    assert len(tools.calls) == 2
+    last = fake_model.chat_requests[-1].body
+    assert last["tool_choice"] == "none"
+    assert "0.25 s of tool time" in last["messages"][-1]["content"]
+    assert sink.final.startswith("You said: Keep looking, slowly.")
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_click_handled_by_another_process_reaches_the_waiting_turn(
+    make_store: StoreFactory, fake_model: FakeModelServer
+) -> None:
+    """Two processes share PostgreSQL: the turn waits in one, the button click lands
+    in the other; the waiting turn sees the decision by polling its row."""
+    settings = settings_for(fake_model.base_url)
+    client = OpenAIChatClient(settings.model)
+    ops = ops_tools()
+    answering = ConversationCore(
+        settings=settings, store=await make_store(), model=client, tool_sources=[ops]
+    )
+    clicked = ConversationCore(
+        settings=settings, store=await make_store(), model=client, tool_sources=[ops_tools()]
+    )
+    await enable(await make_store(), "ops__*")
+    fake_model.script(ToolCalls(CallTool("ops__deploy", {"env": "prod"}, id="d1")), Reply("Done."))
+
+    async def click_elsewhere(request: ConfirmationRequest) -> None:
+        await clicked.decide_tool_call(
+            request.confirmation_id, platform="test", user_id="U1", approve=True
+        )
+
+    sink = ConfirmingSink(answer=click_elsewhere)
+    try:
+        await asyncio.wait_for(answering.handle(Chat(answering).message("Deploy."), sink), 15)
+    finally:
+        await client.aclose()
+
+    assert ops.calls == [("ops__deploy", {"env": "prod"})]
+    assert sink.final.startswith("Done.")
+
+
+async def test_a_model_without_function_calling_is_asked_again_without_tools(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    # What Ollama answers for a model that has no tool template.
+    fake_model.script(
+        Refuse(400, "registry.ollama.ai/library/gemma:2b does not support tools"),
+    )
+
+    first = await chat.say("Hello?")
+    await chat.say("Hello again?")
+
+    assert first.final == "You said: Hello?"
+    bodies = [r.body for r in fake_model.chat_requests]
+    assert ["tools" in body for body in bodies] == [True, False, False]
+
+
+async def test_tool_rounds_expire_with_their_question(store: SqlStore) -> None:
+    turn_id, message_id = await crashed_turn(store, ToolCall("d1", "lookup", "{}"))
+    await store.fail_turn(turn_id)
+    assert len(await store.tool_calls_for([message_id])) == 1
+
+    counts = await store.purge(
+        now=datetime.now(UTC) + timedelta(days=31),
+        default_retention_days=30,
+        dedupe_days=2,
+        batch_size=100,
+    )
+
+    assert counts.messages == 1
+    assert await store.tool_calls_for([message_id]) == []

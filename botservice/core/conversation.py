@@ -28,6 +28,7 @@ from botservice.core.errors import (
     ModelContextExceeded,
     ModelEmptyAnswer,
     ModelError,
+    ModelRefused,
     ModelStreamBroken,
     StoreUnavailable,
     TranscriptionError,
@@ -55,6 +56,7 @@ from botservice.core.ports import (
     ReplySink,
     SinkAbilities,
     StoredMessage,
+    StoredToolCall,
     TokenCounting,
     Usage,
     abilities_of,
@@ -187,6 +189,8 @@ class ConversationCore:
         # The tools the model may be offered (each channel's policy picks among them).
         self.tools = ToolBox(tool_sources)
         self._confirmations = ConfirmationWaiters()
+        # Models whose endpoint refused a request for carrying tools: asked without.
+        self._tool_less_models: set[str] = set()
         self._tracer = tracer
         # Who manages a channel: adapters ask it when they build a message, the
         # commands when someone changes a setting.
@@ -654,17 +658,18 @@ class ConversationCore:
             )
         )
         instructions_tokens = self._count_tokens(instructions)
-        tools = await self._turn_tools(turn, channel, history, sink, abilities)
-        # Earlier turns' tool rounds, shown to the model with the messages they answered.
-        earlier_calls = (
-            await self._keep_trying(
-                lambda: store.tool_calls_for(
-                    [m.id for m in history if m.role == "user" and m.id != turn.user_message_id]
-                )
+        tools = self._turn_tools(turn, model, channel, history, sink, abilities)
+        earlier_calls: list[StoredToolCall] = []
+        if tools is not None:
+            # One read: the rounds of earlier turns (shown to the model with the
+            # messages they answered) and this turn's own, stored before a restart.
+            stored_calls = await self._keep_trying(
+                lambda: store.tool_calls_for([m.id for m in history if m.role == "user"])
             )
-            if tools is not None
-            else []
-        )
+            earlier_calls = [c for c in stored_calls if c.user_message_id != turn.user_message_id]
+            await tools.resume(
+                [c for c in stored_calls if c.user_message_id == turn.user_message_id]
+            )
 
         def prompt_within(budget: int) -> Prompt:
             return build_prompt(
@@ -691,6 +696,15 @@ class ConversationCore:
         usage: Usage | None = None
         # Why the model may call no more tools (a limit), once one is reached.
         limit: str | None = None
+        texted = False
+
+        def first_text() -> None:
+            # Once per turn, though each tool round's request may bring text of its own.
+            nonlocal texted
+            if not texted:
+                texted = True
+                telemetry.first_text(key.platform, model, self._age(turn))
+
         try:
             while True:  # one model request per tool round, the last one answers
                 request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
@@ -716,12 +730,25 @@ class ConversationCore:
                                 parts,
                                 updates,
                                 abilities,
-                                first_text=lambda: telemetry.first_text(
-                                    key.platform, model, self._age(turn)
-                                ),
+                                first_text=first_text,
                             )
                             break
                         except ModelError as error:
+                            if tools is not None and not tools.rounds and _refuses_tools(error):
+                                # An endpoint (or model) without function calling: this
+                                # answer and later ones go without tools.
+                                log.warning(
+                                    "the model endpoint refused tools for %s; answering "
+                                    "without them from now on",
+                                    model,
+                                )
+                                self._tool_less_models.add(model)
+                                tools = None
+                                prompt = prompt_within(window.tokens - reserve)
+                                request = dataclasses.replace(
+                                    request, messages=prompt.messages, tools=()
+                                )
+                                continue
                             retry = None
                             if not parts and not shrunk:
                                 retry = self._shorter(
@@ -729,6 +756,8 @@ class ConversationCore:
                                 )
                             if retry is None:
                                 await updates.close()
+                                if tools is not None:
+                                    await tools.settle()
                                 await self._fail(
                                     turn,
                                     sink,
@@ -763,14 +792,15 @@ class ConversationCore:
                 limit = tools.limit_reached()
                 if limit is None:
                     await tools.run_round(stream.tool_calls, round_text)
+                    # A limit reached by this round: the next request is the last one.
                     limit = tools.limit_reached()
-                    if limit is not None and tools.rounds < self._settings.tools.max_rounds:
-                        limit = None  # only time: the next request may still answer
                 prompt = prompt_within(window.tokens - reserve)
         except GateFull:
             # The message stays stored; only this answer is declined.
             log.warning("turn %d declined: too many turns wait for the model", turn.turn_id)
             await updates.close()
+            if tools is not None:
+                await tools.settle()
             await self._keep_trying(
                 lambda: self._store.fail_turn(turn.turn_id, holder=self._holder)
             )
@@ -779,8 +809,10 @@ class ConversationCore:
             return
         await updates.close()
         _report_usage(telemetry, model, usage)
-        if tools is not None and not parts:
-            parts.append(LIMIT_NO_TEXT)  # calls where only text may come: say so
+        if tools is not None:
+            await tools.settle()
+            if not parts:
+                parts.append(LIMIT_NO_TEXT)  # calls where only text may come: say so
 
         answer = "".join(parts)
         shown = answer
@@ -812,17 +844,18 @@ class ConversationCore:
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
 
-    async def _turn_tools(
+    def _turn_tools(
         self,
         turn: _Turn,
+        model: str,
         channel: ChannelSettings,
         history: Sequence[StoredMessage],
         sink: ReplySink,
         abilities: SinkAbilities,
     ) -> TurnTools | None:
         """The tool rounds of this turn, when the channel allows any tool (None: the
-        request is exactly as without tools). Goes on from rounds stored before."""
-        if not self.tools:
+        request is exactly as without tools)."""
+        if not self.tools or model in self._tool_less_models:
             return None
         offered = self.tools.offered(ToolPolicy.parse(channel.tools))
         if not offered:
@@ -854,7 +887,6 @@ class ConversationCore:
             keep_trying=self._keep_trying,
             show_status=lambda text: self._show_status(sink, abilities, text),
         )
-        await tools.resume()
         return tools
 
     async def _record_usage(
@@ -1145,6 +1177,16 @@ class ConversationCore:
         if others := [a for a in message.attachments if not a.is_audio]:
             pieces.append(describe_attachments(others))
         return stored_text(pieces, [a for a in message.attachments if a.is_audio])
+
+
+def _refuses_tools(error: ModelError) -> bool:
+    """Whether the endpoint refused the request for its tools (Ollama: "… does not
+    support tools"; servers without a tool-call template say similar)."""
+    return (
+        isinstance(error, ModelRefused)
+        and not isinstance(error, ModelContextExceeded)
+        and "tool" in error.reason.lower()
+    )
 
 
 def _added(total: Usage | None, more: Usage | None) -> Usage | None:

@@ -653,26 +653,19 @@ class StoredConfirmation:
 class ToolRoundStore(Protocol):
     """Tool rounds kept with their turn, and the confirmations they wait for."""
 
-    async def store_tool_round(
-        self,
-        turn_id: int,
-        user_message_id: int,
-        *,
-        round: int,
-        calls: Sequence[ToolCall],
-        round_text: str,
-    ) -> None:
-        """Keep the calls the model asked for in round `round` (status `requested`).
-        Storing a round again (a resumed turn) changes nothing."""
+    async def store_tool_round(self, turn_id: int, calls: Sequence[StoredToolCall]) -> None:
+        """Keep a round's calls as they stand: `requested` (before anything is asked or
+        run), or already `done` with their results (a round that asked nobody). Storing
+        a round again (a resumed turn) changes nothing."""
         ...
 
     async def start_tool_call(self, turn_id: int, *, round: int, position: int) -> None:
         """Mark the call `started`: from here a crash leaves its outcome unknown."""
         ...
 
-    async def store_tool_result(
-        self, turn_id: int, *, round: int, position: int, result: str, is_error: bool, tokens: int
-    ) -> None: ...
+    async def store_tool_results(self, turn_id: int, calls: Sequence[StoredToolCall]) -> None:
+        """Store the results of a round's calls (each `done`), in one write."""
+        ...
 
     async def tool_calls(self, turn_id: int) -> list[StoredToolCall]:
         """The turn's stored calls, by round and position (a resumed turn goes on

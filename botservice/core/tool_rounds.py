@@ -6,10 +6,13 @@ concurrently (asking the asker first for anything that changes the world), store
 each result, and the core asks the model again with the results, until it answers
 in text or a limit is reached (`[tools]` in the settings).
 
-Every step is stored before the next one, so a turn resumed after a crash goes on
-from its stored rounds: a finished call is not run again, and a call that was
-started after a confirmation but has no stored result is never run again (the
-model is told its outcome is unknown).
+Each round is stored before the next round runs and before the answer is saved, so
+a turn resumed after a crash goes on from its stored rounds: a finished call is not
+run again. A round that asks the asker is stored before anyone is asked (a restart
+waits on the same question), and each approved call is marked started before it
+runs: a started call without a stored result is never run again (the model is told
+its outcome is unknown). A round of read-only calls is stored with its results in
+one write; a crash before it lands only runs those read-only calls again.
 """
 
 from __future__ import annotations
@@ -197,6 +200,8 @@ class TurnTools:
         self.rounds = 0
         self._tool_seconds = 0.0
         self._used: dict[str, None] = {}  # tools that ran, in order
+        # A round that asked nobody is written while the model reads its results.
+        self._writing: asyncio.Future[Any] | None = None
 
     @property
     def used(self) -> list[str]:
@@ -210,18 +215,16 @@ class TurnTools:
             return f"{self._settings.turn_timeout_seconds:g} s of tool time"
         return None
 
-    async def resume(self) -> None:
-        """Go on from what an earlier run of this turn stored: finish its last round
-        (the calls it did not finish), keep the rest as they are."""
-        stored: list[StoredToolCall] = await self._keep_trying(
-            lambda: self._store.tool_calls(self._context.turn_id)
-        )
+    async def resume(self, stored: Sequence[StoredToolCall]) -> None:
+        """Go on from what an earlier run of this turn stored (its calls, by round and
+        position): finish its last round (the calls it did not finish), keep the rest
+        as they are."""
+        stored = list(stored)
         if not stored:
             return
         last = stored[-1].round
-        unfinished = [call for call in stored if call.round == last and call.status != "done"]
-        self.calls = [call for call in stored if call.status == "done" or call.round != last]
         self.rounds = last + 1
+        unfinished = [call for call in stored if call.round == last and call.status != "done"]
         if unfinished:
             log.info(
                 "turn %d resumes round %d with %d unfinished calls",
@@ -229,26 +232,16 @@ class TurnTools:
                 last,
                 len(unfinished),
             )
-            finished = [call for call in stored if call.round == last and call.status == "done"]
-            done = await self._finish(unfinished)
-            self.calls = [
-                *(call for call in stored if call.round != last),
-                *sorted([*finished, *done], key=lambda call: call.position),
+            done = await self._finish(unfinished, await self._policy(), stored=True)
+            finished = {call.position: call for call in done}
+            stored = [
+                finished.get(call.position, call) if call.round == last else call for call in stored
             ]
+        self.calls = stored
 
     async def run_round(self, calls: Sequence[ToolCall], round_text: str) -> None:
         """Store the model's calls, run them, store their results."""
         round_index = self.rounds
-        turn_id = self._context.turn_id
-        await self._keep_trying(
-            lambda: self._store.store_tool_round(
-                turn_id,
-                self._user_message_id,
-                round=round_index,
-                calls=calls,
-                round_text=round_text,
-            )
-        )
         requested = [
             StoredToolCall(
                 user_message_id=self._user_message_id,
@@ -263,7 +256,30 @@ class TurnTools:
             for position, call in enumerate(calls)
         ]
         self.rounds += 1
-        self.calls += await self._finish(requested)
+        await self.settle()
+        policy = await self._policy()
+        turn_id = self._context.turn_id
+        if any(self._asks(call, policy) for call in requested):
+            # Stored before anyone is asked: a restart waits on the same question.
+            await self._keep_trying(lambda: self._store.store_tool_round(turn_id, requested))
+            self.calls += await self._finish(requested, policy, stored=True)
+            return
+        # Nothing here changes the world: run first, then store the round with its
+        # results in one write, while the next request goes out (`settle` waits for it
+        # before anything else is stored; a crash before it lands only runs read-only
+        # calls again). The write was most of a round's cost (bench/bench_tools.py).
+        finished = await self._finish(requested, policy, stored=False)
+        self._writing = asyncio.ensure_future(
+            self._keep_trying(lambda: self._store.store_tool_round(turn_id, finished))
+        )
+        self.calls += finished
+
+    async def settle(self) -> None:
+        """Wait for a round still being written (before the next round, and before the
+        answer is saved, so the rounds are stored ahead of the answer)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     def by_message(
         self, earlier: Sequence[StoredToolCall]
@@ -276,9 +292,19 @@ class TurnTools:
 
     # --- one round -----------------------------------------------------------------
 
-    async def _finish(self, calls: Sequence[StoredToolCall]) -> list[StoredToolCall]:
-        """Bring each call to a stored result, concurrently."""
-        policy = ToolPolicy.parse((await self._channel_settings()).tools)
+    async def _policy(self) -> ToolPolicy:
+        return ToolPolicy.parse((await self._channel_settings()).tools)
+
+    def _asks(self, call: StoredToolCall, policy: ToolPolicy) -> bool:
+        """Whether the call would ask the asker first (if it runs at all)."""
+        found = self._toolbox.find(call.name) if call.name in self.offered.names else None
+        return found is not None and policy.allows(found[1]) and not found[1].runs_without_asking
+
+    async def _finish(
+        self, calls: Sequence[StoredToolCall], policy: ToolPolicy, *, stored: bool
+    ) -> list[StoredToolCall]:
+        """Bring each call to its result, concurrently; with `stored`, the round's rows
+        exist and get the results in one write."""
         limit = self._settings.max_calls_per_round
         runnable = [call for call in calls if call.position < limit]
         if lines := [self._status_line(c) for c in runnable if c.status == "requested"]:
@@ -290,10 +316,13 @@ class TurnTools:
         run_seconds = 0.0
         for call, (output, ran_for) in zip(calls, results, strict=True):
             run_seconds = max(run_seconds, ran_for)
-            finished.append(await self._store_result(call, output))
+            finished.append(self._finished(call, output))
         # Calls run side by side: the round costs its longest call, never more than
         # the round took (approval waits excluded).
         self._tool_seconds += min(run_seconds, time.monotonic() - started)
+        if stored:
+            turn_id = self._context.turn_id
+            await self._keep_trying(lambda: self._store.store_tool_results(turn_id, finished))
         return finished
 
     def _status_line(self, call: StoredToolCall) -> str:
@@ -344,26 +373,16 @@ class TurnTools:
             log.warning("tool %s timed out after %.1f s", spec.name, timeout)
             output = ToolOutput(TIMED_OUT.format(seconds=timeout), is_error=True)
         except Exception as error:
-            # The tool's failure is the model's to handle; the turn goes on.
-            log.warning("tool %s failed", spec.name, exc_info=True)
+            # The tool's failure is the model's to handle; the turn goes on. Its message
+            # may quote the conversation: only its kind is logged at the default level.
+            log.warning("tool %s failed: %s", spec.name, type(error).__name__)
+            log.debug("tool %s failed", spec.name, exc_info=True)
             output = ToolOutput(TOOL_FAILED.format(kind=type(error).__name__), is_error=True)
         return output, time.monotonic() - started
 
-    async def _store_result(self, call: StoredToolCall, output: ToolOutput) -> StoredToolCall:
-        if call.status == "done":
-            return call
+    def _finished(self, call: StoredToolCall, output: ToolOutput) -> StoredToolCall:
         text = cap_result(output.text, self._settings.max_result_bytes)
         tokens = self._count(text) + self._count(call.arguments) + self._count(call.name)
-        await self._keep_trying(
-            lambda: self._store.store_tool_result(
-                self._context.turn_id,
-                round=call.round,
-                position=call.position,
-                result=text,
-                is_error=output.is_error,
-                tokens=tokens,
-            )
-        )
         return StoredToolCall(
             user_message_id=call.user_message_id,
             round=call.round,
@@ -412,8 +431,9 @@ class TurnTools:
             await self._show_status(f"Waiting for {self._asker.name} to approve {call.name}…")
             try:
                 await confirm(request)
-            except Exception:
-                log.warning("asking for a confirmation failed", exc_info=True)
+            except Exception as error:
+                log.warning("asking for a confirmation failed: %s", type(error).__name__)
+                log.debug("asking for a confirmation failed", exc_info=True)
                 await self._keep_trying(
                     lambda: self._store.expire_confirmation(confirmation.id, now=datetime.now(UTC))
                 )

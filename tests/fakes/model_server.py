@@ -307,6 +307,9 @@ class FakeModelServer:
         # With the script empty, every request that offers tools gets this (an endless
         # caller), unless it says `tool_choice: "none"`.
         self.endless: ToolCalls | None = None
+        # With the script empty: a request that offers tools and ends with the user's
+        # message gets this round; the request with its results gets the answer.
+        self.call_once: ToolCalls | None = None
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -415,6 +418,8 @@ class FakeModelServer:
             behaviour: Behaviour = self._script.popleft()
         elif self.endless is not None and body.get("tools"):
             behaviour = self.endless
+        elif self.call_once is not None and body.get("tools") and _ends_with_user(body):
+            behaviour = self.call_once
         else:
             behaviour = Reply()
         if isinstance(behaviour, Slow):
@@ -868,6 +873,11 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return total
 
 
+def _ends_with_user(body: dict[str, Any]) -> bool:
+    messages = body.get("messages") or body.get("input") or []
+    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "user"
+
+
 def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
     prompt_words = sum(
         len(str(message.get("content", "")).split()) for message in body.get("messages") or []
@@ -949,6 +959,8 @@ async def _serve(args: argparse.Namespace) -> None:
         default_delay_between_chunks=0.0 if args.instant else args.chunk_delay,
         answer=(lambda body: args.answer) if args.answer else echo_answer,
     )
+    if args.call_tool:
+        server.call_once = ToolCalls(CallTool(args.call_tool, "{}"), style="whole")
     await server.start()
     print(f"READY {server.base_url}", flush=True)
     stop = asyncio.Event()
@@ -976,6 +988,11 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds between streamed chunks; implies not --instant",
     )
     parser.add_argument("--answer", default="", help="fixed answer instead of the echo")
+    parser.add_argument(
+        "--call-tool",
+        default="",
+        help="answer a request that offers tools with one call of this tool first",
+    )
     args = parser.parse_args(argv)
     if args.chunk_delay:
         args.instant = False
