@@ -14,7 +14,7 @@ Needs llama-cpp-python with its server extra and the `gguf` writer (not in the
 project's dependencies: pip builds llama.cpp from source, about 15 minutes on 2 cores):
 
     pip install 'llama-cpp-python[server]==0.3.36' gguf
-    python -m bench.bench_llama_server [--turns 30] [--words 400]
+    python -m bench.bench_llama_server [--turns 30] [--words 400] [--byte-level]
 """
 
 from __future__ import annotations
@@ -163,6 +163,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=30)
     parser.add_argument("--words", type=int, default=400, help="per message")
+    parser.add_argument(
+        "--byte-level",
+        action="store_true",
+        help="the model's tokenizer counts every byte (about 4x the bot's count)",
+    )
     args = parser.parse_args()
     if not all(importlib.util.find_spec(name) for name in ("llama_cpp", "gguf")):
         raise SystemExit("llama-cpp-python or gguf is not installed: see this script's docstring")
@@ -171,7 +176,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        write_tiny_model(folder / "tiny.gguf")
+        write_tiny_model(folder / "tiny.gguf", whole_words=not args.byte_level)
         port = free_port()
         server = start_server(folder / "tiny.gguf", port)
         try:

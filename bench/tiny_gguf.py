@@ -15,7 +15,11 @@ import gguf
 import numpy as np
 
 
-def write_tiny_model(path: Path, *, context: int = 2048, seed: int = 7) -> None:
+def write_tiny_model(
+    path: Path, *, context: int = 2048, seed: int = 7, whole_words: bool = True
+) -> None:
+    """`whole_words=False`: text is tokenized byte by byte, about four times as many
+    tokens as the bot counts (a server whose tokenizer disagrees with the bot's)."""
     rng = np.random.default_rng(seed)
     n_embd, n_ff, n_head, n_layer = 64, 128, 4, 2
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
@@ -24,6 +28,8 @@ def write_tiny_model(path: Path, *, context: int = 2048, seed: int = 7) -> None:
     # llama.cpp's tokenizer builds a word by merging neighbours, so every prefix of a
     # word is a token too.
     whole = "please summarise this long paragraph Turn the a and to of is it you I that"
+    if not whole_words:
+        whole = ""
     words = sorted(
         {"▁" + word[:end] for word in whole.split() for end in range(1, len(word) + 1)}
         | {"▁", ":", *(str(digit) for digit in range(10))}

@@ -172,6 +172,30 @@ async def test_thirty_turns_against_a_server_that_answers_nothing_when_over_its_
     assert not any("cut off" in r.final or "no text" in r.final for r in replies)
 
 
+async def test_a_server_counting_far_more_tokens_than_the_bot_still_never_breaks(
+    fake_model: FakeModelServer, local_chat: Chat
+) -> None:
+    # Seen against a real llama-cpp-python server (bench/bench_llama_server.py) whose
+    # tokenizer counted about four times the bot's tokens: its empty answers came to
+    # prompts the bot thought short, and the conversation failed from the fourth turn.
+    fake_model.discovery = "llama-cpp-python"
+    fake_model.context_window = 2048
+    fake_model.overflow = "empty"
+    fake_model.chars_per_token = 1
+
+    replies = await thirty_turns(local_chat)
+
+    assert_every_turn_answered(replies)
+    # Each overflow was tried again at once, shorter, and said so under its answer.
+    told = [n for n, r in enumerate(replies) if r.final.endswith(SHRUNK_FOOTNOTE)]
+    assert len(told) == fake_model.overflows
+    # The window is learned in the bot's own tokens; at four times the count, the
+    # first lesson (the prompt that worked, plus the answer reserve) still lets a
+    # prompt grow into the reserve a smaller window keeps, so a second one may come.
+    assert 1 <= fake_model.overflows <= 2
+    assert len(fake_model.chat_requests) == 30 + fake_model.overflows
+
+
 @pytest.mark.parametrize("style", ["openai", "vllm", "llamacpp", "llama-cpp-python"])
 async def test_a_context_length_400_is_recovered_once_and_the_window_remembered(
     fake_model: FakeModelServer, local_chat: Chat, style: str

@@ -1000,7 +1000,13 @@ class ConversationCore:
             named = error.window
         elif not (
             isinstance(error, ModelEmptyAnswer)
-            and prompt.tokens + reserve >= min(window.tokens // 2, OVERFLOW_SUSPECT_TOKENS)
+            and (
+                # A stream cut short with nothing in it is how llama.cpp-based servers
+                # refuse a prompt over their window. Judging it by the prompt's size
+                # fails when the server's tokenizer counts far more tokens than ours.
+                error.unfinished
+                or prompt.tokens + reserve >= min(window.tokens // 2, OVERFLOW_SUSPECT_TOKENS)
+            )
         ):
             return None
         budget = min(window.tokens - reserve, prompt.tokens) // 2

@@ -111,9 +111,18 @@ class ModelStreamBroken(ModelError):
 
 
 class ModelEmptyAnswer(ModelError):
-    """The endpoint finished (or ended its stream cleanly) without any text."""
+    """The endpoint finished (or ended its stream cleanly) without any text.
+
+    `unfinished`: the stream ended without the model saying it was done, as
+    llama.cpp-based servers answer a prompt over their window; a model that chose to
+    say nothing finishes its stream.
+    """
 
     user_message = "The model returned no text; please rephrase or try again."
+
+    def __init__(self, reason: str, *, unfinished: bool = False) -> None:
+        super().__init__(reason)
+        self.unfinished = unfinished
 
 
 class ModelAnswerIncomplete(ModelError):

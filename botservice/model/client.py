@@ -424,7 +424,7 @@ class OpenAIChatStream:
             # The body ended cleanly with nothing in it: the server meant it (llama.cpp
             # servers answer so to a prompt over their window). Asking again would get
             # the same; the core decides whether a shorter prompt is worth a try.
-            raise ModelEmptyAnswer("the stream ended without any text")
+            raise ModelEmptyAnswer("the stream ended without any text", unfinished=True)
         incomplete = _INCOMPLETE_REASONS.get(self.finish_reason or "")
         if incomplete is not None:
             raise ModelAnswerIncomplete(incomplete)

@@ -292,6 +292,9 @@ class FakeModelServer:
         self.requests: list[RecordedRequest] = []
         self.context_window: int | None = None
         self.overflow = "empty"
+        # How many characters the server's tokenizer counts as one token (the bot's
+        # counts about 4 for English; a byte-level one counts 1).
+        self.chars_per_token = 4
         self.discovery = "none"
         # The window /v1/models reports as trained (llama.cpp), when it differs.
         self.trained_window: int | None = None
@@ -411,7 +414,10 @@ class FakeModelServer:
         limit_headers = self._take_rate()
         if limit_headers is None:
             return self._over_rate()
-        if self.context_window is not None and prompt_tokens(body) > self.context_window:
+        if (
+            self.context_window is not None
+            and prompt_tokens(body, self.chars_per_token) > self.context_window
+        ):
             self.overflows += 1
             return await self._overflow(request, body)
         if self._script:
@@ -697,7 +703,7 @@ class FakeModelServer:
 
     async def _overflow(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         """A prompt over the window, answered as each kind of server answers it."""
-        window, used = self.context_window, prompt_tokens(body)
+        window, used = self.context_window, prompt_tokens(body, self.chars_per_token)
         if self.overflow == "empty":
             # llama.cpp-based servers have been seen to answer 200 with an empty body.
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -858,18 +864,19 @@ def _split(text: str, chunk_size: int | None) -> list[str]:
     return _WORDS.findall(text) or [text]
 
 
-def prompt_tokens(body: dict[str, Any]) -> int:
+def prompt_tokens(body: dict[str, Any], chars_per_token: int = 4) -> int:
     """The fake's own token count of a prompt: a quarter of the characters (about what
-    English costs in a BPE tokenizer), 4 more per message, as servers add framing."""
+    English costs in a BPE tokenizer; `chars_per_token` for a server whose tokenizer
+    counts otherwise), 4 more per message, as servers add framing."""
     messages = body.get("messages") or body.get("input") or []
     total = 0
     for message in messages if isinstance(messages, list) else [messages]:
         content = message.get("content", "") if isinstance(message, dict) else message
         if isinstance(content, list):
             content = " ".join(str(part.get("text", "")) for part in content)
-        total += math.ceil(len(str(content)) / 4) + 4
+        total += math.ceil(len(str(content)) / chars_per_token) + 4
     if isinstance(body.get("instructions"), str):
-        total += math.ceil(len(body["instructions"]) / 4) + 4
+        total += math.ceil(len(body["instructions"]) / chars_per_token) + 4
     return total
 
 
