@@ -10,6 +10,7 @@ one `StoreBase` (one engine, one way of running work); `SqlStore` is their sum.
 - `lookups`: what adapters look up before acknowledging an event
 - `forgetting`: forget-me, deleted platform messages, uninstalled workspaces
 - `purge`: expiry in batches
+- `message_search`: a channel's messages by their words (the built-in tools)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from botservice.storage.feedback import FeedbackQueries
 from botservice.storage.forgetting import FORGOTTEN_USER, SqlForgetting
 from botservice.storage.history import SqlHistoryStore
 from botservice.storage.lookups import SqlLookups
+from botservice.storage.message_search import SqlMessageSearch
 from botservice.storage.purge import PURGE_JOB, SqlPurgeStore
 from botservice.storage.turns import SqlTurnStore
 from botservice.storage.usage import SqlUsageStore
@@ -43,6 +45,7 @@ class SqlStore(
     SqlForgetting,
     SqlPurgeStore,
     FeedbackQueries,
+    SqlMessageSearch,
 ):
     """The `Store` port (botservice/core/ports.py) over SQLAlchemy.
 
