@@ -267,6 +267,37 @@ async def test_a_server_down_at_start_offers_nothing_then_its_tools_appear(
         await source.aclose()
 
 
+async def test_a_server_that_goes_away_is_retried_and_its_tools_come_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    source = McpToolSource(
+        McpServer(name="fake", url=f"http://127.0.0.1:{port}/mcp"),
+        connect_timeout_seconds=10,
+        retry_initial_seconds=0.05,
+        retry_max_seconds=0.2,
+    )
+    try:
+        async with serve_http(FakeMcp(), sock):
+            await source.start()
+            assert source.tools() != ()
+        # The server stopped: the next call fails, and the source notices.
+        gone = await source.call("fake__lookup", {"record_id": "1"}, CONTEXT)
+        assert gone.is_error
+        await eventually(lambda: source.tools() == (), "the tools are withdrawn")
+
+        async with serve_http(FakeMcp(), bound_socket(port)):
+            await eventually(lambda: source.tools() != (), "the tools come back")
+            assert await source.call("fake__lookup", {"record_id": "3"}, CONTEXT) == ToolOutput(
+                "record 3: status open"
+            )
+    finally:
+        await source.aclose()
+    unreachable = [r for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert len(unreachable) == 1
+
+
 # --- built from the settings ---------------------------------------------------------------
 
 
@@ -359,6 +390,38 @@ async def test_a_stdio_server_is_started_listed_called_and_stopped(tmp_path: Pat
         await close_tool_sources(sources)
     calls = [json.loads(line) for line in call_log.read_text().splitlines()]
     assert calls == [["lookup", {"record_id": "A1"}], ["delete_record", {"record_id": "A2"}]]
+
+
+async def test_a_stdio_server_that_dies_is_started_again(tmp_path: Path) -> None:
+    call_log = tmp_path / "calls.jsonl"
+    source = McpToolSource(
+        McpServer(
+            name="local",
+            command=sys.executable,
+            args=(str(FAKE_SERVER_SCRIPT), "local"),
+            env={"FAKE_MCP_CALL_LOG": str(call_log)},
+        ),
+        connect_timeout_seconds=10,
+        retry_initial_seconds=0.05,
+        retry_max_seconds=0.2,
+    )
+    await source.start()
+    try:
+        crashed = await source.call("local__crash", {}, CONTEXT)
+        assert crashed.is_error
+        await eventually(
+            lambda: source.connected and "local__lookup" in {s.name for s in source.tools()},
+            "started and listed again",
+        )
+        assert await source.call("local__lookup", {"record_id": "B"}, CONTEXT) == ToolOutput(
+            "record B: status open"
+        )
+    finally:
+        await source.aclose()
+    assert [json.loads(line)[0] for line in call_log.read_text().splitlines()] == [
+        "crash",
+        "lookup",
+    ]
 
 
 async def test_a_stdio_server_that_cannot_start_never_stops_the_bot(

@@ -16,9 +16,9 @@ import contextlib
 import fnmatch
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -33,6 +33,7 @@ from botservice.core.tools import ToolContext, ToolOutput, ToolSpec
 from botservice.tools.mcp_names import map_tool_names
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The SDK's read timeout for the HTTP stream a server may hold open; a call's own time
 # is bounded by the core (it cancels the call).
@@ -93,6 +94,8 @@ class McpToolSource:
         self._retry_max = max(retry_max_seconds, retry_initial_seconds)
         self._listing = _Listing()
         self._session: ClientSession | None = None
+        # Set when the current connection ends: calls still waiting on it give up.
+        self._ended = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._first_attempt = asyncio.Event()
@@ -140,7 +143,7 @@ class McpToolSource:
     async def call(
         self, name: str, arguments: Mapping[str, Any], context: ToolContext
     ) -> ToolOutput:
-        session = self._session
+        session, ended = self._session, self._ended
         if session is None:
             return ToolOutput(
                 f"The MCP server {self.name!r} is not reachable right now; its tool "
@@ -153,16 +156,22 @@ class McpToolSource:
                 f"The MCP server {self.name!r} offers no tool named {name!r}.", is_error=True
             )
         try:
-            result = await session.call_tool(original, dict(arguments))
+            result = await _unless_ended(ended, session.call_tool(original, dict(arguments)))
         except McpError as error:
             if error.error.code == types.CONNECTION_CLOSED or "terminated" in error.error.message:
-                self._connection_lost()
+                self._connection_lost(session)
             return ToolOutput(
                 f"The MCP server {self.name!r} refused the call: {self._clean(error.error.message)}",
                 is_error=True,
             )
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, httpx.HTTPError, OSError):
-            self._connection_lost()
+        except (
+            _ConnectionEnded,
+            anyio.ClosedResourceError,
+            anyio.BrokenResourceError,
+            httpx.HTTPError,
+            OSError,
+        ):
+            self._connection_lost(session)
             return ToolOutput(
                 f"The connection to the MCP server {self.name!r} was lost during the call.",
                 is_error=True,
@@ -174,6 +183,7 @@ class McpToolSource:
     async def _run(self) -> None:
         delay = self._retry_initial
         while not self._closing:
+            ended = self._ended = asyncio.Event()
             try:
                 async with self._session_opened() as session:
                     with anyio.fail_after(self._connect_timeout):
@@ -190,6 +200,9 @@ class McpToolSource:
             finally:
                 self._session = None
                 self._listing = _Listing()
+                # A transport that failed may leave a call waiting for an answer that
+                # will never come (the SDK does not fail it): end it here.
+                ended.set()
             self._first_attempt.set()
             if self._closing:
                 break
@@ -292,7 +305,12 @@ class McpToolSource:
             trusted=self.trusted,
         )
 
-    def _connection_lost(self) -> None:
+    def _connection_lost(self, session: ClientSession) -> None:
+        if self._session is not session:
+            return  # a call on an earlier connection, already replaced
+        # Withdraw the tools at once; the runner closes the connection and reconnects.
+        self._session = None
+        self._listing = _Listing()
         self._lost = True
         self._wake.set()
 
@@ -329,6 +347,28 @@ class McpToolSource:
 
     def _clean(self, text: str) -> str:
         return scrub(text, *self._secrets)
+
+
+class _ConnectionEnded(Exception):
+    """The connection a call was made on ended before its answer came."""
+
+
+async def _unless_ended(ended: asyncio.Event, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the connection ends first (`_ConnectionEnded`). A caller
+    that cancels (the core's time limit) cancels the work too."""
+    task = asyncio.ensure_future(work)
+    # Read the outcome of work cut short, so none is reported as never retrieved.
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    waiter = asyncio.ensure_future(ended.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    raise _ConnectionEnded
 
 
 def tool_output(result: types.CallToolResult) -> ToolOutput:

@@ -1,6 +1,6 @@
 """A real MCP server from the official SDK (FastMCP), for the MCP tool source's tests.
 
-Its tools: `lookup` (read-only), `delete_record` (destructive), `archive` (no
+Its tools (and, in a process of its own, `crash`): `lookup` (read-only), `delete_record` (destructive), `archive` (no
 annotations at all), `slow` (waits), `big` (returns 1 MB of text), `failing` (reports
 an error), `picture` (an image), `grow` (adds a tool and tells the client its list
 changed), and `whoami` (the HTTP headers it was called with). Every call is recorded
@@ -31,11 +31,19 @@ ONE_MB = 1024 * 1024
 
 
 class FakeMcp:
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(self, name: str = "fake", *, own_process: bool = False) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []
         self.server = FastMCP(name, host="127.0.0.1")
         self._register()
+        if own_process:
+            self._register_crash()
+
+    def _register_crash(self) -> None:
+        @self.server.tool(description="End this server's process at once.")
+        def crash() -> str:
+            self._record("crash", {})
+            os._exit(3)
 
     def _record(self, tool: str, arguments: dict[str, Any]) -> None:
         self.calls.append((tool, arguments))
@@ -124,12 +132,12 @@ class FakeMcp:
             return headers.get("authorization", "(none)")
 
 
-def bound_socket() -> socket.socket:
-    """A socket bound to an ephemeral port of 127.0.0.1 and not listening yet: until
-    the server starts on it, connections to the port are refused."""
+def bound_socket(port: int = 0) -> socket.socket:
+    """A socket bound to 127.0.0.1 (an ephemeral port unless given) and not listening
+    yet: until the server starts on it, connections to the port are refused."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
@@ -161,4 +169,4 @@ async def serve_http(fake: FakeMcp, sock: socket.socket | None = None) -> AsyncI
 
 
 if __name__ == "__main__":
-    FakeMcp(sys.argv[1] if len(sys.argv) > 1 else "fake").server.run("stdio")
+    FakeMcp(sys.argv[1] if len(sys.argv) > 1 else "fake", own_process=True).server.run("stdio")
