@@ -58,6 +58,76 @@ def _pg_query(terms: Sequence[str], *, match_all: bool) -> str:
     return joiner.join(f"{term}:*" for term in terms)
 
 
+def _filters(
+    channel: ChannelRef,
+    message_id: Any,
+    created_at: Any,
+    since: datetime | None,
+    exclude_turn_id: int | None,
+) -> list[Any]:
+    where: list[Any] = [
+        _c.platform == channel.platform,
+        _c.workspace == channel.workspace,
+        _c.channel == channel.channel,
+    ]
+    if since is not None:
+        where.append(created_at >= since)
+    if exclude_turn_id is not None:
+        question = select(_t.user_message_id).where(
+            _t.id == exclude_turn_id, _t.user_message_id.is_not(None)
+        )
+        where.append(message_id.not_in(question))
+    return where
+
+
+def _sqlite_search(
+    channel: ChannelRef, limit: int, since: datetime | None, exclude_turn_id: int | None
+) -> Any:
+    return (
+        select(_m.id, _c.thread, _m.role, _m.author_name, _m.text, _m.created_at)
+        .select_from(
+            _FTS.join(MESSAGES, _m.id == _FTS.c.rowid).join(
+                CONVERSATIONS, _c.id == _m.conversation_id
+            )
+        )
+        .where(
+            text(f"{FTS_TABLE} MATCH :query"),
+            *_filters(channel, _m.id, _m.created_at, since, exclude_turn_id),
+        )
+        # bm25: lower is better.
+        .order_by(func.bm25(literal_column(FTS_TABLE)), _m.id.desc())
+        .limit(limit)
+    )
+
+
+def _pg_search(
+    channel: ChannelRef, limit: int, since: datetime | None, exclude_turn_id: int | None
+) -> Any:
+    tsquery = "to_tsquery('simple'::regconfig, :query)"
+    # The matches through the GIN index first (materialized, with every column the
+    # answer needs), then the channel's among them, ranked. Left to itself the planner
+    # may start from the channel's rows and recompute to_tsvector for each (tens of
+    # microseconds a message), which it takes to be cheap; and a generic plan (asyncpg
+    # prepares statements) may scan all messages to join them back.
+    hits = (
+        select(_m.id, _m.conversation_id, _m.role, _m.author_name, _m.text, _m.created_at)
+        .where(text(f"{_PG_VECTOR} @@ {tsquery}"))
+        .cte("hits")
+        .prefix_with("MATERIALIZED")
+    )
+    found = hits.c
+    return (
+        select(found.id, _c.thread, found.role, found.author_name, found.text, found.created_at)
+        .select_from(hits.join(CONVERSATIONS, _c.id == found.conversation_id))
+        .where(*_filters(channel, found.id, found.created_at, since, exclude_turn_id))
+        .order_by(
+            text(f"ts_rank(to_tsvector('simple'::regconfig, hits.text), {tsquery}) DESC"),
+            found.id.desc(),
+        )
+        .limit(limit)
+    )
+
+
 class SqlMessageSearch(StoreBase):
     """A channel's messages by their words; a conversation's older messages."""
 
@@ -73,39 +143,11 @@ class SqlMessageSearch(StoreBase):
     ) -> list[FoundMessage]:
         if not terms or limit <= 0:
             return []
-        where: list[Any] = [
-            _c.platform == channel.platform,
-            _c.workspace == channel.workspace,
-            _c.channel == channel.channel,
-        ]
-        if since is not None:
-            where.append(_m.created_at >= since)
-        if exclude_turn_id is not None:
-            question = select(_t.user_message_id).where(
-                _t.id == exclude_turn_id, _t.user_message_id.is_not(None)
-            )
-            where.append(_m.id.not_in(question))
-        columns = (_m.id, _c.thread, _m.role, _m.author_name, _m.text, _m.created_at)
-        joined = MESSAGES.join(CONVERSATIONS, _c.id == _m.conversation_id)
         if self._shared:
-            tsquery = "to_tsquery('simple'::regconfig, :query)"
-            statement = (
-                select(*columns)
-                .select_from(joined)
-                .where(text(f"{_PG_VECTOR} @@ {tsquery}"), *where)
-                .order_by(text(f"ts_rank({_PG_VECTOR}, {tsquery}) DESC"), _m.id.desc())
-                .limit(limit)
-            )
+            statement = _pg_search(channel, limit, since, exclude_turn_id)
             parameters = {"query": _pg_query(terms, match_all=match_all)}
         else:
-            statement = (
-                select(*columns)
-                .select_from(_FTS.join(joined, _m.id == _FTS.c.rowid))
-                .where(text(f"{FTS_TABLE} MATCH :query"), *where)
-                # bm25: lower is better.
-                .order_by(func.bm25(literal_column(FTS_TABLE)), _m.id.desc())
-                .limit(limit)
-            )
+            statement = _sqlite_search(channel, limit, since, exclude_turn_id)
             parameters = {"query": _fts_query(terms, match_all=match_all)}
 
         def work(connection: Connection) -> list[FoundMessage]:
