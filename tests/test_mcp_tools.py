@@ -93,6 +93,8 @@ async def test_an_http_servers_tools_are_listed_as_server__tool_with_their_hints
             False,
             False,
         )
+        chatty = specs["fake__chatty"].description
+        assert len(chatty) == 1024 and chatty.endswith("…")
         # An untrusted server: every tool asks first, even a read-only one; and MCP tools
         # are off in a channel until its managers enable them.
         assert not any(spec.runs_without_asking for spec in specs.values())
@@ -357,7 +359,11 @@ def test_a_header_naming_an_unset_variable_or_holding_a_value_is_refused() -> No
         )
 
 
-async def test_a_stdio_server_is_started_listed_called_and_stopped(tmp_path: Path) -> None:
+async def test_a_stdio_server_is_started_listed_called_and_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A secret of the bot's, in the environment the bot runs in.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-mcp-servers")
     call_log = tmp_path / "calls.jsonl"
     settings = settings_with(
         McpServerSettings(
@@ -386,10 +392,16 @@ async def test_a_stdio_server_is_started_listed_called_and_stopped(tmp_path: Pat
         assert await local.call("local__delete_record", {"record_id": "A2"}, CONTEXT) == (
             ToolOutput("deleted A2")
         )
+        # The server's environment: a minimal one, plus what `env` passes on.
+        environment = (await local.call("local__environment", {}, CONTEXT)).text.split()
+        assert "FAKE_MCP_CALL_LOG" in environment and "PATH" in environment
+        assert "OPENAI_API_KEY" not in environment
     finally:
         await close_tool_sources(sources)
-    calls = [json.loads(line) for line in call_log.read_text().splitlines()]
-    assert calls == [["lookup", {"record_id": "A1"}], ["delete_record", {"record_id": "A2"}]]
+    calls = [json.loads(line)[0] for line in call_log.read_text().splitlines()]
+    assert calls == ["lookup", "delete_record", "environment"]
+    first = json.loads(call_log.read_text().splitlines()[0])
+    assert first == ["lookup", {"record_id": "A1"}]
 
 
 async def test_a_stdio_server_that_dies_is_started_again(tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ T = TypeVar("T")
 # is bounded by the core (it cancels the call).
 _STREAM_READ_SECONDS = 300.0
 _CLOSE_SECONDS = 5.0
+# Every tool's description goes into every request that offers it: a server's essay
+# is cut to this many characters.
+MAX_DESCRIPTION = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,7 +299,7 @@ class McpToolSource:
         destructive_hint = hints.destructiveHint if hints else None
         return ToolSpec(
             name=name,
-            description=tool.description or tool.title or tool.name,
+            description=_shortened(tool.description or tool.title or tool.name),
             parameters=tool.inputSchema or {"type": "object", "properties": {}},
             source=self.name,
             read_only=read_only,
@@ -347,6 +350,12 @@ class McpToolSource:
 
     def _clean(self, text: str) -> str:
         return scrub(text, *self._secrets)
+
+
+def _shortened(description: str) -> str:
+    if len(description) <= MAX_DESCRIPTION:
+        return description
+    return description[: MAX_DESCRIPTION - 1].rstrip() + "…"
 
 
 class _ConnectionEnded(Exception):

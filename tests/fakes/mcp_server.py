@@ -1,9 +1,11 @@
 """A real MCP server from the official SDK (FastMCP), for the MCP tool source's tests.
 
-Its tools (and, in a process of its own, `crash`): `lookup` (read-only), `delete_record` (destructive), `archive` (no
-annotations at all), `slow` (waits), `big` (returns 1 MB of text), `failing` (reports
-an error), `picture` (an image), `grow` (adds a tool and tells the client its list
-changed), and `whoami` (the HTTP headers it was called with). Every call is recorded
+Its tools: `lookup` (read-only), `delete_record` (destructive), `archive` (no
+annotations at all), `add_note` (writes, destroys nothing), `slow` (waits), `big`
+(returns 1 MB of text), `failing` (reports an error), `chatty` (a very long
+description), `picture` (an image), `grow` (adds a tool and tells the client its list
+changed), `whoami` (the HTTP headers it was called with); in a process of its own
+also `environment` (its variables' names) and `crash` (ends the process). Every call is recorded
 in `calls`, and, when the environment names a file in FAKE_MCP_CALL_LOG, appended
 there as a JSON line (the stdio server runs in a process of its own).
 
@@ -40,6 +42,14 @@ class FakeMcp:
             self._register_crash()
 
     def _register_crash(self) -> None:
+        @self.server.tool(
+            description="The names of this process's environment variables.",
+            annotations=ToolAnnotations(readOnlyHint=True),
+        )
+        def environment() -> str:
+            self._record("environment", {})
+            return " ".join(sorted(os.environ))
+
         @self.server.tool(description="End this server's process at once.")
         def crash() -> str:
             self._record("crash", {})
@@ -97,6 +107,11 @@ class FakeMcp:
         def big() -> str:
             self._record("big", {})
             return "x" * ONE_MB
+
+        @server.tool(description="A tool that explains itself at length. " * 200)
+        def chatty() -> str:
+            self._record("chatty", {})
+            return "said"
 
         @server.tool(description="Always fails.", annotations=ToolAnnotations(readOnlyHint=True))
         def failing() -> str:
