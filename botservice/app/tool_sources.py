@@ -28,11 +28,22 @@ def build_tool_sources(
     for a header or variable that names an unset environment variable, or for MCP
     servers configured without the `mcp` extra installed."""
     env = os.environ if environ is None else environ
+    builtin = settings.builtin_tools
+    fetch = None
+    if builtin.fetch_url:
+        from botservice.tools.fetch_url import FetchLimits, networks
+
+        fetch = FetchLimits(
+            max_bytes=builtin.fetch_max_bytes,
+            timeout_seconds=builtin.fetch_timeout_seconds,
+            allowed_networks=networks(builtin.fetch_allowed_networks),
+        )
     sources: list[ToolSource] = [
         builtin_tools(
             store,
-            timezone=ZoneInfo(settings.builtin_tools.timezone),
+            timezone=ZoneInfo(builtin.timezone),
             default_retention_days=settings.storage.retention_days,
+            fetch=fetch,
         )
     ]
     if not settings.mcp.servers:

@@ -3,6 +3,7 @@ loads them from `config/botservice.toml` and the environment)."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal, Self
 from urllib.parse import urlparse
@@ -152,6 +153,23 @@ class BuiltinToolSettings(_Section):
 
     # The IANA timezone `current_time` answers in by default, and search results show.
     timezone: str = "UTC"
+    # `fetch_url` (a web page's text) is offered only when this is true.
+    fetch_url: bool = False
+    # At most this many bytes of a page are read, within this many seconds.
+    fetch_max_bytes: int = Field(default=1_000_000, gt=0)
+    fetch_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Networks fetched although they are not public (CIDR, e.g. "10.1.2.0/24").
+    fetch_allowed_networks: tuple[str, ...] = ()
+
+    @field_validator("fetch_allowed_networks")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network (such as 10.1.2.0/24)") from None
+        return values
 
     @field_validator("timezone")
     @classmethod

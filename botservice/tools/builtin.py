@@ -7,7 +7,7 @@ Each tool is a small module of its own (`search_history`, `earlier_messages`,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from botservice.core.message_search import MessageSearch
@@ -17,6 +17,9 @@ from botservice.tools.current_time import CurrentTime
 from botservice.tools.earlier_messages import EarlierMessages
 from botservice.tools.kit import BuiltinTool, Clock, utc_now
 from botservice.tools.search_history import SearchHistory
+
+if TYPE_CHECKING:
+    from botservice.tools.fetch_url import FetchLimits
 
 
 class BuiltinStore(MessageSearch, ChannelSettingsStore, Protocol):
@@ -57,17 +60,23 @@ def builtin_tools(
     timezone: ZoneInfo,
     default_retention_days: int,
     clock: Clock = utc_now,
+    fetch: FetchLimits | None = None,
 ) -> BuiltinTools:
-    """The built-in source over `store`: search_history, earlier_messages, current_time."""
-    return BuiltinTools(
-        [
-            SearchHistory(
-                store,
-                timezone=timezone,
-                default_retention_days=default_retention_days,
-                clock=clock,
-            ),
-            EarlierMessages(store, timezone=timezone),
-            CurrentTime(timezone=timezone, clock=clock),
-        ]
-    )
+    """The built-in source over `store`: search_history, earlier_messages, current_time,
+    and with `fetch`, fetch_url."""
+    tools: list[BuiltinTool] = [
+        SearchHistory(
+            store,
+            timezone=timezone,
+            default_retention_days=default_retention_days,
+            clock=clock,
+        ),
+        EarlierMessages(store, timezone=timezone),
+        CurrentTime(timezone=timezone, clock=clock),
+    ]
+    if fetch is not None:
+        # Imported only when offered: BeautifulSoup costs start-up time.
+        from botservice.tools.fetch_url import FetchUrl
+
+        tools.append(FetchUrl(fetch))
+    return BuiltinTools(tools)
