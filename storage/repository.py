@@ -11,6 +11,7 @@ one `StoreBase` (one engine, one way of running work); `SqlStore` is their sum.
 - `forgetting`: forget-me, deleted platform messages, uninstalled workspaces
 - `purge`: expiry in batches
 - `tool_rounds`: a turn's tool calls and the confirmations they wait for
+- `message_search`: a channel's messages by their words (the built-in tools)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from botservice.storage.feedback import FeedbackQueries
 from botservice.storage.forgetting import FORGOTTEN_USER, SqlForgetting
 from botservice.storage.history import SqlHistoryStore
 from botservice.storage.lookups import SqlLookups
+from botservice.storage.message_search import SqlMessageSearch
 from botservice.storage.purge import PURGE_JOB, SqlPurgeStore
 from botservice.storage.tool_rounds import ToolRoundQueries
 from botservice.storage.turns import SqlTurnStore
@@ -46,6 +48,7 @@ class SqlStore(
     SqlPurgeStore,
     FeedbackQueries,
     ToolRoundQueries,
+    SqlMessageSearch,
 ):
     """The `Store` port (botservice/core/ports.py) over SQLAlchemy.
 

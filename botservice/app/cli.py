@@ -243,7 +243,7 @@ async def _run(settings: Settings) -> int:
         _require_extra("slack_bolt", extra="slack", setting="SLACK_BOT_TOKEN")
     if settings.discord.configured:
         _require_extra("discord", extra="discord", setting="DISCORD_TOKEN")
-    async with open_services(settings, metrics=True, traces=True) as services:
+    async with open_services(settings, metrics=True, traces=True, tools=True) as services:
         adapters: list[Adapter] = []
         if settings.slack.configured:
             from botservice.adapters.slack import create_adapter as create_slack
@@ -303,7 +303,7 @@ async def _chat(settings: Settings) -> int:
 
     # Held until the services are closed: closing them finishes the answers in flight.
     with _stop_on_interrupt(stop):
-        async with open_services(settings, traces=True) as services:
+        async with open_services(settings, traces=True, tools=True) as services:
             console = ConsoleAdapter(services.core)
             if stopping:
                 console.close_input()

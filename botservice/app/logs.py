@@ -52,6 +52,8 @@ _LIBRARIES = (
     "apscheduler.executors.default",
     "asyncio",
     "websockets",
+    # The MCP SDK (MCP servers' tools): its DEBUG lines quote whole tool results.
+    "mcp",
 )
 ELIDED = "…"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(turn)s"

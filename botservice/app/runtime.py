@@ -14,12 +14,18 @@ from typing import TYPE_CHECKING, cast
 
 from botservice.app import preflight
 from botservice.app.expiry import start_expiry_scheduler
+from botservice.app.tool_sources import (
+    build_tool_sources,
+    close_tool_sources,
+    start_tool_sources,
+)
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError
 from botservice.core.ports import Adapter, PendingTurn, ReplySink, Store
 from botservice.core.redact import redact_url
 from botservice.core.settings import Settings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
+from botservice.core.tools import ToolSource
 from botservice.core.tracing import NO_TRACER
 from botservice.model.client import OpenAIChatClient
 from botservice.model.responses import open_model_client
@@ -55,6 +61,8 @@ class Services:
     usage: SqlUsage
     # Set for `botservice run` (served at /metrics); None for the console and tools.
     metrics: PrometheusTelemetry | None = None
+    # Where the model's tools come from: the built-in tools, then each MCP server.
+    tool_sources: Sequence[ToolSource] = ()
 
     @property
     def telemetry(self) -> Telemetry:
@@ -87,11 +95,13 @@ def require_model_endpoint(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, *, metrics: bool = False, traces: bool = False
+    settings: Settings, *, metrics: bool = False, traces: bool = False, tools: bool = False
 ) -> AsyncIterator[Services]:
     """Open the database (bringing SQLite up to date by itself), the model client and the core;
     with `metrics`, each of them reports to one `PrometheusTelemetry`; with `traces`, turns
-    are traced when the environment asks for it (`open_tracing`)."""
+    are traced when the environment asks for it (`open_tracing`); with `tools`, the tool
+    sources are built and started (the bot answering: `run`, `chat`; never `purge` or
+    reports, which would start MCP servers for nothing)."""
     engine = create_engine(settings.database_url)
     try:
         await check_connection(engine)
@@ -109,6 +119,11 @@ async def open_services(
         await engine.dispose()
         raise
     store = SqlStore(engine)
+    try:
+        tool_sources = build_tool_sources(settings, store) if tools else []
+    except BaseException:
+        await store.aclose()
+        raise
     usage = SqlUsage(store)
     telemetry: PrometheusTelemetry | None = None
     reports: Telemetry = NO_TELEMETRY
@@ -135,16 +150,26 @@ async def open_services(
         usage=usage,
         feedback=store,
         tracer=tracing if tracing is not None else NO_TRACER,
+        tool_sources=tool_sources,
     )
     if telemetry is not None:
         core_load = core
         telemetry.watch_core(lambda: core_load.load)
     try:
+        # MCP servers that are down are retried in the background: this never fails.
+        await start_tool_sources(tool_sources)
         yield Services(
-            settings=settings, store=store, model=model, core=core, usage=usage, metrics=telemetry
+            settings=settings,
+            store=store,
+            model=model,
+            core=core,
+            usage=usage,
+            metrics=telemetry,
+            tool_sources=tool_sources,
         )
     finally:
         await core.stop()
+        await close_tool_sources(tool_sources)
         await model.aclose()
         await store.aclose()
         if tracing is not None:
@@ -200,7 +225,15 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         for adapter in adapters:
             await adapter.start()
             log.info("%s adapter started", adapter.platform)
-        log.info("%s", startup_summary(settings, adapters, metrics=services.metrics is not None))
+        log.info(
+            "%s",
+            startup_summary(
+                settings,
+                adapters,
+                metrics=services.metrics is not None,
+                tool_sources=services.tool_sources,
+            ),
+        )
         # Answers what a stop left behind, then sweeps for turns of processes that
         # die while others run on the same database.
         await services.core.start(_sink_router(adapters))
@@ -217,15 +250,23 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
         scheduler.shutdown(wait=False)
 
 
-def startup_summary(settings: Settings, adapters: Sequence[Adapter], *, metrics: bool) -> str:
+def startup_summary(
+    settings: Settings,
+    adapters: Sequence[Adapter],
+    *,
+    metrics: bool,
+    tool_sources: Sequence[ToolSource] = (),
+) -> str:
     """The one line that says what this process serves (no secrets: URLs lose their
-    credentials)."""
+    credentials). `tools=` counts the tools each source offers (an MCP server that is
+    down has none yet)."""
     database = redact_url(settings.database_url)
     platforms = ",".join(adapter.platform for adapter in adapters) or "none"
+    tools = ",".join(f"{source.name}:{len(source.tools())}" for source in tool_sources) or "none"
     return (
         f"botservice started: adapters={platforms} database={database} "
         f"model_endpoint={redact_url(settings.model.base_url)} model={settings.model.name} "
-        f"tools=none metrics={'/metrics' if metrics else 'off'}"
+        f"tools={tools} metrics={'/metrics' if metrics else 'off'}"
     )
 
 

@@ -3,9 +3,13 @@ loads them from `config/botservice.toml` and the environment)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import re
+from typing import Literal, Self
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from botservice.core.voice_settings import VoiceSettings
 
@@ -159,6 +163,107 @@ class DiscordSettings(_Section):
         return self.token is not None
 
 
+class BuiltinToolSettings(_Section):
+    """The tools that ship with the bot (botservice/tools/)."""
+
+    # The IANA timezone `current_time` answers in by default, and search results show.
+    timezone: str = "UTC"
+    # `fetch_url` (a web page's text) is offered only when this is true.
+    fetch_url: bool = False
+    # At most this many bytes of a page are read, within this many seconds.
+    fetch_max_bytes: int = Field(default=1_000_000, gt=0)
+    fetch_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Networks fetched although they are not public (CIDR, e.g. "10.1.2.0/24").
+    fetch_allowed_networks: tuple[str, ...] = ()
+
+    @field_validator("fetch_allowed_networks")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a network (such as 10.1.2.0/24)") from None
+        return values
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not an IANA timezone name (such as Europe/Paris or UTC)") from None
+        return value
+
+
+# What the model APIs accept in a tool name leaves room for `server__tool`.
+_MCP_SERVER_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+_ENVIRONMENT_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class McpServerSettings(_Section):
+    """One `[[mcp.servers]]` entry: an MCP server over streamable HTTP (`url`) or stdio
+    (`command` + `args`)."""
+
+    name: str = Field(pattern=_MCP_SERVER_NAME)
+    url: str | None = None
+    # Header name -> the NAME of the environment variable holding its value (never the
+    # value itself: these files are not the place for secrets).
+    headers: dict[str, str] = {}
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    # For a stdio server: variable in its environment -> the name of ours to pass on.
+    env: dict[str, str] = {}
+    # Read-only tools of a trusted server run without asking; every other tool asks.
+    trusted: bool = False
+    # Globs of the server's own tool names to offer; empty: all of them.
+    allowed_tools: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Self:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("set either url (streamable HTTP) or command (stdio), not both")
+        if self.name == "builtin":
+            raise ValueError(
+                '"builtin" names the tools that ship with the bot; choose another name'
+            )
+        if self.url is not None:
+            parsed = urlparse(self.url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(f"url {self.url!r} is not an http(s) URL")
+            if self.env:
+                raise ValueError("env is for stdio servers (command); send headers to a url")
+        elif self.headers:
+            raise ValueError("headers are for url servers; pass env to a command")
+        for kind, names in (("headers", self.headers), ("env", self.env)):
+            for key, variable in names.items():
+                if not _ENVIRONMENT_VARIABLE.match(variable):
+                    raise ValueError(
+                        f"{kind}.{key} must NAME an environment variable that holds the "
+                        "value (such as JIRA_TOKEN), not hold the value itself"
+                    )
+        return self
+
+
+class McpSettings(_Section):
+    """`[mcp]`: the MCP servers whose tools the bot may offer (off in every channel until
+    its managers enable them)."""
+
+    servers: tuple[McpServerSettings, ...] = ()
+    # How long one attempt to connect and list a server's tools may take.
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A server that is down is retried with backoff, doubling up to this many seconds.
+    retry_max_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("servers")
+    @classmethod
+    def _unique_names(cls, servers: tuple[McpServerSettings, ...]) -> tuple[McpServerSettings, ...]:
+        names = [server.name for server in servers]
+        if doubled := sorted({name for name in names if names.count(name) > 1}):
+            raise ValueError(f"two servers are named {doubled[0]!r}; names must differ")
+        return servers
+
+
 class Settings(_Section):
     model: ModelSettings = ModelSettings()
     model_defaults: ModelInfo = ModelInfo()
@@ -173,6 +278,8 @@ class Settings(_Section):
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()
     voice: VoiceSettings = VoiceSettings()
+    builtin_tools: BuiltinToolSettings = BuiltinToolSettings()
+    mcp: McpSettings = McpSettings()
     database_url: str = "sqlite+aiosqlite:///botservice.db"
     log_level: str = "INFO"
     # "json": one JSON object a line, for log pipelines (BOTSERVICE_LOG_FORMAT).
