@@ -15,7 +15,8 @@ from botservice.core.tools import BUILTIN, ToolContext, ToolOutput, ToolSpec
 from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import CallTool, FakeModelServer, Reply, Slow, ToolCalls
 from tests.fakes.slack_api import FakeSlackApi
-from tests.slack.harness import CHANNEL, SlackHarness, payload, slack_settings
+from tests.remote_tool import jira_tools
+from tests.slack.harness import CHANNEL, TEAM, SlackHarness, payload, slack_settings
 
 DM, THREAD = "D0BOBDM", "1767000400.000700"
 STREAM_METHODS = ("chat.startStream", "chat.appendStream", "chat.stopStream")
@@ -246,3 +247,47 @@ async def test_a_stream_that_expires_while_tools_run_continues_by_edits_and_lose
     assert bot.slack.count("chat.startStream") == 1
     assert bot.slack.count("chat.update") >= 1, "the expired stream is continued by edits"
     assert bot.slack.count("chat.postMessage") == 0, "no second message"
+
+
+async def test_a_call_waiting_for_approval_is_a_pending_card_and_no_answer_ends_it(
+    slack_api: FakeSlackApi,
+    fake_model: FakeModelServer,
+    sqlite_store: SqlStore,
+    sqlite_database_url: str,
+) -> None:
+    settings = slack_settings(
+        model_url=fake_model.base_url,
+        slack_url=slack_api.base_url,
+        database_url=sqlite_database_url,
+        extra={"BOTSERVICE_TOOLS__CONFIRM_TIMEOUT_SECONDS": "0.3"},
+    )
+    await sqlite_store.change_setting(
+        "slack", TEAM, DM, field="tools", value="+jira__*", changed_by="UADMIN"
+    )
+    jira = jira_tools()
+    bot = await SlackHarness.start(slack_api, settings, sqlite_store, tool_sources=[jira])
+    try:
+        fake_model.script(
+            ToolCalls(CallTool("jira__create_issue", {"title": "Printer on fire"}, id="c1")),
+            Reply("I did not file it: nobody approved."),
+        )
+        await bot.event(_question(bot, "File a ticket: the printer is on fire."))
+        await bot.settle()
+    finally:
+        await bot.close()
+
+    answer, question = bot.slack.thread(DM, THREAD)
+    assert [(u["status"], u.get("details") or u.get("output")) for u in answer.task_updates] == [
+        ("pending", None),
+        ("pending", "Waiting for Bob to approve"),
+        (
+            "error",
+            "The user declined this call (no answer within 0.3 s); it was not run.",
+        ),
+    ]
+    assert [item["type"] for item in answer.timeline] == ["task", "text"]
+    assert answer.text.startswith("I did not file it: nobody approved.")
+    # The question asked beside the stream has lost its buttons and says why.
+    assert question.text == "No answer within 0.3 s: not run."
+    assert not [b for b in question.blocks or [] if b["type"] == "actions"]
+    assert jira.calls == []
