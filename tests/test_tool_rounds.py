@@ -1072,3 +1072,27 @@ async def test_a_question_nobody_answers_is_closed_and_the_call_ends_in_error(
         "error",
         "The user declined this call (no answer within 0.3 s); it was not run.",
     )
+
+
+async def test_a_tools_own_error_text_is_for_the_model_not_the_progress_shown(
+    fake_model: FakeModelServer, sqlite_store: SqlStore, settings: Settings
+) -> None:
+    async def broken(arguments: Mapping[str, Any]) -> ToolOutput:
+        return ToolOutput("Traceback: db password=hunter2 rejected", is_error=True)
+
+    tools = builtin_tools()
+    tools.handlers["lookup"] = broken
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(
+        settings=settings, store=sqlite_store, model=client, tool_sources=[tools]
+    )
+    fake_model.script(ToolCalls(CallTool("lookup", {}, id="l1")), Reply("It failed."))
+    sink = ProgressSink()
+    try:
+        await core.handle(Chat(core).message("Look it up."), sink)
+    finally:
+        await client.aclose()
+
+    assert sink.progress[-1][2:] == ("error", "The tool reported an error.")
+    [result] = tool_messages(fake_model.chat_requests[1].body)
+    assert result["content"] == "Traceback: db password=hunter2 rejected", "the model reads it"

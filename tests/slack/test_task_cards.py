@@ -291,3 +291,19 @@ async def test_a_call_waiting_for_approval_is_a_pending_card_and_no_answer_ends_
     assert question.text == "No answer within 0.3 s: not run."
     assert not [b for b in question.blocks or [] if b["type"] == "actions"]
     assert jira.calls == []
+
+
+async def test_a_card_update_slack_refused_is_sent_again_with_the_stop(
+    bot: SlackHarness, fake_model: FakeModelServer
+) -> None:
+    # The first call's end is refused (a 429 on chat.appendStream).
+    bot.slack.rate_limit_next["chat.appendStream"] = 1
+    _the_model_calls_both_then_answers(fake_model)
+    await bot.event(_question(bot, "When do we deploy, and will it rain?"))
+    await bot.settle()
+
+    (message,) = bot.slack.thread(DM, THREAD)
+    assert [card["status"] for card in message.cards] == ["complete", "error"]
+    stop = bot.slack.calls_to("chat.stopStream")[0].args
+    assert [c["type"] for c in stop["chunks"]][:1] == ["task_update"], "the lost end, again"
+    assert message.timeline[-1]["text"] == f"{ANSWER}\n\n_Tools used: wiki, weather_"
