@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +28,7 @@ from botservice.core.tools import (
     ToolContext,
     ToolOutput,
     ToolPolicy,
+    ToolProgress,
     ToolSpec,
 )
 from botservice.model.client import OpenAIChatClient
@@ -946,3 +947,152 @@ async def test_tool_rounds_expire_with_their_question(store: SqlStore) -> None:
 
     assert counts.messages == 1
     assert await store.tool_calls_for([message_id]) == []
+
+
+# --- progress, call by call ----------------------------------------------------------
+
+
+@dataclass
+class ProgressSink(ConfirmingSink):
+    """A sink that shows each call on its own (as Slack's task cards do) while `shows`
+    is True; it records every report, and every question closed without a click."""
+
+    shows: bool = True
+    progress: list[tuple[str, str, str, str]] = field(default_factory=list)
+    closed: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(
+            status=self.status,
+            confirm=self.confirm,
+            tool_progress=self.tool_progress,
+            confirmation_closed=self.confirmation_closed,
+        )
+
+    async def tool_progress(self, progress: Sequence[ToolProgress]) -> bool:
+        self.progress += [(p.call_id, p.title, p.state, p.detail) for p in progress]
+        return self.shows
+
+    async def confirmation_closed(self, confirmation_id: int, outcome: str) -> None:
+        self.closed.append((confirmation_id, outcome))
+
+
+async def test_each_call_is_reported_as_it_starts_and_ends_and_no_status_line_is_shown(
+    core: ConversationCore, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(
+        ToolCalls(
+            CallTool("current_time", {}, id="t1"),
+            CallTool("no_such_tool", {}, id="t2"),  # refused: not offered
+        ),
+        Reply("Noon."),
+    )
+    sink = ProgressSink()
+    await core.handle(Chat(core).message("What time is it?"), sink)
+
+    started, ends = sink.progress[:2], sink.progress[2:]
+    assert started == [
+        ("tool-0-0", "Looking at the clock…", "in_progress", ""),
+        ("tool-0-1", "Calling no_such_tool…", "in_progress", ""),
+    ]
+    assert sorted(ends) == [
+        ("tool-0-0", "Looking at the clock…", "complete", ""),
+        (
+            "tool-0-1",
+            "Calling no_such_tool…",
+            "error",
+            "Refused: there is no tool named 'no_such_tool' here. Use only the tools offered.",
+        ),
+    ]
+    assert sink.statuses == [], "the calls are shown one by one instead"
+    assert sink.final == "Noon.\n\n_Tools used: current_time_"
+
+
+async def test_a_sink_that_cannot_show_progress_now_gets_the_status_line_as_before(
+    core: ConversationCore, fake_model: FakeModelServer
+) -> None:
+    fake_model.script(
+        ToolCalls(CallTool("current_time", {}, id="t1"), CallTool("lookup", {}, id="t2")),
+        Reply("Noon."),
+    )
+    sink = ProgressSink(shows=False)
+    await core.handle(Chat(core).message("What time is it?"), sink)
+
+    assert sink.statuses == ["Looking at the clock…\nCalling lookup…"]
+
+
+async def test_an_action_waits_as_pending_then_runs_once_approved(
+    core: ConversationCore,
+    sqlite_store: SqlStore,
+    fake_model: FakeModelServer,
+    ops: RemoteTools,
+) -> None:
+    await enable(sqlite_store, "ops__*")
+
+    async def approve(request: ConfirmationRequest) -> None:
+        await core.decide_tool_call(
+            request.confirmation_id, platform="test", user_id="U1", approve=True
+        )
+
+    fake_model.script(
+        ToolCalls(CallTool("ops__deploy", {"env": "prod"}, id="d1")), Reply("Deployed.")
+    )
+    sink = ProgressSink(answer=approve)
+    await core.handle(Chat(core).message("Deploy to prod.", name="Ada"), sink)
+
+    assert [(state, detail) for _, _, state, detail in sink.progress] == [
+        ("pending", ""),
+        ("pending", "Waiting for Ada to approve"),
+        ("in_progress", ""),
+        ("complete", ""),
+    ]
+    assert sink.statuses == []
+    assert sink.closed == [], "a question answered is closed by its click, not the core"
+
+
+async def test_a_question_nobody_answers_is_closed_and_the_call_ends_in_error(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(fake_model.base_url, tools__confirm_timeout_seconds="0.3")
+    client = OpenAIChatClient(settings.model)
+    ops = ops_tools()
+    core = ConversationCore(settings=settings, store=sqlite_store, model=client, tool_sources=[ops])
+    await enable(sqlite_store, "ops__*")
+    fake_model.script(ToolCalls(CallTool("ops__deploy", {"env": "prod"}, id="d1")), Reply("OK."))
+    sink = ProgressSink()  # nobody clicks
+    try:
+        await asyncio.wait_for(core.handle(Chat(core).message("Deploy."), sink), 10)
+    finally:
+        await client.aclose()
+
+    [request] = sink.requests
+    assert sink.closed == [(request.confirmation_id, "timed_out")]
+    assert sink.progress[-1][2:] == (
+        "error",
+        "The user declined this call (no answer within 0.3 s); it was not run.",
+    )
+
+
+async def test_a_tools_own_error_text_is_for_the_model_not_the_progress_shown(
+    fake_model: FakeModelServer, sqlite_store: SqlStore, settings: Settings
+) -> None:
+    async def broken(arguments: Mapping[str, Any]) -> ToolOutput:
+        return ToolOutput("Traceback: db password=hunter2 rejected", is_error=True)
+
+    tools = builtin_tools()
+    tools.handlers["lookup"] = broken
+    client = OpenAIChatClient(settings.model)
+    core = ConversationCore(
+        settings=settings, store=sqlite_store, model=client, tool_sources=[tools]
+    )
+    fake_model.script(ToolCalls(CallTool("lookup", {}, id="l1")), Reply("It failed."))
+    sink = ProgressSink()
+    try:
+        await core.handle(Chat(core).message("Look it up."), sink)
+    finally:
+        await client.aclose()
+
+    assert sink.progress[-1][2:] == ("error", "The tool reported an error.")
+    [result] = tool_messages(fake_model.chat_requests[1].body)
+    assert result["content"] == "Traceback: db password=hunter2 rejected", "the model reads it"

@@ -21,12 +21,16 @@ from typing import Any, Protocol
 
 import discord
 
-from botservice.adapters.discord.confirmation_buttons import confirmation_view, prompt_text
+from botservice.adapters.discord.confirmation_buttons import (
+    confirmation_view,
+    decided_text,
+    prompt_text,
+)
 from botservice.adapters.discord.feedback_buttons import feedback_view
 from botservice.adapters.discord.split import DISCORD_LIMIT
 from botservice.core.message_split import split_message
 from botservice.core.ports import SinkAbilities
-from botservice.core.tools import ConfirmationRequest
+from botservice.core.tools import ClosedOutcome, ConfirmationRequest, unanswered_text
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,9 @@ class _Transport(Protocol):
 
     async def say(self, text: str, *, private: bool) -> None: ...
 
-    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None: ...
+    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> int: ...
+
+    async def close_question(self, message_id: int, text: str) -> None: ...
 
 
 class _Renderer:
@@ -96,6 +102,9 @@ class _ReplySinkBase:
         self.finished = False
         # Set by `begin`: the turn this sink answers, named by the feedback buttons.
         self._turn_tag: str | None = None
+        # The questions this answer asked (confirmation id -> message id, request), so
+        # one nobody answered can lose its buttons.
+        self._questions: dict[int, tuple[int, ConfirmationRequest]] = {}
 
     async def update(self, text: str) -> None:
         if not self.finished:
@@ -111,7 +120,7 @@ class _ReplySinkBase:
 
     @property
     def abilities(self) -> SinkAbilities:
-        return SinkAbilities(confirm=self.confirm)
+        return SinkAbilities(confirm=self.confirm, confirmation_closed=self.confirmation_closed)
 
     async def confirm(self, request: ConfirmationRequest) -> None:
         """Ask whether the tool call may run: a message of its own with Approve / Deny
@@ -119,9 +128,23 @@ class _ReplySinkBase:
         mentions = discord.AllowedMentions.none()
         if request.asker_id.isdigit():
             mentions.users = [discord.Object(int(request.asker_id))]
-        await self._transport.ask(
+        message_id = await self._transport.ask(
             prompt_text(request), view=confirmation_view(request), mentions=mentions
         )
+        self._questions[request.confirmation_id] = (message_id, request)
+
+    async def confirmation_closed(self, confirmation_id: int, outcome: ClosedOutcome) -> None:
+        """Nobody answered the question in time: its buttons go, and it says so."""
+        asked = self._questions.pop(confirmation_id, None)
+        if asked is None:
+            return  # asked before a restart, by another sink: its buttons answer clicks
+        message_id, request = asked
+        text = decided_text(prompt_text(request), unanswered_text(request))
+        try:
+            await self._transport.close_question(message_id, text)
+        except discord.HTTPException as error:
+            # The call is declined either way; a late click is told it timed out.
+            log.warning("could not close an unanswered question on Discord (%s)", error.status)
 
     @property
     def message_ids(self) -> list[int]:
@@ -227,8 +250,14 @@ class _ChannelTransport:
         # A channel message cannot be private; a short reply is the closest idiom.
         await self._send(text, reply=True)
 
-    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None:
-        await self._send(text, reply=True, view=view, mentions=mentions)
+    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> int:
+        return await self._send(text, reply=True, view=view, mentions=mentions)
+
+    async def close_question(self, message_id: int, text: str) -> None:
+        # `view=None` takes the buttons away.
+        await self.channel.get_partial_message(message_id).edit(
+            content=text, view=None, allowed_mentions=NO_MENTIONS
+        )
 
 
 class ChannelReplySink(_ReplySinkBase):
@@ -335,7 +364,7 @@ class _InteractionTransport:
             return
         await self.followup.send(text, ephemeral=private, wait=True, allowed_mentions=NO_MENTIONS)
 
-    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None:
+    async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> int:
         await self.post_first()
         if not self.original_used:
             # After a deferral Discord makes the first follow-up the original response,
@@ -343,8 +372,15 @@ class _InteractionTransport:
             self.original_used = True
             await self.edit_original(WAITING_FOR_APPROVAL, None)
         # As private as the answer: a private /ask asks privately too.
-        await self.followup.send(
+        message = await self.followup.send(
             text, ephemeral=self.ephemeral, wait=True, view=view, allowed_mentions=mentions
+        )
+        return message.id
+
+    async def close_question(self, message_id: int, text: str) -> None:
+        # A follow-up is edited through the interaction's token (valid 15 minutes).
+        await self.followup.edit_message(
+            message_id, content=text, view=None, allowed_mentions=NO_MENTIONS
         )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from botservice.adapters.slack.mrkdwn import escape
-from botservice.core.tools import ConfirmationRequest, Decision
+from botservice.core.tools import ConfirmationRequest, Decision, unanswered_text
 
 APPROVE_ACTION = "botservice_tool_approve"
 DENY_ACTION = "botservice_tool_deny"
@@ -78,6 +78,16 @@ def prompt_message(request: ConfirmationRequest) -> tuple[str, list[dict[str, An
     ]
     text = f"May I run {code_span(request.tool)}? Only {asker} can approve this."
     return text, blocks
+
+
+def unanswered_message(request: ConfirmationRequest) -> tuple[str, list[dict[str, Any]]]:
+    """The question for `request` once nobody answered in time: what was asked stays,
+    the buttons give way to what came of it."""
+    outcome = unanswered_text(request)
+    _, blocks = prompt_message(request)
+    kept = [block for block in blocks if block.get("block_id") == REQUEST_BLOCK]
+    verdict = {"type": "context", "elements": [{"type": "mrkdwn", "text": outcome}]}
+    return outcome, [*kept, verdict]
 
 
 @dataclass(frozen=True, slots=True)

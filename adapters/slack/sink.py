@@ -9,7 +9,7 @@ import copy
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,14 +19,15 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
-from botservice.adapters.slack.confirmation import prompt_message
+from botservice.adapters.slack.confirmation import prompt_message, unanswered_message
 from botservice.adapters.slack.events import ReplyTarget
 from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, escape, markdown_to_mrkdwn
+from botservice.adapters.slack.task_cards import TaskCards, markdown_chunk
 from botservice.core.errors import BotServiceError
 from botservice.core.message_split import split_message
 from botservice.core.ports import SinkAbilities
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
-from botservice.core.tools import ConfirmationRequest
+from botservice.core.tools import ClosedOutcome, ConfirmationRequest, ToolProgress
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class SlackReplySink:
     stream that expires mid-answer (`message_not_in_streaming_state`) continues
     by `chat.update` with the whole text; a workspace that refuses streaming
     gets edits from then on.
+
+    Tool calls in such a thread are task cards (`task_update` chunks): the first
+    call of an answer starts the stream if nothing is shown yet, each card goes
+    from pending (waiting for approval) or in progress to complete or error, and
+    the answer's text streams below them. Anywhere else a round of calls is the
+    core's status line, as an edit.
     """
 
     client: AsyncWebClient | None
@@ -124,6 +131,13 @@ class SlackReplySink:
     _first_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _timers: list[asyncio.Task[None]] = field(default_factory=list, repr=False)
     _edit_client: AsyncWebClient | None = field(default=None, repr=False)
+    # The stream's task cards, and how much text earlier rounds left in the stream
+    # (the core's text starts over after each round of tool calls).
+    _cards: TaskCards = field(default_factory=TaskCards, repr=False)
+    _stream_used: int = field(default=0, repr=False)
+    # The questions this answer asked (confirmation id -> their ts and request), so a
+    # question nobody answered can lose its buttons.
+    _questions: dict[int, tuple[str, ConfirmationRequest]] = field(default_factory=dict, repr=False)
 
     async def begin(self, existing_ref: str | None, *, turn_tag: str, resumed: bool) -> str | None:
         self._turn_tag = turn_tag
@@ -192,18 +206,23 @@ class SlackReplySink:
             and target.team not in self.streams.refused
         )
 
-    async def _start_stream(self, text: str) -> bool:
-        """Start a native stream with `text`; False when this answer must use edits."""
+    async def _start_stream(self, text: str, cards: list[dict[str, Any]] | None = None) -> bool:
+        """Start a native stream with `text` (then `cards`, task cards); False when this
+        answer must use edits."""
         assert self.streams is not None
         team = self.target.team
         view = escape(text)
         if len(view) > self.limit or not self.streams.try_start(team):
             return False
+        # Cards travel as chunks, and so does text sent with them (Slack takes either
+        # `markdown_text` or `chunks`; never both in one call here).
+        chunks = [*([markdown_chunk(view)] if view else []), *cards] if cards else None
         response, code = await self._stream_call(
             "chat_startStream",
             channel=self.target.channel,
             thread_ts=self.target.thread_ts,
-            markdown_text=view,
+            markdown_text=None if chunks else view,
+            chunks=chunks,
             recipient_team_id=team,
             recipient_user_id=self.target.user or None,
             # Not among chat.startStream's documented arguments (chat.stopStream's
@@ -226,7 +245,7 @@ class SlackReplySink:
     async def _append_stream(self, text: str) -> None:
         assert self.streams is not None and self.ts is not None
         view = escape(text)
-        if not view.startswith(self._streamed) or len(view) > self.limit:
+        if not view.startswith(self._streamed) or self._stream_used + len(view) > self.limit:
             return  # the final text settles it
         delta = view[len(self._streamed) :]
         if not delta or not self.streams.try_append(self.target.team):
@@ -252,15 +271,19 @@ class SlackReplySink:
         shown by an edit (it does not continue what was streamed, or the stream expired)."""
         assert self.streams is not None and self.ts is not None
         view = escape(text)
-        continues = view.startswith(self._streamed) and len(view) <= self.limit
+        continues = view.startswith(self._streamed) and self._stream_used + len(view) <= self.limit
         delta = view[len(self._streamed) :] if continues else ""
         await self.streams.stop(self.target.team)
         feedback = self._feedback_block() if continues else None
+        # A card whose last state was skipped (or lost) gets it now: none is left spinning.
+        cards = self._cards.unsent()
+        chunks = [*cards, *([markdown_chunk(delta)] if delta else [])] if cards else None
         _, code = await self._stream_call(
             "chat_stopStream",
             channel=self.target.channel,
             ts=self.ts,
-            markdown_text=delta or None,
+            markdown_text=None if chunks else delta or None,
+            chunks=chunks,
             blocks=[feedback] if feedback is not None else None,
             metadata=self._metadata(),
         )
@@ -474,20 +497,90 @@ class SlackReplySink:
 
     @property
     def abilities(self) -> SinkAbilities:
-        return SinkAbilities(confirm=self.confirm)
+        return SinkAbilities(
+            status=self.status,
+            confirm=self.confirm,
+            tool_progress=self.tool_progress,
+            confirmation_closed=self.confirmation_closed,
+        )
+
+    async def status(self, text: str) -> None:
+        """The core's status line, as an edit (as for any sink without this ability);
+        in a native stream nothing: streamed, the line would stay in the answer's text,
+        and the stream shows its tool calls as cards."""
+        if not self._streaming:
+            await self.update(f"_{text}_")
+
+    async def tool_progress(self, progress: Sequence[ToolProgress]) -> bool:
+        """Tool calls as task cards in a native stream (started by the first call when
+        nothing is shown yet). False where there is no stream: the core shows its
+        status line instead."""
+        async with self._first_lock:
+            if self._finishing:
+                return False
+            if not self._streaming:
+                return await self._start_with_cards(progress)
+            # The core's text starts over after a round of calls: what it streams next
+            # continues below the cards, not what was streamed before them.
+            self._stream_used += len(self._streamed)
+            self._streamed = ""
+            chunks = [self._cards.note(p) for p in progress]
+            assert self.streams is not None and self.ts is not None
+            if not self.streams.try_append(self.target.team):
+                return True  # skipped: the stop sends every card's newest state
+            _, code = await self._stream_call(
+                "chat_appendStream", channel=self.target.channel, ts=self.ts, chunks=chunks
+            )
+            if code is None:
+                self._cards.sent(chunks)
+                return True
+            if code == STREAM_EXPIRED:
+                self._stream_expired()  # edits from here on: the status line shows
+            return False
+
+    async def _start_with_cards(self, progress: Sequence[ToolProgress]) -> bool:
+        starting = any(p.state in ("pending", "in_progress") for p in progress)
+        # Not after a stream ended (it expired: edits carry on), nor for calls ending.
+        if self._cards or not starting or not self._may_stream():
+            return False
+        cards = TaskCards()
+        chunks = [cards.note(p) for p in progress]
+        # Text held for its first post goes out first, above the cards.
+        held = self._pending_raw if self._pending is not None else ""
+        if not await self._start_stream(held, cards=chunks):
+            return False
+        cards.sent(chunks)
+        self._cards = cards
+        self._stream_used, self._streamed = len(self._streamed), ""
+        return True
 
     async def confirm(self, request: ConfirmationRequest) -> None:
         """Ask in the thread whether the tool call may run: Approve / Deny buttons that
         the adapter's `block_actions` listener hands to the core. The question is a
         message of its own, untagged, so the answer's message stays the one edited."""
         text, blocks = prompt_message(request)
-        await self._call(
+        response = await self._call(
             "chat_postMessage",
             channel=self.target.channel,
             thread_ts=self.target.thread_ts,
             text=text,
             blocks=blocks,
             required=True,
+        )
+        ts = response.get("ts") if response is not None else None
+        if isinstance(ts, str) and ts:
+            self._questions[request.confirmation_id] = (ts, request)
+
+    async def confirmation_closed(self, confirmation_id: int, outcome: ClosedOutcome) -> None:
+        """Nobody answered the question in time: its buttons go, and it says so."""
+        asked = self._questions.pop(confirmation_id, None)
+        if asked is None:
+            return  # asked before a restart, by another sink: its buttons answer clicks
+        ts, request = asked
+        text, blocks = unanswered_message(request)
+        await self.budget.take(self.target.team)
+        await self._call(
+            "chat_update", channel=self.target.channel, ts=ts, text=text, blocks=blocks
         )
 
     async def notice(self, text: str, *, private: bool = True) -> None:
@@ -565,6 +658,9 @@ class CommandReplySink(SlackReplySink):
 
     async def update(self, text: str) -> None:
         return None
+
+    async def tool_progress(self, progress: Sequence[ToolProgress]) -> bool:
+        return False  # the acknowledgement shows text only
 
     async def finish(self, text: str) -> None:
         await self.notice(text)

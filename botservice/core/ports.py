@@ -9,7 +9,14 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from botservice.core.events import Attachment, ConversationKey, IncomingMessage
-from botservice.core.tools import ConfirmationRequest, Decision, ToolCall, ToolSpec
+from botservice.core.tools import (
+    ClosedOutcome,
+    ConfirmationRequest,
+    Decision,
+    ToolCall,
+    ToolProgress,
+    ToolSpec,
+)
 
 Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
@@ -90,17 +97,28 @@ class SinkAbilities:
     # decision comes back through `ConversationCore.decide_tool_call`; a sink without
     # this ability cannot ask, so calls that need asking are declined.
     confirm: Callable[[ConfirmationRequest], Awaitable[None]] | None = None
+    # Show how tool calls stand, each on its own (a task card per call): the calls of a
+    # round as they start, then each as it waits, runs and ends. Returns whether they
+    # are shown; when False (or without this ability) the core shows the round's status
+    # line instead, as it does for every sink that lacks it.
+    tool_progress: Callable[[Sequence[ToolProgress]], Awaitable[bool]] | None = None
+    # A question asked with `confirm` was closed without a click (nobody answered in
+    # time): take its buttons away and say so. Given the confirmation's id; a sink that
+    # did not ask it (a turn resumed after a restart) leaves it alone.
+    confirmation_closed: Callable[[int, ClosedOutcome], Awaitable[None]] | None = None
 
     @property
     def names(self) -> frozenset[str]:
         """The abilities present, by name: "observe", "hear", "status", "speaks",
-        "confirm"."""
+        "confirm", "tool_progress", "confirmation_closed"."""
         present = {
             "observe": self.observe is not None,
             "hear": self.hear is not None,
             "status": self.status is not None,
             "speaks": self.speaks,
             "confirm": self.confirm is not None,
+            "tool_progress": self.tool_progress is not None,
+            "confirmation_closed": self.confirmation_closed is not None,
         }
         return frozenset(name for name, has in present.items() if has)
 
@@ -114,6 +132,8 @@ class SinkAbilities:
             status=self.status or inner.status,
             speaks=self.speaks or inner.speaks,
             confirm=self.confirm or inner.confirm,
+            tool_progress=self.tool_progress or inner.tool_progress,
+            confirmation_closed=self.confirmation_closed or inner.confirmation_closed,
         )
 
 

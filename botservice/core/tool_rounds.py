@@ -43,8 +43,10 @@ from botservice.core.tools import (
     ToolContext,
     ToolOutput,
     ToolPolicy,
+    ToolProgress,
     ToolSource,
     ToolSpec,
+    ToolState,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,25 @@ LIMIT_REACHED = (
 )
 # Shown when even the last request came back without text.
 LIMIT_NO_TEXT = "I reached the limit on tool use for this answer before I could finish it."
+# A failed call's detail, as shown beside it: the loop's own outcomes (above) are told
+# as they are, shortened; a tool's own error text is not shown.
+PROGRESS_DETAIL = 150
+TOOL_REPORTED_ERROR = "The tool reported an error."
+_OWN_OUTCOMES = tuple(
+    template.split("{", 1)[0]
+    for template in (
+        NOT_OFFERED,
+        BAD_ARGUMENTS,
+        TOO_MANY_CALLS,
+        TIMED_OUT,
+        TOOL_FAILED,
+        OUT_OF_TIME,
+        DECLINED,
+        DECLINED_SILENCE,
+        CANNOT_ASK,
+        OUTCOME_UNKNOWN,
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,11 +328,25 @@ class TurnTools:
         exist and get the results in one write."""
         limit = self._settings.max_calls_per_round
         runnable = [call for call in calls if call.position < limit]
-        if lines := [self._status_line(c) for c in runnable if c.status == "requested"]:
-            await self._show_status("\n".join(lines))
+        shown = [c for c in runnable if c.status == "requested"]
+        shown_at = {c.position for c in shown}
+        if shown:
+            starting = [
+                self._progress_of(c, "pending" if self._asks(c, policy) else "in_progress")
+                for c in shown
+            ]
+            if not await self._report(starting):
+                await self._show_status("\n".join(p.title for p in starting))
         remaining = self._settings.turn_timeout_seconds - self._tool_seconds
         started = time.monotonic()
-        results = await asyncio.gather(*(self._resolve(call, policy, remaining) for call in calls))
+
+        async def resolve(call: StoredToolCall) -> tuple[ToolOutput, float]:
+            output, ran_for = await self._resolve(call, policy, remaining)
+            if call.position in shown_at:  # each call's end as it comes, not the round's
+                await self._report([self._ended(call, output)])
+            return output, ran_for
+
+        results = await asyncio.gather(*(resolve(call) for call in calls))
         finished: list[StoredToolCall] = []
         run_seconds = 0.0
         for call, (output, ran_for) in zip(calls, results, strict=True):
@@ -324,6 +359,37 @@ class TurnTools:
             turn_id = self._context.turn_id
             await self._keep_trying(lambda: self._store.store_tool_results(turn_id, finished))
         return finished
+
+    def _progress_of(
+        self, call: StoredToolCall, state: ToolState, detail: str = ""
+    ) -> ToolProgress:
+        return ToolProgress(
+            call_id=f"tool-{call.round}-{call.position}",
+            title=self._status_line(call),
+            state=state,
+            detail=detail,
+        )
+
+    def _ended(self, call: StoredToolCall, output: ToolOutput) -> ToolProgress:
+        if not output.is_error:
+            return self._progress_of(call, "complete")
+        # The loop's own refusals say plainly what happened; a tool's own error text is
+        # the model's to read and relay, so the person is not shown it raw.
+        own = output.text.startswith(_OWN_OUTCOMES)
+        detail = shorten(output.text, PROGRESS_DETAIL) if own else TOOL_REPORTED_ERROR
+        return self._progress_of(call, "error", detail)
+
+    async def _report(self, progress: Sequence[ToolProgress]) -> bool:
+        """Show the calls' progress where the sink can; False: it was not shown."""
+        report = self._abilities.tool_progress
+        if report is None:
+            return False
+        try:
+            return await report(progress)
+        except Exception:
+            # Progress is a courtesy; the calls and the answer go on.
+            log.warning("showing tool progress failed", exc_info=True)
+            return False
 
     def _status_line(self, call: StoredToolCall) -> str:
         found = self._toolbox.find(call.name) if call.name in self.offered.names else None
@@ -428,7 +494,11 @@ class TurnTools:
                 asker_name=self._asker.name,
                 timeout_seconds=timeout,
             )
-            await self._show_status(f"Waiting for {self._asker.name} to approve {call.name}…")
+            waiting = self._progress_of(
+                call, "pending", f"Waiting for {self._asker.name} to approve"
+            )
+            if not await self._report([waiting]):
+                await self._show_status(f"Waiting for {self._asker.name} to approve {call.name}…")
             try:
                 await confirm(request)
             except Exception as error:
@@ -440,10 +510,23 @@ class TurnTools:
                 return ToolOutput(CANNOT_ASK, is_error=True)
         status = (await self._decision(confirmation)).status
         if status == "approved":
+            await self._report([self._progress_of(call, "in_progress")])
             return None
         if status == "denied":
             return ToolOutput(DECLINED, is_error=True)
+        await self._closed(confirmation.id)
         return ToolOutput(DECLINED_SILENCE.format(seconds=timeout), is_error=True)
+
+    async def _closed(self, confirmation_id: int) -> None:
+        """Nobody answered in time: the question's buttons go (where the sink asked it)."""
+        closed = self._abilities.confirmation_closed
+        if closed is None:
+            return
+        try:
+            await closed(confirmation_id, "timed_out")
+        except Exception:
+            # The call is declined either way; only the question's look is stale.
+            log.warning("closing an unanswered question failed", exc_info=True)
 
     async def _decision(self, confirmation: StoredConfirmation) -> StoredConfirmation:
         """Wait until the confirmation is decided or expires (then it is marked timed out)."""

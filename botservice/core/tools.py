@@ -176,3 +176,38 @@ SHOWN_ARGUMENTS = 300
 # already_decided: decided before, or timed out (a denial);
 # unknown: no such confirmation (expired and purged, or forged).
 Decision = Literal["approved", "denied", "not_asker", "already_decided", "unknown"]
+
+# What a question nobody answered in time says once its buttons are gone.
+UNANSWERED = "No answer within {seconds:g} s: not run."
+
+
+def unanswered_text(request: ConfirmationRequest) -> str:
+    return UNANSWERED.format(seconds=request.timeout_seconds)
+
+
+# What became of a question nobody answered in time (the only way the core closes one;
+# a click closes it through the adapter that took the click).
+ClosedOutcome = Literal["timed_out"]
+
+
+# --- a call's progress, as the person sees it --------------------------------------
+
+# pending: waits for the asker's Approve; in_progress: running; complete / error: done
+# (error: refused, failed, timed out or declined).
+ToolState = Literal["pending", "in_progress", "complete", "error"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolProgress:
+    """Where one tool call stands, for a sink that shows each call on its own (Slack's
+    task cards in a native stream). A sink that cannot show it says so, and the core
+    shows the round's status line instead."""
+
+    # Names the call within its turn (its round and position: models reuse their own
+    # call ids from one round to the next). The same id for every state of one call.
+    call_id: str
+    # The status text ("Searching this channel's history…", "Calling <name>…").
+    title: str
+    state: ToolState
+    # One short sentence: whose approval is awaited, why the call failed.
+    detail: str = ""

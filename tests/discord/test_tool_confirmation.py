@@ -20,6 +20,7 @@ from botservice.core.settings import Settings
 from botservice.core.tools import ConfirmationRequest
 from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
+from tests.chat_kit import settings_for
 from tests.discord.conftest import Guild, discord_settings, option
 from tests.fakes.discord_server import FakeDiscordServer, FakeUser
 from tests.fakes.model_server import CallTool, FakeModelServer, Reply, ToolCalls
@@ -406,3 +407,75 @@ async def test_approval_after_a_restart_runs_the_tool_once_and_asks_no_second_ti
     assert len(questions) == 1, "the resumed turn waits on the question it asked before"
     assert question["content"].split("\n")[-1] == f"✅ Approved by <@{alice.id}>"
     assert "Filed it as JIRA-101." in answer["content"]
+
+
+# --- nobody answers in time ----------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def impatient_guild(
+    discord_server: FakeDiscordServer,
+    fake_model: FakeModelServer,
+    sqlite_store: SqlStore,
+    jira: RemoteTools,
+) -> AsyncIterator[Guild]:
+    """The bot with JIRA's tools, waiting 0.3 s for an answer to its questions."""
+    settings = settings_for(fake_model.base_url, tools__confirm_timeout_seconds="0.3")
+    guild, model = await _start_bot(discord_server, fake_model, settings, sqlite_store, jira)
+    try:
+        yield guild
+    finally:
+        await _stop(guild, model)
+
+
+async def test_no_answer_in_time_takes_the_buttons_away_and_says_the_call_was_not_run(
+    impatient_guild: Guild, jira: RemoteTools
+) -> None:
+    guild = impatient_guild
+    server, alice = guild.server, guild.server.alice
+    _the_model_files_a_ticket(guild.model)
+    asked = await server.send_message("file a ticket", author=alice, mention_bot=True)
+    question = await _question_after(guild, asked)
+    await _edited(server, question)
+    await guild.reply_to(asked)
+
+    lines = question["content"].split("\n")
+    assert lines[-1] == "No answer within 0.3 s: not run."
+    assert "`jira__create_issue`" in lines[0], "what was asked stays readable"
+    assert question["components"] == [], "the buttons are gone"
+    assert jira.calls == []
+    [result] = _tool_results(guild.model)
+    assert "no answer within 0.3 s" in result["content"]
+
+    # A click from a screen that still showed the buttons is told it is over.
+    approve = f"botservice_tool:approve:1:{alice.id}"
+    stale = {
+        **question,
+        "components": [{"type": 1, "components": [{"type": 2, "style": 3, "custom_id": approve}]}],
+    }
+    await server.click_button(stale, approve, user=alice)
+    await _edited(server, question, edits=2)
+    assert question["content"].split("\n")[-1] == (
+        "This request was already decided or has timed out."
+    )
+    assert jira.calls == []
+
+
+async def test_a_private_question_nobody_answers_loses_its_buttons_too(
+    impatient_guild: Guild, jira: RemoteTools
+) -> None:
+    server, bob = impatient_guild.server, impatient_guild.server.bob
+    _the_model_files_a_ticket(impatient_guild.model)
+    command = await server.send_command(
+        "ask", [option("prompt", "file a ticket"), option("private", True)], user=bob
+    )
+
+    def asked() -> dict[str, Any] | None:
+        return next((m for m in server.followups(command) if _custom_ids(m)), None)
+
+    question: dict[str, Any] = await server.wait_until(asked, what="the question")
+    await _edited(server, question)
+
+    assert question["content"].split("\n")[-1] == "No answer within 0.3 s: not run."
+    assert question["components"] == []
+    assert jira.calls == []

@@ -192,6 +192,7 @@ class ToolCalls:
 
     `finish_reason` "tool_calls" as OpenAI says; "stop" as some servers say with
     calls. `text`: words before the calls. `done_marker` False: no `data: [DONE]`.
+    `delay_between_chunks`: a pause after each chunk (the words reach the bot first).
     """
 
     calls: tuple[CallTool, ...]
@@ -200,6 +201,7 @@ class ToolCalls:
     text: str = ""
     done_marker: bool = True
     fragment_size: int = 7
+    delay_between_chunks: float = 0.0
 
     def __init__(
         self,
@@ -209,6 +211,7 @@ class ToolCalls:
         text: str = "",
         done_marker: bool = True,
         fragment_size: int = 7,
+        delay_between_chunks: float = 0.0,
     ) -> None:
         object.__setattr__(self, "calls", calls)
         object.__setattr__(self, "style", style)
@@ -216,6 +219,7 @@ class ToolCalls:
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "done_marker", done_marker)
         object.__setattr__(self, "fragment_size", fragment_size)
+        object.__setattr__(self, "delay_between_chunks", delay_between_chunks)
 
 
 Behaviour = (
@@ -522,7 +526,8 @@ class FakeModelServer:
             await response.write_eof()
             return response
         if isinstance(behaviour, ToolCalls):
-            await self._send(response, self._tool_call_events(chunk_id, model, behaviour), 0.0)
+            events = self._tool_call_events(chunk_id, model, behaviour)
+            await self._send(response, events, behaviour.delay_between_chunks)
             await response.write_eof()
             return response
         if isinstance(behaviour, Incomplete):

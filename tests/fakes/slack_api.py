@@ -62,6 +62,9 @@ TIERS: dict[str, int] = {
     "assistant.threads.setSuggestedPrompts": TIER_3,
     "assistant.threads.setTitle": TIER_3,
 }
+# The task states a `task_update` chunk may carry, and Slack's limit on its texts.
+TASK_STATES = frozenset({"pending", "in_progress", "complete", "error"})
+TASK_TEXT_LIMIT = 256
 POST_PER_CHANNEL_PER_MINUTE = 60
 POST_PER_WORKSPACE_PER_MINUTE = 300
 WINDOW_SECONDS = 60.0
@@ -94,6 +97,12 @@ class PostedMessage:
     last_streamed: float = 0.0
     # The blocks the message shows (Slack shows them instead of `text`).
     blocks: list[dict[str, Any]] | None = None
+    # A streamed message as Slack lays it out (the default "timeline" mode): text and
+    # task cards in the order they first arrived, each card showing its newest state
+    # (`{"type": "text", "text": …}`, `{"type": "task", "id": …, "title": …, …}`).
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    # Every `task_update` chunk received for this message, first to last.
+    task_updates: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.shown:
@@ -102,6 +111,31 @@ class PostedMessage:
     @property
     def texts(self) -> list[str]:
         return [text for _, text in self.shown]
+
+    @property
+    def cards(self) -> list[dict[str, Any]]:
+        """The task cards the message shows, top to bottom, each as it stands now."""
+        return [item for item in self.timeline if item["type"] == "task"]
+
+    def stream_in(self, markdown_text: str, chunks: list[dict[str, Any]]) -> str:
+        """Lay out what one streaming call brings; returns the text it adds."""
+        added = ""
+        for chunk in [{"type": "markdown_text", "text": markdown_text}, *chunks]:
+            if chunk["type"] == "markdown_text" and chunk["text"]:
+                added += chunk["text"]
+                if self.timeline and self.timeline[-1]["type"] == "text":
+                    self.timeline[-1]["text"] += chunk["text"]
+                else:
+                    self.timeline.append({"type": "text", "text": chunk["text"]})
+            elif chunk["type"] == "task_update":
+                self.task_updates.append(dict(chunk))
+                fields = {k: v for k, v in chunk.items() if k != "type"}
+                card = next((c for c in self.cards if c["id"] == chunk["id"]), None)
+                if card is None:
+                    self.timeline.append({"type": "task", **fields})
+                else:
+                    card.update(fields)  # updated in place, where it first appeared
+        return added
 
     def payload(self, *, with_metadata: bool) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -481,13 +515,16 @@ class FakeSlackApi:
         thread_ts = args.get("thread_ts") or None
         if not channel or not thread_ts:
             return {"ok": False, "error": "invalid_arguments"}
+        chunks = _chunks(args)
+        if chunks is None:
+            return {"ok": False, "error": "invalid_arguments"}
         ts = self._next_ts()
         metadata = args.get("metadata")
         if isinstance(metadata, str):
             metadata = json.loads(metadata)
-        message = PostedMessage(
-            channel, ts, _streamed_text(args), str(thread_ts), metadata=metadata
-        )
+        message = PostedMessage(channel, ts, "", str(thread_ts), metadata=metadata)
+        message.text = message.stream_in(str(args.get("markdown_text") or ""), chunks)
+        message.shown = [(time.monotonic(), message.text)]
         message.streaming = True
         message.last_streamed = time.monotonic()
         self.messages[(channel, ts)] = message
@@ -511,7 +548,10 @@ class FakeSlackApi:
         message = self._streaming_message(args)
         if isinstance(message, dict):
             return message
-        message.text += _streamed_text(args)
+        chunks = _chunks(args)
+        if chunks is None:
+            return {"ok": False, "error": "invalid_arguments"}
+        message.text += message.stream_in(str(args.get("markdown_text") or ""), chunks)
         message.last_streamed = time.monotonic()
         message.shown.append((message.last_streamed, message.text))
         self._notify()
@@ -521,7 +561,10 @@ class FakeSlackApi:
         message = self._streaming_message(args)
         if isinstance(message, dict):
             return message
-        added = _streamed_text(args)
+        chunks = _chunks(args)
+        if chunks is None:
+            return {"ok": False, "error": "invalid_arguments"}
+        added = message.stream_in(str(args.get("markdown_text") or ""), chunks)
         message.streaming = False
         if added:
             message.text += added
@@ -611,16 +654,35 @@ def _blocks(args: dict[str, Any]) -> list[dict[str, Any]] | None:
     return blocks if isinstance(blocks, list) and blocks else None
 
 
-def _streamed_text(args: dict[str, Any]) -> str:
-    """The text a streaming call adds: `markdown_text` and markdown text chunks."""
-    text = str(args.get("markdown_text") or "")
+def _chunks(args: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A streaming call's `chunks` as Slack documents them (markdown text, task
+    updates, plan updates, blocks); None when one of them is malformed."""
     chunks = args.get("chunks") or []
-    if isinstance(chunks, str):
+    if isinstance(chunks, str):  # form-encoded calls send them as JSON text
         chunks = json.loads(chunks)
+    if not isinstance(chunks, list):
+        return None
     for chunk in chunks:
-        if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
-            text += str(chunk.get("text") or "")
-    return text
+        if not isinstance(chunk, dict):
+            return None
+        kind = chunk.get("type")
+        if kind == "markdown_text":
+            if not isinstance(chunk.get("text"), str):
+                return None
+        elif kind == "task_update":
+            if not all(isinstance(chunk.get(k), str) and chunk[k] for k in ("id", "title")):
+                return None
+            if chunk.get("status") not in TASK_STATES:
+                return None
+            for key in ("details", "output"):
+                value = chunk.get(key)
+                if value is not None and not (
+                    isinstance(value, str) and len(value) <= TASK_TEXT_LIMIT
+                ):
+                    return None
+        elif kind not in ("plan_update", "blocks"):
+            return None
+    return chunks
 
 
 def _flag(value: Any) -> bool:

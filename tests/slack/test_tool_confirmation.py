@@ -363,7 +363,7 @@ async def test_a_click_after_the_decision_says_it_was_decided_and_runs_nothing_a
     assert len(jira.calls) == 1
 
 
-async def test_no_answer_in_time_is_a_denial_and_a_late_click_says_so(
+async def test_no_answer_in_time_is_a_denial_the_buttons_go_and_a_late_click_says_so(
     slack_api: FakeSlackApi,
     fake_model: FakeModelServer,
     sqlite_store: SqlStore,
@@ -383,12 +383,23 @@ async def test_no_answer_in_time_is_a_denial_and_a_late_click_says_so(
         mention = bot.mention("file a ticket")
         await bot.event(mention)
         question = await _question_in(bot, mention["event"]["ts"])
+        shown_with_buttons = list(question.blocks or [])
         await bot.settle()  # the turn gives up waiting and answers
 
         [result] = _tool_results(fake_model)
         assert "declined" in result["content"]
-        await click(bot, question, approve=True, user="UALICE")
-        await bot.slack.wait_for(lambda: question.edits == 1, what="the question edited")
+        # Nobody clicked: the question says so, and its buttons are gone.
+        assert question.edits == 1
+        assert question.text == "No answer within 0.3 s: not run."
+        assert _buttons_of(question) == []
+        assert "`jira__create_issue`" in _shown(question), "what was asked stays readable"
+        assert _shown(question).endswith("No answer within 0.3 s: not run.")
+
+        # A click from a screen that still showed the buttons.
+        stale = PostedMessage(question.channel, question.ts, question.text, question.thread_ts)
+        stale.blocks = shown_with_buttons
+        await click(bot, stale, approve=True, user="UALICE")
+        await bot.slack.wait_for(lambda: question.edits == 2, what="the question edited")
         assert question.text == "This request was already decided or has timed out."
         assert jira.calls == []
     finally:
