@@ -38,3 +38,16 @@ def test_rules_survive_storage_in_order() -> None:
     assert ToolPolicy.parse(None) == ToolPolicy()
     # Enabling a pattern again moves its rule last instead of keeping two.
     assert policy.with_rule("a__*", enabled=True).serialize() == "-a__x,+a__*"
+
+
+def test_a_tool_is_listed_with_its_first_sentence_or_whole_words() -> None:
+    from botservice.core.text import summary_line
+
+    assert summary_line("The time now. Without a timezone, UTC.") == "The time now."
+    long = (
+        "Search the stored messages of this channel (all its conversations, the bot's answers too)"
+    )
+    shown = summary_line(long)
+    assert shown == "Search the stored messages of this channel (all its conversations, the bot's…"
+    assert len(shown) <= 80
+    assert summary_line("") == ""

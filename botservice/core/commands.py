@@ -18,6 +18,7 @@ from botservice.core.ports import (
     SettingField,
 )
 from botservice.core.settings import Settings
+from botservice.core.text import summary_line
 from botservice.core.tool_rounds import ToolBox
 from botservice.core.tools import ToolPolicy, ToolSpec
 from botservice.core.usage import UsageLedger, UsageTotals, start_of_day, start_of_month
@@ -342,7 +343,7 @@ def _tools_summary(available: list[ToolSpec], policy: ToolPolicy) -> str:
     for spec in sorted(available, key=lambda spec: spec.name):
         state = "on" if policy.allows(spec) else "off"
         asks = "" if spec.runs_without_asking else ", asks"
-        lines.append(f"  {spec.name}: {state}{asks}. {spec.description.splitlines()[0][:80]}")
+        lines.append(f"  {spec.name}: {state}{asks}. {summary_line(spec.description)}")
     lines.append("Change with `tools enable <name|pattern>` or `tools disable <name|pattern>`.")
     return "\n".join(lines)
 

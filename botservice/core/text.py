@@ -50,3 +50,16 @@ def estimate_tokens(text: str) -> int:
     other_bytes = 0 if ascii_chars == len(text) else len(text.encode()) - ascii_chars
     unmerged = len(text) - len(text.translate(_DROP_UNMERGED))
     return math.ceil((ascii_chars + unmerged) / 2) + other_bytes
+
+
+def summary_line(text: str, limit: int = 80) -> str:
+    """The first sentence of `text` (its first line), cut at a word within `limit`
+    characters with an ellipsis: a tool's description in a listing."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    end = line.find(". ")
+    if 0 < end < limit:
+        return line[: end + 1]
+    if len(line) <= limit:
+        return line
+    cut = line[: limit - 1].rsplit(" ", 1)[0] if " " in line[: limit - 1] else line[: limit - 1]
+    return cut.rstrip(",;:") + "…"
