@@ -100,7 +100,7 @@ async def test_search_history_finds_who_said_what_when_in_this_channel_only(
     # The question being answered is not a hit of its own search.
     assert "When is the standup now?" not in result.text
     assert any("· Ada · thread T1: Should we move the standup to 10:30?" in line for line in lines)
-    assert any("(the bot) · thread T1: Moving the standup" in line for line in lines)
+    assert any("· the bot · thread T1: Moving the standup" in line for line in lines)
     when = clock.now.astimezone(PARIS).strftime("%Y-%m-%d")
     assert all(f". {when} " in line for line in lines[1:])
     assert all(("CET" in line or "CEST" in line) for line in lines[1:])
@@ -206,7 +206,7 @@ async def test_earlier_messages_pages_from_the_start_of_the_conversation(
         "answer 1",
     ]
     assert " · Ada: question 0" in lines[0]
-    assert "(the bot): answer 0" in lines[1]
+    assert " · the bot: answer 0" in lines[1]
     last = int(lines[3].split(" ", 1)[0].removeprefix("#"))
     assert lines[4] == f"More: call earlier_messages with after={last}."
 

@@ -33,7 +33,7 @@ async def test_search_history_and_a_trusted_mcp_lookup_run_without_asking(
             settings=settings, store=sqlite_store, model=model, tool_sources=sources
         )
         fake_model.script(
-            Reply("Noted."),
+            Reply("Noted: the deploy is on Friday."),
             ToolCalls(CallTool("search_history", {"query": "deploy"}, id="s1")),
             Reply("On Friday."),
             ToolCalls(CallTool("fake__lookup", {"record_id": "PROJ-7"}, id="l1")),
@@ -62,6 +62,8 @@ async def test_search_history_and_a_trusted_mcp_lookup_run_without_asking(
     found = next(m for m in fake_model.chat_requests[2].body["messages"] if m["role"] == "tool")
     assert "The billing deploy is on Friday." in found["content"]
     assert "When is the deploy?" not in found["content"]
+    # The console stores answers without a name: the hit still says whose it is.
+    assert "· the bot · this conversation: Noted: the deploy is on Friday." in found["content"]
     looked_up = [m for m in fake_model.chat_requests[4].body["messages"] if m["role"] == "tool"]
     assert looked_up[-1]["content"] == "record PROJ-7: status open"
     assert fake.calls == [("lookup", {"record_id": "PROJ-7"})]

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from botservice.core.message_search import MessageSearch
 from botservice.core.tools import ToolContext, ToolOutput, ToolSpec
-from botservice.tools.kit import builtin_spec, shortened, shown_time, whole_number
+from botservice.tools.kit import builtin_spec, shortened, shown_time, speaker, whole_number
 
 NAME = "earlier_messages"
 MAX_PAGE = 25
@@ -72,11 +72,7 @@ class EarlierMessages:
         size = 0
         shown = 0
         for message in messages[:limit]:
-            who = (
-                f"{message.author_name} (the bot)"
-                if message.role == "assistant"
-                else message.author_name
-            )
+            who = speaker(message.role, message.author_name)
             when = shown_time(message.created_at, self._timezone) if message.created_at else "?"
             line = f"#{message.id} · {when} · {who}: {shortened(message.text, MESSAGE_CHARS)}"
             if lines and size + len(line) > PAGE_CHARS:

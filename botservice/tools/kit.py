@@ -66,6 +66,14 @@ def shown_time(moment: datetime, timezone: ZoneInfo) -> str:
     return local.strftime("%Y-%m-%d %H:%M ") + (local.tzname() or str(timezone))
 
 
+def speaker(role: str, author_name: str) -> str:
+    """Who wrote a stored message, for the model: a person's name, or the bot (whose
+    answers some platforms, the console among them, store without a name)."""
+    if role != "assistant":
+        return author_name
+    return f"{author_name} (the bot)" if author_name else "the bot"
+
+
 def shortened(text: str, limit: int) -> str:
     """`text` in at most `limit` characters, cut at a word with a marker when longer."""
     text = " ".join(text.split())

@@ -22,7 +22,7 @@ from botservice.core.message_search import (
 )
 from botservice.core.ports import ChannelSettingsStore
 from botservice.core.tools import ToolContext, ToolOutput, ToolSpec
-from botservice.tools.kit import Clock, builtin_spec, shown_time, whole_number
+from botservice.tools.kit import Clock, builtin_spec, shown_time, speaker, whole_number
 
 NAME = "search_history"
 MAX_HITS = 10
@@ -116,7 +116,7 @@ class SearchHistory:
         )
         lines = [head]
         for number, hit in enumerate(hits, start=1):
-            who = f"{hit.author_name} (the bot)" if hit.role == "assistant" else hit.author_name
+            who = speaker(hit.role, hit.author_name)
             where = "this conversation" if hit.thread == thread else f"thread {hit.thread or '-'}"
             lines.append(
                 f"{number}. {shown_time(hit.created_at, self._timezone)} · {who} · {where}: "
