@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cachetools import FIFOCache
 
@@ -671,6 +671,10 @@ class ConversationCore:
                 [c for c in stored_calls if c.user_message_id == turn.user_message_id]
             )
 
+        # What the endpoint returned with each tool round of this turn to get back with
+        # its calls (reasoning items), by (message id, round); in memory only.
+        reasoning: dict[tuple[int, int], Sequence[dict[str, Any]]] = {}
+
         def prompt_within(budget: int) -> Prompt:
             return build_prompt(
                 instructions=instructions,
@@ -682,6 +686,7 @@ class ConversationCore:
                 # them; otherwise the stored text already names them.
                 images=turn.images if model_info.accepts_images else (),
                 tool_calls=tools.by_message(earlier_calls) if tools is not None else None,
+                reasoning=reasoning,
             )
 
         window = await self._windows.window(model)
@@ -791,6 +796,10 @@ class ConversationCore:
                 parts.clear()
                 limit = tools.limit_reached()
                 if limit is None:
+                    if stream.reasoning_items:
+                        reasoning[(turn.user_message_id, tools.rounds)] = list(
+                            stream.reasoning_items
+                        )
                     await tools.run_round(stream.tool_calls, round_text)
                     # A limit reached by this round: the next request is the last one.
                     limit = tools.limit_reached()

@@ -215,6 +215,11 @@ class ChatStream(Protocol):
     `tool_calls`: the calls the model asked for, whole, in the order it began them
     (empty for a text answer). A stream that carries calls is a tool round whatever
     its `finish_reason` said.
+
+    `reasoning_items`: opaque items the endpoint returned with a tool round that must
+    go back, in order, with that round's calls on the next request of the same turn
+    (the Responses API's reasoning items with their encrypted content; always empty
+    on Chat Completions). They are kept in memory for the turn, never stored.
     """
 
     usage: Usage | None
@@ -223,6 +228,9 @@ class ChatStream(Protocol):
 
     @property
     def tool_calls(self) -> Sequence[ToolCall]: ...
+
+    @property
+    def reasoning_items(self) -> Sequence[dict[str, Any]]: ...
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 

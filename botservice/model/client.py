@@ -318,6 +318,7 @@ class OpenAIChatStream:
         self.finish_reason: str | None = None
         self.rate_limits: RateLimits | None = None
         self.tool_calls: list[ToolCall] = []
+        self.reasoning_items: list[dict[str, Any]] = []
         self._calls = ToolCallAccumulator()
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -357,6 +358,7 @@ class OpenAIChatStream:
         started = time.monotonic()
         self.usage, self.finished, self.finish_reason = None, False, None
         self.tool_calls, self._calls = [], ToolCallAccumulator()
+        self.reasoning_items = []
         shown = done = False
         response: httpx.Response | None = None
         response_started = False

@@ -39,6 +39,7 @@ from botservice.core.errors import (
     ModelStreamBroken,
 )
 from botservice.core.ports import ChatRequest, ChatResult
+from botservice.core.prompt import REASONING_ITEMS
 from botservice.core.settings import ModelSettings
 from botservice.model.client import (
     OpenAIChatClient,
@@ -82,6 +83,9 @@ class OpenAIResponsesClient(OpenAIChatClient):
             "model": request.model,
             "input": [item for message in request.messages for item in _input_items(message)],
             "store": False,
+            # Stateless, so a reasoning model's thinking can only come back to it within
+            # a turn as the encrypted items it returned (see `_input_items`).
+            "include": ["reasoning.encrypted_content"],
         }
         if request.tools:
             body["tools"] = [{"type": "function", **function_spec(spec)} for spec in request.tools]
@@ -123,8 +127,10 @@ _PASSED_OVER = frozenset(
     }
 )
 _TYPE_FIRST = b'{"type":"'
-# Of those, the ones that announce or restate a function call when they carry one.
+# Of those, the ones that announce or restate a function call when they carry one,
+# or (done) a reasoning item.
 _ITEM_EVENTS = frozenset({b"response.output_item.added", b"response.output_item.done"})
+_KEPT_ITEMS = (b"function_call", b'"type":"reasoning"')
 
 
 class ResponsesStream(OpenAIChatStream):
@@ -139,7 +145,9 @@ class ResponsesStream(OpenAIChatStream):
         if data.startswith(_TYPE_FIRST):
             end = data.find(b'"', len(_TYPE_FIRST))
             kind = data[len(_TYPE_FIRST) : end]
-            if kind in _PASSED_OVER and not (kind in _ITEM_EVENTS and b"function_call" in data):
+            if kind in _PASSED_OVER and not (
+                kind in _ITEM_EVENTS and any(marker in data for marker in _KEPT_ITEMS)
+            ):
                 return ""
         return super()._read_chunk(data, shown=shown)
 
@@ -150,6 +158,8 @@ class ResponsesStream(OpenAIChatStream):
             return delta if isinstance(delta, str) else ""
         if kind in ("response.output_item.added", "response.output_item.done"):
             self._function_call(chunk.get("output_index"), chunk.get("item"))
+            if kind == "response.output_item.done":
+                self._reasoning(chunk.get("item"))
         elif kind == "response.function_call_arguments.delta":
             index, delta = chunk.get("output_index"), chunk.get("delta")
             if isinstance(index, int) and isinstance(delta, str):
@@ -181,16 +191,38 @@ class ResponsesStream(OpenAIChatStream):
             arguments=str(item.get("arguments") or ""),
         )
 
+    def _reasoning(self, item: Any) -> None:
+        """Keep a reasoning item to send back with this round's calls. Only one with its
+        encrypted content is of use: with `store: false` the endpoint cannot look an id up."""
+        if not isinstance(item, dict) or item.get("type") != "reasoning":
+            return
+        encrypted = item.get("encrypted_content")
+        if not isinstance(encrypted, str) or not encrypted:
+            return
+        summary = item.get("summary")
+        kept: dict[str, Any] = {
+            "type": "reasoning",
+            "summary": summary if isinstance(summary, list) else [],
+            "encrypted_content": encrypted,
+        }
+        if isinstance(item.get("id"), str):
+            kept["id"] = item["id"]
+        self.reasoning_items.append(kept)
+
     def _end(self, chunk: dict[str, Any], finish_reason: str) -> None:
         response = chunk.get("response")
         if isinstance(response, dict):
             usage = _parse_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage
+            output = response.get("output")
+            output = output if isinstance(output, list) else []
             if not self._calls:  # a server that streamed no item events
-                output = response.get("output")
-                for index, item in enumerate(output if isinstance(output, list) else []):
+                for index, item in enumerate(output):
                     self._function_call(index, item)
+            if not self.reasoning_items:
+                for item in output:
+                    self._reasoning(item)
         self.finish_reason = finish_reason
         self.finished = True
 
@@ -205,6 +237,7 @@ def open_model_client(settings: ModelSettings, **options: Any) -> OpenAIChatClie
 def _input_items(message: dict[str, Any]) -> list[dict[str, Any]]:
     """A chat message as Responses input items (system and developer roles, and plain
     string content, are taken as they are): an assistant message with tool calls is
+    the reasoning items the model returned with them in this turn (if any, in order),
     its text (if any) and one `function_call` item per call; a `role: tool` result is
     a `function_call_output`."""
     if message.get("role") == "tool":
@@ -218,7 +251,9 @@ def _input_items(message: dict[str, Any]) -> list[dict[str, Any]]:
     content = message.get("content")
     calls = message.get("tool_calls") if message.get("role") == "assistant" else None
     if calls:
-        items = [{"role": "assistant", "content": content}] if content else []
+        items = [dict(item) for item in message.get(REASONING_ITEMS) or ()]
+        if content:
+            items.append({"role": "assistant", "content": content})
         for call in calls:
             function = call.get("function") or {}
             items.append(

@@ -200,6 +200,9 @@ class ToolCalls:
     text: str = ""
     done_marker: bool = True
     fragment_size: int = 7
+    # Responses API only: the round opens with a reasoning item whose encrypted content
+    # is this (sent only when the request's `include` asks for it), as reasoning models do.
+    reasoning: str | None = None
 
     def __init__(
         self,
@@ -209,7 +212,9 @@ class ToolCalls:
         text: str = "",
         done_marker: bool = True,
         fragment_size: int = 7,
+        reasoning: str | None = None,
     ) -> None:
+        object.__setattr__(self, "reasoning", reasoning)
         object.__setattr__(self, "calls", calls)
         object.__setattr__(self, "style", style)
         object.__setattr__(self, "finish_reason", finish_reason)
@@ -298,6 +303,9 @@ class FakeModelServer:
         # Reported in usage on both APIs (prompt cache hits, reasoning tokens).
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        # False: reasoning items come without encrypted content even when asked for
+        # (a server that ignores `include`).
+        self.sends_encrypted_reasoning = True
         self.overflows = 0  # chat requests refused or emptied for being over the window
         self.rate_limit: tuple[int, float] | None = None
         self.rate_limited = 0  # 429s answered because of `rate_limit`
@@ -637,9 +645,18 @@ class FakeModelServer:
         events = ResponseEvents(f"resp_fake{next(self._ids)}", str(body.get("model", "fake")))
         if isinstance(behaviour, ToolCalls):
             calls = [(self._call_id(call), call.name, call.text()) for call in behaviour.calls]
+            sequence = events.opening()
+            reasoning = None
+            if behaviour.reasoning is not None:
+                asked = self.sends_encrypted_reasoning and "reasoning.encrypted_content" in (
+                    body.get("include") or []
+                )
+                streamed, reasoning = events.reasoning(behaviour.reasoning if asked else None)
+                sequence += streamed
+            sequence += events.function_calls(calls, reasoning=reasoning)
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            await self._send(response, [*events.opening(), *events.function_calls(calls)], 0.0)
+            await self._send(response, sequence, 0.0)
             await response.write_eof()
             return response
         text = self._text_of(behaviour, body)
