@@ -689,6 +689,29 @@ class ConversationCore:
                 reasoning=reasoning,
             )
 
+        # Background mode: the response's id is kept with the turn as soon as the
+        # endpoint names it, and a resumed turn follows the response it finds for the
+        # round it is at instead of asking again.
+        background = model_info.background
+        resume: str | None = None
+        if background and turn.resumed:
+            kept = await self._keep_trying(lambda: store.model_response(turn.turn_id))
+            if kept is not None and kept.round == (tools.rounds if tools is not None else 0):
+                resume = kept.response_id
+                log.info("turn %d follows the background response it asked for", turn.turn_id)
+
+        def remembering(round_index: int) -> Callable[[str], Awaitable[None]]:
+            async def remember(response_id: str) -> None:
+                # Lost to an outage, a restart only asks again: the answer still comes.
+                try:
+                    await store.remember_model_response(
+                        turn.turn_id, response_id, round=round_index
+                    )
+                except StoreUnavailable:
+                    log.warning("turn %d: background response id not kept", turn.turn_id)
+
+            return remember
+
         window = await self._windows.window(model)
         reserve = self._answer_reserve(window.tokens)
         prompt = prompt_within(window.tokens - reserve)
@@ -713,6 +736,15 @@ class ConversationCore:
         try:
             while True:  # one model request per tool round, the last one answers
                 request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
+                if background:
+                    round_index = tools.rounds if tools is not None else 0
+                    request = dataclasses.replace(
+                        request,
+                        background=True,
+                        resume_response=resume,
+                        on_started=remembering(round_index),
+                    )
+                    resume = None  # only the first request of a resumed turn follows one
                 if tools is not None:
                     if limit is not None:
                         note = {"role": "system", "content": LIMIT_REACHED.format(why=limit)}
@@ -776,7 +808,10 @@ class ConversationCore:
                             prompt, reserve, learned = retry
                             shrunk = True
                             request = dataclasses.replace(
-                                request, messages=prompt.messages, max_tokens=reserve
+                                request,
+                                messages=prompt.messages,
+                                max_tokens=reserve,
+                                resume_response=None,
                             )
                             log.info(
                                 "turn %d: retrying once with a prompt of %d tokens",

@@ -204,6 +204,16 @@ class ChatRequest:
     # True: the model must answer in text now (a tool limit was reached): the request
     # says `tool_choice: "none"` so earlier tool messages in it stay valid.
     no_more_tools: bool = False
+    # Ask for the answer in background mode (the Responses API's `background: true`:
+    # the endpoint keeps generating when the connection drops, and the stream can be
+    # resumed). Endpoints without it ignore it.
+    background: bool = False
+    # Follow this background response (its id) instead of asking again: a restart
+    # picking up the answer it had asked for.
+    resume_response: str | None = None
+    # Called with the id of a background response as soon as the endpoint names it
+    # (before any text), so it can be kept with the turn.
+    on_started: Callable[[str], Awaitable[None]] | None = None
 
 
 class ChatStream(Protocol):
@@ -367,6 +377,16 @@ class SettingChange:
     changed_at: datetime = dataclasses.field(default_factory=datetime.now)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelResponseRef:
+    """A response the endpoint runs in the background for a turn, named by its id: a
+    restart follows it instead of asking the model again. `round`: the tool round it
+    answers (0 before any round)."""
+
+    response_id: str
+    round: int
+
+
 class TurnStore(Protocol):
     """Turns: accepting a message with its pending turn, claiming turns, the heartbeat,
     and finishing them with the answer (the conversation core's hot path)."""
@@ -427,6 +447,15 @@ class TurnStore(Protocol):
         ...
 
     async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None: ...
+
+    async def remember_model_response(self, turn_id: int, response_id: str, *, round: int) -> None:
+        """Keep the id of the background response answering the turn's tool round
+        `round` (0: before any round), replacing the one kept before."""
+        ...
+
+    async def model_response(self, turn_id: int) -> ModelResponseRef | None:
+        """The background response kept for the turn, if any."""
+        ...
 
     async def store_answer(
         self,

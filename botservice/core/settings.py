@@ -18,6 +18,10 @@ class ModelInfo(_Section):
     context_window: int = Field(default=16384, gt=0)
     instructions_role: Literal["system", "developer"] = "system"
     accepts_images: bool = False
+    # Answers are asked for in background mode on the Responses backend (reasoning
+    # models that think for minutes): a dropped stream is resumed, and a restart
+    # follows the same response instead of asking again.
+    background: bool = False
     # This process paces its calls of the model under these (0: only the endpoint's
     # x-ratelimit headers pace it).
     requests_per_minute: int = Field(default=0, ge=0)

@@ -21,12 +21,15 @@ in_progress, output_item.added, content_part.*, reasoning summaries...) is read 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import orjson
 
 from botservice.core.errors import (
@@ -37,6 +40,8 @@ from botservice.core.errors import (
     ModelRefused,
     ModelServerError,
     ModelStreamBroken,
+    ModelTimeout,
+    ModelUnreachable,
 )
 from botservice.core.ports import ChatRequest, ChatResult
 from botservice.core.prompt import REASONING_ITEMS
@@ -44,6 +49,7 @@ from botservice.core.settings import ModelSettings
 from botservice.model.client import (
     OpenAIChatClient,
     OpenAIChatStream,
+    _close,
     _parse_usage,
     context_overflow,
     function_spec,
@@ -51,6 +57,14 @@ from botservice.model.client import (
 
 log = logging.getLogger(__name__)
 
+# How often a dropped background stream is resumed, and the pause before each try
+# (growing with each).
+MAX_RESUMES = 5
+RESUME_PAUSE_SECONDS = 0.2
+# What a dropped connection looks like once the client's own retries are spent.
+_DROPS = (ModelStreamBroken, ModelTimeout, ModelUnreachable, ModelServerError)
+# A response id as the endpoint names it; anything else is not followed.
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 # The Responses API refuses a max_output_tokens below this.
 MIN_OUTPUT_TOKENS = 16
 _TEXT_DELTAS = {"response.output_text.delta", "response.refusal.delta"}
@@ -78,6 +92,18 @@ class OpenAIResponsesClient(OpenAIChatClient):
     def stream(self, request: ChatRequest) -> ResponsesStream:
         return ResponsesStream(self, request)
 
+    async def follow(self, response_id: str, *, after: int | None) -> httpx.Response:
+        """Stream a background response's events again, those after event `after`
+        (None: from its first); the body is left to read."""
+        url = f"{self._url}/{quote(response_id, safe='')}"
+        params = {"stream": "true"}
+        if after is not None:
+            params["starting_after"] = str(after)
+        request = self.http.build_request(
+            "GET", url, params=params, headers=self._request_headers[True], timeout=self._timeout
+        )
+        return await self.http.send(request, stream=True)
+
     def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
         body: dict[str, Any] = {
             "model": request.model,
@@ -92,6 +118,11 @@ class OpenAIResponsesClient(OpenAIChatClient):
             body["tool_choice"] = "none" if request.no_more_tools else "auto"
             if self._settings.parallel_tool_calls and not request.no_more_tools:
                 body["parallel_tool_calls"] = True
+        if request.background:
+            # OpenAI runs a response in the background only when it may keep it (for its
+            # own retention): resuming and polling read it back by id.
+            body["background"] = True
+            body["store"] = True
         if request.max_tokens is not None:
             body["max_output_tokens"] = max(MIN_OUTPUT_TOKENS, request.max_tokens)
         if request.temperature is not None:
@@ -134,15 +165,81 @@ _KEPT_ITEMS = (b"function_call", b'"type":"reasoning"')
 
 
 class ResponsesStream(OpenAIChatStream):
-    """One streamed response, with the same conduct as a chat stream."""
+    """One streamed response, with the same conduct as a chat stream.
+
+    In background mode (`ChatRequest.background`, or `resume_response` after a
+    restart) the response's id is read from `response.created` (and handed to
+    `on_started`), the `sequence_number` of every event is followed, and a stream that
+    drops is resumed where it stopped (`GET /responses/{id}?stream=true&starting_after=
+    <n>`) instead of asking again; a restart's `resume_response` is followed from its
+    first event (a response the endpoint no longer has is asked for again).
+    """
 
     _client: OpenAIResponsesClient
+
+    def __init__(self, client: OpenAIResponsesClient, request: ChatRequest) -> None:
+        super().__init__(client, request)
+        self.response_id: str | None = request.resume_response
+        self._sequence: int | None = None
+        self._resumes = 0
+        # The endpoint itself reported a failure (an `error` or `response.failed`
+        # event): that is the answer, not a dropped connection to resume.
+        self._endpoint_failed = False
+
+    @property
+    def _background(self) -> bool:
+        return self._request.background or self.response_id is not None
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        while True:
+            try:
+                async for delta in super()._deltas():
+                    self._shown_before = True
+                    yield delta
+                return
+            except _DROPS as error:
+                if (
+                    self.response_id is None
+                    or self._endpoint_failed
+                    or self._resumes >= MAX_RESUMES
+                ):
+                    raise
+                self._resumes += 1
+                log.info(
+                    "background response stream lost (%s); resuming after event %s",
+                    type(error).__name__,
+                    self._sequence,
+                )
+                await asyncio.sleep(min(RESUME_PAUSE_SECONDS * self._resumes, 5.0))
+
+    def _begin_attempt(self) -> None:
+        if self.response_id is not None and self._sequence is not None:
+            return  # a resumed stream goes on from what was read
+        super()._begin_attempt()
+
+    async def _open(self) -> httpx.Response:
+        if self.response_id is None:
+            return await super()._open()
+        client = self._client
+        response = await client.follow(self.response_id, after=self._sequence)
+        if (
+            response.status_code == 404
+            and self._sequence is None
+            and self.response_id == self._request.resume_response
+        ):
+            # The endpoint no longer has it (expired, another key): ask again, once.
+            await _close(response)
+            log.warning("the background response to resume is gone; asking the model again")
+            self.response_id = None
+            return await super()._open()
+        return response
 
     def _read_chunk(self, data: bytes, *, shown: bool) -> str:
         # OpenAI writes `type` first: an event known to carry nothing needed is passed
         # over unparsed (a long answer's text comes three more times in them). Any
-        # other layout is parsed whole.
-        if data.startswith(_TYPE_FIRST):
+        # other layout is parsed whole, as is every event of a background response
+        # (each one's sequence number is where a resumed stream starts).
+        if data.startswith(_TYPE_FIRST) and not self._background:
             end = data.find(b'"', len(_TYPE_FIRST))
             kind = data[len(_TYPE_FIRST) : end]
             if kind in _PASSED_OVER and not (
@@ -153,6 +250,15 @@ class ResponsesStream(OpenAIChatStream):
 
     def _read_event(self, chunk: dict[str, Any], *, shown: bool) -> str:
         kind = chunk.get("type")
+        if self._background:
+            sequence = chunk.get("sequence_number")
+            if isinstance(sequence, int):
+                self._sequence = sequence
+            if kind in ("response.created", "response.queued") and self.response_id is None:
+                response = chunk.get("response")
+                response_id = response.get("id") if isinstance(response, dict) else None
+                if isinstance(response_id, str) and _RESPONSE_ID.fullmatch(response_id):
+                    self.response_id = self._announce = response_id
         if kind in _TEXT_DELTAS:
             delta = chunk.get("delta")
             return delta if isinstance(delta, str) else ""
@@ -174,8 +280,10 @@ class ResponsesStream(OpenAIChatStream):
         elif kind == "response.failed":
             response = chunk.get("response")
             failure = response.get("error") if isinstance(response, dict) else None
+            self._endpoint_failed = True
             raise _error(failure or {}, shown=shown, scrub=self._client._scrub)
         elif kind == "error":
+            self._endpoint_failed = True
             raise _error(chunk, shown=shown, scrub=self._client._scrub)
         return ""
 

@@ -223,8 +223,22 @@ class ToolCalls:
         object.__setattr__(self, "fragment_size", fragment_size)
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """Responses API, background mode: answer `then` as a background response kept
+    whole at the fake, but drop the first connection after `after` events (the rest
+    is there for `GET /v1/responses/{id}?stream=true&starting_after=<n>`). `hold`:
+    instead of dropping, stop sending and keep the connection open (a model still
+    thinking) until the client goes away."""
+
+    after: int
+    then: Reply = field(default_factory=Reply)
+    hold: bool = False
+
+
 Behaviour = (
-    ToolCalls
+    Dropped
+    | ToolCalls
     | Reply
     | Incomplete
     | ErrorEvent
@@ -306,6 +320,8 @@ class FakeModelServer:
         # False: reasoning items come without encrypted content even when asked for
         # (a server that ignores `include`).
         self.sends_encrypted_reasoning = True
+        # Background responses by id: every event, as `GET /v1/responses/{id}` replays them.
+        self.background: dict[str, list[bytes]] = {}
         self.overflows = 0  # chat requests refused or emptied for being over the window
         self.rate_limit: tuple[int, float] | None = None
         self.rate_limited = 0  # 429s answered because of `rate_limit`
@@ -343,6 +359,11 @@ class FakeModelServer:
         return [r for r in self.requests if r.path.endswith("/responses")]
 
     @property
+    def follow_requests(self) -> list[RecordedRequest]:
+        """`GET /v1/responses/{id}`: a background response streamed again or polled."""
+        return [r for r in self.requests if r.path.startswith("/v1/responses/")]
+
+    @property
     def model_requests(self) -> list[RecordedRequest]:
         """Requests for an answer, on either API."""
         return [r for r in self.requests if r.path.endswith(("/chat/completions", "/responses"))]
@@ -351,6 +372,7 @@ class FakeModelServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._tracked(self._chat))
         app.router.add_post("/v1/responses", self._tracked(self._responses))
+        app.router.add_get("/v1/responses/{response_id}", self._tracked(self._follow))
         app.router.add_post("/v1/audio/speech", self._tracked(self._speech))
         app.router.add_post("/v1/audio/transcriptions", self._tracked(self._transcription))
         app.router.add_get("/v1/models", self._models)
@@ -659,6 +681,9 @@ class FakeModelServer:
             await self._send(response, sequence, 0.0)
             await response.write_eof()
             return response
+        dropped = behaviour if isinstance(behaviour, Dropped) else None
+        if dropped is not None:
+            behaviour = dropped.then
         text = self._text_of(behaviour, body)
         if isinstance(behaviour, Incomplete):
             text = behaviour.text
@@ -703,12 +728,41 @@ class FakeModelServer:
         else:
             sequence += events.text(pieces) + events.text_done(text)
             sequence.append(events.completed(text, usage))
+        if body.get("background"):
+            self.background[events.response_id] = sequence
+            if dropped is not None:
+                await self._send(response, sequence[: dropped.after], 0.0)
+                if dropped.hold:
+                    await asyncio.Event().wait()  # until the client goes (or the fake stops)
+                assert request.transport is not None
+                request.transport.close()
+                return response
         delay = (
             behaviour.delay_between_chunks
             if isinstance(behaviour, Reply) and behaviour.delay_between_chunks
             else self.default_delay_between_chunks
         )
         await self._send(response, sequence, delay)
+        await response.write_eof()
+        return response
+
+    async def _follow(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/responses/{id}`: a background response's events after
+        `starting_after` (`stream=true`), or the response as it stands."""
+        self._record(request, {"query": dict(request.query)})
+        events = self.background.get(request.match_info["response_id"])
+        if events is None:
+            return _error(404, "Response not found.", "not_found")
+        if request.query.get("stream") != "true":
+            last = json.loads(events[-1].split(b"data: ", 1)[1])
+            return web.json_response(last.get("response") or {})
+        after = int(request.query.get("starting_after", "-1"))
+        later = [
+            e for e in events if json.loads(e.split(b"data: ", 1)[1])["sequence_number"] > after
+        ]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._send(response, later, 0.0)
         await response.write_eof()
         return response
 
