@@ -41,6 +41,7 @@ from botservice.core.events import (
     within_image_limits,
 )
 from botservice.core.feedback import FeedbackClick, FeedbackStore
+from botservice.core.hosted_tools import enabled_entries, hosted_tools
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
@@ -188,6 +189,10 @@ class ConversationCore:
         self._settings = settings
         # The tools the model may be offered (each channel's policy picks among them).
         self.tools = ToolBox(tool_sources)
+        # The tools the endpoint runs itself (Responses API), each enabled per channel.
+        self._hosted = (
+            hosted_tools(settings.hosted_tools) if settings.model.api == "responses" else []
+        )
         self._confirmations = ConfirmationWaiters()
         # Models whose endpoint refused a request for carrying tools: asked without.
         self._tool_less_models: set[str] = set()
@@ -689,6 +694,7 @@ class ConversationCore:
                 reasoning=reasoning,
             )
 
+        hosted = enabled_entries(self._hosted, ToolPolicy.parse(channel.tools))
         # Background mode: the response's id is kept with the turn as soon as the
         # endpoint names it, and a resumed turn follows the response it finds for the
         # round it is at instead of asking again.
@@ -735,7 +741,12 @@ class ConversationCore:
 
         try:
             while True:  # one model request per tool round, the last one answers
-                request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
+                request = ChatRequest(
+                    model=model,
+                    messages=prompt.messages,
+                    max_tokens=reserve,
+                    hosted_tools=hosted,
+                )
                 if background:
                     round_index = tools.rounds if tools is not None else 0
                     request = dataclasses.replace(

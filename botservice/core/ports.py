@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -204,6 +204,10 @@ class ChatRequest:
     # True: the model must answer in text now (a tool limit was reached): the request
     # says `tool_choice: "none"` so earlier tool messages in it stay valid.
     no_more_tools: bool = False
+    # Tools the endpoint runs itself, as its own `tools` entries (the Responses API's
+    # web_search, file_search, code_interpreter, image_generation, mcp): see
+    # botservice/core/hosted_tools.py. Chat Completions has none and ignores them.
+    hosted_tools: Sequence[Mapping[str, Any]] = ()
     # Ask for the answer in background mode (the Responses API's `background: true`:
     # the endpoint keeps generating when the connection drops, and the stream can be
     # resumed). Endpoints without it ignore it.

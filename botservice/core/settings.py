@@ -121,6 +121,34 @@ class ToolSettings(_Section):
     confirm_timeout_seconds: float = Field(default=120.0, gt=0)
 
 
+class RemoteMcpServer(_Section):
+    """A remote MCP server the Responses endpoint calls itself (`type: mcp`)."""
+
+    # Names the server in requests and in the policy name `hosted__mcp_<label>`.
+    label: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    url: str
+    description: str = ""
+    # "always": each call the model makes waits for the asker's Approve / Deny.
+    require_approval: Literal["always", "never"] = "always"
+    # Only these of its tools (empty: all it offers).
+    allowed_tools: tuple[str, ...] = ()
+    # Sent as the server's `authorization` (a bearer token); never logged.
+    authorization: SecretStr | None = None
+
+
+class HostedToolSettings(_Section):
+    """Tools the model endpoint runs itself (the Responses API only), as far as the
+    endpoint offers them. Each is off in every channel until its managers enable it
+    (`tools enable hosted__web_search`, or `hosted__*`)."""
+
+    web_search: bool = False
+    # file_search is offered when vector stores are named here.
+    file_search_vector_store_ids: tuple[str, ...] = ()
+    code_interpreter: bool = False
+    image_generation: bool = False
+    mcp: tuple[RemoteMcpServer, ...] = ()
+
+
 class AccessSettings(_Section):
     admin_user_ids: tuple[str, ...] = ()
 
@@ -173,6 +201,7 @@ class Settings(_Section):
     images: ImageSettings = ImageSettings()
     limits: LimitSettings = LimitSettings()
     tools: ToolSettings = ToolSettings()
+    hosted_tools: HostedToolSettings = HostedToolSettings()
     http: HttpSettings = HttpSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()

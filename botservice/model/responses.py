@@ -113,10 +113,13 @@ class OpenAIResponsesClient(OpenAIChatClient):
             # a turn as the encrypted items it returned (see `_input_items`).
             "include": ["reasoning.encrypted_content"],
         }
-        if request.tools:
-            body["tools"] = [{"type": "function", **function_spec(spec)} for spec in request.tools]
+        if request.tools or request.hosted_tools:
+            body["tools"] = [
+                *({"type": "function", **function_spec(spec)} for spec in request.tools),
+                *(dict(entry) for entry in request.hosted_tools),
+            ]
             body["tool_choice"] = "none" if request.no_more_tools else "auto"
-            if self._settings.parallel_tool_calls and not request.no_more_tools:
+            if self._settings.parallel_tool_calls and request.tools and not request.no_more_tools:
                 body["parallel_tool_calls"] = True
         if request.background:
             # OpenAI runs a response in the background only when it may keep it (for its

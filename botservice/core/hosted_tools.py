@@ -1,0 +1,117 @@
+"""Tools the model endpoint runs itself: the Responses API's web search, file search,
+code interpreter, image generation and remote MCP servers.
+
+The operator says which the endpoint offers (`[hosted_tools]`); a channel's managers
+enable them with the same rules as other tools (`tools enable hosted__web_search`),
+and each is off until they do. They are sent with the request as the endpoint's own
+tool entries; nothing runs here (an MCP call that needs approval is the exception:
+the asker approves it as any other action, see botservice/core/conversation.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from botservice.core.settings import HostedToolSettings
+from botservice.core.tools import ToolPolicy, ToolSpec
+
+# The source name of hosted tools, and the prefix of their policy names.
+HOSTED = "hosted"
+PREFIX = "hosted__"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostedTool:
+    """One hosted tool: its policy name and the entry the request's `tools` carries."""
+
+    name: str
+    description: str
+    entry: Mapping[str, Any]
+    # Whether each call waits for the asker's approval (a remote MCP server's
+    # `require_approval: always`); the others run at the endpoint unasked.
+    asks: bool = False
+
+    @property
+    def spec(self) -> ToolSpec:
+        """As the channel's rules and `tools show` see it (never offered as a function;
+        off by default, as every tool not built in is)."""
+        return ToolSpec(
+            name=self.name,
+            description=self.description,
+            parameters={},
+            source=HOSTED,
+            read_only=not self.asks,
+            destructive=self.asks,
+            trusted=not self.asks,
+        )
+
+
+def hosted_tools(settings: HostedToolSettings) -> list[HostedTool]:
+    """The hosted tools the operator configured, in a fixed order."""
+    tools: list[HostedTool] = []
+    if settings.web_search:
+        tools.append(
+            HostedTool(
+                name=f"{PREFIX}web_search",
+                description="Search the web (run by the model endpoint).",
+                entry={"type": "web_search"},
+            )
+        )
+    if settings.file_search_vector_store_ids:
+        tools.append(
+            HostedTool(
+                name=f"{PREFIX}file_search",
+                description="Search the configured vector stores (run by the model endpoint).",
+                entry={
+                    "type": "file_search",
+                    "vector_store_ids": list(settings.file_search_vector_store_ids),
+                },
+            )
+        )
+    if settings.code_interpreter:
+        tools.append(
+            HostedTool(
+                name=f"{PREFIX}code_interpreter",
+                description="Run Python in a sandbox (run by the model endpoint).",
+                entry={"type": "code_interpreter", "container": {"type": "auto"}},
+            )
+        )
+    if settings.image_generation:
+        tools.append(
+            HostedTool(
+                name=f"{PREFIX}image_generation",
+                description="Draw images; they are posted in the thread.",
+                entry={"type": "image_generation"},
+            )
+        )
+    for server in settings.mcp:
+        entry: dict[str, Any] = {
+            "type": "mcp",
+            "server_label": server.label,
+            "server_url": server.url,
+            "require_approval": server.require_approval,
+        }
+        if server.description:
+            entry["server_description"] = server.description
+        if server.allowed_tools:
+            entry["allowed_tools"] = list(server.allowed_tools)
+        if server.authorization is not None:
+            entry["authorization"] = server.authorization.get_secret_value()
+        tools.append(
+            HostedTool(
+                name=f"{PREFIX}mcp_{server.label}",
+                description=server.description or f"The remote MCP server {server.label}.",
+                entry=entry,
+                asks=server.require_approval == "always",
+            )
+        )
+    return tools
+
+
+def enabled_entries(
+    tools: Sequence[HostedTool], policy: ToolPolicy
+) -> tuple[Mapping[str, Any], ...]:
+    """The request entries of the hosted tools the channel's rules enable."""
+    return tuple(tool.entry for tool in tools if policy.allows(tool.spec))
