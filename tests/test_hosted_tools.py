@@ -4,12 +4,19 @@ request carries them. Off until enabled; never on the Chat Completions backend."
 
 from __future__ import annotations
 
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
 from botservice.core.conversation import ConversationCore
+from botservice.core.ports import SinkAbilities
 from botservice.core.settings import HostedToolSettings, RemoteMcpServer, Settings
+from botservice.core.tools import ConfirmationRequest
 from botservice.model.responses import open_model_client
 from botservice.storage.repository import SqlStore
-from tests.chat_kit import Chat, settings_for
-from tests.fakes.model_server import FakeModelServer, Reply
+from tests.chat_kit import Chat, RecordingSink, settings_for
+from tests.fakes.model_server import FakeModelServer, McpApproval, Reply
 
 MCP_SERVER = {
     "label": "wiki",
@@ -95,3 +102,87 @@ async def test_the_chat_backend_never_sends_hosted_tools(
 
     [asked] = fake_model.chat_requests
     assert "tools" not in asked.body
+
+
+@dataclass
+class ClickingSink(RecordingSink):
+    """A sink that asks with buttons; the asker clicks Approve (or Deny) a moment later."""
+
+    core: ConversationCore | None = None
+    approve: bool = True
+    requests: list[ConfirmationRequest] = field(default_factory=list)
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(status=self.status, confirm=self.confirm)
+
+    async def confirm(self, request: ConfirmationRequest) -> None:
+        self.requests.append(request)
+        core, approve = self.core, self.approve
+        assert core is not None
+
+        async def click() -> None:
+            await core.decide_tool_call(
+                request.confirmation_id, platform="test", user_id="U1", approve=approve
+            )
+
+        asyncio.get_running_loop().create_task(click())
+
+
+async def mcp_round_trip(
+    fake_model: FakeModelServer, store: SqlStore, *, approve: bool
+) -> tuple[ClickingSink, dict[str, Any]]:
+    settings = hosted_settings(fake_model.base_url)
+    client = open_model_client(settings.model)
+    core = ConversationCore(settings=settings, store=store, model=client)
+    chat = Chat(core)
+    fake_model.script(
+        McpApproval("wiki", "search", '{"query": "release notes"}', id="mcpr_42"),
+        Reply("The release notes say it shipped." if approve else "I could not search the wiki."),
+    )
+    sink = ClickingSink(core=core, approve=approve)
+    try:
+        await chat.say("/tools enable hosted__mcp_wiki", admin=True)
+        await core.handle(chat.message("What do the release notes say?"), sink)
+    finally:
+        await client.aclose()
+    asked, answered = (r.body for r in fake_model.responses_requests)
+    assert asked["tools"][0]["type"] == "mcp"
+    return sink, answered
+
+
+async def test_a_remote_mcp_call_waits_for_the_askers_approval(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    sink, answered = await mcp_round_trip(fake_model, sqlite_store, approve=True)
+
+    [question] = sink.requests
+    assert question.tool == "hosted__mcp_wiki"
+    assert json.loads(question.arguments) == {
+        "tool": "search",
+        "arguments": {"query": "release notes"},
+    }
+    assert [item for item in answered["input"] if item.get("type")] == [
+        {
+            "type": "mcp_approval_request",
+            "id": "mcpr_42",
+            "server_label": "wiki",
+            "name": "search",
+            "arguments": '{"query": "release notes"}',
+        },
+        {"type": "mcp_approval_response", "approval_request_id": "mcpr_42", "approve": True},
+    ]
+    assert "function" not in json.dumps(answered.get("tools"))  # never offered as a function
+    assert sink.final.startswith("The release notes say it shipped.")
+
+
+async def test_a_denied_remote_mcp_call_is_told_to_the_endpoint_as_denied(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    sink, answered = await mcp_round_trip(fake_model, sqlite_store, approve=False)
+
+    responses = [i for i in answered["input"] if i.get("type") == "mcp_approval_response"]
+    assert responses == [
+        {"type": "mcp_approval_response", "approval_request_id": "mcpr_42", "approve": False}
+    ]
+    assert sink.final.startswith("I could not search the wiki.")

@@ -41,7 +41,13 @@ from botservice.core.events import (
     within_image_limits,
 )
 from botservice.core.feedback import FeedbackClick, FeedbackStore
-from botservice.core.hosted_tools import enabled_entries, hosted_tools
+from botservice.core.hosted_tools import (
+    HOSTED,
+    MCP_PREFIX,
+    McpApprovals,
+    enabled_entries,
+    hosted_tools,
+)
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
@@ -188,11 +194,13 @@ class ConversationCore:
     ) -> None:
         self._settings = settings
         # The tools the model may be offered (each channel's policy picks among them).
-        self.tools = ToolBox(tool_sources)
-        # The tools the endpoint runs itself (Responses API), each enabled per channel.
+        # The tools the endpoint runs itself (Responses API), each enabled per channel;
+        # remote MCP calls that need approval go through the tool loop to be asked.
         self._hosted = (
             hosted_tools(settings.hosted_tools) if settings.model.api == "responses" else []
         )
+        approvals = McpApprovals(self._hosted)
+        self.tools = ToolBox([*tool_sources, *([approvals] if approvals else [])])
         self._confirmations = ConfirmationWaiters()
         # Models whose endpoint refused a request for carrying tools: asked without.
         self._tool_less_models: set[str] = set()
@@ -671,7 +679,13 @@ class ConversationCore:
             stored_calls = await self._keep_trying(
                 lambda: store.tool_calls_for([m.id for m in history if m.role == "user"])
             )
-            earlier_calls = [c for c in stored_calls if c.user_message_id != turn.user_message_id]
+            # A remote MCP approval is the endpoint's question within one answer: sent
+            # again in a later turn it would have the call run again.
+            earlier_calls = [
+                c
+                for c in stored_calls
+                if c.user_message_id != turn.user_message_id and not c.name.startswith(MCP_PREFIX)
+            ]
             await tools.resume(
                 [c for c in stored_calls if c.user_message_id == turn.user_message_id]
             )
@@ -695,6 +709,12 @@ class ConversationCore:
             )
 
         hosted = enabled_entries(self._hosted, ToolPolicy.parse(channel.tools))
+        # Offered as functions: not the hosted ones (the endpoint's own entries carry them).
+        functions = (
+            [spec for spec in tools.offered.specs if spec.source != HOSTED]
+            if tools is not None
+            else []
+        )
         # Background mode: the response's id is kept with the turn as soon as the
         # endpoint names it, and a resumed turn follows the response it finds for the
         # round it is at instead of asking again.
@@ -762,11 +782,11 @@ class ConversationCore:
                         request = dataclasses.replace(
                             request,
                             messages=[*prompt.messages, note],
-                            tools=tools.offered.specs,
+                            tools=functions,
                             no_more_tools=True,
                         )
                     else:
-                        request = dataclasses.replace(request, tools=tools.offered.specs)
+                        request = dataclasses.replace(request, tools=functions)
                 async with self._limits.gate.slot():
                     while True:
                         try:

@@ -15,11 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from botservice.core.settings import HostedToolSettings
-from botservice.core.tools import ToolPolicy, ToolSpec
+from botservice.core.tools import ToolContext, ToolOutput, ToolPolicy, ToolSpec
 
 # The source name of hosted tools, and the prefix of their policy names.
 HOSTED = "hosted"
 PREFIX = "hosted__"
+# A remote MCP server's policy name is this and its label.
+MCP_PREFIX = f"{PREFIX}mcp_"
+# The result of an approved remote MCP call, as the tool loop stores it; a backend
+# sends it on as `mcp_approval_response` with `approve: true` (anything else: false).
+MCP_APPROVED = "Approved by the asker; the endpoint runs the call."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,3 +120,37 @@ def enabled_entries(
 ) -> tuple[Mapping[str, Any], ...]:
     """The request entries of the hosted tools the channel's rules enable."""
     return tuple(tool.entry for tool in tools if policy.allows(tool.spec))
+
+
+class McpApprovals:
+    """The remote MCP servers whose calls need approval, as a tool source.
+
+    A call the endpoint asks approval for (`mcp_approval_request`) comes through the
+    tool loop as a call of `hosted__mcp_<label>`, its arguments `{"tool": ..., "arguments":
+    ...}`: it is stored, and asked of the asker, like any action. "Running" it only
+    records the approval; the backend sends the decision back as
+    `mcp_approval_response`, and the endpoint runs (or skips) the call itself.
+    """
+
+    name = HOSTED
+    trusted = False
+
+    def __init__(self, tools: Sequence[HostedTool]) -> None:
+        self._specs = [tool.spec for tool in tools if tool.asks]
+
+    def __bool__(self) -> bool:
+        return bool(self._specs)
+
+    def tools(self) -> Sequence[ToolSpec]:
+        return self._specs
+
+    async def call(
+        self, name: str, arguments: Mapping[str, Any], context: ToolContext
+    ) -> ToolOutput:
+        return ToolOutput(MCP_APPROVED)
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None

@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +43,7 @@ from botservice.core.errors import (
     ModelTimeout,
     ModelUnreachable,
 )
+from botservice.core.hosted_tools import MCP_APPROVED, MCP_PREFIX
 from botservice.core.ports import ChatRequest, ChatResult
 from botservice.core.prompt import REASONING_ITEMS
 from botservice.core.settings import ModelSettings
@@ -105,9 +106,12 @@ class OpenAIResponsesClient(OpenAIChatClient):
         return await self.http.send(request, stream=True)
 
     def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
+        approvals = _approval_ids(request.messages)
         body: dict[str, Any] = {
             "model": request.model,
-            "input": [item for message in request.messages for item in _input_items(message)],
+            "input": [
+                item for message in request.messages for item in _input_items(message, approvals)
+            ],
             "store": False,
             # Stateless, so a reasoning model's thinking can only come back to it within
             # a turn as the encrypted items it returned (see `_input_items`).
@@ -164,7 +168,7 @@ _TYPE_FIRST = b'{"type":"'
 # Of those, the ones that announce or restate a function call when they carry one,
 # or (done) a reasoning item.
 _ITEM_EVENTS = frozenset({b"response.output_item.added", b"response.output_item.done"})
-_KEPT_ITEMS = (b"function_call", b'"type":"reasoning"')
+_KEPT_ITEMS = (b"function_call", b'"type":"reasoning"', b"mcp_approval_request")
 
 
 class ResponsesStream(OpenAIChatStream):
@@ -293,6 +297,9 @@ class ResponsesStream(OpenAIChatStream):
     def _function_call(self, index: Any, item: Any) -> None:
         if not isinstance(index, int) or not isinstance(item, dict):
             return
+        if item.get("type") == "mcp_approval_request":
+            self._approval_request(index, item)
+            return
         if item.get("type") != "function_call":
             return
         self._calls.replace(
@@ -300,6 +307,25 @@ class ResponsesStream(OpenAIChatStream):
             call_id=str(item.get("call_id") or ""),
             name=str(item.get("name") or ""),
             arguments=str(item.get("arguments") or ""),
+        )
+
+    def _approval_request(self, index: int, item: dict[str, Any]) -> None:
+        """A remote MCP server's call waiting for approval, as a call of the tool loop's
+        (`McpApprovals`): its name is the server's policy name, its arguments say which
+        of the server's tools, with what."""
+        label, name, request_id = item.get("server_label"), item.get("name"), item.get("id")
+        if not (isinstance(label, str) and isinstance(name, str) and isinstance(request_id, str)):
+            return
+        raw = item.get("arguments")
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) and raw else {}
+        except ValueError:
+            arguments = raw
+        self._calls.replace(
+            index,
+            call_id=request_id,
+            name=MCP_PREFIX + label,
+            arguments=json.dumps({"tool": name, "arguments": arguments}),
         )
 
     def _reasoning(self, item: Any) -> None:
@@ -345,12 +371,50 @@ def open_model_client(settings: ModelSettings, **options: Any) -> OpenAIChatClie
     return OpenAIChatClient(settings, **options)
 
 
-def _input_items(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _approval_ids(messages: Sequence[dict[str, Any]]) -> frozenset[str]:
+    """The ids of the calls in `messages` that are remote MCP approval requests."""
+    ids: set[str] = set()
+    for message in messages:
+        for call in message.get("tool_calls") or () if message.get("role") == "assistant" else ():
+            if str((call.get("function") or {}).get("name", "")).startswith(MCP_PREFIX):
+                ids.add(str(call.get("id", "")))
+    return frozenset(ids)
+
+
+def _approval_items(call: dict[str, Any]) -> dict[str, Any]:
+    """A remote MCP approval request (see `_approval_request`) as the endpoint sent it."""
+    function = call.get("function") or {}
+    try:
+        asked = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        asked = {}
+    asked = asked if isinstance(asked, dict) else {}
+    arguments = asked.get("arguments", {})
+    return {
+        "type": "mcp_approval_request",
+        "id": call.get("id", ""),
+        "server_label": str(function.get("name", "")).removeprefix(MCP_PREFIX),
+        "name": str(asked.get("tool", "")),
+        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+    }
+
+
+def _input_items(
+    message: dict[str, Any], approvals: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """A chat message as Responses input items (system and developer roles, and plain
     string content, are taken as they are): an assistant message with tool calls is
     the reasoning items the model returned with them in this turn (if any, in order),
     its text (if any) and one `function_call` item per call; a `role: tool` result is
     a `function_call_output`."""
+    if message.get("role") == "tool" and message.get("tool_call_id") in approvals:
+        return [
+            {
+                "type": "mcp_approval_response",
+                "approval_request_id": message.get("tool_call_id", ""),
+                "approve": message.get("content") == MCP_APPROVED,
+            }
+        ]
     if message.get("role") == "tool":
         return [
             {
@@ -366,6 +430,9 @@ def _input_items(message: dict[str, Any]) -> list[dict[str, Any]]:
         if content:
             items.append({"role": "assistant", "content": content})
         for call in calls:
+            if call.get("id") in approvals:
+                items.append(_approval_items(call))
+                continue
             function = call.get("function") or {}
             items.append(
                 {

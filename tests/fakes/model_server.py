@@ -236,8 +236,20 @@ class Dropped:
     hold: bool = False
 
 
+@dataclass(frozen=True)
+class McpApproval:
+    """Responses API: a remote MCP server's call waiting for approval
+    (`mcp_approval_request`): the response ends there, with no text."""
+
+    server_label: str
+    name: str
+    arguments: str = "{}"
+    id: str = "mcpr_1"
+
+
 Behaviour = (
-    Dropped
+    McpApproval
+    | Dropped
     | ToolCalls
     | Reply
     | Incomplete
@@ -665,6 +677,27 @@ class FakeModelServer:
         if isinstance(behaviour, Refuse):
             return _error(behaviour.status, behaviour.message, behaviour.code)
         events = ResponseEvents(f"resp_fake{next(self._ids)}", str(body.get("model", "fake")))
+        if isinstance(behaviour, McpApproval):
+            item = {
+                "id": behaviour.id,
+                "type": "mcp_approval_request",
+                "server_label": behaviour.server_label,
+                "name": behaviour.name,
+                "arguments": behaviour.arguments,
+            }
+            completed = events.response("completed", usage=responses_usage(10, 0))
+            completed["output"] = [item]
+            sequence = [
+                *events.opening(),
+                events.event("response.output_item.added", output_index=0, item=item),
+                events.event("response.output_item.done", output_index=0, item=item),
+                events.event("response.completed", response=completed),
+            ]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await self._send(response, sequence, 0.0)
+            await response.write_eof()
+            return response
         if isinstance(behaviour, ToolCalls):
             calls = [(self._call_id(call), call.name, call.text()) for call in behaviour.calls]
             sequence = events.opening()
