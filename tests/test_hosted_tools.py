@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.ports import SinkAbilities
+from botservice.core.ports import GeneratedFile, SinkAbilities
 from botservice.core.settings import HostedToolSettings, RemoteMcpServer, Settings
 from botservice.core.tools import ConfirmationRequest
 from botservice.model.responses import open_model_client
 from botservice.storage.repository import SqlStore
 from tests.chat_kit import Chat, RecordingSink, settings_for
-from tests.fakes.model_server import FakeModelServer, McpApproval, Reply
+from tests.fakes.model_server import Drawn, FakeModelServer, McpApproval, Reply
 
 MCP_SERVER = {
     "label": "wiki",
@@ -186,3 +186,45 @@ async def test_a_denied_remote_mcp_call_is_told_to_the_endpoint_as_denied(
         {"type": "mcp_approval_response", "approval_request_id": "mcpr_42", "approve": False}
     ]
     assert sink.final.startswith("I could not search the wiki.")
+
+
+# A tiny PNG: the signature and enough bytes to stand for an image.
+PICTURE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+@dataclass
+class FilePostingSink(RecordingSink):
+    posted: list[GeneratedFile] = field(default_factory=list)
+
+    @property
+    def abilities(self) -> SinkAbilities:
+        return SinkAbilities(status=self.status, post_file=self.post_file)
+
+    async def post_file(self, file: GeneratedFile) -> None:
+        self.posted.append(file)
+
+
+async def test_a_generated_image_is_posted_in_the_thread_after_the_answer(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = hosted_settings(fake_model.base_url)
+    client = open_model_client(settings.model)
+    core = ConversationCore(settings=settings, store=sqlite_store, model=client)
+    chat = Chat(core)
+    fake_model.script(Drawn(PICTURE, "Here is a lighthouse."), Drawn(PICTURE, "Another one."))
+    sink = FilePostingSink()
+    try:
+        await chat.say("/tools enable hosted__image_generation", admin=True)
+        await core.handle(chat.message("Draw a lighthouse."), sink)
+        plain = await chat.say("Draw another, here where files cannot be posted.")
+    finally:
+        await client.aclose()
+
+    assert fake_model.responses_requests[0].body["tools"] == [{"type": "image_generation"}]
+    assert sink.final == "Here is a lighthouse."
+    assert sink.posted == [
+        GeneratedFile(name="image-1.png", data=PICTURE, content_type="image/png")
+    ]
+    assert plain.final == (
+        "Another one.\n\n_(The model made 1 image(s) that cannot be shown here.)_"
+    )

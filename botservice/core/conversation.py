@@ -57,6 +57,7 @@ from botservice.core.ports import (
     ChatStream,
     Claim,
     CoreStore,
+    GeneratedFile,
     MessageStatus,
     ModelClient,
     PendingTurn,
@@ -95,6 +96,9 @@ from botservice.core.usage import Quotas, UsageLedger, UsageRecord, usage_record
 from botservice.core.windows import ContextWindows, Window
 
 log = logging.getLogger(__name__)
+
+# Under an answer that came with images, where the sink cannot post files.
+FILES_NOT_SHOWN = "_(The model made {count} image(s) that cannot be shown here.)_"
 
 T = TypeVar("T")
 
@@ -748,6 +752,8 @@ class ConversationCore:
         shrunk = False
         learned: int | None = None
         usage: Usage | None = None
+        # Files the endpoint made (images), posted in the thread after the answer.
+        files: list[GeneratedFile] = []
         # Why the model may call no more tools (a limit), once one is reached.
         limit: str | None = None
         texted = False
@@ -854,6 +860,7 @@ class ConversationCore:
                     self._windows.learn(model, learned)
                     learned = None
                 usage = _added(usage, stream.usage)
+                files += stream.generated_files
                 if tools is None or limit is not None or not stream.tool_calls:
                     break
                 # A tool round: what the model wrote with its calls goes back with them.
@@ -898,7 +905,11 @@ class ConversationCore:
             shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
         if tools is not None and tools.used:
             shown = f"{shown}\n\n{tools_used_line(tools.used)}"
+        if files and abilities.post_file is None:
+            shown = f"{shown}\n\n{FILES_NOT_SHOWN.format(count=len(files))}"
         await sink.finish(shown)
+        if files and abilities.post_file is not None:
+            await self._post_files(turn, abilities.post_file, files)
         telemetry.final_text(key.platform, model, self._age(turn))
         # The answer has been shown: from here on it is only ever saved, never made
         # again, so a database outage is waited out (see `_keep_trying`).
@@ -918,6 +929,24 @@ class ConversationCore:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
+
+    async def _post_files(
+        self,
+        turn: _Turn,
+        post_file: Callable[[GeneratedFile], Awaitable[None]],
+        files: Sequence[GeneratedFile],
+    ) -> None:
+        """Post each file in the thread; one that fails is logged, the answer stands."""
+        for file in files:
+            try:
+                await post_file(file)
+            except Exception as error:
+                log.warning(
+                    "turn %d: posting a generated file failed: %s",
+                    turn.turn_id,
+                    type(error).__name__,
+                )
+                log.debug("posting a generated file failed", exc_info=True)
 
     def _turn_tools(
         self,

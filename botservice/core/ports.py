@@ -61,6 +61,15 @@ class ReplySink(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratedFile:
+    """A file the model made while answering (an image), to post in the thread."""
+
+    name: str
+    data: bytes
+    content_type: str
+
+
 @dataclass(frozen=True, slots=True)
 class SinkAbilities:
     """What a reply sink can do besides the four `ReplySink` calls, declared.
@@ -90,17 +99,22 @@ class SinkAbilities:
     # decision comes back through `ConversationCore.decide_tool_call`; a sink without
     # this ability cannot ask, so calls that need asking are declined.
     confirm: Callable[[ConfirmationRequest], Awaitable[None]] | None = None
+    # Post a file the model made (an image from the endpoint's image generation) in
+    # the answer's thread (Slack: files.uploadV2; Discord: an attachment). A sink
+    # without it gets a line in the answer saying the file cannot be shown here.
+    post_file: Callable[[GeneratedFile], Awaitable[None]] | None = None
 
     @property
     def names(self) -> frozenset[str]:
         """The abilities present, by name: "observe", "hear", "status", "speaks",
-        "confirm"."""
+        "confirm", "post_file"."""
         present = {
             "observe": self.observe is not None,
             "hear": self.hear is not None,
             "status": self.status is not None,
             "speaks": self.speaks,
             "confirm": self.confirm is not None,
+            "post_file": self.post_file is not None,
         }
         return frozenset(name for name, has in present.items() if has)
 
@@ -114,6 +128,7 @@ class SinkAbilities:
             status=self.status or inner.status,
             speaks=self.speaks or inner.speaks,
             confirm=self.confirm or inner.confirm,
+            post_file=self.post_file or inner.post_file,
         )
 
 
@@ -245,6 +260,11 @@ class ChatStream(Protocol):
 
     @property
     def reasoning_items(self) -> Sequence[dict[str, Any]]: ...
+
+    @property
+    def generated_files(self) -> Sequence[GeneratedFile]:
+        """Files the endpoint made (hosted image generation), whole, as it ended."""
+        ...
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 

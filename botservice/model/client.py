@@ -44,7 +44,7 @@ from botservice.core.errors import (
     ModelTimeout,
     ModelUnreachable,
 )
-from botservice.core.ports import ChatRequest, ChatResult, RateLimits, Usage
+from botservice.core.ports import ChatRequest, ChatResult, GeneratedFile, RateLimits, Usage
 from botservice.core.redact import scrub
 from botservice.core.settings import ModelSettings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
@@ -319,6 +319,7 @@ class OpenAIChatStream:
         self.rate_limits: RateLimits | None = None
         self.tool_calls: list[ToolCall] = []
         self.reasoning_items: list[dict[str, Any]] = []
+        self.generated_files: list[GeneratedFile] = []
         self._calls = ToolCallAccumulator()
         # Set when text was shown by an earlier attempt this stream continues (a
         # resumed background response): a failure then cannot be retried from scratch.
@@ -448,6 +449,7 @@ class OpenAIChatStream:
         self.usage, self.finished, self.finish_reason = None, False, None
         self.tool_calls, self._calls = [], ToolCallAccumulator()
         self.reasoning_items = []
+        self.generated_files = []
 
     async def _open(self) -> httpx.Response:
         """Send the request; the response's body is left to read."""

@@ -22,6 +22,7 @@ in_progress, output_item.added, content_part.*, reasoning summaries...) is read 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -44,7 +45,7 @@ from botservice.core.errors import (
     ModelUnreachable,
 )
 from botservice.core.hosted_tools import MCP_APPROVED, MCP_PREFIX
-from botservice.core.ports import ChatRequest, ChatResult
+from botservice.core.ports import ChatRequest, ChatResult, GeneratedFile
 from botservice.core.prompt import REASONING_ITEMS
 from botservice.core.settings import ModelSettings
 from botservice.model.client import (
@@ -168,7 +169,16 @@ _TYPE_FIRST = b'{"type":"'
 # Of those, the ones that announce or restate a function call when they carry one,
 # or (done) a reasoning item.
 _ITEM_EVENTS = frozenset({b"response.output_item.added", b"response.output_item.done"})
-_KEPT_ITEMS = (b"function_call", b'"type":"reasoning"', b"mcp_approval_request")
+_KEPT_ITEMS = (
+    b"function_call",
+    b'"type":"reasoning"',
+    b"mcp_approval_request",
+    b"image_generation_call",
+)
+# An image's name and type by the format the endpoint made it in.
+_IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# At most this many bytes of images are taken from one response (base64 decoded).
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 
 class ResponsesStream(OpenAIChatStream):
@@ -273,6 +283,7 @@ class ResponsesStream(OpenAIChatStream):
             self._function_call(chunk.get("output_index"), chunk.get("item"))
             if kind == "response.output_item.done":
                 self._reasoning(chunk.get("item"))
+                self._image(chunk.get("item"))
         elif kind == "response.function_call_arguments.delta":
             index, delta = chunk.get("output_index"), chunk.get("delta")
             if isinstance(index, int) and isinstance(delta, str):
@@ -328,6 +339,28 @@ class ResponsesStream(OpenAIChatStream):
             arguments=json.dumps({"tool": name, "arguments": arguments}),
         )
 
+    def _image(self, item: Any) -> None:
+        """Keep an image the endpoint's image generation made, to post in the thread."""
+        if not isinstance(item, dict) or item.get("type") != "image_generation_call":
+            return
+        result = item.get("result")
+        if not isinstance(result, str) or not result:
+            return
+        try:
+            data = base64.b64decode(result, validate=True)
+        except ValueError:
+            log.warning("an image from the endpoint could not be decoded; left out")
+            return
+        if sum(len(f.data) for f in self.generated_files) + len(data) > MAX_IMAGE_BYTES:
+            log.warning("an image from the endpoint is over the size limit; left out")
+            return
+        kind = str(item.get("output_format") or "png")
+        kind = kind if kind in _IMAGE_TYPES else "png"
+        number = len(self.generated_files) + 1
+        self.generated_files.append(
+            GeneratedFile(name=f"image-{number}.{kind}", data=data, content_type=_IMAGE_TYPES[kind])
+        )
+
     def _reasoning(self, item: Any) -> None:
         """Keep a reasoning item to send back with this round's calls. Only one with its
         encrypted content is of use: with `store: false` the endpoint cannot look an id up."""
@@ -360,6 +393,9 @@ class ResponsesStream(OpenAIChatStream):
             if not self.reasoning_items:
                 for item in output:
                     self._reasoning(item)
+            if not self.generated_files:
+                for item in output:
+                    self._image(item)
         self.finish_reason = finish_reason
         self.finished = True
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import io
@@ -247,8 +248,19 @@ class McpApproval:
     id: str = "mcpr_1"
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """Responses API: hosted image generation made `image` (streamed as a partial image,
+    then the whole one in its item), then the model wrote `text`."""
+
+    image: bytes
+    text: str = "Here is your picture."
+    output_format: str = "png"
+
+
 Behaviour = (
-    McpApproval
+    Drawn
+    | McpApproval
     | Dropped
     | ToolCalls
     | Reply
@@ -677,6 +689,40 @@ class FakeModelServer:
         if isinstance(behaviour, Refuse):
             return _error(behaviour.status, behaviour.message, behaviour.code)
         events = ResponseEvents(f"resp_fake{next(self._ids)}", str(body.get("model", "fake")))
+        if isinstance(behaviour, Drawn):
+            encoded = base64.b64encode(behaviour.image).decode()
+            item = {"id": "ig_1", "type": "image_generation_call", "status": "generating"}
+            done = {
+                **item,
+                "status": "completed",
+                "output_format": behaviour.output_format,
+                "result": encoded,
+            }
+            pieces = _split(behaviour.text, None)
+            completed = events.response(
+                "completed", behaviour.text, usage=responses_usage(10, len(pieces))
+            )
+            completed["output"] = [done, *completed["output"]]
+            sequence = [
+                *events.opening(),
+                events.event("response.output_item.added", output_index=0, item=item),
+                events.event(
+                    "response.image_generation_call.partial_image",
+                    output_index=0,
+                    item_id="ig_1",
+                    partial_image_index=0,
+                    partial_image_b64=encoded[: len(encoded) // 2],
+                ),
+                events.event("response.output_item.done", output_index=0, item=done),
+                *events.text(pieces),
+                *events.text_done(behaviour.text),
+                events.event("response.completed", response=completed),
+            ]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await self._send(response, sequence, 0.0)
+            await response.write_eof()
+            return response
         if isinstance(behaviour, McpApproval):
             item = {
                 "id": behaviour.id,
