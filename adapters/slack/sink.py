@@ -24,7 +24,7 @@ from botservice.adapters.slack.events import ReplyTarget
 from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, escape, markdown_to_mrkdwn
 from botservice.core.errors import BotServiceError
 from botservice.core.message_split import split_message
-from botservice.core.ports import SinkAbilities
+from botservice.core.ports import GeneratedFile, SinkAbilities
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.core.tools import ConfirmationRequest
 
@@ -474,7 +474,20 @@ class SlackReplySink:
 
     @property
     def abilities(self) -> SinkAbilities:
-        return SinkAbilities(confirm=self.confirm)
+        return SinkAbilities(confirm=self.confirm, post_file=self.post_file)
+
+    async def post_file(self, file: GeneratedFile) -> None:
+        """Upload a file the model made (an image) into the answer's thread: Slack's
+        files.uploadV2 (an upload URL, the bytes, then completing it in the thread)."""
+        await self._call(
+            "files_upload_v2",
+            channel=self.target.channel,
+            thread_ts=self.target.thread_ts,
+            file=file.data,
+            filename=file.name,
+            title=file.name,
+            required=True,
+        )
 
     async def confirm(self, request: ConfirmationRequest) -> None:
         """Ask in the thread whether the tool call may run: Approve / Deny buttons that
