@@ -15,6 +15,7 @@ own pace. discord.py's per-route rate limiting still applies underneath.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -25,7 +26,7 @@ from botservice.adapters.discord.confirmation_buttons import confirmation_view, 
 from botservice.adapters.discord.feedback_buttons import feedback_view
 from botservice.adapters.discord.split import DISCORD_LIMIT
 from botservice.core.message_split import split_message
-from botservice.core.ports import SinkAbilities
+from botservice.core.ports import GeneratedFile, SinkAbilities
 from botservice.core.tools import ConfirmationRequest
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class _Transport(Protocol):
     async def say(self, text: str, *, private: bool) -> None: ...
 
     async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None: ...
+
+    async def attach(self, file: discord.File) -> None: ...
 
 
 class _Renderer:
@@ -111,7 +114,11 @@ class _ReplySinkBase:
 
     @property
     def abilities(self) -> SinkAbilities:
-        return SinkAbilities(confirm=self.confirm)
+        return SinkAbilities(confirm=self.confirm, post_file=self.post_file)
+
+    async def post_file(self, file: GeneratedFile) -> None:
+        """Post a file the model made (an image) below the answer, as an attachment."""
+        await self._transport.attach(discord.File(io.BytesIO(file.data), filename=file.name))
 
     async def confirm(self, request: ConfirmationRequest) -> None:
         """Ask whether the tool call may run: a message of its own with Approve / Deny
@@ -230,6 +237,9 @@ class _ChannelTransport:
     async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> None:
         await self._send(text, reply=True, view=view, mentions=mentions)
 
+    async def attach(self, file: discord.File) -> None:
+        await self.channel.send(file=file, allowed_mentions=NO_MENTIONS)
+
 
 class ChannelReplySink(_ReplySinkBase):
     """An answer posted as a reply to `reply_to` (or plainly, when None) and edited in place."""
@@ -345,6 +355,12 @@ class _InteractionTransport:
         # As private as the answer: a private /ask asks privately too.
         await self.followup.send(
             text, ephemeral=self.ephemeral, wait=True, view=view, allowed_mentions=mentions
+        )
+
+    async def attach(self, file: discord.File) -> None:
+        # As private as the answer it belongs to.
+        await self.followup.send(
+            file=file, ephemeral=self.ephemeral, wait=True, allowed_mentions=NO_MENTIONS
         )
 
 
