@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from botservice.core.conversation import ConversationCore
 from botservice.core.ports import GeneratedFile, SinkAbilities
 from botservice.core.settings import HostedToolSettings, RemoteMcpServer, Settings
@@ -24,7 +26,7 @@ MCP_SERVER = {
     "description": "The team wiki.",
     "require_approval": "always",
     "allowed_tools": ["search"],
-    "authorization": "wiki-token-secret",
+    "authorization_env": "WIKI_MCP_TOKEN",
 }
 
 
@@ -42,8 +44,9 @@ def hosted_settings(base_url: str, api: str = "responses") -> Settings:
 
 
 async def test_hosted_tools_are_off_until_a_manager_enables_them(
-    fake_model: FakeModelServer, sqlite_store: SqlStore
+    fake_model: FakeModelServer, sqlite_store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("WIKI_MCP_TOKEN", "wiki-token-secret")
     settings = hosted_settings(fake_model.base_url)
     client = open_model_client(settings.model)
     chat = Chat(ConversationCore(settings=settings, store=sqlite_store, model=client))

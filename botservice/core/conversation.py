@@ -201,7 +201,9 @@ class ConversationCore:
         # The tools the endpoint runs itself (Responses API), each enabled per channel;
         # remote MCP calls that need approval go through the tool loop to be asked.
         self._hosted = (
-            hosted_tools(settings.hosted_tools) if settings.model.api == "responses" else []
+            hosted_tools(settings.hosted_tools, os.environ)
+            if settings.model.api == "responses"
+            else []
         )
         approvals = McpApprovals(self._hosted)
         self.tools = ToolBox([*tool_sources, *([approvals] if approvals else [])])

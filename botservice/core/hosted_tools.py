@@ -10,12 +10,15 @@ the asker approves it as any other action, see botservice/core/conversation.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from botservice.core.settings import HostedToolSettings
 from botservice.core.tools import ToolContext, ToolOutput, ToolPolicy, ToolSpec
+
+log = logging.getLogger(__name__)
 
 # The source name of hosted tools, and the prefix of their policy names.
 HOSTED = "hosted"
@@ -53,8 +56,11 @@ class HostedTool:
         )
 
 
-def hosted_tools(settings: HostedToolSettings) -> list[HostedTool]:
-    """The hosted tools the operator configured, in a fixed order."""
+def hosted_tools(
+    settings: HostedToolSettings, environ: Mapping[str, str] | None = None
+) -> list[HostedTool]:
+    """The hosted tools the operator configured, in a fixed order; `environ` holds the
+    remote MCP servers' tokens (`authorization_env`)."""
     tools: list[HostedTool] = []
     if settings.web_search:
         tools.append(
@@ -102,8 +108,16 @@ def hosted_tools(settings: HostedToolSettings) -> list[HostedTool]:
             entry["server_description"] = server.description
         if server.allowed_tools:
             entry["allowed_tools"] = list(server.allowed_tools)
-        if server.authorization is not None:
-            entry["authorization"] = server.authorization.get_secret_value()
+        if server.authorization_env:
+            token = (environ or {}).get(server.authorization_env)
+            if token:
+                entry["authorization"] = token
+            else:
+                log.warning(
+                    "remote MCP server %s: %s is not set; it is asked without a token",
+                    server.label,
+                    server.authorization_env,
+                )
         tools.append(
             HostedTool(
                 name=f"{PREFIX}mcp_{server.label}",

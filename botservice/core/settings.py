@@ -132,8 +132,9 @@ class RemoteMcpServer(_Section):
     require_approval: Literal["always", "never"] = "always"
     # Only these of its tools (empty: all it offers).
     allowed_tools: tuple[str, ...] = ()
-    # Sent as the server's `authorization` (a bearer token); never logged.
-    authorization: SecretStr | None = None
+    # The environment variable holding the token sent as the server's `authorization`
+    # (secrets stay out of the settings file); never logged.
+    authorization_env: str | None = None
 
 
 class HostedToolSettings(_Section):
