@@ -133,8 +133,10 @@ class ClickingSink(RecordingSink):
 
 
 async def mcp_round_trip(
-    fake_model: FakeModelServer, store: SqlStore, *, approve: bool
+    fake_model: FakeModelServer, store: SqlStore, *, approve: bool, then: str | None = None
 ) -> tuple[ClickingSink, dict[str, Any]]:
+    """Ask something the wiki's MCP server answers; the asker clicks. `then`: a next
+    message in the thread, answered after."""
     settings = hosted_settings(fake_model.base_url)
     client = open_model_client(settings.model)
     core = ConversationCore(settings=settings, store=store, model=client)
@@ -147,9 +149,11 @@ async def mcp_round_trip(
     try:
         await chat.say("/tools enable hosted__mcp_wiki", admin=True)
         await core.handle(chat.message("What do the release notes say?"), sink)
+        if then is not None:
+            await chat.say(then)
     finally:
         await client.aclose()
-    asked, answered = (r.body for r in fake_model.responses_requests)
+    asked, answered = (r.body for r in fake_model.responses_requests[:2])
     assert asked["tools"][0]["type"] == "mcp"
     return sink, answered
 
@@ -231,3 +235,17 @@ async def test_a_generated_image_is_posted_in_the_thread_after_the_answer(
     assert plain.final == (
         "Another one.\n\n_(The model made 1 image(s) that cannot be shown here.)_"
     )
+
+
+async def test_an_answered_mcp_approval_is_not_sent_again_in_a_later_turn(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    """Sent again, an approval would have the endpoint run the call again."""
+    await mcp_round_trip(fake_model, sqlite_store, approve=True, then="Thanks!")
+
+    later = fake_model.responses_requests[2].body
+    assert [item for item in later["input"] if item.get("type")] == []
+    assert [m["content"] for m in later["input"] if m.get("role") == "user"] == [
+        "What do the release notes say?",
+        "Thanks!",
+    ]
