@@ -171,6 +171,10 @@ class Turn(SQLModel, table=True):
     # How often the turn was claimed; above one, an earlier holder may have posted
     # a placeholder that was never recorded.
     claims: int = 0
+    # The endpoint's id of the response answering the turn in background mode, and
+    # the tool round it answers: a restart follows that response instead of asking again.
+    model_response_id: str | None = None
+    model_response_round: int | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

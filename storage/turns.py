@@ -34,6 +34,7 @@ from botservice.core.ports import (
     AcceptedTurn,
     Claim,
     MessageStatus,
+    ModelResponseRef,
     PendingTurn,
     Usage,
     UsageRecord,
@@ -509,6 +510,21 @@ class SqlTurnStore(StoreBase):
         )
         rows = await self._read(lambda connection: connection.execute(statement).all())
         return [row[0] for row in rows]
+
+    async def remember_model_response(self, turn_id: int, response_id: str, *, round: int) -> None:
+        values = {"model_response_id": response_id, "model_response_round": round}
+
+        def work(connection: Connection) -> None:
+            connection.execute(update(TURNS).where(_t.id == turn_id).values(**values))
+
+        await self._write_one(work)
+
+    async def model_response(self, turn_id: int) -> ModelResponseRef | None:
+        statement = select(_t.model_response_id, _t.model_response_round).where(_t.id == turn_id)
+        row = await self._read(lambda connection: connection.execute(statement).first())
+        if row is None or row[0] is None:
+            return None
+        return ModelResponseRef(response_id=row[0], round=row[1] or 0)
 
     async def claim_key(self, platform: str, message_key: str) -> bool:
         now = utcnow()

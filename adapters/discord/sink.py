@@ -15,6 +15,7 @@ own pace. discord.py's per-route rate limiting still applies underneath.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from botservice.adapters.discord.confirmation_buttons import (
 from botservice.adapters.discord.feedback_buttons import feedback_view
 from botservice.adapters.discord.split import DISCORD_LIMIT
 from botservice.core.message_split import split_message
-from botservice.core.ports import SinkAbilities
+from botservice.core.ports import GeneratedFile, SinkAbilities
 from botservice.core.tools import ClosedOutcome, ConfirmationRequest, unanswered_text
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class _Transport(Protocol):
     async def ask(self, text: str, *, view: View, mentions: discord.AllowedMentions) -> int: ...
 
     async def close_question(self, message_id: int, text: str) -> None: ...
+
+    async def attach(self, file: discord.File) -> None: ...
 
 
 class _Renderer:
@@ -120,7 +123,15 @@ class _ReplySinkBase:
 
     @property
     def abilities(self) -> SinkAbilities:
-        return SinkAbilities(confirm=self.confirm, confirmation_closed=self.confirmation_closed)
+        return SinkAbilities(
+            confirm=self.confirm,
+            confirmation_closed=self.confirmation_closed,
+            post_file=self.post_file,
+        )
+
+    async def post_file(self, file: GeneratedFile) -> None:
+        """Post a file the model made (an image) below the answer, as an attachment."""
+        await self._transport.attach(discord.File(io.BytesIO(file.data), filename=file.name))
 
     async def confirm(self, request: ConfirmationRequest) -> None:
         """Ask whether the tool call may run: a message of its own with Approve / Deny
@@ -259,6 +270,9 @@ class _ChannelTransport:
             content=text, view=None, allowed_mentions=NO_MENTIONS
         )
 
+    async def attach(self, file: discord.File) -> None:
+        await self.channel.send(file=file, allowed_mentions=NO_MENTIONS)
+
 
 class ChannelReplySink(_ReplySinkBase):
     """An answer posted as a reply to `reply_to` (or plainly, when None) and edited in place."""
@@ -381,6 +395,12 @@ class _InteractionTransport:
         # A follow-up is edited through the interaction's token (valid 15 minutes).
         await self.followup.edit_message(
             message_id, content=text, view=None, allowed_mentions=NO_MENTIONS
+        )
+
+    async def attach(self, file: discord.File) -> None:
+        # As private as the answer it belongs to.
+        await self.followup.send(
+            file=file, ephemeral=self.ephemeral, wait=True, allowed_mentions=NO_MENTIONS
         )
 
 

@@ -33,6 +33,8 @@ BOT_SCOPES = (
     "chat:write",
     "commands",
     "files:read",
+    # Posting the images the model makes (files.uploadV2).
+    "files:write",
     "groups:history",
     "im:history",
     "mpim:history",

@@ -25,7 +25,7 @@ from botservice.adapters.slack.mrkdwn import MESSAGE_LIMIT, escape, markdown_to_
 from botservice.adapters.slack.task_cards import TaskCards, markdown_chunk
 from botservice.core.errors import BotServiceError
 from botservice.core.message_split import split_message
-from botservice.core.ports import SinkAbilities
+from botservice.core.ports import GeneratedFile, SinkAbilities
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.core.tools import ClosedOutcome, ConfirmationRequest, ToolProgress
 
@@ -502,6 +502,7 @@ class SlackReplySink:
             confirm=self.confirm,
             tool_progress=self.tool_progress,
             confirmation_closed=self.confirmation_closed,
+            post_file=self.post_file,
         )
 
     async def status(self, text: str) -> None:
@@ -553,6 +554,19 @@ class SlackReplySink:
         self._cards = cards
         self._stream_used, self._streamed = len(self._streamed), ""
         return True
+
+    async def post_file(self, file: GeneratedFile) -> None:
+        """Upload a file the model made (an image) into the answer's thread: Slack's
+        files.uploadV2 (an upload URL, the bytes, then completing it in the thread)."""
+        await self._call(
+            "files_upload_v2",
+            channel=self.target.channel,
+            thread_ts=self.target.thread_ts,
+            file=file.data,
+            filename=file.name,
+            title=file.name,
+            required=True,
+        )
 
     async def confirm(self, request: ConfirmationRequest) -> None:
         """Ask in the thread whether the tool call may run: Approve / Deny buttons that

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from botservice.core.channel_policy import ChannelPolicy
 from botservice.core.errors import ModelError
 from botservice.core.events import Command, IncomingMessage
+from botservice.core.hosted_tools import hosted_tools
 from botservice.core.ports import (
     ChannelSettings,
     CommandStore,
@@ -258,7 +259,12 @@ class CommandRunner:
 
     async def _tool_rules(self, message: IncomingMessage, command: Command) -> str:
         policy = ToolPolicy.parse((await self._channel(message)).tools)
-        available = self._tools.available()
+        listed = [
+            *self._tools.available(),
+            *(tool.spec for tool in hosted_tools(self._settings.hosted_tools)),
+        ]
+        # A remote MCP server needing approval is also a source of the tool loop's.
+        available = list({spec.name: spec for spec in listed}.values())
         if command.action == "show":
             return _tools_summary(available, policy)
         if refusal := self._refuse_unless_manager(message, "tools"):

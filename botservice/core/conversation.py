@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cachetools import FIFOCache
 
@@ -41,6 +41,13 @@ from botservice.core.events import (
     within_image_limits,
 )
 from botservice.core.feedback import FeedbackClick, FeedbackStore
+from botservice.core.hosted_tools import (
+    HOSTED,
+    MCP_PREFIX,
+    McpApprovals,
+    enabled_entries,
+    hosted_tools,
+)
 from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
@@ -50,6 +57,7 @@ from botservice.core.ports import (
     ChatStream,
     Claim,
     CoreStore,
+    GeneratedFile,
     MessageStatus,
     ModelClient,
     PendingTurn,
@@ -88,6 +96,9 @@ from botservice.core.usage import Quotas, UsageLedger, UsageRecord, usage_record
 from botservice.core.windows import ContextWindows, Window
 
 log = logging.getLogger(__name__)
+
+# Under an answer that came with images, where the sink cannot post files.
+FILES_NOT_SHOWN = "_(The model made {count} image(s) that cannot be shown here.)_"
 
 T = TypeVar("T")
 
@@ -187,7 +198,15 @@ class ConversationCore:
     ) -> None:
         self._settings = settings
         # The tools the model may be offered (each channel's policy picks among them).
-        self.tools = ToolBox(tool_sources)
+        # The tools the endpoint runs itself (Responses API), each enabled per channel;
+        # remote MCP calls that need approval go through the tool loop to be asked.
+        self._hosted = (
+            hosted_tools(settings.hosted_tools, os.environ)
+            if settings.model.api == "responses"
+            else []
+        )
+        approvals = McpApprovals(self._hosted)
+        self.tools = ToolBox([*tool_sources, *([approvals] if approvals else [])])
         self._confirmations = ConfirmationWaiters()
         # Models whose endpoint refused a request for carrying tools: asked without.
         self._tool_less_models: set[str] = set()
@@ -666,10 +685,20 @@ class ConversationCore:
             stored_calls = await self._keep_trying(
                 lambda: store.tool_calls_for([m.id for m in history if m.role == "user"])
             )
-            earlier_calls = [c for c in stored_calls if c.user_message_id != turn.user_message_id]
+            # A remote MCP approval is the endpoint's question within one answer: sent
+            # again in a later turn it would have the call run again.
+            earlier_calls = [
+                c
+                for c in stored_calls
+                if c.user_message_id != turn.user_message_id and not c.name.startswith(MCP_PREFIX)
+            ]
             await tools.resume(
                 [c for c in stored_calls if c.user_message_id == turn.user_message_id]
             )
+
+        # What the endpoint returned with each tool round of this turn to get back with
+        # its calls (reasoning items), by (message id, round); in memory only.
+        reasoning: dict[tuple[int, int], Sequence[dict[str, Any]]] = {}
 
         def prompt_within(budget: int) -> Prompt:
             return build_prompt(
@@ -682,7 +711,38 @@ class ConversationCore:
                 # them; otherwise the stored text already names them.
                 images=turn.images if model_info.accepts_images else (),
                 tool_calls=tools.by_message(earlier_calls) if tools is not None else None,
+                reasoning=reasoning,
             )
+
+        hosted = enabled_entries(self._hosted, ToolPolicy.parse(channel.tools))
+        # Offered as functions: not the hosted ones (the endpoint's own entries carry them).
+        functions = (
+            [spec for spec in tools.offered.specs if spec.source != HOSTED]
+            if tools is not None
+            else []
+        )
+        # Background mode: the response's id is kept with the turn as soon as the
+        # endpoint names it, and a resumed turn follows the response it finds for the
+        # round it is at instead of asking again.
+        background = model_info.background
+        resume: str | None = None
+        if background and turn.resumed:
+            kept = await self._keep_trying(lambda: store.model_response(turn.turn_id))
+            if kept is not None and kept.round == (tools.rounds if tools is not None else 0):
+                resume = kept.response_id
+                log.info("turn %d follows the background response it asked for", turn.turn_id)
+
+        def remembering(round_index: int) -> Callable[[str], Awaitable[None]]:
+            async def remember(response_id: str) -> None:
+                # Lost to an outage, a restart only asks again: the answer still comes.
+                try:
+                    await store.remember_model_response(
+                        turn.turn_id, response_id, round=round_index
+                    )
+                except StoreUnavailable:
+                    log.warning("turn %d: background response id not kept", turn.turn_id)
+
+            return remember
 
         window = await self._windows.window(model)
         reserve = self._answer_reserve(window.tokens)
@@ -694,6 +754,8 @@ class ConversationCore:
         shrunk = False
         learned: int | None = None
         usage: Usage | None = None
+        # Files the endpoint made (images), posted in the thread after the answer.
+        files: list[GeneratedFile] = []
         # Why the model may call no more tools (a limit), once one is reached.
         limit: str | None = None
         texted = False
@@ -707,18 +769,32 @@ class ConversationCore:
 
         try:
             while True:  # one model request per tool round, the last one answers
-                request = ChatRequest(model=model, messages=prompt.messages, max_tokens=reserve)
+                request = ChatRequest(
+                    model=model,
+                    messages=prompt.messages,
+                    max_tokens=reserve,
+                    hosted_tools=hosted,
+                )
+                if background:
+                    round_index = tools.rounds if tools is not None else 0
+                    request = dataclasses.replace(
+                        request,
+                        background=True,
+                        resume_response=resume,
+                        on_started=remembering(round_index),
+                    )
+                    resume = None  # only the first request of a resumed turn follows one
                 if tools is not None:
                     if limit is not None:
                         note = {"role": "system", "content": LIMIT_REACHED.format(why=limit)}
                         request = dataclasses.replace(
                             request,
                             messages=[*prompt.messages, note],
-                            tools=tools.offered.specs,
+                            tools=functions,
                             no_more_tools=True,
                         )
                     else:
-                        request = dataclasses.replace(request, tools=tools.offered.specs)
+                        request = dataclasses.replace(request, tools=functions)
                 async with self._limits.gate.slot():
                     while True:
                         try:
@@ -771,7 +847,10 @@ class ConversationCore:
                             prompt, reserve, learned = retry
                             shrunk = True
                             request = dataclasses.replace(
-                                request, messages=prompt.messages, max_tokens=reserve
+                                request,
+                                messages=prompt.messages,
+                                max_tokens=reserve,
+                                resume_response=None,
                             )
                             log.info(
                                 "turn %d: retrying once with a prompt of %d tokens",
@@ -783,6 +862,7 @@ class ConversationCore:
                     self._windows.learn(model, learned)
                     learned = None
                 usage = _added(usage, stream.usage)
+                files += stream.generated_files
                 if tools is None or limit is not None or not stream.tool_calls:
                     break
                 # A tool round: what the model wrote with its calls goes back with them.
@@ -791,6 +871,10 @@ class ConversationCore:
                 parts.clear()
                 limit = tools.limit_reached()
                 if limit is None:
+                    if stream.reasoning_items:
+                        reasoning[(turn.user_message_id, tools.rounds)] = list(
+                            stream.reasoning_items
+                        )
                     await tools.run_round(stream.tool_calls, round_text)
                     # A limit reached by this round: the next request is the last one.
                     limit = tools.limit_reached()
@@ -823,7 +907,11 @@ class ConversationCore:
             shown = f"{answer}\n\n{TRIM_FOOTNOTE}"
         if tools is not None and tools.used:
             shown = f"{shown}\n\n{tools_used_line(tools.used)}"
+        if files and abilities.post_file is None:
+            shown = f"{shown}\n\n{FILES_NOT_SHOWN.format(count=len(files))}"
         await sink.finish(shown)
+        if files and abilities.post_file is not None:
+            await self._post_files(turn, abilities.post_file, files)
         telemetry.final_text(key.platform, model, self._age(turn))
         # The answer has been shown: from here on it is only ever saved, never made
         # again, so a database outage is waited out (see `_keep_trying`).
@@ -843,6 +931,24 @@ class ConversationCore:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
+
+    async def _post_files(
+        self,
+        turn: _Turn,
+        post_file: Callable[[GeneratedFile], Awaitable[None]],
+        files: Sequence[GeneratedFile],
+    ) -> None:
+        """Post each file in the thread; one that fails is logged, the answer stands."""
+        for file in files:
+            try:
+                await post_file(file)
+            except Exception as error:
+                log.warning(
+                    "turn %d: posting a generated file failed: %s",
+                    turn.turn_id,
+                    type(error).__name__,
+                )
+                log.debug("posting a generated file failed", exc_info=True)
 
     def _turn_tools(
         self,

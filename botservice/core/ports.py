@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -68,6 +68,15 @@ class ReplySink(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratedFile:
+    """A file the model made while answering (an image), to post in the thread."""
+
+    name: str
+    data: bytes
+    content_type: str
+
+
 @dataclass(frozen=True, slots=True)
 class SinkAbilities:
     """What a reply sink can do besides the four `ReplySink` calls, declared.
@@ -106,11 +115,15 @@ class SinkAbilities:
     # time): take its buttons away and say so. Given the confirmation's id; a sink that
     # did not ask it (a turn resumed after a restart) leaves it alone.
     confirmation_closed: Callable[[int, ClosedOutcome], Awaitable[None]] | None = None
+    # Post a file the model made (an image from the endpoint's image generation) in
+    # the answer's thread (Slack: files.uploadV2; Discord: an attachment). A sink
+    # without it gets a line in the answer saying the file cannot be shown here.
+    post_file: Callable[[GeneratedFile], Awaitable[None]] | None = None
 
     @property
     def names(self) -> frozenset[str]:
         """The abilities present, by name: "observe", "hear", "status", "speaks",
-        "confirm", "tool_progress", "confirmation_closed"."""
+        "confirm", "tool_progress", "confirmation_closed", "post_file"."""
         present = {
             "observe": self.observe is not None,
             "hear": self.hear is not None,
@@ -119,6 +132,7 @@ class SinkAbilities:
             "confirm": self.confirm is not None,
             "tool_progress": self.tool_progress is not None,
             "confirmation_closed": self.confirmation_closed is not None,
+            "post_file": self.post_file is not None,
         }
         return frozenset(name for name, has in present.items() if has)
 
@@ -134,6 +148,7 @@ class SinkAbilities:
             confirm=self.confirm or inner.confirm,
             tool_progress=self.tool_progress or inner.tool_progress,
             confirmation_closed=self.confirmation_closed or inner.confirmation_closed,
+            post_file=self.post_file or inner.post_file,
         )
 
 
@@ -224,6 +239,20 @@ class ChatRequest:
     # True: the model must answer in text now (a tool limit was reached): the request
     # says `tool_choice: "none"` so earlier tool messages in it stay valid.
     no_more_tools: bool = False
+    # Tools the endpoint runs itself, as its own `tools` entries (the Responses API's
+    # web_search, file_search, code_interpreter, image_generation, mcp): see
+    # botservice/core/hosted_tools.py. Chat Completions has none and ignores them.
+    hosted_tools: Sequence[Mapping[str, Any]] = ()
+    # Ask for the answer in background mode (the Responses API's `background: true`:
+    # the endpoint keeps generating when the connection drops, and the stream can be
+    # resumed). Endpoints without it ignore it.
+    background: bool = False
+    # Follow this background response (its id) instead of asking again: a restart
+    # picking up the answer it had asked for.
+    resume_response: str | None = None
+    # Called with the id of a background response as soon as the endpoint names it
+    # (before any text), so it can be kept with the turn.
+    on_started: Callable[[str], Awaitable[None]] | None = None
 
 
 class ChatStream(Protocol):
@@ -235,6 +264,11 @@ class ChatStream(Protocol):
     `tool_calls`: the calls the model asked for, whole, in the order it began them
     (empty for a text answer). A stream that carries calls is a tool round whatever
     its `finish_reason` said.
+
+    `reasoning_items`: opaque items the endpoint returned with a tool round that must
+    go back, in order, with that round's calls on the next request of the same turn
+    (the Responses API's reasoning items with their encrypted content; always empty
+    on Chat Completions). They are kept in memory for the turn, never stored.
     """
 
     usage: Usage | None
@@ -243,6 +277,14 @@ class ChatStream(Protocol):
 
     @property
     def tool_calls(self) -> Sequence[ToolCall]: ...
+
+    @property
+    def reasoning_items(self) -> Sequence[dict[str, Any]]: ...
+
+    @property
+    def generated_files(self) -> Sequence[GeneratedFile]:
+        """Files the endpoint made (hosted image generation), whole, as it ended."""
+        ...
 
     def __aiter__(self) -> AsyncIterator[str]: ...
 
@@ -379,6 +421,16 @@ class SettingChange:
     changed_at: datetime = dataclasses.field(default_factory=datetime.now)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelResponseRef:
+    """A response the endpoint runs in the background for a turn, named by its id: a
+    restart follows it instead of asking the model again. `round`: the tool round it
+    answers (0 before any round)."""
+
+    response_id: str
+    round: int
+
+
 class TurnStore(Protocol):
     """Turns: accepting a message with its pending turn, claiming turns, the heartbeat,
     and finishing them with the answer (the conversation core's hot path)."""
@@ -439,6 +491,15 @@ class TurnStore(Protocol):
         ...
 
     async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None: ...
+
+    async def remember_model_response(self, turn_id: int, response_id: str, *, round: int) -> None:
+        """Keep the id of the background response answering the turn's tool round
+        `round` (0: before any round), replacing the one kept before."""
+        ...
+
+    async def model_response(self, turn_id: int) -> ModelResponseRef | None:
+        """The background response kept for the turn, if any."""
+        ...
 
     async def store_answer(
         self,

@@ -12,6 +12,11 @@ from typing import Any, Literal
 from botservice.core.events import Attachment, ContextMessage
 from botservice.core.ports import StoredMessage, StoredToolCall
 
+# The key, on an assistant message with `tool_calls`, of the opaque items the endpoint
+# returned with that round in this turn (reasoning items): a backend that takes them
+# sends them back before the calls; they are never stored.
+REASONING_ITEMS = "reasoning_items"
+
 # Per-message framing the chat format adds around each message's content.
 MESSAGE_OVERHEAD_TOKENS = 4
 # What one image part costs in the budget (OpenAI's high-detail tile estimate).
@@ -35,6 +40,7 @@ def build_prompt(
     budget_tokens: int,
     images: Sequence[Attachment] = (),
     tool_calls: Mapping[int, Sequence[StoredToolCall]] | None = None,
+    reasoning: Mapping[tuple[int, int], Sequence[dict[str, Any]]] | None = None,
 ) -> Prompt:
     """Instructions, then as much of `history` (oldest first, ending with the current
     message) as fits in `budget_tokens`, newest kept first.
@@ -44,7 +50,8 @@ def build_prompt(
 
     `tool_calls`: the tool rounds made answering a message, by its id, in order. They
     follow their message (before its answer), as the model made them, and are kept
-    or left out with it.
+    or left out with it. `reasoning`: the items a round of this turn came with, by
+    (message id, round) (see `REASONING_ITEMS`).
     """
     history = _answered_questions_only(history)
     rounds = tool_calls or {}
@@ -81,7 +88,7 @@ def build_prompt(
         if message.role == "user":
             last_question = len(messages) - 1
             if rounds and message.id in rounds:
-                messages += tool_round_messages(rounds[message.id])
+                messages += tool_round_messages(rounds[message.id], reasoning)
     if images and kept:
         messages[last_question]["content"] = [
             {"type": "text", "text": messages[last_question]["content"]},
@@ -101,14 +108,21 @@ def tool_rounds_tokens(calls: Sequence[StoredToolCall]) -> int:
     return sum(call.tokens for call in calls) + MESSAGE_OVERHEAD_TOKENS * (len(calls) + round_count)
 
 
-def tool_round_messages(calls: Sequence[StoredToolCall]) -> list[dict[str, Any]]:
+def tool_round_messages(
+    calls: Sequence[StoredToolCall],
+    reasoning: Mapping[tuple[int, int], Sequence[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
     """Stored tool rounds in chat-completions shape: per round, the assistant message
-    with its `tool_calls`, then one `role: tool` message per call, by `tool_call_id`."""
+    with its `tool_calls` (and the round's `REASONING_ITEMS`, when `reasoning` has
+    them), then one `role: tool` message per call, by `tool_call_id`."""
     messages: list[dict[str, Any]] = []
     for _, grouped in itertools.groupby(calls, key=lambda call: call.round):
         round_calls = list(grouped)
+        first = round_calls[0]
+        carried = reasoning.get((first.user_message_id, first.round)) if reasoning else None
         messages.append(
             {
+                **({REASONING_ITEMS: list(carried)} if carried else {}),
                 "role": "assistant",
                 "content": round_calls[0].round_text or None,
                 "tool_calls": [

@@ -22,6 +22,10 @@ class ModelInfo(_Section):
     context_window: int = Field(default=16384, gt=0)
     instructions_role: Literal["system", "developer"] = "system"
     accepts_images: bool = False
+    # Answers are asked for in background mode on the Responses backend (reasoning
+    # models that think for minutes): a dropped stream is resumed, and a restart
+    # follows the same response instead of asking again.
+    background: bool = False
     # This process paces its calls of the model under these (0: only the endpoint's
     # x-ratelimit headers pace it).
     requests_per_minute: int = Field(default=0, ge=0)
@@ -119,6 +123,35 @@ class ToolSettings(_Section):
     turn_timeout_seconds: float = Field(default=60.0, gt=0)
     max_result_bytes: int = Field(default=16 * 1024, ge=256)
     confirm_timeout_seconds: float = Field(default=120.0, gt=0)
+
+
+class RemoteMcpServer(_Section):
+    """A remote MCP server the Responses endpoint calls itself (`type: mcp`)."""
+
+    # Names the server in requests and in the policy name `hosted__mcp_<label>`.
+    label: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    url: str
+    description: str = ""
+    # "always": each call the model makes waits for the asker's Approve / Deny.
+    require_approval: Literal["always", "never"] = "always"
+    # Only these of its tools (empty: all it offers).
+    allowed_tools: tuple[str, ...] = ()
+    # The environment variable holding the token sent as the server's `authorization`
+    # (secrets stay out of the settings file); never logged.
+    authorization_env: str | None = None
+
+
+class HostedToolSettings(_Section):
+    """Tools the model endpoint runs itself (the Responses API only), as far as the
+    endpoint offers them. Each is off in every channel until its managers enable it
+    (`tools enable hosted__web_search`, or `hosted__*`)."""
+
+    web_search: bool = False
+    # file_search is offered when vector stores are named here.
+    file_search_vector_store_ids: tuple[str, ...] = ()
+    code_interpreter: bool = False
+    image_generation: bool = False
+    mcp: tuple[RemoteMcpServer, ...] = ()
 
 
 class AccessSettings(_Section):
@@ -274,6 +307,7 @@ class Settings(_Section):
     images: ImageSettings = ImageSettings()
     limits: LimitSettings = LimitSettings()
     tools: ToolSettings = ToolSettings()
+    hosted_tools: HostedToolSettings = HostedToolSettings()
     http: HttpSettings = HttpSettings()
     slack: SlackSettings = SlackSettings()
     discord: DiscordSettings = DiscordSettings()

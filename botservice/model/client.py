@@ -44,7 +44,7 @@ from botservice.core.errors import (
     ModelTimeout,
     ModelUnreachable,
 )
-from botservice.core.ports import ChatRequest, ChatResult, RateLimits, Usage
+from botservice.core.ports import ChatRequest, ChatResult, GeneratedFile, RateLimits, Usage
 from botservice.core.redact import scrub
 from botservice.core.settings import ModelSettings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
@@ -318,7 +318,14 @@ class OpenAIChatStream:
         self.finish_reason: str | None = None
         self.rate_limits: RateLimits | None = None
         self.tool_calls: list[ToolCall] = []
+        self.reasoning_items: list[dict[str, Any]] = []
+        self.generated_files: list[GeneratedFile] = []
         self._calls = ToolCallAccumulator()
+        # Set when text was shown by an earlier attempt this stream continues (a
+        # resumed background response): a failure then cannot be retried from scratch.
+        self._shown_before = False
+        # An id the endpoint named that the request's `on_started` must hear of.
+        self._announce: str | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         if self._iterator is not None:
@@ -355,13 +362,12 @@ class OpenAIChatStream:
     async def _attempt(self) -> AsyncIterator[str]:
         client = self._client
         started = time.monotonic()
-        self.usage, self.finished, self.finish_reason = None, False, None
-        self.tool_calls, self._calls = [], ToolCallAccumulator()
-        shown = done = False
+        self._begin_attempt()
+        shown, done = self._shown_before, False
         response: httpx.Response | None = None
         response_started = False
         try:
-            response = await client._send(client.encode(self._request, stream=True), stream=True)
+            response = await self._open()
             response_started = True
             self.rate_limits = read_rate_limits(response.headers)
             client.telemetry.model_request(self._request.model, status_class(response.status_code))
@@ -392,6 +398,8 @@ class OpenAIChatStream:
                         done = self.finished = True
                         continue
                     delta = self._read_chunk(data, shown=shown)
+                    if self._announce is not None:
+                        await self._announced()
                     if delta:
                         shown = True
                         yield delta
@@ -435,6 +443,24 @@ class OpenAIChatStream:
             time.monotonic() - started,
             self.finish_reason,
         )
+
+    def _begin_attempt(self) -> None:
+        """Forget what an earlier attempt read: this one starts the answer again."""
+        self.usage, self.finished, self.finish_reason = None, False, None
+        self.tool_calls, self._calls = [], ToolCallAccumulator()
+        self.reasoning_items = []
+        self.generated_files = []
+
+    async def _open(self) -> httpx.Response:
+        """Send the request; the response's body is left to read."""
+        client = self._client
+        return await client._send(client.encode(self._request, stream=True), stream=True)
+
+    async def _announced(self) -> None:
+        """Tell the request's `on_started` the id the endpoint named."""
+        response_id, self._announce = self._announce, None
+        if response_id is not None and self._request.on_started is not None:
+            await self._request.on_started(response_id)
 
     def _read_chunk(self, data: bytes, *, shown: bool) -> str:
         """Take usage and finish_reason from one chunk; return its text delta."""

@@ -21,12 +21,16 @@ in_progress, output_item.added, content_part.*, reasoning summaries...) is read 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import orjson
 
 from botservice.core.errors import (
@@ -37,12 +41,17 @@ from botservice.core.errors import (
     ModelRefused,
     ModelServerError,
     ModelStreamBroken,
+    ModelTimeout,
+    ModelUnreachable,
 )
-from botservice.core.ports import ChatRequest, ChatResult
+from botservice.core.hosted_tools import MCP_APPROVED, MCP_PREFIX
+from botservice.core.ports import ChatRequest, ChatResult, GeneratedFile
+from botservice.core.prompt import REASONING_ITEMS
 from botservice.core.settings import ModelSettings
 from botservice.model.client import (
     OpenAIChatClient,
     OpenAIChatStream,
+    _close,
     _parse_usage,
     context_overflow,
     function_spec,
@@ -50,6 +59,14 @@ from botservice.model.client import (
 
 log = logging.getLogger(__name__)
 
+# How often a dropped background stream is resumed, and the pause before each try
+# (growing with each).
+MAX_RESUMES = 5
+RESUME_PAUSE_SECONDS = 0.2
+# What a dropped connection looks like once the client's own retries are spent.
+_DROPS = (ModelStreamBroken, ModelTimeout, ModelUnreachable, ModelServerError)
+# A response id as the endpoint names it; anything else is not followed.
+_RESPONSE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 # The Responses API refuses a max_output_tokens below this.
 MIN_OUTPUT_TOKENS = 16
 _TEXT_DELTAS = {"response.output_text.delta", "response.refusal.delta"}
@@ -77,17 +94,43 @@ class OpenAIResponsesClient(OpenAIChatClient):
     def stream(self, request: ChatRequest) -> ResponsesStream:
         return ResponsesStream(self, request)
 
+    async def follow(self, response_id: str, *, after: int | None) -> httpx.Response:
+        """Stream a background response's events again, those after event `after`
+        (None: from its first); the body is left to read."""
+        url = f"{self._url}/{quote(response_id, safe='')}"
+        params = {"stream": "true"}
+        if after is not None:
+            params["starting_after"] = str(after)
+        request = self.http.build_request(
+            "GET", url, params=params, headers=self._request_headers[True], timeout=self._timeout
+        )
+        return await self.http.send(request, stream=True)
+
     def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
+        approvals = _approval_ids(request.messages)
         body: dict[str, Any] = {
             "model": request.model,
-            "input": [item for message in request.messages for item in _input_items(message)],
+            "input": [
+                item for message in request.messages for item in _input_items(message, approvals)
+            ],
             "store": False,
+            # Stateless, so a reasoning model's thinking can only come back to it within
+            # a turn as the encrypted items it returned (see `_input_items`).
+            "include": ["reasoning.encrypted_content"],
         }
-        if request.tools:
-            body["tools"] = [{"type": "function", **function_spec(spec)} for spec in request.tools]
+        if request.tools or request.hosted_tools:
+            body["tools"] = [
+                *({"type": "function", **function_spec(spec)} for spec in request.tools),
+                *(dict(entry) for entry in request.hosted_tools),
+            ]
             body["tool_choice"] = "none" if request.no_more_tools else "auto"
-            if self._settings.parallel_tool_calls and not request.no_more_tools:
+            if self._settings.parallel_tool_calls and request.tools and not request.no_more_tools:
                 body["parallel_tool_calls"] = True
+        if request.background:
+            # OpenAI runs a response in the background only when it may keep it (for its
+            # own retention): resuming and polling read it back by id.
+            body["background"] = True
+            body["store"] = True
         if request.max_tokens is not None:
             body["max_output_tokens"] = max(MIN_OUTPUT_TOKENS, request.max_tokens)
         if request.temperature is not None:
@@ -123,33 +166,124 @@ _PASSED_OVER = frozenset(
     }
 )
 _TYPE_FIRST = b'{"type":"'
-# Of those, the ones that announce or restate a function call when they carry one.
+# Of those, the ones that announce or restate a function call when they carry one,
+# or (done) a reasoning item.
 _ITEM_EVENTS = frozenset({b"response.output_item.added", b"response.output_item.done"})
+_KEPT_ITEMS = (
+    b"function_call",
+    b'"type":"reasoning"',
+    b"mcp_approval_request",
+    b"image_generation_call",
+)
+# An image's name and type by the format the endpoint made it in.
+_IMAGE_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# At most this many bytes of images are taken from one response (base64 decoded).
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 
 class ResponsesStream(OpenAIChatStream):
-    """One streamed response, with the same conduct as a chat stream."""
+    """One streamed response, with the same conduct as a chat stream.
+
+    In background mode (`ChatRequest.background`, or `resume_response` after a
+    restart) the response's id is read from `response.created` (and handed to
+    `on_started`), the `sequence_number` of every event is followed, and a stream that
+    drops is resumed where it stopped (`GET /responses/{id}?stream=true&starting_after=
+    <n>`) instead of asking again; a restart's `resume_response` is followed from its
+    first event (a response the endpoint no longer has is asked for again).
+    """
 
     _client: OpenAIResponsesClient
+
+    def __init__(self, client: OpenAIResponsesClient, request: ChatRequest) -> None:
+        super().__init__(client, request)
+        self.response_id: str | None = request.resume_response
+        self._sequence: int | None = None
+        self._resumes = 0
+        # The endpoint itself reported a failure (an `error` or `response.failed`
+        # event): that is the answer, not a dropped connection to resume.
+        self._endpoint_failed = False
+
+    @property
+    def _background(self) -> bool:
+        return self._request.background or self.response_id is not None
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        while True:
+            try:
+                async for delta in super()._deltas():
+                    self._shown_before = True
+                    yield delta
+                return
+            except _DROPS as error:
+                if (
+                    self.response_id is None
+                    or self._endpoint_failed
+                    or self._resumes >= MAX_RESUMES
+                ):
+                    raise
+                self._resumes += 1
+                log.info(
+                    "background response stream lost (%s); resuming after event %s",
+                    type(error).__name__,
+                    self._sequence,
+                )
+                await asyncio.sleep(min(RESUME_PAUSE_SECONDS * self._resumes, 5.0))
+
+    def _begin_attempt(self) -> None:
+        if self.response_id is not None and self._sequence is not None:
+            return  # a resumed stream goes on from what was read
+        super()._begin_attempt()
+
+    async def _open(self) -> httpx.Response:
+        if self.response_id is None:
+            return await super()._open()
+        client = self._client
+        response = await client.follow(self.response_id, after=self._sequence)
+        if (
+            response.status_code == 404
+            and self._sequence is None
+            and self.response_id == self._request.resume_response
+        ):
+            # The endpoint no longer has it (expired, another key): ask again, once.
+            await _close(response)
+            log.warning("the background response to resume is gone; asking the model again")
+            self.response_id = None
+            return await super()._open()
+        return response
 
     def _read_chunk(self, data: bytes, *, shown: bool) -> str:
         # OpenAI writes `type` first: an event known to carry nothing needed is passed
         # over unparsed (a long answer's text comes three more times in them). Any
-        # other layout is parsed whole.
-        if data.startswith(_TYPE_FIRST):
+        # other layout is parsed whole, as is every event of a background response
+        # (each one's sequence number is where a resumed stream starts).
+        if data.startswith(_TYPE_FIRST) and not self._background:
             end = data.find(b'"', len(_TYPE_FIRST))
             kind = data[len(_TYPE_FIRST) : end]
-            if kind in _PASSED_OVER and not (kind in _ITEM_EVENTS and b"function_call" in data):
+            if kind in _PASSED_OVER and not (
+                kind in _ITEM_EVENTS and any(marker in data for marker in _KEPT_ITEMS)
+            ):
                 return ""
         return super()._read_chunk(data, shown=shown)
 
     def _read_event(self, chunk: dict[str, Any], *, shown: bool) -> str:
         kind = chunk.get("type")
+        if self._background:
+            sequence = chunk.get("sequence_number")
+            if isinstance(sequence, int):
+                self._sequence = sequence
+            if kind in ("response.created", "response.queued") and self.response_id is None:
+                response = chunk.get("response")
+                response_id = response.get("id") if isinstance(response, dict) else None
+                if isinstance(response_id, str) and _RESPONSE_ID.fullmatch(response_id):
+                    self.response_id = self._announce = response_id
         if kind in _TEXT_DELTAS:
             delta = chunk.get("delta")
             return delta if isinstance(delta, str) else ""
         if kind in ("response.output_item.added", "response.output_item.done"):
             self._function_call(chunk.get("output_index"), chunk.get("item"))
+            if kind == "response.output_item.done":
+                self._reasoning(chunk.get("item"))
+                self._image(chunk.get("item"))
         elif kind == "response.function_call_arguments.delta":
             index, delta = chunk.get("output_index"), chunk.get("delta")
             if isinstance(index, int) and isinstance(delta, str):
@@ -164,13 +298,18 @@ class ResponsesStream(OpenAIChatStream):
         elif kind == "response.failed":
             response = chunk.get("response")
             failure = response.get("error") if isinstance(response, dict) else None
+            self._endpoint_failed = True
             raise _error(failure or {}, shown=shown, scrub=self._client._scrub)
         elif kind == "error":
+            self._endpoint_failed = True
             raise _error(chunk, shown=shown, scrub=self._client._scrub)
         return ""
 
     def _function_call(self, index: Any, item: Any) -> None:
         if not isinstance(index, int) or not isinstance(item, dict):
+            return
+        if item.get("type") == "mcp_approval_request":
+            self._approval_request(index, item)
             return
         if item.get("type") != "function_call":
             return
@@ -181,16 +320,82 @@ class ResponsesStream(OpenAIChatStream):
             arguments=str(item.get("arguments") or ""),
         )
 
+    def _approval_request(self, index: int, item: dict[str, Any]) -> None:
+        """A remote MCP server's call waiting for approval, as a call of the tool loop's
+        (`McpApprovals`): its name is the server's policy name, its arguments say which
+        of the server's tools, with what."""
+        label, name, request_id = item.get("server_label"), item.get("name"), item.get("id")
+        if not (isinstance(label, str) and isinstance(name, str) and isinstance(request_id, str)):
+            return
+        raw = item.get("arguments")
+        try:
+            arguments = json.loads(raw) if isinstance(raw, str) and raw else {}
+        except ValueError:
+            arguments = raw
+        self._calls.replace(
+            index,
+            call_id=request_id,
+            name=MCP_PREFIX + label,
+            arguments=json.dumps({"tool": name, "arguments": arguments}),
+        )
+
+    def _image(self, item: Any) -> None:
+        """Keep an image the endpoint's image generation made, to post in the thread."""
+        if not isinstance(item, dict) or item.get("type") != "image_generation_call":
+            return
+        result = item.get("result")
+        if not isinstance(result, str) or not result:
+            return
+        try:
+            data = base64.b64decode(result, validate=True)
+        except ValueError:
+            log.warning("an image from the endpoint could not be decoded; left out")
+            return
+        if sum(len(f.data) for f in self.generated_files) + len(data) > MAX_IMAGE_BYTES:
+            log.warning("an image from the endpoint is over the size limit; left out")
+            return
+        kind = str(item.get("output_format") or "png")
+        kind = kind if kind in _IMAGE_TYPES else "png"
+        number = len(self.generated_files) + 1
+        self.generated_files.append(
+            GeneratedFile(name=f"image-{number}.{kind}", data=data, content_type=_IMAGE_TYPES[kind])
+        )
+
+    def _reasoning(self, item: Any) -> None:
+        """Keep a reasoning item to send back with this round's calls. Only one with its
+        encrypted content is of use: with `store: false` the endpoint cannot look an id up."""
+        if not isinstance(item, dict) or item.get("type") != "reasoning":
+            return
+        encrypted = item.get("encrypted_content")
+        if not isinstance(encrypted, str) or not encrypted:
+            return
+        summary = item.get("summary")
+        kept: dict[str, Any] = {
+            "type": "reasoning",
+            "summary": summary if isinstance(summary, list) else [],
+            "encrypted_content": encrypted,
+        }
+        if isinstance(item.get("id"), str):
+            kept["id"] = item["id"]
+        self.reasoning_items.append(kept)
+
     def _end(self, chunk: dict[str, Any], finish_reason: str) -> None:
         response = chunk.get("response")
         if isinstance(response, dict):
             usage = _parse_usage(response.get("usage"))
             if usage is not None:
                 self.usage = usage
+            output = response.get("output")
+            output = output if isinstance(output, list) else []
             if not self._calls:  # a server that streamed no item events
-                output = response.get("output")
-                for index, item in enumerate(output if isinstance(output, list) else []):
+                for index, item in enumerate(output):
                     self._function_call(index, item)
+            if not self.reasoning_items:
+                for item in output:
+                    self._reasoning(item)
+            if not self.generated_files:
+                for item in output:
+                    self._image(item)
         self.finish_reason = finish_reason
         self.finished = True
 
@@ -202,11 +407,50 @@ def open_model_client(settings: ModelSettings, **options: Any) -> OpenAIChatClie
     return OpenAIChatClient(settings, **options)
 
 
-def _input_items(message: dict[str, Any]) -> list[dict[str, Any]]:
+def _approval_ids(messages: Sequence[dict[str, Any]]) -> frozenset[str]:
+    """The ids of the calls in `messages` that are remote MCP approval requests."""
+    ids: set[str] = set()
+    for message in messages:
+        for call in message.get("tool_calls") or () if message.get("role") == "assistant" else ():
+            if str((call.get("function") or {}).get("name", "")).startswith(MCP_PREFIX):
+                ids.add(str(call.get("id", "")))
+    return frozenset(ids)
+
+
+def _approval_items(call: dict[str, Any]) -> dict[str, Any]:
+    """A remote MCP approval request (see `_approval_request`) as the endpoint sent it."""
+    function = call.get("function") or {}
+    try:
+        asked = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        asked = {}
+    asked = asked if isinstance(asked, dict) else {}
+    arguments = asked.get("arguments", {})
+    return {
+        "type": "mcp_approval_request",
+        "id": call.get("id", ""),
+        "server_label": str(function.get("name", "")).removeprefix(MCP_PREFIX),
+        "name": str(asked.get("tool", "")),
+        "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+    }
+
+
+def _input_items(
+    message: dict[str, Any], approvals: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """A chat message as Responses input items (system and developer roles, and plain
     string content, are taken as they are): an assistant message with tool calls is
+    the reasoning items the model returned with them in this turn (if any, in order),
     its text (if any) and one `function_call` item per call; a `role: tool` result is
     a `function_call_output`."""
+    if message.get("role") == "tool" and message.get("tool_call_id") in approvals:
+        return [
+            {
+                "type": "mcp_approval_response",
+                "approval_request_id": message.get("tool_call_id", ""),
+                "approve": message.get("content") == MCP_APPROVED,
+            }
+        ]
     if message.get("role") == "tool":
         return [
             {
@@ -218,8 +462,13 @@ def _input_items(message: dict[str, Any]) -> list[dict[str, Any]]:
     content = message.get("content")
     calls = message.get("tool_calls") if message.get("role") == "assistant" else None
     if calls:
-        items = [{"role": "assistant", "content": content}] if content else []
+        items = [dict(item) for item in message.get(REASONING_ITEMS) or ()]
+        if content:
+            items.append({"role": "assistant", "content": content})
         for call in calls:
+            if call.get("id") in approvals:
+                items.append(_approval_items(call))
+                continue
             function = call.get("function") or {}
             items.append(
                 {

@@ -859,7 +859,9 @@ class FakeDiscordServer:
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["tail"]
         body: Any = None
-        if request.can_read_body:
+        if request.content_type == "multipart/form-data":
+            body = await self._uploaded(request)
+        elif request.can_read_body:
             raw = await request.read()
             if raw:
                 try:
@@ -982,6 +984,19 @@ class FakeDiscordServer:
         self.commands[guild_id] = stored
         return stored
 
+    async def _uploaded(self, request: web.Request) -> dict[str, Any]:
+        """A message sent with files (multipart: `payload_json` and `files[n]`), as its JSON
+        body with `attachments` on the fake CDN."""
+        form = await request.post()
+        body: dict[str, Any] = json.loads(str(form.get("payload_json") or "{}"))
+        attachments = []
+        for name, value in form.items():
+            if name.startswith("files[") and isinstance(value, web.FileField):
+                data = value.file.read()
+                attachments.append(self.add_attachment(value.filename, value.content_type, data))
+        body["attachments"] = attachments
+        return body
+
     def _bot_message(self, channel_id: str, body: dict[str, Any]) -> dict[str, Any]:
         reference = None
         ref = body.get("message_reference")
@@ -996,6 +1011,7 @@ class FakeDiscordServer:
             content=body.get("content") or "",
             guild=in_guild,
             reference=reference,
+            attachments=body.get("attachments") or None,
         )
         if body.get("components"):
             data["components"] = body["components"]

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import io
@@ -202,6 +203,9 @@ class ToolCalls:
     done_marker: bool = True
     fragment_size: int = 7
     delay_between_chunks: float = 0.0
+    # Responses API only: the round opens with a reasoning item whose encrypted content
+    # is this (sent only when the request's `include` asks for it), as reasoning models do.
+    reasoning: str | None = None
 
     def __init__(
         self,
@@ -212,7 +216,9 @@ class ToolCalls:
         done_marker: bool = True,
         fragment_size: int = 7,
         delay_between_chunks: float = 0.0,
+        reasoning: str | None = None,
     ) -> None:
+        object.__setattr__(self, "reasoning", reasoning)
         object.__setattr__(self, "calls", calls)
         object.__setattr__(self, "style", style)
         object.__setattr__(self, "finish_reason", finish_reason)
@@ -222,8 +228,45 @@ class ToolCalls:
         object.__setattr__(self, "delay_between_chunks", delay_between_chunks)
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """Responses API, background mode: answer `then` as a background response kept
+    whole at the fake, but drop the first connection after `after` events (the rest
+    is there for `GET /v1/responses/{id}?stream=true&starting_after=<n>`). `hold`:
+    instead of dropping, stop sending and keep the connection open (a model still
+    thinking) until the client goes away."""
+
+    after: int
+    then: Reply = field(default_factory=Reply)
+    hold: bool = False
+
+
+@dataclass(frozen=True)
+class McpApproval:
+    """Responses API: a remote MCP server's call waiting for approval
+    (`mcp_approval_request`): the response ends there, with no text."""
+
+    server_label: str
+    name: str
+    arguments: str = "{}"
+    id: str = "mcpr_1"
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """Responses API: hosted image generation made `image` (streamed as a partial image,
+    then the whole one in its item), then the model wrote `text`."""
+
+    image: bytes
+    text: str = "Here is your picture."
+    output_format: str = "png"
+
+
 Behaviour = (
-    ToolCalls
+    Drawn
+    | McpApproval
+    | Dropped
+    | ToolCalls
     | Reply
     | Incomplete
     | ErrorEvent
@@ -305,6 +348,11 @@ class FakeModelServer:
         # Reported in usage on both APIs (prompt cache hits, reasoning tokens).
         self.cached_tokens = 0
         self.reasoning_tokens = 0
+        # False: reasoning items come without encrypted content even when asked for
+        # (a server that ignores `include`).
+        self.sends_encrypted_reasoning = True
+        # Background responses by id: every event, as `GET /v1/responses/{id}` replays them.
+        self.background: dict[str, list[bytes]] = {}
         self.overflows = 0  # chat requests refused or emptied for being over the window
         self.rate_limit: tuple[int, float] | None = None
         self.rate_limited = 0  # 429s answered because of `rate_limit`
@@ -342,6 +390,11 @@ class FakeModelServer:
         return [r for r in self.requests if r.path.endswith("/responses")]
 
     @property
+    def follow_requests(self) -> list[RecordedRequest]:
+        """`GET /v1/responses/{id}`: a background response streamed again or polled."""
+        return [r for r in self.requests if r.path.startswith("/v1/responses/")]
+
+    @property
     def model_requests(self) -> list[RecordedRequest]:
         """Requests for an answer, on either API."""
         return [r for r in self.requests if r.path.endswith(("/chat/completions", "/responses"))]
@@ -350,6 +403,7 @@ class FakeModelServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._tracked(self._chat))
         app.router.add_post("/v1/responses", self._tracked(self._responses))
+        app.router.add_get("/v1/responses/{response_id}", self._tracked(self._follow))
         app.router.add_post("/v1/audio/speech", self._tracked(self._speech))
         app.router.add_post("/v1/audio/transcriptions", self._tracked(self._transcription))
         app.router.add_get("/v1/models", self._models)
@@ -646,13 +700,80 @@ class FakeModelServer:
         if isinstance(behaviour, Refuse):
             return _error(behaviour.status, behaviour.message, behaviour.code)
         events = ResponseEvents(f"resp_fake{next(self._ids)}", str(body.get("model", "fake")))
-        if isinstance(behaviour, ToolCalls):
-            calls = [(self._call_id(call), call.name, call.text()) for call in behaviour.calls]
+        if isinstance(behaviour, Drawn):
+            encoded = base64.b64encode(behaviour.image).decode()
+            item = {"id": "ig_1", "type": "image_generation_call", "status": "generating"}
+            done = {
+                **item,
+                "status": "completed",
+                "output_format": behaviour.output_format,
+                "result": encoded,
+            }
+            pieces = _split(behaviour.text, None)
+            completed = events.response(
+                "completed", behaviour.text, usage=responses_usage(10, len(pieces))
+            )
+            completed["output"] = [done, *completed["output"]]
+            sequence = [
+                *events.opening(),
+                events.event("response.output_item.added", output_index=0, item=item),
+                events.event(
+                    "response.image_generation_call.partial_image",
+                    output_index=0,
+                    item_id="ig_1",
+                    partial_image_index=0,
+                    partial_image_b64=encoded[: len(encoded) // 2],
+                ),
+                events.event("response.output_item.done", output_index=0, item=done),
+                *events.text(pieces),
+                *events.text_done(behaviour.text),
+                events.event("response.completed", response=completed),
+            ]
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
-            await self._send(response, [*events.opening(), *events.function_calls(calls)], 0.0)
+            await self._send(response, sequence, 0.0)
             await response.write_eof()
             return response
+        if isinstance(behaviour, McpApproval):
+            item = {
+                "id": behaviour.id,
+                "type": "mcp_approval_request",
+                "server_label": behaviour.server_label,
+                "name": behaviour.name,
+                "arguments": behaviour.arguments,
+            }
+            completed = events.response("completed", usage=responses_usage(10, 0))
+            completed["output"] = [item]
+            sequence = [
+                *events.opening(),
+                events.event("response.output_item.added", output_index=0, item=item),
+                events.event("response.output_item.done", output_index=0, item=item),
+                events.event("response.completed", response=completed),
+            ]
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await self._send(response, sequence, 0.0)
+            await response.write_eof()
+            return response
+        if isinstance(behaviour, ToolCalls):
+            calls = [(self._call_id(call), call.name, call.text()) for call in behaviour.calls]
+            sequence = events.opening()
+            reasoning = None
+            if behaviour.reasoning is not None:
+                asked = self.sends_encrypted_reasoning and "reasoning.encrypted_content" in (
+                    body.get("include") or []
+                )
+                streamed, reasoning = events.reasoning(behaviour.reasoning if asked else None)
+                sequence += streamed
+            sequence += events.function_calls(calls, reasoning=reasoning)
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await self._send(response, sequence, 0.0)
+            await response.write_eof()
+            return response
+        dropped = behaviour if isinstance(behaviour, Dropped) else None
+        if dropped is not None:
+            behaviour = dropped.then
         text = self._text_of(behaviour, body)
         if isinstance(behaviour, Incomplete):
             text = behaviour.text
@@ -697,12 +818,41 @@ class FakeModelServer:
         else:
             sequence += events.text(pieces) + events.text_done(text)
             sequence.append(events.completed(text, usage))
+        if body.get("background"):
+            self.background[events.response_id] = sequence
+            if dropped is not None:
+                await self._send(response, sequence[: dropped.after], 0.0)
+                if dropped.hold:
+                    await asyncio.Event().wait()  # until the client goes (or the fake stops)
+                assert request.transport is not None
+                request.transport.close()
+                return response
         delay = (
             behaviour.delay_between_chunks
             if isinstance(behaviour, Reply) and behaviour.delay_between_chunks
             else self.default_delay_between_chunks
         )
         await self._send(response, sequence, delay)
+        await response.write_eof()
+        return response
+
+    async def _follow(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/responses/{id}`: a background response's events after
+        `starting_after` (`stream=true`), or the response as it stands."""
+        self._record(request, {"query": dict(request.query)})
+        events = self.background.get(request.match_info["response_id"])
+        if events is None:
+            return _error(404, "Response not found.", "not_found")
+        if request.query.get("stream") != "true":
+            last = json.loads(events[-1].split(b"data: ", 1)[1])
+            return web.json_response(last.get("response") or {})
+        after = int(request.query.get("starting_after", "-1"))
+        later = [
+            e for e in events if json.loads(e.split(b"data: ", 1)[1])["sequence_number"] > after
+        ]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await self._send(response, later, 0.0)
         await response.write_eof()
         return response
 

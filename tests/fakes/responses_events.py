@@ -101,12 +101,29 @@ class ResponseEvents:
             ),
         )
 
-    def function_calls(self, calls: list[tuple[str, str, str]]) -> list[bytes]:
+    def reasoning(self, encrypted: str | None, output_index: int = 0) -> tuple[list[bytes], dict]:
+        """A reasoning item as a reasoning model streams it before its calls: added
+        (empty), done (with a summary, and its encrypted content when the request
+        asked for it with `include`)."""
+        item: dict[str, Any] = {"id": f"rs_{self.response_id}", "type": "reasoning", "summary": []}
+        events = [self.event("response.output_item.added", output_index=output_index, item=item)]
+        done = {**item, "summary": [{"type": "summary_text", "text": "Thinking it over."}]}
+        if encrypted is not None:
+            done["encrypted_content"] = encrypted
+        events.append(self.event("response.output_item.done", output_index=output_index, item=done))
+        return events, done
+
+    def function_calls(
+        self, calls: list[tuple[str, str, str]], *, reasoning: dict[str, Any] | None = None
+    ) -> list[bytes]:
         """Each call (call_id, name, arguments) as OpenAI streams a function call: the
-        item, its arguments in two deltas, done, the item done; then completed."""
+        item, its arguments in two deltas, done, the item done; then completed.
+        `reasoning`: the round's reasoning item (streamed before, by `reasoning()`),
+        which comes first in the response's output."""
         events: list[bytes] = []
-        items = []
-        for index, (call_id, name, arguments) in enumerate(calls):
+        items = [reasoning] if reasoning is not None else []
+        first = len(items)
+        for index, (call_id, name, arguments) in enumerate(calls, start=first):
             item = {
                 "id": f"fc_{index}",
                 "type": "function_call",

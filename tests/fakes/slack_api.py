@@ -153,6 +153,18 @@ class PostedMessage:
         return data
 
 
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file the bot uploaded with files.uploadV2, as it was completed."""
+
+    file_id: str
+    filename: str
+    title: str
+    data: bytes
+    channel: str
+    thread_ts: str | None
+
+
 @dataclass
 class FakeSlackApi:
     team_id: str = "T0001"
@@ -215,7 +227,12 @@ class FakeSlackApi:
             "assistant.threads.setSuggestedPrompts": self._ok,
             "assistant.threads.setTitle": self._ok,
             "oauth.v2.access": self._oauth_access,
+            "files.getUploadURLExternal": self._upload_url,
+            "files.completeUploadExternal": self._complete_upload,
         }
+        # files.uploadV2: bytes sent to an upload URL, by file id; then completed.
+        self._uploading: dict[str, tuple[str, bytes | None]] = {}
+        self.uploads: list[UploadedFile] = []
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -231,6 +248,7 @@ class FakeSlackApi:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/files/{name}", self._file)
+        app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -633,6 +651,40 @@ class FakeSlackApi:
             "enterprise": None,
             "is_enterprise_install": False,
         }
+
+    def _upload_url(self, args: dict[str, Any]) -> dict[str, Any]:
+        file_id = f"F{next(self._ts):06d}"
+        self._uploading[file_id] = (str(args.get("filename", "")), None)
+        return {"ok": True, "file_id": file_id, "upload_url": f"{self.root_url}/upload/{file_id}"}
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        if file_id not in self._uploading:
+            return web.Response(status=404)
+        data = await request.read()
+        self._uploading[file_id] = (self._uploading[file_id][0], data)
+        return web.Response(text=f"OK - {len(data)}")
+
+    def _complete_upload(self, args: dict[str, Any]) -> dict[str, Any]:
+        files = args.get("files")
+        files = json.loads(files) if isinstance(files, str) else files or []
+        done = []
+        for entry in files:
+            filename, data = self._uploading.pop(entry["id"], ("", None))
+            if data is None:
+                return {"ok": False, "error": "file_not_found"}
+            self.uploads.append(
+                UploadedFile(
+                    file_id=entry["id"],
+                    filename=filename,
+                    title=str(entry.get("title") or ""),
+                    data=data,
+                    channel=str(args.get("channel_id", "")),
+                    thread_ts=args.get("thread_ts"),
+                )
+            )
+            done.append({"id": entry["id"], "title": entry.get("title"), "name": filename})
+        return {"ok": True, "files": done}
 
     async def _file(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
