@@ -87,6 +87,7 @@ class DiscordAdapter:
                 self.interactions,
                 connect_cls=voice_connect_cls,
                 engine=speech_engine,
+                transcriber=self.hearing.transcriber,
             )
             self.context.voice = self.voice
             extensions = (voice_extension(self.voice), *extensions)
