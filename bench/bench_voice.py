@@ -2,11 +2,19 @@
 frame handed to playback, with the local engine (espeak-ng) and with a speech endpoint (the
 fake model server's `/audio/speech`), plus the local engine's real-time factor.
 
-    python -m bench.bench_voice [--runs 60] [--chunk-delay 0.01]
+    python -m bench.bench_voice [--runs 60] [--chunk-delay 0.01] [--listen-runs 30]
 
 The fake model server runs as its own process and streams the answer word by word
 through the project's model client, as a real endpoint would. Target: the first frame
 within 300 ms of the first sentence with the local engine.
+
+Listening (pipeline mode): the whole bot (real discord.py against the fake Discord, the
+fake voice connection, the fake voice server's DAVE group and UDP) hears a member ask a
+question (espeak-ng's voice, Opus, DAVE, RTP over loopback) and answers aloud, with the
+instant fakes for transcription, the model and speech. Measured: the end of the member's
+utterance (the moment the pause that ends it is over) → the first audio frame of the
+answer handed to Discord; and, for the whole wait, from the member's last packet (which
+includes `voice.listen_pause_seconds`). Target: under 500 ms from the utterance's end.
 """
 
 from __future__ import annotations
@@ -17,21 +25,39 @@ import contextlib
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from pydantic import SecretStr
+
+from botservice.adapters.discord import create_adapter
+from botservice.app.config import load_settings
+from botservice.core.conversation import ConversationCore
 from botservice.core.ports import ChatRequest
-from botservice.core.settings import ModelSettings
+from botservice.core.settings import DiscordSettings, ModelSettings
 from botservice.model.client import OpenAIChatClient
+from botservice.storage.engine import create_engine
+from botservice.storage.migrate import upgrade
+from botservice.storage.repository import SqlStore
 from botservice.voice.audio import FRAME_SECONDS, decode_frames
 from botservice.voice.pipeline import Utterance, VoiceSpeaker
 from botservice.voice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechEngine
+from tests.fakes.discord_server import FakeDiscordServer
+from tests.fakes.discord_voice import SILENCE_PACKET, FakeVoiceConnection
+from tests.fakes.discord_voice_server import FakeDiscordVoiceServer
+from tests.fakes.model_server import FakeModelServer
+from tests.voice.spoken_audio import spoken
 
 ANSWER = (
     "Sure, here is the forecast for tomorrow. It will be sunny and warm in the afternoon, "
     "with a light breeze from the west. Bring water if you go hiking."
 )
 TARGET_MS = 300.0
+LISTEN_TARGET_MS = 500.0
+CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "botservice.toml")
+QUESTION = "What is the weather like in Paris today?"
 RTF_SENTENCES = [
     "Sure, here is the forecast for tomorrow.",
     "It will be sunny and warm in the afternoon, with a light breeze from the west.",
@@ -115,7 +141,131 @@ async def start_fake_server(chunk_delay: float) -> tuple[asyncio.subprocess.Proc
     return process, line.removeprefix("READY ")
 
 
-async def main(runs: int, chunk_delay: float) -> int:
+async def listening_latency(runs: int) -> dict[str, list[float]]:
+    """See the module docstring: (utterance end → first answer frame, last packet → same)."""
+    model_server = FakeModelServer()
+    await model_server.start()
+    server = FakeDiscordServer()
+    await server.start()
+    folder = tempfile.TemporaryDirectory()
+    url = f"sqlite+aiosqlite:///{folder.name}/bench.db"
+    await upgrade(url)
+    store = SqlStore(create_engine(url))
+    settings = load_settings(
+        {
+            "OPENAI_BASE_URL": model_server.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "DATABASE_URL": url,
+            "BOTSERVICE_CONFIG": CONFIG,
+            "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
+        }
+    )
+    settings = settings.model_copy(
+        update={
+            "discord": DiscordSettings(
+                token=SecretStr(server.token),
+                api_url=server.api_url,
+                gateway_url=server.gateway_url,
+            ),
+            "voice": settings.voice.model_copy(update={"speech_model": "tts-1"}),
+        }
+    )
+    model = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=store, model=model)
+    adapter = create_adapter(
+        settings, core, store, guild_ready_timeout=0.05, voice_connect_cls=FakeVoiceConnection
+    )
+    await adapter.start()
+    voice = adapter.voice
+    assert voice is not None
+    question = spoken(QUESTION)
+    from_end: list[float] = []
+    from_last_packet: list[float] = []
+    room: FakeDiscordVoiceServer | None = None
+    try:
+        await server.join_voice(server.alice)
+        await server.join_voice(server.bob)
+        join = {"name": "join", "type": 1, "options": []}
+        await server.send_command("voice", [join], user=server.alice)
+        await server.wait_until(lambda: FakeVoiceConnection.made, what="the voice connection")
+        connection = FakeVoiceConnection.made[-1]
+        await server.wait_until(connection.is_connected, what="connected")
+        room = FakeDiscordVoiceServer(
+            int(server.voice_channel_id), int(server.bot.id), connection._connection.dave_session
+        )
+        connection.secret_key = room.secret_key
+        room.connect_bot(connection._connection.address)
+        listen = {"name": "listen", "type": 1, "options": []}
+        await server.send_command("voice", [listen], user=server.alice)
+        await server.wait_until(
+            lambda: any(
+                "Listening in" in str(m["content"])
+                for m in server.bot_messages(server.voice_channel_id)
+            ),
+            what="listening",
+        )
+        member = room.join(int(server.bob.id), ssrc=9001)
+        await connection._connection.deliver(room.speaking_event(member))
+        for run in range(runs + 1):  # run 0 warms up
+            packets_before = len(connection.packets)
+            ends_before = set(voice.utterance_ends)
+            room.send(room.speech(member, question))
+            last_packet_at = time.monotonic()
+
+            def answer_frame(before: int = packets_before) -> float | None:
+                for index in range(before, len(connection.packets)):
+                    if connection.packets[index] != SILENCE_PACKET:
+                        return connection.packet_times[index]
+                return None
+
+            first_frame_at = await server.wait_until(answer_frame, 30, "the answer spoken")
+            [turn] = set(voice.utterance_ends) - ends_before
+            if run:
+                from_end.append(first_frame_at - voice.utterance_ends[turn])
+                from_last_packet.append(first_frame_at - last_packet_at)
+            await core.drain()
+            await server.wait_until(lambda: not connection.is_playing(), 30, "the answer spoken")
+            await asyncio.sleep(0.3)
+    finally:
+        if room is not None:
+            room.close()
+        await core.drain()
+        await adapter.stop()
+        await model.aclose()
+        await store.aclose()
+        await server.close()
+        await model_server.stop()
+        folder.cleanup()
+    return {
+        "utterance end -> first answer frame": from_end,
+        f"last packet -> first answer frame (incl. {settings.voice.listen_pause_seconds:g} s pause)": from_last_packet,
+    }
+
+
+def print_listening(rows: dict[str, list[float]]) -> bool:
+    runs = len(next(iter(rows.values())))
+    print()
+    print(
+        f"Listening (pipeline mode, instant fakes): a member's question to the answer's first frame ({runs} runs)"
+    )
+    print()
+    print(f"| {'measured':<56} | {'median':>8} | {'p95':>8} | {'max':>8} |")
+    print(f"|{'-' * 58}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
+    for name, samples in rows.items():
+        ms = [sample * 1000 for sample in samples]
+        print(
+            f"| {name:<56} | {statistics.median(ms):>5.0f} ms | {percentile(ms, 0.95):>5.0f} ms | {max(ms):>5.0f} ms |"
+        )
+    end = [s * 1000 for s in next(iter(rows.values()))]
+    met = percentile(end, 0.95) < LISTEN_TARGET_MS
+    print(
+        f"Target (first frame within {LISTEN_TARGET_MS:.0f} ms of the utterance's end): "
+        f"{'met' if met else 'MISSED'} (median {statistics.median(end):.0f} ms, p95 {percentile(end, 0.95):.0f} ms)"
+    )
+    return met
+
+
+async def main(runs: int, chunk_delay: float, listen_runs: int = 0) -> int:
     server, base_url = await start_fake_server(chunk_delay)
     model = OpenAIChatClient(ModelSettings(base_url=base_url))
     engines: list[tuple[str, SpeechEngine]] = [
@@ -162,7 +312,10 @@ async def main(runs: int, chunk_delay: float) -> int:
         f"Target (local engine, first frame within {TARGET_MS:.0f} ms of the first sentence): "
         f"{verdict} (median {local_median:.1f} ms, p99 {local_p99:.1f} ms)"
     )
-    return 0 if verdict == "met" else 1
+    listened = True
+    if listen_runs:
+        listened = print_listening(await listening_latency(listen_runs))
+    return 0 if verdict == "met" and listened else 1
 
 
 if __name__ == "__main__":
@@ -171,5 +324,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--chunk-delay", type=float, default=0.01, help="seconds between streamed words"
     )
+    parser.add_argument(
+        "--listen-runs", type=int, default=30, help="questions asked aloud (0: skip listening)"
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.runs, args.chunk_delay)))
+    sys.exit(asyncio.run(main(args.runs, args.chunk_delay, args.listen_runs)))
