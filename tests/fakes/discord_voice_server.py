@@ -133,6 +133,20 @@ class SimulatedMember:
         return header
 
 
+def transport_datagram(member: SimulatedMember, frame: bytes, key: bytes, nonce: int) -> bytes:
+    """`frame` in the next RTP packet of `member`, sealed as the server forwards it to the
+    bot: rtpsize AEAD with the bot's key; the header extension's 4-byte preamble is
+    authenticated in the clear, its body encrypted with the frame."""
+    header = member.rtp_header()
+    extension_preamble = b"\xbe\xde\x00\x01"
+    extension_body = b"\x10\x7f\x00\x00"  # audio level, padded to 32 bits
+    authenticated = header + extension_preamble
+    nonce_bytes = struct.pack(">I", nonce)
+    box = nacl.secret.Aead(key)
+    sealed = box.encrypt(extension_body + frame, authenticated, nonce_bytes + bytes(20)).ciphertext
+    return authenticated + sealed + nonce_bytes
+
+
 class FakeDiscordVoiceServer:
     """One voice channel's server: the DAVE group, and UDP to the bot."""
 
@@ -223,18 +237,10 @@ class FakeDiscordVoiceServer:
     # --- UDP ----------------------------------------------------------------------------
 
     def datagram(self, member: SimulatedMember, frame: bytes) -> bytes:
-        """One RTP packet as the server forwards it to the bot: rtpsize AEAD with the bot's
-        key; the header extension's 4-byte preamble is authenticated, its body encrypted."""
-        header = member.rtp_header()
-        extension_preamble = b"\xbe\xde\x00\x01"
-        extension_body = b"\x10\x7f\x00\x00"  # audio level, padded to 32 bits
-        authenticated = header + extension_preamble
-        nonce = bytearray(24)
-        nonce[:4] = struct.pack(">I", self._nonce)
+        """One RTP packet as the server forwards it to the bot (see `transport_datagram`)."""
+        datagram = transport_datagram(member, frame, self.secret_key, self._nonce)
         self._nonce += 1
-        box = nacl.secret.Aead(self.secret_key)
-        sealed = box.encrypt(extension_body + frame, authenticated, bytes(nonce)).ciphertext
-        return authenticated + sealed + bytes(nonce[:4])
+        return datagram
 
     def send(self, datagrams: Iterable[bytes]) -> None:
         assert self._bot_address is not None, "the bot has not connected"
