@@ -4,6 +4,7 @@ UDP datagrams on loopback to a socket read the way discord.py's reader thread do
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 import time
@@ -65,17 +66,25 @@ class Heard:
 
 @dataclass
 class BotSocket:
-    """The bot's UDP socket with a reader thread, as discord.py's `SocketReader` runs it."""
+    """The bot's UDP socket with a reader thread, as discord.py's `SocketReader` runs it;
+    the datagrams are handled on the test's own thread (the adapter's event loop), where
+    the DAVE group is also re-keyed, as discord.py processes commits on its loop."""
 
     receiver: MemberAudioReceiver
     sock: socket.socket
     thread: threading.Thread
+    inbox: queue.Queue[bytes] = field(default_factory=queue.Queue)
     received: int = 0
 
     def settle(self, expected: int, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         while self.received < expected and time.monotonic() < deadline:
-            time.sleep(0.01)
+            try:
+                datagram = self.inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            self.receiver.on_datagram(datagram)
+            self.received += 1
         self.receiver.flush_stale(0.0)
 
 
@@ -115,21 +124,19 @@ def bot(server: FakeDiscordVoiceServer, heard: Heard, ignored: set[int]) -> Iter
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(0.1)
     stop = threading.Event()
-    bot_socket: BotSocket
+    inbox: queue.Queue[bytes] = queue.Queue()
 
     def read() -> None:
         while not stop.is_set():
             try:
-                data = sock.recv(4096)
+                inbox.put(sock.recv(4096))
             except TimeoutError:
                 continue
             except OSError:
                 return
-            receiver.on_datagram(data)
-            bot_socket.received += 1
 
     thread = threading.Thread(target=read, daemon=True)
-    bot_socket = BotSocket(receiver, sock, thread)
+    bot_socket = BotSocket(receiver, sock, thread, inbox)
     thread.start()
     server.connect_bot(sock.getsockname())
     yield bot_socket
@@ -179,7 +186,7 @@ def test_packets_before_the_member_is_known_are_held_then_heard(
     server: FakeDiscordVoiceServer, bot: BotSocket, heard: Heard
 ) -> None:
     alice = server.join(ALICE, ssrc=5001)
-    sent = tone(0.5)
+    sent = tone(3.0)  # arriving in one burst, faster than it was spoken
     packets = server.speech(alice, sent, silence_frames=0)
 
     server.send(packets)
@@ -226,6 +233,7 @@ def test_members_joining_and_leaving_mid_utterance_re_key_the_group(
     bot.receiver.member_speaking(BOB, bob.ssrc)
     server.send(server.speech(alice, second, silence_frames=0))
     server.send(server.speech(bob, tone(0.2, hz=500), silence_frames=0))
+    bot.settle(20 + 20 + 10)  # Alice's first part is decrypted only now, after the re-key
     server.leave(BOB)  # epoch 3
     bot.receiver.member_left(BOB)
     server.send(server.speech(alice, third))

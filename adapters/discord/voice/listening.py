@@ -2,8 +2,9 @@
 
 `VoiceListener` attaches a `MemberAudioReceiver` to a connected `discord.VoiceClient`
 (its UDP socket listener and its voice websocket hook, which tells which SSRC is which
-member), runs an `UtteranceDetector` per member on the event loop, and calls back when
-a member starts speaking (barge-in) and when their utterance ends.
+member), hands each datagram from discord.py's reader thread to the event loop, runs an
+`UtteranceDetector` per member there, and calls back when a member starts speaking
+(barge-in) and when their utterance ends.
 
 discord.py 2.7.1 has no receive API, so this reads its voice connection state
 (`VoiceClient._connection`: `add_socket_listener`, `hook`, `ws`, `dave_session`); the
@@ -81,7 +82,7 @@ class VoiceListener:
             mode=connection.mode,
             secret_key=bytes(connection.secret_key),
             dave_session=lambda: current_dave_session(state),
-            on_pcm=self._from_reader_thread,
+            on_pcm=self._feed,
             ignored=self._ignored,
             own_ssrc=connection.ssrc,
         )
@@ -91,14 +92,14 @@ class VoiceListener:
         state.hook = self._voice_gateway_event
         if hasattr(state.ws, "_hook"):
             state.ws._hook = self._voice_gateway_event
-        state.add_socket_listener(self.receiver.on_datagram)
+        state.add_socket_listener(self._from_reader_thread)
         self._ticker = asyncio.create_task(self._tick(), name="voice-listen-tick")
 
     async def stop(self) -> None:
         state = self._connection._connection
         if self.receiver is not None:
             with contextlib.suppress(ValueError, AttributeError):
-                state.remove_socket_listener(self.receiver.on_datagram)
+                state.remove_socket_listener(self._from_reader_thread)
         if state.hook == self._voice_gateway_event:
             state.hook = self._previous_hook
         ws = getattr(state, "ws", None)
@@ -138,10 +139,13 @@ class VoiceListener:
 
     # --- audio --------------------------------------------------------------------------
 
-    def _from_reader_thread(self, user_id: int, pcm: bytes) -> None:
+    def _from_reader_thread(self, datagram: bytes) -> None:
+        # Everything after the socket happens on the event loop, where discord.py also
+        # processes DAVE commits: the session is never used from two threads at once.
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._feed, user_id, pcm)
+        receiver = self.receiver
+        if loop is not None and receiver is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(receiver.on_datagram, datagram)
 
     def _feed(self, user_id: int, pcm: bytes) -> None:
         if self._ignored(user_id):

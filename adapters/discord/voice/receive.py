@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 OPUS_SILENCE = b"\xf8\xff\xfe"
 FRAME_BYTES = 3840  # 20 ms of 48 kHz, 16-bit stereo: what discord.py's Opus decoder gives
-# Packets held for an SSRC no member is known for, and for how long.
-UNKNOWN_SSRC_MAX_PACKETS = 100
+# Packets held for an SSRC no member is known for, and for how long. The count leaves
+# room for audio that arrives faster than it is spoken (a burst after a network stall).
+UNKNOWN_SSRC_MAX_PACKETS = 250
 UNKNOWN_SSRC_HOLD_SECONDS = 2.0
 # How many packets wait for a late one before the gap is concealed (20 ms each).
 REORDER_DEPTH = 3
