@@ -8,13 +8,14 @@ The fake model server runs as its own process and streams the answer word by wor
 through the project's model client, as a real endpoint would. Target: the first frame
 within 300 ms of the first sentence with the local engine.
 
-Listening (pipeline mode): the whole bot (real discord.py against the fake Discord, the
-fake voice connection, the fake voice server's DAVE group and UDP) hears a member ask a
-question (espeak-ng's voice, Opus, DAVE, RTP over loopback) and answers aloud, with the
-instant fakes for transcription, the model and speech. Measured: the end of the member's
-utterance (the moment the pause that ends it is over) → the first audio frame of the
-answer handed to Discord; and, for the whole wait, from the member's last packet (which
-includes `voice.listen_pause_seconds`). Target: under 500 ms from the utterance's end.
+Listening (pipeline mode): the whole bot (real discord.py against the fake Discord, its
+own VoiceClient on the fake voice gateway: TLS websocket, DAVE group, UDP on loopback)
+hears a member ask a question (espeak-ng's voice, Opus, DAVE, RTP) and answers aloud,
+with the instant fakes for transcription, the model and speech. Measured from the end of
+the member's utterance (the moment the pause that ends it is over) to each step and to
+the answer's first RTP packet at the voice server; and, for the whole wait, from the
+member's last packet (which adds `voice.listen_pause_seconds`). Target: under 500 ms
+from the utterance's end.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 from pydantic import SecretStr
 
 from botservice.adapters.discord import create_adapter
@@ -45,8 +47,7 @@ from botservice.voice.audio import FRAME_SECONDS, decode_frames
 from botservice.voice.pipeline import Utterance, VoiceSpeaker
 from botservice.voice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechEngine
 from tests.fakes.discord_server import FakeDiscordServer
-from tests.fakes.discord_voice import SILENCE_PACKET, FakeVoiceConnection
-from tests.fakes.discord_voice_server import FakeDiscordVoiceServer
+from tests.fakes.discord_voice_gateway import FakeVoiceGateway
 from tests.fakes.model_server import FakeModelServer
 from tests.voice.spoken_audio import spoken
 
@@ -142,11 +143,15 @@ async def start_fake_server(chunk_delay: float) -> tuple[asyncio.subprocess.Proc
 
 
 async def listening_latency(runs: int) -> dict[str, list[float]]:
-    """See the module docstring: (utterance end → first answer frame, last packet → same)."""
+    """See the module docstring. Each row is measured from the end of the utterance (the
+    endpointer's decision) except the last, from the member's last packet."""
     model_server = FakeModelServer()
     await model_server.start()
     server = FakeDiscordServer()
     await server.start()
+    gateway = FakeVoiceGateway(int(server.voice_channel_id))
+    await gateway.start()
+    server.voice_endpoint = gateway.endpoint
     folder = tempfile.TemporaryDirectory()
     url = f"sqlite+aiosqlite:///{folder.name}/bench.db"
     await upgrade(url)
@@ -173,30 +178,38 @@ async def listening_latency(runs: int) -> dict[str, list[float]]:
     model = OpenAIChatClient(settings.model)
     core = ConversationCore(settings=settings, store=store, model=model)
     adapter = create_adapter(
-        settings, core, store, guild_ready_timeout=0.05, voice_connect_cls=FakeVoiceConnection
+        settings,
+        core,
+        store,
+        guild_ready_timeout=0.05,
+        http_connector=lambda: aiohttp.TCPConnector(ssl=gateway.client_ssl),
     )
     await adapter.start()
     voice = adapter.voice
     assert voice is not None
     question = spoken(QUESTION)
-    from_end: list[float] = []
-    from_last_packet: list[float] = []
-    room: FakeDiscordVoiceServer | None = None
+    rows: dict[str, list[float]] = {
+        "-> transcription request": [],
+        "-> chat request": [],
+        "-> speech request": [],
+        "-> first answer packet at the voice server": [],
+        "last packet -> first answer packet": [],
+    }
+
+    def first_request(path: str, after: float) -> float:
+        return min(
+            r.received_at
+            for r in model_server.requests
+            if r.path.endswith(path) and r.received_at >= after
+        )
+
     try:
         await server.join_voice(server.alice)
         await server.join_voice(server.bob)
-        join = {"name": "join", "type": 1, "options": []}
-        await server.send_command("voice", [join], user=server.alice)
-        await server.wait_until(lambda: FakeVoiceConnection.made, what="the voice connection")
-        connection = FakeVoiceConnection.made[-1]
-        await server.wait_until(connection.is_connected, what="connected")
-        room = FakeDiscordVoiceServer(
-            int(server.voice_channel_id), int(server.bot.id), connection._connection.dave_session
-        )
-        connection.secret_key = room.secret_key
-        room.connect_bot(connection._connection.address)
-        listen = {"name": "listen", "type": 1, "options": []}
-        await server.send_command("voice", [listen], user=server.alice)
+        for name in ("join", "listen"):
+            command = {"name": name, "type": 1, "options": []}
+            await server.send_command("voice", [command], user=server.alice)
+            await gateway.bot_connected()
         await server.wait_until(
             lambda: any(
                 "Listening in" in str(m["content"])
@@ -204,50 +217,53 @@ async def listening_latency(runs: int) -> dict[str, list[float]]:
             ),
             what="listening",
         )
-        member = room.join(int(server.bob.id), ssrc=9001)
-        await connection._connection.deliver(room.speaking_event(member))
+        member = await gateway.member_joins(int(server.bob.id), ssrc=9001)
         for run in range(runs + 1):  # run 0 warms up
-            packets_before = len(connection.packets)
+            packets_before = len(gateway.bot_packets)
             ends_before = set(voice.utterance_ends)
-            room.send(room.speech(member, question))
+            gateway.speak(member, question)
             last_packet_at = time.monotonic()
-
-            def answer_frame(before: int = packets_before) -> float | None:
-                for index in range(before, len(connection.packets)):
-                    if connection.packets[index] != SILENCE_PACKET:
-                        return connection.packet_times[index]
-                return None
-
-            first_frame_at = await server.wait_until(answer_frame, 30, "the answer spoken")
+            await server.wait_until(
+                lambda before=packets_before: len(gateway.bot_packets) > before,
+                30,
+                "the answer spoken",
+            )
+            first_packet_at = gateway.bot_packet_times[packets_before]
             [turn] = set(voice.utterance_ends) - ends_before
+            ended = voice.utterance_ends[turn]
             if run:
-                from_end.append(first_frame_at - voice.utterance_ends[turn])
-                from_last_packet.append(first_frame_at - last_packet_at)
+                rows["-> transcription request"].append(
+                    first_request("/audio/transcriptions", ended) - ended
+                )
+                rows["-> chat request"].append(first_request("/chat/completions", ended) - ended)
+                rows["-> speech request"].append(first_request("/audio/speech", ended) - ended)
+                rows["-> first answer packet at the voice server"].append(first_packet_at - ended)
+                rows["last packet -> first answer packet"].append(first_packet_at - last_packet_at)
             await core.drain()
-            await server.wait_until(lambda: not connection.is_playing(), 30, "the answer spoken")
+            await voice.speakers.get(server.guild_id).wait_done()  # type: ignore[union-attr]
             await asyncio.sleep(0.3)
     finally:
-        if room is not None:
-            room.close()
         await core.drain()
         await adapter.stop()
         await model.aclose()
         await store.aclose()
+        await gateway.close()
         await server.close()
         await model_server.stop()
         folder.cleanup()
-    return {
-        "utterance end -> first answer frame": from_end,
-        f"last packet -> first answer frame (incl. {settings.voice.listen_pause_seconds:g} s pause)": from_last_packet,
-    }
+    return rows
 
 
 def print_listening(rows: dict[str, list[float]]) -> bool:
     runs = len(next(iter(rows.values())))
     print()
     print(
-        f"Listening (pipeline mode, instant fakes): a member's question to the answer's first frame ({runs} runs)"
+        "Listening (pipeline mode, instant fakes, discord.py's VoiceClient on the fake voice "
+        f"gateway): a member's question to the answer's first audio ({runs} runs)"
     )
+    print()
+    print("Rows from the end of the member's utterance (the pause that ends it is over),")
+    print("except the last, from their last packet (which adds voice.listen_pause_seconds).")
     print()
     print(f"| {'measured':<56} | {'median':>8} | {'p95':>8} | {'max':>8} |")
     print(f"|{'-' * 58}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
@@ -256,7 +272,7 @@ def print_listening(rows: dict[str, list[float]]) -> bool:
         print(
             f"| {name:<56} | {statistics.median(ms):>5.0f} ms | {percentile(ms, 0.95):>5.0f} ms | {max(ms):>5.0f} ms |"
         )
-    end = [s * 1000 for s in next(iter(rows.values()))]
+    end = [s * 1000 for s in rows["-> first answer packet at the voice server"]]
     met = percentile(end, 0.95) < LISTEN_TARGET_MS
     print(
         f"Target (first frame within {LISTEN_TARGET_MS:.0f} ms of the utterance's end): "

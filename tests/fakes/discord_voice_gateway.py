@@ -29,6 +29,7 @@ import ssl
 import struct
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ class FakeVoiceGateway:
         self.members: dict[int, SimulatedMember] = {}
         self.epoch = 0
         self.bot_packets: list[bytes] = []  # the bot's own RTP: its spoken answers
+        self.bot_packet_times: list[float] = []  # when each arrived (time.monotonic())
         self.client_ssl: ssl.SSLContext | None = None
         self.endpoint = ""
         self._bot: _Bot | None = None
@@ -322,4 +324,5 @@ class FakeVoiceGateway:
                 struct.pack_into(">H", reply, 72, address[1])
                 self._udp.sendto(bytes(reply), address)
             elif len(data) > 12:
+                self.bot_packet_times.append(time.monotonic())
                 self.bot_packets.append(data)
