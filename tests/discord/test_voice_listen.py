@@ -289,3 +289,14 @@ async def test_the_listener_attaches_to_discord_py_s_own_voice_client() -> None:
 
     assert state._socket_reader._callbacks == []
     assert state.hook is None
+
+
+async def test_leaving_ends_listening(room: Room) -> None:
+    server = room.guild.server
+    await listening(room)
+
+    reply = await voice_command(room.guild, "leave", user=server.alice)
+
+    assert reply == f"Left <#{server.voice_channel_id}>."
+    assert room.connection._connection._listeners == []
+    assert room.connection.disconnected

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -129,8 +130,9 @@ class DiscordVoice:
         self._activity = activity
         # Members who said /voice ignore-me, per guild (kept while the process runs).
         self._ignored: dict[int, set[int]] = {}
-        # When an utterance's end was detected, per turn: the benchmark's starting line.
-        self.utterance_ends: dict[int, float] = {}
+        # When the latest utterances ended (time.monotonic()), as (turn id, time): where
+        # bench_voice starts its clock. Bounded: only the last few are kept.
+        self.utterance_ends: deque[tuple[int, float]] = deque(maxlen=32)
         self._marking: set[asyncio.Task[None]] = set()
 
     # --- start and stop -----------------------------------------------------------------
@@ -189,6 +191,8 @@ class DiscordVoice:
                 if session.connection.channel.id == channel.id:
                     await _reply(interaction, f"I am already in {channel.mention}.")
                     return
+                # Listening was allowed for the old channel only.
+                await self._stop_listening(guild.id, session)
                 await session.connection.move_to(channel)
                 await _reply(interaction, f"Moved to {channel.mention}.")
                 return
@@ -455,7 +459,7 @@ class DiscordVoice:
         submission = await self._context.core.submit(incoming, sink)
         if submission is None:
             return
-        self.utterance_ends[submission.turn_id] = heard.ended_at
+        self.utterance_ends.append((submission.turn_id, heard.ended_at))
         # Kept until spoken to the end (the text is often complete long before that).
         answers = [entry for entry in session.answers or [] if _unfinished(*entry)]
         session.answers = [*answers, (sink, submission)]

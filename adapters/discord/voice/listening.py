@@ -111,6 +111,9 @@ class VoiceListener:
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._detectors.clear()
+        if self.receiver is not None:
+            # Counts only: what was heard is never logged.
+            log.info("stopped receiving voice: %s", self.receiver.counts)
 
     def forget_member(self, user_id: int) -> None:
         """An opted-out member: whatever was heard of them so far is dropped."""
