@@ -14,8 +14,9 @@ hears a member ask a question (espeak-ng's voice, Opus, DAVE, RTP) and answers a
 with the instant fakes for transcription, the model and speech. Measured from the end of
 the member's utterance (the moment the pause that ends it is over) to each step and to
 the answer's first RTP packet at the voice server; and, for the whole wait, from the
-member's last packet (which adds `voice.listen_pause_seconds`). Target: under 500 ms
-from the utterance's end.
+member's last packet (which adds `voice.listen_pause_seconds`); and barge-in, from a
+member starting to talk over a long answer to the bot falling silent. Targets: under
+500 ms from the utterance's end; barge-in within 200 ms.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import statistics
 import sys
@@ -35,6 +37,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from botservice.adapters.discord import create_adapter
+from botservice.adapters.discord.voice.connection import DiscordVoice
 from botservice.app.config import load_settings
 from botservice.core.conversation import ConversationCore
 from botservice.core.ports import ChatRequest
@@ -48,6 +51,7 @@ from botservice.voice.pipeline import Utterance, VoiceSpeaker
 from botservice.voice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechEngine
 from tests.fakes.discord_server import FakeDiscordServer
 from tests.fakes.discord_voice_gateway import FakeVoiceGateway
+from tests.fakes.discord_voice_server import SimulatedMember
 from tests.fakes.model_server import FakeModelServer
 from tests.voice.spoken_audio import spoken
 
@@ -57,6 +61,7 @@ ANSWER = (
 )
 TARGET_MS = 300.0
 LISTEN_TARGET_MS = 500.0
+BARGE_IN_TARGET_MS = 200.0
 CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "botservice.toml")
 QUESTION = "What is the weather like in Paris today?"
 RTF_SENTENCES = [
@@ -242,6 +247,9 @@ async def listening_latency(runs: int) -> dict[str, list[float]]:
             await core.drain()
             await voice.speakers.get(server.guild_id).wait_done()  # type: ignore[union-attr]
             await asyncio.sleep(0.3)
+        rows["barge-in: member starts talking -> the bot's audio stops"] = await barge_in(
+            runs, server, model_server, gateway, member, voice, core
+        )
     finally:
         await core.drain()
         await adapter.stop()
@@ -254,6 +262,46 @@ async def listening_latency(runs: int) -> dict[str, list[float]]:
     return rows
 
 
+async def barge_in(
+    runs: int,
+    server: FakeDiscordServer,
+    model_server: FakeModelServer,
+    gateway: FakeVoiceGateway,
+    member: SimulatedMember,
+    voice: DiscordVoice,
+    core: ConversationCore,
+) -> list[float]:
+    """While a long answer plays, the member says "Stop, stop." in real time: from their
+    first packet to the last packet of the bot's audio before it falls silent."""
+    speaker = voice.speakers.get(server.guild_id)
+    assert speaker is not None
+    model_server.answer = lambda body: " ".join(f"This is sentence {n}." for n in range(12))
+    question, interruption = spoken(QUESTION), spoken("Stop, stop.")
+    samples: list[float] = []
+    for run in range(runs + 1):
+        before = len(gateway.bot_packets)
+        gateway.speak(member, question)
+        await server.wait_until(
+            lambda before=before: len(gateway.bot_packets) > before + 50, 30, "a long answer"
+        )
+        talking_at = await gateway.speak_in_real_time(member, interruption)
+        await asyncio.sleep(0.5)
+        times = [t for t in gateway.bot_packet_times[before:] if t >= talking_at - 0.02]
+        stopped_at = next(
+            (t for t, later in itertools.pairwise(times) if later - t > 0.1),
+            times[-1] if times else talking_at,
+        )
+        if run:
+            samples.append(stopped_at - talking_at)
+        # "Stop, stop." is answered too; that answer is cut here, not measured.
+        heard = len(voice.utterance_ends)
+        await server.wait_until(lambda heard=heard: len(voice.utterance_ends) > heard, 30)
+        await core.drain()
+        await speaker.interrupt()
+        await asyncio.sleep(0.3)
+    return samples
+
+
 def print_listening(rows: dict[str, list[float]]) -> bool:
     runs = len(next(iter(rows.values())))
     print()
@@ -263,7 +311,9 @@ def print_listening(rows: dict[str, list[float]]) -> bool:
     )
     print()
     print("Rows from the end of the member's utterance (the pause that ends it is over),")
-    print("except the last, from their last packet (which adds voice.listen_pause_seconds).")
+    print("then from their last packet (which adds voice.listen_pause_seconds), then")
+    print("barge-in: from the first packet of a member talking over a long answer, sent")
+    print("in real time, to the bot's last audio packet before it falls silent.")
     print()
     print(f"| {'measured':<56} | {'median':>8} | {'p95':>8} | {'max':>8} |")
     print(f"|{'-' * 58}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
@@ -278,7 +328,13 @@ def print_listening(rows: dict[str, list[float]]) -> bool:
         f"Target (first frame within {LISTEN_TARGET_MS:.0f} ms of the utterance's end): "
         f"{'met' if met else 'MISSED'} (median {statistics.median(end):.0f} ms, p95 {percentile(end, 0.95):.0f} ms)"
     )
-    return met
+    barge = [s * 1000 for s in rows["barge-in: member starts talking -> the bot's audio stops"]]
+    barged = percentile(barge, 0.95) <= BARGE_IN_TARGET_MS
+    print(
+        f"Target (barge-in: the bot silent within {BARGE_IN_TARGET_MS:.0f} ms): "
+        f"{'met' if barged else 'MISSED'} (median {statistics.median(barge):.0f} ms, p95 {percentile(barge, 0.95):.0f} ms)"
+    )
+    return met and barged
 
 
 async def main(runs: int, chunk_delay: float, listen_runs: int = 0) -> int:

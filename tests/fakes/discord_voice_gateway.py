@@ -226,6 +226,14 @@ class FakeVoiceGateway:
     def speak(self, member: SimulatedMember, pcm: bytes, *, silence_frames: int = 5) -> None:
         self.send(self.speech(member, pcm, silence_frames=silence_frames))
 
+    async def speak_in_real_time(self, member: SimulatedMember, pcm: bytes) -> float:
+        """One packet every 20 ms, as a client talks; returns when the first was sent."""
+        started = time.monotonic()
+        for index, datagram in enumerate(self.speech(member, pcm)):
+            self.send([datagram])
+            await asyncio.sleep(max(0.0, started + (index + 1) * 0.02 - time.monotonic()))
+        return started
+
     async def _commit(self, bot: _Bot, proposals: bytes) -> tuple[bytes, bytes | None]:
         """Proposals to the bot (op 27), its commit back (op 28), announced with a transition
         (op 29, op 23, op 22); the members process the same commit."""
