@@ -225,7 +225,7 @@ async def listening_latency(runs: int) -> dict[str, list[float]]:
         member = await gateway.member_joins(int(server.bob.id), ssrc=9001)
         for run in range(runs + 1):  # run 0 warms up
             packets_before = len(gateway.bot_packets)
-            ends_before = len(voice.utterance_ends)
+            last_before = latest_turn(voice)
             gateway.speak(member, question)
             last_packet_at = time.monotonic()
             await server.wait_until(
@@ -234,8 +234,8 @@ async def listening_latency(runs: int) -> dict[str, list[float]]:
                 "the answer spoken",
             )
             first_packet_at = gateway.bot_packet_times[packets_before]
-            assert len(voice.utterance_ends) == ends_before + 1
-            _, ended = voice.utterance_ends[-1]
+            turn, ended = voice.utterance_ends[-1]
+            assert turn != last_before, "the answer came before the question was heard"
             if run:
                 rows["-> transcription request"].append(
                     first_request("/audio/transcriptions", ended) - ended
@@ -260,6 +260,11 @@ async def listening_latency(runs: int) -> dict[str, list[float]]:
         await model_server.stop()
         folder.cleanup()
     return rows
+
+
+def latest_turn(voice: DiscordVoice) -> int | None:
+    """The turn of the last utterance heard (`utterance_ends` keeps only the latest few)."""
+    return voice.utterance_ends[-1][0] if voice.utterance_ends else None
 
 
 async def barge_in(
@@ -294,8 +299,8 @@ async def barge_in(
         if run:
             samples.append(stopped_at - talking_at)
         # "Stop, stop." is answered too; that answer is cut here, not measured.
-        heard = len(voice.utterance_ends)
-        await server.wait_until(lambda heard=heard: len(voice.utterance_ends) > heard, 30)
+        heard = latest_turn(voice)
+        await server.wait_until(lambda heard=heard: latest_turn(voice) != heard, 30)
         await core.drain()
         await speaker.interrupt()
         await asyncio.sleep(0.3)
