@@ -56,7 +56,7 @@ class VoiceSettings(BaseModel):
     # Voice activity probability (silero) above which a 32 ms window is speech.
     listen_speech_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     # Speech this long in a row starts an utterance (and interrupts the bot's speech).
-    listen_min_speech_seconds: float = Field(default=0.06, ge=0.03, le=1.0)
+    listen_min_speech_seconds: float = Field(default=0.03, ge=0.03, le=1.0)
     # An utterance is cut and sent off after this long even if the member talks on.
     listen_max_utterance_seconds: float = Field(default=30.0, ge=1.0, le=300.0)
 

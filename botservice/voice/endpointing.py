@@ -47,7 +47,7 @@ def silero_activity() -> VoiceActivity:
 class EndpointingSettings:
     pause_seconds: float = 0.7
     threshold: float = 0.5
-    min_speech_seconds: float = 0.06
+    min_speech_seconds: float = 0.03
     max_utterance_seconds: float = 30.0
 
     @classmethod

@@ -97,3 +97,17 @@ def test_silence_and_noise_are_no_utterance(clock: AudioClock) -> None:
     noise = (np.random.default_rng(7).normal(0, 300, 48_000 * 2 * 2)).astype("<i2").tobytes()
 
     assert listen(detector(clock), clock, silence(1.0) + noise) == []
+
+
+def test_a_click_or_a_knock_is_no_utterance(clock: AudioClock) -> None:
+    import numpy as np
+
+    t = np.arange(480) / 48_000
+    knock = (np.sign(np.sin(2 * np.pi * 1000 * t)) * 20000).astype("<i2")
+    click = np.repeat(knock, 2).tobytes()  # 10 ms, full of high harmonics
+
+    events = listen(
+        detector(clock), clock, silence(0.5) + click + silence(0.5) + click + silence(1.0)
+    )
+
+    assert events == []
