@@ -2,11 +2,21 @@
 frame handed to playback, with the local engine (espeak-ng) and with a speech endpoint (the
 fake model server's `/audio/speech`), plus the local engine's real-time factor.
 
-    python -m bench.bench_voice [--runs 60] [--chunk-delay 0.01]
+    python -m bench.bench_voice [--runs 60] [--chunk-delay 0.01] [--listen-runs 30]
 
 The fake model server runs as its own process and streams the answer word by word
 through the project's model client, as a real endpoint would. Target: the first frame
 within 300 ms of the first sentence with the local engine.
+
+Listening (pipeline mode): the whole bot (real discord.py against the fake Discord, its
+own VoiceClient on the fake voice gateway: TLS websocket, DAVE group, UDP on loopback)
+hears a member ask a question (espeak-ng's voice, Opus, DAVE, RTP) and answers aloud,
+with the instant fakes for transcription, the model and speech. Measured from the end of
+the member's utterance (the moment the pause that ends it is over) to each step and to
+the answer's first RTP packet at the voice server; and, for the whole wait, from the
+member's last packet (which adds `voice.listen_pause_seconds`); and barge-in, from a
+member starting to talk over a long answer to the bot falling silent. Targets: under
+500 ms from the utterance's end; barge-in within 200 ms.
 """
 
 from __future__ import annotations
@@ -14,24 +24,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import aiohttp
+from pydantic import SecretStr
+
+from botservice.adapters.discord import create_adapter
+from botservice.adapters.discord.voice.connection import DiscordVoice
+from botservice.app.config import load_settings
+from botservice.core.conversation import ConversationCore
 from botservice.core.ports import ChatRequest
-from botservice.core.settings import ModelSettings
+from botservice.core.settings import DiscordSettings, ModelSettings
 from botservice.model.client import OpenAIChatClient
+from botservice.storage.engine import create_engine
+from botservice.storage.migrate import upgrade
+from botservice.storage.repository import SqlStore
 from botservice.voice.audio import FRAME_SECONDS, decode_frames
 from botservice.voice.pipeline import Utterance, VoiceSpeaker
 from botservice.voice.speech import EspeakSpeechEngine, OpenAISpeechEngine, SpeechEngine
+from tests.fakes.discord_server import FakeDiscordServer
+from tests.fakes.discord_voice_gateway import FakeVoiceGateway
+from tests.fakes.discord_voice_server import SimulatedMember
+from tests.fakes.model_server import FakeModelServer
+from tests.voice.spoken_audio import spoken
 
 ANSWER = (
     "Sure, here is the forecast for tomorrow. It will be sunny and warm in the afternoon, "
     "with a light breeze from the west. Bring water if you go hiking."
 )
 TARGET_MS = 300.0
+LISTEN_TARGET_MS = 500.0
+BARGE_IN_TARGET_MS = 200.0
+CONFIG = str(Path(__file__).resolve().parent.parent / "config" / "botservice.toml")
+QUESTION = "What is the weather like in Paris today?"
 RTF_SENTENCES = [
     "Sure, here is the forecast for tomorrow.",
     "It will be sunny and warm in the afternoon, with a light breeze from the west.",
@@ -115,7 +147,202 @@ async def start_fake_server(chunk_delay: float) -> tuple[asyncio.subprocess.Proc
     return process, line.removeprefix("READY ")
 
 
-async def main(runs: int, chunk_delay: float) -> int:
+async def listening_latency(runs: int) -> dict[str, list[float]]:
+    """See the module docstring. Each row is measured from the end of the utterance (the
+    endpointer's decision) except the last, from the member's last packet."""
+    model_server = FakeModelServer()
+    await model_server.start()
+    server = FakeDiscordServer()
+    await server.start()
+    gateway = FakeVoiceGateway(int(server.voice_channel_id))
+    await gateway.start()
+    server.voice_endpoint = gateway.endpoint
+    folder = tempfile.TemporaryDirectory()
+    url = f"sqlite+aiosqlite:///{folder.name}/bench.db"
+    await upgrade(url)
+    store = SqlStore(create_engine(url))
+    settings = load_settings(
+        {
+            "OPENAI_BASE_URL": model_server.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "DATABASE_URL": url,
+            "BOTSERVICE_CONFIG": CONFIG,
+            "BOTSERVICE_LIMITS__MESSAGES_PER_MINUTE": "0",
+        }
+    )
+    settings = settings.model_copy(
+        update={
+            "discord": DiscordSettings(
+                token=SecretStr(server.token),
+                api_url=server.api_url,
+                gateway_url=server.gateway_url,
+            ),
+            "voice": settings.voice.model_copy(update={"speech_model": "tts-1"}),
+        }
+    )
+    model = OpenAIChatClient(settings.model)
+    core = ConversationCore(settings=settings, store=store, model=model)
+    adapter = create_adapter(
+        settings,
+        core,
+        store,
+        guild_ready_timeout=0.05,
+        http_connector=lambda: aiohttp.TCPConnector(ssl=gateway.client_ssl),
+    )
+    await adapter.start()
+    voice = adapter.voice
+    assert voice is not None
+    question = spoken(QUESTION)
+    rows: dict[str, list[float]] = {
+        "-> transcription request": [],
+        "-> chat request": [],
+        "-> speech request": [],
+        "-> first answer packet at the voice server": [],
+        "last packet -> first answer packet": [],
+    }
+
+    def first_request(path: str, after: float) -> float:
+        return min(
+            r.received_at
+            for r in model_server.requests
+            if r.path.endswith(path) and r.received_at >= after
+        )
+
+    try:
+        await server.join_voice(server.alice)
+        await server.join_voice(server.bob)
+        for name in ("join", "listen"):
+            command = {"name": name, "type": 1, "options": []}
+            await server.send_command("voice", [command], user=server.alice)
+            await gateway.bot_connected()
+        await server.wait_until(
+            lambda: any(
+                "Listening in" in str(m["content"])
+                for m in server.bot_messages(server.voice_channel_id)
+            ),
+            what="listening",
+        )
+        member = await gateway.member_joins(int(server.bob.id), ssrc=9001)
+        for run in range(runs + 1):  # run 0 warms up
+            packets_before = len(gateway.bot_packets)
+            last_before = latest_turn(voice)
+            gateway.speak(member, question)
+            last_packet_at = time.monotonic()
+            await server.wait_until(
+                lambda before=packets_before: len(gateway.bot_packets) > before,
+                30,
+                "the answer spoken",
+            )
+            first_packet_at = gateway.bot_packet_times[packets_before]
+            turn, ended = voice.utterance_ends[-1]
+            assert turn != last_before, "the answer came before the question was heard"
+            if run:
+                rows["-> transcription request"].append(
+                    first_request("/audio/transcriptions", ended) - ended
+                )
+                rows["-> chat request"].append(first_request("/chat/completions", ended) - ended)
+                rows["-> speech request"].append(first_request("/audio/speech", ended) - ended)
+                rows["-> first answer packet at the voice server"].append(first_packet_at - ended)
+                rows["last packet -> first answer packet"].append(first_packet_at - last_packet_at)
+            await core.drain()
+            await voice.speakers.get(server.guild_id).wait_done()  # type: ignore[union-attr]
+            await asyncio.sleep(0.3)
+        rows["barge-in: member starts talking -> the bot's audio stops"] = await barge_in(
+            runs, server, model_server, gateway, member, voice, core
+        )
+    finally:
+        await core.drain()
+        await adapter.stop()
+        await model.aclose()
+        await store.aclose()
+        await gateway.close()
+        await server.close()
+        await model_server.stop()
+        folder.cleanup()
+    return rows
+
+
+def latest_turn(voice: DiscordVoice) -> int | None:
+    """The turn of the last utterance heard (`utterance_ends` keeps only the latest few)."""
+    return voice.utterance_ends[-1][0] if voice.utterance_ends else None
+
+
+async def barge_in(
+    runs: int,
+    server: FakeDiscordServer,
+    model_server: FakeModelServer,
+    gateway: FakeVoiceGateway,
+    member: SimulatedMember,
+    voice: DiscordVoice,
+    core: ConversationCore,
+) -> list[float]:
+    """While a long answer plays, the member says "Stop, stop." in real time: from their
+    first packet to the last packet of the bot's audio before it falls silent."""
+    speaker = voice.speakers.get(server.guild_id)
+    assert speaker is not None
+    model_server.answer = lambda body: " ".join(f"This is sentence {n}." for n in range(12))
+    question, interruption = spoken(QUESTION), spoken("Stop, stop.")
+    samples: list[float] = []
+    for run in range(runs + 1):
+        before = len(gateway.bot_packets)
+        gateway.speak(member, question)
+        await server.wait_until(
+            lambda before=before: len(gateway.bot_packets) > before + 50, 30, "a long answer"
+        )
+        talking_at = await gateway.speak_in_real_time(member, interruption)
+        await asyncio.sleep(0.5)
+        times = [t for t in gateway.bot_packet_times[before:] if t >= talking_at - 0.02]
+        stopped_at = next(
+            (t for t, later in itertools.pairwise(times) if later - t > 0.1),
+            times[-1] if times else talking_at,
+        )
+        if run:
+            samples.append(stopped_at - talking_at)
+        # "Stop, stop." is answered too; that answer is cut here, not measured.
+        heard = latest_turn(voice)
+        await server.wait_until(lambda heard=heard: latest_turn(voice) != heard, 30)
+        await core.drain()
+        await speaker.interrupt()
+        await asyncio.sleep(0.3)
+    return samples
+
+
+def print_listening(rows: dict[str, list[float]]) -> bool:
+    runs = len(next(iter(rows.values())))
+    print()
+    print(
+        "Listening (pipeline mode, instant fakes, discord.py's VoiceClient on the fake voice "
+        f"gateway): a member's question to the answer's first audio ({runs} runs)"
+    )
+    print()
+    print("Rows from the end of the member's utterance (the pause that ends it is over),")
+    print("then from their last packet (which adds voice.listen_pause_seconds), then")
+    print("barge-in: from the first packet of a member talking over a long answer, sent")
+    print("in real time, to the bot's last audio packet before it falls silent.")
+    print()
+    print(f"| {'measured':<56} | {'median':>8} | {'p95':>8} | {'max':>8} |")
+    print(f"|{'-' * 58}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
+    for name, samples in rows.items():
+        ms = [sample * 1000 for sample in samples]
+        print(
+            f"| {name:<56} | {statistics.median(ms):>5.0f} ms | {percentile(ms, 0.95):>5.0f} ms | {max(ms):>5.0f} ms |"
+        )
+    end = [s * 1000 for s in rows["-> first answer packet at the voice server"]]
+    met = percentile(end, 0.95) < LISTEN_TARGET_MS
+    print(
+        f"Target (first frame within {LISTEN_TARGET_MS:.0f} ms of the utterance's end): "
+        f"{'met' if met else 'MISSED'} (median {statistics.median(end):.0f} ms, p95 {percentile(end, 0.95):.0f} ms)"
+    )
+    barge = [s * 1000 for s in rows["barge-in: member starts talking -> the bot's audio stops"]]
+    barged = percentile(barge, 0.95) <= BARGE_IN_TARGET_MS
+    print(
+        f"Target (barge-in: the bot silent within {BARGE_IN_TARGET_MS:.0f} ms): "
+        f"{'met' if barged else 'MISSED'} (median {statistics.median(barge):.0f} ms, p95 {percentile(barge, 0.95):.0f} ms)"
+    )
+    return met and barged
+
+
+async def main(runs: int, chunk_delay: float, listen_runs: int = 0) -> int:
     server, base_url = await start_fake_server(chunk_delay)
     model = OpenAIChatClient(ModelSettings(base_url=base_url))
     engines: list[tuple[str, SpeechEngine]] = [
@@ -162,7 +389,10 @@ async def main(runs: int, chunk_delay: float) -> int:
         f"Target (local engine, first frame within {TARGET_MS:.0f} ms of the first sentence): "
         f"{verdict} (median {local_median:.1f} ms, p99 {local_p99:.1f} ms)"
     )
-    return 0 if verdict == "met" else 1
+    listened = True
+    if listen_runs:
+        listened = print_listening(await listening_latency(listen_runs))
+    return 0 if verdict == "met" and listened else 1
 
 
 if __name__ == "__main__":
@@ -171,5 +401,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--chunk-delay", type=float, default=0.01, help="seconds between streamed words"
     )
+    parser.add_argument(
+        "--listen-runs", type=int, default=30, help="questions asked aloud (0: skip listening)"
+    )
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.runs, args.chunk_delay)))
+    sys.exit(asyncio.run(main(args.runs, args.chunk_delay, args.listen_runs)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Connection,
     select,
+    update,
 )
 
 from botservice.core.events import ConversationKey
@@ -68,3 +69,16 @@ class SqlLookups(StoreBase):
             return None
 
         return await self._read(work)
+
+    async def mark_answer_unspoken(self, turn_id: int, text: str) -> bool:
+        answered = select(_t.user_message_id).where(_t.id == turn_id).scalar_subquery()
+        statement = (
+            update(MESSAGES)
+            .where(_m.role == "assistant", _m.reply_to_id == answered)
+            .values(text=text, status="interrupted")
+        )
+
+        def work(connection: Connection) -> bool:
+            return connection.execute(statement).rowcount > 0
+
+        return await self._write(work)

@@ -670,3 +670,21 @@ async def test_settings_read_after_every_kind_of_change_are_current(store: SqlSt
     assert (await store.channel_settings("test", "W1", "C1")).model == "m-workspace"
     await store.forget_workspace("test", "W1")
     assert await store.channel_settings("test", "W1", "C1") == ChannelSettings()
+
+
+async def test_an_answer_talked_over_is_stored_with_what_was_not_spoken_marked(
+    store: SqlStore,
+) -> None:
+    turn = await ask(store, "k1", text="Tell me everything.")
+    answer_id = await answer(store, turn, text="First part. Second part.")
+    assert answer_id is not None
+
+    marked = await store.mark_answer_unspoken(
+        turn.turn_id, "First part. (not spoken:) Second part."
+    )
+    unanswered = await ask(store, "k2")
+
+    stored = await store.message_text(answer_id)
+    assert marked and stored is not None
+    assert stored.text == "First part. (not spoken:) Second part."
+    assert not await store.mark_answer_unspoken(unanswered.turn_id, "anything")

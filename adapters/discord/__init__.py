@@ -9,9 +9,10 @@ registered separately with `sync_commands` (`botservice discord sync-commands`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import aiohttp
 import discord
 
 from botservice.adapters.discord.adapter import DiscordAdapter
@@ -35,9 +36,12 @@ def create_adapter(
     guild_ready_timeout: float = 2.0,
     voice: bool = True,
     voice_connect_cls: type[discord.VoiceProtocol] = discord.VoiceClient,
+    http_connector: Callable[[], aiohttp.BaseConnector] | None = None,
 ) -> DiscordAdapter:
     """With `voice` (the default) the `/voice` commands join the tree through `extensions`'
-    seam; `voice_connect_cls` is the `discord.VoiceProtocol` voice connects with."""
+    seam; `voice_connect_cls` is the `discord.VoiceProtocol` voice connects with;
+    `http_connector` makes the aiohttp connector discord.py connects with (tests: one that
+    trusts the fake voice gateway's certificate)."""
     return DiscordAdapter(
         settings,
         core,
@@ -46,4 +50,5 @@ def create_adapter(
         guild_ready_timeout=guild_ready_timeout,
         voice=voice,
         voice_connect_cls=voice_connect_cls,
+        http_connector=http_connector,
     )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -66,6 +66,7 @@ class DiscordAdapter:
         voice: bool = True,
         voice_connect_cls: type[discord.VoiceProtocol] = discord.VoiceClient,
         speech_engine: SpeechEngine | None = None,
+        http_connector: Callable[[], aiohttp.BaseConnector] | None = None,
     ) -> None:
         self.settings = settings
         self.context = DiscordContext(settings=settings, core=core, lookups=lookups)
@@ -90,11 +91,13 @@ class DiscordAdapter:
                 self.interactions,
                 connect_cls=voice_connect_cls,
                 engine=speech_engine,
+                transcriber=self.hearing.transcriber,
             )
             self.context.voice = self.voice
             extensions = (voice_extension(self.voice), *extensions)
         self._extensions = tuple(extensions)
         self._guild_ready_timeout = guild_ready_timeout
+        self._http_connector = http_connector
         self._start_timeout = start_timeout
         self._client: BotClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -124,6 +127,7 @@ class DiscordAdapter:
             on_confirmation=self.confirmations.on_click,
             guild_ready_timeout=self._guild_ready_timeout,
             telemetry=self.context.core.telemetry,
+            connector=self._http_connector() if self._http_connector is not None else None,
         )
         self._client = client
         self.context.client = client

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord.gateway import DiscordWebSocket
@@ -182,7 +183,11 @@ def make_client(
     on_confirmation: ConfirmationHook | None = None,
     guild_ready_timeout: float = 2.0,
     telemetry: Telemetry = NO_TELEMETRY,
+    connector: aiohttp.BaseConnector | None = None,
 ) -> BotClient:
+    """`connector`: the HTTP connector of discord.py's REST and websocket connections (a
+    test passes one that trusts its voice gateway's certificate: discord.py always dials
+    the voice gateway with `wss://`)."""
     configure_endpoints(settings)
     options: dict[str, Any] = {
         "intents": bot_intents(),
@@ -192,6 +197,8 @@ def make_client(
         "allowed_mentions": discord.AllowedMentions.none(),
         "telemetry": telemetry,
     }
+    if connector is not None:
+        options["connector"] = connector
     if settings.shard_count is None:
         return BotClient(
             on_message=on_message,

@@ -661,6 +661,11 @@ class Lookups(Protocol):
         """Delete a workspace's conversations, messages and settings. Returns conversations deleted."""
         ...
 
+    async def mark_answer_unspoken(self, turn_id: int, text: str) -> bool:
+        """Replace the stored answer of a turn with `text`, which marks the part a listener
+        interrupted before it was spoken aloud. False when the turn has no stored answer."""
+        ...
+
 
 class PurgeStore(Protocol):
     """Expiry (`botservice.app.expiry`): what has expired goes, in batches."""

@@ -47,6 +47,18 @@ class VoiceSettings(BaseModel):
     # A sentence with no end in sight is cut at a comma or space after this many
     # characters, so speech does not wait on a run-on paragraph.
     max_sentence_chars: int = Field(default=300, ge=40)
+    # How the bot answers members talking in a voice channel it listens in (`/voice
+    # listen`): "pipeline" detects each member's utterances, transcribes them and
+    # speaks the core's answer. ("realtime", speech to speech, is not built yet.)
+    mode: Literal["pipeline"] = "pipeline"
+    # A member's utterance ends after this long without speech.
+    listen_pause_seconds: float = Field(default=0.7, ge=0.1, le=5.0)
+    # Voice activity probability (silero) above which a 32 ms window is speech.
+    listen_speech_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Speech this long in a row starts an utterance (and interrupts the bot's speech).
+    listen_min_speech_seconds: float = Field(default=0.03, ge=0.03, le=1.0)
+    # An utterance is cut and sent off after this long even if the member talks on.
+    listen_max_utterance_seconds: float = Field(default=30.0, ge=1.0, le=300.0)
 
     @property
     def uses_endpoint(self) -> bool:

@@ -105,6 +105,8 @@ class SpokenAnswer:
         self._finished = False
         self.cancelled = False
         self.sentences: list[str] = []
+        # The sentences played to the end, in order: what a listener actually heard.
+        self.spoken: list[str] = []
 
     def feed(self, delta: str) -> None:
         self._say(self._splitter.feed(delta))
@@ -156,7 +158,7 @@ class VoiceSpeaker:
         self._answers: asyncio.Queue[SpokenAnswer] = asyncio.Queue()
         # At most one sentence waits decoded while another plays: enough to play
         # without gaps, little to throw away on an interruption.
-        self._ready: asyncio.Queue[tuple[str, _Prefetch]] = asyncio.Queue(maxsize=1)
+        self._ready: asyncio.Queue[tuple[SpokenAnswer, str, _Prefetch]] = asyncio.Queue(maxsize=1)
         self._live: set[_Prefetch] = set()
         self._open_answers: list[SpokenAnswer] = []
         self._synth_task: asyncio.Task[None] | None = None
@@ -291,14 +293,14 @@ class VoiceSpeaker:
                     continue
                 prefetch = _Prefetch(audio, self.ffmpeg)
                 self._live.add(prefetch)
-                await self._ready.put((sentence, prefetch))
+                await self._ready.put((answer, sentence, prefetch))
             if answer in self._open_answers:
                 self._open_answers.remove(answer)
             self._sentence_done()  # the answer itself
 
     async def _play_loop(self) -> None:
         while True:
-            sentence, prefetch = await self._ready.get()
+            answer, sentence, prefetch = await self._ready.get()
             try:
                 async with contextlib.aclosing(prefetch.frames()) as frames:
                     await self.playback(Utterance(sentence, frames))
@@ -310,6 +312,7 @@ class VoiceSpeaker:
                 await self._report(AudioError("unexpected playback failure"))
             else:
                 self._last_error = None
+                answer.spoken.append(sentence)
             finally:
                 await prefetch.aclose()
                 self._live.discard(prefetch)

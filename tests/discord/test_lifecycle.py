@@ -131,7 +131,14 @@ async def test_sync_commands_sends_the_command_tree_to_a_guild(
         ("voice", False),
         ("model", False),
     ]
-    assert {o["name"] for o in sent["voice"]["options"]} == {"join", "leave", "stop", "ask"}
+    assert {o["name"] for o in sent["voice"]["options"]} == {
+        "join",
+        "leave",
+        "stop",
+        "ask",
+        "listen",
+        "ignore-me",
+    }
     assert {o["name"] for o in sent["tools"]["options"]} == {"show", "enable", "disable"}
     # Nothing but the sync: no gateway connection, no other writes.
     assert discord_server.identifies == []

@@ -139,6 +139,8 @@ class FakeDiscordServer:
         self.voice_states: dict[str, str] = {}
         # The bot's op-4 requests: (guild id, channel id or None).
         self.voice_requests: list[tuple[str, str | None]] = []
+        # Where VOICE_SERVER_UPDATE sends the bot (tests/fakes/discord_voice_gateway.py).
+        self.voice_endpoint = "127.0.0.1:1"
         # Deny the bot Connect and Speak in the voice channel.
         self.bot_voice_denied = False
         self.attachments: dict[str, tuple[str, bytes]] = {}
@@ -821,6 +823,7 @@ class FakeDiscordServer:
         guild_id, channel_id = str(data["guild_id"]), data.get("channel_id")
         channel_id = str(channel_id) if channel_id else None
         self.voice_requests.append((guild_id, channel_id))
+        moved = self.voice_states.get(self.bot.id) != channel_id
         if channel_id is None:
             self.voice_states.pop(self.bot.id, None)
         else:
@@ -828,10 +831,11 @@ class FakeDiscordServer:
         state = self.voice_state_payload(self.bot, channel_id)
         state["self_deaf"] = bool(data.get("self_deaf"))
         await session.send_dispatch("VOICE_STATE_UPDATE", state)
-        if channel_id is not None:
+        # Only a join or a move brings a voice server; (un)deafening in place does not.
+        if channel_id is not None and moved:
             await session.send_dispatch(
                 "VOICE_SERVER_UPDATE",
-                {"token": "voice-token", "guild_id": guild_id, "endpoint": "127.0.0.1:1"},
+                {"token": "voice-token", "guild_id": guild_id, "endpoint": self.voice_endpoint},
             )
         self._call_event.set()
 

@@ -5,11 +5,18 @@
 voice server, so nothing goes over UDP. Audio is played by discord.py's real
 `AudioPlayer` thread and Opus-encoded by its real encoder; the packets are kept.
 Every connection made is listed in `FakeVoiceConnection.made`.
+
+For receiving, the connection carries what the adapter reads of discord.py 2.7.1's
+`VoiceConnectionState` (`_connection`): a real UDP socket on 127.0.0.1 read by a thread
+that hands each datagram to the socket listeners, as discord.py's `SocketReader` does;
+the websocket hook; and a real `davey.DaveSession` that the fake voice server
+(tests/fakes/discord_voice_server.py) keys into its DAVE group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +88,63 @@ class RecordedAudio:
             return [packet for packet in self.packets if packet != SILENCE_PACKET]
 
 
+async def _no_hook(*args: Any) -> None:
+    return None
+
+
+class _FakeVoiceGatewaySocket:
+    """The voice websocket as the receive path sees it: the hook it calls per message."""
+
+    def __init__(self) -> None:
+        self._hook: Callable[..., Any] = _no_hook
+
+
+class FakeVoiceConnectionState:
+    """The parts of discord.py's `VoiceConnectionState` a receiving bot reads."""
+
+    def __init__(self, user_id: int, channel_id: int) -> None:
+        import davey  # type: ignore[import-not-found,unused-ignore]
+
+        self.dave_protocol_version: int = davey.DAVE_PROTOCOL_VERSION
+        self.dave_session: Any = davey.DaveSession(self.dave_protocol_version, user_id, channel_id)
+        self.hook: Callable[..., Any] | None = None
+        self.ws = _FakeVoiceGatewaySocket()
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.05)
+        self.address: tuple[str, int] = self.socket.getsockname()
+        self._listeners: list[Callable[[bytes], Any]] = []
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True, name="fake-socket-reader")
+        self._reader.start()
+
+    def add_socket_listener(self, callback: Callable[[bytes], Any]) -> None:
+        self._listeners.append(callback)
+
+    def remove_socket_listener(self, callback: Callable[[bytes], Any]) -> None:
+        self._listeners.remove(callback)
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        """A JSON message from the voice gateway, passed to the hook as discord.py does."""
+        await self.ws._hook(self.ws, message)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._reader.join()
+        self.socket.close()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.socket.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for listener in list(self._listeners):
+                listener(data)
+
+
 class FakeVoiceConnection(RecordedAudio, discord.VoiceProtocol):
     made: ClassVar[list[FakeVoiceConnection]] = []
 
@@ -92,6 +156,15 @@ class FakeVoiceConnection(RecordedAudio, discord.VoiceProtocol):
         self.self_deaf = False
         self._joined = asyncio.Event()
         self._connected = threading.Event()
+        # What discord.VoiceClient exposes for receiving; the voice server sets the key.
+        self.mode = "aead_xchacha20_poly1305_rtpsize"
+        self.secret_key: bytes = bytes(32)
+        self.ssrc = 4242
+        user = client.user
+        self._connection = FakeVoiceConnectionState(
+            user.id if user is not None else 0,
+            channel.id,  # type: ignore[attr-defined]
+        )
         FakeVoiceConnection.made.append(self)
 
     # --- VoiceProtocol ---------------------------------------------------------------
@@ -130,6 +203,7 @@ class FakeVoiceConnection(RecordedAudio, discord.VoiceProtocol):
         self.disconnected = True
         self._connected.clear()
         await self.guild.change_voice_state(channel=None)
+        self._connection.close()
         self.cleanup()
 
     async def move_to(self, channel: discord.abc.Snowflake | None) -> None:

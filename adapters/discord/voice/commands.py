@@ -1,4 +1,4 @@
-"""The `/voice` command group: join, leave, stop, ask.
+"""The `/voice` command group: join, leave, stop, ask, listen, ignore-me.
 
 Added to the command tree through its `extensions` seam, so the tree served at run time
 and the one `sync-commands` sends always agree.
@@ -22,6 +22,10 @@ class VoiceHandlers(Protocol):
     async def stop(self, interaction: discord.Interaction) -> None: ...
 
     async def ask(self, interaction: discord.Interaction, prompt: str) -> None: ...
+
+    async def listen(self, interaction: discord.Interaction) -> None: ...
+
+    async def ignore_me(self, interaction: discord.Interaction) -> None: ...
 
 
 def voice_extension(handlers: VoiceHandlers) -> TreeExtension:
@@ -51,6 +55,19 @@ def voice_extension(handlers: VoiceHandlers) -> TreeExtension:
         ) -> None:
             await handlers.ask(interaction, prompt)
 
+        @group.command(
+            name="listen",
+            description="Let the assistant hear this voice channel and answer aloud (managers)",
+        )
+        async def listen(interaction: discord.Interaction) -> None:
+            await handlers.listen(interaction)
+
+        @group.command(
+            name="ignore-me", description="The assistant does not listen to you (again: undo)"
+        )
+        async def ignore_me(interaction: discord.Interaction) -> None:
+            await handlers.ignore_me(interaction)
+
         tree.add_command(group)
 
     return extend
@@ -69,4 +86,10 @@ class NoVoiceHandlers:
         raise RuntimeError("command tree built for syncing only")
 
     async def ask(self, interaction: discord.Interaction, prompt: str) -> None:
+        raise RuntimeError("command tree built for syncing only")
+
+    async def listen(self, interaction: discord.Interaction) -> None:
+        raise RuntimeError("command tree built for syncing only")
+
+    async def ignore_me(self, interaction: discord.Interaction) -> None:
         raise RuntimeError("command tree built for syncing only")

@@ -5,6 +5,14 @@ connected, answers to people in that voice channel (or written in its text chat)
 also spoken there; `/voice ask` answers aloud only. The bot leaves by itself when
 nobody is left in the channel, or after `voice.idle_leave_seconds` without speech.
 Reconnects after network trouble are discord.py's own.
+
+Listening (`/voice listen`, by a channel manager) is off until asked for: then what the
+members say is heard (`listening.VoiceListener`), transcribed, shown in the channel's
+text chat as `🎤 Name: "…"`, stored as that member's message in the voice channel's
+conversation and answered aloud like any message. A member who talks while the bot
+speaks interrupts it, and the stored answer marks what was left unsaid. `/voice
+ignore-me` drops a member's audio before it is decoded; `/voice stop` or leaving ends
+listening.
 """
 
 from __future__ import annotations
@@ -12,20 +20,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import discord
 
+from botservice.adapters.discord import events
 from botservice.adapters.discord.context import DiscordContext
 from botservice.adapters.discord.events import PLATFORM, Place, place_of_interaction
 from botservice.adapters.discord.interactions import DiscordInteractions, defer_response
+from botservice.adapters.discord.sink import ChannelReplySink
 from botservice.adapters.discord.voice.dependencies import check_discord_voice
+from botservice.adapters.discord.voice.listening import VoiceListener
 from botservice.adapters.discord.voice.playback import DiscordPlayback
-from botservice.core.errors import BotServiceError
+from botservice.core.conversation import Submission
+from botservice.core.errors import BotServiceError, TranscriptionError
+from botservice.core.events import IncomingMessage
 from botservice.core.ports import ChannelSettings, ReplySink, SinkAbilities, abilities_of
+from botservice.voice.barge_in import mark_unspoken
+from botservice.voice.endpointing import (
+    EndpointingSettings,
+    UtteranceEnded,
+    VoiceActivity,
+    silero_activity,
+    wav_bytes,
+)
 from botservice.voice.pipeline import SpeakingSink, SpokenAnswer, VoiceSpeaker, VoiceSpeakers
 from botservice.voice.speech import SpeechEngine, create_speech_engine
+from botservice.voice.transcription import NothingHeard, Transcriber
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +58,16 @@ NOT_IN_VOICE = "Join a voice channel first, then use /voice join."
 NOT_CONNECTED = "I am not in a voice channel in this server; use /voice join first."
 CONNECT_TIMED_OUT = "I could not connect to {channel} in time; please try again."
 SPOKEN_NOTE = "\N{SPEAKER WITH THREE SOUND WAVES} Answered aloud in {channel}."
+NOT_A_MANAGER = "Only people who manage this channel can turn listening on."
+LISTEN_ELSEWHERE = "I am in {channel}; run /voice listen there (in it, or in its text chat)."
+LISTENING_NOTICE = (
+    "\N{STUDIO MICROPHONE} Listening in {channel}, as {manager} asked: what people say "
+    "here is transcribed, written in this chat and answered aloud. The audio itself is "
+    "never kept. /voice ignore-me leaves you out; /voice stop ends listening."
+)
+STOPPED_LISTENING = "Stopped listening in {channel}."
+HEARD = '\N{MICROPHONE} {name}: "{text}"'
+MAX_HEARD_CHARS = 1800
 
 
 class VoiceConnection(Protocol):
@@ -59,6 +93,9 @@ class _Session:
     connection: VoiceConnection
     speaker: VoiceSpeaker
     watcher: asyncio.Task[None] | None = None
+    listener: VoiceListener | None = None
+    # Answers to what members said aloud, while they are spoken: a barge-in marks them.
+    answers: list[tuple[ListenedAnswerSink, Submission]] | None = None
 
 
 class DiscordVoice:
@@ -71,6 +108,8 @@ class DiscordVoice:
         *,
         connect_cls: type[discord.VoiceProtocol] = discord.VoiceClient,
         engine: SpeechEngine | None = None,
+        transcriber: Transcriber | None = None,
+        activity: Callable[[], VoiceActivity] = silero_activity,
     ) -> None:
         settings = context.settings
         self._context = context
@@ -87,6 +126,14 @@ class DiscordVoice:
         )
         self._sessions: dict[int, _Session] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._transcriber = transcriber
+        self._activity = activity
+        # Members who said /voice ignore-me, per guild (kept while the process runs).
+        self._ignored: dict[int, set[int]] = {}
+        # When the latest utterances ended (time.monotonic()), as (turn id, time): where
+        # bench_voice starts its clock. Bounded: only the last few are kept.
+        self.utterance_ends: deque[tuple[int, float]] = deque(maxlen=32)
+        self._marking: set[asyncio.Task[None]] = set()
 
     # --- start and stop -----------------------------------------------------------------
 
@@ -144,6 +191,8 @@ class DiscordVoice:
                 if session.connection.channel.id == channel.id:
                     await _reply(interaction, f"I am already in {channel.mention}.")
                     return
+                # Listening was allowed for the old channel only.
+                await self._stop_listening(guild.id, session)
                 await session.connection.move_to(channel)
                 await _reply(interaction, f"Moved to {channel.mention}.")
                 return
@@ -184,7 +233,83 @@ class DiscordVoice:
             return
         speaking = session.speaker.speaking
         await session.speaker.interrupt()
+        if session.listener is not None:
+            await self._stop_listening(interaction.guild_id or 0, session)
+            await _reply(interaction, "Stopped listening" + (" and speaking." if speaking else "."))
+            return
         await _reply(interaction, "Stopped." if speaking else "I was not saying anything.")
+
+    async def listen(self, interaction: discord.Interaction) -> None:
+        if not await defer_response(interaction, ephemeral=True):
+            return
+        guild = interaction.guild
+        member = interaction.user
+        session = self._sessions.get(interaction.guild_id or 0)
+        if guild is None or session is None or not isinstance(member, discord.Member):
+            await _reply(interaction, NOT_CONNECTED)
+            return
+        channel = session.connection.channel
+        in_channel = member.voice is not None and getattr(member.voice.channel, "id", None) == (
+            channel.id
+        )
+        if not (in_channel or interaction.channel_id == channel.id):
+            await _reply(interaction, LISTEN_ELSEWHERE.format(channel=channel.mention))
+            return
+        if not self._manages(member, channel):
+            await _reply(interaction, NOT_A_MANAGER)
+            return
+        if self._transcriber is None:
+            await _reply(interaction, "Listening needs the transcription endpoint, which is off.")
+            return
+        if session.listener is not None:
+            await _reply(interaction, f"I am already listening in {channel.mention}.")
+            return
+        # A bot joins deafened; Discord sends a deafened member no audio.
+        await guild.change_voice_state(channel=channel, self_deaf=False)
+        guild_id = guild.id
+        ignored = self._ignored.setdefault(guild_id, set())
+        listener = VoiceListener(
+            session.connection,
+            settings=EndpointingSettings.of(self._settings),
+            activity=self._activity,
+            ignored=ignored.__contains__,
+            on_speech=lambda user_id: self._member_started_speaking(guild_id, user_id),
+            on_utterance=lambda user_id, heard: self._member_said(guild_id, user_id, heard),
+        )
+        listener.start()
+        session.listener = listener
+        session.answers = []
+        log.info("listening in voice channel %s in guild %s", channel.id, guild_id)
+        await self._post(
+            channel.id,
+            LISTENING_NOTICE.format(channel=channel.mention, manager=member.display_name),
+        )
+        await _reply(interaction, f"Listening in {channel.mention}.")
+
+    async def ignore_me(self, interaction: discord.Interaction) -> None:
+        if not await defer_response(interaction, ephemeral=True):
+            return
+        guild_id = interaction.guild_id
+        if guild_id is None:
+            await _reply(interaction, "Voice works in servers, not in direct messages.")
+            return
+        ignored = self._ignored.setdefault(guild_id, set())
+        user_id = interaction.user.id
+        if user_id in ignored:
+            ignored.discard(user_id)
+            await _reply(
+                interaction, "I will hear you again when I listen in a voice channel here."
+            )
+            return
+        ignored.add(user_id)
+        session = self._sessions.get(guild_id)
+        if session is not None and session.listener is not None:
+            session.listener.forget_member(user_id)
+        await _reply(
+            interaction,
+            "I will not listen to you in this server's voice channels: your audio is "
+            "dropped before it is decoded. /voice ignore-me again undoes it.",
+        )
 
     async def ask(self, interaction: discord.Interaction, prompt: str) -> None:
         session = self._sessions.get(interaction.guild_id or 0)
@@ -243,6 +368,127 @@ class DiscordVoice:
             PLATFORM, place.workspace, place.channel
         )
 
+    # --- listening --------------------------------------------------------------------------
+
+    def _manages(self, member: discord.Member, channel: Any) -> bool:
+        return self._context.core.policy.manages(
+            events.manager_facts(
+                manage_channels=channel.permissions_for(member).manage_channels,
+                user_id=member.id,
+                owner_ids=self._context.owner_ids,
+                guild_owner_id=member.guild.owner_id,
+            )
+        )
+
+    async def _member_started_speaking(self, guild_id: int, user_id: int) -> None:
+        """Barge-in: a member talking over the bot stops it at once."""
+        session = self._sessions.get(guild_id)
+        if session is None or not session.speaker.speaking:
+            return
+        interrupted = [entry for entry in session.answers or [] if _unfinished(*entry)]
+        session.answers = []
+        await session.speaker.interrupt()
+        log.info("a member interrupted the bot's speech in guild %s", guild_id)
+        for sink, submission in interrupted:
+            task = asyncio.create_task(self._mark_unspoken(sink, submission))
+            self._marking.add(task)
+            task.add_done_callback(self._marking.discard)
+
+    async def _mark_unspoken(self, sink: ListenedAnswerSink, submission: Submission) -> None:
+        # The answer may still be being written: mark it once it is stored.
+        await asyncio.shield(submission.answered)
+        answer = sink.answer
+        if answer is None or sink.final_text is None:
+            return
+        marked = mark_unspoken(sink.final_text, answer.spoken)
+        if marked != sink.final_text:
+            await self._context.lookups.mark_answer_unspoken(submission.turn_id, marked)
+
+    async def _member_said(self, guild_id: int, user_id: int, heard: UtteranceEnded) -> None:
+        session = self._sessions.get(guild_id)
+        if session is None or session.listener is None or self._transcriber is None:
+            return
+        if user_id in self._ignored.get(guild_id, set()):
+            return
+        channel = session.connection.channel
+        member = channel.guild.get_member(user_id)
+        if member is None or member.bot:
+            return
+        try:
+            text = await self._transcriber.transcribe(
+                wav_bytes(heard.pcm), filename="speech.wav", content_type="audio/wav"
+            )
+        except NothingHeard:
+            return
+        except TranscriptionError as error:
+            log.warning("transcribing a member in voice channel %s failed: %s", channel.id, error)
+            await self._post(channel.id, error.user_message)
+            return
+        shown = text if len(text) <= MAX_HEARD_CHARS else text[:MAX_HEARD_CHARS] + "…"
+        posted = await self._post(channel.id, HEARD.format(name=member.display_name, text=shown))
+        if posted is None:
+            return
+        place = events.place_of(channel, guild_id)
+        incoming = IncomingMessage(
+            platform=PLATFORM,
+            workspace=place.workspace,
+            channel=place.channel,
+            thread="",
+            user_id=str(user_id),
+            user_name=member.display_name,
+            text=text,
+            message_key=f"voice:{posted}",
+            is_channel_admin=self._manages(member, channel),
+            platform_message_id=str(posted),
+            reply_target={"kind": "message", "channel_id": str(channel.id)},
+        )
+        client = self._context.require_client()
+        written = ChannelReplySink(
+            client.get_partial_messageable(channel.id),
+            reply_to=posted,
+            own_id=client.user.id if client.user is not None else None,
+        )
+        speech = await self._speech_settings(place)
+        sink = ListenedAnswerSink(
+            written,
+            session.speaker,
+            voice=speech.speech_voice,
+            model=speech.speech_model,
+            interrupt=self._settings.interrupt_on_new_question,
+        )
+        submission = await self._context.core.submit(incoming, sink)
+        if submission is None:
+            return
+        self.utterance_ends.append((submission.turn_id, heard.ended_at))
+        # Kept until spoken to the end (the text is often complete long before that).
+        answers = [entry for entry in session.answers or [] if _unfinished(*entry)]
+        session.answers = [*answers, (sink, submission)]
+
+    async def _stop_listening(self, guild_id: int, session: _Session) -> None:
+        listener, session.listener = session.listener, None
+        if listener is None:
+            return
+        await listener.stop()
+        channel = session.connection.channel
+        log.info("stopped listening in voice channel %s in guild %s", channel.id, guild_id)
+        with contextlib.suppress(discord.HTTPException):
+            if session.connection.is_connected():
+                await channel.guild.change_voice_state(channel=channel, self_deaf=True)
+        await self._post(channel.id, STOPPED_LISTENING.format(channel=channel.mention))
+
+    async def _post(self, channel_id: int, text: str) -> int | None:
+        client = self._context.client
+        if client is None:
+            return None
+        try:
+            message = await client.get_partial_messageable(channel_id).send(
+                text, allowed_mentions=discord.AllowedMentions.none()
+            )
+        except discord.HTTPException:
+            log.warning("could not post in the text chat of voice channel %s", channel_id)
+            return None
+        return message.id
+
     # --- leaving by itself ------------------------------------------------------------------
 
     async def on_voice_state_update(
@@ -293,6 +539,9 @@ class DiscordVoice:
         if session is None:
             return
         self._context.core.telemetry.voice_session(PLATFORM, -1)
+        if session.listener is not None:
+            listener, session.listener = session.listener, None
+            await listener.stop()
         watcher = session.watcher
         if watcher is not None and watcher is not asyncio.current_task():
             watcher.cancel()
@@ -320,6 +569,17 @@ class DiscordVoice:
                 )
 
         return report
+
+
+class ListenedAnswerSink(SpeakingSink):
+    """The answer to something a member said aloud: written and spoken, its final text
+    kept so a barge-in can mark what was not spoken."""
+
+    final_text: str | None = None
+
+    async def finish(self, text: str) -> None:
+        self.final_text = text
+        await super().finish(text)
 
 
 class VoiceOnlySink:
@@ -374,6 +634,14 @@ class VoiceOnlySink:
         if self.answer is None:
             self.answer = self.speaker.begin_answer(voice=self.voice, model=self.model)
         return self.answer
+
+
+def _unfinished(sink: ListenedAnswerSink, submission: Submission) -> bool:
+    """Whether an answer to a member may still have words left to speak."""
+    answer = sink.answer
+    if answer is None or answer.cancelled:
+        return answer is None
+    return not submission.answered.done() or len(answer.spoken) < len(answer.sentences)
 
 
 def _has_people(channel: Any, bot_id: int) -> bool:
