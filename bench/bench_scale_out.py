@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from bench.ack_trace import summarize
+from bench.ack_trace import statements_per_reply, summarize
 from tests.db import _find_postgres
 from tests.scale_out import ROOT, Cluster, percentile, proc_cpu_seconds
 
@@ -263,6 +263,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
                 await cluster.settle_deliveries(within=30)
                 sent = time.monotonic()
             await cluster.wait_answered(questions, within=args.run_timeout)
+            answered = time.monotonic()
             bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
             waited_after = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
             row.fakes_cpu = (proc_cpu_seconds(fakes_pid) or 0.0) - fakes_before
@@ -284,7 +285,12 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         row.without_previous = len(cluster.follow_up_order(questions)[1])
 
         if trace is not None:
+            await asyncio.sleep(1.2)  # each bot writes its counts every second
             row.trace = summarize(trace, since=started, until=sent)
+            counted = statements_per_reply(
+                trace, since=started, until=answered, replies=row.replies
+            )
+            row.trace += f"\n{counted}" if counted else ""
 
         if processes >= 2:
             await cluster.quiet(0.5, within=10)

@@ -125,8 +125,11 @@ class _Turn:
     images: tuple[Attachment, ...] = ()
     # Voice messages and clips, heard when the turn is answered (not before it is stored).
     audio: tuple[Attachment, ...] = ()
-    # Answered after a stop or a takeover: something may have been shown already.
+    # Answered after a stop or a takeover, or accepted by another process.
     resumed: bool = False
+    # Claimed before this claim: an earlier holder may have shown something already.
+    # A turn accepted by another process and claimed here first has nothing to find.
+    claimed_before: bool = False
     # When the message was stored: the latencies an operator sees count from here.
     created_at: datetime | None = None
     user_id: str = ""
@@ -511,6 +514,7 @@ class ConversationCore:
                 )
             ),
             resumed=claimed.claims > 1 or accepted is None,
+            claimed_before=claimed.claims > 1,
             created_at=claimed.created_at,
             user_id=claimed.user_id,
         )
@@ -590,7 +594,7 @@ class ConversationCore:
     async def _answer_turn(self, turn: _Turn, sink: ReplySink) -> None:
         store = self._store
         reply_ref = await sink.begin(
-            turn.reply_ref, turn_tag=str(turn.turn_id), resumed=turn.resumed
+            turn.reply_ref, turn_tag=str(turn.turn_id), resumed=turn.claimed_before
         )
         if reply_ref is not None and reply_ref != turn.reply_ref:
             # Saved again with the answer, so an unreachable database is no reason
