@@ -59,6 +59,8 @@ T = TypeVar("T")
 _SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
 MESSAGE_CACHE_SIZE = 20_000
 ACCEPT_POOL_SIZE = 12
+# Connections of a store on a loop other than its home (the accept loop).
+AWAY_POOL_SIZE = 8
 
 _c = CONVERSATIONS.c
 _m = MESSAGES.c
@@ -186,13 +188,18 @@ class StoreBase:
         # The platform waits for `accept` before it gets its acknowledgement (Slack
         # redelivers after 3 s): accepting has a few connections of its own, so it
         # never queues behind the statements of answers being written.
-        self._accept_engine = (
+        self._home_accept_engine = (
             None
             if sqlite_database
             else sibling_engine(engine, pool_size=ACCEPT_POOL_SIZE).execution_options(
                 isolation_level="AUTOCOMMIT"
             )
         )
+        # asyncpg connections belong to the event loop that opened them. The loop the
+        # store is first used on (the main one) has the engines above; another loop
+        # (botservice.core.accept_loop) gets a small engine of its own (PostgreSQL).
+        self._home_loop: asyncio.AbstractEventLoop | None = _running_loop()
+        self._elsewhere: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         thread_engine = sqlite_thread_engine(engine)
         self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
 
@@ -221,10 +228,42 @@ class StoreBase:
     async def aclose(self) -> None:
         if self._worker is not None:
             await self._worker.aclose()
-        if self._accept_engine is not None:
-            await self._accept_engine.dispose()
+        if self._home_accept_engine is not None:
+            await self._home_accept_engine.dispose()
         if self._owns_engine:
             await self._engine.dispose()
+
+    async def leave_loop(self) -> None:
+        """Close the connections this store opened for the running loop, when it is not
+        the store's home loop (called by the accept loop as it stops)."""
+        engine = self._elsewhere.pop(asyncio.get_running_loop(), None)
+        if engine is not None:
+            await engine.dispose()
+
+    def _away_engine(self) -> AsyncEngine | None:
+        """The running loop's own engine, or None on the home loop (or on SQLite, which
+        is only ever used from the home loop)."""
+        if not self._shared:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._home_loop is None:
+            self._home_loop = loop
+        if loop is self._home_loop:
+            return None
+        engine = self._elsewhere.get(loop)
+        if engine is None:
+            # AUTOCOMMIT: reads and one-statement writes need no BEGIN (as at home);
+            # `_write` opens its transaction explicitly with `begin()`.
+            engine = sibling_engine(self._engine, pool_size=AWAY_POOL_SIZE).execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+            self._elsewhere[loop] = engine
+        return engine
+
+    @property
+    def _accept_engine(self) -> AsyncEngine | None:
+        """The connections that accept messages on the running loop (PostgreSQL)."""
+        return self._away_engine() or self._home_accept_engine
 
     # --- running work -------------------------------------------------------------
 
@@ -233,6 +272,10 @@ class StoreBase:
         with _unavailable_as_store_error():
             if self._worker is not None:
                 return await self._worker.write(work)
+            away = self._away_engine()
+            if away is not None:
+                async with away.begin() as connection:
+                    return await connection.run_sync(work)
             async with self._async_write_lock, self._async_writer.begin() as connection:
                 return await connection.run_sync(work)
 
@@ -242,7 +285,7 @@ class StoreBase:
         if not self._shared:
             return await self._write(work)  # SQLite: its single writer already
         with _unavailable_as_store_error():
-            async with self._async_reader.connect() as connection:
+            async with (self._away_engine() or self._async_reader).connect() as connection:
                 return await connection.run_sync(work)
 
     async def _accept_one(self, work: Callable[[Connection], T]) -> T:
@@ -261,6 +304,10 @@ class StoreBase:
         with _unavailable_as_store_error():
             if self._worker is not None:
                 return await self._worker.read(work)
+            away = self._away_engine()
+            if away is not None:
+                async with away.connect() as connection:
+                    return await connection.run_sync(work)
             async with self._async_read_lock, self._async_reader.connect() as connection:
                 return await connection.run_sync(work)
 
@@ -270,6 +317,13 @@ class StoreBase:
         except StoreUnavailable:
             return False
         return True
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 @contextlib.contextmanager
