@@ -60,7 +60,7 @@ _SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
 MESSAGE_CACHE_SIZE = 20_000
 ACCEPT_POOL_SIZE = 12
 # Connections of a store on a loop other than its home (the accept loop).
-AWAY_POOL_SIZE = 8
+AWAY_POOL_SIZE = ACCEPT_POOL_SIZE
 
 _c = CONVERSATIONS.c
 _m = MESSAGES.c

@@ -560,6 +560,8 @@ class ConversationCore:
                 else await self._keep_trying(
                     lambda: self._store.unheard_audio(claimed.user_message_id)
                 )
+                if claimed.has_audio
+                else ()
             ),
             resumed=claimed.claims > 1 or accepted is None,
             claimed_before=claimed.claims > 1,
