@@ -101,7 +101,11 @@ async def bot(
         model_url=fake_model.base_url,
         slack_url=slack_api.base_url,
         database_url=postgres_url,
-        extra={"PORT": str(port), "BOTSERVICE_HTTP__HOST": "127.0.0.1"},
+        extra={
+            "PORT": str(port),
+            "BOTSERVICE_HTTP__HOST": "127.0.0.1",
+            "BOTSERVICE_HTTP__ACCEPT_THREAD": "true",
+        },
     )
     async with open_services(settings) as services:
         adapter = create_adapter(settings, services.core, services.store)
@@ -215,7 +219,11 @@ async def test_a_database_outage_during_accept_is_a_500_and_the_redelivery_is_an
     postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     async with Cluster.running(
-        postgres_server, tmp_path, processes=1, database_via_proxy=True
+        postgres_server,
+        tmp_path,
+        processes=1,
+        database_via_proxy=True,
+        env={"BOTSERVICE_HTTP__ACCEPT_THREAD": "true"},
     ) as cluster:
         assert cluster.proxy is not None
         process = cluster.processes[0]

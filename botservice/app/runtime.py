@@ -196,7 +196,11 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    accept_loop, accepting = open_accept_loop(services.store, adapters) if with_http else (None, [])
+    accept_loop, accepting = (
+        open_accept_loop(services.store, adapters)
+        if with_http and settings.http.accept_thread
+        else (None, [])
+    )
     try:
         if with_http:
             serving = start_http_server(
@@ -236,8 +240,9 @@ def open_accept_loop(
     store: SqlStore, adapters: Sequence[Adapter]
 ) -> tuple[AcceptLoop | None, list[Adapter]]:
     """The accept loop (botservice.core.accept_loop), started, and the adapters that
-    acknowledge on it, when the store is shared (PostgreSQL) and one can; otherwise
-    None (SQLite, the console, Socket Mode only): everything stays on the main loop."""
+    acknowledge on it (`[http] accept_thread`), when the store is shared (PostgreSQL)
+    and one can; otherwise None (SQLite, the console, Socket Mode only): everything
+    stays on the main loop."""
     if not store.shared or not any(isinstance(a, AcceptsOnOwnLoop) for a in adapters):
         return None, []
     accept_loop = AcceptLoop()

@@ -4,8 +4,9 @@ Slack waits at most three seconds for the answer to an HTTP event and delivers
 it again after that. On the process's main event loop an acknowledgement waits
 behind everything else ready to run there: answers being streamed, claims,
 heartbeats. With several processes sharing two cores, that wait was most of an
-acknowledgement's time (issue 8). So `botservice run` on PostgreSQL serves HTTP
-from a second event loop on a thread of its own, and an event goes like this:
+acknowledgement's time (issue 8). So `botservice run` on PostgreSQL, with
+`[http] accept_thread = true`, serves HTTP from a second event loop on a thread
+of its own, and an event goes like this:
 
 1. On the accept loop: the request is read and verified, the message is
    deduplicated and stored in its one accept transaction (the store keeps
