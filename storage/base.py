@@ -200,6 +200,7 @@ class StoreBase:
         # (botservice.core.accept_loop) gets a small engine of its own (PostgreSQL).
         self._home_loop: asyncio.AbstractEventLoop | None = _running_loop()
         self._elsewhere: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
+        self._elsewhere_autocommit: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         thread_engine = sqlite_thread_engine(engine)
         self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
 
@@ -236,13 +237,15 @@ class StoreBase:
     async def leave_loop(self) -> None:
         """Close the connections this store opened for the running loop, when it is not
         the store's home loop (called by the accept loop as it stops)."""
-        engine = self._elsewhere.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        self._elsewhere_autocommit.pop(loop, None)
+        engine = self._elsewhere.pop(loop, None)
         if engine is not None:
             await engine.dispose()
 
-    def _away_engine(self) -> AsyncEngine | None:
-        """The running loop's own engine, or None on the home loop (or on SQLite, which
-        is only ever used from the home loop)."""
+    def _away_writer(self) -> AsyncEngine | None:
+        """The running loop's own engine (transactions: `begin()` sends BEGIN), or None
+        on the home loop (and on SQLite, which is only ever used from the home loop)."""
         if not self._shared:
             return None
         loop = asyncio.get_running_loop()
@@ -252,12 +255,21 @@ class StoreBase:
             return None
         engine = self._elsewhere.get(loop)
         if engine is None:
-            # AUTOCOMMIT: reads and one-statement writes need no BEGIN (as at home);
-            # `_write` opens its transaction explicitly with `begin()`.
-            engine = sibling_engine(self._engine, pool_size=AWAY_POOL_SIZE).execution_options(
-                isolation_level="AUTOCOMMIT"
-            )
+            engine = sibling_engine(self._engine, pool_size=AWAY_POOL_SIZE)
             self._elsewhere[loop] = engine
+        return engine
+
+    def _away_engine(self) -> AsyncEngine | None:
+        """`_away_writer` in AUTOCOMMIT (same connections): reads and one-statement
+        writes need no BEGIN, as at home."""
+        writer = self._away_writer()
+        if writer is None:
+            return None
+        loop = asyncio.get_running_loop()
+        engine = self._elsewhere_autocommit.get(loop)
+        if engine is None:
+            engine = writer.execution_options(isolation_level="AUTOCOMMIT")
+            self._elsewhere_autocommit[loop] = engine
         return engine
 
     @property
@@ -272,7 +284,7 @@ class StoreBase:
         with _unavailable_as_store_error():
             if self._worker is not None:
                 return await self._worker.write(work)
-            away = self._away_engine()
+            away = self._away_writer()
             if away is not None:
                 async with away.begin() as connection:
                     return await connection.run_sync(work)

@@ -9,6 +9,7 @@ order; stopping drains both loops; a database outage during accept is a 500.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import threading
@@ -25,9 +26,11 @@ import pytest_asyncio
 
 from botservice.adapters.slack import create_adapter
 from botservice.app.runtime import Services, open_services, serve
-from botservice.core.accept_loop import THREAD_NAME
+from botservice.core.accept_loop import THREAD_NAME, AcceptLoop
 from botservice.storage.migrate import upgrade
+from botservice.storage.repository import SqlStore
 from tests.bot_process import free_port
+from tests.chat_kit import Chat
 from tests.db import PostgresServer
 from tests.fakes.model_server import FakeModelServer, Reply
 from tests.fakes.slack_api import FakeSlackApi
@@ -145,6 +148,35 @@ def _busy(seconds: float) -> None:
     total = 0
     while time.monotonic() < until:
         total += sum(range(1000))
+
+
+async def test_the_store_stores_and_deletes_from_the_accept_loop_on_its_own_connections(
+    postgres_url: str,
+) -> None:
+    store = await SqlStore.open(postgres_url, migrate=False)
+    accept_loop = AcceptLoop()
+    accept_loop.on_stop(store.leave_loop)
+    accept_loop.start()
+    try:
+        chat = Chat()
+        kept, deleted = chat.message("keep me", key="k1"), chat.message("delete me", key="k2")
+        deleted = dataclasses.replace(deleted, platform_message_id="1767.0002")
+        for message in (kept, deleted):
+            accepted = await accept_loop.run(store.accept(message, text=message.text, tokens=2))
+            assert accepted is not None
+        assert await accept_loop.run(store.has_conversation(kept.conversation))
+        # A write of several statements (the pending turn failed, the message deleted).
+        removed = store.delete_platform_message("test", "W1", "C1", "1767.0002")
+        assert await accept_loop.run(removed) == 1
+
+        # The main loop sees what the accept loop stored, through its own connections.
+        [pending] = await store.pending_turns()
+        history = await store.history(pending.conversation_id, up_to_message_id=10**9, limit=5)
+        assert [m.text for m in history] == ["keep me"]
+    finally:
+        await accept_loop.stop()
+        await store.aclose()
+    assert not _accept_thread_alive()
 
 
 async def test_slack_is_acknowledged_while_the_main_loop_is_busy_and_answered_in_order(

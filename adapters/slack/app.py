@@ -4,10 +4,11 @@ Every listener runs with `process_before_response=True`, so Slack is
 acknowledged only after the core has stored the message (or decided to drop
 it); the answer itself is streamed by the core in a background task.
 
-On PostgreSQL (`accept_on`), HTTP events are served from the accept loop
-(botservice.core.accept_loop): `message` and `app_mention` events are
-acknowledged there by a second Bolt app with a Web API client of that loop's
-own; every other request is dispatched on the main loop, as without it.
+With `[http] accept_thread` on PostgreSQL (`accept_on`), HTTP events are
+served from the accept loop (botservice.core.accept_loop): `message` and
+`app_mention` events are acknowledged there by a second Bolt app with a Web API
+client of that loop's own; every other request is dispatched on the main loop,
+as without it.
 """
 
 from __future__ import annotations
