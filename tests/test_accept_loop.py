@@ -4,6 +4,7 @@
 busy) or as a real process: an event is acknowledged while the main loop is stuck
 in a CPU-heavy step next to a streaming answer; it is still answered once and in
 order; stopping drains both loops; a database outage during accept is a 500.
+In either mode the accepting connections are open before Slack can call.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest_asyncio
 
 from botservice.adapters.slack import create_adapter
 from botservice.app.runtime import Services, open_services, serve
 from botservice.core.accept_loop import THREAD_NAME, AcceptLoop
+from botservice.storage.base import ACCEPT_POOL_SIZE
 from botservice.storage.migrate import upgrade
 from botservice.storage.repository import SqlStore
 from tests.bot_process import free_port
@@ -274,3 +277,20 @@ async def test_a_database_outage_during_accept_is_a_500_and_the_redelivery_is_an
         # Slack was told to deliver again, not that the message was taken.
         assert during.status == 500, during
         assert cluster.problems([warm, question], ack_limit=None) == []
+
+
+async def test_the_accepting_connections_are_open_before_slack_can_call(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    # On the main loop (the default): no acknowledgement waits for a connection to open.
+    async with Cluster.running(postgres_server, tmp_path, processes=1) as cluster:
+        connection = await asyncpg.connect(postgres_server.dsn(cluster.database))
+        try:
+            backends = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> "
+                "pg_backend_pid()",
+                cluster.database,
+            )
+        finally:
+            await connection.close()
+    assert backends >= ACCEPT_POOL_SIZE

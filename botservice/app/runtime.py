@@ -212,6 +212,13 @@ async def serve(
                 accept_loop=accept_loop,
                 accepting=accepting,
             )
+            # Before Slack can call: no acknowledgement waits for a new connection.
+            accepting_connections = services.store.open_accept_connections()
+            await (
+                accepting_connections
+                if accept_loop is None
+                else accept_loop.run(accepting_connections)
+            )
             runner = await (serving if accept_loop is None else accept_loop.run(serving))
         for adapter in adapters:
             await adapter.start()
