@@ -203,6 +203,13 @@ async def serve(
     )
     try:
         if with_http:
+            # Before Slack can call: no acknowledgement waits for a new connection.
+            accepting_connections = services.store.open_accept_connections()
+            await (
+                accepting_connections
+                if accept_loop is None
+                else accept_loop.run(accepting_connections)
+            )
             serving = start_http_server(
                 services.store,
                 adapters,
@@ -211,13 +218,6 @@ async def serve(
                 metrics=services.metrics,
                 accept_loop=accept_loop,
                 accepting=accepting,
-            )
-            # Before Slack can call: no acknowledgement waits for a new connection.
-            accepting_connections = services.store.open_accept_connections()
-            await (
-                accepting_connections
-                if accept_loop is None
-                else accept_loop.run(accepting_connections)
             )
             runner = await (serving if accept_loop is None else accept_loop.run(serving))
         for adapter in adapters:
@@ -259,6 +259,7 @@ def open_accept_loop(
         a for a in adapters if isinstance(a, AcceptsOnOwnLoop) and a.accept_on(accept_loop)
     ]
     if not accepting:
+        accept_loop.loop.close()  # never started
         return None, []
     accept_loop.start()
     log.info("acknowledging %s events on their own thread", ",".join(a.platform for a in accepting))
