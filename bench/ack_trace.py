@@ -43,6 +43,8 @@ _current: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextV
 _outside: dict[str, float] = defaultdict(float)  # steps run outside any request
 _out: TextIO | None = None
 _lags: list[float] = []
+# Statements this process sent, by kind (first words of the SQL), since it started.
+_statements: dict[str, int] = defaultdict(int)
 _monitor: asyncio.Task[None] | None = None
 
 
@@ -93,9 +95,42 @@ async def _watch_loop() -> None:
         await asyncio.sleep(0.02)
         _lags.append(time.perf_counter() - started - 0.02)
         if time.monotonic() - written >= 1.0:
-            _write({"lag": _lags[:], "outside": dict(_outside), "at": time.monotonic()})
+            _write(
+                {
+                    "lag": _lags[:],
+                    "outside": dict(_outside),
+                    "statements": dict(_statements),
+                    "at": time.monotonic(),
+                }
+            )
             _lags.clear()
             written = time.monotonic()
+
+
+def _statement_kind(statement: str) -> str:
+    words = statement.split()
+    if not words:
+        return "?"
+    verb = words[0].upper()
+    if verb in ("INSERT", "DELETE") and len(words) > 2:
+        return f"{verb} {words[2]}"
+    if verb == "UPDATE" and len(words) > 1:
+        return f"{verb} {words[1]}"
+    if verb == "WITH":
+        return "WITH " + " ".join(w for w in words[1:6] if w.isidentifier())
+    if verb == "SELECT" and "FROM" in (upper := [w.upper() for w in words]):
+        return f"SELECT FROM {words[upper.index('FROM') + 1]}"
+    return verb
+
+
+def _count_statements() -> None:
+    from sqlalchemy import Engine, event
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def count(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        _statements[_statement_kind(statement)] += 1
 
 
 def install(directory: str) -> None:
@@ -145,6 +180,7 @@ def install(directory: str) -> None:
     _timed(SqlStore, "accept", "accept")
     _timed(AsyncConnection, "start", "checkout")
     _timed(asyncpg, "connect", "pg_connect")
+    _count_statements()
 
 
 # --- reading the traces ----------------------------------------------------------------
@@ -207,6 +243,33 @@ def summarize(directory: Path, *, since: float = 0.0, until: float = float("inf"
     if outside:
         connects = int(outside.get("pg_connect#", 0))
         lines.append(f"  outside requests (last process read): {connects} asyncpg connects")
+    return "\n".join(lines)
+
+
+def statements_per_reply(directory: Path, *, since: float, until: float, replies: int) -> str:
+    """The statements the bots sent between `since` and `until` (each process's
+    cumulative counts, the last written before each bound), per reply, by kind."""
+    sent: dict[str, int] = defaultdict(int)
+    for path in sorted(directory.glob("trace-*.jsonl")):
+        before: dict[str, int] = {}
+        last: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            data = json.loads(line)
+            if "statements" not in data:
+                continue
+            if data["at"] < since:
+                before = data["statements"]
+            if data["at"] <= until:
+                last = data["statements"]
+        for kind, count in last.items():
+            sent[kind] += count - before.get(kind, 0)
+    if not replies or not sent:
+        return ""
+    total = sum(sent.values())
+    lines = [f"  statements per reply: {total / replies:.2f}"]
+    for kind, count in sorted(sent.items(), key=lambda item: -item[1]):
+        if count:
+            lines.append(f"    {count / replies:6.2f}  {kind}")
     return "\n".join(lines)
 
 

@@ -31,6 +31,9 @@ With `--trace-acks DIR`, each bot times the steps of its acknowledgements
 (bench/ack_trace.py, wrapped from outside the bot's code) and the table is
 followed by where their wall time went. With `--profile DIR`, py-spy records each bot process during the run (raw,
 non-idle samples, 200 Hz) into DIR; py-spy's own CPU then weighs on the figures.
+With `--accept-thread`, the bots acknowledge Slack on a thread and event loop of
+their own (`[http] accept_thread`, botservice/core/accept_loop.py); without it,
+on their main loop (the default).
 
 Goals from the issue: with 3 processes, CPU per reply (bot + database) within 1.2x
 of one process's, ack p99 < 500 ms, takeover <= 30 s. This two-core machine cannot
@@ -42,6 +45,7 @@ bounded in messages and time: a few minutes at the defaults.
     python -m bench.bench_scale_out [--processes 1,2,3] [--threads 30] [--per-thread 10]
                                     [--burst 30] [--takeover-timeout 60]
                                     [--probe-gap 0.2] [--profile DIR] [--trace-acks DIR]
+                                    [--accept-thread]
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from bench.ack_trace import summarize
+from bench.ack_trace import statements_per_reply, summarize
 from tests.db import _find_postgres
 from tests.scale_out import ROOT, Cluster, percentile, proc_cpu_seconds
 
@@ -230,10 +234,10 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
     row = Row(processes)
     postgres = await _find_postgres()
     trace = args.trace_acks / f"{processes}" if args.trace_acks else None
-    env = {}
+    env = {"BOTSERVICE_HTTP__ACCEPT_THREAD": "true" if args.accept_thread else "false"}
     if trace is not None:
         site = ROOT / "bench" / "ack_trace_site"
-        env = {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "ACK_TRACE_DIR": str(trace)}
+        env |= {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}", "ACK_TRACE_DIR": str(trace)}
     async with Cluster.running(
         postgres, workdir, processes=processes, seed=args.seed, fakes_apart=True, env=env
     ) as cluster:
@@ -263,6 +267,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
                 await cluster.settle_deliveries(within=30)
                 sent = time.monotonic()
             await cluster.wait_answered(questions, within=args.run_timeout)
+            answered = time.monotonic()
             bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
             waited_after = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
             row.fakes_cpu = (proc_cpu_seconds(fakes_pid) or 0.0) - fakes_before
@@ -284,7 +289,12 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         row.without_previous = len(cluster.follow_up_order(questions)[1])
 
         if trace is not None:
+            await asyncio.sleep(1.2)  # each bot writes its counts every second
             row.trace = summarize(trace, since=started, until=sent)
+            counted = statements_per_reply(
+                trace, since=started, until=answered, replies=row.replies
+            )
+            row.trace += f"\n{counted}" if counted else ""
 
         if processes >= 2:
             await cluster.quiet(0.5, within=10)
@@ -312,7 +322,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(
         "Scale-out benchmark (127.0.0.1 fakes, one PostgreSQL database, instant model; "
         f"{args.threads} threads × {args.per_thread} messages, each delivered 1–4 times "
-        "to random processes)"
+        "to random processes; acknowledged on "
+        f"{'a thread of their own' if args.accept_thread else 'the main loop'})"
     )
     print()
     columns = [
@@ -433,6 +444,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy each bot process into this directory"
+    )
+    parser.add_argument(
+        "--accept-thread",
+        action="store_true",
+        help="bots acknowledge Slack on a thread of their own ([http] accept_thread)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

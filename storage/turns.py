@@ -55,10 +55,11 @@ from botservice.storage.tables import (
     CONVERSATIONS,
     MESSAGES,
     TURNS,
+    USAGE,
     UTCDateTime,
     utcnow,
 )
-from botservice.storage.usage_rows import write_usage
+from botservice.storage.usage_rows import USAGE_FIELDS, usage_values, write_usage
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,13 @@ _PENDING_COLUMNS = (
     _t.user_id,
     _t.is_channel_admin,
     _t.claims,
+    # Whether the message still has audio to hear: a process answering a turn it did
+    # not accept asks for the clips only then (a round trip saved on nearly every turn).
+    select(_m.audio.is_not(None))
+    .where(_m.id == _t.user_message_id)
+    .correlate_except(MESSAGES)
+    .scalar_subquery()
+    .label("has_audio"),
 )
 _SET_REPLY_REF = (
     update(TURNS).where(_t.id == bindparam("b_turn_id")).values(reply_ref=bindparam("b_reply_ref"))
@@ -161,9 +169,11 @@ _RELEASE_STALE = (
 )
 
 
-def _answer_statement(finish: Any) -> Any:
+def _answer_statement(finish: Any, *, with_usage: bool = False) -> Any:
     """Finish a turn and store its answer in one statement (PostgreSQL): the answer is
-    inserted only for a turn the finish matched, in the same atomic step."""
+    inserted only for a turn the finish matched, in the same atomic step. `with_usage`:
+    the call's usage row too (parameters `u_*`), only when the answer was inserted:
+    one statement, so one commit and one WAL flush for the whole answer."""
     finished = finish.cte("finished")
     columns = (
         "conversation_id",
@@ -186,12 +196,16 @@ def _answer_statement(finish: Any) -> Any:
         # Prefixed: an UPDATE would take parameters named like its columns as SET values.
         *(bindparam(f"a_{name}", type_=MESSAGES.c[name].type) for name in columns[2:]),
     ).where(finished.c.conversation_id.is_not(None))
-    return (
-        MESSAGES.insert()
-        .from_select(list(columns), answer)
-        .returning(_m.id)
-        .add_cte(finished, nest_here=True)
-    )
+    insert_answer = MESSAGES.insert().from_select(list(columns), answer).returning(_m.id)
+    if not with_usage:
+        return insert_answer.add_cte(finished, nest_here=True)
+    # Data-modifying CTEs must sit at the top level: finished, saved, recorded.
+    saved = insert_answer.cte("saved")
+    usage_row = select(
+        *(bindparam(f"u_{name}", type_=USAGE.c[name].type) for name in USAGE_FIELDS)
+    ).select_from(saved)
+    recorded = USAGE.insert().from_select(list(USAGE_FIELDS), usage_row).cte("recorded")
+    return select(saved.c.id).add_cte(recorded)
 
 
 _TURN_FIELDS = (
@@ -280,6 +294,7 @@ _LINK_TURN = (
 )
 _CLAIM_NEXT = _claim_statement()
 _HELD_ANSWER = _answer_statement(_FINISH_HELD_TURN)
+_HELD_ANSWER_WITH_USAGE = _answer_statement(_FINISH_HELD_TURN, with_usage=True)
 
 
 class SqlTurnStore(StoreBase):
@@ -568,10 +583,10 @@ class SqlTurnStore(StoreBase):
         finish = _finish_values(turn_id, holder, reply_ref)
         statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
         if self._shared:
-            pg_answer = _answer_statement(statement)
+            pg_answer = _answer_statement(statement, with_usage=ledger is not None)
             return await self._write_one(
-                lambda connection: _with_ledger(
-                    connection, _store_answer_in_one(connection, pg_answer, finish, answer), ledger
+                lambda connection: _store_answer_in_one(
+                    connection, pg_answer, finish, answer, ledger
                 )
             )
         return await self._write(
@@ -600,11 +615,10 @@ class SqlTurnStore(StoreBase):
         if self._shared:
             # Two statements: a claim in the same statement as the finish would not
             # see the finished turn as no longer running.
+            statement = _HELD_ANSWER if ledger is None else _HELD_ANSWER_WITH_USAGE
             message_id = await self._write_one(
-                lambda connection: _with_ledger(
-                    connection,
-                    _store_answer_in_one(connection, _HELD_ANSWER, finish, answer),
-                    ledger,
+                lambda connection: _store_answer_in_one(
+                    connection, statement, finish, answer, ledger
                 )
             )
             claimed = await self.claim_next_turn(
@@ -710,22 +724,27 @@ def _store_answer_in(
 def _with_ledger(
     connection: Connection, message_id: int | None, ledger: UsageRecord | None
 ) -> int | None:
-    """Write the call's usage row when its answer was saved. An answer not saved
-    (taken over) leaves no row: the process answering the turn records its own call.
-    On PostgreSQL the row is a second statement on the answer's connection, on
-    SQLite part of its transaction: either way no write of its own."""
+    """Write the call's usage row when its answer was saved (SQLite: in the answer's
+    transaction; PostgreSQL writes it in the answer's statement). An answer not saved
+    (taken over) leaves no row: the process answering the turn records its own call."""
     if ledger is not None and message_id is not None:
         write_usage(connection, ledger)
     return message_id
 
 
 def _store_answer_in_one(
-    connection: Connection, statement: Any, finish: dict[str, Any], answer: dict[str, Any]
+    connection: Connection,
+    statement: Any,
+    finish: dict[str, Any],
+    answer: dict[str, Any],
+    ledger: UsageRecord | None,
 ) -> int | None:
-    """PostgreSQL: the finish and the answer's insert as one statement."""
+    """PostgreSQL: the finish, the answer's insert and its usage row as one statement."""
     # Prefixed: an UPDATE would take parameters named like its columns as SET values.
-    prefixed = {f"a_{name}": value for name, value in answer.items()}
-    row = connection.execute(statement, {**finish, **prefixed}).one_or_none()
+    parameters = {**finish, **{f"a_{name}": value for name, value in answer.items()}}
+    if ledger is not None:
+        parameters.update({f"u_{name}": value for name, value in usage_values(ledger).items()})
+    row = connection.execute(statement, parameters).one_or_none()
     return None if row is None else int(row[0])
 
 
@@ -742,6 +761,7 @@ def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
         user_id=row[7],
         is_channel_admin=bool(row[8]),
         claims=row[9],
+        has_audio=row[10] is None or bool(row[10]),
     )
 
 

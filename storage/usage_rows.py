@@ -12,6 +12,22 @@ from botservice.core.ports import UsageRecord
 from botservice.storage.tables import USAGE, utcnow
 
 _INSERT_USAGE = insert(USAGE)
+# The columns `usage_values` fills, in its order.
+USAGE_FIELDS = (
+    "turn_id",
+    "platform",
+    "workspace",
+    "channel",
+    "user_id",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost",
+    "estimated",
+    "created_at",
+)
 
 
 def usage_values(record: UsageRecord) -> dict[str, Any]:

@@ -566,6 +566,10 @@ class Cluster:
             retry, target = retry + 1, None
             await asyncio.sleep(min(0.2 * retry, 1.0))
 
+    async def post_once(self, process: BotProcess, question: Question) -> Ack:
+        """One delivery to `process`, whatever it answers (no redelivery)."""
+        return await self._post(process, question, 0)
+
     async def _redeliver(self, question: Question, retry: int, *, twin: bool, delay: float) -> None:
         await asyncio.sleep(delay)
         with contextlib.suppress(AssertionError, RuntimeError):

@@ -14,7 +14,7 @@ import pytest_asyncio
 from botservice.core.commands import parse_command
 from botservice.core.conversation import TRIM_FOOTNOTE, ConversationCore
 from botservice.core.events import Attachment, Command
-from botservice.core.ports import PendingTurn
+from botservice.core.ports import Claim, PendingTurn
 from botservice.core.settings import Settings
 from botservice.model.client import OpenAIChatClient
 from botservice.model.tokens import TokenCounter
@@ -639,10 +639,12 @@ async def test_an_audio_message_left_unheard_by_a_crash_is_heard_when_resumed(
 async def test_turns_left_pending_by_a_crash_are_answered_at_start_up(
     chat: Chat, core: ConversationCore, sqlite_store: SqlStore, fake_model: FakeModelServer
 ) -> None:
-    # What a crash leaves: the message stored, its turn pending, a placeholder posted.
+    # What a crash leaves: the message stored, its turn claimed by the process that
+    # crashed, a placeholder posted.
     message = chat.message("answer me after the restart")
-    accepted = await sqlite_store.accept(message, text=message.text, tokens=8)
-    assert accepted is not None
+    crashed = Claim(holder="the-process-that-crashed", alive_until=datetime.now(UTC))
+    accepted = await sqlite_store.accept(message, text=message.text, tokens=8, claim=crashed)
+    assert accepted is not None and accepted.claimed is not None
     await sqlite_store.set_reply_ref(accepted.turn_id, "placeholder-from-before")
 
     sink = RecordingSink()
@@ -651,7 +653,7 @@ async def test_turns_left_pending_by_a_crash_are_answered_at_start_up(
 
     assert resumed == 1
     assert sink.existing_refs == ["placeholder-from-before"]
-    # Resumed: the sink may look for a placeholder that no stored reference names.
+    # Claimed before: the sink may look for a placeholder that no stored reference names.
     assert sink.begins == [(str(accepted.turn_id), True)]
     assert sink.final == "You said: answer me after the restart"
     assert await sqlite_store.pending_turns() == []

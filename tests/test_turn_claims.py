@@ -20,12 +20,14 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.ports import PendingTurn
+from botservice.core.ports import PendingTurn, UsageRecord
 from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
+from botservice.storage.tables import USAGE
 from tests.chat_kit import Chat, settings_for
 from tests.db import StoreFactory
 from tests.fakes.model_server import FakeModelServer, Reply
@@ -266,6 +268,17 @@ async def test_finishing_a_turn_needs_its_claim(store: SqlStore) -> None:
     assert taken is not None and taken.claims == 2
 
     def save(holder: str) -> asyncio.Future[int | None]:
+        # Each call's usage row goes with its answer: only a saved answer has one.
+        ledger = UsageRecord(
+            turn_id=accepted.turn_id,
+            platform="test",
+            workspace="W1",
+            channel="C1",
+            user_id="U1",
+            model=f"model of {holder}",
+            prompt_tokens=5,
+            completion_tokens=3,
+        )
         return asyncio.ensure_future(
             store.store_answer(
                 accepted.turn_id,
@@ -275,6 +288,7 @@ async def test_finishing_a_turn_needs_its_claim(store: SqlStore) -> None:
                 usage=None,
                 status="complete",
                 model="m",
+                ledger=ledger,
             )
         )
 
@@ -282,6 +296,9 @@ async def test_finishing_a_turn_needs_its_claim(store: SqlStore) -> None:
     assert await save("successor") is not None
     history = await store.history(conversation, up_to_message_id=10**9, limit=10)
     assert [m.text for m in history] == ["who answers me?", "answer by successor"]
+    async with store.engine.connect() as connection:
+        models = (await connection.execute(select(USAGE.c.model))).scalars().all()
+    assert models == ["model of successor"]
 
 
 async def test_accepting_a_message_does_not_wait_for_a_lock_on_its_conversation(

@@ -3,6 +3,12 @@
 Every listener runs with `process_before_response=True`, so Slack is
 acknowledged only after the core has stored the message (or decided to drop
 it); the answer itself is streamed by the core in a background task.
+
+With `[http] accept_thread` on PostgreSQL (`accept_on`), HTTP events are
+served from the accept loop (botservice.core.accept_loop): `message` and
+`app_mention` events are acknowledged there by a second Bolt app with a Web API
+client of that loop's own; every other request is dispatched on the main loop,
+as without it.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ from botservice.adapters.slack.socket_mode import SocketModeRunner
 from botservice.adapters.slack.threads import KnownThreads, read_thread_once
 from botservice.adapters.slack.users import UserDirectory
 from botservice.adapters.slack.viewing import ChannelsInView
+from botservice.core.accept_loop import AcceptLoop
 from botservice.core.background import BackgroundTasks
 from botservice.core.channel_policy import ManagerFacts
 from botservice.core.commands import parse_command
@@ -95,6 +102,8 @@ COMMAND_ACK_SECONDS = 2.0
 TITLE_CHARS = 80
 # The same body for every refusal: what was wrong is for the operator's log, not the caller.
 _REFUSED = {"ok": False, "error": "refused"}
+# Event types that may carry a new message: acknowledged on the accept loop.
+_ACCEPTED_ON_OWN_LOOP = frozenset({"message", "app_mention"})
 _BAD_TOKEN_ERRORS = frozenset(
     {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
 )
@@ -170,6 +179,11 @@ class SlackAdapter:
         self._tasks = BackgroundTasks()
         self._session: aiohttp.ClientSession | None = None
         self._socket = SocketModeRunner(self._app, app_token, self._client) if app_token else None
+        # Set by `accept_on`: the loop, Bolt app and Web API session that acknowledge
+        # message events off the main loop.
+        self._accept_loop: AcceptLoop | None = None
+        self._accept_app: AsyncApp | None = None
+        self._accept_session: aiohttp.ClientSession | None = None
         self._hearing = SlackHearing(
             Transcriber.from_settings(
                 settings.voice,
@@ -251,6 +265,38 @@ class SlackAdapter:
             sink, session=self._http_session, token=lambda: self._token_for(target)
         )
 
+    def accept_on(self, accept_loop: AcceptLoop) -> bool:
+        """Acknowledge HTTP message events on `accept_loop` (`AcceptsOnOwnLoop`): a
+        single-workspace app only (an OAuth install's tokens live in tables read
+        through the main loop's engine)."""
+        if self._oauth is not None or not self._signing_secret or self._bot_token is None:
+            return False
+        client = AsyncWebClient(
+            token=self._bot_token,
+            base_url=self._api_url,
+            retry_handlers=list(self._client.retry_handlers),
+        )
+        app = AsyncApp(
+            client=client,
+            signing_secret=self._signing_secret,
+            process_before_response=True,
+            attaching_conversation_kwargs_enabled=False,
+        )
+        app.event(re.compile(r".+"))(self._on_event)
+        app.error(self._on_error)
+        self._accept_app = app
+        self._accept_loop = accept_loop
+        accept_loop.on_stop(self._close_accept_session)
+        return True
+
+    def _off_home(self) -> bool:
+        return self._accept_loop is not None and self._accept_loop.is_current()
+
+    async def _close_accept_session(self) -> None:
+        if self._accept_session is not None:
+            await self._accept_session.close()
+            self._accept_session = None
+
     def http_routes(self) -> list[web.AbstractRouteDef]:
         routes: list[web.AbstractRouteDef] = []
         if self._signing_secret:
@@ -297,7 +343,18 @@ class SlackAdapter:
             query=request.query_string,
             headers=request.headers,  # type: ignore[arg-type]
         )
-        response: BoltResponse = await self._app.async_dispatch(bolt_request)
+        response: BoltResponse
+        if self._accept_loop is not None and self._off_home():
+            event = envelope.body.get("event")
+            if isinstance(event, dict) and event.get("type") in _ACCEPTED_ON_OWN_LOOP:
+                assert self._accept_app is not None
+                # The Web API session of this loop, for Bolt's per-request clients.
+                self._accept_app.client.session = self._http_session()
+                response = await self._accept_app.async_dispatch(bolt_request)
+            else:
+                response = await self._accept_loop.on_home(self._app.async_dispatch(bolt_request))
+        else:
+            response = await self._app.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)
 
     async def _handle_install(self, request: web.Request) -> web.Response:
@@ -396,7 +453,8 @@ class SlackAdapter:
             raw=body,
         )
         sink = SlackReplySink(
-            client=client,
+            # The answer is shown from the main loop, with its own session.
+            client=self._client if self._off_home() else client,
             target=draft.reply_target(),
             budget=self._budget,
             telemetry=self._core.telemetry,
@@ -411,7 +469,11 @@ class SlackAdapter:
         submission = await self._core.submit(message, listening)
         self._known.add(key)
         if submission is not None and sink.target.assistant and not known and draft.text:
-            self._spawn(self._set_title(client, sink.target, draft.text))
+            if self._accept_loop is not None and self._off_home():
+                title = self._set_title(self._client, sink.target, draft.text)
+                self._accept_loop.home.call_soon_threadsafe(self._spawn, title)
+            else:
+                self._spawn(self._set_title(client, sink.target, draft.text))
 
     async def _on_command(
         self, body: dict[str, Any], ack: Callable[..., Awaitable[None]], context: AsyncBoltContext
@@ -591,6 +653,11 @@ class SlackAdapter:
         )
 
     def _http_session(self) -> aiohttp.ClientSession:
+        if self._off_home():
+            # aiohttp sessions belong to one loop: the accept loop has its own.
+            if self._accept_session is None:
+                self._accept_session = aiohttp.ClientSession()
+            return self._accept_session
         if self._session is None:
             self._session = aiohttp.ClientSession()
             self._client.session = self._session

@@ -19,6 +19,7 @@ from botservice.app.tool_sources import (
     close_tool_sources,
     start_tool_sources,
 )
+from botservice.core.accept_loop import AcceptLoop, AcceptsOnOwnLoop
 from botservice.core.conversation import ConversationCore
 from botservice.core.errors import ConfigError
 from botservice.core.ports import Adapter, PendingTurn, ReplySink, Store
@@ -201,27 +202,49 @@ def tracing_system(engine: AsyncEngine) -> str:
     return "sqlite" if is_sqlite(engine) else "postgresql"
 
 
-async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: bool) -> None:
-    """Start adapters, the HTTP server and the expiry scheduler; run until SIGINT/SIGTERM."""
+async def serve(
+    services: Services,
+    adapters: Sequence[Adapter],
+    *,
+    with_http: bool,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Start adapters, the HTTP server and the expiry scheduler; run until SIGINT/SIGTERM
+    (or until `stop` is set, for an embedding program)."""
     settings = services.settings
     scheduler = start_expiry_scheduler(
         services.store, settings.storage, telemetry=services.telemetry, usage=services.usage
     )
     runner: web.AppRunner | None = None
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    accept_loop, accepting = (
+        open_accept_loop(services.store, adapters)
+        if with_http and settings.http.accept_thread
+        else (None, [])
+    )
     try:
         if with_http:
-            runner = await start_http_server(
+            # Before Slack can call: no acknowledgement waits for a new connection.
+            accepting_connections = services.store.open_accept_connections()
+            await (
+                accepting_connections
+                if accept_loop is None
+                else accept_loop.run(accepting_connections)
+            )
+            serving = start_http_server(
                 services.store,
                 adapters,
                 settings.http.port,
                 host=settings.http.host,
                 metrics=services.metrics,
+                accept_loop=accept_loop,
+                accepting=accepting,
             )
+            runner = await (serving if accept_loop is None else accept_loop.run(serving))
         for adapter in adapters:
             await adapter.start()
             log.info("%s adapter started", adapter.platform)
@@ -246,8 +269,34 @@ async def serve(services: Services, adapters: Sequence[Adapter], *, with_http: b
             with contextlib.suppress(Exception):
                 await adapter.stop()
         if runner is not None:
-            await runner.cleanup()
+            cleanup = runner.cleanup()
+            await (cleanup if accept_loop is None else accept_loop.run(cleanup))
+        if accept_loop is not None:
+            await accept_loop.stop()
         scheduler.shutdown(wait=False)
+
+
+def open_accept_loop(
+    store: SqlStore, adapters: Sequence[Adapter]
+) -> tuple[AcceptLoop | None, list[Adapter]]:
+    """The accept loop (botservice.core.accept_loop), started, and the adapters that
+    acknowledge on it (`[http] accept_thread`), when the store is shared (PostgreSQL)
+    and one can; otherwise None (SQLite, the console, Socket Mode only): everything
+    stays on the main loop."""
+    if not store.shared or not any(isinstance(a, AcceptsOnOwnLoop) for a in adapters):
+        return None, []
+    accept_loop = AcceptLoop()
+    # Closed last: the connections the store opened on that loop.
+    accept_loop.on_stop(store.leave_loop)
+    accepting: list[Adapter] = [
+        a for a in adapters if isinstance(a, AcceptsOnOwnLoop) and a.accept_on(accept_loop)
+    ]
+    if not accepting:
+        accept_loop.loop.close()  # never started
+        return None, []
+    accept_loop.start()
+    log.info("acknowledging %s events on their own thread", ",".join(a.platform for a in accepting))
+    return accept_loop, accepting
 
 
 def startup_summary(
@@ -277,7 +326,11 @@ async def start_http_server(
     *,
     metrics: PrometheusTelemetry | None = None,
     host: str = "0.0.0.0",
+    accept_loop: AcceptLoop | None = None,
+    accepting: Sequence[Adapter] = (),
 ) -> web.AppRunner:
+    """Serve HTTP on the running loop. With `accept_loop` (run there), the routes of an
+    adapter that does not acknowledge on it are run on the main loop."""
     # Imported here: `botservice chat` serves no HTTP and starts faster without it.
     from aiohttp import web
 
@@ -287,7 +340,10 @@ async def start_http_server(
     if metrics is not None:
         app.router.add_get("/metrics", metrics.handle)
     for adapter in adapters:
-        app.router.add_routes(adapter.http_routes())
+        routes = adapter.http_routes()
+        if accept_loop is not None and adapter not in accepting:
+            routes = [_on_home(route, accept_loop) for route in routes]
+        app.router.add_routes(routes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host=host, port=port)
@@ -304,6 +360,22 @@ async def start_http_server(
         ) from None
     log.info("HTTP server listening on %s:%d", host, port)
     return runner
+
+
+def _on_home(route: web.AbstractRouteDef, accept_loop: AcceptLoop) -> web.AbstractRouteDef:
+    """The route with its handler run on the main loop (its body read here first: the
+    request's stream belongs to the accept loop, a read body is kept in memory)."""
+    from aiohttp import web
+
+    if not isinstance(route, web.RouteDef):
+        return route
+    handler = route.handler
+
+    async def on_home(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return await accept_loop.on_home(handler(request))  # type: ignore[arg-type]
+
+    return web.route(route.method, route.path, on_home, **route.kwargs)
 
 
 async def _healthz(request: web.Request) -> web.Response:

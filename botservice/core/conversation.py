@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from botservice.core.limits import BUSY, GateFull, Limits
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
 from botservice.core.ports import (
+    AcceptedTurn,
     ChannelSettings,
     ChatRequest,
     ChatStream,
@@ -150,8 +152,11 @@ class _Turn:
     images: tuple[Attachment, ...] = ()
     # Voice messages and clips, heard when the turn is answered (not before it is stored).
     audio: tuple[Attachment, ...] = ()
-    # Answered after a stop or a takeover: something may have been shown already.
+    # Answered after a stop or a takeover, or accepted by another process.
     resumed: bool = False
+    # Claimed before this claim: an earlier holder may have shown something already.
+    # A turn accepted by another process and claimed here first has nothing to find.
+    claimed_before: bool = False
     # When the message was stored: the latencies an operator sees count from here.
     created_at: datetime | None = None
     user_id: str = ""
@@ -243,6 +248,10 @@ class ConversationCore:
         # Message keys this process stored (or found stored), newest last: the
         # database decides, this only spares it the question for a repeat.
         self._taken: FIFOCache[tuple[str, str], None] = FIFOCache(REMEMBERED_MESSAGE_KEYS)
+        # Messages may be submitted from the accept loop's thread too
+        # (botservice.core.accept_loop); everything else runs on the home loop.
+        self._taken_lock = threading.Lock()
+        self._home_loop: asyncio.AbstractEventLoop | None = _running_loop()
         self._drivers: dict[int, asyncio.Task[None]] = {}
         self._wanted: set[int] = set()  # conversations with work since their driver looked
         self._running: set[int] = set()  # turns this process holds
@@ -311,7 +320,9 @@ class ConversationCore:
         should let the platform deliver it again).
         """
         taken = (message.platform, message.message_key)
-        if taken in self._taken:
+        with self._taken_lock:
+            seen = taken in self._taken
+        if seen:
             # Taken by this process already (Slack sends a mention twice, and retries):
             # known without asking the database, so the platform is acknowledged at once.
             self.telemetry.message_redelivered(message.platform)
@@ -349,6 +360,24 @@ class ConversationCore:
             self.telemetry.message_redelivered(message.platform)
             return None
         self.telemetry.message_accepted(message.platform)
+        here = asyncio.get_running_loop()
+        if self._home_loop is None:
+            self._home_loop = here
+        if here is self._home_loop:
+            done = self._take(accepted, message, sink)
+        else:
+            # Stored on the accept loop (botservice.core.accept_loop): the turn is
+            # answered on the home loop, like every other.
+            done = here.create_future()
+            self._home_loop.call_soon_threadsafe(
+                self._take_from_elsewhere, accepted, message, sink, done
+            )
+        return Submission(turn_id=accepted.turn_id, answered=done)
+
+    def _take(
+        self, accepted: AcceptedTurn, message: IncomingMessage, sink: ReplySink
+    ) -> asyncio.Future[None]:
+        """Start answering a turn accepted here (on the home loop)."""
         done = asyncio.get_running_loop().create_future()
         self._accepted[accepted.turn_id] = _Accepted(
             conversation_id=accepted.conversation_id,
@@ -361,10 +390,30 @@ class ConversationCore:
         if accepted.claimed is not None:
             self._claimed[accepted.conversation_id] = accepted.claimed
         self._wake(accepted.conversation_id)
-        return Submission(turn_id=accepted.turn_id, answered=done)
+        return done
+
+    def _take_from_elsewhere(
+        self,
+        accepted: AcceptedTurn,
+        message: IncomingMessage,
+        sink: ReplySink,
+        done_there: asyncio.Future[None],
+    ) -> None:
+        there = done_there.get_loop()
+
+        def settle(_: asyncio.Future[None]) -> None:
+            def settle_there() -> None:
+                if not done_there.done():
+                    done_there.set_result(None)
+
+            with contextlib.suppress(RuntimeError):  # that loop is closed already
+                there.call_soon_threadsafe(settle_there)
+
+        self._take(accepted, message, sink).add_done_callback(settle)
 
     def _remember_taken(self, key: tuple[str, str]) -> None:
-        self._taken[key] = None
+        with self._taken_lock:
+            self._taken[key] = None
 
     async def handle(self, message: IncomingMessage, sink: ReplySink) -> bool:
         """Submit and wait for the answer. False when the message was not taken."""
@@ -389,6 +438,8 @@ class ConversationCore:
         """Answer what a stop left behind, then keep sweeping: every
         `turn_heartbeat_seconds`, turns of a process that stopped are picked up.
         Returns how many conversations were picked up at once."""
+        if self._home_loop is None:
+            self._home_loop = asyncio.get_running_loop()
         # The default model's window is asked for now, so no first answer waits for it.
         self._tasks.spawn(
             self._windows.window(self._settings.model.name), name="context-window-discovery"
@@ -570,8 +621,11 @@ class ConversationCore:
                 else await self._keep_trying(
                     lambda: self._store.unheard_audio(claimed.user_message_id)
                 )
+                if claimed.has_audio
+                else ()
             ),
             resumed=claimed.claims > 1 or accepted is None,
+            claimed_before=claimed.claims > 1,
             created_at=claimed.created_at,
             user_id=claimed.user_id,
         )
@@ -651,7 +705,7 @@ class ConversationCore:
     async def _answer_turn(self, turn: _Turn, sink: ReplySink) -> None:
         store = self._store
         reply_ref = await sink.begin(
-            turn.reply_ref, turn_tag=str(turn.turn_id), resumed=turn.resumed
+            turn.reply_ref, turn_tag=str(turn.turn_id), resumed=turn.claimed_before
         )
         if reply_ref is not None and reply_ref != turn.reply_ref:
             # Saved again with the answer, so an unreachable database is no reason
@@ -1311,6 +1365,13 @@ def _added(total: Usage | None, more: Usage | None) -> Usage | None:
         cached_tokens=total.cached_tokens + more.cached_tokens,
         reasoning_tokens=total.reasoning_tokens + more.reasoning_tokens,
     )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _report_usage(telemetry: Telemetry, model: str, usage: Usage | None) -> None:

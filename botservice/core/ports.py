@@ -387,6 +387,8 @@ class PendingTurn:
     # How often the turn has been claimed, this claim included. Above one, an
     # earlier holder stopped midway and may have shown something already.
     claims: int = 0
+    # False when the stored message has no audio left to hear (True: unknown, ask).
+    has_audio: bool = True
 
 
 @dataclass(frozen=True, slots=True)

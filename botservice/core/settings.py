@@ -165,6 +165,10 @@ class HttpSettings(_Section):
     # Every interface: a platform's router or load balancer reaches the process from outside.
     host: str = Field(default="0.0.0.0", min_length=1)
     port: int = Field(default=3000, ge=0, le=65535)
+    # On PostgreSQL, acknowledge Slack's HTTP message events on a thread of their own
+    # (botservice.core.accept_loop). Off by default: on a crowded two-core machine it
+    # lowered the median acknowledgement but not the 99th percentile (README, Benchmarks).
+    accept_thread: bool = False
 
 
 class SlackSettings(_Section):
