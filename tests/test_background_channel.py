@@ -13,8 +13,9 @@ import pytest
 import pytest_asyncio
 
 from botservice.core.conversation import ConversationCore
+from botservice.core.errors import ModelError
 from botservice.model.client import OpenAIChatClient
-from botservice.model.responses import OpenAIResponsesClient
+from botservice.model.responses import MAX_RESUMES, OpenAIResponsesClient
 from botservice.storage.repository import SqlStore
 from tests.chat_kit import Chat, settings_for
 from tests.fakes.model_server import Dropped, FakeModelServer, Reply
@@ -209,3 +210,43 @@ async def test_a_response_still_running_when_the_read_timeout_is_spent_is_a_clea
 
     assert len(fake_model.responses_requests) == 1
     assert "took too long" in sink.final
+
+
+async def test_when_every_resumed_stream_is_cut_the_response_is_read_whole_instead(
+    fake_model: FakeModelServer, sqlite_store: SqlStore
+) -> None:
+    settings = settings_for(
+        fake_model.base_url,
+        model__api="responses",
+        model__name="thinker",
+        model_defaults__background="true",
+    )
+    client = OpenAIResponsesClient(settings.model)
+    core = ConversationCore(settings=settings, store=sqlite_store, model=client)
+    fake_model.script(Dropped(after=7, then=Reply(ANSWER, chunk_size=8), resume="cut"))
+    try:
+        sink = await Chat(core).say("What is the answer?")
+    finally:
+        await client.aclose()
+        await core.stop()
+
+    assert sink.finals == [ANSWER]
+    assert len(fake_model.responses_requests) == 1
+    streamed_again = [r for r in fake_model.follow_requests if r.body["query"]]
+    polled = [r for r in fake_model.follow_requests if not r.body["query"]]
+    assert len(streamed_again) == MAX_RESUMES  # each resume was cut too
+    assert len(polled) == 1
+
+
+async def test_a_response_gone_from_the_endpoint_is_not_called_an_unknown_model(
+    fake_model: FakeModelServer,
+) -> None:
+    client = OpenAIResponsesClient(settings_for(fake_model.base_url, model__api="responses").model)
+    try:
+        with pytest.raises(ModelError) as raised:
+            await client.poll("resp_expired")
+    finally:
+        await client.aclose()
+
+    assert "does not know this model" not in raised.value.user_message
+    assert raised.value.user_message == "The model endpoint failed to answer; please try again."

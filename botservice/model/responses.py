@@ -137,8 +137,11 @@ class OpenAIResponsesClient(OpenAIChatClient):
                 status = response.status_code
                 if status == 429:
                     wait = max(pause, _requested_wait(response.headers) or 0.0)
+                elif status == 404:
+                    # Not "no such model", as a 404 to a request means: this response.
+                    raise ModelError("the background response is gone from the endpoint")
                 elif status < 500:
-                    self._check_status(response)  # a refusal (gone, no right) ends it
+                    self._check_status(response)  # a refusal (no right, say) ends it
                     body = _response_body(response.content)
                     if body.get("status") in _TERMINAL:
                         return body
@@ -262,16 +265,15 @@ class ResponsesStream(OpenAIChatStream):
                     yield delta
                 return
             except _NotStreamedAgain:
-                async for delta in self._polled():
-                    yield delta
-                return
+                break
             except _DROPS as error:
-                if (
-                    self.response_id is None
-                    or self._endpoint_failed
-                    or self._resumes >= MAX_RESUMES
-                ):
+                if self.response_id is None or self._endpoint_failed:
                     raise
+                if self._resumes >= MAX_RESUMES:
+                    # Every stream drops (a proxy that cuts long connections, say):
+                    # the response goes on at the endpoint all the same.
+                    log.info("background response stream lost again; reading it whole instead")
+                    break
                 self._resumes += 1
                 log.info(
                     "background response stream lost (%s); resuming after event %s",
@@ -279,6 +281,8 @@ class ResponsesStream(OpenAIChatStream):
                     self._sequence,
                 )
                 await asyncio.sleep(min(RESUME_PAUSE_SECONDS * self._resumes, 5.0))
+        async for delta in self._polled():
+            yield delta
 
     def _begin_attempt(self) -> None:
         if self.response_id is not None and self._sequence is not None:

@@ -237,7 +237,8 @@ class Dropped:
     thinking) until the client goes away.
 
     `resume`: how the fake answers a request to stream the response again: "stream"
-    (it does), "refused" (HTTP 400: an endpoint that keeps responses but cannot
+    (it does), "cut" (it starts to, and the connection is cut before any event: a
+    proxy that cuts every stream), "refused" (HTTP 400: an endpoint that keeps responses but cannot
     stream a stored one), "whole" (it ignores `stream=true` and answers the response
     as it stands, in JSON). `running_polls`: so many reads of the response find it
     still in progress (its text not yet there) before it is completed."""
@@ -245,7 +246,7 @@ class Dropped:
     after: int
     then: Reply = field(default_factory=Reply)
     hold: bool = False
-    resume: Literal["stream", "refused", "whole"] = "stream"
+    resume: Literal["stream", "cut", "refused", "whole"] = "stream"
     running_polls: int = 0
 
 
@@ -874,6 +875,10 @@ class FakeModelServer:
         ]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if mode == "cut":
+            assert request.transport is not None
+            request.transport.close()
+            return response
         await self._send(response, later, 0.0)
         await response.write_eof()
         return response
