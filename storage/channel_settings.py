@@ -100,8 +100,8 @@ class SqlChannelSettingsStore(StoreBase):
                     workspace=workspace,
                     channel=channel,
                     field=field,
-                    old_value=None if old is None else str(old),
-                    new_value=None if stored is None else str(stored),
+                    old_value=_audited(old),
+                    new_value=_audited(stored),
                     changed_by=changed_by,
                     changed_at=now,
                 )
@@ -137,4 +137,17 @@ def _setting_value(field: SettingField, value: str | int | None) -> str | int | 
         if days < 0:
             raise ValueError("retention_days cannot be negative")
         return days
+    if field == "background":
+        if not isinstance(value, bool):
+            raise ValueError("background is on (True), off (False) or the default (None)")
+        return value
+    return str(value)
+
+
+def _audited(value: object) -> str | None:
+    """A setting's value as the audit trail keeps it: text, and on/off for switches."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return str(value)

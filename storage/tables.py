@@ -194,6 +194,8 @@ class ChannelSetting(SQLModel, table=True):
     speech_voice: str | None = None
     # The channel's tool rules (`ToolPolicy.serialize()`): "+name,-server__*,...".
     tools: str | None = None
+    # Background mode for this channel's answers (Responses backend); NULL: the model's.
+    background: bool | None = None
     updated_by: str = ""
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

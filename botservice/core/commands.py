@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "retention": ("show", "set"),
     "speech": ("show", "set", "clear"),
     "tools": ("show", "enable", "disable"),
+    "background": ("show", "on", "off", "default"),
     "reset": (),
     "usage": (),
     "forget-me": (),
@@ -64,12 +65,15 @@ Commands:
                                            how answers are spoken in voice channels; without a
                                            speech endpoint the voice is espeak-ng's (e.g. en-gb)
   tools show | enable|disable <name|glob>   the tools the model may use here (e.g. jira__*)
+  background show | on | off | default     answers asked for in background mode (Responses API:
+                                           long answers survive a dropped stream or a restart)
   reset                                    start this conversation afresh (nothing is deleted)
   usage                                    your tokens and cost today and this month (and the
                                            channel's, for channel managers)
   forget-me                                delete every message of yours and the answers to them
   help                                     this list
-Changing instructions, model, retention, speech or tools needs the channel-manager right."""
+Changing instructions, model, retention, speech, tools or background needs the
+channel-manager right."""
 # What `tools enable|disable` takes: a tool name, or a glob over names (`jira__*`).
 _TOOL_PATTERN = re.compile(r"^[A-Za-z0-9_*?\[\]-]{1,64}$")
 
@@ -133,6 +137,8 @@ class CommandRunner:
                 return await self._speech(message, command)
             case "tools":
                 return await self._tool_rules(message, command)
+            case "background":
+                return await self._background(message, command)
             case "reset":
                 await self._store.reset_conversation(message.conversation)
                 return "Done: the next message here starts a fresh conversation."
@@ -287,6 +293,30 @@ class CommandRunner:
                 "(it applies when one appears)."
             )
         return f"Now {verb} here: {', '.join(matching)}."
+
+    async def _background(self, message: IncomingMessage, command: Command) -> str:
+        if command.action != "show":
+            if refusal := self._refuse_unless_manager(message, "background mode"):
+                return refusal
+            choice = {"on": True, "off": False, "default": None}[command.action]
+            await self._change(message, "background", choice)
+        return self._background_summary(await self._channel(message))
+
+    def _background_summary(self, current: ChannelSettings) -> str:
+        model = self._settings.chat_model(current.model)
+        if current.background is None:
+            said = "on" if self._settings.model_info(model).background else "off"
+            text = f"Background mode here: {said} (the default of the model {model})."
+        else:
+            said = "on" if current.background else "off"
+            text = f"Background mode here: {said} (this channel's setting)."
+        if self._settings.model.api != "responses":
+            # Accepted all the same, so it holds the day the endpoint changes API.
+            text += (
+                ' It only applies with `api = "responses"`; this bot speaks Chat '
+                "Completions, where every answer is one ordinary request."
+            )
+        return text
 
     async def _usage_report(self, message: IncomingMessage) -> str:
         if self._usage is None:

@@ -777,8 +777,11 @@ class ConversationCore:
         )
         # Background mode: the response's id is kept with the turn as soon as the
         # endpoint names it, and a resumed turn follows the response it finds for the
-        # round it is at instead of asking again.
-        background = model_info.background
+        # round it is at instead of asking again. The channel's setting, when it has
+        # one, decides over the model's; the Chat backend has no background mode.
+        background = self._settings.model.api == "responses" and (
+            model_info.background if channel.background is None else channel.background
+        )
         resume: str | None = None
         if background and turn.resumed:
             kept = await self._keep_trying(lambda: store.model_response(turn.turn_id))

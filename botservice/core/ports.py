@@ -22,7 +22,13 @@ Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
 TurnStatus = Literal["pending", "running", "answered", "failed", "command"]
 SettingField = Literal[
-    "instructions", "model", "retention_days", "speech_model", "speech_voice", "tools"
+    "instructions",
+    "model",
+    "retention_days",
+    "speech_model",
+    "speech_voice",
+    "tools",
+    "background",
 ]
 
 
@@ -348,6 +354,9 @@ class ChannelSettings:
     speech_voice: str | None = None
     # The channel's tool rules, `ToolPolicy.serialize()`d.
     tools: str | None = None
+    # Background mode on the Responses backend: True always, False never, None as the
+    # model's `background` says.
+    background: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ import httpx
 import orjson
 
 from botservice.core.errors import (
+    ModelAnswerIncomplete,
     ModelContextExceeded,
     ModelEmptyAnswer,
     ModelError,
@@ -49,13 +50,16 @@ from botservice.core.ports import ChatRequest, ChatResult, GeneratedFile
 from botservice.core.prompt import REASONING_ITEMS
 from botservice.core.settings import ModelSettings
 from botservice.model.client import (
+    _INCOMPLETE_REASONS,
     OpenAIChatClient,
     OpenAIChatStream,
     _close,
     _parse_usage,
+    _requested_wait,
     context_overflow,
     function_spec,
 )
+from botservice.model.tool_calls import ToolCallAccumulator
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,13 @@ log = logging.getLogger(__name__)
 # (growing with each).
 MAX_RESUMES = 5
 RESUME_PAUSE_SECONDS = 0.2
+# A background response that cannot be streamed again is read whole until it ends:
+# the first pause between reads, and the longest (each one doubles). All of it within
+# the model's read timeout.
+POLL_FIRST_PAUSE_SECONDS = 0.25
+POLL_LONGEST_PAUSE_SECONDS = 5.0
+# A response's statuses after which it changes no more.
+_TERMINAL = frozenset({"completed", "failed", "incomplete", "cancelled"})
 # What a dropped connection looks like once the client's own retries are spent.
 _DROPS = (ModelStreamBroken, ModelTimeout, ModelUnreachable, ModelServerError)
 # A response id as the endpoint names it; anything else is not followed.
@@ -106,6 +117,39 @@ class OpenAIResponsesClient(OpenAIChatClient):
         )
         return await self.http.send(request, stream=True)
 
+    async def poll(self, response_id: str) -> dict[str, Any]:
+        """Read a background response (`GET /responses/{id}`) until its status is
+        terminal, pausing longer after each read; within the read timeout in all.
+        A failed read (the connection, a 5xx, a 429) is read again; a refusal is raised."""
+        url = f"{self._url}/{quote(response_id, safe='')}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.read_timeout_seconds
+        pause = POLL_FIRST_PAUSE_SECONDS
+        while True:
+            wait = pause
+            try:
+                response = await self.http.get(
+                    url, headers=self._request_headers[False], timeout=self._timeout
+                )
+            except httpx.HTTPError as error:
+                log.info("reading a background response failed (%s)", type(error).__name__)
+            else:
+                status = response.status_code
+                if status == 429:
+                    wait = max(pause, _requested_wait(response.headers) or 0.0)
+                elif status == 404:
+                    # Not "no such model", as a 404 to a request means: this response.
+                    raise ModelError("the background response is gone from the endpoint")
+                elif status < 500:
+                    self._check_status(response)  # a refusal (no right, say) ends it
+                    body = _response_body(response.content)
+                    if body.get("status") in _TERMINAL:
+                        return body
+            if loop.time() + wait > deadline:
+                raise ModelTimeout("the background response did not end within the read timeout")
+            await asyncio.sleep(wait)
+            pause = min(pause * 2, POLL_LONGEST_PAUSE_SECONDS)
+
     def encode(self, request: ChatRequest, *, stream: bool) -> bytes:
         approvals = _approval_ids(request.messages)
         body: dict[str, Any] = {
@@ -140,11 +184,10 @@ class OpenAIResponsesClient(OpenAIChatClient):
         return orjson.dumps(body)
 
     def parse_result(self, raw: bytes) -> ChatResult:
-        try:
-            body = json.loads(raw)
-            output = body["output"]
-        except (ValueError, KeyError, TypeError):
-            raise ModelError("the model endpoint sent a response that is not a response") from None
+        body = _response_body(raw)
+        if "output" not in body:
+            raise ModelError("the model endpoint sent a response that is not a response")
+        output = body["output"]
         if body.get("status") == "failed" or body.get("error"):
             raise _error(body.get("error") or {}, shown=False, scrub=self._scrub)
         text = "".join(_output_text(output))
@@ -189,7 +232,10 @@ class ResponsesStream(OpenAIChatStream):
     `on_started`), the `sequence_number` of every event is followed, and a stream that
     drops is resumed where it stopped (`GET /responses/{id}?stream=true&starting_after=
     <n>`) instead of asking again; a restart's `resume_response` is followed from its
-    first event (a response the endpoint no longer has is asked for again).
+    first event (a response the endpoint no longer has is asked for again). An
+    endpoint that keeps the response but will not stream it again (it refuses, or
+    answers the response whole) is read until the response ends (`poll`), and the
+    text not yet shown comes as one last delta.
     """
 
     _client: OpenAIResponsesClient
@@ -202,6 +248,9 @@ class ResponsesStream(OpenAIChatStream):
         # The endpoint itself reported a failure (an `error` or `response.failed`
         # event): that is the answer, not a dropped connection to resume.
         self._endpoint_failed = False
+        # The text given out so far: a polled answer comes whole, and only what
+        # follows it is still to show.
+        self._given: list[str] = []
 
     @property
     def _background(self) -> bool:
@@ -212,15 +261,19 @@ class ResponsesStream(OpenAIChatStream):
             try:
                 async for delta in super()._deltas():
                     self._shown_before = True
+                    self._given.append(delta)
                     yield delta
                 return
+            except _NotStreamedAgain:
+                break
             except _DROPS as error:
-                if (
-                    self.response_id is None
-                    or self._endpoint_failed
-                    or self._resumes >= MAX_RESUMES
-                ):
+                if self.response_id is None or self._endpoint_failed:
                     raise
+                if self._resumes >= MAX_RESUMES:
+                    # Every stream drops (a proxy that cuts long connections, say):
+                    # the response goes on at the endpoint all the same.
+                    log.info("background response stream lost again; reading it whole instead")
+                    break
                 self._resumes += 1
                 log.info(
                     "background response stream lost (%s); resuming after event %s",
@@ -228,6 +281,8 @@ class ResponsesStream(OpenAIChatStream):
                     self._sequence,
                 )
                 await asyncio.sleep(min(RESUME_PAUSE_SECONDS * self._resumes, 5.0))
+        async for delta in self._polled():
+            yield delta
 
     def _begin_attempt(self) -> None:
         if self.response_id is not None and self._sequence is not None:
@@ -249,7 +304,56 @@ class ResponsesStream(OpenAIChatStream):
             log.warning("the background response to resume is gone; asking the model again")
             self.response_id = None
             return await super()._open()
+        status = response.status_code
+        streamed = "text/event-stream" in response.headers.get("content-type", "")
+        if (status >= 400 and status != 429) or (status < 300 and not streamed):
+            await _close(response)
+            log.info("the endpoint does not stream the background response again (HTTP %d)", status)
+            raise _NotStreamedAgain
         return response
+
+    async def _polled(self) -> AsyncIterator[str]:
+        """The background response read whole once it has ended; the text not yet
+        shown is the one delta."""
+        assert self.response_id is not None
+        client = self._client
+        body = await client.poll(self.response_id)
+        status = body.get("status")
+        if status == "failed":
+            self._endpoint_failed = True
+            failure = body.get("error")
+            raise _error(
+                failure if isinstance(failure, dict) else {},
+                shown=bool(self._given),
+                scrub=client._scrub,
+            )
+        if status == "cancelled":
+            raise ModelError("the background response was cancelled at the endpoint")
+        # The whole response is the truth: forget what the stream had read of it.
+        self._calls, self.reasoning_items, self.generated_files = ToolCallAccumulator(), [], []
+        reason = "stop"
+        if status == "incomplete":
+            details = body.get("incomplete_details")
+            reason = str(
+                (details.get("reason") if isinstance(details, dict) else None)
+                or "max_output_tokens"
+            )
+        self._end({"response": body}, reason)
+        text = "".join(_output_text(body.get("output")))
+        shown = "".join(self._given)
+        if not text.startswith(shown):
+            log.warning("the background response read whole does not begin with the text shown")
+        rest = text[len(shown) :]
+        if rest:
+            yield rest
+        if self._calls:
+            self.tool_calls = self._calls.calls()
+            return
+        incomplete = _INCOMPLETE_REASONS.get(reason) if status == "incomplete" else None
+        if incomplete is not None:
+            raise ModelAnswerIncomplete(incomplete)
+        if not text:
+            raise ModelEmptyAnswer("the background response has no text")
 
     def _read_chunk(self, data: bytes, *, shown: bool) -> str:
         # OpenAI writes `type` first: an event known to carry nothing needed is passed
@@ -503,6 +607,21 @@ def _output_text(output: Any) -> list[str]:
             if isinstance(part, dict) and part.get("type") in ("output_text", "refusal"):
                 texts.append(str(part.get("text") or part.get("refusal") or ""))
     return texts
+
+
+class _NotStreamedAgain(Exception):
+    """The endpoint keeps the background response but will not stream it again."""
+
+
+def _response_body(raw: bytes) -> dict[str, Any]:
+    """A response object as the endpoint sent it whole."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ModelError("the model endpoint sent a response that is not a response")
+    return body
 
 
 def _error(raw: dict[str, Any], *, shown: bool, scrub: Callable[[str], str]) -> ModelError:

@@ -60,7 +60,7 @@ from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest_asyncio
 from aiohttp import BodyPartReader, web
@@ -234,11 +234,20 @@ class Dropped:
     whole at the fake, but drop the first connection after `after` events (the rest
     is there for `GET /v1/responses/{id}?stream=true&starting_after=<n>`). `hold`:
     instead of dropping, stop sending and keep the connection open (a model still
-    thinking) until the client goes away."""
+    thinking) until the client goes away.
+
+    `resume`: how the fake answers a request to stream the response again: "stream"
+    (it does), "cut" (it starts to, and the connection is cut before any event: a
+    proxy that cuts every stream), "refused" (HTTP 400: an endpoint that keeps responses but cannot
+    stream a stored one), "whole" (it ignores `stream=true` and answers the response
+    as it stands, in JSON). `running_polls`: so many reads of the response find it
+    still in progress (its text not yet there) before it is completed."""
 
     after: int
     then: Reply = field(default_factory=Reply)
     hold: bool = False
+    resume: Literal["stream", "cut", "refused", "whole"] = "stream"
+    running_polls: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +362,10 @@ class FakeModelServer:
         self.sends_encrypted_reasoning = True
         # Background responses by id: every event, as `GET /v1/responses/{id}` replays them.
         self.background: dict[str, list[bytes]] = {}
+        # How each background response answers a request to stream it again, and how
+        # many more reads find it still running (`Dropped.resume`, `.running_polls`).
+        self.resume_modes: dict[str, str] = {}
+        self.running_polls: dict[str, int] = {}
         self.overflows = 0  # chat requests refused or emptied for being over the window
         self.rate_limit: tuple[int, float] | None = None
         self.rate_limited = 0  # 429s answered because of `rate_limit`
@@ -821,6 +834,8 @@ class FakeModelServer:
         if body.get("background"):
             self.background[events.response_id] = sequence
             if dropped is not None:
+                self.resume_modes[events.response_id] = dropped.resume
+                self.running_polls[events.response_id] = dropped.running_polls
                 await self._send(response, sequence[: dropped.after], 0.0)
                 if dropped.hold:
                     await asyncio.Event().wait()  # until the client goes (or the fake stops)
@@ -840,18 +855,30 @@ class FakeModelServer:
         """`GET /v1/responses/{id}`: a background response's events after
         `starting_after` (`stream=true`), or the response as it stands."""
         self._record(request, {"query": dict(request.query)})
-        events = self.background.get(request.match_info["response_id"])
+        response_id = request.match_info["response_id"]
+        events = self.background.get(response_id)
         if events is None:
             return _error(404, "Response not found.", "not_found")
-        if request.query.get("stream") != "true":
+        mode = self.resume_modes.get(response_id, "stream")
+        if request.query.get("stream") == "true" and mode == "refused":
+            return _error(400, "Streaming a stored response is not supported.", "unsupported")
+        if request.query.get("stream") != "true" or mode == "whole":
             last = json.loads(events[-1].split(b"data: ", 1)[1])
-            return web.json_response(last.get("response") or {})
+            final = last.get("response") or {}
+            if self.running_polls.get(response_id, 0) > 0:
+                self.running_polls[response_id] -= 1
+                final = {**final, "status": "in_progress", "output": [], "usage": None}
+            return web.json_response(final)
         after = int(request.query.get("starting_after", "-1"))
         later = [
             e for e in events if json.loads(e.split(b"data: ", 1)[1])["sequence_number"] > after
         ]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if mode == "cut":
+            assert request.transport is not None
+            request.transport.close()
+            return response
         await self._send(response, later, 0.0)
         await response.write_eof()
         return response
