@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.limits import BUSY, MessageRate
+from botservice.core.limits import BUSY, MessageRate, ModelCallGate
 from botservice.core.ports import Store
 from botservice.model.client import OpenAIChatClient
 from tests.chat_kit import Chat, RecordingSink, settings_for
@@ -137,6 +137,47 @@ async def test_model_calls_wait_in_order_for_a_free_slot(
     started = [r.received_at for r in requests]
     assert started[2] - started[0] >= 0.45
     assert started[4] - started[2] >= 0.45
+
+
+async def test_turns_waiting_for_a_slot_go_in_the_order_they_were_taken() -> None:
+    # A turn reads the database before it reaches the gate, so under load a later
+    # turn can arrive first: the gate lets them go by their turn number, as the
+    # model pacer behind it does, so the order they were taken in holds end to end.
+    gate = ModelCallGate(max_concurrent=1, max_waiting=10)
+    went: list[int] = []
+
+    async def turn(number: int) -> None:
+        async with gate.slot(place=number):
+            went.append(number)
+            await asyncio.sleep(0)
+
+    async with gate.slot(place=1):
+        waiting = [asyncio.create_task(turn(n)) for n in (9, 3, 7)]
+        await asyncio.sleep(0.01)
+        assert gate.waiting == 3
+    await asyncio.gather(*waiting)
+
+    assert went == [3, 7, 9]
+
+
+async def test_a_turn_cancelled_while_waiting_gives_up_its_place() -> None:
+    gate = ModelCallGate(max_concurrent=1, max_waiting=10)
+    went: list[int] = []
+
+    async def turn(number: int) -> None:
+        async with gate.slot(place=number):
+            went.append(number)
+
+    async with gate.slot(place=1):
+        first, second = asyncio.create_task(turn(2)), asyncio.create_task(turn(3))
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await asyncio.sleep(0.01)
+        assert gate.waiting == 1
+    await second
+
+    assert went == [3]
+    assert gate.running == 0
 
 
 async def test_beyond_the_queue_bound_the_turn_is_declined_but_its_message_kept(

@@ -852,7 +852,7 @@ class ConversationCore:
                         )
                     else:
                         request = dataclasses.replace(request, tools=functions)
-                async with self._limits.gate.slot():
+                async with self._limits.gate.slot(place=turn.turn_id):
                     while True:
                         try:
                             stream = await self._stream_into(

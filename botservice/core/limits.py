@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import math
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,14 +79,21 @@ class MessageRate:
 
 
 class ModelCallGate:
-    """At most `max_concurrent` model calls at once; later ones wait in arrival order, and
-    at most `max_waiting` may wait (`slot` raises `GateFull` beyond that)."""
+    """At most `max_concurrent` model calls at once; later ones wait, and at most
+    `max_waiting` may wait (`slot` raises `GateFull` beyond that).
+
+    Waiting turns go by `place` (the turn's number), then by arrival: a turn reads
+    the database before it gets here, so under load a later turn may arrive first,
+    and the model pacer behind the gate keeps the same order.
+    """
 
     def __init__(self, max_concurrent: int, max_waiting: int) -> None:
         self._max_concurrent = max_concurrent
         self._max_waiting = max_waiting
         self._running = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        # (place, arrival, future), smallest first.
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
 
     @property
     def running(self) -> int:
@@ -96,34 +104,36 @@ class ModelCallGate:
         return len(self._waiting)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self._acquire()
+    async def slot(self, *, place: int = 0) -> AsyncIterator[None]:
+        await self._acquire(place)
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, place: int) -> None:
         if self._running < self._max_concurrent and not self._waiting:
             self._running += 1
             return
         if len(self._waiting) >= self._max_waiting:
             raise GateFull
         turn = asyncio.get_running_loop().create_future()
-        self._waiting.append(turn)
+        entry = (place, next(self._arrivals), turn)
+        heapq.heappush(self._waiting, entry)
         try:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 self._release()  # the slot was handed over just as we were cancelled
             else:
-                self._waiting.remove(turn)
+                self._waiting.remove(entry)
+                heapq.heapify(self._waiting)
             raise
 
     def _release(self) -> None:
         # The slot passes straight to the first waiter, so no newcomer overtakes it.
         while self._waiting:
-            turn = self._waiting.popleft()
+            _, _, turn = heapq.heappop(self._waiting)
             if not turn.done():
                 turn.set_result(None)
                 return
