@@ -44,15 +44,20 @@ async def test_a_burst_of_50_turns_under_20_requests_a_window_meets_no_429_and_k
     assert [sink.final for sink in sinks] == [f"You said: question {n}" for n in range(50)]
     asked = [int(r.last_user_text.split()[1]) for r in fake_model.chat_requests]
     assert sorted(asked) == list(range(50))
-    # The first window's twenty go as they reach the pacer (each turn reads the
-    # database first, so they may arrive a little out of order); every turn that
-    # had to wait went in the order the turns were taken: the next twenty in the
-    # second window, the last ten in the third. (Within a window the calls are let
-    # go together, so which of two reaches the server first is a race.)
-    assert sorted(asked[20:40]) == list(range(20, 40))
-    assert sorted(asked[40:]) == list(range(40, 50))
+    # Three windows of the fake, none crowded: twenty, twenty, ten.
     started = [r.received_at for r in fake_model.chat_requests]
-    assert started[40] - started[0] >= 2 * 2.0 - 0.1  # three windows, none crowded
+    windows: list[list[int]] = [[], [], []]
+    for at, turn in zip(started, asked, strict=True):
+        windows[min(2, int((at - started[0]) / 2.0))].append(turn)
+    assert [len(window) for window in windows] == [20, 20, 10]
+    assert started[40] - started[0] >= 2 * 2.0 - 0.1
+    # The first window's twenty go as they reach the gate and the pacer (each turn
+    # reads the database first, so under load a later turn may get there before an
+    # earlier one has: it takes a free place, it does not wait). Every turn that had
+    # to wait went in the order the turns were taken: all of the second window's
+    # before any of the third's. (Within a window the calls are let go together, so
+    # which of two reaches the server first is a race.)
+    assert max(windows[1]) < min(windows[2])
     # Those that waited a window or more were told, as a status line, about how long.
     waited = [sink.statuses for sink in sinks if sink.statuses]
     assert waited, "nobody was told about the wait"
@@ -170,3 +175,25 @@ async def test_a_token_limit_from_headers_holds_back_a_call_too_large_for_what_i
     clock.now += 42
     pacer.observe(first, None, answered=False)
     await asyncio.wait_for(held, 1)
+
+
+async def test_an_answer_that_has_not_counted_an_earlier_call_yet_does_not_add_room() -> None:
+    # Calls reach the endpoint in another order than they were sent: the answer to the
+    # third call can come back counting itself but not the second, still on its way.
+    settings = settings_for("http://127.0.0.1:9/v1")
+    clock = Clock()
+    pacer = ModelPacer(settings, clock=clock)
+    limits = {"limit_requests": 4, "reset_requests_seconds": 10.0}
+    first = await pacer.admit("gpt-4o", 10)
+    pacer.observe(first, RateLimits(remaining_requests=3, **limits), answered=True)
+    await pacer.admit("gpt-4o", 10)  # the second: still on its way
+    third = await pacer.admit("gpt-4o", 10)
+    pacer.observe(third, RateLimits(remaining_requests=2, **limits), answered=True)
+
+    await pacer.admit("gpt-4o", 10)  # the fourth of four: fits
+    fifth = asyncio.ensure_future(pacer.admit("gpt-4o", 10))
+    await asyncio.sleep(0.05)
+
+    assert not fifth.done()  # the endpoint has counted four by now: no room till the reset
+    assert 9 <= pacer.expected_wait("gpt-4o", 10) <= 10
+    fifth.cancel()

@@ -219,9 +219,14 @@ class ModelPacer:
         ):
             if remaining is None or sequence <= window.seen:
                 continue
+            same_window = window.reset_at is not None and now < window.reset_at
             window.seen = sequence
             window.limit = limit if limit is not None else window.limit
-            window.remaining = remaining - spent
+            # Calls reach the endpoint in another order than they were sent, so this
+            # answer may not count an earlier call still in flight: within one window
+            # what is left only ever shrinks, and the lower count stands.
+            told = remaining - spent
+            window.remaining = min(window.remaining, told) if same_window else told
             window.reset_at = now + reset if reset is not None else None
             window.span = max(window.span, reset or 0.0)
 
