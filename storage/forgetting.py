@@ -31,6 +31,7 @@ from botservice.storage.tables import (
     MESSAGES,
     SETTING_CHANGES,
     TURNS,
+    VOICE_OPT_OUTS,
     utcnow,
 )
 from botservice.storage.tool_rounds import forget_confirmations
@@ -86,6 +87,12 @@ class SqlForgetting(StoreBase):
                 update(CHANNEL_SETTINGS)
                 .where(_s.platform == platform, _s.updated_by == user_id)
                 .values(updated_by=FORGOTTEN_USER)
+            )
+            # Their `/voice ignore-me` names them: it goes too (they are heard again).
+            connection.execute(
+                delete(VOICE_OPT_OUTS).where(
+                    VOICE_OPT_OUTS.c.platform == platform, VOICE_OPT_OUTS.c.user_id == user_id
+                )
             )
             settings = connection.execute(
                 update(SETTING_CHANGES)
@@ -160,6 +167,11 @@ class SqlForgetting(StoreBase):
             )
             connection.execute(
                 delete(SETTING_CHANGES).where(_a.platform == platform, _a.workspace == workspace)
+            )
+            connection.execute(
+                delete(VOICE_OPT_OUTS).where(
+                    VOICE_OPT_OUTS.c.platform == platform, VOICE_OPT_OUTS.c.workspace == workspace
+                )
             )
             return gone
 

@@ -12,6 +12,7 @@ one `StoreBase` (one engine, one way of running work); `SqlStore` is their sum.
 - `purge`: expiry in batches
 - `tool_rounds`: a turn's tool calls and the confirmations they wait for
 - `message_search`: a channel's messages by their words (the built-in tools)
+- `voice_opt_outs`: members who said `/voice ignore-me`
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from botservice.storage.purge import PURGE_JOB, SqlPurgeStore
 from botservice.storage.tool_rounds import ToolRoundQueries
 from botservice.storage.turns import SqlTurnStore
 from botservice.storage.usage import SqlUsageStore
+from botservice.storage.voice_opt_outs import SqlVoiceOptOuts
 
 __all__ = [
     "ACCEPT_POOL_SIZE",
@@ -49,6 +51,7 @@ class SqlStore(
     FeedbackQueries,
     ToolRoundQueries,
     SqlMessageSearch,
+    SqlVoiceOptOuts,
 ):
     """The `Store` port (botservice/core/ports.py) over SQLAlchemy.
 

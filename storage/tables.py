@@ -258,6 +258,18 @@ class UsageEntry(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class VoiceOptOut(SQLModel, table=True):
+    """A member who said `/voice ignore-me` in a server (a Discord guild: `workspace`):
+    their audio is dropped before it is decoded. Forget-me removes the row."""
+
+    __tablename__ = "voice_opt_outs"
+
+    platform: str = Field(primary_key=True)
+    workspace: str = Field(primary_key=True)
+    user_id: str = Field(primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 def _table(model: Any) -> Table:
     return cast(Table, model.__table__)
 
@@ -270,6 +282,7 @@ CHANNEL_SETTINGS = _table(ChannelSetting)
 SETTING_CHANGES = _table(SettingChangeRow)
 PURGE_CLAIMS = _table(PurgeClaim)
 USAGE = _table(UsageEntry)
+VOICE_OPT_OUTS = _table(VoiceOptOut)
 
 
 # slack-sdk's OAuth stores (multi-workspace installs) keep their rows here too, in

@@ -54,6 +54,7 @@ TABLES = (
     "slack_installations",
     "slack_bots",
     "slack_oauth_states",
+    "voice_opt_outs",
 )
 
 T = TypeVar("T")

@@ -677,6 +677,16 @@ class Lookups(Protocol):
         interrupted before it was spoken aloud. False when the turn has no stored answer."""
         ...
 
+    async def voice_opt_outs(self, platform: str, workspace: str) -> frozenset[str]:
+        """The members of a server who said `/voice ignore-me`: their audio is not heard."""
+        ...
+
+    async def set_voice_opt_out(
+        self, platform: str, workspace: str, user_id: str, *, opted_out: bool
+    ) -> None:
+        """Store (or withdraw) a member's `/voice ignore-me`; forget-me removes it too."""
+        ...
+
 
 class PurgeStore(Protocol):
     """Expiry (`botservice.app.expiry`): what has expired goes, in batches."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import wave
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,11 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
-from botservice.adapters.discord.voice.connection import NOT_A_MANAGER, NOT_CONNECTED
+from botservice.adapters.discord.voice.connection import (
+    LISTENING_STATUS,
+    NOT_A_MANAGER,
+    NOT_CONNECTED,
+)
 from botservice.storage.repository import SqlStore
 from botservice.storage.tables import MESSAGES
 from botservice.voice.barge_in import UNSPOKEN_MARK
@@ -300,3 +305,51 @@ async def test_leaving_ends_listening(room: Room) -> None:
     assert reply == f"Left <#{server.voice_channel_id}>."
     assert room.connection._connection._listeners == []
     assert room.connection.disconnected
+
+
+async def test_while_listening_the_voice_channel_s_status_says_so(room: Room) -> None:
+    server = room.guild.server
+    assert server.voice_status(server.voice_channel_id) is None
+
+    await listening(room)
+    assert server.voice_status(server.voice_channel_id) == LISTENING_STATUS
+
+    await voice_command(room.guild, "stop", user=server.alice)
+    assert server.voice_status(server.voice_channel_id) is None
+    assert server.voice_statuses == [
+        (server.voice_channel_id, LISTENING_STATUS),
+        (server.voice_channel_id, None),
+    ]
+
+
+async def test_leaving_clears_the_listening_status(room: Room) -> None:
+    server = room.guild.server
+    await listening(room)
+
+    await voice_command(room.guild, "leave", user=server.alice)
+
+    assert server.voice_status(server.voice_channel_id) is None
+    assert server.voice_statuses[-1] == (server.voice_channel_id, None)
+
+
+async def test_without_permission_for_the_status_it_still_listens_and_logs_it_once(
+    room: Room, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = room.guild.server
+    server.voice_status_denied = True
+    caplog.set_level(logging.WARNING, logger="botservice.adapters.discord.voice.connection")
+
+    await listening(room)
+    bob = await room.enters(server.bob)
+    room.says(bob, silence(0.2) + spoken(QUESTION))
+    await room.transcribed()
+    await voice_command(room.guild, "stop", user=server.alice)
+    await listening(room)  # a second time: not logged again
+
+    refused = [r for r in caplog.records if "could not set the status" in r.getMessage()]
+    assert len(refused) == 1
+    assert server.voice_statuses == []
+    assert room.posted()[-1].startswith("\N{STUDIO MICROPHONE} Listening in")
+    # Never set, so never cleared: no request for it when listening ends.
+    await voice_command(room.guild, "stop", user=server.alice)
+    assert len(server.calls_to("PUT", "voice-status")) == 2

@@ -143,6 +143,11 @@ class FakeDiscordServer:
         self.voice_endpoint = "127.0.0.1:1"
         # Deny the bot Connect and Speak in the voice channel.
         self.bot_voice_denied = False
+        # Voice channel statuses (`PUT /channels/{id}/voice-status`), in the order set:
+        # (channel id, status; None or "" clears it).
+        self.voice_statuses: list[tuple[str, str | None]] = []
+        # Refuse setting a voice channel status, as without Set Voice Channel Status.
+        self.voice_status_denied = False
         self.attachments: dict[str, tuple[str, bytes]] = {}
         self.calls: list[RestCall] = []
         self.messages: dict[str, dict[str, Any]] = {}
@@ -706,6 +711,11 @@ class FakeDiscordServer:
 
     # --- reading what happened -----------------------------------------------------
 
+    def voice_status(self, channel_id: str) -> str | None:
+        """The voice channel's status now (None: none was set, or it was cleared)."""
+        statuses = [status for channel, status in self.voice_statuses if channel == channel_id]
+        return (statuses[-1] or None) if statuses else None
+
     def calls_to(self, method: str, fragment: str = "") -> list[RestCall]:
         return [c for c in self.calls if c.method == method and fragment in c.path]
 
@@ -910,6 +920,11 @@ class FakeDiscordServer:
                 return self._json(self._store_commands(None, body))
             case ("PUT", ["applications", _app, "guilds", guild_id, "commands"]):
                 return self._json(self._store_commands(guild_id, body))
+            case ("PUT", ["channels", channel_id, "voice-status"]):
+                if self.voice_status_denied:
+                    return self._error(403, 50013, "Missing Permissions")
+                self.voice_statuses.append((channel_id, (body or {}).get("status")))
+                return web.Response(status=204)
             case ("POST", ["channels", channel_id, "typing"]):
                 return web.Response(status=204)
             case ("POST", ["channels", channel_id, "messages"]):

@@ -10,9 +10,10 @@ Listening (`/voice listen`, by a channel manager) is off until asked for: then w
 members say is heard (`listening.VoiceListener`), transcribed, shown in the channel's
 text chat as `🎤 Name: "…"`, stored as that member's message in the voice channel's
 conversation and answered aloud like any message. A member who talks while the bot
-speaks interrupts it, and the stored answer marks what was left unsaid. `/voice
-ignore-me` drops a member's audio before it is decoded; `/voice stop` or leaving ends
-listening.
+speaks interrupts it, and the stored answer marks what was left unsaid. While it
+listens, the voice channel's status says so (`LISTENING_STATUS`). `/voice ignore-me`
+drops a member's audio before it is decoded; it is stored (every process, every restart
+sees it) and forget-me removes it. `/voice stop` or leaving ends listening.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from botservice.adapters.discord.voice.dependencies import check_discord_voice
 from botservice.adapters.discord.voice.listening import VoiceListener
 from botservice.adapters.discord.voice.playback import DiscordPlayback
 from botservice.core.conversation import Submission
-from botservice.core.errors import BotServiceError, TranscriptionError
+from botservice.core.errors import BotServiceError, StoreUnavailable, TranscriptionError
 from botservice.core.events import IncomingMessage
 from botservice.core.ports import ChannelSettings, ReplySink, SinkAbilities, abilities_of
 from botservice.voice.barge_in import mark_unspoken
@@ -66,6 +67,20 @@ LISTENING_NOTICE = (
     "never kept. /voice ignore-me leaves you out; /voice stop ends listening."
 )
 STOPPED_LISTENING = "Stopped listening in {channel}."
+# The voice channel's status while the bot listens (Discord shows it under the channel's
+# name, to everyone, in and out of it); cleared when listening ends.
+LISTENING_STATUS = (
+    "\N{STUDIO MICROPHONE}\N{VARIATION SELECTOR-16} Listening \N{EM DASH} /voice stop to end"
+)
+OPTED_OUT = (
+    "I will not listen to you in this server's voice channels: your audio is "
+    "dropped before it is decoded. /voice ignore-me again undoes it; /forget-me does too."
+)
+OPTED_OUT_UNSTORED = (
+    "I will not listen to you in this server's voice channels while I run, but I could "
+    "not store that, so a restart forgets it; please run /voice ignore-me again later."
+)
+OPTED_IN = "I will hear you again when I listen in a voice channel here."
 HEARD = '\N{MICROPHONE} {name}: "{text}"'
 MAX_HEARD_CHARS = 1800
 
@@ -96,6 +111,8 @@ class _Session:
     listener: VoiceListener | None = None
     # Answers to what members said aloud, while they are spoken: a barge-in marks them.
     answers: list[tuple[ListenedAnswerSink, Submission]] | None = None
+    # Whether the voice channel's status says the bot listens (to clear it at the end).
+    status_shown: bool = False
 
 
 class DiscordVoice:
@@ -128,8 +145,11 @@ class DiscordVoice:
         self._locks: dict[int, asyncio.Lock] = {}
         self._transcriber = transcriber
         self._activity = activity
-        # Members who said /voice ignore-me, per guild (kept while the process runs).
+        # Members who said /voice ignore-me, per guild: the store's rows, cached here (the
+        # receiver asks for every packet, synchronously) and read again on every change.
         self._ignored: dict[int, set[int]] = {}
+        # Voice channels where setting the status was refused: logged once, not each time.
+        self._status_refused: set[int] = set()
         # When the latest utterances ended (time.monotonic()), as (turn id, time): where
         # bench_voice starts its clock. Bounded: only the last few are kept.
         self.utterance_ends: deque[tuple[int, float]] = deque(maxlen=32)
@@ -267,7 +287,11 @@ class DiscordVoice:
         # A bot joins deafened; Discord sends a deafened member no audio.
         await guild.change_voice_state(channel=channel, self_deaf=False)
         guild_id = guild.id
-        ignored = self._ignored.setdefault(guild_id, set())
+        try:
+            ignored = await self._opt_outs(guild_id)
+        except StoreUnavailable:
+            await _reply(interaction, "I cannot read who opted out just now; please try again.")
+            return
         listener = VoiceListener(
             session.connection,
             settings=EndpointingSettings.of(self._settings),
@@ -280,6 +304,7 @@ class DiscordVoice:
         session.listener = listener
         session.answers = []
         log.info("listening in voice channel %s in guild %s", channel.id, guild_id)
+        session.status_shown = await self._show_status(channel, LISTENING_STATUS)
         await self._post(
             channel.id,
             LISTENING_NOTICE.format(channel=channel.mention, manager=member.display_name),
@@ -293,23 +318,32 @@ class DiscordVoice:
         if guild_id is None:
             await _reply(interaction, "Voice works in servers, not in direct messages.")
             return
-        ignored = self._ignored.setdefault(guild_id, set())
         user_id = interaction.user.id
-        if user_id in ignored:
-            ignored.discard(user_id)
-            await _reply(
-                interaction, "I will hear you again when I listen in a voice channel here."
+        try:
+            ignored = await self._opt_outs(guild_id)
+        except StoreUnavailable:
+            ignored = self._ignored.setdefault(guild_id, set())
+        opting_out = user_id not in ignored
+        if opting_out:
+            # At once, before storing: not one more packet of theirs is decoded.
+            ignored.add(user_id)
+            session = self._sessions.get(guild_id)
+            if session is not None and session.listener is not None:
+                session.listener.forget_member(user_id)
+        try:
+            await self._context.lookups.set_voice_opt_out(
+                PLATFORM, str(guild_id), str(user_id), opted_out=opting_out
             )
+        except StoreUnavailable:
+            log.warning("could not store a voice opt-out in guild %s", guild_id)
+            if opting_out:
+                await _reply(interaction, OPTED_OUT_UNSTORED)
+            else:
+                await _reply(interaction, "I could not change that just now; please try again.")
             return
-        ignored.add(user_id)
-        session = self._sessions.get(guild_id)
-        if session is not None and session.listener is not None:
-            session.listener.forget_member(user_id)
-        await _reply(
-            interaction,
-            "I will not listen to you in this server's voice channels: your audio is "
-            "dropped before it is decoded. /voice ignore-me again undoes it.",
-        )
+        if not opting_out:
+            ignored.discard(user_id)
+        await _reply(interaction, OPTED_OUT if opting_out else OPTED_IN)
 
     async def ask(self, interaction: discord.Interaction, prompt: str) -> None:
         session = self._sessions.get(interaction.guild_id or 0)
@@ -379,6 +413,39 @@ class DiscordVoice:
                 guild_owner_id=member.guild.owner_id,
             )
         )
+
+    async def _opt_outs(self, guild_id: int) -> set[int]:
+        """The guild's opt-outs as stored, read into the cached set in place (the listener
+        holds that set)."""
+        stored = await self._context.lookups.voice_opt_outs(PLATFORM, str(guild_id))
+        ignored = self._ignored.setdefault(guild_id, set())
+        ignored.intersection_update(int(user_id) for user_id in stored)
+        ignored.update(int(user_id) for user_id in stored)
+        return ignored
+
+    async def _show_status(self, channel: Any, status: str | None) -> bool:
+        """Set (or clear, None) the voice channel's status. Never stops listening: without
+        the permission it is logged once per channel and the text chat still says so."""
+        try:
+            await channel.edit(status=status)
+        # TypeError: a stage channel's `edit` takes no status (it has none).
+        except (discord.HTTPException, TypeError) as error:
+            if channel.id not in self._status_refused:
+                self._status_refused.add(channel.id)
+                log.warning(
+                    "could not set the status of voice channel %s (%s); the text chat "
+                    "still says when the bot listens",
+                    channel.id,
+                    getattr(error, "status", type(error).__name__),
+                )
+            return False
+        self._status_refused.discard(channel.id)
+        return True
+
+    async def _clear_status(self, session: _Session) -> None:
+        if session.status_shown:
+            session.status_shown = False
+            await self._show_status(session.connection.channel, None)
 
     async def _member_started_speaking(self, guild_id: int, user_id: int) -> None:
         """Barge-in: a member talking over the bot stops it at once."""
@@ -471,6 +538,7 @@ class DiscordVoice:
         await listener.stop()
         channel = session.connection.channel
         log.info("stopped listening in voice channel %s in guild %s", channel.id, guild_id)
+        await self._clear_status(session)
         with contextlib.suppress(discord.HTTPException):
             if session.connection.is_connected():
                 await channel.guild.change_voice_state(channel=channel, self_deaf=True)
@@ -506,6 +574,14 @@ class DiscordVoice:
         channel = session.connection.channel
         if not _has_people(channel, self._context.bot_id):
             await self._leave(guild_id, "the channel emptied")
+            return
+        entered = (
+            getattr(after.channel, "id", None) == channel.id != getattr(before.channel, "id", None)
+        )
+        if entered and session.listener is not None:
+            # Someone may have opted out through another process since listening began.
+            with contextlib.suppress(StoreUnavailable):
+                await self._opt_outs(guild_id)
 
     async def _watch_idle(self, guild_id: int, speaker: VoiceSpeaker) -> None:
         limit = self._settings.idle_leave_seconds
@@ -542,6 +618,7 @@ class DiscordVoice:
         if session.listener is not None:
             listener, session.listener = session.listener, None
             await listener.stop()
+            await self._clear_status(session)
         watcher = session.watcher
         if watcher is not None and watcher is not asyncio.current_task():
             watcher.cancel()
