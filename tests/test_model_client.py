@@ -110,14 +110,15 @@ async def test_stream_arrives_while_the_server_is_still_writing(
     fake_model: FakeModelServer, client: OpenAIChatClient
 ) -> None:
     fake_model.script(Reply("one two three four", delay_between_chunks=0.15))
-    started = time.monotonic()
-    stream = client.stream(ASK)
-    async for _first in stream:
-        break
-    first_after = time.monotonic() - started
-    await stream.aclose()
+    arrived: list[float] = []
+    async for _delta in client.stream(ASK):
+        arrived.append(time.monotonic())
 
-    assert first_after < 0.4  # The whole answer takes ~0.9 s; the first delta must not wait.
+    # The server pauses 0.15 s between its pieces: a client that waited for the whole
+    # answer would hand them all over at once. (Measured between the pieces, not from
+    # the start, so a loaded machine does not decide it.)
+    assert len(arrived) >= 4
+    assert arrived[-1] - arrived[0] >= 0.3
 
 
 async def test_complete_returns_text_and_usage(
