@@ -51,8 +51,7 @@ SESSION_TICK_BYTES = SESSION_RATE * FRAME_MS // 1000 * 2  # 960
 class RealtimeError(BotServiceError):
     """The realtime session could not be opened or broke."""
 
-    def user_message(self) -> str:  # type: ignore[override]
-        return "The realtime voice session is unavailable right now; try again later."
+    user_message = "The realtime voice session could not be opened; please try again later."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
