@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -201,6 +201,11 @@ class RealtimePlayback:
         with self._lock:
             return self._played_ms.get(item_id, 0)
 
+    def forget(self, item_id: str) -> None:
+        """The item is over: its count is no longer needed."""
+        with self._lock:
+            self._played_ms.pop(item_id, None)
+
     def stop(self) -> None:
         """Barge-in: drop everything queued."""
         with self._lock:
@@ -255,6 +260,8 @@ class RealtimeSession:
         self._answers: dict[str, _Answer] = {}
         self._response_id: str | None = None
         self._calls: dict[str, asyncio.Task[str]] = {}
+        # Answers cut by a barge-in: their late audio is dropped.
+        self._cut: deque[str] = deque(maxlen=64)
         self.closed = asyncio.Event()
 
     async def start(self) -> None:
@@ -399,9 +406,12 @@ class RealtimeSession:
             self.closed.set()
 
     async def _handle(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
+        kind = str(event.get("type") or "")
         if kind == "response.created":
             self._response_id = (event.get("response") or {}).get("id")
+        elif str(event.get("item_id")) in self._cut and kind.startswith("response.output_audio"):
+            # Sent before the server saw our cancel: an answer cut short stays cut.
+            return
         elif kind == "response.output_audio.delta":
             answer = self._answer(event)
             pcm24 = base64.b64decode(event.get("delta") or "")
@@ -417,10 +427,13 @@ class RealtimeSession:
             answer.transcript = str(event.get("transcript") or answer.transcript)
             answer.done = True
         elif kind == "input_audio_buffer.speech_started":
-            self._talkers = {}
             await self._barge_in()
         elif kind == "input_audio_buffer.speech_stopped":
-            self._turn_talkers[str(event.get("item_id"))] = dict(self._talkers)
+            # Who was heard since the last turn ended: the author of its transcript.
+            self._turn_talkers[str(event.get("item_id"))] = self._talkers
+            self._talkers = {}
+            while len(self._turn_talkers) > 16:  # transcription off: never claimed
+                self._turn_talkers.pop(next(iter(self._turn_talkers)))
         elif kind == "conversation.item.input_audio_transcription.completed":
             await self._store_member(event)
         elif kind == "response.function_call_arguments.done":
@@ -447,11 +460,12 @@ class RealtimeSession:
             for answer in self._answers.values()
             if not answer.stored and self.playback.played_ms(answer.item_id) < answer.audio_ms
         ]
+        if self._response_id is not None:
+            # Also an answer not heard yet: the member has more to say first.
+            await self._send({"type": "response.cancel"})
         if not unplayed:
             return
         self.playback.stop()
-        if self._response_id is not None:
-            await self._send({"type": "response.cancel"})
         for answer in unplayed:
             played = self.playback.played_ms(answer.item_id)
             await self._send(
@@ -463,6 +477,9 @@ class RealtimeSession:
                 }
             )
             answer.stored = True
+            del self._answers[answer.item_id]
+            self._cut.append(answer.item_id)
+            self.playback.forget(answer.item_id)
             text = answer.transcript
             if text.strip():
                 words = text.split()
@@ -481,8 +498,15 @@ class RealtimeSession:
                 continue
             answer.stored = True
             del self._answers[answer.item_id]
+            self.playback.forget(answer.item_id)
             if answer.transcript.strip():
-                await self._transcripts.bot_said(answer.transcript)
+                # Apart from the tick, whose audio must not wait on the platform.
+                self._spawn(self._transcripts.bot_said(answer.transcript))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _store_member(self, event: Mapping[str, Any]) -> None:
         text = str(event.get("transcript") or "").strip()
@@ -523,9 +547,7 @@ class RealtimeSession:
         ]
         if call_ids:
             # Run apart from the reader, which must go on hearing barge-ins meanwhile.
-            task = asyncio.create_task(self._answer_calls(call_ids), name="realtime-calls")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._answer_calls(call_ids))
 
     async def _answer_calls(self, call_ids: Sequence[str]) -> None:
         for call_id in call_ids:

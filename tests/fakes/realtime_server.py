@@ -10,7 +10,8 @@ Each turn's answer comes from the script, in order (`Speak`, `CallTool`); once i
 empty the answer is `Speak("You said something.")`. Audio deltas are a 24 kHz tone,
 sent at once (real servers produce audio faster than it plays). With
 `hold_response_done`, `response.done` waits for the client's `response.cancel` (an
-answer still being produced when a member talks over it).
+answer still being produced when a member talks over it); with `late_audio_on_cancel`
+one more audio delta of the answer follows the cancel (it was on the wire already).
 
 Every event received is recorded in `.received`, every event sent in `.sent`.
 """
@@ -52,6 +53,7 @@ class CallTool:
 class FakeRealtimeServer:
     heard: str = "What time is it?"
     hold_response_done: bool = False
+    late_audio_on_cancel: bool = False
     script: deque[Speak | CallTool] = field(default_factory=deque)
     received: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
@@ -61,6 +63,7 @@ class FakeRealtimeServer:
     base_url: str = ""
     _runner: web.AppRunner | None = None
     _counter: int = 0
+    _speaking: dict[str, Any] = field(default_factory=dict)
 
     def received_types(self) -> list[str]:
         return [event["type"] for event in self.received]
@@ -142,6 +145,11 @@ class FakeRealtimeServer:
                         cancelled.clear()
                         responding = asyncio.create_task(self._respond(send, cancelled))
             elif kind == "response.cancel":
+                if self.late_audio_on_cancel and self._speaking:
+                    late = base64.b64encode(tone(100)).decode()
+                    await send(
+                        {"type": "response.output_audio.delta", **self._speaking, "delta": late}
+                    )
                 cancelled.set()
             elif kind == "response.create":
                 cancelled.clear()
@@ -183,6 +191,7 @@ class FakeRealtimeServer:
             )
             return
         where = {"response_id": response_id, "item_id": item_id, "content_index": 0}
+        self._speaking = where
         for word in step.transcript.split():
             await send(
                 {"type": "response.output_audio_transcript.delta", **where, "delta": word + " "}

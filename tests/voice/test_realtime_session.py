@@ -194,6 +194,7 @@ async def test_a_member_talking_over_the_answer_cuts_it_where_it_was_heard(
     fake_realtime: FakeRealtimeServer,
 ) -> None:
     fake_realtime.hold_response_done = True
+    fake_realtime.late_audio_on_cancel = True
     fake_realtime.script.append(
         Speak("The weather tomorrow is sunny in the morning and rainy later.", audio_ms=2000)
     )
@@ -206,11 +207,14 @@ async def test_a_member_talking_over_the_answer_cuts_it_where_it_was_heard(
         member_talks(session)
         await until(lambda: fake_realtime.of_type("conversation.item.truncate"))
         await until(lambda: len(kept.said) == 2)
+        await until(lambda: any(e["type"] == "response.done" for e in fake_realtime.sent))
+        # The answer's audio that was on the wire before the cancel is not played.
+        late_frames = play(session.playback)
     finally:
         await session.aclose()
 
     assert len(heard) == 15
-    assert not session.playback.playing
+    assert late_frames == []
     types = fake_realtime.received_types()
     assert types.index("response.cancel") < types.index("conversation.item.truncate")
     (truncate,) = fake_realtime.of_type("conversation.item.truncate")
