@@ -360,7 +360,7 @@ class _Unkept:
     async def member_said(self, user_id: int, text: str) -> None:
         return None
 
-    async def bot_said(self, text: str) -> None:
+    async def bot_said(self, text: str, *, interrupted: bool) -> None:
         return None
 
 

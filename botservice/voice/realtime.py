@@ -88,7 +88,9 @@ class RealtimeTranscripts(Protocol):
 
     async def member_said(self, user_id: int, text: str) -> None: ...
 
-    async def bot_said(self, text: str) -> None: ...
+    async def bot_said(self, text: str, *, interrupted: bool) -> None:
+        """The answer as heard: whole once played, or marked where a member cut it."""
+        ...
 
 
 class RealtimeTools(Protocol):
@@ -485,7 +487,9 @@ class RealtimeSession:
                 words = text.split()
                 # The transcript runs ahead of the audio: the spoken share of it, by time.
                 spoken = " ".join(words[: int(len(words) * played / answer.audio_ms)])
-                await self._transcripts.bot_said(mark_unspoken(text, [spoken] if spoken else []))
+                await self._transcripts.bot_said(
+                    mark_unspoken(text, [spoken] if spoken else []), interrupted=True
+                )
         log.info("a member interrupted the realtime answer")
 
     async def _store_played(self) -> None:
@@ -501,10 +505,16 @@ class RealtimeSession:
             self.playback.forget(answer.item_id)
             if answer.transcript.strip():
                 # Apart from the tick, whose audio must not wait on the platform.
-                self._spawn(self._transcripts.bot_said(answer.transcript))
+                self._spawn(self._transcripts.bot_said(answer.transcript, interrupted=False))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("keeping or answering part of a realtime voice turn failed")
+
+        task = asyncio.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

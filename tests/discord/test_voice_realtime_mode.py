@@ -1,18 +1,26 @@
 """Realtime mode in a Discord voice channel: `/voice listen` opens one speech-to-speech
 session with the fake `/v1/realtime` server; a member's speech (Opus, DAVE, RTP, UDP on
 loopback) goes into it at 24 kHz, the answer comes back as Discord frames, and both
-sides are written in the channel's text chat."""
+sides are written in the channel's text chat and stored as the conversation's turn."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from botservice.storage.repository import SqlStore
 from tests.discord.test_voice import joined, voice_command, voice_guild  # noqa: F401
-from tests.discord.test_voice_listen import QUESTION, Room, listening, room  # noqa: F401
+from tests.discord.test_voice_listen import (  # noqa: F401
+    QUESTION,
+    Room,
+    listening,
+    room,
+    stored_texts,
+)
 from tests.fakes.realtime_server import FakeRealtimeServer, Speak
 from tests.voice.spoken_audio import spoken
 
@@ -37,6 +45,7 @@ def voice_options(fake_realtime: FakeRealtimeServer) -> dict[str, Any]:
 async def test_a_member_talks_with_the_realtime_model_through_the_voice_channel(
     room: Room,  # noqa: F811
     fake_realtime: FakeRealtimeServer,
+    sqlite_store: SqlStore,
 ) -> None:
     server = room.guild.server
     fake_realtime.script.append(Speak("Sunny, twenty degrees.", audio_ms=600))
@@ -58,6 +67,15 @@ async def test_a_member_talks_with_the_realtime_model_through_the_voice_channel(
     assert appended, "the member's audio went into the session"
     # No transcription request: the realtime server hears the audio itself.
     assert not room.transcriptions()
+    # Both sides are the conversation's messages, the model not asked again.
+    async with asyncio.timeout(10):
+        while True:
+            if await stored_texts(sqlite_store, "assistant"):
+                break
+            await asyncio.sleep(0.02)
+    assert await stored_texts(sqlite_store, "user") == ["What is the weather like in Paris today?"]
+    assert await stored_texts(sqlite_store, "assistant") == ["Sunny, twenty degrees."]
+    assert not [r for r in room.guild.model.requests if r.path.endswith("/chat/completions")]
 
 
 async def test_voice_stop_closes_the_realtime_session(

@@ -48,7 +48,7 @@ class KeptTranscripts:
     async def member_said(self, user_id: int, text: str) -> None:
         self.said.append((f"member {user_id}", text))
 
-    async def bot_said(self, text: str) -> None:
+    async def bot_said(self, text: str, *, interrupted: bool) -> None:
         self.said.append(("bot", text))
 
 

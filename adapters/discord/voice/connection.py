@@ -35,7 +35,7 @@ from botservice.adapters.discord.sink import ChannelReplySink
 from botservice.adapters.discord.voice.dependencies import check_discord_voice
 from botservice.adapters.discord.voice.listening import VoiceListener
 from botservice.adapters.discord.voice.playback import DiscordPlayback
-from botservice.adapters.discord.voice.realtime import ChatTranscripts, RealtimeSource
+from botservice.adapters.discord.voice.realtime import ChatTranscripts, Heard, RealtimeSource
 from botservice.core.conversation import Submission
 from botservice.core.errors import BotServiceError, TranscriptionError
 from botservice.core.events import ConversationKey, IncomingMessage
@@ -107,6 +107,7 @@ class _Session:
     answers: list[tuple[ListenedAnswerSink, Submission]] | None = None
     # Realtime mode: the channel's speech-to-speech session while listening.
     realtime: RealtimeSession | None = None
+    realtime_transcripts: ChatTranscripts | None = None
 
 
 class DiscordVoice:
@@ -506,8 +507,31 @@ class DiscordVoice:
         )
 
         def member_name(user_id: int) -> str | None:
+            if user_id in self._ignored.get(guild_id, set()):
+                return None
             member = channel.guild.get_member(user_id)
             return None if member is None or member.bot else str(member.display_name)
+
+        async def keep(heard: Heard, answer: str, interrupted: bool) -> None:
+            member = channel.guild.get_member(heard.user_id)
+            incoming = IncomingMessage(
+                platform=PLATFORM,
+                workspace=place.workspace,
+                channel=place.channel,
+                thread="",
+                user_id=str(heard.user_id),
+                user_name=heard.name,
+                text=heard.text,
+                message_key=f"voice:{heard.posted_id}",
+                is_channel_admin=member is not None and self._manages(member, channel),
+                platform_message_id=str(heard.posted_id),
+                reply_target={"kind": "message", "channel_id": str(channel.id)},
+            )
+            await self._context.core.record_spoken_turn(
+                incoming, answer, model=self._settings.realtime_model, interrupted=interrupted
+            )
+
+        transcripts = ChatTranscripts(lambda text: self._post(channel.id, text), member_name, keep)
 
         api_key = settings.model.api_key
         silence_ms = self._settings.realtime_silence_ms
@@ -522,7 +546,7 @@ class DiscordVoice:
                 padding_ms=silence_ms + 300,
             ),
             playback=RealtimePlayback(),
-            transcripts=ChatTranscripts(lambda text: self._post(channel.id, text), member_name),
+            transcripts=transcripts,
             tools=tools,
         )
         await realtime.start()
@@ -530,6 +554,7 @@ class DiscordVoice:
         session.connection.stop()
         session.connection.play(RealtimeSource(realtime.playback))
         session.realtime = realtime
+        session.realtime_transcripts = transcripts
         return realtime
 
     async def _close_realtime(self, session: _Session) -> None:
@@ -537,6 +562,9 @@ class DiscordVoice:
         if realtime is not None:
             await realtime.aclose()
             session.connection.stop()
+        transcripts, session.realtime_transcripts = session.realtime_transcripts, None
+        if transcripts is not None:
+            await transcripts.flush()
 
     async def _stop_listening(self, guild_id: int, session: _Session) -> None:
         listener, session.listener = session.listener, None
