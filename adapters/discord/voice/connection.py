@@ -327,6 +327,8 @@ class DiscordVoice:
         session = self._sessions.get(guild_id)
         if session is not None and session.listener is not None:
             session.listener.forget_member(user_id)
+        if session is not None and session.realtime is not None:
+            session.realtime.forget_member(user_id)
         await _reply(
             interaction,
             "I will not listen to you in this server's voice channels: your audio is "
