@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import aiohttp
@@ -264,6 +266,7 @@ class RealtimeSession:
         self._calls: dict[str, asyncio.Task[str]] = {}
         # Answers cut by a barge-in: their late audio is dropped.
         self._cut: deque[str] = deque(maxlen=64)
+        self._deliveries: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self.closed = asyncio.Event()
 
     async def start(self) -> None:
@@ -284,8 +287,12 @@ class RealtimeSession:
         await self._send(self._session_update())
         self._reader = asyncio.create_task(self._read(), name="realtime-read")
         self._ticker = asyncio.create_task(self._tick(), name="realtime-tick")
+        self._spawn(self._deliver_in_order())
 
     async def aclose(self) -> None:
+        # What was heard and said so far is kept before the session goes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._deliveries.join(), timeout=5)
         tasks = [t for t in (self._reader, self._ticker, *self._tasks, *self._calls.values()) if t]
         for task in tasks:
             if task is not asyncio.current_task():
@@ -487,9 +494,8 @@ class RealtimeSession:
                 words = text.split()
                 # The transcript runs ahead of the audio: the spoken share of it, by time.
                 spoken = " ".join(words[: int(len(words) * played / answer.audio_ms)])
-                await self._transcripts.bot_said(
-                    mark_unspoken(text, [spoken] if spoken else []), interrupted=True
-                )
+                marked = mark_unspoken(text, [spoken] if spoken else [])
+                self._deliver(partial(self._transcripts.bot_said, marked, interrupted=True))
         log.info("a member interrupted the realtime answer")
 
     async def _store_played(self) -> None:
@@ -505,14 +511,31 @@ class RealtimeSession:
             self.playback.forget(answer.item_id)
             if answer.transcript.strip():
                 # Apart from the tick, whose audio must not wait on the platform.
-                self._spawn(self._transcripts.bot_said(answer.transcript, interrupted=False))
+                self._deliver(
+                    partial(self._transcripts.bot_said, answer.transcript, interrupted=False)
+                )
+
+    def _deliver(self, transcript: Callable[[], Awaitable[None]]) -> None:
+        """Transcripts go out in order, apart from the reader and the audio tick, which
+        must not wait on the platform or the database."""
+        self._deliveries.put_nowait(transcript)
+
+    async def _deliver_in_order(self) -> None:
+        while True:
+            transcript = await self._deliveries.get()
+            try:
+                await transcript()
+            except Exception:
+                log.exception("keeping a realtime voice transcript failed")
+            finally:
+                self._deliveries.task_done()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         async def guarded() -> None:
             try:
                 await work
             except Exception:
-                log.exception("keeping or answering part of a realtime voice turn failed")
+                log.exception("answering a realtime function call failed")
 
         task = asyncio.create_task(guarded())
         self._tasks.add(task)
@@ -527,7 +550,7 @@ class RealtimeSession:
             return
         # Mixed audio has no single author: the member heard most in the turn.
         author = max(talkers.items(), key=lambda entry: entry[1])[0]
-        await self._transcripts.member_said(author, text)
+        self._deliver(partial(self._transcripts.member_said, author, text))
 
     # --- function calls ------------------------------------------------------------------------
 

@@ -89,3 +89,20 @@ async def test_voice_stop_closes_the_realtime_session(
         lambda: room.posted()[-1].startswith("Stopped listening"), what="the notice"
     )
     assert not room.connection.is_playing()
+
+
+async def test_a_session_the_server_ends_stops_listening_and_says_so(
+    room: Room,  # noqa: F811
+    fake_realtime: FakeRealtimeServer,
+) -> None:
+    await listening(room)
+    await fake_realtime.end_sessions()
+    await room.guild.server.wait_until(
+        lambda: any("session for" in text and "ended" in text for text in room.posted()),
+        what="the notice that the session ended",
+    )
+    await room.guild.server.wait_until(
+        lambda: room.posted()[-1].startswith("Stopped listening"), what="listening stopped"
+    )
+    reply = await voice_command(room.guild, "listen", user=room.guild.server.alice)
+    assert reply.startswith("Listening in"), "listening can start again"

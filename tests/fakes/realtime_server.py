@@ -64,6 +64,7 @@ class FakeRealtimeServer:
     _runner: web.AppRunner | None = None
     _counter: int = 0
     _speaking: dict[str, Any] = field(default_factory=dict)
+    _sockets: list[web.WebSocketResponse] = field(default_factory=list)
 
     def received_types(self) -> list[str]:
         return [event["type"] for event in self.received]
@@ -85,6 +86,11 @@ class FakeRealtimeServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def end_sessions(self) -> None:
+        """The server closes every open session (a restart, a session time limit)."""
+        for ws in self._sockets:
+            await ws.close()
+
     def _id(self, prefix: str) -> str:
         self._counter += 1
         return f"{prefix}_{self._counter}"
@@ -93,6 +99,7 @@ class FakeRealtimeServer:
         self.requests_headers.append(dict(request.headers))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        self._sockets.append(ws)
         state = _Vad()
         cancelled = asyncio.Event()
 

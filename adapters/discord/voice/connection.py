@@ -75,6 +75,7 @@ LISTENING_NOTICE = (
     "never kept. /voice ignore-me leaves you out; /voice stop ends listening."
 )
 STOPPED_LISTENING = "Stopped listening in {channel}."
+REALTIME_ENDED = "The speech-to-speech session for {channel} ended; /voice listen starts a new one."
 HEARD = '\N{MICROPHONE} {name}: "{text}"'
 MAX_HEARD_CHARS = 1800
 
@@ -557,7 +558,22 @@ class DiscordVoice:
         session.connection.play(RealtimeSource(realtime.playback))
         session.realtime = realtime
         session.realtime_transcripts = transcripts
+        watcher = asyncio.create_task(self._watch_realtime(guild_id, session, realtime))
+        self._marking.add(watcher)
+        watcher.add_done_callback(self._marking.discard)
         return realtime
+
+    async def _watch_realtime(
+        self, guild_id: int, session: _Session, realtime: RealtimeSession
+    ) -> None:
+        """The server ended the session (or the network did): listening ends, and says so."""
+        await realtime.closed.wait()
+        if session.realtime is not realtime:
+            return  # closed by /voice stop or leaving
+        channel = session.connection.channel
+        log.warning("the realtime session in guild %s ended; listening stops", guild_id)
+        await self._post(channel.id, REALTIME_ENDED.format(channel=channel.mention))
+        await self._stop_listening(guild_id, session)
 
     async def _close_realtime(self, session: _Session) -> None:
         realtime, session.realtime = session.realtime, None
