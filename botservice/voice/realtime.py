@@ -165,6 +165,7 @@ class RealtimePlayback:
             if self._partial_item != item_id:
                 self._partial = b""
                 self._partial_item = item_id
+                self._played_ms.setdefault(item_id, 0)
             data = self._partial + pcm48_stereo
             whole = len(data) // DISCORD_FRAME_BYTES * DISCORD_FRAME_BYTES
             for start in range(0, whole, DISCORD_FRAME_BYTES):
@@ -184,11 +185,15 @@ class RealtimePlayback:
             if not self._frames:
                 return None
             item_id, frame = self._frames.popleft()
-            if item_id not in self._played_ms:
+            played = self._played_ms.get(item_id)
+            if played is None:
+                # The item was forgotten (its answer is kept): only its tail is left.
+                return frame
+            if played == 0:
                 self.first_frame_read[item_id] = self._clock()
                 while len(self.first_frame_read) > 32:
                     self.first_frame_read.pop(next(iter(self.first_frame_read)))
-            self._played_ms[item_id] = self._played_ms.get(item_id, 0) + FRAME_MS
+            self._played_ms[item_id] = played + FRAME_MS
             return frame
 
     @property

@@ -335,3 +335,23 @@ def test_audio_is_halved_to_24_khz_mono_and_doubled_back_to_48_khz_stereo() -> N
     original = np.frombuffer(frame, dtype="<i2").astype(float)
     back = np.frombuffer(up, dtype="<i2").astype(float)
     assert np.corrcoef(original, back)[0, 1] > 0.99
+
+
+def test_playback_counts_what_was_played_of_each_answer_from_its_first_frame() -> None:
+    ticks = iter(range(100))
+    playback = RealtimePlayback(clock=lambda: float(next(ticks)))
+    audio, _ = to_discord_audio(bytes(2 * 24 * 100))  # 100 ms
+    playback.enqueue("answer-1", audio)
+    playback.finish("answer-1")
+
+    first = play(playback, frames=1)
+    rest = play(playback)
+
+    assert len(first) + len(rest) == 5
+    assert playback.played_ms("answer-1") == 100
+    assert playback.first_frame_read == {"answer-1": 0.0}, "timed from its first frame only"
+    playback.enqueue("answer-2", audio)
+    playback.forget("answer-2")
+    play(playback)
+    assert playback.played_ms("answer-2") == 0, "a forgotten answer is not counted again"
+    assert list(playback.first_frame_read) == ["answer-1"]
