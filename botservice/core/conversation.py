@@ -374,6 +374,32 @@ class ConversationCore:
             )
         return Submission(turn_id=accepted.turn_id, answered=done)
 
+    async def record_spoken_turn(
+        self, message: IncomingMessage, answer: str, *, model: str, interrupted: bool = False
+    ) -> int | None:
+        """Keep a turn answered elsewhere (a realtime voice session: the speech model
+        heard the member and answered aloud) as the conversation's messages: the
+        member's words and the answer, stored like any turn, so they reach later prompts
+        and expire and are forgotten like other messages. The model is not asked.
+        Returns the turn id; None for a redelivery."""
+        text = clean_text(message.text)
+        accepted = await self._store.accept(message, text=text, tokens=self._count_tokens(text))
+        self._remember_taken((message.platform, message.message_key))
+        if accepted is None:
+            return None
+        # Stored at once: the turn is never left pending for a worker to answer again.
+        await self._keep_trying(
+            lambda: self._store.store_answer(
+                accepted.turn_id,
+                text=answer,
+                tokens=self._count_tokens(answer),
+                usage=None,
+                status="interrupted" if interrupted else "complete",
+                model=model,
+            )
+        )
+        return accepted.turn_id
+
     def _take(
         self, accepted: AcceptedTurn, message: IncomingMessage, sink: ReplySink
     ) -> asyncio.Future[None]:

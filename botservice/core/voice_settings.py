@@ -49,8 +49,16 @@ class VoiceSettings(BaseModel):
     max_sentence_chars: int = Field(default=300, ge=40)
     # How the bot answers members talking in a voice channel it listens in (`/voice
     # listen`): "pipeline" detects each member's utterances, transcribes them and
-    # speaks the core's answer. ("realtime", speech to speech, is not built yet.)
-    mode: Literal["pipeline"] = "pipeline"
+    # speaks the core's answer; "realtime" opens one speech-to-speech session per voice
+    # channel on an OpenAI-compatible `/v1/realtime` websocket (botservice/voice/realtime.py).
+    mode: Literal["pipeline", "realtime"] = "pipeline"
+    realtime_model: str = "gpt-realtime"
+    realtime_voice: str = "alloy"
+    # None: the chat model's base URL (its API key is sent too).
+    realtime_base_url: str | None = None
+    # The pause that ends a member's turn (server VAD); after a member's last audio the
+    # session appends silence a little longer than this (Discord sends none).
+    realtime_silence_ms: int = Field(default=500, ge=100, le=5000)
     # A member's utterance ends after this long without speech.
     listen_pause_seconds: float = Field(default=0.7, ge=0.1, le=5.0)
     # Voice activity probability (silero) above which a 32 ms window is speech.

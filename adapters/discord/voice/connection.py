@@ -36,10 +36,12 @@ from botservice.adapters.discord.sink import ChannelReplySink
 from botservice.adapters.discord.voice.dependencies import check_discord_voice
 from botservice.adapters.discord.voice.listening import VoiceListener
 from botservice.adapters.discord.voice.playback import DiscordPlayback
+from botservice.adapters.discord.voice.realtime import ChatTranscripts, Heard, RealtimeSource
 from botservice.core.conversation import Submission
 from botservice.core.errors import BotServiceError, StoreUnavailable, TranscriptionError
-from botservice.core.events import IncomingMessage
+from botservice.core.events import ConversationKey, IncomingMessage
 from botservice.core.ports import ChannelSettings, ReplySink, SinkAbilities, abilities_of
+from botservice.core.tools import ToolContext, ToolPolicy
 from botservice.voice.barge_in import mark_unspoken
 from botservice.voice.endpointing import (
     EndpointingSettings,
@@ -49,6 +51,13 @@ from botservice.voice.endpointing import (
     wav_bytes,
 )
 from botservice.voice.pipeline import SpeakingSink, SpokenAnswer, VoiceSpeaker, VoiceSpeakers
+from botservice.voice.realtime import (
+    RealtimeError,
+    RealtimePlayback,
+    RealtimeSession,
+    RealtimeSettings,
+)
+from botservice.voice.realtime_tools import ChannelVoiceTools
 from botservice.voice.speech import SpeechEngine, create_speech_engine
 from botservice.voice.transcription import NothingHeard, Transcriber
 
@@ -81,6 +90,7 @@ OPTED_OUT_UNSTORED = (
     "not store that, so a restart forgets it; please run /voice ignore-me again later."
 )
 OPTED_IN = "I will hear you again when I listen in a voice channel here."
+REALTIME_ENDED = "The speech-to-speech session for {channel} ended; /voice listen starts a new one."
 HEARD = '\N{MICROPHONE} {name}: "{text}"'
 MAX_HEARD_CHARS = 1800
 
@@ -113,6 +123,9 @@ class _Session:
     answers: list[tuple[ListenedAnswerSink, Submission]] | None = None
     # Whether the voice channel's status says the bot listens (to clear it at the end).
     status_shown: bool = False
+    # Realtime mode: the channel's speech-to-speech session while listening.
+    realtime: RealtimeSession | None = None
+    realtime_transcripts: ChatTranscripts | None = None
 
 
 class DiscordVoice:
@@ -278,12 +291,21 @@ class DiscordVoice:
         if not self._manages(member, channel):
             await _reply(interaction, NOT_A_MANAGER)
             return
-        if self._transcriber is None:
+        realtime_mode = self._settings.mode == "realtime"
+        if self._transcriber is None and not realtime_mode:
             await _reply(interaction, "Listening needs the transcription endpoint, which is off.")
             return
         if session.listener is not None:
             await _reply(interaction, f"I am already listening in {channel.mention}.")
             return
+        realtime: RealtimeSession | None = None
+        if realtime_mode:
+            try:
+                realtime = await self._open_realtime(session, guild.id, channel)
+            except RealtimeError as error:
+                log.warning("realtime session for guild %s failed to open: %s", guild.id, error)
+                await _reply(interaction, error.user_message)
+                return
         # A bot joins deafened; Discord sends a deafened member no audio.
         await guild.change_voice_state(channel=channel, self_deaf=False)
         guild_id = guild.id
@@ -299,6 +321,7 @@ class DiscordVoice:
             ignored=ignored.__contains__,
             on_speech=lambda user_id: self._member_started_speaking(guild_id, user_id),
             on_utterance=lambda user_id, heard: self._member_said(guild_id, user_id, heard),
+            on_pcm=realtime.feed if realtime is not None else None,
         )
         listener.start()
         session.listener = listener
@@ -330,6 +353,8 @@ class DiscordVoice:
             session = self._sessions.get(guild_id)
             if session is not None and session.listener is not None:
                 session.listener.forget_member(user_id)
+            if session is not None and session.realtime is not None:
+                session.realtime.forget_member(user_id)
         try:
             await self._context.lookups.set_voice_opt_out(
                 PLATFORM, str(guild_id), str(user_id), opted_out=opting_out
@@ -381,7 +406,8 @@ class DiscordVoice:
         is in it too (or writes in its text chat), in the voice and speech model set for
         `place`'s channel (`/speech set`)."""
         session = self._sessions.get(guild_id) if guild_id is not None else None
-        if session is None:
+        if session is None or session.realtime is not None:
+            # A realtime session holds the player: typed answers are written only.
             return sink
         voice_channel_id = session.connection.channel.id
         state = user.voice if isinstance(user, discord.Member) else None
@@ -531,8 +557,103 @@ class DiscordVoice:
         answers = [entry for entry in session.answers or [] if _unfinished(*entry)]
         session.answers = [*answers, (sink, submission)]
 
+    async def _open_realtime(
+        self, session: _Session, guild_id: int, channel: Any
+    ) -> RealtimeSession:
+        """The channel's speech-to-speech session, playing through the connection."""
+        settings = self._context.settings
+        place = events.place_of(channel, guild_id)
+        channel_settings = await self._speech_settings(place)
+        tools = ChannelVoiceTools(
+            self._context.core.tools,
+            ToolPolicy.parse(channel_settings.tools),
+            settings=settings.tools,
+            context=ToolContext(
+                conversation=ConversationKey(PLATFORM, place.workspace, place.channel, ""),
+                conversation_id=0,
+                user_id="",
+                turn_id=0,
+            ),
+        )
+
+        def member_name(user_id: int) -> str | None:
+            if user_id in self._ignored.get(guild_id, set()):
+                return None
+            member = channel.guild.get_member(user_id)
+            return None if member is None or member.bot else str(member.display_name)
+
+        async def keep(heard: Heard, answer: str, interrupted: bool) -> None:
+            member = channel.guild.get_member(heard.user_id)
+            incoming = IncomingMessage(
+                platform=PLATFORM,
+                workspace=place.workspace,
+                channel=place.channel,
+                thread="",
+                user_id=str(heard.user_id),
+                user_name=heard.name,
+                text=heard.text,
+                message_key=f"voice:{heard.posted_id}",
+                is_channel_admin=member is not None and self._manages(member, channel),
+                platform_message_id=str(heard.posted_id),
+                reply_target={"kind": "message", "channel_id": str(channel.id)},
+            )
+            await self._context.core.record_spoken_turn(
+                incoming, answer, model=self._settings.realtime_model, interrupted=interrupted
+            )
+
+        transcripts = ChatTranscripts(lambda text: self._post(channel.id, text), member_name, keep)
+
+        api_key = settings.model.api_key
+        silence_ms = self._settings.realtime_silence_ms
+        realtime = RealtimeSession(
+            RealtimeSettings(
+                base_url=self._settings.realtime_base_url or settings.model.base_url,
+                api_key=api_key.get_secret_value() if api_key is not None else None,
+                model=self._settings.realtime_model,
+                voice=self._settings.realtime_voice,
+                transcription_model=self._settings.transcription_model,
+                silence_duration_ms=silence_ms,
+                padding_ms=silence_ms + 300,
+            ),
+            playback=RealtimePlayback(),
+            transcripts=transcripts,
+            tools=tools,
+        )
+        await realtime.start()
+        await session.speaker.interrupt()
+        session.connection.stop()
+        session.connection.play(RealtimeSource(realtime.playback))
+        session.realtime = realtime
+        session.realtime_transcripts = transcripts
+        watcher = asyncio.create_task(self._watch_realtime(guild_id, session, realtime))
+        self._marking.add(watcher)
+        watcher.add_done_callback(self._marking.discard)
+        return realtime
+
+    async def _watch_realtime(
+        self, guild_id: int, session: _Session, realtime: RealtimeSession
+    ) -> None:
+        """The server ended the session (or the network did): listening ends, and says so."""
+        await realtime.closed.wait()
+        if session.realtime is not realtime:
+            return  # closed by /voice stop or leaving
+        channel = session.connection.channel
+        log.warning("the realtime session in guild %s ended; listening stops", guild_id)
+        await self._post(channel.id, REALTIME_ENDED.format(channel=channel.mention))
+        await self._stop_listening(guild_id, session)
+
+    async def _close_realtime(self, session: _Session) -> None:
+        realtime, session.realtime = session.realtime, None
+        if realtime is not None:
+            await realtime.aclose()
+            session.connection.stop()
+        transcripts, session.realtime_transcripts = session.realtime_transcripts, None
+        if transcripts is not None:
+            await transcripts.flush()
+
     async def _stop_listening(self, guild_id: int, session: _Session) -> None:
         listener, session.listener = session.listener, None
+        await self._close_realtime(session)
         if listener is None:
             return
         await listener.stop()
@@ -619,6 +740,7 @@ class DiscordVoice:
             listener, session.listener = session.listener, None
             await listener.stop()
             await self._clear_status(session)
+        await self._close_realtime(session)
         watcher = session.watcher
         if watcher is not None and watcher is not asyncio.current_task():
             watcher.cancel()

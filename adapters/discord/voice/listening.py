@@ -60,6 +60,7 @@ class VoiceListener:
         ignored: Callable[[int], bool],
         on_speech: SpeechHandler,
         on_utterance: UtteranceHandler,
+        on_pcm: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self._connection = connection
         self._settings = settings
@@ -67,6 +68,8 @@ class VoiceListener:
         self._ignored = ignored
         self._on_speech = on_speech
         self._on_utterance = on_utterance
+        # Realtime mode: members' decoded frames go straight on (the server detects turns).
+        self._on_pcm = on_pcm
         self._detectors: dict[int, UtteranceDetector] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -153,6 +156,9 @@ class VoiceListener:
     def _feed(self, user_id: int, pcm: bytes) -> None:
         if self._ignored(user_id):
             self._detectors.pop(user_id, None)
+            return
+        if self._on_pcm is not None:
+            self._on_pcm(user_id, pcm)
             return
         detector = self._detectors.get(user_id)
         if detector is None:

@@ -1,0 +1,606 @@
+"""Realtime mode: one speech-to-speech session per voice channel.
+
+Members' audio (48 kHz stereo 20 ms frames, per member) is mixed per 20 ms tick,
+reduced to 24 kHz mono and appended to an OpenAI-compatible `/v1/realtime` websocket
+session (GA event shapes only). The server detects turns (server VAD); Discord sends
+nothing while nobody talks, so after the last member audio the session appends silence
+for a while ("silence padding"): without it the server would never hear the pause that
+ends a turn. The answer's audio (24 kHz mono) is raised to Discord's 48 kHz stereo 20
+ms frames and queued in `RealtimePlayback`, which the platform's audio source reads.
+
+A member who starts talking while the bot speaks (`input_audio_buffer.speech_started`)
+stops playback at once; the session cancels the response and truncates the answer's
+item at the milliseconds actually played, so the model knows what was heard. Both
+sides' transcripts go to a `RealtimeTranscripts` port (the conversation's messages);
+function calls go to a `RealtimeTools` port (the tool sources, with the channel's
+rules). Audio is never stored or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import aiohttp
+import numpy as np
+
+from botservice.core.errors import BotServiceError
+from botservice.core.tools import ToolSpec
+from botservice.voice.barge_in import mark_unspoken
+
+log = logging.getLogger(__name__)
+
+DISCORD_RATE = 48_000
+SESSION_RATE = 24_000
+FRAME_MS = 20
+# One Discord frame: 20 ms of 48 kHz stereo s16le.
+DISCORD_FRAME_BYTES = DISCORD_RATE * FRAME_MS // 1000 * 2 * 2  # 3,840
+SILENCE_FRAME = bytes(DISCORD_FRAME_BYTES)
+# 20 ms of 24 kHz mono s16le.
+SESSION_TICK_BYTES = SESSION_RATE * FRAME_MS // 1000 * 2  # 960
+
+
+class RealtimeError(BotServiceError):
+    """The realtime session could not be opened or broke."""
+
+    user_message = "The realtime voice session could not be opened; please try again later."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RealtimeSettings:
+    """Where and how to open a session. `base_url` is the model's HTTP base
+    (`https://api.openai.com/v1`, or a local server's); the websocket is
+    `<base_url>/realtime?model=<model>` over ws(s)."""
+
+    base_url: str
+    api_key: str | None
+    model: str
+    voice: str = "alloy"
+    instructions: str = ""
+    transcription_model: str = "whisper-1"
+    vad_threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    # The pause that ends a member's turn (server VAD).
+    silence_duration_ms: int = 500
+    # Silence appended after the last member audio: the pause above plus a margin.
+    padding_ms: int = 800
+
+    @property
+    def url(self) -> str:
+        base = self.base_url.rstrip("/")
+        if base.startswith("https://"):
+            base = "wss://" + base[len("https://") :]
+        elif base.startswith("http://"):
+            base = "ws://" + base[len("http://") :]
+        return f"{base}/realtime?model={self.model}"
+
+
+class RealtimeTranscripts(Protocol):
+    """Where both sides of the talk are kept (the conversation's messages)."""
+
+    async def member_said(self, user_id: int, text: str) -> None: ...
+
+    async def bot_said(self, text: str, *, interrupted: bool) -> None:
+        """The answer as heard: whole once played, or marked where a member cut it."""
+        ...
+
+
+class RealtimeTools(Protocol):
+    """The tools the session may call: the channel's allowed ones, run by its rules."""
+
+    def specs(self) -> Sequence[ToolSpec]: ...
+
+    async def call(self, name: str, arguments: str) -> str:
+        """The result text the model is told (a refusal is a result too)."""
+        ...
+
+
+# --- audio conversions -----------------------------------------------------------------
+
+
+def to_session_audio(pcm48_stereo: bytes) -> bytes:
+    """48 kHz stereo s16le → 24 kHz mono s16le: channels averaged, sample pairs averaged
+    (a two-tap low-pass before halving the rate)."""
+    samples = np.frombuffer(pcm48_stereo[: len(pcm48_stereo) // 8 * 8], dtype="<i2")
+    mono = samples.reshape(-1, 2).astype(np.int32).sum(axis=1)
+    halved = mono.reshape(-1, 2).sum(axis=1) // 4
+    return halved.astype("<i2").tobytes()
+
+
+def to_discord_audio(pcm24_mono: bytes, previous: int = 0) -> tuple[bytes, int]:
+    """24 kHz mono s16le → 48 kHz stereo s16le: each new sample preceded by the midpoint
+    from the previous one (linear interpolation), both channels the same. Returns the
+    audio and the last sample, to carry into the next chunk."""
+    samples = np.frombuffer(pcm24_mono[: len(pcm24_mono) // 2 * 2], dtype="<i2").astype(np.int32)
+    if len(samples) == 0:
+        return b"", previous
+    before = np.concatenate(([previous], samples[:-1]))
+    doubled = np.empty(len(samples) * 2, dtype=np.int32)
+    doubled[0::2] = (before + samples) // 2
+    doubled[1::2] = samples
+    stereo = np.repeat(doubled, 2)
+    return stereo.astype("<i2").tobytes(), int(samples[-1])
+
+
+def mix(frames: Sequence[bytes]) -> bytes:
+    """Members' simultaneous frames summed (clipped), as one frame."""
+    if len(frames) == 1:
+        return frames[0]
+    length = min(len(frame) for frame in frames) // 2 * 2
+    total = sum(np.frombuffer(frame[:length], dtype="<i2").astype(np.int32) for frame in frames)
+    return np.clip(total, -32768, 32767).astype("<i2").tobytes()
+
+
+# --- playback ----------------------------------------------------------------------------
+
+
+class RealtimePlayback:
+    """The answer's 48 kHz stereo 20 ms frames, queued for the platform's audio source.
+
+    `read()` is called from the audio player's thread, once per 20 ms; it counts what it
+    hands on, so a barge-in knows how much of the answer was actually played."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lock = threading.Lock()
+        self._frames: deque[tuple[str, bytes]] = deque()
+        self._partial = b""
+        self._partial_item = ""
+        self._played_ms: dict[str, int] = {}
+        self._clock = clock
+        # When each of the latest items' first frame was read (bench_voice starts there).
+        self.first_frame_read: dict[str, float] = {}
+
+    def enqueue(self, item_id: str, pcm48_stereo: bytes) -> None:
+        with self._lock:
+            if self._partial_item != item_id:
+                self._partial = b""
+                self._partial_item = item_id
+                self._played_ms.setdefault(item_id, 0)
+            data = self._partial + pcm48_stereo
+            whole = len(data) // DISCORD_FRAME_BYTES * DISCORD_FRAME_BYTES
+            for start in range(0, whole, DISCORD_FRAME_BYTES):
+                self._frames.append((item_id, data[start : start + DISCORD_FRAME_BYTES]))
+            self._partial = data[whole:]
+
+    def finish(self, item_id: str) -> None:
+        """The item's audio is complete: a last short frame is padded and queued."""
+        with self._lock:
+            if self._partial_item == item_id and self._partial:
+                self._frames.append((item_id, self._partial.ljust(DISCORD_FRAME_BYTES, b"\x00")))
+                self._partial = b""
+
+    def read(self) -> bytes | None:
+        """The next frame, or None when nothing is queued (the source plays silence)."""
+        with self._lock:
+            if not self._frames:
+                return None
+            item_id, frame = self._frames.popleft()
+            played = self._played_ms.get(item_id)
+            if played is None:
+                # The item was forgotten (its answer is kept): only its tail is left.
+                return frame
+            if played == 0:
+                self.first_frame_read[item_id] = self._clock()
+                while len(self.first_frame_read) > 32:
+                    self.first_frame_read.pop(next(iter(self.first_frame_read)))
+            self._played_ms[item_id] = played + FRAME_MS
+            return frame
+
+    @property
+    def playing(self) -> bool:
+        with self._lock:
+            return bool(self._frames)
+
+    @property
+    def queued_frames(self) -> int:
+        with self._lock:
+            return len(self._frames)
+
+    def played_ms(self, item_id: str) -> int:
+        with self._lock:
+            return self._played_ms.get(item_id, 0)
+
+    def forget(self, item_id: str) -> None:
+        """The item is over: its count is no longer needed."""
+        with self._lock:
+            self._played_ms.pop(item_id, None)
+
+    def stop(self) -> None:
+        """Barge-in: drop everything queued."""
+        with self._lock:
+            self._frames.clear()
+            self._partial = b""
+
+
+# --- the session -------------------------------------------------------------------------
+
+
+@dataclass
+class _Answer:
+    """One audio item of the bot's answer, while it is produced and played."""
+
+    item_id: str
+    response_id: str
+    transcript: str = ""
+    audio_ms: float = 0.0
+    last_sample: int = 0
+    done: bool = False
+    stored: bool = False
+
+
+class RealtimeSession:
+    """One speech-to-speech session for one voice channel."""
+
+    def __init__(
+        self,
+        settings: RealtimeSettings,
+        *,
+        playback: RealtimePlayback,
+        transcripts: RealtimeTranscripts,
+        tools: RealtimeTools | None = None,
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._settings = settings
+        self.playback = playback
+        self._transcripts = transcripts
+        self._tools = tools
+        self._http = http
+        self._own_http = http is None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        # Member audio waiting for the next tick, per member.
+        self._incoming: dict[int, deque[bytes]] = {}
+        self._padding_left_ms = 0
+        # Who talked in the current turn (by frames), for the transcript's author.
+        self._talkers: dict[int, int] = {}
+        self._turn_talkers: dict[str, dict[int, int]] = {}
+        self._answers: dict[str, _Answer] = {}
+        self._response_id: str | None = None
+        self._calls: dict[str, asyncio.Task[str]] = {}
+        # Answers cut by a barge-in: their late audio is dropped.
+        self._cut: deque[str] = deque(maxlen=64)
+        self._deliveries: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        self.closed = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        headers = {}
+        if self._settings.api_key:
+            headers["Authorization"] = f"Bearer {self._settings.api_key}"
+        try:
+            self._ws = await self._http.ws_connect(
+                self._settings.url, headers=headers, heartbeat=20
+            )
+        except (aiohttp.ClientError, OSError) as error:
+            await self._close_http()
+            raise RealtimeError(
+                f"cannot open the realtime session: {type(error).__name__}"
+            ) from None
+        await self._send(self._session_update())
+        self._reader = asyncio.create_task(self._read(), name="realtime-read")
+        self._ticker = asyncio.create_task(self._tick(), name="realtime-tick")
+        self._spawn(self._deliver_in_order())
+
+    async def aclose(self) -> None:
+        # What was heard and said so far is kept before the session goes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._deliveries.join(), timeout=5)
+        tasks = [t for t in (self._reader, self._ticker, *self._tasks, *self._calls.values()) if t]
+        for task in tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._ws is not None:
+            await self._ws.close()
+        await self._close_http()
+        self.playback.stop()
+        self.closed.set()
+
+    async def _close_http(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session_update(self) -> dict[str, Any]:
+        s = self._settings
+        session: dict[str, Any] = {
+            "type": "realtime",
+            "model": s.model,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": SESSION_RATE},
+                    "transcription": {"model": s.transcription_model},
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": s.vad_threshold,
+                        "prefix_padding_ms": s.prefix_padding_ms,
+                        "silence_duration_ms": s.silence_duration_ms,
+                        "create_response": True,
+                        # Barge-in is ours: we know what was played.
+                        "interrupt_response": False,
+                    },
+                },
+                "output": {
+                    "format": {"type": "audio/pcm", "rate": SESSION_RATE},
+                    "voice": s.voice,
+                },
+            },
+        }
+        if s.instructions:
+            session["instructions"] = s.instructions
+        specs = self._tools.specs() if self._tools is not None else ()
+        if specs:
+            session["tools"] = [
+                {
+                    "type": "function",
+                    "name": spec.name,
+                    "description": spec.description,
+                    "parameters": dict(spec.parameters),
+                }
+                for spec in specs
+            ]
+            session["tool_choice"] = "auto"
+        return {"type": "session.update", "session": session}
+
+    # --- members' audio in -----------------------------------------------------------------
+
+    def feed(self, user_id: int, pcm48_stereo: bytes) -> None:
+        """One member's frame (called on the event loop)."""
+        queue = self._incoming.setdefault(user_id, deque(maxlen=50))
+        queue.append(pcm48_stereo)
+
+    def forget_member(self, user_id: int) -> None:
+        self._incoming.pop(user_id, None)
+
+    async def _tick(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            next_at += FRAME_MS / 1000
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            frames = []
+            for user_id, queue in list(self._incoming.items()):
+                if queue:
+                    frames.append(queue.popleft())
+                    self._talkers[user_id] = self._talkers.get(user_id, 0) + 1
+            if frames:
+                chunk = to_session_audio(mix(frames))
+                self._padding_left_ms = self._settings.padding_ms
+            elif self._padding_left_ms > 0:
+                # Nobody talks and Discord sends nothing: silence so the server VAD
+                # hears the pause that ends the turn.
+                chunk = bytes(SESSION_TICK_BYTES)
+                self._padding_left_ms -= FRAME_MS
+            else:
+                chunk = b""
+            await self._store_played()
+            if not chunk:
+                continue
+            await self._send(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()}
+            )
+
+    # --- events from the server --------------------------------------------------------------
+
+    async def _send(self, event: Mapping[str, Any]) -> None:
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.send_str(json.dumps(event))
+
+    async def _read(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        try:
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    event = json.loads(message.data)
+                except ValueError:
+                    log.warning("the realtime server sent something that is not JSON")
+                    continue
+                if isinstance(event, dict):
+                    await self._handle(event)
+        except Exception:
+            log.exception("the realtime session failed")
+        finally:
+            self.playback.stop()
+            self.closed.set()
+
+    async def _handle(self, event: dict[str, Any]) -> None:
+        kind = str(event.get("type") or "")
+        if kind == "response.created":
+            self._response_id = (event.get("response") or {}).get("id")
+        elif str(event.get("item_id")) in self._cut and kind.startswith("response.output_audio"):
+            # Sent before the server saw our cancel: an answer cut short stays cut.
+            return
+        elif kind == "response.output_audio.delta":
+            answer = self._answer(event)
+            pcm24 = base64.b64decode(event.get("delta") or "")
+            answer.audio_ms += len(pcm24) / 2 / SESSION_RATE * 1000
+            pcm48, answer.last_sample = to_discord_audio(pcm24, answer.last_sample)
+            self.playback.enqueue(answer.item_id, pcm48)
+        elif kind == "response.output_audio.done":
+            self.playback.finish(str(event.get("item_id")))
+        elif kind == "response.output_audio_transcript.delta":
+            self._answer(event).transcript += str(event.get("delta") or "")
+        elif kind == "response.output_audio_transcript.done":
+            answer = self._answer(event)
+            answer.transcript = str(event.get("transcript") or answer.transcript)
+            answer.done = True
+        elif kind == "input_audio_buffer.speech_started":
+            await self._barge_in()
+        elif kind == "input_audio_buffer.speech_stopped":
+            # Who was heard since the last turn ended: the author of its transcript.
+            self._turn_talkers[str(event.get("item_id"))] = self._talkers
+            self._talkers = {}
+            while len(self._turn_talkers) > 16:  # transcription off: never claimed
+                self._turn_talkers.pop(next(iter(self._turn_talkers)))
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            await self._store_member(event)
+        elif kind == "response.function_call_arguments.done":
+            self._start_call(event)
+        elif kind == "response.done":
+            await self._response_done(event)
+        elif kind == "error":
+            error = event.get("error") or {}
+            # The message may quote what was said: only its code at the default level.
+            log.warning("the realtime server reported an error: %s", error.get("code"))
+
+    def _answer(self, event: Mapping[str, Any]) -> _Answer:
+        item_id = str(event.get("item_id"))
+        answer = self._answers.get(item_id)
+        if answer is None:
+            answer = self._answers[item_id] = _Answer(
+                item_id=item_id, response_id=str(event.get("response_id"))
+            )
+        return answer
+
+    async def _barge_in(self) -> None:
+        unplayed = [
+            answer
+            for answer in self._answers.values()
+            if not answer.stored and self.playback.played_ms(answer.item_id) < answer.audio_ms
+        ]
+        if self._response_id is not None:
+            # Also an answer not heard yet: the member has more to say first.
+            await self._send({"type": "response.cancel"})
+        if not unplayed:
+            return
+        self.playback.stop()
+        for answer in unplayed:
+            played = self.playback.played_ms(answer.item_id)
+            await self._send(
+                {
+                    "type": "conversation.item.truncate",
+                    "item_id": answer.item_id,
+                    "content_index": 0,
+                    "audio_end_ms": int(min(played, answer.audio_ms)),
+                }
+            )
+            answer.stored = True
+            del self._answers[answer.item_id]
+            self._cut.append(answer.item_id)
+            self.playback.forget(answer.item_id)
+            text = answer.transcript
+            if text.strip():
+                words = text.split()
+                # The transcript runs ahead of the audio: the spoken share of it, by time.
+                spoken = " ".join(words[: int(len(words) * played / answer.audio_ms)])
+                marked = mark_unspoken(text, [spoken] if spoken else [])
+                self._deliver(partial(self._transcripts.bot_said, marked, interrupted=True))
+        log.info("a member interrupted the realtime answer")
+
+    async def _store_played(self) -> None:
+        """Answers whose transcript is complete and whose audio was all played are kept
+        as they are (one cut short is kept, marked, by the barge-in)."""
+        for answer in list(self._answers.values()):
+            if answer.stored or not answer.done:
+                continue
+            if self.playback.played_ms(answer.item_id) + FRAME_MS < answer.audio_ms:
+                continue
+            answer.stored = True
+            del self._answers[answer.item_id]
+            self.playback.forget(answer.item_id)
+            if answer.transcript.strip():
+                # Apart from the tick, whose audio must not wait on the platform.
+                self._deliver(
+                    partial(self._transcripts.bot_said, answer.transcript, interrupted=False)
+                )
+
+    def _deliver(self, transcript: Callable[[], Awaitable[None]]) -> None:
+        """Transcripts go out in order, apart from the reader and the audio tick, which
+        must not wait on the platform or the database."""
+        self._deliveries.put_nowait(transcript)
+
+    async def _deliver_in_order(self) -> None:
+        while True:
+            transcript = await self._deliveries.get()
+            try:
+                await transcript()
+            except Exception:
+                log.exception("keeping a realtime voice transcript failed")
+            finally:
+                self._deliveries.task_done()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("answering a realtime function call failed")
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_member(self, event: Mapping[str, Any]) -> None:
+        text = str(event.get("transcript") or "").strip()
+        if not text:
+            return
+        talkers = self._turn_talkers.pop(str(event.get("item_id")), None) or self._talkers
+        if not talkers:
+            return
+        # Mixed audio has no single author: the member heard most in the turn.
+        author = max(talkers.items(), key=lambda entry: entry[1])[0]
+        self._deliver(partial(self._transcripts.member_said, author, text))
+
+    # --- function calls ------------------------------------------------------------------------
+
+    def _start_call(self, event: Mapping[str, Any]) -> None:
+        call_id = str(event.get("call_id") or "")
+        name = str(event.get("name") or "")
+        arguments = str(event.get("arguments") or "")
+        if not call_id or call_id in self._calls:
+            return
+
+        async def run() -> str:
+            if self._tools is None:
+                return f"Refused: there is no tool named {name[:80]!r} here."
+            return await self._tools.call(name, arguments)
+
+        self._calls[call_id] = asyncio.create_task(run(), name="realtime-tool")
+
+    async def _response_done(self, event: Mapping[str, Any]) -> None:
+        response = event.get("response") or {}
+        self._response_id = None
+        if response.get("status") == "cancelled":
+            return
+        call_ids = [
+            str(item.get("call_id"))
+            for item in response.get("output") or []
+            if isinstance(item, dict) and item.get("type") == "function_call"
+        ]
+        if call_ids:
+            # Run apart from the reader, which must go on hearing barge-ins meanwhile.
+            self._spawn(self._answer_calls(call_ids))
+
+    async def _answer_calls(self, call_ids: Sequence[str]) -> None:
+        for call_id in call_ids:
+            task = self._calls.pop(call_id, None)
+            if task is None:
+                continue
+            try:
+                output = await task
+            except Exception as error:
+                log.warning("a realtime tool call failed: %s", type(error).__name__)
+                output = f"The tool failed ({type(error).__name__}); it returned no result."
+            await self._send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+                }
+            )
+        await self._send({"type": "response.create"})
