@@ -55,7 +55,7 @@ async def test_every_change_is_audited_with_who_when_old_and_new(store: SqlStore
 
 
 async def test_only_the_two_modes_are_stored(store: SqlStore) -> None:
-    with pytest.raises(ValueError, match="voice_mode"):
+    with pytest.raises(ValueError, match="voice_mode is one of pipeline, realtime"):
         await choose(store, "guild-1", "shouting")
 
     assert await store.setting_changes("discord", "guild-1", SERVER) == []
