@@ -173,3 +173,21 @@ async def test_default_goes_back_to_the_configured_mode(
         ("pipeline", None, server.alice.id),
     ]
     assert "No one chose one" in await voice_mode(room.guild)
+
+
+@pytest.mark.parametrize("voice_options", [{"realtime_model": ""}])
+async def test_listening_refuses_a_chosen_realtime_mode_the_bot_can_no_longer_serve(
+    room: Room,  # noqa: F811
+    sqlite_store: SqlStore,
+) -> None:
+    """Chosen while it worked; the operator has since removed the realtime model."""
+    server = room.guild.server
+    await sqlite_store.change_setting(
+        PLATFORM, server.guild_id, "", field="voice_mode", value="realtime", changed_by="1"
+    )
+
+    reply = await voice_command(room.guild, "listen", user=server.alice)
+
+    assert reply.startswith("Realtime mode needs a speech-to-speech model")
+    assert room.connection._connection._listeners == []
+    assert "ask whoever runs the bot" in await voice_mode(room.guild)
