@@ -192,8 +192,10 @@ class DiscordVoice:
         # Opt-outs made here that could not be stored: kept while this process runs, so
         # reading the store again does not hear those members after all.
         self._unstored_opt_outs: dict[int, set[int]] = {}
-        # Opt-out changes made here, per guild: a read of the store that overlapped one
-        # is not applied (it may predate the write); the next read is.
+        # Opt-out writes made here, per guild: those under way, and a count of those done.
+        # A read of the store that overlapped one is not applied (it may predate the
+        # write and bring back a member who just opted out); the next read is.
+        self._opt_out_writes: dict[int, int] = {}
         self._opt_out_changes: dict[int, int] = {}
         self._opt_out_refresh_seconds = OPT_OUT_REFRESH_SECONDS
         # Voice channels where setting the status was refused: logged once, not each time.
@@ -393,7 +395,6 @@ class DiscordVoice:
         except StoreUnavailable:
             ignored = self._ignored.setdefault(guild_id, set())
         opting_out = user_id not in ignored
-        self._opt_out_changed(guild_id)
         if opting_out:
             # At once, before storing: not one more packet of theirs is decoded.
             ignored.add(user_id)
@@ -402,19 +403,13 @@ class DiscordVoice:
                 session.listener.forget_member(user_id)
             if session is not None and session.realtime is not None:
                 session.realtime.forget_member(user_id)
-        try:
-            await self._context.lookups.set_voice_opt_out(
-                PLATFORM, str(guild_id), str(user_id), opted_out=opting_out
-            )
-        except StoreUnavailable:
-            log.warning("could not store a voice opt-out in guild %s", guild_id)
+        stored = await self._store_opt_out(guild_id, user_id, opted_out=opting_out)
+        if not stored:
             if opting_out:
-                self._unstored_opt_outs.setdefault(guild_id, set()).add(user_id)
                 await _reply(interaction, OPTED_OUT_UNSTORED)
             else:
                 await _reply(interaction, "I could not change that just now; please try again.")
             return
-        self._opt_out_changed(guild_id)
         if not opting_out:
             ignored.discard(user_id)
             self._unstored_opt_outs.get(guild_id, set()).discard(user_id)
@@ -514,7 +509,9 @@ class DiscordVoice:
         changes = self._opt_out_changes.get(guild_id, 0)
         stored = await self._context.lookups.voice_opt_outs(PLATFORM, str(guild_id))
         ignored = self._ignored.setdefault(guild_id, set())
-        if self._opt_out_changes.get(guild_id, 0) != changes:
+        if self._opt_out_writes.get(guild_id, 0) or self._opt_out_changes.get(guild_id, 0) != (
+            changes
+        ):
             # A /voice ignore-me here ran while reading: this read may predate its write.
             return ignored
         members = {int(user_id) for user_id in stored}
@@ -523,8 +520,24 @@ class DiscordVoice:
         ignored.update(members)
         return ignored
 
-    def _opt_out_changed(self, guild_id: int) -> None:
-        self._opt_out_changes[guild_id] = self._opt_out_changes.get(guild_id, 0) + 1
+    async def _store_opt_out(self, guild_id: int, user_id: int, *, opted_out: bool) -> bool:
+        """Store a member's choice; False when the store is away (an opt-out is then kept
+        in this process only)."""
+        writes = self._opt_out_writes
+        writes[guild_id] = writes.get(guild_id, 0) + 1
+        try:
+            await self._context.lookups.set_voice_opt_out(
+                PLATFORM, str(guild_id), str(user_id), opted_out=opted_out
+            )
+        except StoreUnavailable:
+            log.warning("could not store a voice opt-out in guild %s", guild_id)
+            if opted_out:
+                self._unstored_opt_outs.setdefault(guild_id, set()).add(user_id)
+            return False
+        finally:
+            writes[guild_id] -= 1
+            self._opt_out_changes[guild_id] = self._opt_out_changes.get(guild_id, 0) + 1
+        return True
 
     async def _refresh_opt_outs(self, guild_id: int, session: _Session) -> None:
         """While listening: an opt-out stored by another process is honoured within
