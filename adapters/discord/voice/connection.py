@@ -197,7 +197,6 @@ class DiscordVoice:
         # write and bring back a member who just opted out); the next read is.
         self._opt_out_writes: dict[int, int] = {}
         self._opt_out_changes: dict[int, int] = {}
-        self._opt_out_refresh_seconds = OPT_OUT_REFRESH_SECONDS
         # Voice channels where setting the status was refused: logged once, not each time.
         self._status_refused: set[int] = set()
         # When the latest utterances ended (time.monotonic()), as (turn id, time): where
@@ -544,7 +543,7 @@ class DiscordVoice:
         `OPT_OUT_REFRESH_SECONDS` (the receiver checks the set before decoding), and what
         was heard of that member so far is dropped."""
         while session.listener is not None:
-            await asyncio.sleep(self._opt_out_refresh_seconds)
+            await asyncio.sleep(OPT_OUT_REFRESH_SECONDS)
             before = set(self._ignored.get(guild_id, ()))
             try:
                 ignored = await self._opt_outs(guild_id)
