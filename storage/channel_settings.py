@@ -16,6 +16,7 @@ from botservice.core.ports import (
     SettingChange,
     SettingField,
 )
+from botservice.core.voice_settings import VOICE_MODES
 from botservice.storage.base import (
     _SETTING_FIELDS,
     StoreBase,
@@ -141,6 +142,8 @@ def _setting_value(field: SettingField, value: str | int | None) -> str | int | 
         if not isinstance(value, bool):
             raise ValueError("background is on (True), off (False) or the default (None)")
         return value
+    if field == "voice_mode" and value not in VOICE_MODES:
+        raise ValueError(f"voice_mode is one of {', '.join(VOICE_MODES)} or the default (None)")
     return str(value)
 
 

@@ -196,6 +196,8 @@ class ChannelSetting(SQLModel, table=True):
     tools: str | None = None
     # Background mode for this channel's answers (Responses backend); NULL: the model's.
     background: bool | None = None
+    # A server's voice mode (`/voice mode`), on the workspace row only; NULL: `[voice] mode`.
+    voice_mode: str | None = None
     updated_by: str = ""
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

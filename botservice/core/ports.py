@@ -29,6 +29,7 @@ SettingField = Literal[
     "speech_voice",
     "tools",
     "background",
+    "voice_mode",
 ]
 
 
@@ -357,6 +358,9 @@ class ChannelSettings:
     # Background mode on the Responses backend: True always, False never, None as the
     # model's `background` says.
     background: bool | None = None
+    # How the bot answers in a server's voice channels ("pipeline" or "realtime"); kept
+    # on the workspace's row (channel ""), so every channel of the server reads it.
+    voice_mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,11 +646,12 @@ class TokenUsage(Protocol):
         ...
 
 
-class Lookups(Protocol):
+class Lookups(ChannelSettingsStore, Protocol):
     """What adapters ask of the store directly, not through the core: whether the bot is
     in a conversation, which thread holds a message, a channel's settings (the voice a
-    spoken answer uses), and the deletions a platform reports (a person deleted their
-    message, the app left a workspace)."""
+    spoken answer uses) and the settings only one platform has (a Discord server's voice
+    mode, audited like the rest), and the deletions a platform reports (a person deleted
+    their message, the app left a workspace)."""
 
     async def has_conversation(self, key: ConversationKey) -> bool: ...
 
@@ -654,12 +659,6 @@ class Lookups(Protocol):
         self, platform: str, workspace: str, channel: str, platform_message_id: str
     ) -> str | None:
         """The thread of the conversation that holds a message or answer with this platform id."""
-        ...
-
-    async def channel_settings(
-        self, platform: str, workspace: str, channel: str
-    ) -> ChannelSettings:
-        """Channel setting, else the workspace's (channel ""), field by field."""
         ...
 
     async def delete_platform_message(

@@ -7,12 +7,17 @@ voice code).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 # The speech endpoint's model when the speech engine is forced to "endpoint" without one.
 DEFAULT_SPEECH_MODEL = "tts-1"
+
+# How the bot answers members talking in a voice channel it listens in: `[voice] mode`
+# for the whole bot, `/voice mode` for one server (stored as its `voice_mode` setting).
+VoiceMode = Literal["pipeline", "realtime"]
+VOICE_MODES: tuple[VoiceMode, ...] = get_args(VoiceMode)
 
 
 class VoiceSettings(BaseModel):
@@ -51,7 +56,8 @@ class VoiceSettings(BaseModel):
     # listen`): "pipeline" detects each member's utterances, transcribes them and
     # speaks the core's answer; "realtime" opens one speech-to-speech session per voice
     # channel on an OpenAI-compatible `/v1/realtime` websocket (botservice/voice/realtime.py).
-    mode: Literal["pipeline", "realtime"] = "pipeline"
+    # A server's managers may choose another for it (`/voice mode`); this is the default.
+    mode: VoiceMode = "pipeline"
     realtime_model: str = "gpt-realtime"
     realtime_voice: str = "alloy"
     # None: the chat model's base URL (its API key is sent too).
@@ -79,3 +85,30 @@ class VoiceSettings(BaseModel):
     def default_voice(self) -> str:
         """The voice a channel without its own speaks in, for the engine in use."""
         return self.speech_voice if self.uses_endpoint else self.espeak_voice
+
+
+def voice_mode_of(value: str | None) -> VoiceMode | None:
+    """A stored or typed voice mode, if it is one."""
+    if value == "pipeline":
+        return "pipeline"
+    if value == "realtime":
+        return "realtime"
+    return None
+
+
+def realtime_unavailable(voice: VoiceSettings, model_base_url: str) -> str | None:
+    """Why realtime mode cannot work with these settings, in a sentence for a server's
+    managers (the fix is the operator's); None when it can."""
+    if not voice.realtime_model.strip():
+        return (
+            "Realtime mode needs a speech-to-speech model, and none is configured "
+            "(`[voice] realtime_model`); ask whoever runs the bot to set one."
+        )
+    base_url = (voice.realtime_base_url or model_base_url).strip()
+    if not base_url.startswith(("http://", "https://", "ws://", "wss://")):
+        return (
+            "Realtime mode needs the address of an OpenAI-compatible /v1/realtime server "
+            "(`[voice] realtime_base_url`, or the model's `base_url`), and none usable is "
+            "configured; ask whoever runs the bot to set one."
+        )
+    return None

@@ -138,7 +138,12 @@ async def test_sync_commands_sends_the_command_tree_to_a_guild(
         "ask",
         "listen",
         "ignore-me",
+        "mode",
     }
+    [mode] = [o for o in sent["voice"]["options"] if o["name"] == "mode"]
+    [value] = mode["options"]
+    assert not value.get("required")
+    assert [c["value"] for c in value["choices"]] == ["pipeline", "realtime", "default"]
     assert {o["name"] for o in sent["tools"]["options"]} == {"show", "enable", "disable"}
     # Nothing but the sync: no gateway connection, no other writes.
     assert discord_server.identifies == []

@@ -1,4 +1,4 @@
-"""The `/voice` command group: join, leave, stop, ask, listen, ignore-me.
+"""The `/voice` command group: join, leave, stop, ask, listen, ignore-me, mode.
 
 Added to the command tree through its `extensions` seam, so the tree served at run time
 and the one `sync-commands` sends always agree.
@@ -26,6 +26,12 @@ class VoiceHandlers(Protocol):
     async def listen(self, interaction: discord.Interaction) -> None: ...
 
     async def ignore_me(self, interaction: discord.Interaction) -> None: ...
+
+    async def mode(self, interaction: discord.Interaction, value: str | None) -> None: ...
+
+
+# `/voice mode`'s choices: the two modes, or back to the bot's configured one.
+MODE_CHOICES = ("pipeline", "realtime", "default")
 
 
 def voice_extension(handlers: VoiceHandlers) -> TreeExtension:
@@ -68,6 +74,21 @@ def voice_extension(handlers: VoiceHandlers) -> TreeExtension:
         async def ignore_me(interaction: discord.Interaction) -> None:
             await handlers.ignore_me(interaction)
 
+        @group.command(
+            name="mode",
+            description="How the assistant answers in this server's voice channels (managers)",
+        )
+        @app_commands.describe(
+            value="pipeline, realtime, or default (the bot's own); leave out to see which applies"
+        )
+        @app_commands.choices(
+            value=[app_commands.Choice(name=choice, value=choice) for choice in MODE_CHOICES]
+        )
+        async def mode(
+            interaction: discord.Interaction, value: app_commands.Choice[str] | None = None
+        ) -> None:
+            await handlers.mode(interaction, value.value if value is not None else None)
+
         tree.add_command(group)
 
     return extend
@@ -92,4 +113,7 @@ class NoVoiceHandlers:
         raise RuntimeError("command tree built for syncing only")
 
     async def ignore_me(self, interaction: discord.Interaction) -> None:
+        raise RuntimeError("command tree built for syncing only")
+
+    async def mode(self, interaction: discord.Interaction, value: str | None) -> None:
         raise RuntimeError("command tree built for syncing only")

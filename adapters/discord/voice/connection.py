@@ -13,7 +13,14 @@ conversation and answered aloud like any message. A member who talks while the b
 speaks interrupts it, and the stored answer marks what was left unsaid. While it
 listens, the voice channel's status says so (`LISTENING_STATUS`). `/voice ignore-me`
 drops a member's audio before it is decoded; it is stored (every process, every restart
-sees it) and forget-me removes it. `/voice stop` or leaving ends listening.
+sees it) and forget-me removes it; while listening, the opt-outs are read again every
+`OPT_OUT_REFRESH_SECONDS`, so one made through another process is honoured within
+seconds. `/voice stop` or leaving ends listening.
+
+Whether listening runs the pipeline or a realtime session is the server's voice mode
+(`/voice mode`, a setting of the server kept on its workspace row of the channel
+settings), else `[voice] mode`; it is read when listening starts, so a change applies
+at the next `/voice listen`.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from botservice.core.errors import BotServiceError, StoreUnavailable, Transcript
 from botservice.core.events import ConversationKey, IncomingMessage
 from botservice.core.ports import ChannelSettings, ReplySink, SinkAbilities, abilities_of
 from botservice.core.tools import ToolContext, ToolPolicy
+from botservice.core.voice_settings import VoiceMode, realtime_unavailable, voice_mode_of
 from botservice.voice.barge_in import mark_unspoken
 from botservice.voice.endpointing import (
     EndpointingSettings,
@@ -93,6 +101,18 @@ OPTED_IN = "I will hear you again when I listen in a voice channel here."
 REALTIME_ENDED = "The speech-to-speech session for {channel} ended; /voice listen starts a new one."
 HEARD = '\N{MICROPHONE} {name}: "{text}"'
 MAX_HEARD_CHARS = 1800
+# While listening, the server's opt-outs are read again this often: a `/voice ignore-me`
+# made through another process (one PostgreSQL, several bot processes) is honoured
+# within about this long. One indexed read per listening server.
+OPT_OUT_REFRESH_SECONDS = 2.0
+# A server-wide setting lives on the workspace's row of the channel settings.
+SERVER_WIDE = ""
+NOT_A_SERVER_MANAGER = "Only {managers} can change this server's voice mode."
+MODE_UNREADABLE = "I cannot read this server's voice mode just now; please try again."
+MODE_DESCRIPTIONS: dict[VoiceMode, str] = {
+    "pipeline": "what each member says is transcribed, answered by the chat model and spoken",
+    "realtime": "one speech-to-speech session for the voice channel answers aloud",
+}
 
 
 class VoiceConnection(Protocol):
@@ -126,6 +146,14 @@ class _Session:
     # Realtime mode: the channel's speech-to-speech session while listening.
     realtime: RealtimeSession | None = None
     realtime_transcripts: ChatTranscripts | None = None
+    # While listening: reads the server's opt-outs again every OPT_OUT_REFRESH_SECONDS.
+    opt_out_refresher: asyncio.Task[None] | None = None
+
+    @property
+    def listening_mode(self) -> VoiceMode | None:
+        if self.listener is None:
+            return None
+        return "realtime" if self.realtime is not None else "pipeline"
 
 
 class DiscordVoice:
@@ -161,6 +189,14 @@ class DiscordVoice:
         # Members who said /voice ignore-me, per guild: the store's rows, cached here (the
         # receiver asks for every packet, synchronously) and read again on every change.
         self._ignored: dict[int, set[int]] = {}
+        # Opt-outs made here that could not be stored: kept while this process runs, so
+        # reading the store again does not hear those members after all.
+        self._unstored_opt_outs: dict[int, set[int]] = {}
+        # Opt-out writes made here, per guild: those under way, and a count of those done.
+        # A read of the store that overlapped one is not applied (it may predate the
+        # write and bring back a member who just opted out); the next read is.
+        self._opt_out_writes: dict[int, int] = {}
+        self._opt_out_changes: dict[int, int] = {}
         # Voice channels where setting the status was refused: logged once, not each time.
         self._status_refused: set[int] = set()
         # When the latest utterances ended (time.monotonic()), as (turn id, time): where
@@ -291,7 +327,15 @@ class DiscordVoice:
         if not self._manages(member, channel):
             await _reply(interaction, NOT_A_MANAGER)
             return
-        realtime_mode = self._settings.mode == "realtime"
+        try:
+            mode = (await self._server_mode(guild.id))[0]
+        except StoreUnavailable:
+            await _reply(interaction, MODE_UNREADABLE)
+            return
+        realtime_mode = mode == "realtime"
+        if realtime_mode and (problem := self._realtime_problem()) is not None:
+            await _reply(interaction, problem)
+            return
         if self._transcriber is None and not realtime_mode:
             await _reply(interaction, "Listening needs the transcription endpoint, which is off.")
             return
@@ -326,7 +370,10 @@ class DiscordVoice:
         listener.start()
         session.listener = listener
         session.answers = []
-        log.info("listening in voice channel %s in guild %s", channel.id, guild_id)
+        session.opt_out_refresher = asyncio.create_task(
+            self._refresh_opt_outs(guild_id, session), name=f"voice-opt-outs-{guild_id}"
+        )
+        log.info("listening in voice channel %s in guild %s (%s)", channel.id, guild_id, mode)
         session.status_shown = await self._show_status(channel, LISTENING_STATUS)
         await self._post(
             channel.id,
@@ -355,12 +402,8 @@ class DiscordVoice:
                 session.listener.forget_member(user_id)
             if session is not None and session.realtime is not None:
                 session.realtime.forget_member(user_id)
-        try:
-            await self._context.lookups.set_voice_opt_out(
-                PLATFORM, str(guild_id), str(user_id), opted_out=opting_out
-            )
-        except StoreUnavailable:
-            log.warning("could not store a voice opt-out in guild %s", guild_id)
+        stored = await self._store_opt_out(guild_id, user_id, opted_out=opting_out)
+        if not stored:
             if opting_out:
                 await _reply(interaction, OPTED_OUT_UNSTORED)
             else:
@@ -368,7 +411,26 @@ class DiscordVoice:
             return
         if not opting_out:
             ignored.discard(user_id)
+            self._unstored_opt_outs.get(guild_id, set()).discard(user_id)
         await _reply(interaction, OPTED_OUT if opting_out else OPTED_IN)
+
+    async def mode(self, interaction: discord.Interaction, value: str | None) -> None:
+        """`/voice mode`: show the server's voice mode and why; with a value, a manager of
+        the server changes it (audited like every setting)."""
+        if not await defer_response(interaction, ephemeral=True):
+            return
+        guild = interaction.guild
+        member = interaction.user
+        if guild is None or not isinstance(member, discord.Member):
+            await _reply(interaction, "Voice works in servers, not in direct messages.")
+            return
+        try:
+            if value is None:
+                await _reply(interaction, await self._describe_mode(guild.id))
+            else:
+                await _reply(interaction, await self._change_mode(guild.id, member, value))
+        except StoreUnavailable:
+            await _reply(interaction, MODE_UNREADABLE)
 
     async def ask(self, interaction: discord.Interaction, prompt: str) -> None:
         session = self._sessions.get(interaction.guild_id or 0)
@@ -443,11 +505,145 @@ class DiscordVoice:
     async def _opt_outs(self, guild_id: int) -> set[int]:
         """The guild's opt-outs as stored, read into the cached set in place (the listener
         holds that set)."""
+        changes = self._opt_out_changes.get(guild_id, 0)
         stored = await self._context.lookups.voice_opt_outs(PLATFORM, str(guild_id))
         ignored = self._ignored.setdefault(guild_id, set())
-        ignored.intersection_update(int(user_id) for user_id in stored)
-        ignored.update(int(user_id) for user_id in stored)
+        if self._opt_out_writes.get(guild_id, 0) or self._opt_out_changes.get(guild_id, 0) != (
+            changes
+        ):
+            # A /voice ignore-me here ran while reading: this read may predate its write.
+            return ignored
+        members = {int(user_id) for user_id in stored}
+        members |= self._unstored_opt_outs.get(guild_id, set())
+        ignored.intersection_update(members)
+        ignored.update(members)
         return ignored
+
+    async def _store_opt_out(self, guild_id: int, user_id: int, *, opted_out: bool) -> bool:
+        """Store a member's choice; False when the store is away (an opt-out is then kept
+        in this process only)."""
+        writes = self._opt_out_writes
+        writes[guild_id] = writes.get(guild_id, 0) + 1
+        try:
+            await self._context.lookups.set_voice_opt_out(
+                PLATFORM, str(guild_id), str(user_id), opted_out=opted_out
+            )
+        except StoreUnavailable:
+            log.warning("could not store a voice opt-out in guild %s", guild_id)
+            if opted_out:
+                self._unstored_opt_outs.setdefault(guild_id, set()).add(user_id)
+            return False
+        finally:
+            writes[guild_id] -= 1
+            self._opt_out_changes[guild_id] = self._opt_out_changes.get(guild_id, 0) + 1
+        return True
+
+    async def _refresh_opt_outs(self, guild_id: int, session: _Session) -> None:
+        """While listening: an opt-out stored by another process is honoured within
+        `OPT_OUT_REFRESH_SECONDS` (the receiver checks the set before decoding), and what
+        was heard of that member so far is dropped."""
+        while session.listener is not None:
+            await asyncio.sleep(OPT_OUT_REFRESH_SECONDS)
+            before = set(self._ignored.get(guild_id, ()))
+            try:
+                ignored = await self._opt_outs(guild_id)
+            except StoreUnavailable:
+                continue  # the opt-outs known so far stay in force
+            for user_id in ignored - before:
+                if session.listener is not None:
+                    session.listener.forget_member(user_id)
+                if session.realtime is not None:
+                    session.realtime.forget_member(user_id)
+
+    # --- the server's voice mode ----------------------------------------------------------
+
+    async def _server_mode(self, guild_id: int) -> tuple[VoiceMode, bool]:
+        """The voice mode that applies in the server, and whether its managers chose it
+        (else it is `[voice] mode`)."""
+        stored = await self._context.lookups.channel_settings(PLATFORM, str(guild_id), SERVER_WIDE)
+        chosen = voice_mode_of(stored.voice_mode)
+        if chosen is not None:
+            return chosen, True
+        return self._settings.mode, False
+
+    def _realtime_problem(self) -> str | None:
+        return realtime_unavailable(self._settings, self._context.settings.model.base_url)
+
+    def _manages_server(self, member: discord.Member) -> bool:
+        """A server-wide setting is for those who manage channels in the whole server,
+        not in one channel only."""
+        return self._context.core.policy.manages(
+            events.manager_facts(
+                manage_channels=member.guild_permissions.manage_channels,
+                user_id=member.id,
+                owner_ids=self._context.owner_ids,
+                guild_owner_id=member.guild.owner_id,
+            )
+        )
+
+    async def _describe_mode(self, guild_id: int) -> str:
+        mode, chosen = await self._server_mode(guild_id)
+        text = f"Voice mode in this server: {mode} ({MODE_DESCRIPTIONS[mode]})."
+        if chosen:
+            text += " " + await self._who_chose_mode(guild_id)
+            text += f" `/voice mode default` goes back to the bot's default, {self._settings.mode}."
+        else:
+            text += (
+                " No one chose one for this server, so it is the bot's default (`[voice] mode`);"
+                " people who manage channels here can choose with `/voice mode`."
+            )
+        if mode == "realtime" and (problem := self._realtime_problem()) is not None:
+            text += " " + problem
+        session = self._sessions.get(guild_id)
+        listening = session.listening_mode if session is not None else None
+        if session is not None and listening is not None and listening != mode:
+            text += " " + _applies_next_time(session, listening, mode)
+        return text
+
+    async def _who_chose_mode(self, guild_id: int) -> str:
+        changes = await self._context.lookups.setting_changes(PLATFORM, str(guild_id), SERVER_WIDE)
+        chosen = [change for change in changes if change.field == "voice_mode"]
+        if not chosen:
+            return "A manager of this server chose it."
+        last = chosen[-1]
+        when = f"<t:{int(last.changed_at.timestamp())}:f>"
+        if last.changed_by.isdigit():
+            return f"<@{last.changed_by}> chose it on {when}."
+        return f"A manager of this server chose it on {when}."
+
+    async def _change_mode(self, guild_id: int, member: discord.Member, value: str) -> str:
+        if not self._manages_server(member):
+            managers = self._context.core.policy.managers(PLATFORM)
+            return NOT_A_SERVER_MANAGER.format(managers=managers)
+        chosen = voice_mode_of(value)
+        if chosen is None and value != "default":
+            return "The voice mode is pipeline, realtime or default."
+        if chosen == "realtime" and (problem := self._realtime_problem()) is not None:
+            return problem
+        before = await self._context.lookups.channel_settings(PLATFORM, str(guild_id), SERVER_WIDE)
+        mode = chosen or self._settings.mode
+        if before.voice_mode == chosen:
+            text = f"Voice mode in this server already is {value}"
+            text += "." if chosen is not None else f" ({mode})."
+        else:
+            await self._context.lookups.change_setting(
+                PLATFORM,
+                str(guild_id),
+                SERVER_WIDE,
+                field="voice_mode",
+                value=chosen,
+                changed_by=str(member.id),
+            )
+            log.info("voice mode of guild %s set to %s", guild_id, value)
+            text = f"Voice mode in this server is now {mode}"
+            text += "." if chosen is not None else " (the bot's default)."
+        if mode == "realtime" and (problem := self._realtime_problem()) is not None:
+            text += " " + problem
+        session = self._sessions.get(guild_id)
+        listening = session.listening_mode if session is not None else None
+        if session is not None and listening is not None and listening != mode:
+            text += " " + _applies_next_time(session, listening, mode)
+        return text
 
     async def _show_status(self, channel: Any, status: str | None) -> bool:
         """Set (or clear, None) the voice channel's status. Never stops listening: without
@@ -653,6 +849,8 @@ class DiscordVoice:
 
     async def _stop_listening(self, guild_id: int, session: _Session) -> None:
         listener, session.listener = session.listener, None
+        await _cancel(session.opt_out_refresher)
+        session.opt_out_refresher = None
         await self._close_realtime(session)
         if listener is None:
             return
@@ -740,6 +938,8 @@ class DiscordVoice:
             listener, session.listener = session.listener, None
             await listener.stop()
             await self._clear_status(session)
+        await _cancel(session.opt_out_refresher)
+        session.opt_out_refresher = None
         await self._close_realtime(session)
         watcher = session.watcher
         if watcher is not None and watcher is not asyncio.current_task():
@@ -841,6 +1041,20 @@ def _unfinished(sink: ListenedAnswerSink, submission: Submission) -> bool:
     if answer is None or answer.cancelled:
         return answer is None
     return not submission.answered.done() or len(answer.spoken) < len(answer.sentences)
+
+
+def _applies_next_time(session: _Session, listening: VoiceMode, mode: VoiceMode) -> str:
+    channel = session.connection.channel.mention
+    return (
+        f"I am listening in {channel} in {listening} mode now; {mode} mode applies at the "
+        "next /voice listen (/voice stop, then /voice listen)."
+    )
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None and task is not asyncio.current_task():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _has_people(channel: Any, bot_id: int) -> bool:
