@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from botservice.app.expiry import purge_period, start_expiry_scheduler
+from botservice.app.expiry import purge_period, start_expiry_scheduler, start_expiry_soon
 from botservice.core.settings import StorageSettings
 from botservice.storage.repository import SqlStore
 from tests.db import incoming
@@ -54,3 +54,39 @@ def test_every_process_names_the_same_period() -> None:
     start = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
     assert purge_period(start, 60) == purge_period(start.replace(minute=59), 60)
     assert purge_period(start, 60) != purge_period(start.replace(hour=15), 60)
+
+
+async def test_the_first_purge_waits_for_the_start_delay(sqlite_store: SqlStore) -> None:
+    await sqlite_store.change_setting(
+        "test", "W1", "C1", field="retention_days", value=0, changed_by="U1"
+    )
+    turn = await sqlite_store.accept(incoming("old"), text="hi", tokens=1)
+    assert turn is not None
+    await sqlite_store.store_answer(
+        turn.turn_id, text="re", tokens=1, usage=None, status="complete", model="m"
+    )
+    stop = start_expiry_soon(sqlite_store, StorageSettings(), delay=0.2)
+    try:
+        await asyncio.sleep(0.05)
+        assert await sqlite_store.message_text(turn.user_message_id) is not None
+        for _ in range(300):
+            if await sqlite_store.message_text(turn.user_message_id) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert await sqlite_store.message_text(turn.user_message_id) is None
+    finally:
+        stop()
+
+
+async def test_stopping_before_the_delay_calls_the_purge_off(sqlite_store: SqlStore) -> None:
+    await sqlite_store.change_setting(
+        "test", "W1", "C1", field="retention_days", value=0, changed_by="U1"
+    )
+    turn = await sqlite_store.accept(incoming("old"), text="hi", tokens=1)
+    assert turn is not None
+    await sqlite_store.store_answer(
+        turn.turn_id, text="re", tokens=1, usage=None, status="complete", model="m"
+    )
+    start_expiry_soon(sqlite_store, StorageSettings(), delay=0.05)()
+    await asyncio.sleep(0.2)
+    assert await sqlite_store.message_text(turn.user_message_id) is not None

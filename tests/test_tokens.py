@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from pathlib import Path
@@ -217,3 +218,37 @@ def test_a_long_history_is_counted_message_by_message(encodings: tuple[str, ...]
 
     assert all(count > MESSAGE_OVERHEAD + 30 for count in counts)
     assert sum(counts) == sum(counter.count_message(message) for message in messages)
+
+
+def test_a_counter_built_later_estimates_high_until_its_encoding_is_loaded() -> None:
+    counter = TokenCounter(load_now=False)
+    exact = TokenCounter()
+    assert not counter.exact and counter.method == "estimate"
+    for text in SAMPLES.values():
+        assert counter.count(text) >= exact.count(text)
+
+    counter.load_exact()
+
+    assert counter.exact and counter.method == exact.method
+    assert [counter.count(t) for t in SAMPLES.values()] == [
+        exact.count(t) for t in SAMPLES.values()
+    ]
+
+
+async def test_the_encoding_is_built_on_a_thread_after_the_delay() -> None:
+    counter = TokenCounter(load_now=False)
+    counter.load_exact_soon(delay=0.05)
+    await asyncio.sleep(0.01)
+    assert not counter.exact, "built before its delay"
+    for _ in range(500):
+        if counter.exact:
+            break
+        await asyncio.sleep(0.01)
+    assert counter.exact
+
+
+async def test_a_cancelled_build_never_happens() -> None:
+    counter = TokenCounter(load_now=False)
+    counter.load_exact_soon(delay=0.02).cancel()
+    await asyncio.sleep(0.1)
+    assert not counter.exact

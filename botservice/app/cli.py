@@ -288,7 +288,7 @@ def _require_extra(module: str, *, extra: str, setting: str) -> None:
 
 async def _chat(settings: Settings) -> int:
     from botservice.adapters.console import ConsoleAdapter
-    from botservice.app.expiry import start_expiry_scheduler
+    from botservice.app.expiry import start_expiry_soon
     from botservice.app.runtime import open_services, require_model_endpoint
 
     require_model_endpoint(settings)
@@ -307,14 +307,12 @@ async def _chat(settings: Settings) -> int:
             console = ConsoleAdapter(services.core)
             if stopping:
                 console.close_input()
-            scheduler = start_expiry_scheduler(
-                services.store, settings.storage, usage=services.usage
-            )
+            stop_expiry = start_expiry_soon(services.store, settings.storage, usage=services.usage)
             try:
                 await services.core.resume_pending(console.sink_for)
                 await console.serve()
             finally:
-                scheduler.shutdown(wait=False)
+                stop_expiry()
     return 0
 
 

@@ -9,17 +9,22 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from typing import TYPE_CHECKING
 
 from botservice.core.ports import PurgeCounts, PurgeStore
 from botservice.core.settings import StorageSettings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.core.usage import UsageLedger
 
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
 log = logging.getLogger(__name__)
 
 REPLY_SECRETS_INTERVAL_SECONDS = 60
+# The scheduler (and its first purge) starts this long after the bot: a starting bot
+# answers its first message before it imports APScheduler and purges.
+EXPIRY_START_DELAY_SECONDS = 1.0
 
 
 async def purge_once(
@@ -106,6 +111,8 @@ def start_expiry_scheduler(
 ) -> AsyncIOScheduler:
     """Run the purge every `purge_interval_minutes` in the running event loop, first one at
     once, and delete expired reply secrets every minute."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
     scheduler = AsyncIOScheduler(timezone=UTC)
     scheduler.add_job(
         until_shutdown(purge_once),
@@ -132,3 +139,29 @@ def start_expiry_scheduler(
     )
     scheduler.start()
     return scheduler
+
+
+def start_expiry_soon(
+    store: PurgeStore,
+    settings: StorageSettings,
+    *,
+    telemetry: Telemetry = NO_TELEMETRY,
+    usage: UsageLedger | None = None,
+    delay: float = EXPIRY_START_DELAY_SECONDS,
+) -> Callable[[], None]:
+    """`start_expiry_scheduler` `delay` seconds from now, on the running loop. Returns
+    the function that stops it (or calls the start off, when it has not come yet)."""
+    scheduler: AsyncIOScheduler | None = None
+
+    def start() -> None:
+        nonlocal scheduler
+        scheduler = start_expiry_scheduler(store, settings, telemetry=telemetry, usage=usage)
+
+    starting = asyncio.get_running_loop().call_later(delay, start)
+
+    def stop() -> None:
+        starting.cancel()
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+    return stop

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from botservice.app import preflight
-from botservice.app.expiry import start_expiry_scheduler
+from botservice.app.expiry import start_expiry_soon
 from botservice.app.tool_sources import (
     build_tool_sources,
     close_tool_sources,
@@ -142,11 +142,13 @@ async def open_services(
         reports = tracing.telemetry(reports)
         core_store = cast(Store, tracing.store(core_store, system=tracing_system(engine)))
     model = open_model_client(settings.model, telemetry=reports)
+    # Exact counts from a second after start; over-estimates until then (TokenCounter).
+    tokens = TokenCounter(load_now=False)
     core = ConversationCore(
         settings=settings,
         store=core_store,
         model=tracing.model(model, settings.model) if tracing is not None else model,
-        tokens=TokenCounter(),
+        tokens=tokens,
         telemetry=reports,
         usage=usage,
         feedback=store,
@@ -156,6 +158,7 @@ async def open_services(
     if telemetry is not None:
         core_load = core
         telemetry.watch_core(lambda: core_load.load)
+    exact_counts = tokens.load_exact_soon()
     try:
         # MCP servers that are down are retried in the background: this never fails.
         await start_tool_sources(tool_sources)
@@ -169,6 +172,7 @@ async def open_services(
             tool_sources=tool_sources,
         )
     finally:
+        exact_counts.cancel()
         await core.stop()
         await close_tool_sources(tool_sources)
         await model.aclose()
@@ -212,7 +216,7 @@ async def serve(
     """Start adapters, the HTTP server and the expiry scheduler; run until SIGINT/SIGTERM
     (or until `stop` is set, for an embedding program)."""
     settings = services.settings
-    scheduler = start_expiry_scheduler(
+    stop_expiry = start_expiry_soon(
         services.store, settings.storage, telemetry=services.telemetry, usage=services.usage
     )
     runner: web.AppRunner | None = None
@@ -273,7 +277,7 @@ async def serve(
             await (cleanup if accept_loop is None else accept_loop.run(cleanup))
         if accept_loop is not None:
             await accept_loop.stop()
-        scheduler.shutdown(wait=False)
+        stop_expiry()
 
 
 def open_accept_loop(

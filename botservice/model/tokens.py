@@ -17,6 +17,7 @@ unused instead of overflowing it.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import functools
 import hashlib
@@ -85,6 +86,9 @@ SPECIAL_TOKENS: dict[str, dict[str, int]] = {
 
 # Per-message framing (role, separators): OpenAI documents 3-4 tokens.
 MESSAGE_OVERHEAD = 4
+# A starting bot is busy for about this long (connecting, the first events); the
+# encoding is built after it (`TokenCounter.load_exact_soon`).
+EXACT_COUNTS_DELAY_SECONDS = 1.0
 # Exact counts remembered (see _CountCache).
 COUNT_CACHE_SIZE = 1024
 # A high-detail image tile budget; low-detail images cost 85, large ones more.
@@ -96,6 +100,13 @@ class TokenCounter:
 
     `exact` tells which is active; `method` names it ("tiktoken:o200k_base",
     "estimate"). `encodings` are tried in order; pass `()` to always estimate.
+
+    With `load_now=False` the encoding is not built here: counts over-estimate
+    (`estimate_tokens`, never under the real count, so a prompt built from them
+    fits) until `load_exact` has run. Building the encoding takes 0.2-0.3 s of
+    CPU with the GIL held, the largest single cost of a start; the runtime builds
+    it just after the bot is ready (`load_exact_soon`), so the first answer does
+    not wait for it.
     """
 
     def __init__(
@@ -103,17 +114,39 @@ class TokenCounter:
         encodings: tuple[str, ...] = ("o200k_base", "cl100k_base"),
         *,
         folder: Path = ENCODING_FOLDER,
+        load_now: bool = True,
     ) -> None:
+        self._encodings = encodings
+        self._folder = folder
         self._count: Callable[[str], int] = estimate_tokens
         self.method = "estimate"
-        for name in encodings:
-            encoding = load_encoding(name, folder)
+        self._loading: asyncio.Task[None] | None = None
+        if load_now:
+            self.load_exact()
+
+    def load_exact(self) -> None:
+        """Build the first usable encoding and count exactly from then on (once)."""
+        if self.exact:
+            return
+        for name in self._encodings:
+            encoding = load_encoding(name, self._folder)
             if encoding is not None:
                 # encode_ordinary: user text may contain "<|endoftext|>", which encode() rejects.
                 self._count = _CountCache(encoding.encode_ordinary, COUNT_CACHE_SIZE)
                 self.method = f"tiktoken:{name}"
                 break
         log.info("token counting: %s", self.method)
+
+    def load_exact_soon(self, delay: float = EXACT_COUNTS_DELAY_SECONDS) -> asyncio.TimerHandle:
+        """Build the encoding on a worker thread `delay` seconds from now, on the
+        running loop. Cancel the returned handle to call it off."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            self._loading = loop.create_task(asyncio.to_thread(self.load_exact))
+            self._loading.add_done_callback(_log_failure)
+
+        return loop.call_later(delay, start)
 
     @property
     def exact(self) -> bool:
@@ -139,6 +172,11 @@ class TokenCounter:
             elif part.get("type") in ("image_url", "input_image", "image"):
                 total += IMAGE_TOKENS
         return total
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("building the token encoding failed; estimating", exc_info=error)
 
 
 class _CountCache:
