@@ -25,6 +25,7 @@ from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
 from botservice.tools.builtin import BuiltinTools
 from botservice.tools.current_time import CurrentTime
+from botservice.tools.earlier_messages import EarlierMessages
 from botservice.voice.barge_in import UNSPOKEN_MARK
 from botservice.voice.realtime import (
     DISCORD_FRAME_BYTES,
@@ -52,7 +53,7 @@ class KeptTranscripts:
 
     def __init__(self, core: ConversationCore | None = None) -> None:
         self.said: list[tuple[str, str]] = []
-        self.spent: list[tuple[Usage, str, int | None]] = []
+        self.spending: list[tuple[Usage, str, int | None]] = []
         self.core = core
         self.turns = HeardTurns()
 
@@ -71,7 +72,7 @@ class KeptTranscripts:
         self.said.append(("bot", text))
 
     async def spent(self, usage: Usage, *, item_id: str, author: int | None) -> None:
-        self.spent.append((usage, item_id, author))
+        self.spending.append((usage, item_id, author))
 
 
 @pytest.fixture
@@ -415,3 +416,52 @@ def test_playback_counts_what_was_played_of_each_answer_from_its_first_frame() -
     play(playback)
     assert playback.played_ms("answer-2") == 0, "a forgotten answer is not counted again"
     assert list(playback.first_frame_read) == ["answer-1"]
+
+
+async def test_a_call_in_voice_reads_the_voice_channels_conversation(
+    fake_realtime: FakeRealtimeServer, store: SqlStore, model: OpenAIChatClient
+) -> None:
+    earlier = BuiltinTools([EarlierMessages(store, timezone=ZoneInfo("UTC"))])
+    core = core_with(store, model, earlier)
+    await store.change_setting(
+        "discord", "W1", "C1", field="tools", value="+earlier_messages", changed_by="admin"
+    )
+    # Said in the channel's text chat before the voice talk.
+    await core.record_spoken_turn(
+        Chat(platform="discord").message(
+            "The deploy is on Friday.", channel="C1", thread="", key="voice:0"
+        ),
+        "Noted.",
+        model="gpt-realtime",
+    )
+    fake_realtime.script.extend([CallTool("earlier_messages"), Speak("Friday.", audio_ms=200)])
+    kept = KeptTranscripts(core)
+    session = await open_session(fake_realtime, kept, tools=voice_tools(core, kept))
+    try:
+        member_talks(session)
+        await until(lambda: fake_realtime.of_type("conversation.item.create"))
+    finally:
+        await session.aclose()
+
+    (output,) = fake_realtime.of_type("conversation.item.create")
+    assert "The deploy is on Friday." in output["item"]["output"]
+    assert "Noted." in output["item"]["output"]
+    assert "What time is it?" not in output["item"]["output"], "only what came before"
+
+
+async def test_each_response_reports_its_usage_for_the_member_heard(
+    fake_realtime: FakeRealtimeServer,
+) -> None:
+    fake_realtime.script.append(Speak("It is noon.", audio_ms=200))
+    kept = KeptTranscripts()
+    session = await open_session(fake_realtime, kept)
+    try:
+        member_talks(session)
+        await until(lambda: kept.spending)
+    finally:
+        await session.aclose()
+
+    [(usage, item_id, author)] = kept.spending
+    assert usage == Usage(prompt_tokens=1200, completion_tokens=300, cached_tokens=640)
+    assert author == MEMBER
+    assert item_id == fake_realtime.of_type_sent("input_audio_buffer.speech_stopped")[0]["item_id"]
