@@ -11,9 +11,12 @@ ms frames and queued in `RealtimePlayback`, which the platform's audio source re
 A member who starts talking while the bot speaks (`input_audio_buffer.speech_started`)
 stops playback at once; the session cancels the response and truncates the answer's
 item at the milliseconds actually played, so the model knows what was heard. Both
-sides' transcripts go to a `RealtimeTranscripts` port (the conversation's messages);
-function calls go to a `RealtimeTools` port (the tool sources, with the channel's
-rules). Audio is never stored or logged.
+sides' transcripts go to a `RealtimeTranscripts` port (the conversation's messages),
+with each response's `usage`; function calls go to a `RealtimeTools` port (the tool
+sources, with the channel's rules). A call that waits (for its asker's approval) has
+the model say so in a response outside the conversation (an "aside", never kept as an
+answer); its output is sent, and a response asked for, once there is one and no other
+response is being produced. Audio is never stored or logged.
 """
 
 from __future__ import annotations
