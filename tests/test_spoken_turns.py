@@ -91,3 +91,19 @@ async def test_words_heard_before_their_answer_wait_for_it_without_a_worker_taki
     assert [role for role, _ in said] == ["user", "assistant", "user"]
     assert said[1][1] == "Done, it is closed."
     await core.drain()
+
+
+async def test_words_forgotten_before_their_spoken_answer_leave_no_answer_behind(
+    settings: Settings, store: SqlStore, model: OpenAIChatClient
+) -> None:
+    core = ConversationCore(settings=settings, store=store, model=model)
+    heard = Chat(core).message("My phone number is 555-0100.", user="U7", key="voice:4")
+    turn = await core.hear_spoken_turn(heard)
+    assert turn is not None
+
+    await store.forget_user(heard.platform, "U7")
+    await core.answer_spoken_turn(turn, "I will remember 555-0100.", model="gpt-realtime")
+
+    async with store.engine.connect() as connection:
+        rows = await connection.execute(select(MESSAGES.c.text))
+        assert [row.text for row in rows] == []
