@@ -54,8 +54,13 @@ SILENCE_FRAME = bytes(DISCORD_FRAME_BYTES)
 SESSION_TICK_BYTES = SESSION_RATE * FRAME_MS // 1000 * 2  # 960
 # The metadata that marks a response said aside (out of the conversation).
 ASIDE = "aside"
-# How long a response.create of ours waits for the one being produced to end.
+# The metadata of the response asked for after function outputs.
+AFTER_TOOLS = "after_tools"
+# How long a response.create of ours waits for the one being produced to end, and how
+# often one refused because another was active is asked for.
 IDLE_WAIT_SECONDS = 30.0
+CREATE_ATTEMPTS = 3
+ACTIVE_RESPONSE = "conversation_already_has_active_response"
 
 
 class RealtimeError(BotServiceError):
@@ -301,6 +306,9 @@ class RealtimeSession:
         # No response is being produced: a response.create of ours may go now.
         self._idle = asyncio.Event()
         self._idle.set()
+        # A response.create of ours not seen to start yet, and how often it was refused
+        # (the server refuses one while another response is being produced).
+        self._unstarted: tuple[Mapping[str, Any], int] | None = None
         # Responses said aside (out of the conversation), by id.
         self._asides: deque[str] = deque(maxlen=16)
         # The member's turn the next function calls answer, and who said each turn.
@@ -463,7 +471,10 @@ class RealtimeSession:
             response = event.get("response") or {}
             self._response_id = response.get("id")
             self._idle.clear()
-            if (response.get("metadata") or {}).get("botservice") == ASIDE:
+            ours = (response.get("metadata") or {}).get("botservice")
+            if ours is not None:
+                self._unstarted = None
+            if ours == ASIDE:
                 self._asides.append(str(response.get("id")))
         elif str(event.get("item_id")) in self._cut and kind.startswith("response.output_audio"):
             # Sent before the server saw our cancel: an answer cut short stays cut.
@@ -509,6 +520,12 @@ class RealtimeSession:
             if self._response_id is None:
                 # A response.create of ours refused (one was active): none is now.
                 self._idle.set()
+            refused, self._unstarted = self._unstarted, None
+            if error.get("code") == ACTIVE_RESPONSE and refused is not None:
+                event_sent, attempts = refused
+                if attempts < CREATE_ATTEMPTS:
+                    # Asked again once the response being produced is over.
+                    self._spawn(self._create_response(event_sent, attempts + 1))
 
     def _answer(self, event: Mapping[str, Any]) -> _Answer:
         item_id = str(event.get("item_id"))
@@ -644,6 +661,7 @@ class RealtimeSession:
     async def _response_done(self, event: Mapping[str, Any]) -> None:
         response = event.get("response") or {}
         self._response_id = None
+        self._unstarted = None
         self._idle.set()
         usage = response_usage(response.get("usage"))
         if usage is not None:
@@ -684,14 +702,18 @@ class RealtimeSession:
                     "item": {"type": "function_call_output", "call_id": call_id, "output": output},
                 }
             )
-        await self._create_response({"type": "response.create"})
+        await self._create_response(
+            {"type": "response.create", "response": {"metadata": {"botservice": AFTER_TOOLS}}}
+        )
 
-    async def _create_response(self, event: Mapping[str, Any]) -> None:
+    async def _create_response(self, event: Mapping[str, Any], attempt: int = 1) -> None:
         """Ask for a response once none is being produced (a server refuses a second
-        one): after a member's turn, or an aside still being said."""
+        one): after a member's turn, or an aside still being said. Refused all the same
+        (a member's turn started a response meanwhile), it is asked for again."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=IDLE_WAIT_SECONDS)
         self._idle.clear()
+        self._unstarted = (event, attempt)
         await self._send(event)
 
     async def _say_aside(self, text: str) -> None:

@@ -14,9 +14,11 @@ answer still being produced when a member talks over it); with `late_audio_on_ca
 one more audio delta of the answer follows the cancel (it was on the wire already).
 
 A `response.create` with `"conversation": "none"` (a response out of the conversation,
-said aside) is answered with `aside_reply` without taking a step of the script, its
-`metadata` echoed. Every `response.done` carries `usage` (GA shape: input and output
-tokens with their text, audio and cached details).
+said aside) is answered with `aside_reply` without taking a step of the script; every
+`response.create`'s `metadata` is echoed in `response.created`. With `refuse_creates`,
+that many `response.create` are refused as a server refuses one while another response
+is active. Every `response.done` carries `usage` (GA shape: input and output tokens
+with their text, audio and cached details).
 
 Every event received is recorded in `.received`, every event sent in `.sent`.
 """
@@ -66,6 +68,9 @@ class FakeRealtimeServer:
     first_delta_sent: dict[str, float] = field(default_factory=dict)
     requests_headers: list[dict[str, str]] = field(default_factory=list)
     aside_reply: str = "One moment, please."
+    # This many `response.create` are refused as a real server refuses one while another
+    # response is being produced (`conversation_already_has_active_response`).
+    refuse_creates: int = 0
     usage: dict[str, Any] = field(
         default_factory=lambda: {
             "total_tokens": 1500,
@@ -183,6 +188,18 @@ class FakeRealtimeServer:
                         {"type": "response.output_audio.delta", **self._speaking, "delta": late}
                     )
                 cancelled.set()
+            elif kind == "response.create" and self.refuse_creates > 0:
+                self.refuse_creates -= 1
+                await send(
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "conversation_already_has_active_response",
+                            "message": "Conversation already has an active response",
+                        },
+                    }
+                )
             elif kind == "response.create":
                 cancelled.clear()
                 asked = event.get("response") or {}
@@ -194,7 +211,9 @@ class FakeRealtimeServer:
                     asides.add(task)
                     task.add_done_callback(asides.discard)
                 else:
-                    responding = asyncio.create_task(self._respond(send, cancelled))
+                    responding = asyncio.create_task(
+                        self._respond(send, cancelled, None, asked.get("metadata"))
+                    )
         for task in [*asides, *([responding] if responding is not None else [])]:
             task.cancel()
         return ws

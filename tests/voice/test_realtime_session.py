@@ -465,3 +465,25 @@ async def test_each_response_reports_its_usage_for_the_member_heard(
     assert usage == Usage(prompt_tokens=1200, completion_tokens=300, cached_tokens=640)
     assert author == MEMBER
     assert item_id == fake_realtime.of_type_sent("input_audio_buffer.speech_stopped")[0]["item_id"]
+
+
+async def test_a_response_asked_for_while_another_is_active_is_asked_for_again(
+    fake_realtime: FakeRealtimeServer, store: SqlStore, model: OpenAIChatClient
+) -> None:
+    fake_realtime.script.extend([CallTool("current_time"), Speak("It is noon.", audio_ms=200)])
+    # The first ask after the tool's output collides with a response the server started.
+    fake_realtime.refuse_creates = 1
+    builtin = BuiltinTools([CurrentTime(timezone=ZoneInfo("UTC"), clock=noon)])
+    core = core_with(store, model, builtin)
+    kept = KeptTranscripts(core)
+    session = await open_session(fake_realtime, kept, tools=voice_tools(core, kept))
+    try:
+        member_talks(session)
+        await until(lambda: session.playback.playing)
+        play(session.playback)
+        await until(lambda: ("bot", "It is noon.") in kept.said)
+    finally:
+        await session.aclose()
+
+    assert len(fake_realtime.of_type("response.create")) == 2
+    assert [e["type"] for e in fake_realtime.sent].count("error") == 1
