@@ -62,9 +62,10 @@ class SqlForgetting(StoreBase):
 
         def work(connection: Connection) -> ForgetCounts:
             connection.execute(
-                # One being answered right now too: its answer is then not saved.
+                # One being answered right now too (by a worker, or aloud by a realtime
+                # voice session: 'spoken'): its answer is then not saved.
                 update(TURNS)
-                .where(_t.status.in_(_UNFINISHED), _t.user_message_id.in_(authored))
+                .where(_t.status.in_((*_UNFINISHED, "spoken")), _t.user_message_id.in_(authored))
                 .values(status="failed", finished_at=now, alive_until=None)
             )
             # Answers first: they are found through the questions.

@@ -160,7 +160,7 @@ class Turn(SQLModel, table=True):
     )
     user_id: str = ""
     is_channel_admin: bool = False
-    status: str = "pending"  # 'pending' | 'running' | 'answered' | 'failed' | 'command'
+    status: str = "pending"  # 'pending' | 'running' | 'answered' | 'failed' | 'command' | 'spoken'
     reply_target: str = "{}"  # JSON written by the adapter
     reply_ref: str | None = None  # what ReplySink.begin returned (the placeholder's id)
     # The process that claimed the turn last (it stays after a takeover resets the

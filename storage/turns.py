@@ -93,6 +93,14 @@ _FINISH_TURN = (
     )
     .returning(_t.conversation_id, _t.user_message_id)
 )
+# A turn a realtime voice session answers (status 'spoken' from its acceptance, so no
+# worker ever claims it) is finished once its answer has been heard.
+_FINISH_SPOKEN_TURN = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"), _t.status == "spoken")
+    .values(status=bindparam("b_status"), finished_at=_NOW)
+    .returning(_t.conversation_id, _t.user_message_id)
+)
 
 
 def _claim_statement() -> Any:
@@ -295,6 +303,7 @@ _LINK_TURN = (
 _CLAIM_NEXT = _claim_statement()
 _HELD_ANSWER = _answer_statement(_FINISH_HELD_TURN)
 _HELD_ANSWER_WITH_USAGE = _answer_statement(_FINISH_HELD_TURN, with_usage=True)
+_SPOKEN_ANSWER = _answer_statement(_FINISH_SPOKEN_TURN)
 
 
 class SqlTurnStore(StoreBase):
@@ -320,7 +329,13 @@ class SqlTurnStore(StoreBase):
     # --- turns -----------------------------------------------------------------
 
     async def accept(
-        self, message: IncomingMessage, *, text: str, tokens: int, claim: Claim | None = None
+        self,
+        message: IncomingMessage,
+        *,
+        text: str,
+        tokens: int,
+        claim: Claim | None = None,
+        spoken: bool = False,
     ) -> AcceptedTurn | None:
         now = utcnow()
         conversation_key = message.conversation
@@ -329,7 +344,7 @@ class SqlTurnStore(StoreBase):
             "message_key": message.message_key,
             "user_id": message.user_id,
             "is_channel_admin": message.is_channel_admin,
-            "status": "pending",
+            "status": "spoken" if spoken else "pending",
             "reply_target": json.dumps(message.reply_target, separators=(",", ":")),
             "claims": 0,
             "created_at": now,
@@ -593,6 +608,21 @@ class SqlTurnStore(StoreBase):
             lambda connection: _with_ledger(
                 connection, _store_answer_in(connection, statement, finish, answer), ledger
             )
+        )
+
+    async def store_spoken_answer(
+        self, turn_id: int, *, text: str, tokens: int, status: MessageStatus, model: str
+    ) -> int | None:
+        answer = _answer_values(text, tokens, None, status, model)
+        finish = _finish_values(turn_id, None, None)
+        if self._shared:
+            return await self._write_one(
+                lambda connection: _store_answer_in_one(
+                    connection, _SPOKEN_ANSWER, finish, answer, None
+                )
+            )
+        return await self._write(
+            lambda connection: _store_answer_in(connection, _FINISH_SPOKEN_TURN, finish, answer)
         )
 
     async def store_answer_and_claim_next(

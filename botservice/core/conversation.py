@@ -88,6 +88,7 @@ from botservice.core.tool_rounds import (
     LIMIT_REACHED,
     Asker,
     ConfirmationWaiters,
+    OfferedTools,
     ToolBox,
     TurnTools,
     tools_used_line,
@@ -129,6 +130,18 @@ class Submission:
 
     turn_id: int
     answered: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpokenTurn:
+    """A member's words a realtime voice session heard, stored as a turn it answers."""
+
+    turn_id: int
+    conversation_id: int
+    user_message_id: int
+    key: ConversationKey
+    user_id: str
+    user_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,23 +395,120 @@ class ConversationCore:
         member's words and the answer, stored like any turn, so they reach later prompts
         and expire and are forgotten like other messages. The model is not asked.
         Returns the turn id; None for a redelivery."""
+        turn = await self.hear_spoken_turn(message)
+        if turn is None:
+            return None
+        await self.answer_spoken_turn(turn, answer, model=model, interrupted=interrupted)
+        return turn.turn_id
+
+    async def hear_spoken_turn(self, message: IncomingMessage) -> SpokenTurn | None:
+        """Store a member's words heard by a realtime voice session, as the question of a
+        turn the session answers (`answer_spoken_turn` keeps the answer once heard). The
+        turn exists from now on, so the session's tool calls belong to it (their rows,
+        the Approve / Deny question, `earlier_messages`); no worker ever claims it. None
+        for a redelivery."""
         text = clean_text(message.text)
-        accepted = await self._store.accept(message, text=text, tokens=self._count_tokens(text))
+        accepted = await self._keep_trying(
+            lambda: self._store.accept(
+                message, text=text, tokens=self._count_tokens(text), spoken=True
+            )
+        )
         self._remember_taken((message.platform, message.message_key))
         if accepted is None:
             return None
-        # Stored at once: the turn is never left pending for a worker to answer again.
+        return SpokenTurn(
+            turn_id=accepted.turn_id,
+            conversation_id=accepted.conversation_id,
+            user_message_id=accepted.user_message_id,
+            key=message.conversation,
+            user_id=message.user_id,
+            user_name=message.user_name,
+        )
+
+    async def answer_spoken_turn(
+        self, turn: SpokenTurn, answer: str, *, model: str, interrupted: bool = False
+    ) -> None:
+        """Keep the answer a realtime voice session spoke to `turn`."""
         await self._keep_trying(
-            lambda: self._store.store_answer(
-                accepted.turn_id,
+            lambda: self._store.store_spoken_answer(
+                turn.turn_id,
                 text=answer,
                 tokens=self._count_tokens(answer),
-                usage=None,
                 status="interrupted" if interrupted else "complete",
                 model=model,
             )
         )
-        return accepted.turn_id
+
+    def spoken_turn_tools(self, turn: SpokenTurn, abilities: SinkAbilities) -> TurnTools | None:
+        """The tool rounds of a spoken turn: the tools the channel allows now, run by the
+        text turns' rules (bounds, stored calls, Approve / Deny asked through
+        `abilities.confirm` and decided by `decide_tool_call`). None: no tool here."""
+        if not self.tools:
+            return None
+        key, store = turn.key, self._store
+
+        async def channel_settings() -> ChannelSettings:
+            return await self._keep_trying(
+                lambda: store.channel_settings(key.platform, key.workspace, key.channel)
+            )
+
+        async def no_status_line(text: str) -> None:
+            # A voice answer has no message to show a status line in; a question that
+            # needs an answer is posted through `abilities.confirm` all the same.
+            return None
+
+        return TurnTools(
+            settings=self._settings.tools,
+            store=store,
+            toolbox=self.tools,
+            offered=OfferedTools(tuple(self.tools.available())),
+            context=ToolContext(
+                conversation=key,
+                conversation_id=turn.conversation_id,
+                user_id=turn.user_id,
+                turn_id=turn.turn_id,
+            ),
+            user_message_id=turn.user_message_id,
+            asker=Asker(platform=key.platform, user_id=turn.user_id, name=turn.user_name),
+            abilities=abilities,
+            waiters=self._confirmations,
+            channel_settings=channel_settings,
+            count_tokens=self._count_tokens,
+            keep_trying=self._keep_trying,
+            show_status=no_status_line,
+        )
+
+    async def record_spoken_usage(
+        self,
+        key: ConversationKey,
+        *,
+        user_id: str,
+        turn_id: int | None,
+        model: str,
+        usage: Usage,
+    ) -> None:
+        """Keep what one response of a realtime voice session spent in the usage ledger,
+        attributed like a text turn's call (platform, channel, the member answered, the
+        turn when it is known): the daily quotas read it. A database outage loses the
+        row, never the conversation."""
+        if self._usage is None:
+            return
+        record = usage_record(
+            self._settings,
+            turn_id=turn_id,
+            message_platform=key.platform,
+            workspace=key.workspace,
+            channel=key.channel,
+            user_id=user_id,
+            model=model,
+            usage=usage,
+            estimated_prompt_tokens=0,
+            estimated_completion_tokens=0,
+        )
+        try:
+            await self._usage.record_usage(record)
+        except StoreUnavailable:
+            log.warning("the usage of a realtime voice response was not recorded")
 
     def _take(
         self, accepted: AcceptedTurn, message: IncomingMessage, sink: ReplySink

@@ -20,7 +20,8 @@ from botservice.core.tools import (
 
 Role = Literal["user", "assistant"]
 MessageStatus = Literal["complete", "interrupted"]
-TurnStatus = Literal["pending", "running", "answered", "failed", "command"]
+# 'spoken': answered by a realtime voice session, never claimed by a worker.
+TurnStatus = Literal["pending", "running", "answered", "failed", "command", "spoken"]
 SettingField = Literal[
     "instructions",
     "model",
@@ -451,14 +452,29 @@ class TurnStore(Protocol):
     and finishing them with the answer (the conversation core's hot path)."""
 
     async def accept(
-        self, message: IncomingMessage, *, text: str, tokens: int, claim: Claim | None = None
+        self,
+        message: IncomingMessage,
+        *,
+        text: str,
+        tokens: int,
+        claim: Claim | None = None,
+        spoken: bool = False,
     ) -> AcceptedTurn | None:
         """Claim `(platform, message_key)` and store the user's message with a pending turn,
         in one short transaction. None if the key was already claimed (a duplicate delivery).
         With `claim`, a store that can do it in the same step (one transaction on
         SQLite) also claims the conversation's next turn if none of it is running;
         PostgreSQL leaves it to the caller, to keep the acknowledgement one round trip.
+        `spoken`: the turn is answered by a realtime voice session (status 'spoken'),
+        so no worker claims it; `store_spoken_answer` finishes it.
         Raises `StoreUnavailable` when the database cannot be reached."""
+        ...
+
+    async def store_spoken_answer(
+        self, turn_id: int, *, text: str, tokens: int, status: MessageStatus, model: str
+    ) -> int | None:
+        """Store the answer a realtime voice session gave to a 'spoken' turn and mark the
+        turn answered. None when the turn is not (or no longer) waiting for one."""
         ...
 
     async def claim_next_turn(

@@ -11,9 +11,12 @@ ms frames and queued in `RealtimePlayback`, which the platform's audio source re
 A member who starts talking while the bot speaks (`input_audio_buffer.speech_started`)
 stops playback at once; the session cancels the response and truncates the answer's
 item at the milliseconds actually played, so the model knows what was heard. Both
-sides' transcripts go to a `RealtimeTranscripts` port (the conversation's messages);
-function calls go to a `RealtimeTools` port (the tool sources, with the channel's
-rules). Audio is never stored or logged.
+sides' transcripts go to a `RealtimeTranscripts` port (the conversation's messages),
+with each response's `usage`; function calls go to a `RealtimeTools` port (the tool
+sources, with the channel's rules). A call that waits (for its asker's approval) has
+the model say so in a response outside the conversation (an "aside", never kept as an
+answer); its output is sent, and a response asked for, once there is one and no other
+response is being produced. Audio is never stored or logged.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import aiohttp
 import numpy as np
 
 from botservice.core.errors import BotServiceError
+from botservice.core.ports import Usage
 from botservice.core.tools import ToolSpec
 from botservice.voice.barge_in import mark_unspoken
 
@@ -48,6 +52,15 @@ DISCORD_FRAME_BYTES = DISCORD_RATE * FRAME_MS // 1000 * 2 * 2  # 3,840
 SILENCE_FRAME = bytes(DISCORD_FRAME_BYTES)
 # 20 ms of 24 kHz mono s16le.
 SESSION_TICK_BYTES = SESSION_RATE * FRAME_MS // 1000 * 2  # 960
+# The metadata that marks a response said aside (out of the conversation).
+ASIDE = "aside"
+# The metadata of the response asked for after function outputs.
+AFTER_TOOLS = "after_tools"
+# How long a response.create of ours waits for the one being produced to end, and how
+# often one refused because another was active is asked for.
+IDLE_WAIT_SECONDS = 30.0
+CREATE_ATTEMPTS = 3
+ACTIVE_RESPONSE = "conversation_already_has_active_response"
 
 
 class RealtimeError(BotServiceError):
@@ -86,13 +99,33 @@ class RealtimeSettings:
 
 
 class RealtimeTranscripts(Protocol):
-    """Where both sides of the talk are kept (the conversation's messages)."""
+    """Where both sides of the talk are kept (the conversation's messages), with what
+    the session spent."""
 
-    async def member_said(self, user_id: int, text: str) -> None: ...
+    async def member_said(self, user_id: int, text: str, *, item_id: str) -> None:
+        """A member's words, heard in the input item `item_id` (the turn's key)."""
+        ...
 
     async def bot_said(self, text: str, *, interrupted: bool) -> None:
         """The answer as heard: whole once played, or marked where a member cut it."""
         ...
+
+    async def spent(self, usage: Usage, *, item_id: str, author: int | None) -> None:
+        """One response's tokens, for the member's turn `item_id` (said by `author`)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RealtimeCall:
+    """A function call of the model, in answer to the member's turn `item_id`."""
+
+    call_id: str
+    name: str
+    arguments: str
+    item_id: str
+    # Said aloud while the call waits (for the asker's approval): the function's output
+    # follows once there is one.
+    say_waiting: Callable[[str], Awaitable[None]]
 
 
 class RealtimeTools(Protocol):
@@ -100,7 +133,7 @@ class RealtimeTools(Protocol):
 
     def specs(self) -> Sequence[ToolSpec]: ...
 
-    async def call(self, name: str, arguments: str) -> str:
+    async def call(self, call: RealtimeCall) -> str:
         """The result text the model is told (a refusal is a result too)."""
         ...
 
@@ -236,6 +269,8 @@ class _Answer:
     last_sample: int = 0
     done: bool = False
     stored: bool = False
+    # Said aside (a call waits for approval): played, never kept as the turn's answer.
+    aside: bool = False
 
 
 class RealtimeSession:
@@ -268,6 +303,17 @@ class RealtimeSession:
         self._turn_talkers: dict[str, dict[int, int]] = {}
         self._answers: dict[str, _Answer] = {}
         self._response_id: str | None = None
+        # No response is being produced: a response.create of ours may go now.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # A response.create of ours not seen to start yet, and how often it was refused
+        # (the server refuses one while another response is being produced).
+        self._unstarted: tuple[Mapping[str, Any], int] | None = None
+        # Responses said aside (out of the conversation), by id.
+        self._asides: deque[str] = deque(maxlen=16)
+        # The member's turn the next function calls answer, and who said each turn.
+        self._last_item = ""
+        self._authors: dict[str, int] = {}
         self._calls: dict[str, asyncio.Task[str]] = {}
         # Answers cut by a barge-in: their late audio is dropped.
         self._cut: deque[str] = deque(maxlen=64)
@@ -422,7 +468,14 @@ class RealtimeSession:
     async def _handle(self, event: dict[str, Any]) -> None:
         kind = str(event.get("type") or "")
         if kind == "response.created":
-            self._response_id = (event.get("response") or {}).get("id")
+            response = event.get("response") or {}
+            self._response_id = response.get("id")
+            self._idle.clear()
+            ours = (response.get("metadata") or {}).get("botservice")
+            if ours is not None:
+                self._unstarted = None
+            if ours == ASIDE:
+                self._asides.append(str(response.get("id")))
         elif str(event.get("item_id")) in self._cut and kind.startswith("response.output_audio"):
             # Sent before the server saw our cancel: an answer cut short stays cut.
             return
@@ -444,7 +497,13 @@ class RealtimeSession:
             await self._barge_in()
         elif kind == "input_audio_buffer.speech_stopped":
             # Who was heard since the last turn ended: the author of its transcript.
-            self._turn_talkers[str(event.get("item_id"))] = self._talkers
+            item_id = str(event.get("item_id"))
+            self._turn_talkers[item_id] = self._talkers
+            self._last_item = item_id
+            if self._talkers:
+                self._authors[item_id] = max(self._talkers.items(), key=lambda e: e[1])[0]
+                while len(self._authors) > 16:
+                    self._authors.pop(next(iter(self._authors)))
             self._talkers = {}
             while len(self._turn_talkers) > 16:  # transcription off: never claimed
                 self._turn_talkers.pop(next(iter(self._turn_talkers)))
@@ -458,13 +517,23 @@ class RealtimeSession:
             error = event.get("error") or {}
             # The message may quote what was said: only its code at the default level.
             log.warning("the realtime server reported an error: %s", error.get("code"))
+            if self._response_id is None:
+                # A response.create of ours refused (one was active): none is now.
+                self._idle.set()
+            refused, self._unstarted = self._unstarted, None
+            if error.get("code") == ACTIVE_RESPONSE and refused is not None:
+                event_sent, attempts = refused
+                if attempts < CREATE_ATTEMPTS:
+                    # Asked again once the response being produced is over.
+                    self._spawn(self._create_response(event_sent, attempts + 1))
 
     def _answer(self, event: Mapping[str, Any]) -> _Answer:
         item_id = str(event.get("item_id"))
         answer = self._answers.get(item_id)
         if answer is None:
+            response_id = str(event.get("response_id"))
             answer = self._answers[item_id] = _Answer(
-                item_id=item_id, response_id=str(event.get("response_id"))
+                item_id=item_id, response_id=response_id, aside=response_id in self._asides
             )
         return answer
 
@@ -482,6 +551,13 @@ class RealtimeSession:
         self.playback.stop()
         for answer in unplayed:
             played = self.playback.played_ms(answer.item_id)
+            if answer.aside:
+                # Not in the conversation: nothing to truncate, nothing to keep.
+                answer.stored = True
+                del self._answers[answer.item_id]
+                self._cut.append(answer.item_id)
+                self.playback.forget(answer.item_id)
+                continue
             await self._send(
                 {
                     "type": "conversation.item.truncate",
@@ -514,7 +590,7 @@ class RealtimeSession:
             answer.stored = True
             del self._answers[answer.item_id]
             self.playback.forget(answer.item_id)
-            if answer.transcript.strip():
+            if answer.transcript.strip() and not answer.aside:
                 # Apart from the tick, whose audio must not wait on the platform.
                 self._deliver(
                     partial(self._transcripts.bot_said, answer.transcript, interrupted=False)
@@ -555,7 +631,8 @@ class RealtimeSession:
             return
         # Mixed audio has no single author: the member heard most in the turn.
         author = max(talkers.items(), key=lambda entry: entry[1])[0]
-        self._deliver(partial(self._transcripts.member_said, author, text))
+        item_id = str(event.get("item_id"))
+        self._deliver(partial(self._transcripts.member_said, author, text, item_id=item_id))
 
     # --- function calls ------------------------------------------------------------------------
 
@@ -566,16 +643,38 @@ class RealtimeSession:
         if not call_id or call_id in self._calls:
             return
 
+        call = RealtimeCall(
+            call_id=call_id,
+            name=name,
+            arguments=arguments,
+            item_id=self._last_item,
+            say_waiting=self._say_aside,
+        )
+
         async def run() -> str:
             if self._tools is None:
                 return f"Refused: there is no tool named {name[:80]!r} here."
-            return await self._tools.call(name, arguments)
+            return await self._tools.call(call)
 
         self._calls[call_id] = asyncio.create_task(run(), name="realtime-tool")
 
     async def _response_done(self, event: Mapping[str, Any]) -> None:
         response = event.get("response") or {}
         self._response_id = None
+        self._unstarted = None
+        self._idle.set()
+        usage = response_usage(response.get("usage"))
+        if usage is not None:
+            # A cancelled response was paid for too.
+            item_id = self._last_item
+            self._deliver(
+                partial(
+                    self._transcripts.spent,
+                    usage,
+                    item_id=item_id,
+                    author=self._authors.get(item_id),
+                )
+            )
         if response.get("status") == "cancelled":
             return
         call_ids = [
@@ -603,4 +702,52 @@ class RealtimeSession:
                     "item": {"type": "function_call_output", "call_id": call_id, "output": output},
                 }
             )
-        await self._send({"type": "response.create"})
+        await self._create_response(
+            {"type": "response.create", "response": {"metadata": {"botservice": AFTER_TOOLS}}}
+        )
+
+    async def _create_response(self, event: Mapping[str, Any], attempt: int = 1) -> None:
+        """Ask for a response once none is being produced (a server refuses a second
+        one): after a member's turn, or an aside still being said. Refused all the same
+        (a member's turn started a response meanwhile), it is asked for again."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=IDLE_WAIT_SECONDS)
+        self._idle.clear()
+        self._unstarted = (event, attempt)
+        await self._send(event)
+
+    async def _say_aside(self, text: str) -> None:
+        """Have the model say `text` in its own voice, out of the conversation (a call
+        waits for approval meanwhile: its output is sent once decided)."""
+        self._spawn(
+            self._create_response(
+                {
+                    "type": "response.create",
+                    "response": {
+                        "conversation": "none",
+                        "input": [],
+                        "output_modalities": ["audio"],
+                        "instructions": f"Say exactly this, briefly, and nothing else: {text}",
+                        "metadata": {"botservice": ASIDE},
+                    },
+                }
+            )
+        )
+
+
+def response_usage(usage: Any) -> Usage | None:
+    """A GA `response.done` usage (`input_tokens`, `output_tokens`, their details) as
+    the ledger's counts: audio and text tokens both count in the totals; cached ones
+    are the input's `cached_tokens`."""
+    if not isinstance(usage, Mapping):
+        return None
+    details = usage.get("input_token_details")
+    cached = details.get("cached_tokens", 0) if isinstance(details, Mapping) else 0
+    try:
+        return Usage(
+            prompt_tokens=int(usage.get("input_tokens") or 0),
+            completion_tokens=int(usage.get("output_tokens") or 0),
+            cached_tokens=int(cached or 0),
+        )
+    except (TypeError, ValueError):
+        return None

@@ -13,6 +13,13 @@ sent at once (real servers produce audio faster than it plays). With
 answer still being produced when a member talks over it); with `late_audio_on_cancel`
 one more audio delta of the answer follows the cancel (it was on the wire already).
 
+A `response.create` with `"conversation": "none"` (a response out of the conversation,
+said aside) is answered with `aside_reply` without taking a step of the script; every
+`response.create`'s `metadata` is echoed in `response.created`. With `refuse_creates`,
+that many `response.create` are refused as a server refuses one while another response
+is active. Every `response.done` carries `usage` (GA shape: input and output tokens
+with their text, audio and cached details).
+
 Every event received is recorded in `.received`, every event sent in `.sent`.
 """
 
@@ -60,6 +67,25 @@ class FakeRealtimeServer:
     # When each response's first audio delta was sent (time.monotonic()).
     first_delta_sent: dict[str, float] = field(default_factory=dict)
     requests_headers: list[dict[str, str]] = field(default_factory=list)
+    aside_reply: str = "One moment, please."
+    # This many `response.create` are refused as a real server refuses one while another
+    # response is being produced (`conversation_already_has_active_response`).
+    refuse_creates: int = 0
+    usage: dict[str, Any] = field(
+        default_factory=lambda: {
+            "total_tokens": 1500,
+            "input_tokens": 1200,
+            "output_tokens": 300,
+            "input_token_details": {
+                "text_tokens": 200,
+                "audio_tokens": 1000,
+                "image_tokens": 0,
+                "cached_tokens": 640,
+                "cached_tokens_details": {"text_tokens": 128, "audio_tokens": 512},
+            },
+            "output_token_details": {"text_tokens": 60, "audio_tokens": 240},
+        }
+    )
     base_url: str = ""
     _runner: web.AppRunner | None = None
     _counter: int = 0
@@ -71,6 +97,9 @@ class FakeRealtimeServer:
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [event for event in self.received if event["type"] == kind]
+
+    def of_type_sent(self, kind: str) -> list[dict[str, Any]]:
+        return [event for event in self.sent if event["type"] == kind]
 
     async def start(self) -> None:
         app = web.Application()
@@ -109,6 +138,7 @@ class FakeRealtimeServer:
 
         await send({"type": "session.created", "session": {"type": "realtime"}})
         responding: asyncio.Task[None] | None = None
+        asides: set[asyncio.Task[None]] = set()
         async for message in ws:
             if message.type != WSMsgType.TEXT:
                 continue
@@ -158,17 +188,52 @@ class FakeRealtimeServer:
                         {"type": "response.output_audio.delta", **self._speaking, "delta": late}
                     )
                 cancelled.set()
+            elif kind == "response.create" and self.refuse_creates > 0:
+                self.refuse_creates -= 1
+                await send(
+                    {
+                        "type": "error",
+                        "error": {
+                            "type": "invalid_request_error",
+                            "code": "conversation_already_has_active_response",
+                            "message": "Conversation already has an active response",
+                        },
+                    }
+                )
             elif kind == "response.create":
                 cancelled.clear()
-                responding = asyncio.create_task(self._respond(send, cancelled))
-        if responding is not None:
-            responding.cancel()
+                asked = event.get("response") or {}
+                if asked.get("conversation") == "none":
+                    aside = Speak(self.aside_reply, audio_ms=200)
+                    task = asyncio.create_task(
+                        self._respond(send, cancelled, aside, asked.get("metadata"))
+                    )
+                    asides.add(task)
+                    task.add_done_callback(asides.discard)
+                else:
+                    responding = asyncio.create_task(
+                        self._respond(send, cancelled, None, asked.get("metadata"))
+                    )
+        for task in [*asides, *([responding] if responding is not None else [])]:
+            task.cancel()
         return ws
 
-    async def _respond(self, send: Any, cancelled: asyncio.Event) -> None:
+    async def _respond(
+        self,
+        send: Any,
+        cancelled: asyncio.Event,
+        aside: Speak | None = None,
+        metadata: Any = None,
+    ) -> None:
         response_id = self._id("resp")
-        step = self.script.popleft() if self.script else Speak("You said something.")
-        await send({"type": "response.created", "response": {"id": response_id}})
+        if aside is not None:
+            step: Speak | CallTool = aside
+        else:
+            step = self.script.popleft() if self.script else Speak("You said something.")
+        created: dict[str, Any] = {"id": response_id}
+        if metadata is not None:
+            created["metadata"] = metadata
+        await send({"type": "response.created", "response": created})
         item_id = self._id("item")
         if isinstance(step, CallTool):
             call_id = self._id("call")
@@ -193,7 +258,12 @@ class FakeRealtimeServer:
             await send(
                 {
                     "type": "response.done",
-                    "response": {"id": response_id, "status": "completed", "output": [item]},
+                    "response": {
+                        "id": response_id,
+                        "status": "completed",
+                        "output": [item],
+                        "usage": self.usage,
+                    },
                 }
             )
             return
@@ -233,6 +303,7 @@ class FakeRealtimeServer:
                     "id": response_id,
                     "status": status,
                     "output": [{"type": "message", "id": item_id, "role": "assistant"}],
+                    "usage": self.usage,
                 },
             }
         )

@@ -15,23 +15,30 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+import pytest_asyncio
 
-from botservice.core.events import ConversationKey
-from botservice.core.settings import ToolSettings
-from botservice.core.tool_rounds import CANNOT_ASK, NOT_OFFERED, ToolBox
+from botservice.core.conversation import ConversationCore
+from botservice.core.ports import SinkAbilities, Usage
+from botservice.core.tool_rounds import CANNOT_ASK, NOT_OFFERED
 from botservice.core.tools import ToolContext, ToolOutput, ToolPolicy, ToolSpec
+from botservice.model.client import OpenAIChatClient
+from botservice.storage.repository import SqlStore
 from botservice.tools.builtin import BuiltinTools
 from botservice.tools.current_time import CurrentTime
+from botservice.tools.earlier_messages import EarlierMessages
 from botservice.voice.barge_in import UNSPOKEN_MARK
 from botservice.voice.realtime import (
     DISCORD_FRAME_BYTES,
+    RealtimeCall,
     RealtimePlayback,
     RealtimeSession,
     RealtimeSettings,
     to_discord_audio,
     to_session_audio,
 )
-from botservice.voice.realtime_tools import ChannelVoiceTools
+from botservice.voice.realtime_tools import NOT_HEARD, ChannelVoiceTools, HeardTurn, HeardTurns
+from tests.chat_kit import Chat, settings_for
+from tests.fakes.model_server import FakeModelServer
 from tests.fakes.realtime_server import CallTool, FakeRealtimeServer, Speak, speech_frame
 
 MEMBER = 7001
@@ -40,16 +47,32 @@ PADDING_MS = 400
 
 
 class KeptTranscripts:
-    """The conversation's side of the session: what each side said, in order."""
+    """The conversation's side of the session: what each side said, in order, and what
+    each response spent. With a core, a member's words are stored as a spoken turn (the
+    calls that answer them belong to it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, core: ConversationCore | None = None) -> None:
         self.said: list[tuple[str, str]] = []
+        self.spending: list[tuple[Usage, str, int | None]] = []
+        self.core = core
+        self.turns = HeardTurns()
 
-    async def member_said(self, user_id: int, text: str) -> None:
+    async def member_said(self, user_id: int, text: str, *, item_id: str) -> None:
         self.said.append((f"member {user_id}", text))
+        if self.core is None:
+            return
+        heard = Chat(platform="discord").message(
+            text, user=str(user_id), name="Bob", channel="C1", thread="", key=f"voice:{item_id}"
+        )
+        turn = await self.core.hear_spoken_turn(heard)
+        assert turn is not None
+        self.turns.heard(item_id, HeardTurn(turn, SinkAbilities()))
 
     async def bot_said(self, text: str, *, interrupted: bool) -> None:
         self.said.append(("bot", text))
+
+    async def spent(self, usage: Usage, *, item_id: str, author: int | None) -> None:
+        self.spending.append((usage, item_id, author))
 
 
 @pytest.fixture
@@ -233,17 +256,33 @@ async def test_a_member_talking_over_the_answer_cuts_it_where_it_was_heard(
     assert UNSPOKEN_MARK in text
 
 
-def voice_tools(*sources: Any, policy: ToolPolicy | None = None) -> ChannelVoiceTools:
+@pytest_asyncio.fixture
+async def model(fake_model: FakeModelServer) -> AsyncIterator[OpenAIChatClient]:
+    client = OpenAIChatClient(settings_for(fake_model.base_url).model)
+    yield client
+    await client.aclose()
+
+
+def core_with(
+    store: SqlStore, model: OpenAIChatClient, *sources: Any, **settings: str
+) -> ConversationCore:
+    return ConversationCore(
+        settings=settings_for("http://127.0.0.1:9/v1", **settings),
+        store=store,
+        model=model,
+        tool_sources=sources,
+    )
+
+
+def voice_tools(
+    core: ConversationCore, kept: KeptTranscripts, policy: ToolPolicy | None = None
+) -> ChannelVoiceTools:
     return ChannelVoiceTools(
-        ToolBox(sources),
+        core.tools,
         policy or ToolPolicy(),
-        settings=ToolSettings(),
-        context=ToolContext(
-            conversation=ConversationKey("discord", "G1", "C1", ""),
-            conversation_id=1,
-            user_id=str(MEMBER),
-            turn_id=0,
-        ),
+        turns=kept.turns,
+        turn_tools=core.spoken_turn_tools,
+        heard_wait_seconds=2,
     )
 
 
@@ -252,12 +291,13 @@ def noon() -> datetime:
 
 
 async def test_a_tool_call_is_served_by_the_tool_sources_and_the_answer_follows(
-    fake_realtime: FakeRealtimeServer,
+    fake_realtime: FakeRealtimeServer, store: SqlStore, model: OpenAIChatClient
 ) -> None:
     fake_realtime.script.extend([CallTool("current_time"), Speak("It is noon.", audio_ms=200)])
     builtin = BuiltinTools([CurrentTime(timezone=ZoneInfo("UTC"), clock=noon)])
-    kept = KeptTranscripts()
-    session = await open_session(fake_realtime, kept, tools=voice_tools(builtin))
+    core = core_with(store, model, builtin)
+    kept = KeptTranscripts(core)
+    session = await open_session(fake_realtime, kept, tools=voice_tools(core, kept))
     try:
         member_talks(session)
         await until(lambda: session.playback.playing)
@@ -313,16 +353,37 @@ class WritingTools:
         return None
 
 
-async def test_tools_follow_the_channel_rules_and_approval_cannot_be_asked_aloud() -> None:
+def a_call(name: str, item_id: str = "item_1") -> RealtimeCall:
+    async def say_waiting(text: str) -> None:
+        return None
+
+    return RealtimeCall(
+        call_id="call_1", name=name, arguments="{}", item_id=item_id, say_waiting=say_waiting
+    )
+
+
+async def test_tools_follow_the_channel_rules_and_a_turn_that_cannot_ask_is_declined(
+    store: SqlStore, model: OpenAIChatClient
+) -> None:
     tickets = WritingTools()
-    default_rules = voice_tools(tickets)
+    core = core_with(store, model, tickets)
+    kept = KeptTranscripts(core)
+    default_rules = voice_tools(core, kept)
     assert default_rules.specs() == ()
-    assert await default_rules.call("tickets__close", "{}") == NOT_OFFERED.format(
+    assert await default_rules.call(a_call("tickets__close")) == NOT_OFFERED.format(
         name="tickets__close"
     )
-    enabled = voice_tools(tickets, policy=ToolPolicy().with_rule("tickets__*", enabled=True))
+    rules = ToolPolicy().with_rule("tickets__*", enabled=True)
+    await store.change_setting(
+        "discord", "W1", "C1", field="tools", value="+tickets__*", changed_by="admin"
+    )
+    enabled = voice_tools(core, kept, policy=rules)
     assert [spec.name for spec in enabled.specs()] == ["tickets__close"]
-    assert await enabled.call("tickets__close", "{}") == CANNOT_ASK
+    # Words never transcribed: nobody to run it for.
+    assert await enabled.call(a_call("tickets__close", "item_unheard")) == NOT_HEARD
+    await kept.member_said(MEMBER, "Close the ticket.", item_id="item_1")
+    # Words heard, but nowhere to ask (these transcripts have no confirm ability).
+    assert await enabled.call(a_call("tickets__close")) == CANNOT_ASK
     assert tickets.ran == []
 
 
@@ -355,3 +416,74 @@ def test_playback_counts_what_was_played_of_each_answer_from_its_first_frame() -
     play(playback)
     assert playback.played_ms("answer-2") == 0, "a forgotten answer is not counted again"
     assert list(playback.first_frame_read) == ["answer-1"]
+
+
+async def test_a_call_in_voice_reads_the_voice_channels_conversation(
+    fake_realtime: FakeRealtimeServer, store: SqlStore, model: OpenAIChatClient
+) -> None:
+    earlier = BuiltinTools([EarlierMessages(store, timezone=ZoneInfo("UTC"))])
+    core = core_with(store, model, earlier)
+    await store.change_setting(
+        "discord", "W1", "C1", field="tools", value="+earlier_messages", changed_by="admin"
+    )
+    # Said in the channel's text chat before the voice talk.
+    await core.record_spoken_turn(
+        Chat(platform="discord").message(
+            "The deploy is on Friday.", channel="C1", thread="", key="voice:0"
+        ),
+        "Noted.",
+        model="gpt-realtime",
+    )
+    fake_realtime.script.extend([CallTool("earlier_messages"), Speak("Friday.", audio_ms=200)])
+    kept = KeptTranscripts(core)
+    session = await open_session(fake_realtime, kept, tools=voice_tools(core, kept))
+    try:
+        member_talks(session)
+        await until(lambda: fake_realtime.of_type("conversation.item.create"))
+    finally:
+        await session.aclose()
+
+    (output,) = fake_realtime.of_type("conversation.item.create")
+    assert "The deploy is on Friday." in output["item"]["output"]
+    assert "Noted." in output["item"]["output"]
+    assert "What time is it?" not in output["item"]["output"], "only what came before"
+
+
+async def test_each_response_reports_its_usage_for_the_member_heard(
+    fake_realtime: FakeRealtimeServer,
+) -> None:
+    fake_realtime.script.append(Speak("It is noon.", audio_ms=200))
+    kept = KeptTranscripts()
+    session = await open_session(fake_realtime, kept)
+    try:
+        member_talks(session)
+        await until(lambda: kept.spending)
+    finally:
+        await session.aclose()
+
+    [(usage, item_id, author)] = kept.spending
+    assert usage == Usage(prompt_tokens=1200, completion_tokens=300, cached_tokens=640)
+    assert author == MEMBER
+    assert item_id == fake_realtime.of_type_sent("input_audio_buffer.speech_stopped")[0]["item_id"]
+
+
+async def test_a_response_asked_for_while_another_is_active_is_asked_for_again(
+    fake_realtime: FakeRealtimeServer, store: SqlStore, model: OpenAIChatClient
+) -> None:
+    fake_realtime.script.extend([CallTool("current_time"), Speak("It is noon.", audio_ms=200)])
+    # The first ask after the tool's output collides with a response the server started.
+    fake_realtime.refuse_creates = 1
+    builtin = BuiltinTools([CurrentTime(timezone=ZoneInfo("UTC"), clock=noon)])
+    core = core_with(store, model, builtin)
+    kept = KeptTranscripts(core)
+    session = await open_session(fake_realtime, kept, tools=voice_tools(core, kept))
+    try:
+        member_talks(session)
+        await until(lambda: session.playback.playing)
+        play(session.playback)
+        await until(lambda: ("bot", "It is noon.") in kept.said)
+    finally:
+        await session.aclose()
+
+    assert len(fake_realtime.of_type("response.create")) == 2
+    assert [e["type"] for e in fake_realtime.sent].count("error") == 1

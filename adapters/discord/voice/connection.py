@@ -44,11 +44,17 @@ from botservice.adapters.discord.voice.dependencies import check_discord_voice
 from botservice.adapters.discord.voice.listening import VoiceListener
 from botservice.adapters.discord.voice.playback import DiscordPlayback
 from botservice.adapters.discord.voice.realtime import ChatTranscripts, Heard, RealtimeSource
-from botservice.core.conversation import Submission
+from botservice.core.conversation import SpokenTurn, Submission
 from botservice.core.errors import BotServiceError, StoreUnavailable, TranscriptionError
 from botservice.core.events import ConversationKey, IncomingMessage
-from botservice.core.ports import ChannelSettings, ReplySink, SinkAbilities, abilities_of
-from botservice.core.tools import ToolContext, ToolPolicy
+from botservice.core.ports import (
+    ChannelSettings,
+    ReplySink,
+    SinkAbilities,
+    Usage,
+    abilities_of,
+)
+from botservice.core.tools import ToolPolicy
 from botservice.core.voice_settings import VoiceMode, realtime_unavailable, voice_mode_of
 from botservice.voice.barge_in import mark_unspoken
 from botservice.voice.endpointing import (
@@ -65,7 +71,7 @@ from botservice.voice.realtime import (
     RealtimeSession,
     RealtimeSettings,
 )
-from botservice.voice.realtime_tools import ChannelVoiceTools
+from botservice.voice.realtime_tools import ChannelVoiceTools, HeardTurn, HeardTurns
 from botservice.voice.speech import SpeechEngine, create_speech_engine
 from botservice.voice.transcription import NothingHeard, Transcriber
 
@@ -758,18 +764,17 @@ class DiscordVoice:
     ) -> RealtimeSession:
         """The channel's speech-to-speech session, playing through the connection."""
         settings = self._context.settings
+        core = self._context.core
         place = events.place_of(channel, guild_id)
+        key = ConversationKey(PLATFORM, place.workspace, place.channel, "")
         channel_settings = await self._speech_settings(place)
+        model = self._settings.realtime_model
+        turns = HeardTurns()
         tools = ChannelVoiceTools(
-            self._context.core.tools,
+            core.tools,
             ToolPolicy.parse(channel_settings.tools),
-            settings=settings.tools,
-            context=ToolContext(
-                conversation=ConversationKey(PLATFORM, place.workspace, place.channel, ""),
-                conversation_id=0,
-                user_id="",
-                turn_id=0,
-            ),
+            turns=turns,
+            turn_tools=core.spoken_turn_tools,
         )
 
         def member_name(user_id: int) -> str | None:
@@ -778,7 +783,7 @@ class DiscordVoice:
             member = channel.guild.get_member(user_id)
             return None if member is None or member.bot else str(member.display_name)
 
-        async def keep(heard: Heard, answer: str, interrupted: bool) -> None:
+        async def hear(heard: Heard) -> HeardTurn | None:
             member = channel.guild.get_member(heard.user_id)
             incoming = IncomingMessage(
                 platform=PLATFORM,
@@ -793,11 +798,39 @@ class DiscordVoice:
                 platform_message_id=str(heard.posted_id),
                 reply_target={"kind": "message", "channel_id": str(channel.id)},
             )
-            await self._context.core.record_spoken_turn(
-                incoming, answer, model=self._settings.realtime_model, interrupted=interrupted
+            turn = await core.hear_spoken_turn(incoming)
+            if turn is None:
+                return None
+            client = self._context.require_client()
+            # Approve / Deny for this turn's calls: asked under the member's words.
+            asking = ChannelReplySink(
+                client.get_partial_messageable(channel.id),
+                reply_to=heard.posted_id,
+                own_id=client.user.id if client.user is not None else None,
+            )
+            return HeardTurn(turn, abilities_of(asking))
+
+        async def answer(turn: SpokenTurn, text: str, interrupted: bool) -> None:
+            await core.answer_spoken_turn(turn, text, model=model, interrupted=interrupted)
+
+        async def spend(usage: Usage, turn: SpokenTurn | None, author: int | None) -> None:
+            user_id = turn.user_id if turn is not None else str(author or "")
+            await core.record_spoken_usage(
+                key,
+                user_id=user_id,
+                turn_id=turn.turn_id if turn is not None else None,
+                model=model,
+                usage=usage,
             )
 
-        transcripts = ChatTranscripts(lambda text: self._post(channel.id, text), member_name, keep)
+        transcripts = ChatTranscripts(
+            lambda text: self._post(channel.id, text),
+            member_name,
+            hear=hear,
+            answer=answer,
+            spend=spend,
+            turns=turns,
+        )
 
         api_key = settings.model.api_key
         silence_ms = self._settings.realtime_silence_ms

@@ -4,7 +4,9 @@
 player thread reads the session's 48 kHz stereo frames (silence while the model is
 quiet, so there is no player to restart between answers). `ChatTranscripts` writes both
 sides of the talk into the voice channel's text chat and keeps each member's words with
-the answer that followed as one turn of the channel's conversation.
+the answer that followed as one turn of the channel's conversation (stored as soon as
+the words are heard: the model's tool calls belong to it), and what each response
+spent in the usage ledger.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from dataclasses import dataclass
 
 import discord
 
+from botservice.core.conversation import SpokenTurn
+from botservice.core.ports import Usage
 from botservice.voice.realtime import SILENCE_FRAME, RealtimePlayback
+from botservice.voice.realtime_tools import HeardTurn, HeardTurns
 
 HEARD = '\N{MICROPHONE} {name}: "{text}"'
 SPOKEN = "\N{SPEAKER WITH THREE SOUND WAVES} {text}"
@@ -44,7 +49,12 @@ class Heard:
     posted_id: int
 
 
-Keep = Callable[[Heard, str, bool], Awaitable[object]]
+# Store the member's words as a spoken turn (None: a redelivery, or not stored).
+Hear = Callable[[Heard], Awaitable[HeardTurn | None]]
+# Keep the answer spoken to a turn (interrupted or not).
+Answer = Callable[[SpokenTurn, str, bool], Awaitable[object]]
+# Keep what one response spent, for its turn when known, else for the member heard.
+Spend = Callable[[Usage, SpokenTurn | None, int | None], Awaitable[object]]
 
 
 def _shown(text: str) -> str:
@@ -52,21 +62,29 @@ def _shown(text: str) -> str:
 
 
 class ChatTranscripts:
-    """`RealtimeTranscripts` for a voice channel: each side posted in its text chat, and
-    kept (`keep(heard, answer, interrupted)`) as a turn once the answer is known."""
+    """`RealtimeTranscripts` for a voice channel: each side posted in its text chat; the
+    member's words stored as a turn at once (the calls that answer them belong to it,
+    `turns`), its answer kept once known, and each response's usage recorded."""
 
     def __init__(
         self,
         post: Callable[[str], Awaitable[int | None]],
         member_name: Callable[[int], str | None],
-        keep: Keep,
+        *,
+        hear: Hear,
+        answer: Answer,
+        spend: Spend,
+        turns: HeardTurns,
     ) -> None:
         self._post = post
         self._member_name = member_name
-        self._keep = keep
-        self._waiting: Heard | None = None
+        self._hear = hear
+        self._answer = answer
+        self._spend = spend
+        self.turns = turns
+        self._waiting: SpokenTurn | None = None
 
-    async def member_said(self, user_id: int, text: str) -> None:
+    async def member_said(self, user_id: int, text: str, *, item_id: str) -> None:
         name = self._member_name(user_id)
         if name is None:
             return
@@ -74,16 +92,24 @@ class ChatTranscripts:
         if posted is None:
             return
         await self.flush()
-        self._waiting = Heard(user_id, name, text, posted)
+        heard = await self._hear(Heard(user_id, name, text, posted))
+        if heard is None:
+            return
+        self.turns.heard(item_id, heard)
+        self._waiting = heard.turn
 
     async def bot_said(self, text: str, *, interrupted: bool) -> None:
         await self._post(SPOKEN.format(text=_shown(text)))
-        heard, self._waiting = self._waiting, None
-        if heard is not None:
-            await self._keep(heard, text, interrupted)
+        turn, self._waiting = self._waiting, None
+        if turn is not None:
+            await self._answer(turn, text, interrupted)
+
+    async def spent(self, usage: Usage, *, item_id: str, author: int | None) -> None:
+        heard = self.turns.get(item_id)
+        await self._spend(usage, heard.turn if heard is not None else None, author)
 
     async def flush(self) -> None:
         """Words still waiting for an answer are kept without one."""
-        heard, self._waiting = self._waiting, None
-        if heard is not None:
-            await self._keep(heard, NO_ANSWER, False)
+        turn, self._waiting = self._waiting, None
+        if turn is not None:
+            await self._answer(turn, NO_ANSWER, False)
