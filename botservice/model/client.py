@@ -126,6 +126,8 @@ class OpenAIChatClient:
                 for stream, headers in self._request_headers.items()
             }
             self._direct_extensions = {"timeout": self._timeout.as_dict()}
+        # Tasks reading out bodies after [DONE] (see `_read_out`), kept from the GC.
+        self._readers: set[asyncio.Task[None]] = set()
         self._windows = WindowDiscovery(
             self.http,
             base_url=settings.base_url,
@@ -178,8 +180,24 @@ class OpenAIChatClient:
         return await self._windows.context_window(model)
 
     async def aclose(self) -> None:
+        # Bodies still read out after their [DONE]: their connections close with the client.
+        readers = list(self._readers)
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
         if self._owns_http:
             await self.http.aclose()
+
+    async def drain(self) -> None:
+        """Wait for the bodies still read out after their [DONE] (used by tests)."""
+        while self._readers:
+            await asyncio.wait(list(self._readers))
+
+    def _read_out(self, response: httpx.Response, chunks: AsyncIterator[bytes]) -> None:
+        """Read the rest of a body whose answer is complete, then close it, in a task."""
+        reader = asyncio.get_running_loop().create_task(_read_out(response, chunks))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
 
     # --- one attempt ---------------------------------------------------------
 
@@ -393,7 +411,7 @@ class OpenAIChatStream:
                 chunk = await anext(chunks, None)
                 for data in decoder.feed(chunk) if chunk is not None else decoder.end():
                     if done:
-                        continue  # Read on to the end so the connection goes back to the pool.
+                        continue  # Nothing follows [DONE]; what does is not read.
                     if data.strip() == b"[DONE]":
                         done = self.finished = True
                         continue
@@ -404,6 +422,14 @@ class OpenAIChatStream:
                         shown = True
                         yield delta
                 if chunk is None:
+                    break
+                if done:
+                    # The answer is whole at [DONE]: the rest of the body (the end of
+                    # its chunked encoding, usually) is read beside the caller, who
+                    # shows the final text now instead of after the server's last
+                    # write. Read to its end, the connection goes back to the pool.
+                    client._read_out(response, chunks)
+                    response = None
                     break
         except httpx.HTTPError as error:
             if not response_started:
@@ -678,6 +704,17 @@ def function_spec(spec: ToolSpec) -> dict[str, Any]:
     """A tool as the function-calling APIs declare it: name, description, parameters."""
     parameters = dict(spec.parameters) or {"type": "object", "properties": {}}
     return {"name": spec.name, "description": spec.description, "parameters": parameters}
+
+
+async def _read_out(response: httpx.Response, chunks: AsyncIterator[bytes]) -> None:
+    try:
+        async for _chunk in chunks:
+            pass
+    except httpx.HTTPError as error:
+        # The answer was whole already; only this connection is lost.
+        log.debug("the end of a finished model stream was lost: %r", error)
+    finally:
+        await _close(response)
 
 
 async def _close(response: httpx.Response) -> None:
