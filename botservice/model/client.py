@@ -116,13 +116,15 @@ class OpenAIChatClient:
         )
         if self._transport is not None:
             self._direct_url = httpx.URL(self._url)
-            # With what httpx's client adds to every request. Built as httpx.Headers
-            # once: a request copies their normalized list instead of normalizing again.
+            # With what httpx's client adds to every request, and the Host header httpx
+            # adds to a request with a body. Built as httpx.Headers once: a request
+            # copies their normalized list instead of normalizing them again.
             defaults = {
                 key: self.http.headers[key] for key in ("Accept", "Accept-Encoding", "User-Agent")
             }
+            host = self._direct_url.netloc.decode("ascii")
             self._direct_headers = {
-                stream: httpx.Headers({**defaults, **headers})
+                stream: httpx.Headers({"Host": host, **defaults, **headers})
                 for stream, headers in self._request_headers.items()
             }
             self._direct_extensions = {"timeout": self._timeout.as_dict()}
@@ -220,13 +222,19 @@ class OpenAIChatClient:
                 timeout=self._timeout,
             )
             return await self.http.send(request, stream=True)
+        # Given as a stream, the body is taken as it is: with `content=`, httpx works
+        # out the Host and length headers and normalizes every header once more
+        # (about 25 us a request, a third of this method's time). The headers above
+        # lack only the length.
         request = httpx.Request(
             "POST",
             self._direct_url,
             headers=self._direct_headers[stream],
-            content=body,
+            stream=httpx.ByteStream(body),
             extensions=dict(self._direct_extensions),
         )
+        request.headers["Content-Length"] = str(len(body))
+        request.read()  # `content` is the body, for transports that read it whole
         response = await self._transport.handle_async_request(request)
         response.request = request
         return response
@@ -406,7 +414,7 @@ class OpenAIChatStream:
                 yield result.text
                 return
             decoder = SSEDataDecoder()
-            chunks = response.aiter_bytes()
+            chunks = _body_chunks(response)
             while True:
                 chunk = await anext(chunks, None)
                 for data in decoder.feed(chunk) if chunk is not None else decoder.end():
@@ -704,6 +712,17 @@ def function_spec(spec: ToolSpec) -> dict[str, Any]:
     """A tool as the function-calling APIs declare it: name, description, parameters."""
     parameters = dict(spec.parameters) or {"type": "object", "properties": {}}
     return {"name": spec.name, "description": spec.description, "parameters": parameters}
+
+
+def _body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive. One without a content coding (model servers
+    send streams so) is read straight from the transport's stream: httpx's decoding
+    iterators add two async generators per chunk that would change nothing."""
+    stream = response.stream
+    coding = response.headers.get("content-encoding")
+    if (not coding or coding.lower() == "identity") and isinstance(stream, httpx.AsyncByteStream):
+        return aiter(stream)
+    return response.aiter_bytes()
 
 
 async def _read_out(response: httpx.Response, chunks: AsyncIterator[bytes]) -> None:
