@@ -244,7 +244,8 @@ class ConversationCore:
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._accepted: dict[int, _Accepted] = {}
+        # Turns accepted here and not started, by conversation, then turn (oldest first).
+        self._accepted: dict[int, dict[int, _Accepted]] = {}
         # Message keys this process stored (or found stored), newest last: the
         # database decides, this only spares it the question for a repeat.
         self._taken: FIFOCache[tuple[str, str], None] = FIFOCache(REMEMBERED_MESSAGE_KEYS)
@@ -274,7 +275,7 @@ class ConversationCore:
     def load(self) -> CoreLoad:
         """What this process has in hand right now (read by metrics at scrape time)."""
         return CoreLoad(
-            pending_turns=len(self._accepted) + len(self._claimed),
+            pending_turns=sum(map(len, self._accepted.values())) + len(self._claimed),
             running_turns=len(self._running),
             model_calls_running=self._limits.gate.running,
             model_calls_waiting=self._limits.gate.waiting,
@@ -405,7 +406,7 @@ class ConversationCore:
     ) -> asyncio.Future[None]:
         """Start answering a turn accepted here (on the home loop)."""
         done = asyncio.get_running_loop().create_future()
-        self._accepted[accepted.turn_id] = _Accepted(
+        self._accepted.setdefault(accepted.conversation_id, {})[accepted.turn_id] = _Accepted(
             conversation_id=accepted.conversation_id,
             key=message.conversation,
             sink=sink,
@@ -541,10 +542,8 @@ class ConversationCore:
     async def _drive(self, conversation_id: int) -> None:
         """Answer the conversation's pending turns one by one while this process can
         claim them; stop when none is pending or another process is answering one."""
-        key = next(
-            (a.key for a in self._accepted.values() if a.conversation_id == conversation_id),
-            None,
-        )
+        waiting = self._accepted.get(conversation_id)
+        key = next(iter(waiting.values())).key if waiting else None
         try:
             while True:
                 turn = self._claimed.pop(conversation_id, None)
@@ -583,14 +582,15 @@ class ConversationCore:
     def _let_go_of(self, conversation_id: int) -> None:
         """Turns accepted here that another process will answer (it holds their
         conversation now): their sinks are rebuilt there from the stored target."""
-        for turn_id, accepted in list(self._accepted.items()):
-            if accepted.conversation_id == conversation_id:
-                del self._accepted[turn_id]
-                if not accepted.done.done():
-                    accepted.done.set_result(None)
+        for accepted in self._accepted.pop(conversation_id, {}).values():
+            if not accepted.done.done():
+                accepted.done.set_result(None)
 
     async def _run(self, claimed: PendingTurn) -> None:
-        accepted = self._accepted.pop(claimed.turn_id, None)
+        waiting = self._accepted.get(claimed.conversation_id)
+        accepted = waiting.pop(claimed.turn_id, None) if waiting else None
+        if waiting is not None and not waiting:
+            del self._accepted[claimed.conversation_id]
         self._running.add(claimed.turn_id)
         self._ensure_upkeep()
         try:
