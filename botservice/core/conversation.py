@@ -262,6 +262,7 @@ class ConversationCore:
         # Conversations whose last save also tried to claim the next turn.
         self._looked: set[int] = set()
         self._tasks = BackgroundTasks()
+        self._takeover_after = timedelta(seconds=settings.conversation.turn_takeover_seconds)
         self._sink_for: SinkFinder | None = None
         self._upkeep: asyncio.Task[None] | None = None
         self._sweeping = False
@@ -677,9 +678,7 @@ class ConversationCore:
         return Claim(holder=self._holder, alive_until=self._alive_until())
 
     def _alive_until(self) -> datetime:
-        return datetime.now(UTC) + timedelta(
-            seconds=self._settings.conversation.turn_takeover_seconds
-        )
+        return datetime.now(UTC) + self._takeover_after
 
     def _ensure_upkeep(self) -> None:
         if self._upkeep is None or self._upkeep.done():
