@@ -1150,10 +1150,9 @@ class ConversationCore:
                 if not parts:
                     first_text()
                 parts.append(delta)
-                so_far = "".join(parts)
-                updates.offer(so_far)
+                updates.offer(parts)
                 if observe is not None:
-                    observe(so_far)
+                    observe("".join(parts))
         finally:
             if not observed:
                 limits = stream.rate_limits
