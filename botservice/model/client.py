@@ -234,6 +234,8 @@ class OpenAIChatClient:
             extensions=dict(self._direct_extensions),
         )
         request.headers["Content-Length"] = str(len(body))
+        # The copy forgot it: found again, it would cost a scan of every header.
+        request.headers.encoding = self._direct_headers[stream].encoding
         request.read()  # `content` is the body, for transports that read it whole
         response = await self._transport.handle_async_request(request)
         response.request = request
@@ -516,9 +518,11 @@ class OpenAIChatStream:
         """One chat-completion chunk: take usage and finish_reason; return its text."""
         if "error" in chunk:
             raise _error_in_stream(chunk["error"], shown=shown, scrub=self._client._scrub)
-        usage = _parse_usage(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
+        raw_usage = chunk.get("usage")
+        if raw_usage is not None:  # on one chunk of a stream, or none
+            usage = _parse_usage(raw_usage)
+            if usage is not None:
+                self.usage = usage
         choices = chunk.get("choices") or []  # The usage chunk has none.
         if not choices or not isinstance(choices[0], dict):
             return ""
