@@ -99,8 +99,10 @@ SUGGESTED_PROMPTS = (
 # A command's answer rides on the acknowledgement when it is ready this fast;
 # otherwise it follows as an ephemeral message.
 COMMAND_ACK_SECONDS = 2.0
-# Bolt's name for the app (its logger's name).
-APP_NAME = "botservice"
+# Bolt's name for the app. Bolt gives it a logger of that name and resets that
+# logger's level to the root's: never one of our own loggers' names (dotted), such
+# as "botservice", whose level the bot sets.
+APP_NAME = "botservice-slack"
 TITLE_CHARS = 80
 # The same body for every refusal: what was wrong is for the operator's log, not the caller.
 _REFUSED = {"ok": False, "error": "refused"}
