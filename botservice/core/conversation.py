@@ -49,7 +49,7 @@ from botservice.core.hosted_tools import (
     enabled_entries,
     hosted_tools,
 )
-from botservice.core.limits import BUSY, GateFull, Limits
+from botservice.core.limits import BUSY, GateFull, Limits, SpentBudget
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
 from botservice.core.ports import (
@@ -477,6 +477,19 @@ class ConversationCore:
             keep_trying=self._keep_trying,
             show_status=no_status_line,
         )
+
+    async def spent_budget(
+        self, message: IncomingMessage, *, person: bool = True
+    ) -> SpentBudget | None:
+        """The budget that keeps `message` from being answered, by the rules and in the
+        order text messages are refused (`[limits]`: the daily token budgets, then the
+        usage quotas), or None. `person=False`: the channel's budgets only (whether a
+        voice channel may be listened to at all). For answers not taken through `submit`
+        (a realtime voice session)."""
+        spent = await self._limits.spent_budget(message, person=person)
+        if spent is None and self._quotas is not None:
+            spent = await self._quotas.spent_budget(message, person=person)
+        return spent
 
     async def record_spoken_usage(
         self,
