@@ -43,10 +43,17 @@ from botservice.adapters.discord.sink import ChannelReplySink
 from botservice.adapters.discord.voice.dependencies import check_discord_voice
 from botservice.adapters.discord.voice.listening import VoiceListener
 from botservice.adapters.discord.voice.playback import DiscordPlayback
-from botservice.adapters.discord.voice.realtime import ChatTranscripts, Heard, RealtimeSource
+from botservice.adapters.discord.voice.realtime import (
+    ChatBudget,
+    ChatTranscripts,
+    Heard,
+    RealtimeSource,
+    Told,
+)
 from botservice.core.conversation import SpokenTurn, Submission
 from botservice.core.errors import BotServiceError, StoreUnavailable, TranscriptionError
 from botservice.core.events import ConversationKey, IncomingMessage
+from botservice.core.limits import SpentBudget
 from botservice.core.ports import (
     ChannelSettings,
     ReplySink,
@@ -105,6 +112,9 @@ OPTED_OUT_UNSTORED = (
 )
 OPTED_IN = "I will hear you again when I listen in a voice channel here."
 REALTIME_ENDED = "The speech-to-speech session for {channel} ended; /voice listen starts a new one."
+# `/voice listen` (realtime) in a channel whose budget is spent: its sentence, then this.
+NOT_LISTENING_SPENT = "{spent} I will listen in {channel} once it renews."
+BUDGET_UNREADABLE = "I cannot read this channel's budget just now; please try again."
 HEARD = '\N{MICROPHONE} {name}: "{text}"'
 MAX_HEARD_CHARS = 1800
 # While listening, the server's opt-outs are read again this often: a `/voice ignore-me`
@@ -203,6 +213,9 @@ class DiscordVoice:
         # write and bring back a member who just opted out); the next read is.
         self._opt_out_writes: dict[int, int] = {}
         self._opt_out_changes: dict[int, int] = {}
+        # Per guild: which members were told that a budget of theirs (or the channel's) is
+        # spent, until it renews, so a realtime session says it once, not every turn.
+        self._budget_told: dict[int, Told] = {}
         # Voice channels where setting the status was refused: logged once, not each time.
         self._status_refused: set[int] = set()
         # When the latest utterances ended (time.monotonic()), as (turn id, time): where
@@ -350,6 +363,20 @@ class DiscordVoice:
             return
         realtime: RealtimeSession | None = None
         if realtime_mode:
+            # A realtime session answers every member through one channel's budgets: with
+            # the channel's spent, it would answer nobody.
+            place = events.place_of(channel, guild.id)
+            try:
+                spent = await self._spent_budget(place, None)
+            except StoreUnavailable:
+                await _reply(interaction, BUDGET_UNREADABLE)
+                return
+            if spent is not None:
+                await _reply(
+                    interaction,
+                    NOT_LISTENING_SPENT.format(spent=spent.sentence, channel=channel.mention),
+                )
+                return
             try:
                 realtime = await self._open_realtime(session, guild.id, channel)
             except RealtimeError as error:
@@ -759,6 +786,25 @@ class DiscordVoice:
         answers = [entry for entry in session.answers or [] if _unfinished(*entry)]
         session.answers = [*answers, (sink, submission)]
 
+    async def _spent_budget(self, place: Place, user_id: int | None) -> SpentBudget | None:
+        """The budget that keeps `user_id` (None: anyone) from being answered in the voice
+        channel at `place`, by the rules text messages are refused by."""
+        member = None
+        if user_id is not None:
+            guild = self._context.require_client().get_guild(int(place.workspace))
+            member = guild.get_member(user_id) if guild is not None else None
+        subject = IncomingMessage(
+            platform=PLATFORM,
+            workspace=place.workspace,
+            channel=place.channel,
+            thread="",
+            user_id=str(user_id) if user_id is not None else "",
+            user_name=member.display_name if member is not None else "",
+            text="",
+            message_key="",
+        )
+        return await self._context.core.spent_budget(subject, person=user_id is not None)
+
     async def _open_realtime(
         self, session: _Session, guild_id: int, channel: Any
     ) -> RealtimeSession:
@@ -832,6 +878,12 @@ class DiscordVoice:
             turns=turns,
         )
 
+        budget = ChatBudget(
+            lambda user_id: self._spent_budget(place, user_id),
+            lambda text: self._post(channel.id, text),
+            self._budget_told.setdefault(guild_id, {}),
+        )
+
         api_key = settings.model.api_key
         silence_ms = self._settings.realtime_silence_ms
         realtime = RealtimeSession(
@@ -847,6 +899,7 @@ class DiscordVoice:
             playback=RealtimePlayback(),
             transcripts=transcripts,
             tools=tools,
+            budget=budget,
         )
         await realtime.start()
         await session.speaker.interrupt()

@@ -6,17 +6,21 @@ quiet, so there is no player to restart between answers). `ChatTranscripts` writ
 sides of the talk into the voice channel's text chat and keeps each member's words with
 the answer that followed as one turn of the channel's conversation (stored as soon as
 the words are heard: the model's tool calls belong to it), and what each response
-spent in the usage ledger.
+spent in the usage ledger. `ChatBudget` keeps a member whose budget (or the channel's)
+is spent from being answered, and says so in the text chat once per member and budget
+until it renews.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import discord
 
 from botservice.core.conversation import SpokenTurn
+from botservice.core.limits import SpentBudget
 from botservice.core.ports import Usage
 from botservice.voice.realtime import SILENCE_FRAME, RealtimePlayback
 from botservice.voice.realtime_tools import HeardTurn, HeardTurns
@@ -113,3 +117,45 @@ class ChatTranscripts:
         turn, self._waiting = self._waiting, None
         if turn is not None:
             await self._answer(turn, NO_ANSWER, False)
+
+
+# The budget that keeps a member's turn (None: nobody heard, the channel's only) from
+# being answered, or None.
+SpentFor = Callable[[int | None], Awaitable[SpentBudget | None]]
+# When each member was told that a budget is spent, by (member, budget): until it renews.
+Told = dict[tuple[int | None, str], datetime]
+
+
+class ChatBudget:
+    """`RealtimeBudget` for a voice channel: the budgets text messages are refused by.
+    A member over one is not answered; the text chat gets the sentence a refused text
+    message gets, naming the member, once per member and budget until that budget
+    renews (`told` outlives a session, so `/voice listen` again does not repeat it)."""
+
+    def __init__(
+        self,
+        spent_for: SpentFor,
+        post: Callable[[str], Awaitable[int | None]],
+        told: Told,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._spent_for = spent_for
+        self._post = post
+        self._told = told
+        self._now = now
+
+    async def allows(self, user_id: int | None) -> bool:
+        spent = await self._spent_for(user_id)
+        if spent is None:
+            return True
+        now = self._now()
+        key = (user_id, spent.budget)
+        if self._told.get(key, now) > now:
+            return False  # told already in this period
+        for old in [k for k, renews in self._told.items() if renews <= now]:
+            del self._told[old]
+        self._told[key] = spent.renews_at
+        who = f"<@{user_id}> " if user_id is not None else ""
+        await self._post(who + spent.sentence)
+        return False
