@@ -818,11 +818,21 @@ class ToolRoundStore(Protocol):
     async def confirmation(self, confirmation_id: int) -> StoredConfirmation | None: ...
 
     async def decide_confirmation(
-        self, confirmation_id: int, *, platform: str, user_id: str, approve: bool, now: datetime
+        self,
+        confirmation_id: int,
+        *,
+        platform: str,
+        user_id: str,
+        approve: bool,
+        now: datetime,
+        asker_waits: bool = False,
     ) -> Decision:
         """Record the asker's decision, and in the audit trail who decided what and when.
         Only a pending confirmation not yet expired is decided (an expired one is
-        recorded as timed out)."""
+        recorded as timed out). One whose turn is neither pending nor running (a spoken
+        turn, or a finished one) is decided only when `asker_waits` (a realtime voice
+        session of this process waits for it); else nobody would ever act on it: it is
+        recorded as timed out and "expired" returned."""
         ...
 
     async def expire_confirmation(

@@ -162,6 +162,7 @@ class _Session:
     # Realtime mode: the channel's speech-to-speech session while listening.
     realtime: RealtimeSession | None = None
     realtime_transcripts: ChatTranscripts | None = None
+    realtime_tools: ChannelVoiceTools | None = None
     # While listening: reads the server's opt-outs again every OPT_OUT_REFRESH_SECONDS.
     opt_out_refresher: asyncio.Task[None] | None = None
 
@@ -821,6 +822,7 @@ class DiscordVoice:
             ToolPolicy.parse(channel_settings.tools),
             turns=turns,
             turn_tools=core.spoken_turn_tools,
+            end_turns=core.end_spoken_turns,
         )
 
         def member_name(user_id: int) -> str | None:
@@ -907,6 +909,7 @@ class DiscordVoice:
         session.connection.play(RealtimeSource(realtime.playback))
         session.realtime = realtime
         session.realtime_transcripts = transcripts
+        session.realtime_tools = tools
         watcher = asyncio.create_task(self._watch_realtime(guild_id, session, realtime))
         self._marking.add(watcher)
         watcher.add_done_callback(self._marking.discard)
@@ -932,6 +935,10 @@ class DiscordVoice:
         transcripts, session.realtime_transcripts = session.realtime_transcripts, None
         if transcripts is not None:
             await transcripts.flush()
+        tools, session.realtime_tools = session.realtime_tools, None
+        if tools is not None:
+            # Its calls were stopped with it: their questions would wait for nothing.
+            await tools.close()
 
     async def _stop_listening(self, guild_id: int, session: _Session) -> None:
         listener, session.listener = session.listener, None
