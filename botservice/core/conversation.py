@@ -440,9 +440,17 @@ class ConversationCore:
         )
 
     async def answer_spoken_turn(
-        self, turn: SpokenTurn, answer: str, *, model: str, interrupted: bool = False
+        self,
+        turn: SpokenTurn,
+        answer: str,
+        *,
+        model: str,
+        interrupted: bool = False,
+        usage: Usage | None = None,
     ) -> None:
-        """Keep the answer a realtime voice session spoke to `turn`."""
+        """Keep the answer a realtime voice session spoke to `turn`, with what the
+        session's responses to it spent (so the daily token budgets count it, as a
+        text answer's)."""
         await self._keep_trying(
             lambda: self._store.store_spoken_answer(
                 turn.turn_id,
@@ -450,6 +458,7 @@ class ConversationCore:
                 tokens=self._count_tokens(answer),
                 status="interrupted" if interrupted else "complete",
                 model=model,
+                usage=usage,
             )
         )
 

@@ -471,10 +471,18 @@ class TurnStore(Protocol):
         ...
 
     async def store_spoken_answer(
-        self, turn_id: int, *, text: str, tokens: int, status: MessageStatus, model: str
+        self,
+        turn_id: int,
+        *,
+        text: str,
+        tokens: int,
+        status: MessageStatus,
+        model: str,
+        usage: Usage | None = None,
     ) -> int | None:
         """Store the answer a realtime voice session gave to a 'spoken' turn and mark the
-        turn answered. None when the turn is not (or no longer) waiting for one."""
+        turn answered, with what its responses spent (the daily token budgets read it).
+        None when the turn is not (or no longer) waiting for one."""
         ...
 
     async def claim_next_turn(

@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from sqlalchemy import select
 
 from botservice.adapters.discord import create_adapter
 from botservice.core.conversation import ConversationCore
 from botservice.core.settings import Settings
 from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
+from botservice.storage.tables import MESSAGES
 from botservice.storage.usage_ledger import SqlUsage
 from tests.db import incoming
 from tests.discord.conftest import Guild, discord_settings
@@ -188,8 +190,8 @@ async def test_listening_does_not_start_in_a_channel_whose_budget_is_spent(
     assert room.connection.self_deaf, "still not hearing anyone"
 
 
-@pytest.mark.parametrize("limits", [{"user_daily_tokens": 5}])
-async def test_the_daily_token_budget_stops_a_member_in_realtime_too(
+@pytest.mark.parametrize("limits", [{"user_daily_tokens": 1000}])
+async def test_the_daily_token_budget_counts_what_the_session_spent_and_stops_a_member(
     room: Room,
     fake_realtime: FakeRealtimeServer,  # noqa: F811
     store: SqlStore,
@@ -204,11 +206,22 @@ async def test_the_daily_token_budget_stops_a_member_in_realtime_too(
         return bool(await stored_texts(store, "assistant"))
 
     await _until(answered)
+    # The answer is kept with what its response spent (the words alone are a few
+    # tokens): 1,500 of Bob's 1,000 for today.
+    async with store.engine.connect() as connection:
+        kept = (
+            await connection.execute(
+                select(MESSAGES.c.prompt_tokens, MESSAGES.c.completion_tokens).where(
+                    MESSAGES.c.role == "assistant"
+                )
+            )
+        ).one()
+    assert (kept.prompt_tokens, kept.completion_tokens) == (1200, 300)
     room.says(bob, spoken(QUESTION))
 
     await server.wait_until(lambda: _told(room, server.bob.id), what="the refusal")
     assert _told(room, server.bob.id) == [
-        f"<@{server.bob.id}> You have used your 5 tokens for today; "
+        f"<@{server.bob.id}> You have used your 1,000 tokens for today; "
         "the allowance renews at 00:00 UTC."
     ]
     assert _turns_created(fake_realtime) == 1

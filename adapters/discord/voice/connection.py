@@ -858,8 +858,12 @@ class DiscordVoice:
             )
             return HeardTurn(turn, abilities_of(asking))
 
-        async def answer(turn: SpokenTurn, text: str, interrupted: bool) -> None:
-            await core.answer_spoken_turn(turn, text, model=model, interrupted=interrupted)
+        async def answer(
+            turn: SpokenTurn, text: str, interrupted: bool, usage: Usage | None
+        ) -> None:
+            await core.answer_spoken_turn(
+                turn, text, model=model, interrupted=interrupted, usage=usage
+            )
 
         async def spend(usage: Usage, turn: SpokenTurn | None, author: int | None) -> None:
             user_id = turn.user_id if turn is not None else str(author or "")

@@ -55,8 +55,8 @@ class Heard:
 
 # Store the member's words as a spoken turn (None: a redelivery, or not stored).
 Hear = Callable[[Heard], Awaitable[HeardTurn | None]]
-# Keep the answer spoken to a turn (interrupted or not).
-Answer = Callable[[SpokenTurn, str, bool], Awaitable[object]]
+# Keep the answer spoken to a turn (interrupted or not), with what its responses spent.
+Answer = Callable[[SpokenTurn, str, bool, Usage | None], Awaitable[object]]
 # Keep what one response spent, for its turn when known, else for the member heard.
 Spend = Callable[[Usage, SpokenTurn | None, int | None], Awaitable[object]]
 
@@ -87,6 +87,11 @@ class ChatTranscripts:
         self._spend = spend
         self.turns = turns
         self._waiting: SpokenTurn | None = None
+        self._waiting_item = ""
+        # What the session's responses spent on each member's turn (by input item; it may
+        # come before the words' transcript), kept with the turn's answer. A response
+        # done after the answer was kept is in the usage ledger only.
+        self._spent_on: dict[str, Usage] = {}
 
     async def member_said(self, user_id: int, text: str, *, item_id: str) -> None:
         name = self._member_name(user_id)
@@ -100,23 +105,38 @@ class ChatTranscripts:
         if heard is None:
             return
         self.turns.heard(item_id, heard)
-        self._waiting = heard.turn
+        self._waiting, self._waiting_item = heard.turn, item_id
 
     async def bot_said(self, text: str, *, interrupted: bool) -> None:
         await self._post(SPOKEN.format(text=_shown(text)))
         turn, self._waiting = self._waiting, None
         if turn is not None:
-            await self._answer(turn, text, interrupted)
+            spent = self._spent_on.pop(self._waiting_item, None)
+            await self._answer(turn, text, interrupted, spent)
 
     async def spent(self, usage: Usage, *, item_id: str, author: int | None) -> None:
         heard = self.turns.get(item_id)
+        earlier = self._spent_on.pop(item_id, None)
+        self._spent_on[item_id] = usage if earlier is None else _sum(earlier, usage)
+        while len(self._spent_on) > 16:
+            self._spent_on.pop(next(iter(self._spent_on)))
         await self._spend(usage, heard.turn if heard is not None else None, author)
 
     async def flush(self) -> None:
         """Words still waiting for an answer are kept without one."""
         turn, self._waiting = self._waiting, None
         if turn is not None:
-            await self._answer(turn, NO_ANSWER, False)
+            spent = self._spent_on.pop(self._waiting_item, None)
+            await self._answer(turn, NO_ANSWER, False, spent)
+
+
+def _sum(one: Usage, other: Usage) -> Usage:
+    return Usage(
+        prompt_tokens=one.prompt_tokens + other.prompt_tokens,
+        completion_tokens=one.completion_tokens + other.completion_tokens,
+        cached_tokens=one.cached_tokens + other.cached_tokens,
+        reasoning_tokens=one.reasoning_tokens + other.reasoning_tokens,
+    )
 
 
 # The budget that keeps a member's turn (None: nobody heard, the channel's only) from
