@@ -14,7 +14,14 @@ Prints, each beside its target:
 
 Runs on 127.0.0.1 only, in well under two minutes.
 
+`--instructions` counts instead of timing: the machine instructions this process
+executes per reply (every thread: the loop's and the database's) over one run at
+full concurrency, under valgrind's callgrind (Debian's `valgrind`). A count does not
+move with the load of a shared machine as CPU times do, so it tells changes of a
+few percent apart; the run takes a few minutes.
+
     python -m bench.bench_core [--conversations 50] [--turns 20] [--rounds 3]
+    python -m bench.bench_core --instructions [--conversations 50] [--turns 10]
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import argparse
 import asyncio
 import contextvars
 import logging
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -212,6 +221,12 @@ async def main_async(args: argparse.Namespace, base_url: str, database: Path) ->
     try:
         # Warm-up: connections, SQLite pages, code paths.
         await drive(core, Timings(), [f"warm{i}" for i in range(n)], 3)
+        if args.instructions:
+            callgrind("-i", "on")  # counted from here: one run at full concurrency
+            await drive(core, Timings(), [f"counted{i}" for i in range(n)], args.turns)
+            callgrind("-d")
+            callgrind("-i", "off")
+            return rows
 
         single = transport.timings = Timings()
         await drive(core, single, ["single"], args.single_turns)
@@ -305,6 +320,44 @@ def print_table(rows: list[Row]) -> None:
         print(f"{line}  {row.note}".rstrip())
 
 
+# Set in the process that runs under callgrind (see `count_instructions`).
+_UNDER_CALLGRIND = "BENCH_CORE_UNDER_CALLGRIND"
+
+
+def callgrind(*command: str) -> None:
+    """Tell the callgrind running this process to turn counting on or off, or dump."""
+    subprocess.run(
+        ["callgrind_control", *command, str(os.getpid())], check=True, capture_output=True
+    )
+
+
+def count_instructions(args: argparse.Namespace) -> None:
+    """Run this benchmark again under callgrind, counting one run at full
+    concurrency only (not start-up or warm-up), and print instructions per reply."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+        command += [f"--callgrind-out-file={out}", sys.executable, "-m", "bench.bench_core"]
+        command += ["--instructions", f"--conversations={args.conversations}"]
+        command += [f"--turns={args.turns}"]
+        environment = {**os.environ, _UNDER_CALLGRIND: "1"}
+        subprocess.run(command, cwd=ROOT, env=environment, check=True, capture_output=True)
+        dumps = sorted(Path(folder).glob("callgrind.out.*"))
+        assert dumps, "callgrind wrote no dump of the counted run"
+        totals = re.search(rb"^(?:summary|totals): (\d+)", dumps[0].read_bytes(), re.MULTILINE)
+        assert totals is not None, dumps[0]
+    replies = args.conversations * args.turns
+    print_table(
+        [
+            Row(
+                f"instructions per reply, {args.conversations} conversations",
+                f"{int(totals[1]) / replies / 1e6:.3f} M",
+                note=f"callgrind, {replies} replies, every thread of this process",
+            )
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=50)
@@ -312,7 +365,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs at full concurrency")
     parser.add_argument("--single-turns", type=int, default=200, help="turns at 1 conversation")
     parser.add_argument("--thread-replies", type=int, default=100)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions per reply (callgrind)"
+    )
     args = parser.parse_args()
+    if args.instructions and not os.environ.get(_UNDER_CALLGRIND):
+        count_instructions(args)
+        return
     logging.basicConfig(level=logging.WARNING)
     process, base_url = start_fake_model()
     try:
@@ -321,7 +380,8 @@ def main() -> None:
     finally:
         process.terminate()
         process.wait()
-    print_table(rows)
+    if not args.instructions:
+        print_table(rows)
 
 
 if __name__ == "__main__":

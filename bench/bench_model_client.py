@@ -30,9 +30,9 @@ import aiohttp
 import orjson
 
 from bench.bench_core import Row, print_table, start_fake_model
-from botservice import model_client
 from botservice.core.ports import ChatRequest
 from botservice.core.settings import ModelSettings
+from botservice.model import client as model_client
 
 # A prompt of a usual size: instructions and a few turns of history.
 PROMPT = ChatRequest(

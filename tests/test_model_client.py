@@ -429,6 +429,36 @@ async def test_one_http_client_and_connection_serve_many_requests(
     assert len(peers) == 1  # Same TCP connection every time: the pool is reused.
 
 
+async def test_the_answer_is_whole_at_done_before_the_body_ends(
+    fake_model: FakeModelServer,
+) -> None:
+    body_ended = asyncio.Event()
+    fake_model.script(Reply("Paris.", end_after=body_ended))
+    client = OpenAIChatClient(model_settings(fake_model.base_url, read_timeout_seconds=60))
+    try:
+        stream = client.stream(ASK)
+        # [DONE] came, the server has not ended the body: the answer is complete, and
+        # its final text is not held back until the server gets round to ending it.
+        deltas = await asyncio.wait_for(collect_stream(stream), timeout=10)
+
+        assert deltas == ["Paris."]
+        assert stream.finished and stream.usage is not None
+        assert fake_model.chat_requests[0].finished_at is None  # the body is still open
+        body_ended.set()
+        await asyncio.wait_for(client.drain(), timeout=10)
+        # The rest of the body was read out: the next request takes the same connection.
+        assert "".join(await asyncio.wait_for(collect(client), timeout=10))
+        first, second = fake_model.chat_requests
+        assert first.peer == second.peer
+    finally:
+        body_ended.set()
+        await client.aclose()
+
+
+async def collect_stream(stream: Any) -> list[str]:
+    return [delta async for delta in stream]
+
+
 async def test_a_shared_http_client_is_left_open(fake_model: FakeModelServer) -> None:
     async with httpx.AsyncClient() as shared:
         model = OpenAIChatClient(model_settings(fake_model.base_url), http_client=shared)

@@ -267,7 +267,8 @@ class ConversationCore:
         # Unique per process start, so a restarted process never mistakes the
         # claims of its previous life for its own.
         self._holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._accepted: dict[int, _Accepted] = {}
+        # Turns accepted here and not started, by conversation, then turn (oldest first).
+        self._accepted: dict[int, dict[int, _Accepted]] = {}
         # Message keys this process stored (or found stored), newest last: the
         # database decides, this only spares it the question for a repeat.
         self._taken: FIFOCache[tuple[str, str], None] = FIFOCache(REMEMBERED_MESSAGE_KEYS)
@@ -284,6 +285,7 @@ class ConversationCore:
         # Conversations whose last save also tried to claim the next turn.
         self._looked: set[int] = set()
         self._tasks = BackgroundTasks()
+        self._takeover_after = timedelta(seconds=settings.conversation.turn_takeover_seconds)
         self._sink_for: SinkFinder | None = None
         self._upkeep: asyncio.Task[None] | None = None
         self._sweeping = False
@@ -297,7 +299,7 @@ class ConversationCore:
     def load(self) -> CoreLoad:
         """What this process has in hand right now (read by metrics at scrape time)."""
         return CoreLoad(
-            pending_turns=len(self._accepted) + len(self._claimed),
+            pending_turns=sum(map(len, self._accepted.values())) + len(self._claimed),
             running_turns=len(self._running),
             model_calls_running=self._limits.gate.running,
             model_calls_waiting=self._limits.gate.waiting,
@@ -594,7 +596,7 @@ class ConversationCore:
     ) -> asyncio.Future[None]:
         """Start answering a turn accepted here (on the home loop)."""
         done = asyncio.get_running_loop().create_future()
-        self._accepted[accepted.turn_id] = _Accepted(
+        self._accepted.setdefault(accepted.conversation_id, {})[accepted.turn_id] = _Accepted(
             conversation_id=accepted.conversation_id,
             key=message.conversation,
             sink=sink,
@@ -730,10 +732,8 @@ class ConversationCore:
     async def _drive(self, conversation_id: int) -> None:
         """Answer the conversation's pending turns one by one while this process can
         claim them; stop when none is pending or another process is answering one."""
-        key = next(
-            (a.key for a in self._accepted.values() if a.conversation_id == conversation_id),
-            None,
-        )
+        waiting = self._accepted.get(conversation_id)
+        key = next(iter(waiting.values())).key if waiting else None
         try:
             while True:
                 turn = self._claimed.pop(conversation_id, None)
@@ -772,14 +772,15 @@ class ConversationCore:
     def _let_go_of(self, conversation_id: int) -> None:
         """Turns accepted here that another process will answer (it holds their
         conversation now): their sinks are rebuilt there from the stored target."""
-        for turn_id, accepted in list(self._accepted.items()):
-            if accepted.conversation_id == conversation_id:
-                del self._accepted[turn_id]
-                if not accepted.done.done():
-                    accepted.done.set_result(None)
+        for accepted in self._accepted.pop(conversation_id, {}).values():
+            if not accepted.done.done():
+                accepted.done.set_result(None)
 
     async def _run(self, claimed: PendingTurn) -> None:
-        accepted = self._accepted.pop(claimed.turn_id, None)
+        waiting = self._accepted.get(claimed.conversation_id)
+        accepted = waiting.pop(claimed.turn_id, None) if waiting else None
+        if waiting is not None and not waiting:
+            del self._accepted[claimed.conversation_id]
         self._running.add(claimed.turn_id)
         self._ensure_upkeep()
         try:
@@ -866,9 +867,7 @@ class ConversationCore:
         return Claim(holder=self._holder, alive_until=self._alive_until())
 
     def _alive_until(self) -> datetime:
-        return datetime.now(UTC) + timedelta(
-            seconds=self._settings.conversation.turn_takeover_seconds
-        )
+        return datetime.now(UTC) + self._takeover_after
 
     def _ensure_upkeep(self) -> None:
         if self._upkeep is None or self._upkeep.done():
@@ -1340,10 +1339,9 @@ class ConversationCore:
                 if not parts:
                     first_text()
                 parts.append(delta)
-                so_far = "".join(parts)
-                updates.offer(so_far)
+                updates.offer(parts)
                 if observe is not None:
-                    observe(so_far)
+                    observe("".join(parts))
         finally:
             if not observed:
                 limits = stream.rate_limits

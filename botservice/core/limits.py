@@ -10,12 +10,11 @@ with the answers, so they hold across processes and restarts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
@@ -114,17 +113,19 @@ class ModelCallGate:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, *, place: int = 0) -> AsyncIterator[None]:
-        await self._acquire(place)
-        try:
-            yield
-        finally:
-            self._release()
+    def slot(self, *, place: int = 0) -> _Slot:
+        """One model call's place: `async with gate.slot(place=...)`."""
+        return _Slot(self, place)
 
-    async def _acquire(self, place: int) -> None:
+    def _enter_free(self) -> bool:
+        """Take a slot if one is free and nobody waits for it."""
         if self._running < self._max_concurrent and not self._waiting:
             self._running += 1
+            return True
+        return False
+
+    async def _acquire(self, place: int) -> None:
+        if self._enter_free():
             return
         if len(self._waiting) >= self._max_waiting:
             raise GateFull
@@ -149,6 +150,24 @@ class ModelCallGate:
                 turn.set_result(None)
                 return
         self._running -= 1
+
+
+class _Slot:
+    """`ModelCallGate.slot` as a plain class: every model call passes here, and
+    `contextlib.asynccontextmanager` costs an async generator, its context manager
+    and two more frames each time; a free slot is taken without a coroutine."""
+
+    __slots__ = ("_gate", "_place")
+
+    def __init__(self, gate: ModelCallGate, place: int) -> None:
+        self._gate, self._place = gate, place
+
+    async def __aenter__(self) -> None:
+        if not self._gate._enter_free():
+            await self._gate._acquire(self._place)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._gate._release()
 
 
 class Limits:

@@ -31,15 +31,17 @@ class ThrottledUpdates:
         self._sink = sink
         self._interval = interval
         self._clock = clock
-        self._latest = ""
+        self._parts: list[str] = []
         self._last_sent_at = float("-inf")
         self._pending: asyncio.Task[None] | None = None
         self._sending = False
         self.updates_sent = 0
 
-    def offer(self, text: str) -> None:
-        """Note the newest text; schedule an update unless one is already waiting."""
-        self._latest = text
+    def offer(self, parts: list[str]) -> None:
+        """Note that the text, `parts` joined, has grown; schedule an update unless one
+        is already waiting. The pieces are joined when an update is sent: joining them
+        for every delta would cost a long answer's length squared."""
+        self._parts = parts
         if self._pending is None or self._pending.done():
             delay = max(0.0, self._last_sent_at + self._interval - self._clock())
             self._pending = asyncio.create_task(self._send_after(delay))
@@ -61,7 +63,7 @@ class ThrottledUpdates:
         self._sending = True
         self._last_sent_at = self._clock()
         try:
-            await self._sink.update(self._latest)
+            await self._sink.update("".join(self._parts))
             self.updates_sent += 1
         except Exception:
             # A failed edit is not worth the answer: the final text still comes.

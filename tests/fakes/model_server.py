@@ -80,6 +80,9 @@ class Reply:
     delay_between_chunks: float = 0.0
     finish_reason: str = "stop"
     include_usage: bool = True  # False: omit usage even when asked, like Ollama
+    # Set: after `data: [DONE]` the body stays open until this is set (a server, or a
+    # proxy, slow to end the body it has finished writing).
+    end_after: asyncio.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -636,6 +639,8 @@ class FakeModelServer:
             else self.default_delay_between_chunks
         )
         await self._send(response, events, delay)
+        if isinstance(behaviour, Reply) and behaviour.end_after is not None:
+            await behaviour.end_after.wait()
         await response.write_eof()
         return response
 

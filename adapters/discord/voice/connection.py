@@ -31,7 +31,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
 
@@ -41,15 +41,7 @@ from botservice.adapters.discord.events import PLATFORM, Place, place_of_interac
 from botservice.adapters.discord.interactions import DiscordInteractions, defer_response
 from botservice.adapters.discord.sink import ChannelReplySink
 from botservice.adapters.discord.voice.dependencies import check_discord_voice
-from botservice.adapters.discord.voice.listening import VoiceListener
 from botservice.adapters.discord.voice.playback import DiscordPlayback
-from botservice.adapters.discord.voice.realtime import (
-    ChatBudget,
-    ChatTranscripts,
-    Heard,
-    RealtimeSource,
-    Told,
-)
 from botservice.core.conversation import SpokenTurn, Submission
 from botservice.core.errors import BotServiceError, StoreUnavailable, TranscriptionError
 from botservice.core.events import ConversationKey, IncomingMessage
@@ -64,23 +56,19 @@ from botservice.core.ports import (
 from botservice.core.tools import ToolPolicy
 from botservice.core.voice_settings import VoiceMode, realtime_unavailable, voice_mode_of
 from botservice.voice.barge_in import mark_unspoken
-from botservice.voice.endpointing import (
-    EndpointingSettings,
-    UtteranceEnded,
-    VoiceActivity,
-    silero_activity,
-    wav_bytes,
-)
 from botservice.voice.pipeline import SpeakingSink, SpokenAnswer, VoiceSpeaker, VoiceSpeakers
-from botservice.voice.realtime import (
-    RealtimeError,
-    RealtimePlayback,
-    RealtimeSession,
-    RealtimeSettings,
-)
-from botservice.voice.realtime_tools import ChannelVoiceTools, HeardTurn, HeardTurns
 from botservice.voice.speech import SpeechEngine, create_speech_engine
 from botservice.voice.transcription import NothingHeard, Transcriber
+
+# Listening and realtime sessions bring numpy, the VAD model and the realtime client:
+# imported when a manager first turns listening on, not at start (a bot that never
+# listens starts about a tenth of a second sooner).
+if TYPE_CHECKING:
+    from botservice.adapters.discord.voice.listening import VoiceListener
+    from botservice.adapters.discord.voice.realtime import ChatTranscripts, Heard, Told
+    from botservice.voice.endpointing import UtteranceEnded, VoiceActivity
+    from botservice.voice.realtime import RealtimeSession
+    from botservice.voice.realtime_tools import ChannelVoiceTools, HeardTurn
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +172,7 @@ class DiscordVoice:
         connect_cls: type[discord.VoiceProtocol] = discord.VoiceClient,
         engine: SpeechEngine | None = None,
         transcriber: Transcriber | None = None,
-        activity: Callable[[], VoiceActivity] = silero_activity,
+        activity: Callable[[], VoiceActivity] | None = None,
     ) -> None:
         settings = context.settings
         self._context = context
@@ -362,6 +350,10 @@ class DiscordVoice:
         if session.listener is not None:
             await _reply(interaction, f"I am already listening in {channel.mention}.")
             return
+        from botservice.adapters.discord.voice.listening import VoiceListener
+        from botservice.voice.endpointing import EndpointingSettings, silero_activity
+        from botservice.voice.realtime import RealtimeError
+
         realtime: RealtimeSession | None = None
         if realtime_mode:
             # A realtime session answers every member through one channel's budgets: with
@@ -395,7 +387,7 @@ class DiscordVoice:
         listener = VoiceListener(
             session.connection,
             settings=EndpointingSettings.of(self._settings),
-            activity=self._activity,
+            activity=self._activity or silero_activity,
             ignored=ignored.__contains__,
             on_speech=lambda user_id: self._member_started_speaking(guild_id, user_id),
             on_utterance=lambda user_id, heard: self._member_said(guild_id, user_id, heard),
@@ -728,6 +720,8 @@ class DiscordVoice:
             await self._context.lookups.mark_answer_unspoken(submission.turn_id, marked)
 
     async def _member_said(self, guild_id: int, user_id: int, heard: UtteranceEnded) -> None:
+        from botservice.voice.endpointing import wav_bytes
+
         session = self._sessions.get(guild_id)
         if session is None or session.listener is None or self._transcriber is None:
             return
@@ -810,6 +804,14 @@ class DiscordVoice:
         self, session: _Session, guild_id: int, channel: Any
     ) -> RealtimeSession:
         """The channel's speech-to-speech session, playing through the connection."""
+        from botservice.adapters.discord.voice.realtime import (
+            ChatBudget,
+            ChatTranscripts,
+            RealtimeSource,
+        )
+        from botservice.voice.realtime import RealtimePlayback, RealtimeSession, RealtimeSettings
+        from botservice.voice.realtime_tools import ChannelVoiceTools, HeardTurn, HeardTurns
+
         settings = self._context.settings
         core = self._context.core
         place = events.place_of(channel, guild_id)
