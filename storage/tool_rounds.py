@@ -147,6 +147,9 @@ _CONFIRMATION_COLUMNS = (
     _q.decided_by,
     _q.decided_at,
 )
+# A turn in one of these is answered by a worker (now, or once resumed after a restart),
+# which reads the decision of its question.
+_WAITING_TURN = ("pending", "running")
 _CONFIRMATION_BY_ID = select(*_CONFIRMATION_COLUMNS).where(_q.id == bindparam("confirmation_id"))
 _CONFIRMATION_OF_CALL = select(*_CONFIRMATION_COLUMNS).where(
     _q.turn_id == bindparam("turn_id"),
@@ -337,7 +340,14 @@ class ToolRoundQueries:
         return await self._read(work)
 
     async def decide_confirmation(
-        self, confirmation_id: int, *, platform: str, user_id: str, approve: bool, now: datetime
+        self,
+        confirmation_id: int,
+        *,
+        platform: str,
+        user_id: str,
+        approve: bool,
+        now: datetime,
+        asker_waits: bool = False,
     ) -> Decision:
         where_is = (
             select(_c.workspace, _c.channel)
@@ -357,6 +367,19 @@ class ToolRoundQueries:
             found = _confirmation(row)
             if found.platform != platform:
                 return "unknown"
+            if found.status == "pending" and not asker_waits:
+                turn_status = connection.execute(
+                    select(_t.status).where(_t.id == found.turn_id)
+                ).scalar_one_or_none()
+                if turn_status not in _WAITING_TURN:
+                    # No worker will ever take this turn up again (a realtime session's
+                    # spoken turn, or a finished one): nobody would act on the answer.
+                    connection.execute(
+                        update(TOOL_CONFIRMATIONS)
+                        .where(_q.id == confirmation_id, _q.status == "pending")
+                        .values(status="timed_out", decided_at=now)
+                    )
+                    return "expired"
             if found.asker_id != user_id:
                 return "not_asker"
             if found.status != "pending":

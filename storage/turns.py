@@ -611,9 +611,16 @@ class SqlTurnStore(StoreBase):
         )
 
     async def store_spoken_answer(
-        self, turn_id: int, *, text: str, tokens: int, status: MessageStatus, model: str
+        self,
+        turn_id: int,
+        *,
+        text: str,
+        tokens: int,
+        status: MessageStatus,
+        model: str,
+        usage: Usage | None = None,
     ) -> int | None:
-        answer = _answer_values(text, tokens, None, status, model)
+        answer = _answer_values(text, tokens, usage, status, model)
         finish = _finish_values(turn_id, None, None)
         if self._shared:
             return await self._write_one(

@@ -1,6 +1,8 @@
 """A click on Approve or Deny under a tool call's question: decided by the core, shown
 in the question's message (approved, denied, already decided) or told only to the
-clicker (not theirs to decide, expired)."""
+clicker (not theirs to decide, expired). A question nobody waits for any more (its
+realtime voice session ended, or the process that asked restarted) is told to the
+clicker as expired and loses its buttons; nothing runs."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 ONLY_ASKER = "Only {asker} can approve this."
 EXPIRED = "This request has expired."
 ALREADY_DECIDED = "This request was already decided or has timed out."
+# The question's last line once a click found nobody waiting for its answer.
+EXPIRED_OUTCOME = "\N{HOURGLASS} Expired before an answer: not run."
 FAILED = "I could not record that click just now; please try again."
 
 
@@ -58,10 +62,20 @@ class DiscordConfirmations:
         if decision == "unknown":
             await _tell_only_them(interaction, EXPIRED, deferred=True)
             return
+        if decision == "expired":
+            await _tell_only_them(interaction, EXPIRED, deferred=True)
+            await self._show(interaction, choice.confirmation_id, EXPIRED_OUTCOME)
+            return
         outcome = {
             "approved": f"\N{WHITE HEAVY CHECK MARK} Approved by <@{clicker}>",
             "denied": f"\N{NO ENTRY SIGN} Denied by <@{clicker}>",
         }.get(decision, ALREADY_DECIDED)
+        await self._show(interaction, choice.confirmation_id, outcome)
+
+    async def _show(
+        self, interaction: discord.Interaction[Any], confirmation_id: int, outcome: str
+    ) -> None:
+        """The question's buttons go and its last line says `outcome`."""
         shown = interaction.message.content if interaction.message is not None else ""
         try:
             await interaction.edit_original_response(
@@ -71,7 +85,7 @@ class DiscordConfirmations:
             # The decision is recorded either way; only its display is lost.
             log.warning(
                 "could not show the outcome of Discord confirmation %s (%s)",
-                choice.confirmation_id,
+                confirmation_id,
                 error.status,
             )
 

@@ -31,7 +31,12 @@ from botservice.adapters.discord.feedback_buttons import feedback_view
 from botservice.adapters.discord.split import DISCORD_LIMIT
 from botservice.core.message_split import split_message
 from botservice.core.ports import GeneratedFile, SinkAbilities
-from botservice.core.tools import ClosedOutcome, ConfirmationRequest, unanswered_text
+from botservice.core.tools import (
+    SESSION_ENDED,
+    ClosedOutcome,
+    ConfirmationRequest,
+    unanswered_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +150,14 @@ class _ReplySinkBase:
         self._questions[request.confirmation_id] = (message_id, request)
 
     async def confirmation_closed(self, confirmation_id: int, outcome: ClosedOutcome) -> None:
-        """Nobody answered the question in time: its buttons go, and it says so."""
+        """Nobody answered the question in time (or its voice session ended first): its
+        buttons go, and it says so."""
         asked = self._questions.pop(confirmation_id, None)
         if asked is None:
             return  # asked before a restart, by another sink: its buttons answer clicks
         message_id, request = asked
-        text = decided_text(prompt_text(request), unanswered_text(request))
+        why = SESSION_ENDED if outcome == "session_ended" else unanswered_text(request)
+        text = decided_text(prompt_text(request), why)
         try:
             await self._transport.close_question(message_id, text)
         except discord.HTTPException as error:

@@ -14,7 +14,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -49,7 +49,7 @@ from botservice.core.hosted_tools import (
     enabled_entries,
     hosted_tools,
 )
-from botservice.core.limits import BUSY, GateFull, Limits
+from botservice.core.limits import BUSY, GateFull, Limits, SpentBudget
 from botservice.core.log_context import in_turn
 from botservice.core.pacing import ModelPacer
 from botservice.core.ports import (
@@ -93,7 +93,13 @@ from botservice.core.tool_rounds import (
     TurnTools,
     tools_used_line,
 )
-from botservice.core.tools import Decision, ToolContext, ToolPolicy, ToolSource
+from botservice.core.tools import (
+    ConfirmationRequest,
+    Decision,
+    ToolContext,
+    ToolPolicy,
+    ToolSource,
+)
 from botservice.core.tracing import NO_TRACER, Tracer
 from botservice.core.usage import Quotas, UsageLedger, UsageRecord, usage_record
 from botservice.core.windows import ContextWindows, Window
@@ -226,6 +232,10 @@ class ConversationCore:
         approvals = McpApprovals(self._hosted)
         self.tools = ToolBox([*tool_sources, *([approvals] if approvals else [])])
         self._confirmations = ConfirmationWaiters()
+        # Questions asked for spoken turns whose realtime voice session (in this process)
+        # still waits for the answer, with the turn and where each was asked. Nothing
+        # else ever acts on such an answer: a click on one not here finds it expired.
+        self._spoken_questions: dict[int, tuple[int, SinkAbilities]] = {}
         # Models whose endpoint refused a request for carrying tools: asked without.
         self._tool_less_models: set[str] = set()
         self._tracer = tracer
@@ -309,11 +319,15 @@ class ConversationCore:
                 user_id=user_id,
                 approve=approve,
                 now=datetime.now(UTC),
+                asker_waits=confirmation_id in self._spoken_questions,
             )
         )
         if decision in ("approved", "denied"):
             log.info("tool call confirmation %d %s", confirmation_id, decision)
+            self._spoken_questions.pop(confirmation_id, None)
             self._confirmations.wake(confirmation_id)
+        elif decision == "expired":
+            log.info("tool call confirmation %d expired: nobody waits for it", confirmation_id)
         return decision
 
     async def record_feedback(self, click: FeedbackClick) -> bool:
@@ -428,9 +442,17 @@ class ConversationCore:
         )
 
     async def answer_spoken_turn(
-        self, turn: SpokenTurn, answer: str, *, model: str, interrupted: bool = False
+        self,
+        turn: SpokenTurn,
+        answer: str,
+        *,
+        model: str,
+        interrupted: bool = False,
+        usage: Usage | None = None,
     ) -> None:
-        """Keep the answer a realtime voice session spoke to `turn`."""
+        """Keep the answer a realtime voice session spoke to `turn`, with what the
+        session's responses to it spent (so the daily token budgets count it, as a
+        text answer's)."""
         await self._keep_trying(
             lambda: self._store.store_spoken_answer(
                 turn.turn_id,
@@ -438,6 +460,7 @@ class ConversationCore:
                 tokens=self._count_tokens(answer),
                 status="interrupted" if interrupted else "complete",
                 model=model,
+                usage=usage,
             )
         )
 
@@ -448,6 +471,16 @@ class ConversationCore:
         if not self.tools:
             return None
         key, store = turn.key, self._store
+        ask = abilities.confirm
+        if ask is not None:
+            asked_in = abilities
+
+            async def confirm(request: ConfirmationRequest) -> None:
+                # Answerable while the session waits (`end_spoken_turns` ends that).
+                self._spoken_questions[request.confirmation_id] = (turn.turn_id, asked_in)
+                await ask(request)
+
+            abilities = dataclasses.replace(abilities, confirm=confirm)
 
         async def channel_settings() -> ChannelSettings:
             return await self._keep_trying(
@@ -479,6 +512,52 @@ class ConversationCore:
             keep_trying=self._keep_trying,
             show_status=no_status_line,
         )
+
+    async def end_spoken_turns(self, turn_ids: Collection[int]) -> None:
+        """The realtime voice session of these spoken turns ended: their questions still
+        open are closed (recorded as timed out, their buttons removed), so a late click
+        runs nothing."""
+        ended = [
+            (confirmation_id, abilities)
+            for confirmation_id, (turn_id, abilities) in self._spoken_questions.items()
+            if turn_id in turn_ids
+        ]
+        for confirmation_id, abilities in ended:
+            self._spoken_questions.pop(confirmation_id, None)
+            try:
+                closed = await self._store.expire_confirmation(
+                    confirmation_id, now=datetime.now(UTC)
+                )
+            except StoreUnavailable:
+                # Still pending there; a click finds nobody waiting and expires it then.
+                log.warning(
+                    "could not close confirmation %d: database unreachable", confirmation_id
+                )
+                continue
+            if (
+                closed is None
+                or closed.status != "timed_out"
+                or abilities.confirmation_closed is None
+            ):
+                continue
+            try:
+                await abilities.confirmation_closed(confirmation_id, "session_ended")
+            except Exception:
+                # Expired either way; only the question's look is stale.
+                log.warning("closing a voice session's question failed", exc_info=True)
+
+    async def spent_budget(
+        self, message: IncomingMessage, *, person: bool = True
+    ) -> SpentBudget | None:
+        """The budget that keeps `message` from being answered, by the rules and in the
+        order text messages are refused (`[limits]`: the daily token budgets, then the
+        usage quotas), or None. `person=False`: the channel's budgets only (whether a
+        voice channel may be listened to at all). For answers not taken through `submit`
+        (a realtime voice session)."""
+        spent = await self._limits.spent_budget(message, person=person)
+        if spent is None and self._quotas is not None:
+            spent = await self._quotas.spent_budget(message, person=person)
+        return spent
 
     async def record_spoken_usage(
         self,

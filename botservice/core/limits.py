@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 
 from cachetools import FIFOCache
@@ -31,6 +31,17 @@ BUSY = "I'm busy, please try again in a minute."
 _REMEMBERED_VERDICTS = 10_000
 # Buckets of people who stopped writing are dropped once there are this many.
 _MAX_BUCKETS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class SpentBudget:
+    """A budget that is spent: the sentence to tell the person, which budget it is
+    (`"user:day:tokens"`, `"channel:month:cost"`, …) and when it renews, so a voice
+    session can say it once per person and budget until then."""
+
+    sentence: str
+    budget: str
+    renews_at: datetime
 
 
 class GateFull(Exception):
@@ -203,30 +214,43 @@ class Limits:
         )
 
     async def _budget_refusal(self, message: IncomingMessage) -> str | None:
-        user_budget = self._settings.user_daily_tokens
+        spent = await self.spent_budget(message)
+        return spent.sentence if spent is not None else None
+
+    async def spent_budget(
+        self, message: IncomingMessage, *, person: bool = True
+    ) -> SpentBudget | None:
+        """The daily token budget of `message`'s author (unless `person` is False) or of
+        its channel that is spent, or None."""
+        user_budget = self._settings.user_daily_tokens if person else 0
         channel_budget = self._settings.channel_daily_tokens
         if not user_budget and not channel_budget:
             return None
-        if message.from_operator or message.user_id in self._exempt:
+        if message.from_operator or (person and message.user_id in self._exempt):
             return None
         # Budgets are per UTC day, so everyone knows when they renew.
         since = datetime.combine(self._now().astimezone(UTC).date(), clock_time(), UTC)
+        renews_at = since + timedelta(days=1)
         if user_budget:
             used = await self._usage.tokens_used_by_user(
                 message.platform, message.user_id, since=since
             )
             if used >= user_budget:
-                return (
+                return SpentBudget(
                     f"You have used your {user_budget:,} tokens for today; "
-                    "the allowance renews at 00:00 UTC."
+                    "the allowance renews at 00:00 UTC.",
+                    "user:day:tokens",
+                    renews_at,
                 )
         if channel_budget:
             used = await self._usage.tokens_used_in_channel(
                 message.platform, message.workspace, message.channel, since=since
             )
             if used >= channel_budget:
-                return (
+                return SpentBudget(
                     f"This channel has used its {channel_budget:,} tokens for today; "
-                    "the allowance renews at 00:00 UTC."
+                    "the allowance renews at 00:00 UTC.",
+                    "channel:day:tokens",
+                    renews_at,
                 )
         return None

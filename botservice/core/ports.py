@@ -471,10 +471,18 @@ class TurnStore(Protocol):
         ...
 
     async def store_spoken_answer(
-        self, turn_id: int, *, text: str, tokens: int, status: MessageStatus, model: str
+        self,
+        turn_id: int,
+        *,
+        text: str,
+        tokens: int,
+        status: MessageStatus,
+        model: str,
+        usage: Usage | None = None,
     ) -> int | None:
         """Store the answer a realtime voice session gave to a 'spoken' turn and mark the
-        turn answered. None when the turn is not (or no longer) waiting for one."""
+        turn answered, with what its responses spent (the daily token budgets read it).
+        None when the turn is not (or no longer) waiting for one."""
         ...
 
     async def claim_next_turn(
@@ -818,11 +826,21 @@ class ToolRoundStore(Protocol):
     async def confirmation(self, confirmation_id: int) -> StoredConfirmation | None: ...
 
     async def decide_confirmation(
-        self, confirmation_id: int, *, platform: str, user_id: str, approve: bool, now: datetime
+        self,
+        confirmation_id: int,
+        *,
+        platform: str,
+        user_id: str,
+        approve: bool,
+        now: datetime,
+        asker_waits: bool = False,
     ) -> Decision:
         """Record the asker's decision, and in the audit trail who decided what and when.
         Only a pending confirmation not yet expired is decided (an expired one is
-        recorded as timed out)."""
+        recorded as timed out). One whose turn is neither pending nor running (a spoken
+        turn, or a finished one) is decided only when `asker_waits` (a realtime voice
+        session of this process waits for it); else nobody would ever act on it: it is
+        recorded as timed out and "expired" returned."""
         ...
 
     async def expire_confirmation(

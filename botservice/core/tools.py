@@ -174,8 +174,11 @@ SHOWN_ARGUMENTS = 300
 # approved / denied: recorded, and the waiting turn goes on;
 # not_asker: only the person who asked may decide (nothing recorded);
 # already_decided: decided before, or timed out (a denial);
-# unknown: no such confirmation (expired and purged, or forged).
-Decision = Literal["approved", "denied", "not_asker", "already_decided", "unknown"]
+# unknown: no such confirmation (expired and purged, or forged);
+# expired: still open, but nobody waits for the answer any more (its turn ended, or the
+# realtime voice session that asked is gone: the process restarted, or the session
+# ended): now marked timed out, and nothing runs.
+Decision = Literal["approved", "denied", "not_asker", "already_decided", "unknown", "expired"]
 
 # What a question nobody answered in time says once its buttons are gone.
 UNANSWERED = "No answer within {seconds:g} s: not run."
@@ -185,9 +188,12 @@ def unanswered_text(request: ConfirmationRequest) -> str:
     return UNANSWERED.format(seconds=request.timeout_seconds)
 
 
-# What became of a question nobody answered in time (the only way the core closes one;
-# a click closes it through the adapter that took the click).
-ClosedOutcome = Literal["timed_out"]
+# What became of a question closed by the core (a click closes it through the adapter
+# that took the click): nobody answered in time, or the realtime voice session that
+# asked ended first.
+ClosedOutcome = Literal["timed_out", "session_ended"]
+# What a question says once its voice session ended before anyone answered.
+SESSION_ENDED = "The voice session ended before an answer: not run."
 
 
 # --- a call's progress, as the person sees it --------------------------------------

@@ -17,6 +17,7 @@ from datetime import time as clock_time
 from typing import Literal, Protocol
 
 from botservice.core.events import IncomingMessage
+from botservice.core.limits import SpentBudget
 from botservice.core.ports import Usage, UsageRecord
 from botservice.core.settings import Settings
 
@@ -178,10 +179,21 @@ class Quotas:
 
     async def refusal(self, message: IncomingMessage) -> str | None:
         """The sentence to answer instead of taking the message, or None to take it."""
+        spent = await self.spent_budget(message)
+        return spent.sentence if spent is not None else None
+
+    async def spent_budget(
+        self, message: IncomingMessage, *, person: bool = True
+    ) -> SpentBudget | None:
+        """The quota of `message`'s author (unless `person` is False) or of its channel
+        that is spent, or None."""
         if not self.enabled or message.from_operator:
             return None
         limits = self._settings.limits
-        if limits.quota_exempt_admins and message.user_id in self._settings.access.admin_user_ids:
+        exempt = limits.quota_exempt_admins and (
+            message.user_id in self._settings.access.admin_user_ids
+        )
+        if person and exempt:
             return None
         now = self._now()
         checks: tuple[tuple[str, Period, int, float], ...] = (
@@ -195,9 +207,11 @@ class Quotas:
         for who, period, token_limit, cost_limit in checks:
             if not token_limit and not cost_limit:
                 continue
+            if who == "user" and not person:
+                continue
             key = (who, period)
+            since = start_of_day(now) if period == "day" else start_of_month(now)
             if key not in totals:
-                since = start_of_day(now) if period == "day" else start_of_month(now)
                 totals[key] = await self._ledger.usage_totals(
                     platform=message.platform,
                     since=since,
@@ -206,10 +220,13 @@ class Quotas:
                     channel=message.channel if who == "channel" else None,
                 )
             used = totals[key]
+            renews_at = since + timedelta(days=1) if period == "day" else start_of_next_month(now)
             if token_limit and used.tokens >= token_limit:
-                return _over(who, period, f"{token_limit:,} tokens", now)
+                sentence = _over(who, period, f"{token_limit:,} tokens", now)
+                return SpentBudget(sentence, f"{who}:{period}:tokens", renews_at)
             if cost_limit and used.cost >= cost_limit:
-                return _over(who, period, f"${cost_limit:,.2f}", now)
+                sentence = _over(who, period, f"${cost_limit:,.2f}", now)
+                return SpentBudget(sentence, f"{who}:{period}:cost", renews_at)
         return None
 
 

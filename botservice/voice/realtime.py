@@ -13,7 +13,11 @@ stops playback at once; the session cancels the response and truncates the answe
 item at the milliseconds actually played, so the model knows what was heard. Both
 sides' transcripts go to a `RealtimeTranscripts` port (the conversation's messages),
 with each response's `usage`; function calls go to a `RealtimeTools` port (the tool
-sources, with the channel's rules). A call that waits (for its asker's approval) has
+sources, with the channel's rules). The server detects turns but creates no response by
+itself: once a member's turn is committed, the `RealtimeBudget` port says whether their
+(and the channel's) budget allows an answer; only then is a response asked for, else
+the turn is deleted from the session's conversation (a refused text message is not
+kept either) and its words are not stored. A call that waits (for its asker's approval) has
 the model say so in a response outside the conversation (an "aside", never kept as an
 answer); its output is sent, and a response asked for, once there is one and no other
 response is being produced. Audio is never stored or logged.
@@ -56,6 +60,8 @@ SESSION_TICK_BYTES = SESSION_RATE * FRAME_MS // 1000 * 2  # 960
 ASIDE = "aside"
 # The metadata of the response asked for after function outputs.
 AFTER_TOOLS = "after_tools"
+# The metadata of the response that answers a member's turn.
+TURN = "turn"
 # How long a response.create of ours waits for the one being produced to end, and how
 # often one refused because another was active is asked for.
 IDLE_WAIT_SECONDS = 30.0
@@ -126,6 +132,16 @@ class RealtimeCall:
     # Said aloud while the call waits (for the asker's approval): the function's output
     # follows once there is one.
     say_waiting: Callable[[str], Awaitable[None]]
+
+
+class RealtimeBudget(Protocol):
+    """Whether a member's turn may be answered: their budget and the channel's, by the
+    rules text messages are refused by."""
+
+    async def allows(self, user_id: int | None) -> bool:
+        """False: the turn is not answered (and the member is told why, once per budget
+        and period). `user_id` None: nobody was heard in the turn (the channel's only)."""
+        ...
 
 
 class RealtimeTools(Protocol):
@@ -283,12 +299,17 @@ class RealtimeSession:
         playback: RealtimePlayback,
         transcripts: RealtimeTranscripts,
         tools: RealtimeTools | None = None,
+        budget: RealtimeBudget | None = None,
         http: aiohttp.ClientSession | None = None,
     ) -> None:
         self._settings = settings
         self.playback = playback
         self._transcripts = transcripts
         self._tools = tools
+        self._budget = budget
+        # Whether each committed member turn is answered (the budgets allow it), by item:
+        # its words are stored only then.
+        self._verdicts: dict[str, asyncio.Future[bool]] = {}
         self._http = http
         self._own_http = http is None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -375,7 +396,9 @@ class RealtimeSession:
                         "threshold": s.vad_threshold,
                         "prefix_padding_ms": s.prefix_padding_ms,
                         "silence_duration_ms": s.silence_duration_ms,
-                        "create_response": True,
+                        # Responses are ours to ask for: a member whose budget is
+                        # spent gets none (one created by the server would be paid for).
+                        "create_response": False,
                         # Barge-in is ours: we know what was played.
                         "interrupt_response": False,
                     },
@@ -507,6 +530,8 @@ class RealtimeSession:
             self._talkers = {}
             while len(self._turn_talkers) > 16:  # transcription off: never claimed
                 self._turn_talkers.pop(next(iter(self._turn_talkers)))
+        elif kind == "input_audio_buffer.committed":
+            self._answer_turn(str(event.get("item_id")))
         elif kind == "conversation.item.input_audio_transcription.completed":
             await self._store_member(event)
         elif kind == "response.function_call_arguments.done":
@@ -526,6 +551,36 @@ class RealtimeSession:
                 if attempts < CREATE_ATTEMPTS:
                     # Asked again once the response being produced is over.
                     self._spawn(self._create_response(event_sent, attempts + 1))
+
+    def _answer_turn(self, item_id: str) -> None:
+        """A member's turn is committed: answered once the budgets are known to allow it
+        (apart from the reader, which must go on hearing barge-ins)."""
+        verdict: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._verdicts[item_id] = verdict
+        while len(self._verdicts) > 16:  # transcription off: never claimed
+            self._verdicts.pop(next(iter(self._verdicts)))
+
+        async def decide() -> None:
+            allowed = True
+            try:
+                if self._budget is not None:
+                    allowed = await self._budget.allows(self._authors.get(item_id))
+            except Exception:
+                # The budgets cannot be read (the database is away): answered, as a
+                # spoken turn cannot be refused for what cannot be known.
+                log.warning("the budgets of a realtime voice turn could not be read")
+            finally:
+                if not verdict.done():
+                    verdict.set_result(allowed)
+            if not allowed:
+                log.info("a realtime voice turn was not answered: a budget is spent")
+                await self._send({"type": "conversation.item.delete", "item_id": item_id})
+                return
+            await self._create_response(
+                {"type": "response.create", "response": {"metadata": {"botservice": TURN}}}
+            )
+
+        self._spawn(decide())
 
     def _answer(self, event: Mapping[str, Any]) -> _Answer:
         item_id = str(event.get("item_id"))
@@ -632,7 +687,15 @@ class RealtimeSession:
         # Mixed audio has no single author: the member heard most in the turn.
         author = max(talkers.items(), key=lambda entry: entry[1])[0]
         item_id = str(event.get("item_id"))
-        self._deliver(partial(self._transcripts.member_said, author, text, item_id=item_id))
+        verdict = self._verdicts.pop(item_id, None)
+
+        async def heard() -> None:
+            # A turn not answered for a spent budget is not kept, as a refused message.
+            if verdict is not None and not await verdict:
+                return
+            await self._transcripts.member_said(author, text, item_id=item_id)
+
+        self._deliver(heard)
 
     # --- function calls ------------------------------------------------------------------------
 

@@ -8,14 +8,15 @@ words the session heard, stored as a spoken turn): that member is the asker, the
 question is posted in the voice channel's text chat under their words, only they
 decide, no answer in time is a denial, and the decision is audited, all as for text
 turns. While the question waits the model says so aloud; the call's output (the
-result, or the refusal) goes back once decided.
+result, or the refusal) goes back once decided. When the session ends, its questions
+still open are closed (`close`): nothing would act on their answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from botservice.core.conversation import SpokenTurn
@@ -80,6 +81,8 @@ class HeardTurns:
 
 
 TurnToolsFor = Callable[[SpokenTurn, SinkAbilities], TurnTools | None]
+# The session ended: the questions of these turns are closed.
+EndTurns = Callable[[Collection[int]], Awaitable[None]]
 
 
 class ChannelVoiceTools:
@@ -92,12 +95,16 @@ class ChannelVoiceTools:
         *,
         turns: HeardTurns,
         turn_tools: TurnToolsFor,
+        end_turns: EndTurns | None = None,
         heard_wait_seconds: float = HEARD_WAIT_SECONDS,
     ) -> None:
         self._toolbox = toolbox
         self._policy = policy
         self._turns = turns
         self._turn_tools = turn_tools
+        self._end_turns = end_turns
+        # Every turn whose calls ran here (those may have asked a question).
+        self._turn_ids: set[int] = set()
         self._heard_wait = heard_wait_seconds
         # The tool rounds of each turn (its rounds in order, one call at a time).
         self._rounds: dict[int, tuple[TurnTools, asyncio.Lock]] = {}
@@ -131,6 +138,13 @@ class ChannelVoiceTools:
             await tools.settle()
             return tools.calls[-1].result or ""
 
+    async def close(self) -> None:
+        """The session ended (after its calls were stopped): its open questions close."""
+        turn_ids, self._turn_ids = self._turn_ids, set()
+        self._rounds.clear()
+        if turn_ids and self._end_turns is not None:
+            await self._end_turns(turn_ids)
+
     def _rounds_of(self, heard: HeardTurn) -> tuple[TurnTools, asyncio.Lock] | None:
         turn_id = heard.turn.turn_id
         rounds = self._rounds.get(turn_id)
@@ -138,6 +152,7 @@ class ChannelVoiceTools:
             tools = self._turn_tools(heard.turn, heard.abilities)
             if tools is None:
                 return None
+            self._turn_ids.add(turn_id)
             rounds = self._rounds[turn_id] = (tools, asyncio.Lock())
             while len(self._rounds) > 16:
                 self._rounds.pop(next(iter(self._rounds)))

@@ -3,8 +3,10 @@
 It behaves like a speech-to-speech server with server VAD, counting audio rather than
 time: a 20 ms window of input louder than `SPEECH_RMS` is speech; after speech,
 `silence_duration_ms` (from the client's `session.update`) of quiet input ends the turn
-(`speech_stopped`, `committed`, the transcription, then a response). Input that simply
-stops never ends a turn, as on a real server.
+(`speech_stopped`, `committed`, the transcription, then a response unless the client's
+`turn_detection` says `"create_response": false`: then a response waits for the client's
+`response.create`). Input that simply stops never ends a turn, as on a real server.
+`conversation.item.delete` is acknowledged with `conversation.item.deleted`.
 
 Each turn's answer comes from the script, in order (`Speak`, `CallTool`); once it is
 empty the answer is `Speak("You said something.")`. Audio deltas are a 24 kHz tone,
@@ -71,6 +73,8 @@ class FakeRealtimeServer:
     # This many `response.create` are refused as a real server refuses one while another
     # response is being produced (`conversation_already_has_active_response`).
     refuse_creates: int = 0
+    # Only those whose `metadata.botservice` is this are refused (None: any).
+    refuse_creates_of: str | None = None
     usage: dict[str, Any] = field(
         default_factory=lambda: {
             "total_tokens": 1500,
@@ -148,6 +152,7 @@ class FakeRealtimeServer:
             if kind == "session.update":
                 detection = event["session"]["audio"]["input"]["turn_detection"]
                 state.silence_ms = detection["silence_duration_ms"]
+                state.create_response = detection.get("create_response", True)
                 await send({"type": "session.updated", "session": event["session"]})
             elif kind == "input_audio_buffer.append":
                 for happened in state.feed(base64.b64decode(event["audio"])):
@@ -179,8 +184,11 @@ class FakeRealtimeServer:
                                 "transcript": self.heard,
                             }
                         )
-                        cancelled.clear()
-                        responding = asyncio.create_task(self._respond(send, cancelled))
+                        if state.create_response:
+                            cancelled.clear()
+                            responding = asyncio.create_task(self._respond(send, cancelled))
+            elif kind == "conversation.item.delete":
+                await send({"type": "conversation.item.deleted", "item_id": event["item_id"]})
             elif kind == "response.cancel":
                 if self.late_audio_on_cancel and self._speaking:
                     late = base64.b64encode(tone(100)).decode()
@@ -188,7 +196,12 @@ class FakeRealtimeServer:
                         {"type": "response.output_audio.delta", **self._speaking, "delta": late}
                     )
                 cancelled.set()
-            elif kind == "response.create" and self.refuse_creates > 0:
+            elif (
+                kind == "response.create"
+                and self.refuse_creates > 0
+                and self.refuse_creates_of
+                in (None, ((event.get("response") or {}).get("metadata") or {}).get("botservice"))
+            ):
                 self.refuse_creates -= 1
                 await send(
                     {
@@ -312,6 +325,7 @@ class FakeRealtimeServer:
 @dataclass
 class _Vad:
     silence_ms: int = 500
+    create_response: bool = True
     speaking: bool = False
     quiet_ms: int = 0
     heard_ms: int = 0

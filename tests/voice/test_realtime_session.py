@@ -154,7 +154,13 @@ async def test_a_member_is_answered_aloud_and_both_sides_are_kept(
     assert audio["input"]["format"] == {"type": "audio/pcm", "rate": 24_000}
     assert audio["input"]["turn_detection"]["type"] == "server_vad"
     assert audio["output"]["format"] == {"type": "audio/pcm", "rate": 24_000}
-    assert set(fake_realtime.received_types()[1:]) == {"input_audio_buffer.append"}
+    # The server detects the turn; the response is ours to ask for (budgets first).
+    assert audio["input"]["turn_detection"]["create_response"] is False
+    types = fake_realtime.received_types()[1:]
+    assert set(types) == {"input_audio_buffer.append", "response.create"}
+    assert types.count("response.create") == 1
+    sent = [e["type"] for e in fake_realtime.sent]
+    assert sent.index("input_audio_buffer.committed") < sent.index("response.created")
     assert fake_realtime.requests_headers[0]["Authorization"] == "Bearer sk-realtime-test"
     # One second of answer at 24 kHz is fifty 20 ms frames of 48 kHz stereo.
     assert len(frames) == 50
@@ -473,6 +479,7 @@ async def test_a_response_asked_for_while_another_is_active_is_asked_for_again(
     fake_realtime.script.extend([CallTool("current_time"), Speak("It is noon.", audio_ms=200)])
     # The first ask after the tool's output collides with a response the server started.
     fake_realtime.refuse_creates = 1
+    fake_realtime.refuse_creates_of = "after_tools"
     builtin = BuiltinTools([CurrentTime(timezone=ZoneInfo("UTC"), clock=noon)])
     core = core_with(store, model, builtin)
     kept = KeptTranscripts(core)
@@ -485,5 +492,9 @@ async def test_a_response_asked_for_while_another_is_active_is_asked_for_again(
     finally:
         await session.aclose()
 
-    assert len(fake_realtime.of_type("response.create")) == 2
+    asked = [
+        e["response"]["metadata"]["botservice"] for e in fake_realtime.of_type("response.create")
+    ]
+    # The member's turn, then the answer after the tool's output: refused, asked again.
+    assert asked == ["turn", "after_tools", "after_tools"]
     assert [e["type"] for e in fake_realtime.sent].count("error") == 1

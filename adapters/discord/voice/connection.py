@@ -45,6 +45,7 @@ from botservice.adapters.discord.voice.playback import DiscordPlayback
 from botservice.core.conversation import SpokenTurn, Submission
 from botservice.core.errors import BotServiceError, StoreUnavailable, TranscriptionError
 from botservice.core.events import ConversationKey, IncomingMessage
+from botservice.core.limits import SpentBudget
 from botservice.core.ports import (
     ChannelSettings,
     ReplySink,
@@ -64,10 +65,10 @@ from botservice.voice.transcription import NothingHeard, Transcriber
 # listens starts about a tenth of a second sooner).
 if TYPE_CHECKING:
     from botservice.adapters.discord.voice.listening import VoiceListener
-    from botservice.adapters.discord.voice.realtime import ChatTranscripts, Heard
+    from botservice.adapters.discord.voice.realtime import ChatTranscripts, Heard, Told
     from botservice.voice.endpointing import UtteranceEnded, VoiceActivity
     from botservice.voice.realtime import RealtimeSession
-    from botservice.voice.realtime_tools import HeardTurn
+    from botservice.voice.realtime_tools import ChannelVoiceTools, HeardTurn
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ OPTED_OUT_UNSTORED = (
 )
 OPTED_IN = "I will hear you again when I listen in a voice channel here."
 REALTIME_ENDED = "The speech-to-speech session for {channel} ended; /voice listen starts a new one."
+# `/voice listen` (realtime) in a channel whose budget is spent: its sentence, then this.
+NOT_LISTENING_SPENT = "{spent} I will listen in {channel} once it renews."
+BUDGET_UNREADABLE = "I cannot read this channel's budget just now; please try again."
 HEARD = '\N{MICROPHONE} {name}: "{text}"'
 MAX_HEARD_CHARS = 1800
 # While listening, the server's opt-outs are read again this often: a `/voice ignore-me`
@@ -146,6 +150,7 @@ class _Session:
     # Realtime mode: the channel's speech-to-speech session while listening.
     realtime: RealtimeSession | None = None
     realtime_transcripts: ChatTranscripts | None = None
+    realtime_tools: ChannelVoiceTools | None = None
     # While listening: reads the server's opt-outs again every OPT_OUT_REFRESH_SECONDS.
     opt_out_refresher: asyncio.Task[None] | None = None
 
@@ -197,6 +202,9 @@ class DiscordVoice:
         # write and bring back a member who just opted out); the next read is.
         self._opt_out_writes: dict[int, int] = {}
         self._opt_out_changes: dict[int, int] = {}
+        # Per guild: which members were told that a budget of theirs (or the channel's) is
+        # spent, until it renews, so a realtime session says it once, not every turn.
+        self._budget_told: dict[int, Told] = {}
         # Voice channels where setting the status was refused: logged once, not each time.
         self._status_refused: set[int] = set()
         # When the latest utterances ended (time.monotonic()), as (turn id, time): where
@@ -348,6 +356,20 @@ class DiscordVoice:
 
         realtime: RealtimeSession | None = None
         if realtime_mode:
+            # A realtime session answers every member through one channel's budgets: with
+            # the channel's spent, it would answer nobody.
+            place = events.place_of(channel, guild.id)
+            try:
+                spent = await self._spent_budget(place, None)
+            except StoreUnavailable:
+                await _reply(interaction, BUDGET_UNREADABLE)
+                return
+            if spent is not None:
+                await _reply(
+                    interaction,
+                    NOT_LISTENING_SPENT.format(spent=spent.sentence, channel=channel.mention),
+                )
+                return
             try:
                 realtime = await self._open_realtime(session, guild.id, channel)
             except RealtimeError as error:
@@ -759,11 +781,34 @@ class DiscordVoice:
         answers = [entry for entry in session.answers or [] if _unfinished(*entry)]
         session.answers = [*answers, (sink, submission)]
 
+    async def _spent_budget(self, place: Place, user_id: int | None) -> SpentBudget | None:
+        """The budget that keeps `user_id` (None: anyone) from being answered in the voice
+        channel at `place`, by the rules text messages are refused by."""
+        member = None
+        if user_id is not None:
+            guild = self._context.require_client().get_guild(int(place.workspace))
+            member = guild.get_member(user_id) if guild is not None else None
+        subject = IncomingMessage(
+            platform=PLATFORM,
+            workspace=place.workspace,
+            channel=place.channel,
+            thread="",
+            user_id=str(user_id) if user_id is not None else "",
+            user_name=member.display_name if member is not None else "",
+            text="",
+            message_key="",
+        )
+        return await self._context.core.spent_budget(subject, person=user_id is not None)
+
     async def _open_realtime(
         self, session: _Session, guild_id: int, channel: Any
     ) -> RealtimeSession:
         """The channel's speech-to-speech session, playing through the connection."""
-        from botservice.adapters.discord.voice.realtime import ChatTranscripts, RealtimeSource
+        from botservice.adapters.discord.voice.realtime import (
+            ChatBudget,
+            ChatTranscripts,
+            RealtimeSource,
+        )
         from botservice.voice.realtime import RealtimePlayback, RealtimeSession, RealtimeSettings
         from botservice.voice.realtime_tools import ChannelVoiceTools, HeardTurn, HeardTurns
 
@@ -779,6 +824,7 @@ class DiscordVoice:
             ToolPolicy.parse(channel_settings.tools),
             turns=turns,
             turn_tools=core.spoken_turn_tools,
+            end_turns=core.end_spoken_turns,
         )
 
         def member_name(user_id: int) -> str | None:
@@ -814,8 +860,12 @@ class DiscordVoice:
             )
             return HeardTurn(turn, abilities_of(asking))
 
-        async def answer(turn: SpokenTurn, text: str, interrupted: bool) -> None:
-            await core.answer_spoken_turn(turn, text, model=model, interrupted=interrupted)
+        async def answer(
+            turn: SpokenTurn, text: str, interrupted: bool, usage: Usage | None
+        ) -> None:
+            await core.answer_spoken_turn(
+                turn, text, model=model, interrupted=interrupted, usage=usage
+            )
 
         async def spend(usage: Usage, turn: SpokenTurn | None, author: int | None) -> None:
             user_id = turn.user_id if turn is not None else str(author or "")
@@ -836,6 +886,12 @@ class DiscordVoice:
             turns=turns,
         )
 
+        budget = ChatBudget(
+            lambda user_id: self._spent_budget(place, user_id),
+            lambda text: self._post(channel.id, text),
+            self._budget_told.setdefault(guild_id, {}),
+        )
+
         api_key = settings.model.api_key
         silence_ms = self._settings.realtime_silence_ms
         realtime = RealtimeSession(
@@ -851,6 +907,7 @@ class DiscordVoice:
             playback=RealtimePlayback(),
             transcripts=transcripts,
             tools=tools,
+            budget=budget,
         )
         await realtime.start()
         await session.speaker.interrupt()
@@ -858,6 +915,7 @@ class DiscordVoice:
         session.connection.play(RealtimeSource(realtime.playback))
         session.realtime = realtime
         session.realtime_transcripts = transcripts
+        session.realtime_tools = tools
         watcher = asyncio.create_task(self._watch_realtime(guild_id, session, realtime))
         self._marking.add(watcher)
         watcher.add_done_callback(self._marking.discard)
@@ -883,6 +941,10 @@ class DiscordVoice:
         transcripts, session.realtime_transcripts = session.realtime_transcripts, None
         if transcripts is not None:
             await transcripts.flush()
+        tools, session.realtime_tools = session.realtime_tools, None
+        if tools is not None:
+            # Its calls were stopped with it: their questions would wait for nothing.
+            await tools.close()
 
     async def _stop_listening(self, guild_id: int, session: _Session) -> None:
         listener, session.listener = session.listener, None

@@ -6,17 +6,21 @@ quiet, so there is no player to restart between answers). `ChatTranscripts` writ
 sides of the talk into the voice channel's text chat and keeps each member's words with
 the answer that followed as one turn of the channel's conversation (stored as soon as
 the words are heard: the model's tool calls belong to it), and what each response
-spent in the usage ledger.
+spent in the usage ledger. `ChatBudget` keeps a member whose budget (or the channel's)
+is spent from being answered, and says so in the text chat once per member and budget
+until it renews.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import discord
 
 from botservice.core.conversation import SpokenTurn
+from botservice.core.limits import SpentBudget
 from botservice.core.ports import Usage
 from botservice.voice.realtime import SILENCE_FRAME, RealtimePlayback
 from botservice.voice.realtime_tools import HeardTurn, HeardTurns
@@ -51,8 +55,8 @@ class Heard:
 
 # Store the member's words as a spoken turn (None: a redelivery, or not stored).
 Hear = Callable[[Heard], Awaitable[HeardTurn | None]]
-# Keep the answer spoken to a turn (interrupted or not).
-Answer = Callable[[SpokenTurn, str, bool], Awaitable[object]]
+# Keep the answer spoken to a turn (interrupted or not), with what its responses spent.
+Answer = Callable[[SpokenTurn, str, bool, Usage | None], Awaitable[object]]
 # Keep what one response spent, for its turn when known, else for the member heard.
 Spend = Callable[[Usage, SpokenTurn | None, int | None], Awaitable[object]]
 
@@ -83,6 +87,11 @@ class ChatTranscripts:
         self._spend = spend
         self.turns = turns
         self._waiting: SpokenTurn | None = None
+        self._waiting_item = ""
+        # What the session's responses spent on each member's turn (by input item; it may
+        # come before the words' transcript), kept with the turn's answer. A response
+        # done after the answer was kept is in the usage ledger only.
+        self._spent_on: dict[str, Usage] = {}
 
     async def member_said(self, user_id: int, text: str, *, item_id: str) -> None:
         name = self._member_name(user_id)
@@ -96,20 +105,77 @@ class ChatTranscripts:
         if heard is None:
             return
         self.turns.heard(item_id, heard)
-        self._waiting = heard.turn
+        self._waiting, self._waiting_item = heard.turn, item_id
 
     async def bot_said(self, text: str, *, interrupted: bool) -> None:
         await self._post(SPOKEN.format(text=_shown(text)))
         turn, self._waiting = self._waiting, None
         if turn is not None:
-            await self._answer(turn, text, interrupted)
+            spent = self._spent_on.pop(self._waiting_item, None)
+            await self._answer(turn, text, interrupted, spent)
 
     async def spent(self, usage: Usage, *, item_id: str, author: int | None) -> None:
         heard = self.turns.get(item_id)
+        earlier = self._spent_on.pop(item_id, None)
+        self._spent_on[item_id] = usage if earlier is None else _sum(earlier, usage)
+        while len(self._spent_on) > 16:
+            self._spent_on.pop(next(iter(self._spent_on)))
         await self._spend(usage, heard.turn if heard is not None else None, author)
 
     async def flush(self) -> None:
         """Words still waiting for an answer are kept without one."""
         turn, self._waiting = self._waiting, None
         if turn is not None:
-            await self._answer(turn, NO_ANSWER, False)
+            spent = self._spent_on.pop(self._waiting_item, None)
+            await self._answer(turn, NO_ANSWER, False, spent)
+
+
+def _sum(one: Usage, other: Usage) -> Usage:
+    return Usage(
+        prompt_tokens=one.prompt_tokens + other.prompt_tokens,
+        completion_tokens=one.completion_tokens + other.completion_tokens,
+        cached_tokens=one.cached_tokens + other.cached_tokens,
+        reasoning_tokens=one.reasoning_tokens + other.reasoning_tokens,
+    )
+
+
+# The budget that keeps a member's turn (None: nobody heard, the channel's only) from
+# being answered, or None.
+SpentFor = Callable[[int | None], Awaitable[SpentBudget | None]]
+# When each member was told that a budget is spent, by (member, budget): until it renews.
+Told = dict[tuple[int | None, str], datetime]
+
+
+class ChatBudget:
+    """`RealtimeBudget` for a voice channel: the budgets text messages are refused by.
+    A member over one is not answered; the text chat gets the sentence a refused text
+    message gets, naming the member, once per member and budget until that budget
+    renews (`told` outlives a session, so `/voice listen` again does not repeat it)."""
+
+    def __init__(
+        self,
+        spent_for: SpentFor,
+        post: Callable[[str], Awaitable[int | None]],
+        told: Told,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._spent_for = spent_for
+        self._post = post
+        self._told = told
+        self._now = now
+
+    async def allows(self, user_id: int | None) -> bool:
+        spent = await self._spent_for(user_id)
+        if spent is None:
+            return True
+        now = self._now()
+        key = (user_id, spent.budget)
+        if self._told.get(key, now) > now:
+            return False  # told already in this period
+        for old in [k for k, renews in self._told.items() if renews <= now]:
+            del self._told[old]
+        self._told[key] = spent.renews_at
+        who = f"<@{user_id}> " if user_id is not None else ""
+        await self._post(who + spent.sentence)
+        return False
