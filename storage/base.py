@@ -47,6 +47,7 @@ from botservice.storage.engine import (
     sqlite_thread_engine,
 )
 from botservice.storage.migrate import upgrade
+from botservice.storage.sqlite_hot import SqliteHotPath
 from botservice.storage.sqlite_worker import SqliteWorker
 from botservice.storage.tables import (
     CHANNEL_SETTINGS,
@@ -206,6 +207,17 @@ class StoreBase:
         self._elsewhere_autocommit: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         thread_engine = sqlite_thread_engine(engine)
         self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
+        # A SQLite file: the turn's statements run on the event loop (sqlite_hot), the
+        # worker taking over when another connection holds the write lock.
+        self._sqlite_hot = (
+            SqliteHotPath(
+                str(engine.url.database),
+                on_thread=self._worker.write_raw,
+                checkpoint=self._worker.checkpoint_soon,
+            )
+            if self._worker is not None
+            else None
+        )
 
     @classmethod
     async def open(cls, database_url: str, *, migrate: bool = True) -> Self:
@@ -230,6 +242,8 @@ class StoreBase:
         return self._engine
 
     async def aclose(self) -> None:
+        if self._sqlite_hot is not None:
+            self._sqlite_hot.close()
         if self._worker is not None:
             await self._worker.aclose()
         if self._home_accept_engine is not None:

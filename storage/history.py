@@ -39,7 +39,8 @@ from botservice.storage.tables import (
 )
 
 
-def _history_statement() -> Select[Any]:
+def _history_statement(*columns: Any) -> Select[Any]:
+    """The window of a conversation's history: ids and what they answer (or `columns`)."""
     reset = func.coalesce(
         select(_c.reset_after_message_id)
         .where(_c.id == bindparam("conversation_id"))
@@ -48,7 +49,7 @@ def _history_statement() -> Select[Any]:
     )
     up_to = bindparam("up_to", type_=Integer)
     return (
-        select(_m.id, _m.reply_to_id)
+        select(*(columns or (_m.id, _m.reply_to_id)))
         .where(
             _m.conversation_id == bindparam("conversation_id"),
             # `id > reset` lets the (conversation_id, id) index bound the scan; the
@@ -84,6 +85,10 @@ class SqlHistoryStore(StoreBase):
     ) -> list[StoredMessage]:
         if limit <= 0:
             return []
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.history(
+                conversation_id, up_to_message_id=up_to_message_id, limit=limit
+            )
         parameters = {
             "conversation_id": conversation_id,
             "up_to": up_to_message_id,
