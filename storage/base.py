@@ -38,6 +38,7 @@ from botservice.core.ports import (
     StoredMessage,
 )
 from botservice.storage.engine import (
+    CONNECT_TIMEOUT_SECONDS,
     SQLITE_SINGLE_READ_OPTION,
     SQLITE_WRITE_OPTION,
     check_connection,
@@ -47,6 +48,7 @@ from botservice.storage.engine import (
     sqlite_thread_engine,
 )
 from botservice.storage.migrate import upgrade
+from botservice.storage.postgres_hot import PostgresHotPath
 from botservice.storage.sqlite_hot import SqliteHotPath
 from botservice.storage.sqlite_worker import SqliteWorker
 from botservice.storage.tables import (
@@ -192,11 +194,18 @@ class StoreBase:
         # The platform waits for `accept` before it gets its acknowledgement (Slack
         # redelivers after 3 s): accepting has a few connections of its own, so it
         # never queues behind the statements of answers being written.
-        self._home_accept_engine = (
+        # (Those connections are asyncpg's own now: see postgres_hot.)
+        self._home_accept_engine: AsyncEngine | None = None
+        # PostgreSQL: the turn's statements through asyncpg, in pools of their own.
+        self._pg_hot = (
             None
             if sqlite_database
-            else sibling_engine(engine, pool_size=ACCEPT_POOL_SIZE).execution_options(
-                isolation_level="AUTOCOMMIT"
+            else PostgresHotPath(
+                engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                pool_size=_pool_size(engine),
+                accept_pool_size=ACCEPT_POOL_SIZE,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                messages=self._message_cache,
             )
         )
         # asyncpg connections belong to the event loop that opened them. The loop the
@@ -242,6 +251,8 @@ class StoreBase:
         return self._engine
 
     async def aclose(self) -> None:
+        if self._pg_hot is not None:
+            await self._pg_hot.aclose()
         if self._sqlite_hot is not None:
             self._sqlite_hot.close()
         if self._worker is not None:
@@ -256,6 +267,9 @@ class StoreBase:
         (PostgreSQL; nothing on SQLite). Opened on demand, each one's connect and
         set-up fell inside an acknowledgement: 0.1-0.8 s on a busy machine, one
         acknowledgement in twenty in the scale-out benchmark."""
+        if self._pg_hot is not None:
+            await self._pg_hot.open_accept_connections()
+            return
         engine = self._accept_engine
         if engine is None:
             return
@@ -271,6 +285,8 @@ class StoreBase:
     async def leave_loop(self) -> None:
         """Close the connections this store opened for the running loop, when it is not
         the store's home loop (called by the accept loop as it stops)."""
+        if self._pg_hot is not None:
+            await self._pg_hot.leave_loop()
         loop = asyncio.get_running_loop()
         self._elsewhere_autocommit.pop(loop, None)
         engine = self._elsewhere.pop(loop, None)
@@ -363,6 +379,13 @@ class StoreBase:
         except StoreUnavailable:
             return False
         return True
+
+
+def _pool_size(engine: AsyncEngine) -> int:
+    """The connections an engine keeps (create_engine's `pool_size`): the configured
+    concurrency, which the hot path's pool follows."""
+    size = getattr(engine.pool, "size", None)
+    return int(size()) if callable(size) else 16
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

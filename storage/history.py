@@ -89,6 +89,10 @@ class SqlHistoryStore(StoreBase):
             return await self._sqlite_hot.history(
                 conversation_id, up_to_message_id=up_to_message_id, limit=limit
             )
+        if self._pg_hot is not None:
+            return await self._pg_hot.history(
+                conversation_id, up_to_message_id=up_to_message_id, limit=limit
+            )
         parameters = {
             "conversation_id": conversation_id,
             "up_to": up_to_message_id,

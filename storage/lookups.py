@@ -27,6 +27,8 @@ class SqlLookups(StoreBase):
     and the deletions in `SqlForgetting`)."""
 
     async def has_conversation(self, key: ConversationKey) -> bool:
+        if self._pg_hot is not None:
+            return await self._pg_hot.has_conversation(key)
         parameters = {
             "platform": key.platform,
             "workspace": key.workspace,

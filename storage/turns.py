@@ -196,7 +196,10 @@ def _answer_statement(finish: Any, *, with_usage: bool = False) -> Any:
         # Prefixed: an UPDATE would take parameters named like its columns as SET values.
         *(bindparam(f"a_{name}", type_=MESSAGES.c[name].type) for name in columns[2:]),
     ).where(finished.c.conversation_id.is_not(None))
-    insert_answer = MESSAGES.insert().from_select(list(columns), answer).returning(_m.id)
+    # The question's id too: the hot path keeps the answer in its message cache.
+    insert_answer = (
+        MESSAGES.insert().from_select(list(columns), answer).returning(_m.id, _m.reply_to_id)
+    )
     if not with_usage:
         return insert_answer.add_cte(finished, nest_here=True)
     # Data-modifying CTEs must sit at the top level: finished, saved, recorded.
@@ -205,7 +208,7 @@ def _answer_statement(finish: Any, *, with_usage: bool = False) -> Any:
         *(bindparam(f"u_{name}", type_=USAGE.c[name].type) for name in USAGE_FIELDS)
     ).select_from(saved)
     recorded = USAGE.insert().from_select(list(USAGE_FIELDS), usage_row).cte("recorded")
-    return select(saved.c.id).add_cte(recorded)
+    return select(saved.c.id, saved.c.reply_to_id).add_cte(recorded)
 
 
 _TURN_FIELDS = (
@@ -324,6 +327,10 @@ class SqlTurnStore(StoreBase):
     ) -> AcceptedTurn | None:
         if self._sqlite_hot is not None:
             return await self._sqlite_hot.accept(message, text=text, tokens=tokens, claim=claim)
+        if self._pg_hot is not None:
+            # The claim is left to the caller's next step: on PostgreSQL it is a round
+            # trip of its own, and the platform is waiting for this one to acknowledge.
+            return await self._pg_hot.accept(message, text=text, tokens=tokens)
         now = utcnow()
         conversation_key = message.conversation
         turn_values = {
@@ -463,6 +470,8 @@ class SqlTurnStore(StoreBase):
         claim = Claim(holder=holder, alive_until=alive_until)
         if self._sqlite_hot is not None:
             return await self._sqlite_hot.claim_next_turn(conversation_id, claim, key)
+        if self._pg_hot is not None:
+            return await self._pg_hot.claim_next_turn(conversation_id, claim, key)
 
         def work(connection: Connection) -> PendingTurn | None:
             return _claim_in(connection, conversation_id, claim, key)
@@ -479,6 +488,8 @@ class SqlTurnStore(StoreBase):
             return 0
         if self._sqlite_hot is not None:
             return await self._sqlite_hot.renew_claims(holder, turn_ids, alive_until=alive_until)
+        if self._pg_hot is not None:
+            return await self._pg_hot.renew_claims(holder, turn_ids, alive_until=alive_until)
         parameters = {
             "b_holder": holder,
             "b_turn_ids": list(turn_ids),
@@ -569,6 +580,8 @@ class SqlTurnStore(StoreBase):
     async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None:
         if self._sqlite_hot is not None:
             return await self._sqlite_hot.set_reply_ref(turn_id, reply_ref)
+        if self._pg_hot is not None:
+            return await self._pg_hot.set_reply_ref(turn_id, reply_ref)
 
         def work(connection: Connection) -> None:
             connection.execute(_SET_REPLY_REF, {"b_turn_id": turn_id, "b_reply_ref": reply_ref})
@@ -601,6 +614,18 @@ class SqlTurnStore(StoreBase):
                 ledger=ledger,
             )
             return saved
+        if self._pg_hot is not None:
+            return await self._pg_hot.store_answer(
+                turn_id,
+                holder=holder,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
+                ledger=ledger,
+            )
         answer = _answer_values(text, tokens, usage, status, model)
         finish = _finish_values(turn_id, holder, reply_ref)
         statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
@@ -645,6 +670,21 @@ class SqlTurnStore(StoreBase):
                 ledger=ledger,
                 claim_next=(claim, conversation_id, key),
             )
+        if self._pg_hot is not None:
+            # Two statements: a claim in the same statement as the finish would not
+            # see the finished turn as no longer running.
+            saved = await self._pg_hot.store_answer(
+                turn_id,
+                holder=claim.holder,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
+                ledger=ledger,
+            )
+            return saved, await self._pg_hot.claim_next_turn(conversation_id, claim, key)
         answer = _answer_values(text, tokens, usage, status, model)
         finish = _finish_values(turn_id, claim.holder, reply_ref)
         if self._shared:
@@ -671,6 +711,8 @@ class SqlTurnStore(StoreBase):
     async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:
         if self._sqlite_hot is not None:
             return await self._sqlite_hot.fail_turn(turn_id, holder=holder)
+        if self._pg_hot is not None:
+            return await self._pg_hot.fail_turn(turn_id, holder=holder)
         now = utcnow()
         statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
         parameters = {
