@@ -144,11 +144,23 @@ class PostgresHotPath:
     async def _connection(self, *, accepting: bool = False) -> AsyncIterator[asyncpg.Connection]:
         pool = await self._pool(accepting=accepting)
         with _unavailable_as_store_error():
-            async with pool.acquire(timeout=self._connect_timeout) as connection:
+            # No timeout here: asyncpg would wrap every acquisition in a task of its own.
+            # Opening a connection has its timeout; a busy pool is waited for.
+            async with pool.acquire() as connection:
                 yield connection
 
-    async def _fetchrow(self, name: str, values: dict[str, Any], *, accepting: bool = False) -> Any:
+    async def _fetchrow(
+        self,
+        name: str,
+        values: dict[str, Any],
+        *,
+        accepting: bool = False,
+        connection: asyncpg.Connection | None = None,
+    ) -> Any:
         sql, args = _bound(name, values)
+        if connection is not None:
+            with _unavailable_as_store_error():
+                return await connection.fetchrow(sql, *args)
         async with self._connection(accepting=accepting) as connection:
             return await connection.fetchrow(sql, *args)
 
@@ -254,7 +266,12 @@ class PostgresHotPath:
         raise LookupError("the conversation of an incoming message could not be created")
 
     async def claim_next_turn(
-        self, conversation_id: int, claim: Claim, key: ConversationKey | None
+        self,
+        conversation_id: int,
+        claim: Claim,
+        key: ConversationKey | None,
+        *,
+        connection: asyncpg.Connection | None = None,
     ) -> PendingTurn | None:
         values = {
             "b_conversation_id": conversation_id,
@@ -262,14 +279,16 @@ class PostgresHotPath:
             "b_alive_until": claim.alive_until,
         }
         try:
-            row = await self._fetchrow("claim_next", values)
+            row = await self._fetchrow("claim_next", values, connection=connection)
         except asyncpg.UniqueViolationError:
             return None  # another process claimed a turn of this conversation first
         if row is None:
             return None
         if key is None:
             # A conversation's key never changes, so it may be read after the claim.
-            found = await self._fetchrow("conversation_key", {"conversation_id": conversation_id})
+            found = await self._fetchrow(
+                "conversation_key", {"conversation_id": conversation_id}, connection=connection
+            )
             key = ConversationKey(*found)
         return hot_rows.pending_turn(row, key, row[6])
 
@@ -299,8 +318,12 @@ class PostgresHotPath:
         model: str,
         reply_ref: str | None,
         ledger: UsageRecord | None,
-    ) -> int | None:
-        """The finish, the answer's insert and its usage row: one statement."""
+        claim_next: tuple[Claim, int, ConversationKey] | None = None,
+    ) -> tuple[int | None, PendingTurn | None]:
+        """The finish, the answer's insert and its usage row: one statement; then, with
+        `claim_next` (the claim, conversation id and key), the claim of the
+        conversation's next turn on the same connection (a statement of its own: in
+        the finish's statement the finished turn would still look running)."""
         answer = hot_rows.answer_values(text, tokens, usage, status, model)
         values = {
             **hot_rows.finish_values(turn_id, holder, reply_ref),
@@ -311,9 +334,16 @@ class PostgresHotPath:
                 {f"u_{name}": value for name, value in hot_rows.usage_values(ledger).items()}
             )
         name = _ANSWER_STATEMENTS[(holder is not None, ledger is not None)]
-        row = await self._fetchrow(name, values)
+        claimed = None
+        async with self._connection() as connection:
+            row = await self._fetchrow(name, values, connection=connection)
+            if claim_next is not None:
+                claim, conversation_id, key = claim_next
+                claimed = await self.claim_next_turn(
+                    conversation_id, claim, key, connection=connection
+                )
         if row is None:
-            return None
+            return None, claimed
         message_id, question_id = row
         self._messages.add(
             [
@@ -330,7 +360,7 @@ class PostgresHotPath:
                 )
             ]
         )
-        return int(message_id)
+        return int(message_id), claimed
 
     # --- reads -----------------------------------------------------------------------
 

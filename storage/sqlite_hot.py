@@ -105,6 +105,28 @@ class _Window:
     lower: int
     keep: int
     messages: list[StoredMessage]
+    # The usual shape, answered with a slice: every answer right after its question
+    # (window order is id order) and none answering a question from before the reset.
+    plain: bool = False
+
+    def __post_init__(self) -> None:
+        self.plain = all(
+            _follows(earlier, later, self.reset)
+            for earlier, later in zip([None, *self.messages], self.messages, strict=False)
+        )
+
+    def append(self, message: StoredMessage) -> None:
+        last = self.messages[-1] if self.messages else None
+        self.plain = self.plain and _follows(last, message, self.reset)
+        self.messages.append(message)
+
+
+def _follows(earlier: StoredMessage | None, later: StoredMessage, reset: int) -> bool:
+    """Whether `later` keeps a plain window plain."""
+    answers = later.reply_to_id
+    if answers is None:
+        return True
+    return answers > reset and (earlier is None or answers >= (earlier.reply_to_id or earlier.id))
 
 
 class SqliteHotPath:
@@ -463,7 +485,7 @@ class SqliteHotPath:
         window = self._windows.get(conversation_id)
         if window is None:
             return
-        window.messages.append(message)
+        window.append(message)
         self._window_messages += 1
         if len(window.messages) > window.keep + WINDOW_SLACK:
             dropped = len(window.messages) - window.keep
@@ -475,6 +497,12 @@ class SqliteHotPath:
 def _from_window(window: _Window, up_to: int, limit: int) -> list[StoredMessage] | None:
     """The history statement's answer from a window (storage/history.py says what it
     selects), or None when the window may not reach back far enough."""
+    messages = window.messages
+    if window.plain and messages and messages[-1].id <= up_to:
+        if len(messages) >= limit:
+            return messages[-limit:]
+        if window.lower <= window.reset:
+            return messages[:]
     reset = window.reset
     picked: list[StoredMessage] = []
     for message in reversed(window.messages):

@@ -615,7 +615,7 @@ class SqlTurnStore(StoreBase):
             )
             return saved
         if self._pg_hot is not None:
-            return await self._pg_hot.store_answer(
+            saved, _ = await self._pg_hot.store_answer(
                 turn_id,
                 holder=holder,
                 text=text,
@@ -626,6 +626,7 @@ class SqlTurnStore(StoreBase):
                 reply_ref=reply_ref,
                 ledger=ledger,
             )
+            return saved
         answer = _answer_values(text, tokens, usage, status, model)
         finish = _finish_values(turn_id, holder, reply_ref)
         statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
@@ -671,9 +672,7 @@ class SqlTurnStore(StoreBase):
                 claim_next=(claim, conversation_id, key),
             )
         if self._pg_hot is not None:
-            # Two statements: a claim in the same statement as the finish would not
-            # see the finished turn as no longer running.
-            saved = await self._pg_hot.store_answer(
+            return await self._pg_hot.store_answer(
                 turn_id,
                 holder=claim.holder,
                 text=text,
@@ -683,8 +682,8 @@ class SqlTurnStore(StoreBase):
                 model=model,
                 reply_ref=reply_ref,
                 ledger=ledger,
+                claim_next=(claim, conversation_id, key),
             )
-            return saved, await self._pg_hot.claim_next_turn(conversation_id, claim, key)
         answer = _answer_values(text, tokens, usage, status, model)
         finish = _finish_values(turn_id, claim.holder, reply_ref)
         if self._shared:
