@@ -161,7 +161,11 @@ class StoreBase:
     database. Close it with `aclose()`.
     """
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = True) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, owns_engine: bool = True, concurrency: int | None = None
+    ) -> None:
+        """`concurrency`: how many turns may use the database at once (the hot path's
+        PostgreSQL pool); the engine's pool size when not given."""
         self._engine = engine
         self._owns_engine = owns_engine
         self._claimed_by = f"{socket.gethostname()}:{os.getpid()}"
@@ -202,10 +206,11 @@ class StoreBase:
             if sqlite_database
             else PostgresHotPath(
                 engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
-                pool_size=_pool_size(engine),
+                pool_size=concurrency or _pool_size(engine),
                 accept_pool_size=ACCEPT_POOL_SIZE,
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 messages=self._message_cache,
+                home=_running_loop(),
             )
         )
         # asyncpg connections belong to the event loop that opened them. The loop the
@@ -229,7 +234,9 @@ class StoreBase:
         )
 
     @classmethod
-    async def open(cls, database_url: str, *, migrate: bool = True) -> Self:
+    async def open(
+        cls, database_url: str, *, migrate: bool = True, concurrency: int | None = None
+    ) -> Self:
         """Connect (ConfigError if unreachable) and migrate to head unless told not to."""
         engine = create_engine(database_url)
         try:
@@ -239,7 +246,12 @@ class StoreBase:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, concurrency=concurrency)
+
+    @property
+    def pool_size(self) -> int:
+        """Connections the turns of the home loop share (1: SQLite's loop connection)."""
+        return self._pg_hot.pool_size if self._pg_hot is not None else 1
 
     @property
     def shared(self) -> bool:

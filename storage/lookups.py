@@ -83,4 +83,7 @@ class SqlLookups(StoreBase):
         def work(connection: Connection) -> bool:
             return connection.execute(statement).rowcount > 0
 
-        return await self._write(work)
+        changed = await self._write(work)
+        # The answer's text changed: a copy kept by id (PostgreSQL's history) would not.
+        self._message_cache.clear()
+        return changed

@@ -96,6 +96,7 @@ class PostgresHotPath:
         accept_pool_size: int,
         connect_timeout: float,
         messages: Any,
+        home: asyncio.AbstractEventLoop | None,
     ) -> None:
         # `messages`: the store's cache of message contents by id (`base._MessageCache`).
         self._dsn = dsn
@@ -103,7 +104,8 @@ class PostgresHotPath:
         self._accept_pool_size = accept_pool_size
         self._connect_timeout = connect_timeout
         self._messages = messages
-        self._home: asyncio.AbstractEventLoop | None = None
+        # The loop the store was made on (else the first it is used on) has the big pool.
+        self._home: asyncio.AbstractEventLoop | None = home
         self._pools: dict[tuple[asyncio.AbstractEventLoop, bool], asyncpg.Pool] = {}
         self._opening: dict[tuple[asyncio.AbstractEventLoop, bool], asyncio.Lock] = {}
 

@@ -231,12 +231,12 @@ class SqliteHotPath:
         if self._commits % CHECKPOINT_EVERY == 0:
             self._checkpoint()
 
-    def _current(self) -> None:
-        """Drop what is kept in memory if another connection committed since it was read."""
+    def _current(self) -> bool:
+        """Drop what is kept in memory if another connection committed since it was
+        read. False when called off the loop's thread: nothing kept may be used there."""
         db = self._on_loop()
         if db is None:
-            self._forget()
-            return
+            return False
         try:
             (version,) = db.execute("PRAGMA data_version").fetchone()
         except sqlite3.OperationalError as error:
@@ -244,6 +244,7 @@ class SqliteHotPath:
         if version != self._version:
             self._forget()
             self._version = version
+        return True
 
     def _forget(self) -> None:
         self._settings.clear()
@@ -416,23 +417,23 @@ class SqliteHotPath:
     async def channel_settings(
         self, platform: str, workspace: str, channel: str
     ) -> ChannelSettings:
-        self._current()
+        kept_here = self._current()
         key = (platform, workspace, channel)
-        if (kept := self._settings.get(key)) is not None:
+        if kept_here and (kept := self._settings.get(key)) is not None:
             return kept
         values = {"platform": platform, "workspace": workspace, "channel": channel}
         rows = await self._read(lambda db: _run(db, "channel_settings", values).fetchall())
         found = hot_rows.merged_settings(rows, channel)
-        if self._version is not None:
+        if kept_here and self._version is not None:
             self._settings[key] = found
         return found
 
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int
     ) -> list[StoredMessage]:
-        self._current()
-        window = self._windows.get(conversation_id)
-        if window is None and self._version is not None:
+        kept_here = self._current()
+        window = self._windows.get(conversation_id) if kept_here else None
+        if window is None and kept_here and self._version is not None:
             commits = self._commits
             window = await self._read(lambda db: self._load_window(db, conversation_id, limit))
             # Loaded on the worker (the loop's connection met a lock) while this
@@ -481,7 +482,11 @@ class SqliteHotPath:
             self._window_messages -= len(dropped.messages)
 
     def _add_to_window(self, conversation_id: int, message: StoredMessage) -> None:
-        """A message this connection stored: its id is above every id stored before it."""
+        """A message this connection stored: its id is above every id stored before it.
+        (Stored off the loop's thread, on the worker: another connection's commit, which
+        `_current` notices.)"""
+        if self._owner != threading.get_ident():
+            return
         window = self._windows.get(conversation_id)
         if window is None:
             return

@@ -303,8 +303,10 @@ _HELD_ANSWER_WITH_USAGE = _answer_statement(_FINISH_HELD_TURN, with_usage=True)
 class SqlTurnStore(StoreBase):
     """Accepting messages and answering their turns (`botservice.core.ports.TurnStore`)."""
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = True) -> None:
-        super().__init__(engine, owns_engine=owns_engine)
+    def __init__(
+        self, engine: AsyncEngine, *, owns_engine: bool = True, concurrency: int | None = None
+    ) -> None:
+        super().__init__(engine, owns_engine=owns_engine, concurrency=concurrency)
         sqlite_database = not self._shared
         self._claim = (
             self._insert(TURNS)
