@@ -3,7 +3,9 @@
 Every operation is one plain function of a SQLAlchemy `Connection` run as one
 transaction: on a SQLite file by `SqliteWorker` (worker threads, one round trip
 per transaction); on PostgreSQL, or SQLite in memory, through the async engine
-with `AsyncConnection.run_sync`.
+with `AsyncConnection.run_sync`. A turn's own statements are the exception: they
+run through the drivers directly (`sqlite_hot` on the event loop, `postgres_hot` on
+asyncpg), which `StoreBase` builds here beside the engine.
 """
 
 from __future__ import annotations
