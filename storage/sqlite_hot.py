@@ -490,6 +490,9 @@ class SqliteHotPath:
         window = self._windows.get(conversation_id)
         if window is None:
             return
+        if window.messages and window.messages[-1].id >= message.id:
+            # Stored on the worker, and the window read again since (it holds it).
+            return
         window.append(message)
         self._window_messages += 1
         if len(window.messages) > window.keep + WINDOW_SLACK:

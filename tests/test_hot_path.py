@@ -148,3 +148,66 @@ async def test_a_write_lock_held_by_another_process_never_blocks_the_event_loop(
     )
     assert [m.text for m in history] == ["hello", "hello"]
     assert longest_pause < 0.25
+
+
+async def test_history_kept_in_memory_says_what_the_database_says(
+    make_store: StoreFactory,
+) -> None:
+    """A long conversation, answers stored late, a reset by another process: every window
+    the store returns (on SQLite, from memory) is the history statement's answer."""
+    store, other = await make_store(), await make_store()
+    questions: list[int] = []
+    late: int | None = None
+    conversation_id = 0
+
+    async def answer(turn_id: int, number: int) -> None:
+        saved = await store.store_answer(
+            turn_id, text=f"a{number}", tokens=1, usage=None, status="complete", model="m"
+        )
+        assert saved is not None
+
+    async def check(*up_tos: int) -> None:
+        for up_to in up_tos or (questions[-1], questions[len(questions) // 2], questions[0]):
+            for limit in (1, 5, 20, 200):
+                shown = await store.history(conversation_id, up_to_message_id=up_to, limit=limit)
+                expected = await _history_ids(store, conversation_id, up_to, limit)
+                assert [m.id for m in shown] == expected, (up_to, limit)
+
+    for number in range(90):
+        message = incoming(f"q{number}", text=f"q{number}")
+        accepted = await store.accept(message, text=message.text, tokens=1)
+        assert accepted is not None
+        conversation_id = accepted.conversation_id
+        questions.append(accepted.user_message_id)
+        if late is not None:
+            await answer(late, number - 1)  # answered after the next question came
+            late = None
+        if 41 <= number < 50 or 61 <= number < 70:
+            await check(accepted.user_message_id)  # as a turn reads it, before its answer
+        # Late answers early on and again after 40, when the window was read again.
+        if number % 7 == 3 and (number < 20 or 42 <= number < 48):
+            late = accepted.turn_id
+        else:
+            await answer(accepted.turn_id, number)
+        if number == 40:  # another process writes: what is kept is read again
+            await other.change_setting(
+                "test", "W1", "C1", field="model", value="m2", changed_by="U9"
+            )
+        if number % 10 == 9 or number == 41:
+            await check()
+        if number == 60:
+            await other.reset_conversation(incoming("q0").conversation)
+            await check()
+
+
+async def _history_ids(store: SqlStore, conversation_id: int, up_to: int, limit: int) -> list[int]:
+    """The SQLAlchemy path's history statement, through the engine: the database's word."""
+    from botservice.storage.history import _HISTORY_IDS
+
+    async with store.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                _HISTORY_IDS, {"conversation_id": conversation_id, "up_to": up_to, "limit": limit}
+            )
+        ).all()
+    return [row[0] for row in sorted(rows, key=lambda row: (row[1] or row[0], row[0]))]
