@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.core.errors import StoreUnavailable
 from botservice.core.events import ConversationKey
@@ -39,6 +39,7 @@ from botservice.core.ports import (
     SettingField,
     StoredMessage,
 )
+from botservice.storage import hot_rows
 from botservice.storage.engine import (
     CONNECT_TIMEOUT_SECONDS,
     SQLITE_SINGLE_READ_OPTION,
@@ -150,9 +151,7 @@ class _MessageCache:
             self._messages.clear()
 
 
-def _clean_text(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; nobody means to send one.
-    return text.replace("\x00", "") if "\x00" in text else text
+_clean_text = hot_rows.clean_text
 
 
 class StoreBase:
@@ -197,12 +196,10 @@ class StoreBase:
         self._async_read_lock: contextlib.AbstractAsyncContextManager[Any] = (
             self._async_write_lock if sqlite_database else contextlib.nullcontext()
         )
-        # The platform waits for `accept` before it gets its acknowledgement (Slack
+        # PostgreSQL: the turn's statements through asyncpg, in pools of their own. The
+        # platform waits for `accept` before it gets its acknowledgement (Slack
         # redelivers after 3 s): accepting has a few connections of its own, so it
         # never queues behind the statements of answers being written.
-        # (Those connections are asyncpg's own now: see postgres_hot.)
-        self._home_accept_engine: AsyncEngine | None = None
-        # PostgreSQL: the turn's statements through asyncpg, in pools of their own.
         self._pg_hot = (
             None
             if sqlite_database
@@ -271,8 +268,6 @@ class StoreBase:
             self._sqlite_hot.close()
         if self._worker is not None:
             await self._worker.aclose()
-        if self._home_accept_engine is not None:
-            await self._home_accept_engine.dispose()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -283,18 +278,6 @@ class StoreBase:
         acknowledgement in twenty in the scale-out benchmark."""
         if self._pg_hot is not None:
             await self._pg_hot.open_accept_connections()
-            return
-        engine = self._accept_engine
-        if engine is None:
-            return
-        opened = await asyncio.gather(
-            *(engine.connect().start() for _ in range(ACCEPT_POOL_SIZE)), return_exceptions=True
-        )
-        for connection in opened:
-            if isinstance(connection, AsyncConnection):
-                await connection.close()  # back to the pool, open
-            else:
-                log.debug("could not open an accepting connection ahead (%s)", connection)
 
     async def leave_loop(self) -> None:
         """Close the connections this store opened for the running loop, when it is not
@@ -336,11 +319,6 @@ class StoreBase:
             self._elsewhere_autocommit[loop] = engine
         return engine
 
-    @property
-    def _accept_engine(self) -> AsyncEngine | None:
-        """The connections that accept messages on the running loop (PostgreSQL)."""
-        return self._away_engine() or self._home_accept_engine
-
     # --- running work -------------------------------------------------------------
 
     async def _write(self, work: Callable[[Connection], T]) -> T:
@@ -362,13 +340,6 @@ class StoreBase:
             return await self._write(work)  # SQLite: its single writer already
         with _unavailable_as_store_error():
             async with (self._away_engine() or self._async_reader).connect() as connection:
-                return await connection.run_sync(work)
-
-    async def _accept_one(self, work: Callable[[Connection], T]) -> T:
-        """`_write_one` on the accepting connections (PostgreSQL)."""
-        assert self._accept_engine is not None
-        with _unavailable_as_store_error():
-            async with self._accept_engine.connect() as connection:
                 return await connection.run_sync(work)
 
     async def _read(self, work: Callable[[Connection], T]) -> T:

@@ -6,27 +6,21 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from botservice.core.events import Attachment, ConversationKey, IncomingMessage
 from botservice.core.ports import (
     ChannelSettings,
     MessageStatus,
     PendingTurn,
+    SettingField,
     StoredMessage,
     Usage,
     UsageRecord,
 )
 
-SETTING_FIELDS = (
-    "instructions",
-    "model",
-    "retention_days",
-    "speech_model",
-    "speech_voice",
-    "tools",
-    "background",
-)
+# In the order the settings statement selects them (channel_settings._CHANNEL_SETTINGS).
+SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
 
 
 def utcnow() -> datetime:

@@ -39,9 +39,6 @@ class SqlLookups(StoreBase):
         def work(connection: Connection) -> bool:
             return connection.execute(_CONVERSATION_ID, parameters).first() is not None
 
-        # Adapters ask this before acknowledging an event: on the accepting connections.
-        if self._accept_engine is not None:
-            return await self._accept_one(work)
         return await self._read(work)
 
     async def thread_of_message(
