@@ -55,9 +55,9 @@ Work = Callable[[sqlite3.Connection], T]
 
 # SQLITE_BUSY and its extended codes (SQLITE_BUSY_RECOVERY, _SNAPSHOT, _TIMEOUT).
 _BUSY = 5
-# The loop's commits between two checkpoints by the worker (about 1,000 pages of log,
-# SQLite's own default, at a turn's few pages per commit).
-CHECKPOINT_EVERY = 300
+# The loop's commits between two checkpoints by the worker: about SQLite's own
+# default of 1,000 pages of log, at the tens of pages a turn's commit writes.
+CHECKPOINT_EVERY = 32
 # How many messages the windows of all conversations keep together.
 WINDOW_MESSAGES = 20_000
 # A window keeps this many messages beyond the history limit, so a few turns' new
@@ -135,13 +135,15 @@ class SqliteHotPath:
         path: str,
         *,
         on_thread: Callable[[Work[Any]], Awaitable[Any]],
-        checkpoint: Callable[[], None],
+        checkpoint: Callable[[Callable[[], None]], None],
     ) -> None:
         # `on_thread(work)` runs `work` in a BEGIN IMMEDIATE transaction on the worker's
-        # writing thread, waiting for the lock; `checkpoint()` asks it for a checkpoint.
+        # writing thread, waiting for the lock; `checkpoint(done)` asks it for a
+        # checkpoint, and it calls `done()` (on its thread) when that is over.
         self._on_thread = on_thread
         self._checkpoint = checkpoint
         self._commits = 0
+        self._checkpointing = False
         self._path = path
         self._connection: sqlite3.Connection | None = None
         # The loop's connection serves the thread that first used it (the event loop's);
@@ -228,8 +230,13 @@ class SqliteHotPath:
 
     def _committed(self) -> None:
         self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
-            self._checkpoint()
+        # One at a time: writes waiting on the worker should not queue behind several.
+        if self._commits % CHECKPOINT_EVERY == 0 and not self._checkpointing:
+            self._checkpointing = True
+            self._checkpoint(self._checkpointed)
+
+    def _checkpointed(self) -> None:
+        self._checkpointing = False
 
     def _current(self) -> bool:
         """Drop what is kept in memory if another connection committed since it was

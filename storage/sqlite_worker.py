@@ -75,18 +75,27 @@ class SqliteWorker:
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, in_thread)
 
-    def checkpoint_soon(self) -> None:
+    def checkpoint_soon(self, done: Callable[[], None]) -> None:
         """Copy the write-ahead log into the database file on the writing thread, without
-        waiting: the hot path's connection never checkpoints (its commits would pay
-        for the fsync on the event loop)."""
+        waiting, then call `done()` there: the hot path's connection never checkpoints
+        (its commits would pay for the fsync on the event loop).
+
+        TRUNCATE, not PASSIVE: the log starts afresh only when a write begins after a
+        checkpoint that copied all of it, which a passive checkpoint beside a loop that
+        keeps writing almost never achieves (the log grew to hundreds of megabytes).
+        TRUNCATE holds new writers off until it is done and empties the file; the
+        loop's writes meanwhile find the lock taken and queue here, behind it, and
+        the loop itself never waits."""
 
         def in_thread() -> None:
             raw = self._connection().connection.dbapi_connection
             assert raw is not None
             try:
-                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as error:  # the next one will do
                 log.debug("WAL checkpoint skipped (%s)", error)
+            finally:
+                done()
 
         with contextlib.suppress(RuntimeError):  # closing: the executor is shut down
             self._writer.submit(in_thread)
