@@ -13,7 +13,9 @@ work is run again on the worker's writing thread, which waits for the lock with 
 full timeout. A write transaction begins with BEGIN IMMEDIATE there and here, so a
 read-then-write transaction never finds that another connection wrote in between.
 The loop's connection never checkpoints the log either: the worker does, every few
-hundred commits.
+hundred commits, truncating it; a write that finds the lock held by that checkpoint
+waits for it and then runs on the loop after all (run on the worker, its commit would
+look like another connection's, and drop what is kept in memory, below).
 
 Kept in memory (one process): a channel's settings and each active conversation's
 newest messages. `PRAGMA data_version` tells when any other connection committed
@@ -24,6 +26,8 @@ Imports no SQLAlchemy.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -55,9 +59,11 @@ Work = Callable[[sqlite3.Connection], T]
 
 # SQLITE_BUSY and its extended codes (SQLITE_BUSY_RECOVERY, _SNAPSHOT, _TIMEOUT).
 _BUSY = 5
-# The loop's commits between two checkpoints by the worker: about SQLite's own
-# default of 1,000 pages of log, at the tens of pages a turn's commit writes.
-CHECKPOINT_EVERY = 32
+# The loop's commits between two checkpoints by the worker. Each one truncates the
+# log and holds writers off while it runs (a few milliseconds of copying and fsync):
+# the turns writing meanwhile wait for it, not the loop. A few tens of megabytes of
+# log at most between two (tests/test_hot_path.py).
+CHECKPOINT_EVERY = 128
 # How many messages the windows of all conversations keep together.
 WINDOW_MESSAGES = 20_000
 # A window keeps this many messages beyond the history limit, so a few turns' new
@@ -143,7 +149,8 @@ class SqliteHotPath:
         self._on_thread = on_thread
         self._checkpoint = checkpoint
         self._commits = 0
-        self._checkpointing = False
+        # Set while the worker checkpoints (one at a time); done when it is over.
+        self._checkpoint_over: asyncio.Future[None] | None = None
         self._path = path
         self._connection: sqlite3.Connection | None = None
         # The loop's connection serves the thread that first used it (the event loop's);
@@ -188,7 +195,7 @@ class SqliteHotPath:
     async def _write(self, work: Work[T]) -> T:
         """`work` in one write transaction: on the loop unless the lock is taken."""
         db = self._on_loop()
-        if db is not None:
+        while db is not None:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -204,6 +211,12 @@ class SqliteHotPath:
             else:
                 self._committed()
                 return result
+            if self._checkpoint_over is None:
+                break
+            # The lock is our own checkpoint's: wait for it (the loop serves others
+            # meanwhile) and write here, not on the worker, whose commit would look
+            # like another connection's and drop everything kept in memory.
+            await asyncio.shield(self._checkpoint_over)
         try:
             result = await self._on_thread(work)
         except sqlite3.OperationalError as error:
@@ -230,13 +243,21 @@ class SqliteHotPath:
 
     def _committed(self) -> None:
         self._commits += 1
-        # One at a time: writes waiting on the worker should not queue behind several.
-        if self._commits % CHECKPOINT_EVERY == 0 and not self._checkpointing:
-            self._checkpointing = True
-            self._checkpoint(self._checkpointed)
+        if self._commits % CHECKPOINT_EVERY == 0 and self._checkpoint_over is None:
+            loop = asyncio.get_running_loop()
+            over = self._checkpoint_over = loop.create_future()
 
-    def _checkpointed(self) -> None:
-        self._checkpointing = False
+            def checkpointed() -> None:  # on the worker's thread
+                with contextlib.suppress(RuntimeError):  # the loop is closed already
+                    loop.call_soon_threadsafe(self._checkpointed, over)
+
+            self._checkpoint(checkpointed)
+
+    def _checkpointed(self, over: asyncio.Future[None]) -> None:
+        if self._checkpoint_over is over:
+            self._checkpoint_over = None
+        if not over.done():
+            over.set_result(None)
 
     def _current(self) -> bool:
         """Drop what is kept in memory if another connection committed since it was
