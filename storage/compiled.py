@@ -321,8 +321,8 @@ POSTGRESQL: dict[str, Statement] = {
         ),
     ),
     "history_ids": Statement(
-        "SELECT messages.id, messages.reply_to_id \nFROM messages \nWHERE messages.conversation_id = $1::INTEGER AND messages.id > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $1::INTEGER), $2::INTEGER) AND coalesce(messages.reply_to_id, messages.id) > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $1::INTEGER), $2::INTEGER) AND (messages.id <= $3::INTEGER OR messages.reply_to_id <= $3::INTEGER) ORDER BY messages.id DESC \n LIMIT $4::INTEGER",
-        ("conversation_id", (0,), "up_to", "limit"),
+        "SELECT messages.id, messages.reply_to_id \nFROM messages \nWHERE messages.id >= $1::INTEGER AND messages.conversation_id = $2::INTEGER AND messages.id > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $2::INTEGER), $3::INTEGER) AND coalesce(messages.reply_to_id, messages.id) > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $2::INTEGER), $3::INTEGER) AND (messages.id <= $4::INTEGER OR messages.reply_to_id <= $4::INTEGER) ORDER BY messages.id DESC \n LIMIT $5::INTEGER",
+        ("from_id", "conversation_id", (0,), "up_to", "limit"),
     ),
     "history_window": Statement(
         "SELECT messages.id, messages.role, messages.author_id, messages.author_name, messages.text, messages.tokens, messages.reply_to_id, messages.status, messages.created_at \nFROM messages \nWHERE messages.conversation_id = $1::INTEGER AND messages.id > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $1::INTEGER), $2::INTEGER) AND coalesce(messages.reply_to_id, messages.id) > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $1::INTEGER), $2::INTEGER) AND (messages.id <= $3::INTEGER OR messages.reply_to_id <= $3::INTEGER) ORDER BY messages.id DESC \n LIMIT $4::INTEGER",

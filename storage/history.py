@@ -39,8 +39,10 @@ from botservice.storage.tables import (
 )
 
 
-def _history_statement(*columns: Any) -> Select[Any]:
-    """The window of a conversation's history: ids and what they answer (or `columns`)."""
+def _history_statement(*columns: Any, from_id: bool = False) -> Select[Any]:
+    """The window of a conversation's history: ids and what they answer (or `columns`).
+    With `from_id`, only ids from the parameter `from_id` up (the caller's lower bound
+    for a window it has seen: the scan stops there, whatever plan the database chose)."""
     reset = func.coalesce(
         select(_c.reset_after_message_id)
         .where(_c.id == bindparam("conversation_id"))
@@ -48,9 +50,11 @@ def _history_statement(*columns: Any) -> Select[Any]:
         0,
     )
     up_to = bindparam("up_to", type_=Integer)
+    bounds = (_m.id >= bindparam("from_id", type_=Integer),) if from_id else ()
     return (
         select(*(columns or (_m.id, _m.reply_to_id)))
         .where(
+            *bounds,
             _m.conversation_id == bindparam("conversation_id"),
             # `id > reset` lets the (conversation_id, id) index bound the scan; the
             # coalesce also drops an answer, stored after a reset, to a question before it.

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _c, _m, _t
 from botservice.storage.channel_settings import _CHANNEL_SETTINGS
-from botservice.storage.history import _HISTORY_IDS, _history_statement
+from botservice.storage.history import _history_statement
 from botservice.storage.tables import CONVERSATIONS, TURNS, USAGE
 from botservice.storage.turns import (
     _ALIVE_UNTIL,
@@ -189,7 +189,7 @@ _SHARED: dict[str, HotStatement] = {
     "channel_settings": HotStatement(_CHANNEL_SETTINGS, None, BOTH),
     "history_window": HotStatement(_HISTORY_WINDOW, None, BOTH),
     "recent_messages": HotStatement(_RECENT_MESSAGES, None, (SQLITE,)),
-    "history_ids": HotStatement(_HISTORY_IDS, None, (POSTGRESQL,)),
+    "history_ids": HotStatement(_history_statement(from_id=True), None, (POSTGRESQL,)),
     "reset_after": HotStatement(_RESET_AFTER, None, (SQLITE,)),
     "renew_claim": HotStatement(_RENEW_CLAIM, None, (SQLITE,)),
     "renew_claims": HotStatement(_RENEW_CLAIMS_ARRAY, None, (POSTGRESQL,)),
