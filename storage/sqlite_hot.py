@@ -195,6 +195,11 @@ class SqliteHotPath:
     async def _write(self, work: Work[T]) -> T:
         """`work` in one write transaction: on the loop unless the lock is taken."""
         db = self._on_loop()
+        if db is not None:
+            # The worker's checkpoint waits for the write lock: left to race the loop's
+            # next writes for it, it lost for seconds while the log grew.
+            while self._checkpoint_over is not None:
+                await asyncio.shield(self._checkpoint_over)
         while db is not None:
             try:
                 db.execute("BEGIN IMMEDIATE")
