@@ -64,6 +64,8 @@ _BUSY = 5
 # the turns writing meanwhile wait for it, not the loop. A few tens of megabytes of
 # log at most between two (tests/test_hot_path.py).
 CHECKPOINT_EVERY = 128
+# The loop's commits a checkpoint may wait for the lock before writes wait for it.
+CHECKPOINT_PATIENCE = 32
 # How many messages the windows of all conversations keep together.
 WINDOW_MESSAGES = 20_000
 # A window keeps this many messages beyond the history limit, so a few turns' new
@@ -151,6 +153,7 @@ class SqliteHotPath:
         self._commits = 0
         # Set while the worker checkpoints (one at a time); done when it is over.
         self._checkpoint_over: asyncio.Future[None] | None = None
+        self._checkpoint_asked = 0  # `_commits` when it was asked for
         self._path = path
         self._connection: sqlite3.Connection | None = None
         # The loop's connection serves the thread that first used it (the event loop's);
@@ -196,9 +199,13 @@ class SqliteHotPath:
         """`work` in one write transaction: on the loop unless the lock is taken."""
         db = self._on_loop()
         if db is not None:
-            # The worker's checkpoint waits for the write lock: left to race the loop's
-            # next writes for it, it lost for seconds while the log grew.
-            while self._checkpoint_over is not None:
+            # The worker's checkpoint waits for the write lock. Between turns it finds
+            # it free; under a steady load it lost the race to the loop's writes for
+            # seconds while the log grew: after a while, writes let it go first.
+            while (
+                self._checkpoint_over is not None
+                and self._commits - self._checkpoint_asked >= CHECKPOINT_PATIENCE
+            ):
                 await asyncio.shield(self._checkpoint_over)
         while db is not None:
             try:
@@ -251,6 +258,7 @@ class SqliteHotPath:
         if self._commits % CHECKPOINT_EVERY == 0 and self._checkpoint_over is None:
             loop = asyncio.get_running_loop()
             over = self._checkpoint_over = loop.create_future()
+            self._checkpoint_asked = self._commits
 
             def checkpointed() -> None:  # on the worker's thread
                 with contextlib.suppress(RuntimeError):  # the loop is closed already
