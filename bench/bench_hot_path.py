@@ -65,7 +65,6 @@ import aiohttp
 import asyncpg
 import httpx
 import orjson
-from sqlalchemy.pool import QueuePool
 
 from bench.bench_core import (
     ROOT,
@@ -834,9 +833,8 @@ async def measure_backend(args: argparse.Namespace, base_url: str, backend: Back
 
 
 def pool_size(store: SqlStore) -> int:
-    """The floor's asyncpg pool is as large as the store's kept connections."""
-    pool = store.engine.sync_engine.pool
-    return pool.size() if isinstance(pool, QueuePool) else 1
+    """The floor's asyncpg pool is as large as the store's hot-path pool."""
+    return store.pool_size
 
 
 async def conversation_id_of(store: SqlStore, thread: str) -> int:

@@ -3,7 +3,9 @@
 Every operation is one plain function of a SQLAlchemy `Connection` run as one
 transaction: on a SQLite file by `SqliteWorker` (worker threads, one round trip
 per transaction); on PostgreSQL, or SQLite in memory, through the async engine
-with `AsyncConnection.run_sync`.
+with `AsyncConnection.run_sync`. A turn's own statements are the exception: they
+run through the drivers directly (`sqlite_hot` on the event loop, `postgres_hot` on
+asyncpg), which `StoreBase` builds here beside the engine.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.core.errors import StoreUnavailable
 from botservice.core.events import ConversationKey
@@ -37,7 +39,9 @@ from botservice.core.ports import (
     SettingField,
     StoredMessage,
 )
+from botservice.storage import hot_rows
 from botservice.storage.engine import (
+    CONNECT_TIMEOUT_SECONDS,
     SQLITE_SINGLE_READ_OPTION,
     SQLITE_WRITE_OPTION,
     check_connection,
@@ -47,6 +51,8 @@ from botservice.storage.engine import (
     sqlite_thread_engine,
 )
 from botservice.storage.migrate import upgrade
+from botservice.storage.postgres_hot import PostgresHotPath
+from botservice.storage.sqlite_hot import SqliteHotPath
 from botservice.storage.sqlite_worker import SqliteWorker
 from botservice.storage.tables import (
     CHANNEL_SETTINGS,
@@ -145,9 +151,7 @@ class _MessageCache:
             self._messages.clear()
 
 
-def _clean_text(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; nobody means to send one.
-    return text.replace("\x00", "") if "\x00" in text else text
+_clean_text = hot_rows.clean_text
 
 
 class StoreBase:
@@ -158,7 +162,11 @@ class StoreBase:
     database. Close it with `aclose()`.
     """
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = True) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, owns_engine: bool = True, concurrency: int | None = None
+    ) -> None:
+        """`concurrency`: how many turns may use the database at once (the hot path's
+        PostgreSQL pool); the engine's pool size when not given."""
         self._engine = engine
         self._owns_engine = owns_engine
         self._claimed_by = f"{socket.gethostname()}:{os.getpid()}"
@@ -188,14 +196,20 @@ class StoreBase:
         self._async_read_lock: contextlib.AbstractAsyncContextManager[Any] = (
             self._async_write_lock if sqlite_database else contextlib.nullcontext()
         )
-        # The platform waits for `accept` before it gets its acknowledgement (Slack
+        # PostgreSQL: the turn's statements through asyncpg, in pools of their own. The
+        # platform waits for `accept` before it gets its acknowledgement (Slack
         # redelivers after 3 s): accepting has a few connections of its own, so it
         # never queues behind the statements of answers being written.
-        self._home_accept_engine = (
+        self._pg_hot = (
             None
             if sqlite_database
-            else sibling_engine(engine, pool_size=ACCEPT_POOL_SIZE).execution_options(
-                isolation_level="AUTOCOMMIT"
+            else PostgresHotPath(
+                engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+                pool_size=concurrency or _pool_size(engine),
+                accept_pool_size=ACCEPT_POOL_SIZE,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                messages=self._message_cache,
+                home=_running_loop(),
             )
         )
         # asyncpg connections belong to the event loop that opened them. The loop the
@@ -206,9 +220,22 @@ class StoreBase:
         self._elsewhere_autocommit: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         thread_engine = sqlite_thread_engine(engine)
         self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
+        # A SQLite file: the turn's statements run on the event loop (sqlite_hot), the
+        # worker taking over when another connection holds the write lock.
+        self._sqlite_hot = (
+            SqliteHotPath(
+                str(engine.url.database),
+                on_thread=self._worker.write_raw,
+                checkpoint=self._worker.checkpoint_soon,
+            )
+            if self._worker is not None
+            else None
+        )
 
     @classmethod
-    async def open(cls, database_url: str, *, migrate: bool = True) -> Self:
+    async def open(
+        cls, database_url: str, *, migrate: bool = True, concurrency: int | None = None
+    ) -> Self:
         """Connect (ConfigError if unreachable) and migrate to head unless told not to."""
         engine = create_engine(database_url)
         try:
@@ -218,7 +245,12 @@ class StoreBase:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, concurrency=concurrency)
+
+    @property
+    def pool_size(self) -> int:
+        """Connections the turns of the home loop share (1: SQLite's loop connection)."""
+        return self._pg_hot.pool_size if self._pg_hot is not None else 1
 
     @property
     def shared(self) -> bool:
@@ -230,10 +262,12 @@ class StoreBase:
         return self._engine
 
     async def aclose(self) -> None:
+        if self._pg_hot is not None:
+            await self._pg_hot.aclose()
+        if self._sqlite_hot is not None:
+            self._sqlite_hot.close()
         if self._worker is not None:
             await self._worker.aclose()
-        if self._home_accept_engine is not None:
-            await self._home_accept_engine.dispose()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -242,21 +276,14 @@ class StoreBase:
         (PostgreSQL; nothing on SQLite). Opened on demand, each one's connect and
         set-up fell inside an acknowledgement: 0.1-0.8 s on a busy machine, one
         acknowledgement in twenty in the scale-out benchmark."""
-        engine = self._accept_engine
-        if engine is None:
-            return
-        opened = await asyncio.gather(
-            *(engine.connect().start() for _ in range(ACCEPT_POOL_SIZE)), return_exceptions=True
-        )
-        for connection in opened:
-            if isinstance(connection, AsyncConnection):
-                await connection.close()  # back to the pool, open
-            else:
-                log.debug("could not open an accepting connection ahead (%s)", connection)
+        if self._pg_hot is not None:
+            await self._pg_hot.open_accept_connections()
 
     async def leave_loop(self) -> None:
         """Close the connections this store opened for the running loop, when it is not
         the store's home loop (called by the accept loop as it stops)."""
+        if self._pg_hot is not None:
+            await self._pg_hot.leave_loop()
         loop = asyncio.get_running_loop()
         self._elsewhere_autocommit.pop(loop, None)
         engine = self._elsewhere.pop(loop, None)
@@ -292,11 +319,6 @@ class StoreBase:
             self._elsewhere_autocommit[loop] = engine
         return engine
 
-    @property
-    def _accept_engine(self) -> AsyncEngine | None:
-        """The connections that accept messages on the running loop (PostgreSQL)."""
-        return self._away_engine() or self._home_accept_engine
-
     # --- running work -------------------------------------------------------------
 
     async def _write(self, work: Callable[[Connection], T]) -> T:
@@ -318,13 +340,6 @@ class StoreBase:
             return await self._write(work)  # SQLite: its single writer already
         with _unavailable_as_store_error():
             async with (self._away_engine() or self._async_reader).connect() as connection:
-                return await connection.run_sync(work)
-
-    async def _accept_one(self, work: Callable[[Connection], T]) -> T:
-        """`_write_one` on the accepting connections (PostgreSQL)."""
-        assert self._accept_engine is not None
-        with _unavailable_as_store_error():
-            async with self._accept_engine.connect() as connection:
                 return await connection.run_sync(work)
 
     async def _read(self, work: Callable[[Connection], T]) -> T:
@@ -349,6 +364,13 @@ class StoreBase:
         except StoreUnavailable:
             return False
         return True
+
+
+def _pool_size(engine: AsyncEngine) -> int:
+    """The connections an engine keeps (create_engine's `pool_size`): the configured
+    concurrency, which the hot path's pool follows."""
+    size = getattr(engine.pool, "size", None)
+    return int(size()) if callable(size) else 16
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -39,7 +39,10 @@ from botservice.storage.tables import (
 )
 
 
-def _history_statement() -> Select[Any]:
+def _history_statement(*columns: Any, from_id: bool = False) -> Select[Any]:
+    """The window of a conversation's history: ids and what they answer (or `columns`).
+    With `from_id`, only ids from the parameter `from_id` up (the caller's lower bound
+    for a window it has seen: the scan stops there, whatever plan the database chose)."""
     reset = func.coalesce(
         select(_c.reset_after_message_id)
         .where(_c.id == bindparam("conversation_id"))
@@ -47,9 +50,11 @@ def _history_statement() -> Select[Any]:
         0,
     )
     up_to = bindparam("up_to", type_=Integer)
+    bounds = (_m.id >= bindparam("from_id", type_=Integer),) if from_id else ()
     return (
-        select(_m.id, _m.reply_to_id)
+        select(*(columns or (_m.id, _m.reply_to_id)))
         .where(
+            *bounds,
             _m.conversation_id == bindparam("conversation_id"),
             # `id > reset` lets the (conversation_id, id) index bound the scan; the
             # coalesce also drops an answer, stored after a reset, to a question before it.
@@ -84,6 +89,14 @@ class SqlHistoryStore(StoreBase):
     ) -> list[StoredMessage]:
         if limit <= 0:
             return []
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.history(
+                conversation_id, up_to_message_id=up_to_message_id, limit=limit
+            )
+        if self._pg_hot is not None:
+            return await self._pg_hot.history(
+                conversation_id, up_to_message_id=up_to_message_id, limit=limit
+            )
         parameters = {
             "conversation_id": conversation_id,
             "up_to": up_to_message_id,

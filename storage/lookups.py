@@ -27,6 +27,8 @@ class SqlLookups(StoreBase):
     and the deletions in `SqlForgetting`)."""
 
     async def has_conversation(self, key: ConversationKey) -> bool:
+        if self._pg_hot is not None:
+            return await self._pg_hot.has_conversation(key)
         parameters = {
             "platform": key.platform,
             "workspace": key.workspace,
@@ -37,9 +39,6 @@ class SqlLookups(StoreBase):
         def work(connection: Connection) -> bool:
             return connection.execute(_CONVERSATION_ID, parameters).first() is not None
 
-        # Adapters ask this before acknowledging an event: on the accepting connections.
-        if self._accept_engine is not None:
-            return await self._accept_one(work)
         return await self._read(work)
 
     async def thread_of_message(
@@ -81,4 +80,7 @@ class SqlLookups(StoreBase):
         def work(connection: Connection) -> bool:
             return connection.execute(statement).rowcount > 0
 
-        return await self._write(work)
+        changed = await self._write(work)
+        # The answer's text changed: a copy kept by id (PostgreSQL's history) would not.
+        self._message_cache.clear()
+        return changed

@@ -14,6 +14,9 @@ their own threads beside it (WAL mode) without an explicit transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,7 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class SqliteWorker:
@@ -50,6 +54,51 @@ class SqliteWorker:
                 raise
 
         return await asyncio.get_running_loop().run_in_executor(self._writer, in_thread)
+
+    async def write_raw(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `work` on the writing thread's sqlite3 connection, in one BEGIN IMMEDIATE
+        transaction that waits for the write lock (busy_timeout): the hot path's way
+        (botservice.storage.sqlite_hot) when its own connection found the lock taken."""
+
+        def in_thread() -> T:
+            raw = self._connection().connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(raw)
+                raw.execute("COMMIT")
+                return result
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, in_thread)
+
+    def checkpoint_soon(self, done: Callable[[], None]) -> None:
+        """Copy the write-ahead log into the database file on the writing thread, without
+        waiting, then call `done()` there: the hot path's connection never checkpoints
+        (its commits would pay for the fsync on the event loop).
+
+        TRUNCATE, not PASSIVE: the log starts afresh only when a write begins after a
+        checkpoint that copied all of it, which a passive checkpoint beside a loop that
+        keeps writing almost never achieves (the log grew to hundreds of megabytes).
+        TRUNCATE holds new writers off until it is done and empties the file; the
+        loop's writes meanwhile find the lock taken and queue here, behind it, and
+        the loop itself never waits."""
+
+        def in_thread() -> None:
+            raw = self._connection().connection.dbapi_connection
+            assert raw is not None
+            try:
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            except sqlite3.Error as error:  # the next one will do
+                log.debug("WAL checkpoint skipped (%s)", error)
+            finally:
+                done()
+
+        with contextlib.suppress(RuntimeError):  # closing: the executor is shut down
+            self._writer.submit(in_thread)
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run `work`, which only reads; each statement sees its own snapshot."""

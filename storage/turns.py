@@ -6,7 +6,6 @@ writer on the other); see each method.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Collection
 from datetime import datetime
@@ -29,7 +28,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from botservice.core.events import Attachment, ConversationKey, IncomingMessage
+from botservice.core.events import ConversationKey, IncomingMessage
 from botservice.core.ports import (
     AcceptedTurn,
     Claim,
@@ -39,6 +38,7 @@ from botservice.core.ports import (
     Usage,
     UsageRecord,
 )
+from botservice.storage import hot_rows
 from botservice.storage.base import (
     _CONVERSATION_ID,
     _INSERT_MESSAGE,
@@ -47,7 +47,6 @@ from botservice.storage.base import (
     _UNFINISHED,
     StoreBase,
     _c,
-    _clean_text,
     _m,
     _t,
 )
@@ -59,7 +58,7 @@ from botservice.storage.tables import (
     UTCDateTime,
     utcnow,
 )
-from botservice.storage.usage_rows import USAGE_FIELDS, usage_values, write_usage
+from botservice.storage.usage_rows import USAGE_FIELDS, write_usage
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,10 @@ def _answer_statement(finish: Any, *, with_usage: bool = False) -> Any:
         # Prefixed: an UPDATE would take parameters named like its columns as SET values.
         *(bindparam(f"a_{name}", type_=MESSAGES.c[name].type) for name in columns[2:]),
     ).where(finished.c.conversation_id.is_not(None))
-    insert_answer = MESSAGES.insert().from_select(list(columns), answer).returning(_m.id)
+    # The question's id too: the hot path keeps the answer in its message cache.
+    insert_answer = (
+        MESSAGES.insert().from_select(list(columns), answer).returning(_m.id, _m.reply_to_id)
+    )
     if not with_usage:
         return insert_answer.add_cte(finished, nest_here=True)
     # Data-modifying CTEs must sit at the top level: finished, saved, recorded.
@@ -213,7 +215,7 @@ def _answer_statement(finish: Any, *, with_usage: bool = False) -> Any:
         *(bindparam(f"u_{name}", type_=USAGE.c[name].type) for name in USAGE_FIELDS)
     ).select_from(saved)
     recorded = USAGE.insert().from_select(list(USAGE_FIELDS), usage_row).cte("recorded")
-    return select(saved.c.id).add_cte(recorded)
+    return select(saved.c.id, saved.c.reply_to_id).add_cte(recorded)
 
 
 _TURN_FIELDS = (
@@ -301,23 +303,20 @@ _LINK_TURN = (
     )
 )
 _CLAIM_NEXT = _claim_statement()
-_HELD_ANSWER = _answer_statement(_FINISH_HELD_TURN)
-_HELD_ANSWER_WITH_USAGE = _answer_statement(_FINISH_HELD_TURN, with_usage=True)
-_SPOKEN_ANSWER = _answer_statement(_FINISH_SPOKEN_TURN)
 
 
 class SqlTurnStore(StoreBase):
     """Accepting messages and answering their turns (`botservice.core.ports.TurnStore`)."""
 
-    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = True) -> None:
-        super().__init__(engine, owns_engine=owns_engine)
-        sqlite_database = not self._shared
+    def __init__(
+        self, engine: AsyncEngine, *, owns_engine: bool = True, concurrency: int | None = None
+    ) -> None:
+        super().__init__(engine, owns_engine=owns_engine, concurrency=concurrency)
         self._claim = (
             self._insert(TURNS)
             .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
             .returning(_t.id)
         )
-        self._pg_accept = _pg_accept_statement() if not sqlite_database else None
         self._create_conversation = (
             self._insert(CONVERSATIONS)
             .on_conflict_do_nothing(
@@ -337,44 +336,21 @@ class SqlTurnStore(StoreBase):
         claim: Claim | None = None,
         spoken: bool = False,
     ) -> AcceptedTurn | None:
-        now = utcnow()
-        conversation_key = message.conversation
-        turn_values = {
-            "platform": message.platform,
-            "message_key": message.message_key,
-            "user_id": message.user_id,
-            "is_channel_admin": message.is_channel_admin,
-            "status": "spoken" if spoken else "pending",
-            "reply_target": json.dumps(message.reply_target, separators=(",", ":")),
-            "claims": 0,
-            "created_at": now,
-        }
-        key = {
-            "platform": message.platform,
-            "workspace": message.workspace,
-            "channel": message.channel,
-            "thread": message.thread,
-        }
-        conversation_values = {**key, "created_at": now, "updated_at": now, "trim_noticed": False}
-        message_values = {
-            "role": "user",
-            "author_id": message.user_id,
-            "author_name": message.user_name,
-            "text": _clean_text(text),
-            "platform_message_id": message.platform_message_id,
-            "tokens": tokens,
-            "status": "complete",
-            "audio": _audio_json(message.attachments),
-            "created_at": now,
-        }
-
-        if self._shared:
-            accepted = await self._accept_in_one_statement(
-                key, conversation_values, turn_values, message_values
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.accept(
+                message, text=text, tokens=tokens, claim=claim, spoken=spoken
             )
+        if self._pg_hot is not None:
             # The claim is left to the caller's next step: on PostgreSQL it is a round
             # trip of its own, and the platform is waiting for this one to acknowledge.
-            return accepted
+            return await self._pg_hot.accept(message, text=text, tokens=tokens, spoken=spoken)
+        # Here only for SQLite in memory (a file or PostgreSQL take the hot paths above).
+        now = utcnow()
+        conversation_key = message.conversation
+        turn_values = hot_rows.turn_values(message, now, spoken=spoken)
+        key = hot_rows.key_values(conversation_key)
+        conversation_values = {**key, "created_at": now, "updated_at": now, "trim_noticed": False}
+        message_values = hot_rows.user_message_values(message, text=text, tokens=tokens, now=now)
 
         def work(connection: Connection) -> AcceptedTurn | None:
             # The claim comes first, so a duplicate delivery (Slack sends most
@@ -423,48 +399,6 @@ class SqlTurnStore(StoreBase):
             # insert: nothing was written, so taking the message again is safe.
             return await self._write(work)
 
-    async def _accept_in_one_statement(
-        self,
-        key: dict[str, Any],
-        conversation_values: dict[str, Any],
-        turn_values: dict[str, Any],
-        message_values: dict[str, Any],
-    ) -> AcceptedTurn | None:
-        """PostgreSQL: one round trip for a message in a known conversation, three for
-        the first message of a new one."""
-        parameters = {
-            **{f"k_{name}": value for name, value in key.items()},
-            **{f"t_{name}": value for name, value in turn_values.items()},
-            **{f"m_{name}": value for name, value in message_values.items()},
-        }
-        statement = self._pg_accept
-        assert statement is not None
-
-        def accept(connection: Connection) -> Any:
-            return connection.execute(statement, parameters).one()
-
-        def create_conversation(connection: Connection) -> None:
-            connection.execute(self._create_conversation, conversation_values)
-
-        for attempt in range(3):
-            try:
-                conversation_id, turn_id, message_id = await self._accept_one(accept)
-            except IntegrityError:
-                # The purge deleted the (empty) conversation as the message came in;
-                # nothing was written, so taking it again is safe.
-                if attempt == 2:
-                    raise
-                continue
-            if conversation_id is None:
-                await self._accept_one(create_conversation)
-                continue
-            if turn_id is None:
-                return None  # a duplicate delivery
-            return AcceptedTurn(
-                turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
-            )
-        raise LookupError("the conversation of an incoming message could not be created")
-
     async def claim_next_turn(
         self,
         conversation_id: int,
@@ -474,6 +408,10 @@ class SqlTurnStore(StoreBase):
         key: ConversationKey | None = None,
     ) -> PendingTurn | None:
         claim = Claim(holder=holder, alive_until=alive_until)
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.claim_next_turn(conversation_id, claim, key)
+        if self._pg_hot is not None:
+            return await self._pg_hot.claim_next_turn(conversation_id, claim, key)
 
         def work(connection: Connection) -> PendingTurn | None:
             return _claim_in(connection, conversation_id, claim, key)
@@ -488,6 +426,10 @@ class SqlTurnStore(StoreBase):
     ) -> int:
         if not turn_ids:
             return 0
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.renew_claims(holder, turn_ids, alive_until=alive_until)
+        if self._pg_hot is not None:
+            return await self._pg_hot.renew_claims(holder, turn_ids, alive_until=alive_until)
         parameters = {
             "b_holder": holder,
             "b_turn_ids": list(turn_ids),
@@ -576,6 +518,11 @@ class SqlTurnStore(StoreBase):
         return await self._write_one(work)
 
     async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None:
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.set_reply_ref(turn_id, reply_ref)
+        if self._pg_hot is not None:
+            return await self._pg_hot.set_reply_ref(turn_id, reply_ref)
+
         def work(connection: Connection) -> None:
             connection.execute(_SET_REPLY_REF, {"b_turn_id": turn_id, "b_reply_ref": reply_ref})
 
@@ -594,16 +541,35 @@ class SqlTurnStore(StoreBase):
         reply_ref: str | None = None,
         ledger: UsageRecord | None = None,
     ) -> int | None:
-        answer = _answer_values(text, tokens, usage, status, model)
-        finish = _finish_values(turn_id, holder, reply_ref)
-        statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
-        if self._shared:
-            pg_answer = _answer_statement(statement, with_usage=ledger is not None)
-            return await self._write_one(
-                lambda connection: _store_answer_in_one(
-                    connection, pg_answer, finish, answer, ledger
-                )
+        if self._sqlite_hot is not None:
+            saved, _ = await self._sqlite_hot.store_answer(
+                turn_id,
+                holder=holder,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
+                ledger=ledger,
             )
+            return saved
+        if self._pg_hot is not None:
+            saved, _ = await self._pg_hot.store_answer(
+                turn_id,
+                holder=holder,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
+                ledger=ledger,
+            )
+            return saved
+        answer = hot_rows.answer_values(text, tokens, usage, status, model)
+        finish = hot_rows.finish_values(turn_id, holder, reply_ref)
+        statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
         return await self._write(
             lambda connection: _with_ledger(
                 connection, _store_answer_in(connection, statement, finish, answer), ledger
@@ -620,14 +586,10 @@ class SqlTurnStore(StoreBase):
         model: str,
         usage: Usage | None = None,
     ) -> int | None:
-        answer = _answer_values(text, tokens, usage, status, model)
-        finish = _finish_values(turn_id, None, None)
-        if self._shared:
-            return await self._write_one(
-                lambda connection: _store_answer_in_one(
-                    connection, _SPOKEN_ANSWER, finish, answer, None
-                )
-            )
+        # Off the hot path (a realtime voice answer, a few a minute): on a SQLite file
+        # the worker's commit tells the loop's connection to read its windows again.
+        answer = hot_rows.answer_values(text, tokens, usage, status, model)
+        finish = hot_rows.finish_values(turn_id, None, None)
         return await self._write(
             lambda connection: _store_answer_in(connection, _FINISH_SPOKEN_TURN, finish, answer)
         )
@@ -647,21 +609,34 @@ class SqlTurnStore(StoreBase):
         reply_ref: str | None = None,
         ledger: UsageRecord | None = None,
     ) -> tuple[int | None, PendingTurn | None]:
-        answer = _answer_values(text, tokens, usage, status, model)
-        finish = _finish_values(turn_id, claim.holder, reply_ref)
-        if self._shared:
-            # Two statements: a claim in the same statement as the finish would not
-            # see the finished turn as no longer running.
-            statement = _HELD_ANSWER if ledger is None else _HELD_ANSWER_WITH_USAGE
-            message_id = await self._write_one(
-                lambda connection: _store_answer_in_one(
-                    connection, statement, finish, answer, ledger
-                )
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.store_answer(
+                turn_id,
+                holder=claim.holder,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
+                ledger=ledger,
+                claim_next=(claim, conversation_id, key),
             )
-            claimed = await self.claim_next_turn(
-                conversation_id, holder=claim.holder, alive_until=claim.alive_until, key=key
+        if self._pg_hot is not None:
+            return await self._pg_hot.store_answer(
+                turn_id,
+                holder=claim.holder,
+                text=text,
+                tokens=tokens,
+                usage=usage,
+                status=status,
+                model=model,
+                reply_ref=reply_ref,
+                ledger=ledger,
+                claim_next=(claim, conversation_id, key),
             )
-            return message_id, claimed
+        answer = hot_rows.answer_values(text, tokens, usage, status, model)
+        finish = hot_rows.finish_values(turn_id, claim.holder, reply_ref)
 
         def work(connection: Connection) -> tuple[int | None, PendingTurn | None]:
             message_id = _store_answer_in(connection, _FINISH_HELD_TURN, finish, answer)
@@ -671,6 +646,10 @@ class SqlTurnStore(StoreBase):
         return await self._write(work)
 
     async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.fail_turn(turn_id, holder=holder)
+        if self._pg_hot is not None:
+            return await self._pg_hot.fail_turn(turn_id, holder=holder)
         now = utcnow()
         statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
         parameters = {
@@ -694,7 +673,7 @@ class SqlTurnStore(StoreBase):
             .order_by(_t.id)
         )
         rows = await self._read(lambda connection: connection.execute(statement).all())
-        return [_pending_turn(row, ConversationKey(*row[-4:])) for row in rows]
+        return [hot_rows.pending_turn(row, ConversationKey(*row[-4:]), row[6]) for row in rows]
 
 
 def _claim_in(
@@ -712,35 +691,7 @@ def _claim_in(
     found = key or ConversationKey(
         *connection.execute(_CONVERSATION_KEY, {"conversation_id": conversation_id}).one()
     )
-    return _pending_turn(row, found)
-
-
-def _answer_values(
-    text: str, tokens: int, usage: Usage | None, status: MessageStatus, model: str
-) -> dict[str, Any]:
-    return {
-        "role": "assistant",
-        "author_id": "",
-        "author_name": "",
-        "text": _clean_text(text),
-        "platform_message_id": "",
-        "tokens": tokens,
-        "prompt_tokens": usage.prompt_tokens if usage else None,
-        "completion_tokens": usage.completion_tokens if usage else None,
-        "model": model,
-        "status": status,
-        "created_at": utcnow(),
-    }
-
-
-def _finish_values(turn_id: int, holder: str | None, reply_ref: str | None) -> dict[str, Any]:
-    return {
-        "b_turn_id": turn_id,
-        "b_holder": holder,
-        "b_status": "answered",
-        "b_now": utcnow(),
-        "b_reply_ref": reply_ref,
-    }
+    return hot_rows.pending_turn(row, found, row[6])
 
 
 def _store_answer_in(
@@ -767,45 +718,3 @@ def _with_ledger(
     if ledger is not None and message_id is not None:
         write_usage(connection, ledger)
     return message_id
-
-
-def _store_answer_in_one(
-    connection: Connection,
-    statement: Any,
-    finish: dict[str, Any],
-    answer: dict[str, Any],
-    ledger: UsageRecord | None,
-) -> int | None:
-    """PostgreSQL: the finish, the answer's insert and its usage row as one statement."""
-    # Prefixed: an UPDATE would take parameters named like its columns as SET values.
-    parameters = {**finish, **{f"a_{name}": value for name, value in answer.items()}}
-    if ledger is not None:
-        parameters.update({f"u_{name}": value for name, value in usage_values(ledger).items()})
-    row = connection.execute(statement, parameters).one_or_none()
-    return None if row is None else int(row[0])
-
-
-def _pending_turn(row: Any, conversation: ConversationKey) -> PendingTurn:
-    return PendingTurn(
-        turn_id=row[0],
-        conversation_id=row[1],
-        user_message_id=row[2],
-        platform=row[3],
-        conversation=conversation,
-        reply_target=json.loads(row[4]) if row[4] else {},
-        reply_ref=row[5],
-        created_at=row[6],
-        user_id=row[7],
-        is_channel_admin=bool(row[8]),
-        claims=row[9],
-        has_audio=row[10] is None or bool(row[10]),
-    )
-
-
-def _audio_json(attachments: tuple[Attachment, ...]) -> str | None:
-    audio = [
-        {"name": a.name, "content_type": a.content_type, "url": a.url, "size": a.size}
-        for a in attachments
-        if a.is_audio
-    ]
-    return json.dumps(audio, separators=(",", ":")) if audio else None

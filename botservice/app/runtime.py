@@ -119,7 +119,8 @@ async def open_services(
     except BaseException:
         await engine.dispose()
         raise
-    store = SqlStore(engine)
+    # The hot path's pool: as many connections as turns may call the model at once.
+    store = SqlStore(engine, concurrency=settings.limits.max_concurrent_model_calls)
     try:
         tool_sources = build_tool_sources(settings, store) if tools else []
     except BaseException:

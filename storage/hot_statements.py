@@ -1,0 +1,209 @@
+"""The hot path's statements as SQLAlchemy Core, for `compile_statements` to compile.
+
+A turn runs these through the drivers directly (`sqlite_hot`, `postgres_hot`), from the
+SQL text compiled once into `compiled.py`: no statement is built or compiled per call,
+and the turn path imports no SQLAlchemy. Most are the very objects the SQLAlchemy paths
+of `turns`, `history` and `channel_settings` execute; the rest are defined here.
+
+Each entry: the statement, the columns an INSERT fills (its `column_keys`; None for
+other statements) and the dialects it is compiled for.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import Integer, any_, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _c, _m, _t
+from botservice.storage.channel_settings import _CHANNEL_SETTINGS
+from botservice.storage.history import _history_statement
+from botservice.storage.tables import CONVERSATIONS, TURNS, USAGE
+from botservice.storage.turns import (
+    _ALIVE_UNTIL,
+    _CLAIM_NEXT,
+    _CONVERSATION_KEY,
+    _FINISH_HELD_TURN,
+    _FINISH_TURN,
+    _HOLDER,
+    _LINK_TURN,
+    _SET_REPLY_REF,
+    _answer_statement,
+    _pg_accept_statement,
+)
+from botservice.storage.usage_rows import USAGE_FIELDS
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+BOTH = (SQLITE, POSTGRESQL)
+
+
+class HotStatement(NamedTuple):
+    statement: Any
+    column_keys: tuple[str, ...] | None
+    dialects: tuple[str, ...]
+
+
+# The columns `accept` and the answer write, in the order the hot paths fill them.
+TURN_COLUMNS = (
+    "platform",
+    "message_key",
+    "user_id",
+    "is_channel_admin",
+    "status",
+    "reply_target",
+    "claims",
+    "created_at",
+)
+CONVERSATION_COLUMNS = (
+    "platform",
+    "workspace",
+    "channel",
+    "thread",
+    "created_at",
+    "updated_at",
+    "trim_noticed",
+)
+USER_MESSAGE_COLUMNS = (
+    "conversation_id",
+    "role",
+    "author_id",
+    "author_name",
+    "text",
+    "platform_message_id",
+    "tokens",
+    "status",
+    "audio",
+    "created_at",
+)
+ANSWER_COLUMNS = (
+    "conversation_id",
+    "reply_to_id",
+    "role",
+    "author_id",
+    "author_name",
+    "text",
+    "platform_message_id",
+    "tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "model",
+    "status",
+    "created_at",
+)
+
+
+def _insert_turn(dialect: Any) -> Any:
+    return (
+        dialect.insert(TURNS)
+        .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
+        .returning(_t.id)
+    )
+
+
+def _create_conversation(dialect: Any) -> Any:
+    return (
+        dialect.insert(CONVERSATIONS)
+        .on_conflict_do_nothing(index_elements=[_c.platform, _c.workspace, _c.channel, _c.thread])
+        .returning(_c.id)
+    )
+
+
+# The history window with the messages themselves (one statement; the SQLAlchemy path
+# reads ids, then the messages it has not cached).
+_HISTORY_WINDOW = _history_statement(*_MESSAGE_COLUMNS)
+# SQLite keeps a conversation's recent messages in memory (see sqlite_hot): its newest
+# messages after the last reset, read again when another connection wrote.
+_RECENT_MESSAGES = (
+    select(*_MESSAGE_COLUMNS)
+    .where(
+        _m.conversation_id == bindparam("conversation_id"),
+        _m.id
+        > func.coalesce(
+            select(_c.reset_after_message_id)
+            .where(_c.id == bindparam("conversation_id"))
+            .scalar_subquery(),
+            0,
+        ),
+    )
+    .order_by(_m.id.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+_RESET_AFTER = select(_c.reset_after_message_id).where(_c.id == bindparam("conversation_id"))
+# One turn per statement (SQLite runs it with executemany); PostgreSQL takes the ids as
+# one array.
+_RENEW_CLAIM = (
+    update(TURNS)
+    .where(_t.id == bindparam("b_turn_id"), _t.claimed_by == _HOLDER, _t.status == "running")
+    .values(alive_until=_ALIVE_UNTIL)
+)
+_RENEW_CLAIMS_ARRAY = (
+    update(TURNS)
+    .where(
+        _t.id == any_(bindparam("b_turn_ids", type_=postgresql.ARRAY(Integer))),
+        _t.claimed_by == _HOLDER,
+        _t.status == "running",
+    )
+    .values(alive_until=_ALIVE_UNTIL)
+)
+_MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(
+    _m.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
+)
+
+STATEMENTS: dict[str, dict[str, HotStatement]] = {
+    SQLITE: {
+        "insert_turn": HotStatement(_insert_turn(sqlite), TURN_COLUMNS, (SQLITE,)),
+        "create_conversation": HotStatement(
+            _create_conversation(sqlite), CONVERSATION_COLUMNS, (SQLITE,)
+        ),
+    },
+    POSTGRESQL: {
+        "insert_turn": HotStatement(_insert_turn(postgresql), TURN_COLUMNS, (POSTGRESQL,)),
+        "create_conversation": HotStatement(
+            _create_conversation(postgresql), CONVERSATION_COLUMNS, (POSTGRESQL,)
+        ),
+    },
+}
+
+_SHARED: dict[str, HotStatement] = {
+    "conversation_id": HotStatement(
+        select(_c.id).where(
+            _c.platform == bindparam("platform"),
+            _c.workspace == bindparam("workspace"),
+            _c.channel == bindparam("channel"),
+            _c.thread == bindparam("thread"),
+        ),
+        None,
+        BOTH,
+    ),
+    "insert_user_message": HotStatement(_INSERT_MESSAGE, USER_MESSAGE_COLUMNS, BOTH),
+    "insert_answer": HotStatement(_INSERT_MESSAGE, ANSWER_COLUMNS, BOTH),
+    "link_turn": HotStatement(_LINK_TURN, None, BOTH),
+    "claim_next": HotStatement(_CLAIM_NEXT, None, BOTH),
+    "conversation_key": HotStatement(_CONVERSATION_KEY, None, BOTH),
+    "finish_held_turn": HotStatement(_FINISH_HELD_TURN, None, BOTH),
+    "finish_turn": HotStatement(_FINISH_TURN, None, BOTH),
+    "insert_usage": HotStatement(USAGE.insert(), USAGE_FIELDS, BOTH),
+    "set_reply_ref": HotStatement(_SET_REPLY_REF, None, BOTH),
+    "channel_settings": HotStatement(_CHANNEL_SETTINGS, None, BOTH),
+    "history_window": HotStatement(_HISTORY_WINDOW, None, BOTH),
+    "recent_messages": HotStatement(_RECENT_MESSAGES, None, (SQLITE,)),
+    "history_ids": HotStatement(_history_statement(from_id=True), None, (POSTGRESQL,)),
+    "reset_after": HotStatement(_RESET_AFTER, None, (SQLITE,)),
+    "renew_claim": HotStatement(_RENEW_CLAIM, None, (SQLITE,)),
+    "renew_claims": HotStatement(_RENEW_CLAIMS_ARRAY, None, (POSTGRESQL,)),
+    "messages_by_ids": HotStatement(_MESSAGES_BY_ID_ARRAY, None, (POSTGRESQL,)),
+    "accept": HotStatement(_pg_accept_statement(), None, (POSTGRESQL,)),
+    "answer": HotStatement(_answer_statement(_FINISH_TURN), None, (POSTGRESQL,)),
+    "answer_with_usage": HotStatement(
+        _answer_statement(_FINISH_TURN, with_usage=True), None, (POSTGRESQL,)
+    ),
+    "held_answer": HotStatement(_answer_statement(_FINISH_HELD_TURN), None, (POSTGRESQL,)),
+    "held_answer_with_usage": HotStatement(
+        _answer_statement(_FINISH_HELD_TURN, with_usage=True), None, (POSTGRESQL,)
+    ),
+}
+for _name, _entry in _SHARED.items():
+    for _dialect in _entry.dialects:
+        STATEMENTS[_dialect][_name] = _entry

@@ -1,0 +1,429 @@
+"""The hot path on PostgreSQL: a turn's statements through asyncpg itself.
+
+The SQL is compiled once from the SQLAlchemy Core definitions into `compiled.py`;
+asyncpg prepares each statement once per connection and keeps it. No transaction is
+opened around anything: every statement here is atomic on its own (accepting a
+message and finishing a turn with its answer are one statement each), so each costs
+one round trip. Exactly-once stays the database's: the partial unique index on
+running turns decides claims, finishing checks `claimed_by`, heartbeats renew
+`alive_until`.
+
+Connections belong to the event loop that opened them: the home loop has a pool sized
+to the configured concurrency and a small one for accepting messages (the platform
+waits for that one before it gets its acknowledgement); another loop (the accept
+loop, botservice.core.accept_loop) gets a small pool of its own.
+
+History: each turn asks the database which messages make its window (ids only, so a
+deletion, a forget-me or a reset by any process shows at once) and builds only the
+messages it has not seen, from a cache of message contents by id that this process's
+own writes fill. Imports no SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection, Iterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from botservice.core.errors import StoreUnavailable
+from botservice.core.events import ConversationKey, IncomingMessage
+from botservice.core.ports import (
+    AcceptedTurn,
+    ChannelSettings,
+    Claim,
+    MessageStatus,
+    PendingTurn,
+    StoredMessage,
+    Usage,
+    UsageRecord,
+)
+from botservice.storage import hot_rows
+from botservice.storage.compiled import POSTGRESQL
+
+log = logging.getLogger(__name__)
+
+# Conversations whose window start is remembered (all forgotten at once past it).
+WINDOW_STARTS = 10_000
+# Managed PostgreSQL closes idle connections; let a pool close them before that.
+IDLE_CONNECTION_SECONDS = 1800.0
+_ANSWER_STATEMENTS = {
+    (False, False): "answer",
+    (False, True): "answer_with_usage",
+    (True, False): "held_answer",
+    (True, True): "held_answer_with_usage",
+}
+
+
+def _bound(name: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    statement = POSTGRESQL[name]
+    args = [values[p] if p.__class__ is str else p[0] for p in statement.params]
+    return statement.sql, args
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    # asyncpg's default reset sends a query on every release; these statements leave no
+    # session state behind (no transactions, listeners, advisory locks or settings).
+    return None
+
+
+@contextlib.contextmanager
+def _unavailable_as_store_error() -> Iterator[None]:
+    """Connection failures become `StoreUnavailable` (callers may retry); errors in the
+    statements themselves (integrity and the like) pass through."""
+    try:
+        yield
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.exceptions.InsufficientResourcesError,
+        asyncpg.exceptions.CannotConnectNowError,
+    ) as error:
+        raise StoreUnavailable() from error
+
+
+class PostgresHotPath:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int,
+        accept_pool_size: int,
+        connect_timeout: float,
+        messages: Any,
+        home: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        # `messages`: the store's cache of message contents by id (`base._MessageCache`).
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._accept_pool_size = accept_pool_size
+        self._connect_timeout = connect_timeout
+        self._messages = messages
+        # The loop the store was made on (else the first it is used on) has the big pool.
+        self._home: asyncio.AbstractEventLoop | None = home
+        self._pools: dict[tuple[asyncio.AbstractEventLoop, bool], asyncpg.Pool] = {}
+        self._opening: dict[tuple[asyncio.AbstractEventLoop, bool], asyncio.Lock] = {}
+        # Per conversation, the oldest id of its last full history window (see history).
+        self._window_starts: dict[int, int] = {}
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
+
+    # --- connections -----------------------------------------------------------------
+
+    async def _pool(self, *, accepting: bool) -> asyncpg.Pool:
+        loop = asyncio.get_running_loop()
+        if self._home is None:
+            self._home = loop
+        # Away from home one small pool does everything.
+        home = loop is self._home
+        slot = (loop, accepting and home)
+        pool = self._pools.get(slot)
+        if pool is not None:
+            return pool
+        lock = self._opening.setdefault(slot, asyncio.Lock())
+        async with lock:
+            pool = self._pools.get(slot)
+            if pool is None:
+                size = self._pool_size if home and not accepting else self._accept_pool_size
+                with _unavailable_as_store_error():
+                    pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=0,
+                        max_size=size,
+                        max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
+                        reset=_no_reset,
+                        timeout=self._connect_timeout,
+                    )
+                self._pools[slot] = pool
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, accepting: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self._pool(accepting=accepting)
+        with _unavailable_as_store_error():
+            # No timeout here: asyncpg would wrap every acquisition in a task of its own.
+            # Opening a connection has its timeout; a busy pool is waited for.
+            async with pool.acquire() as connection:
+                yield connection
+
+    async def _fetchrow(
+        self,
+        name: str,
+        values: dict[str, Any],
+        *,
+        accepting: bool = False,
+        connection: asyncpg.Connection | None = None,
+    ) -> Any:
+        sql, args = _bound(name, values)
+        if connection is not None:
+            with _unavailable_as_store_error():
+                return await connection.fetchrow(sql, *args)
+        async with self._connection(accepting=accepting) as connection:
+            return await connection.fetchrow(sql, *args)
+
+    async def _fetch(self, name: str, values: dict[str, Any]) -> list[Any]:
+        sql, args = _bound(name, values)
+        async with self._connection() as connection:
+            rows: list[Any] = await connection.fetch(sql, *args)
+            return rows
+
+    async def _execute(self, name: str, values: dict[str, Any]) -> int:
+        """Run a statement; how many rows it changed."""
+        sql, args = _bound(name, values)
+        async with self._connection() as connection:
+            status: str = await connection.execute(sql, *args)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def open_accept_connections(self) -> None:
+        """Open the accepting connections of the running loop now, not inside an
+        acknowledgement."""
+        pool = await self._pool(accepting=True)
+
+        async def hold() -> None:
+            async with pool.acquire(timeout=self._connect_timeout):
+                await asyncio.sleep(0)
+
+        opened = await asyncio.gather(
+            *(hold() for _ in range(self._accept_pool_size)), return_exceptions=True
+        )
+        for outcome in opened:
+            if isinstance(outcome, BaseException):
+                log.debug("could not open an accepting connection ahead (%s)", outcome)
+
+    async def leave_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for slot in [slot for slot in self._pools if slot[0] is loop]:
+            pool = self._pools.pop(slot)
+            self._opening.pop(slot, None)
+            await pool.close()
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        pools, self._pools = self._pools, {}
+        self._opening.clear()
+        for (owner, _), pool in pools.items():
+            if owner is loop:
+                await pool.close()
+            else:  # its loop is gone or elsewhere: no waiting on it from here
+                pool.terminate()
+
+    # --- turns -----------------------------------------------------------------------
+
+    async def accept(
+        self, message: IncomingMessage, *, text: str, tokens: int, spoken: bool = False
+    ) -> AcceptedTurn | None:
+        """One round trip for a message in a known conversation, three for the first
+        message of a new one."""
+        now = hot_rows.utcnow()
+        key = hot_rows.key_values(message.conversation)
+        stored = hot_rows.user_message_values(message, text=text, tokens=tokens, now=now)
+        values = {
+            **{f"k_{name}": value for name, value in key.items()},
+            **{
+                f"t_{name}": value
+                for name, value in hot_rows.turn_values(message, now, spoken=spoken).items()
+            },
+            **{f"m_{name}": value for name, value in stored.items()},
+        }
+        for attempt in range(3):
+            try:
+                conversation_id, turn_id, message_id = await self._fetchrow(
+                    "accept", values, accepting=True
+                )
+            except asyncpg.IntegrityConstraintViolationError:
+                # The purge deleted the (empty) conversation as the message came in;
+                # nothing was written, so taking it again is safe.
+                if attempt == 2:
+                    raise
+                continue
+            if conversation_id is None:
+                conversation = {
+                    **key,
+                    "created_at": now,
+                    "updated_at": now,
+                    "trim_noticed": False,
+                }
+                await self._fetchrow("create_conversation", conversation, accepting=True)
+                continue
+            if turn_id is None:
+                return None  # a duplicate delivery
+            self._messages.add(
+                [
+                    StoredMessage(
+                        id=message_id,
+                        role="user",
+                        author_id=stored["author_id"],
+                        author_name=stored["author_name"],
+                        text=stored["text"],
+                        tokens=tokens,
+                        created_at=now,
+                    )
+                ]
+            )
+            return AcceptedTurn(
+                turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
+            )
+        raise LookupError("the conversation of an incoming message could not be created")
+
+    async def claim_next_turn(
+        self,
+        conversation_id: int,
+        claim: Claim,
+        key: ConversationKey | None,
+        *,
+        connection: asyncpg.Connection | None = None,
+    ) -> PendingTurn | None:
+        values = {
+            "b_conversation_id": conversation_id,
+            "b_holder": claim.holder,
+            "b_alive_until": claim.alive_until,
+        }
+        try:
+            row = await self._fetchrow("claim_next", values, connection=connection)
+        except asyncpg.UniqueViolationError:
+            return None  # another process claimed a turn of this conversation first
+        if row is None:
+            return None
+        if key is None:
+            # A conversation's key never changes, so it may be read after the claim.
+            found = await self._fetchrow(
+                "conversation_key", {"conversation_id": conversation_id}, connection=connection
+            )
+            key = ConversationKey(*found)
+        return hot_rows.pending_turn(row, key, row[6])
+
+    async def renew_claims(
+        self, holder: str, turn_ids: Collection[int], *, alive_until: datetime
+    ) -> int:
+        values = {"b_holder": holder, "b_turn_ids": list(turn_ids), "b_alive_until": alive_until}
+        return await self._execute("renew_claims", values)
+
+    async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None:
+        await self._execute("set_reply_ref", {"b_turn_id": turn_id, "b_reply_ref": reply_ref})
+
+    async def fail_turn(self, turn_id: int, *, holder: str | None) -> bool:
+        name = "finish_turn" if holder is None else "finish_held_turn"
+        values = hot_rows.finish_values(turn_id, holder, None, status="failed")
+        return await self._fetchrow(name, values) is not None
+
+    async def store_answer(
+        self,
+        turn_id: int,
+        *,
+        holder: str | None,
+        text: str,
+        tokens: int,
+        usage: Usage | None,
+        status: MessageStatus,
+        model: str,
+        reply_ref: str | None,
+        ledger: UsageRecord | None,
+        claim_next: tuple[Claim, int, ConversationKey] | None = None,
+    ) -> tuple[int | None, PendingTurn | None]:
+        """The finish, the answer's insert and its usage row: one statement; then, with
+        `claim_next` (the claim, conversation id and key), the claim of the
+        conversation's next turn on the same connection (a statement of its own: in
+        the finish's statement the finished turn would still look running)."""
+        answer = hot_rows.answer_values(text, tokens, usage, status, model)
+        values = {
+            **hot_rows.finish_values(turn_id, holder, reply_ref),
+            **{f"a_{name}": value for name, value in answer.items()},
+        }
+        if ledger is not None:
+            values.update(
+                {f"u_{name}": value for name, value in hot_rows.usage_values(ledger).items()}
+            )
+        name = _ANSWER_STATEMENTS[(holder is not None, ledger is not None)]
+        claimed = None
+        async with self._connection() as connection:
+            row = await self._fetchrow(name, values, connection=connection)
+            if claim_next is not None:
+                claim, conversation_id, key = claim_next
+                claimed = await self.claim_next_turn(
+                    conversation_id, claim, key, connection=connection
+                )
+        if row is None:
+            return None, claimed
+        message_id, question_id = row
+        self._messages.add(
+            [
+                StoredMessage(
+                    id=message_id,
+                    role="assistant",
+                    author_id="",
+                    author_name="",
+                    text=answer["text"],
+                    tokens=tokens,
+                    reply_to_id=question_id,
+                    status=status,
+                    created_at=answer["created_at"],
+                )
+            ]
+        )
+        return int(message_id), claimed
+
+    # --- reads -----------------------------------------------------------------------
+
+    async def has_conversation(self, key: ConversationKey) -> bool:
+        # Adapters ask this before acknowledging an event: on the accepting connections.
+        found = await self._fetchrow("conversation_id", hot_rows.key_values(key), accepting=True)
+        return found is not None
+
+    async def channel_settings(
+        self, platform: str, workspace: str, channel: str
+    ) -> ChannelSettings:
+        values = {"platform": platform, "workspace": workspace, "channel": channel}
+        rows = await self._fetch("channel_settings", values)
+        return hot_rows.merged_settings(list(rows), channel)
+
+    async def history(
+        self, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> list[StoredMessage]:
+        # Where the conversation's last full window began: a window of `limit` found
+        # from there is the whole answer (every match older than its oldest is older
+        # than all of it). Without it the database may read the whole thread to sort
+        # it (a generic plan for a prepared statement: a 5,000-message thread took
+        # 2.5 ms); with fewer found (deletions, an older `up_to`), it asks again from 0.
+        from_id = self._window_starts.get(conversation_id, 0)
+        values = {
+            "conversation_id": conversation_id,
+            "up_to": up_to_message_id,
+            "limit": limit,
+            "from_id": from_id,
+        }
+        async with self._connection() as connection:
+            sql, args = _bound("history_ids", values)
+            window = await connection.fetch(sql, *args)
+            if len(window) < limit and from_id:
+                sql, args = _bound("history_ids", {**values, "from_id": 0})
+                window = await connection.fetch(sql, *args)
+            if len(window) == limit:
+                if len(self._window_starts) >= WINDOW_STARTS:
+                    self._window_starts.clear()
+                self._window_starts[conversation_id] = min(row[0] for row in window)
+            else:
+                self._window_starts.pop(conversation_id, None)
+            # Oldest first, each answer right after the question it answers.
+            window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
+            ids = [row[0] for row in window]
+            known = self._messages.get_many(ids)
+            missing = [id_ for id_ in ids if id_ not in known]
+            if missing:
+                sql, args = _bound("messages_by_ids", {"ids": missing})
+                fresh = [
+                    hot_rows.stored_message(row, row[8])
+                    for row in await connection.fetch(sql, *args)
+                ]
+                self._messages.add(fresh)
+                known.update((message.id, message) for message in fresh)
+        # A message deleted between the two reads is left out.
+        return [known[id_] for id_ in ids if id_ in known]

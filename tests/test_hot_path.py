@@ -1,0 +1,231 @@
+"""The store's hot path (issue 11): its SQL compiled from the Core definitions, no
+SQLAlchemy on the turn path, nothing answered from a stale copy in memory, and a SQLite
+write lock held elsewhere never blocking the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from botservice.core.ports import Claim
+from botservice.storage.compile_statements import TARGET, generate
+from botservice.storage.repository import SqlStore
+from tests.db import StoreFactory, incoming
+
+
+def test_the_compiled_statements_are_what_their_definitions_compile_to() -> None:
+    assert TARGET.read_text(encoding="utf-8") == generate(), (
+        "storage/compiled.py is out of date: run `python -m botservice.storage.compile_statements`"
+    )
+
+
+def test_the_turn_path_imports_no_sqlalchemy() -> None:
+    probe = (
+        "import sys\n"
+        "import botservice.storage.sqlite_hot, botservice.storage.postgres_hot\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'sqlmodel')))\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert shown.strip() == "[]"
+
+
+async def test_a_setting_changed_by_another_process_shows_in_the_next_turn(
+    make_store: StoreFactory,
+) -> None:
+    answering, command_line = await make_store(), await make_store()
+    assert (await answering.channel_settings("test", "W1", "C1")).model is None
+
+    await command_line.change_setting(
+        "test", "W1", "C1", field="model", value="gpt-other", changed_by="U9"
+    )
+
+    assert (await answering.channel_settings("test", "W1", "C1")).model == "gpt-other"
+
+
+async def _conversation(store: SqlStore) -> tuple[int, int]:
+    """Two turns answered; the conversation's id and its last message id."""
+    conversation_id, last = 0, 0
+    for number, user in ((1, "U1"), (2, "U2")):
+        message = incoming(f"k{number}", text=f"question {number}", user_id=user)
+        accepted = await store.accept(message, text=message.text, tokens=2)
+        assert accepted is not None
+        saved = await store.store_answer(
+            accepted.turn_id,
+            text=f"answer {number}",
+            tokens=2,
+            usage=None,
+            status="complete",
+            model="m",
+        )
+        assert saved is not None
+        conversation_id, last = accepted.conversation_id, saved
+    return conversation_id, last
+
+
+async def test_history_shows_a_forget_me_by_another_process_at_once(
+    make_store: StoreFactory,
+) -> None:
+    answering, command_line = await make_store(), await make_store()
+    conversation_id, last = await _conversation(answering)
+    before = await answering.history(conversation_id, up_to_message_id=last, limit=50)
+    assert [m.text for m in before] == ["question 1", "answer 1", "question 2", "answer 2"]
+
+    await command_line.forget_user("test", "U1")
+
+    after = await answering.history(conversation_id, up_to_message_id=last, limit=50)
+    assert [m.text for m in after] == ["question 2", "answer 2"]
+
+
+async def test_history_shows_a_reset_and_a_deletion_by_another_process_at_once(
+    make_store: StoreFactory,
+) -> None:
+    answering, other = await make_store(), await make_store()
+    conversation_id, last = await _conversation(answering)
+    assert len(await answering.history(conversation_id, up_to_message_id=last, limit=50)) == 4
+
+    await other.delete_platform_message("test", "W1", "C1", "pm-k2")
+    shown = await answering.history(conversation_id, up_to_message_id=last, limit=50)
+    assert [m.text for m in shown] == ["question 1", "answer 1", "answer 2"]
+
+    await other.reset_conversation(incoming("k1").conversation)
+    assert await answering.history(conversation_id, up_to_message_id=last, limit=50) == []
+    message = incoming("k3", text="question 3")
+    accepted = await answering.accept(message, text=message.text, tokens=2)
+    assert accepted is not None
+    fresh = await answering.history(
+        conversation_id, up_to_message_id=accepted.user_message_id, limit=50
+    )
+    assert [m.text for m in fresh] == ["question 3"]
+
+
+async def test_a_write_lock_held_by_another_process_never_blocks_the_event_loop(
+    sqlite_store: SqlStore, sqlite_database_url: str
+) -> None:
+    """The loop's connection waits for no lock: the turn's write goes to the worker
+    thread, which waits there, and the loop keeps serving meanwhile."""
+    path = Path(sqlite_database_url.split(":///", 1)[1])
+    warm = incoming("warm")
+    assert await sqlite_store.accept(warm, text=warm.text, tokens=1) is not None
+    other_process = sqlite3.connect(path, isolation_level=None)
+    other_process.execute("BEGIN IMMEDIATE")
+    longest_pause = 0.0
+
+    async def tick() -> None:
+        nonlocal longest_pause
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            longest_pause = max(longest_pause, time.monotonic() - before)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        message = incoming("while-locked")
+        accepting = asyncio.create_task(
+            sqlite_store.accept(
+                message,
+                text=message.text,
+                tokens=1,
+                claim=Claim(holder="me", alive_until=datetime.now(UTC) + timedelta(minutes=1)),
+            )
+        )
+        await asyncio.sleep(0.5)
+        assert not accepting.done()  # waiting for the lock, on the worker
+        other_process.execute("COMMIT")
+        accepted = await asyncio.wait_for(accepting, 5)
+    finally:
+        ticker.cancel()
+        other_process.close()
+    assert accepted is not None
+    history = await sqlite_store.history(
+        accepted.conversation_id, up_to_message_id=accepted.user_message_id, limit=10
+    )
+    assert [m.text for m in history] == ["hello", "hello"]
+    assert longest_pause < 0.25
+
+
+async def test_history_kept_in_memory_says_what_the_database_says(
+    make_store: StoreFactory,
+) -> None:
+    """A long conversation, answers stored late, a reset by another process: every window
+    the store returns (on SQLite, from memory) is the history statement's answer."""
+    store, other = await make_store(), await make_store()
+    questions: list[int] = []
+    late: int | None = None
+    conversation_id = 0
+
+    async def answer(turn_id: int, number: int) -> None:
+        saved = await store.store_answer(
+            turn_id, text=f"a{number}", tokens=1, usage=None, status="complete", model="m"
+        )
+        assert saved is not None
+
+    async def check(*up_tos: int) -> None:
+        for up_to in up_tos or (questions[-1], questions[len(questions) // 2], questions[0]):
+            for limit in (1, 5, 20, 200):
+                shown = await store.history(conversation_id, up_to_message_id=up_to, limit=limit)
+                expected = await _history_ids(store, conversation_id, up_to, limit)
+                assert [m.id for m in shown] == expected, (up_to, limit)
+
+    for number in range(90):
+        message = incoming(f"q{number}", text=f"q{number}")
+        accepted = await store.accept(message, text=message.text, tokens=1)
+        assert accepted is not None
+        conversation_id = accepted.conversation_id
+        questions.append(accepted.user_message_id)
+        if late is not None:
+            await answer(late, number - 1)  # answered after the next question came
+            late = None
+        if 41 <= number < 50 or 61 <= number < 70:
+            await check(accepted.user_message_id)  # as a turn reads it, before its answer
+        # Late answers early on and again after 40, when the window was read again.
+        if number % 7 == 3 and (number < 20 or 42 <= number < 48):
+            late = accepted.turn_id
+        else:
+            await answer(accepted.turn_id, number)
+        if number == 40:  # another process writes: what is kept is read again
+            await other.change_setting(
+                "test", "W1", "C1", field="model", value="m2", changed_by="U9"
+            )
+        if number % 10 == 9 or number == 41:
+            await check()
+        if number == 60:
+            await other.reset_conversation(incoming("q0").conversation)
+            await check()
+
+
+async def _history_ids(store: SqlStore, conversation_id: int, up_to: int, limit: int) -> list[int]:
+    """The SQLAlchemy path's history statement, through the engine: the database's word."""
+    from botservice.storage.history import _HISTORY_IDS
+
+    async with store.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                _HISTORY_IDS, {"conversation_id": conversation_id, "up_to": up_to, "limit": limit}
+            )
+        ).all()
+    return [row[0] for row in sorted(rows, key=lambda row: (row[1] or row[0], row[0]))]
+
+
+async def test_the_write_ahead_log_is_checkpointed_while_turns_are_written_on_the_loop(
+    sqlite_store: SqlStore, sqlite_database_url: str
+) -> None:
+    """The loop's connection never checkpoints (that fsync would stall the loop); the
+    worker does, so the log does not grow with every turn ever written."""
+    log = Path(sqlite_database_url.split(":///", 1)[1] + "-wal")
+    for number in range(700):
+        message = incoming(f"k{number}", thread=f"T{number % 10}", text="x" * 2000)
+        accepted = await sqlite_store.accept(message, text=message.text, tokens=1)
+        assert accepted is not None
+        saved = await sqlite_store.store_answer(
+            accepted.turn_id, text="y" * 2000, tokens=1, usage=None, status="complete", model="m"
+        )
+        assert saved is not None
+    # 1,400 commits of several pages each: uncheckpointed, the log passes 100 MB.
+    assert log.stat().st_size < 50_000_000  # noqa: ASYNC240 (a stat, once)
