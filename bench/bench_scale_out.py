@@ -69,6 +69,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.ack_trace import statements_per_reply, summarize
+from botservice.model.tokens import EXACT_COUNTS_DELAY_SECONDS
 from tests.db import _find_postgres
 from tests.scale_out import ROOT, Cluster, percentile, proc_cpu_seconds
 
@@ -230,6 +231,23 @@ async def profiling(cluster: Cluster, directory: Path | None) -> AsyncIterator[N
             await asyncio.to_thread(spy.wait, 30)
 
 
+async def settled(cluster: Cluster, *, within: float = 15.0) -> None:
+    """Wait until every bot process is idle: a started bot still has work of its own
+    for a second or two (the token encoding built, the first purge; see
+    `EXACT_COUNTS_DELAY_SECONDS`), which is not the CPU of the replies measured."""
+    deadline = time.monotonic() + within
+    idle_in_a_row = 0
+    before = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+    # Two quiet quarter-seconds after the start-up work's delay has passed.
+    await asyncio.sleep(EXACT_COUNTS_DELAY_SECONDS)
+    while idle_in_a_row < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
+        busy = max(b - a for a, b in zip(before, after, strict=True))
+        idle_in_a_row = idle_in_a_row + 1 if busy < 0.01 else 0
+        before = after
+
+
 async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Row:
     row = Row(processes)
     postgres = await _find_postgres()
@@ -247,6 +265,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
             await cluster.deliver(question, first_to=process.index)
         await cluster.wait_answered(warm, within=30)
         await cluster.quiet(0.5, within=10)
+        await settled(cluster)
         cluster.acks.clear()
 
         questions = cluster.questions(threads=args.threads, per_thread=args.per_thread)
