@@ -149,7 +149,7 @@ SQLITE: dict[str, Statement] = {
 
 POSTGRESQL: dict[str, Statement] = {
     "accept": Statement(
-        "WITH ids AS \n(SELECT (SELECT conversations.id \nFROM conversations \nWHERE conversations.platform = $1::VARCHAR AND conversations.workspace = $2::VARCHAR AND conversations.channel = $3::VARCHAR AND conversations.thread = $4::VARCHAR) AS conversation_id, nextval(pg_get_serial_sequence($5::VARCHAR, $6::VARCHAR)) AS message_id), \nturn AS \n(INSERT INTO turns (platform, message_key, user_id, is_channel_admin, status, reply_target, claims, created_at, conversation_id, user_message_id) SELECT $7::VARCHAR AS anon_1, $8::VARCHAR AS anon_2, $9::VARCHAR AS anon_3, $10::BOOLEAN AS anon_4, $11::VARCHAR AS anon_5, $12::VARCHAR AS anon_6, $13::INTEGER AS anon_7, $14::TIMESTAMP WITH TIME ZONE AS anon_8, ids.conversation_id AS conversation_id, ids.message_id AS message_id \nFROM ids \nWHERE ids.conversation_id IS NOT NULL ON CONFLICT (platform, message_key) DO NOTHING RETURNING turns.id, turns.conversation_id, turns.user_message_id), \nmessage AS \n(INSERT INTO messages (id, conversation_id, role, author_id, author_name, text, platform_message_id, tokens, status, audio, created_at) SELECT turn.user_message_id AS user_message_id, turn.conversation_id AS conversation_id, $15::VARCHAR AS anon_9, $16::VARCHAR AS anon_10, $17::VARCHAR AS anon_11, $18::VARCHAR AS anon_12, $19::VARCHAR AS anon_13, $20::INTEGER AS anon_14, $21::VARCHAR AS anon_15, $22::VARCHAR AS anon_16, $23::TIMESTAMP WITH TIME ZONE AS anon_17 \nFROM turn RETURNING messages.id)\n SELECT ids.conversation_id, turn.id, message.id AS id_1 \nFROM ids LEFT OUTER JOIN turn ON true LEFT OUTER JOIN message ON true",
+        "WITH ids AS \n(SELECT (SELECT conversations.id \nFROM conversations \nWHERE conversations.platform = $1::VARCHAR AND conversations.workspace = $2::VARCHAR AND conversations.channel = $3::VARCHAR AND conversations.thread = $4::VARCHAR) AS conversation_id, nextval(pg_get_serial_sequence($5::VARCHAR, $6::VARCHAR)) AS message_id), \nturn AS \n(INSERT INTO turns (platform, message_key, user_id, is_channel_admin, status, reply_target, claims, created_at, conversation_id, user_message_id) SELECT $7::VARCHAR AS anon_1, $8::VARCHAR AS anon_2, $9::VARCHAR AS anon_3, $10::BOOLEAN AS anon_4, $11::VARCHAR AS anon_5, $12::VARCHAR AS anon_6, $13::INTEGER AS anon_7, $14::TIMESTAMP WITH TIME ZONE AS anon_8, ids.conversation_id AS conversation_id, ids.message_id AS message_id \nFROM ids \nWHERE ids.conversation_id IS NOT NULL ON CONFLICT (platform, message_key) DO NOTHING RETURNING turns.id, turns.conversation_id, turns.user_message_id, turns.status), \nmessage AS \n(INSERT INTO messages (id, conversation_id, role, author_id, author_name, text, platform_message_id, tokens, status, audio, created_at) SELECT turn.user_message_id AS user_message_id, turn.conversation_id AS conversation_id, $15::VARCHAR AS anon_9, $16::VARCHAR AS anon_10, $17::VARCHAR AS anon_11, $18::VARCHAR AS anon_12, $19::VARCHAR AS anon_13, $20::INTEGER AS anon_14, $21::VARCHAR AS anon_15, $22::VARCHAR AS anon_16, $23::TIMESTAMP WITH TIME ZONE AS anon_17 \nFROM turn RETURNING messages.id)\n SELECT ids.conversation_id, turn.id, message.id AS id_1, turn.status \nFROM ids LEFT OUTER JOIN turn ON true LEFT OUTER JOIN message ON true",
         (
             "k_platform",
             "k_workspace",
@@ -165,6 +165,34 @@ POSTGRESQL: dict[str, Statement] = {
             "t_reply_target",
             "t_claims",
             "t_created_at",
+            "m_role",
+            "m_author_id",
+            "m_author_name",
+            "m_text",
+            "m_platform_message_id",
+            "m_tokens",
+            "m_status",
+            "m_audio",
+            "m_created_at",
+        ),
+    ),
+    "accept_claimed": Statement(
+        "WITH ids AS \n(SELECT (SELECT conversations.id \nFROM conversations \nWHERE conversations.platform = $1::VARCHAR AND conversations.workspace = $2::VARCHAR AND conversations.channel = $3::VARCHAR AND conversations.thread = $4::VARCHAR) AS conversation_id, nextval(pg_get_serial_sequence($5::VARCHAR, $6::VARCHAR)) AS message_id), \nclaimable AS \n(SELECT ids.conversation_id AS conversation_id, ids.message_id AS message_id, NOT (EXISTS (SELECT * \nFROM turns AS others \nWHERE others.conversation_id = ids.conversation_id AND others.status = 'pending')) AND NOT (EXISTS (SELECT * \nFROM turns AS others \nWHERE others.conversation_id = ids.conversation_id AND others.status = 'running')) AS free \nFROM ids), \nturn AS \n(INSERT INTO turns (platform, message_key, user_id, is_channel_admin, status, reply_target, claims, created_at, claimed_by, alive_until, conversation_id, user_message_id) SELECT $7::VARCHAR AS anon_1, $8::VARCHAR AS anon_2, $9::VARCHAR AS anon_3, $10::BOOLEAN AS anon_4, CASE WHEN claimable.free THEN 'running' ELSE 'pending' END AS anon_5, $11::VARCHAR AS anon_6, CASE WHEN claimable.free THEN 1 ELSE 0 END AS anon_7, $12::TIMESTAMP WITH TIME ZONE AS anon_8, CASE WHEN claimable.free THEN $13::VARCHAR END AS anon_9, CASE WHEN claimable.free THEN $14::TIMESTAMP WITH TIME ZONE END AS anon_10, claimable.conversation_id AS conversation_id, claimable.message_id AS message_id \nFROM claimable \nWHERE claimable.conversation_id IS NOT NULL ON CONFLICT (platform, message_key) DO NOTHING RETURNING turns.id, turns.conversation_id, turns.user_message_id, turns.status), \nmessage AS \n(INSERT INTO messages (id, conversation_id, role, author_id, author_name, text, platform_message_id, tokens, status, audio, created_at) SELECT turn.user_message_id AS user_message_id, turn.conversation_id AS conversation_id, $15::VARCHAR AS anon_11, $16::VARCHAR AS anon_12, $17::VARCHAR AS anon_13, $18::VARCHAR AS anon_14, $19::VARCHAR AS anon_15, $20::INTEGER AS anon_16, $21::VARCHAR AS anon_17, $22::VARCHAR AS anon_18, $23::TIMESTAMP WITH TIME ZONE AS anon_19 \nFROM turn RETURNING messages.id)\n SELECT ids.conversation_id, turn.id, message.id AS id_1, turn.status \nFROM ids LEFT OUTER JOIN turn ON true LEFT OUTER JOIN message ON true",
+        (
+            "k_platform",
+            "k_workspace",
+            "k_channel",
+            "k_thread",
+            ("messages",),
+            ("id",),
+            "t_platform",
+            "t_message_key",
+            "t_user_id",
+            "t_is_channel_admin",
+            "t_reply_target",
+            "t_created_at",
+            "b_holder",
+            "b_alive_until",
             "m_role",
             "m_author_id",
             "m_author_name",

@@ -195,6 +195,7 @@ _SHARED: dict[str, HotStatement] = {
     "renew_claims": HotStatement(_RENEW_CLAIMS_ARRAY, None, (POSTGRESQL,)),
     "messages_by_ids": HotStatement(_MESSAGES_BY_ID_ARRAY, None, (POSTGRESQL,)),
     "accept": HotStatement(_pg_accept_statement(), None, (POSTGRESQL,)),
+    "accept_claimed": HotStatement(_pg_accept_statement(claiming=True), None, (POSTGRESQL,)),
     "answer": HotStatement(_answer_statement(_FINISH_TURN), None, (POSTGRESQL,)),
     "answer_with_usage": HotStatement(
         _answer_statement(_FINISH_TURN, with_usage=True), None, (POSTGRESQL,)

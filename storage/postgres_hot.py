@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Collection, Iterator
 from datetime import datetime
@@ -219,10 +220,18 @@ class PostgresHotPath:
     # --- turns -----------------------------------------------------------------------
 
     async def accept(
-        self, message: IncomingMessage, *, text: str, tokens: int, spoken: bool = False
+        self,
+        message: IncomingMessage,
+        *,
+        text: str,
+        tokens: int,
+        claim: Claim | None = None,
+        spoken: bool = False,
     ) -> AcceptedTurn | None:
         """One round trip for a message in a known conversation, three for the first
-        message of a new one."""
+        message of a new one. With `claim`, the turn is claimed in the same statement
+        when nothing of its conversation is pending or running (see
+        `turns._pg_accept_statement`): no statement of its own for the usual claim."""
         now = hot_rows.utcnow()
         key = hot_rows.key_values(message.conversation)
         stored = hot_rows.user_message_values(message, text=text, tokens=tokens, now=now)
@@ -234,11 +243,23 @@ class PostgresHotPath:
             },
             **{f"m_{name}": value for name, value in stored.items()},
         }
+        if spoken:
+            claim = None  # a realtime voice session answers it; no worker claims it
+        if claim is not None:
+            values.update({"b_holder": claim.holder, "b_alive_until": claim.alive_until})
         for attempt in range(3):
             try:
-                conversation_id, turn_id, message_id = await self._fetchrow(
-                    "accept", values, accepting=True
+                conversation_id, turn_id, message_id, status = await self._fetchrow(
+                    "accept" if claim is None else "accept_claimed", values, accepting=True
                 )
+            except asyncpg.UniqueViolationError:
+                if claim is None:
+                    raise
+                # Another process claimed a turn of this conversation at the same
+                # moment (`uq_turns_one_running`): nothing was written; accepted
+                # without the claim, the turn waits for that one, as any other.
+                claim = None
+                continue
             except asyncpg.IntegrityConstraintViolationError:
                 # The purge deleted the (empty) conversation as the message came in;
                 # nothing was written, so taking it again is safe.
@@ -269,8 +290,28 @@ class PostgresHotPath:
                     )
                 ]
             )
+            claimed = None
+            if status == "running":
+                assert claim is not None
+                claimed = PendingTurn(
+                    turn_id=turn_id,
+                    conversation_id=conversation_id,
+                    user_message_id=message_id,
+                    platform=message.platform,
+                    conversation=message.conversation,
+                    reply_target=json.loads(values["t_reply_target"]),
+                    reply_ref=None,
+                    created_at=now,
+                    user_id=message.user_id,
+                    is_channel_admin=message.is_channel_admin,
+                    claims=1,
+                    has_audio=stored["audio"] is not None,
+                )
             return AcceptedTurn(
-                turn_id=turn_id, conversation_id=conversation_id, user_message_id=message_id
+                turn_id=turn_id,
+                conversation_id=conversation_id,
+                user_message_id=message_id,
+                claimed=claimed,
             )
         raise LookupError("the conversation of an incoming message could not be created")
 

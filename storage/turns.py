@@ -16,8 +16,10 @@ from sqlalchemy import (
     Integer,
     String,
     bindparam,
+    case,
     exists,
     func,
+    literal_column,
     null,
     or_,
     select,
@@ -241,7 +243,7 @@ _MESSAGE_FIELDS = (
 )
 
 
-def _pg_accept_statement() -> Any:
+def _pg_accept_statement(*, claiming: bool = False) -> Any:
     """Accept a message in one statement (PostgreSQL), for a conversation that exists.
 
     The message id is drawn from its sequence first, so the turn (the dedupe claim)
@@ -249,7 +251,15 @@ def _pg_accept_statement() -> Any:
     so a duplicate delivery writes nothing. Foreign keys are checked at the end of
     the statement, when both rows are there. Returns one row: the conversation id
     (None: no such conversation yet), then the turn and message ids (None: a
-    duplicate).
+    duplicate), then the turn's status.
+
+    `claiming`: the turn is inserted already claimed (running, held by `b_holder`
+    until `b_alive_until`) when no turn of the conversation is pending or running,
+    the case where the claim would take exactly this turn; else it is pending, as
+    without. That saves the claim's own statement (and its commit) on nearly every
+    turn. Two processes doing so at once for one conversation cannot both succeed:
+    `uq_turns_one_running` fails the second statement whole (nothing written), and
+    its caller accepts again without claiming.
     """
     conversation = (
         select(_c.id)
@@ -263,16 +273,35 @@ def _pg_accept_statement() -> Any:
     )
     message_id = func.nextval(func.pg_get_serial_sequence("messages", "id"))
     ids = select(conversation.label("conversation_id"), message_id.label("message_id")).cte("ids")
-    turn_row = select(
-        *(bindparam(f"t_{name}", type_=TURNS.c[name].type) for name in _TURN_FIELDS),
-        ids.c.conversation_id,
-        ids.c.message_id,
-    ).where(ids.c.conversation_id.is_not(None))
+    fields: list[Any] = [bindparam(f"t_{name}", type_=TURNS.c[name].type) for name in _TURN_FIELDS]
+    columns = list(_TURN_FIELDS)
+    source: Any = ids
+    if claiming:
+        # The statuses as literals, one lookup each, so each can use its partial
+        # index (`ix_turns_pending`, `uq_turns_one_running`).
+        others = TURNS.alias("others")
+        free = ~exists().where(
+            others.c.conversation_id == ids.c.conversation_id, others.c.status == _PENDING
+        ) & ~exists().where(
+            others.c.conversation_id == ids.c.conversation_id, others.c.status == _RUNNING
+        )
+        source = select(ids.c.conversation_id, ids.c.message_id, free.label("free")).cte(
+            "claimable"
+        )
+        fields[_TURN_FIELDS.index("status")] = case((source.c.free, _RUNNING), else_=_PENDING)
+        fields[_TURN_FIELDS.index("claims")] = case(
+            (source.c.free, literal_column("1", Integer())), else_=literal_column("0", Integer())
+        )
+        fields += [case((source.c.free, _HOLDER)), case((source.c.free, _ALIVE_UNTIL))]
+        columns += ["claimed_by", "alive_until"]
+    turn_row = select(*fields, source.c.conversation_id, source.c.message_id).where(
+        source.c.conversation_id.is_not(None)
+    )
     turn = (
         postgresql.insert(TURNS)
-        .from_select([*_TURN_FIELDS, "conversation_id", "user_message_id"], turn_row)
+        .from_select([*columns, "conversation_id", "user_message_id"], turn_row)
         .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
-        .returning(_t.id, _t.conversation_id, _t.user_message_id)
+        .returning(_t.id, _t.conversation_id, _t.user_message_id, _t.status)
         .cte("turn")
     )
     message_row = select(
@@ -287,7 +316,7 @@ def _pg_accept_statement() -> Any:
         .cte("message")
     )
     return (
-        select(ids.c.conversation_id, turn.c.id, message.c.id)
+        select(ids.c.conversation_id, turn.c.id, message.c.id, turn.c.status)
         .select_from(ids)
         .outerjoin(turn, true())
         .outerjoin(message, true())
@@ -341,9 +370,9 @@ class SqlTurnStore(StoreBase):
                 message, text=text, tokens=tokens, claim=claim, spoken=spoken
             )
         if self._pg_hot is not None:
-            # The claim is left to the caller's next step: on PostgreSQL it is a round
-            # trip of its own, and the platform is waiting for this one to acknowledge.
-            return await self._pg_hot.accept(message, text=text, tokens=tokens, spoken=spoken)
+            return await self._pg_hot.accept(
+                message, text=text, tokens=tokens, claim=claim, spoken=spoken
+            )
         # Here only for SQLite in memory (a file or PostgreSQL take the hot paths above).
         now = utcnow()
         conversation_key = message.conversation

@@ -58,3 +58,28 @@ def test_skipped_images_are_named_with_the_reason() -> None:
         )
         == "[Attached: a.png (image/png), b.png (image/png, not shown: too large), r.pdf (application/pdf)]"
     )
+
+
+def test_images_of_one_turn_stay_out_of_the_next_turns_prompt() -> None:
+    # Stores keep a conversation's messages between turns, and each message's prompt
+    # entry is built once with it: one turn's images must not stick to it.
+    history = [StoredMessage(id=1, role="user", author_id="U1", author_name="Ada",
+                             text="look", tokens=1)]  # fmt: skip
+    image = Attachment(name="a.png", content_type="image/png", url=PRIVATE, data=b"\x89PNG")
+
+    def prompt(*images: Attachment) -> list[dict[str, object]]:
+        return build_prompt(
+            instructions="Be brief.",
+            instructions_role="system",
+            instructions_tokens=3,
+            history=history,
+            budget_tokens=100_000,
+            images=images,
+        ).messages
+
+    with_image = prompt(image)
+    later = prompt()
+
+    assert isinstance(with_image[-1]["content"], list)
+    assert later[-1] == {"role": "user", "content": "look"}
+    assert history[0].prompt_entry == {"role": "user", "content": "look"}

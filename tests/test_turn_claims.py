@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.ports import PendingTurn, UsageRecord
+from botservice.core.ports import Claim, PendingTurn, UsageRecord
 from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
 from botservice.storage.tables import USAGE
@@ -328,3 +328,72 @@ async def test_accepting_a_message_does_not_wait_for_a_lock_on_its_conversation(
         await transaction.rollback()
     finally:
         await blocker.close()
+
+
+async def test_a_message_in_a_quiet_conversation_is_claimed_as_it_is_accepted(
+    make_store: StoreFactory,
+) -> None:
+    here, elsewhere = await make_store(), await make_store()
+    chat = Chat()
+    alive = datetime.now(UTC) + timedelta(minutes=1)
+    first = chat.message("first", thread="T1")
+    accepted = await here.accept(first, text=first.text, tokens=1, claim=Claim("here", alive))
+    assert accepted is not None and accepted.claimed is not None
+    assert accepted.claimed.turn_id == accepted.turn_id
+    assert accepted.claimed.claims == 1
+    assert accepted.claimed.reply_target == first.reply_target
+    conversation = accepted.conversation_id
+    # Running, held by `here`: no one else takes it.
+    assert await elsewhere.claim_next_turn(conversation, holder="there", alive_until=alive) is None
+
+    # With a turn running, the next message waits for it, in order.
+    second = chat.message("second", thread="T1")
+    queued = await elsewhere.accept(second, text=second.text, tokens=1, claim=Claim("there", alive))
+    assert queued is not None and queued.claimed is None
+    assert await here.renew_claims("here", [accepted.turn_id], alive_until=alive) == 1
+    assert await here.fail_turn(accepted.turn_id, holder="here")
+    following = await elsewhere.claim_next_turn(conversation, holder="there", alive_until=alive)
+    assert following is not None and following.turn_id == queued.turn_id
+
+
+async def test_a_claim_taken_elsewhere_as_a_message_comes_in_leaves_its_turn_waiting(
+    store: SqlStore, database_url: str
+) -> None:
+    """Accepting claims a quiet conversation's turn in the same statement; another
+    process claiming one of its turns at that moment wins, and the message is still
+    accepted, once, its turn waiting for that one."""
+    chat = Chat()
+    alive = datetime.now(UTC) + timedelta(minutes=1)
+    earlier = chat.message("earlier")
+    done = await store.accept(earlier, text=earlier.text, tokens=1)
+    assert done is not None
+    assert await store.fail_turn(done.turn_id, holder=None)
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    elsewhere = await asyncpg.connect(dsn)
+    try:
+        transaction = elsewhere.transaction()
+        await transaction.start()
+        # Another process's claim, not committed yet: invisible to the accept, whose
+        # own claim then waits on `uq_turns_one_running` and fails when this commits.
+        await elsewhere.execute(
+            "UPDATE turns SET status = 'running', claimed_by = 'elsewhere' WHERE id = $1",
+            done.turn_id,
+        )
+        message = chat.message("now")
+        accepting = asyncio.ensure_future(
+            store.accept(message, text=message.text, tokens=1, claim=Claim("here", alive))
+        )
+        await asyncio.sleep(0.3)
+        await transaction.commit()
+        async with asyncio.timeout(5):
+            accepted = await accepting
+    finally:
+        await elsewhere.close()
+    assert accepted is not None and accepted.claimed is None
+    conversation = accepted.conversation_id
+    assert await store.claim_next_turn(conversation, holder="here", alive_until=alive) is None
+    assert await store.fail_turn(done.turn_id, holder="elsewhere")
+    taken = await store.claim_next_turn(conversation, holder="here", alive_until=alive)
+    assert taken is not None and taken.turn_id == accepted.turn_id
+    history = await store.history(conversation, up_to_message_id=10**9, limit=10)
+    assert [m.text for m in history] == ["earlier", "now"]

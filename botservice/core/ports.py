@@ -343,6 +343,27 @@ class StoredMessage:
     reply_to_id: int | None = None
     status: MessageStatus = "complete"
     created_at: datetime | None = None
+    # The message as the prompt sends it (plain, and with its speaker named for a thread
+    # several people share), built once: stores keep a conversation's messages between
+    # turns, so a long thread's prompt does not rebuild 200 of them every turn. Shared
+    # by every prompt that holds the message: never mutated.
+    prompt_entry: dict[str, Any] = dataclasses.field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    named_prompt_entry: dict[str, Any] = dataclasses.field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        entry = {"role": self.role, "content": self.text}
+        named = (
+            {"role": self.role, "content": f"{self.author_name}: {self.text}"}
+            if self.role == "user"
+            else entry
+        )
+        # A frozen dataclass sets its derived fields through object.__setattr__.
+        object.__setattr__(self, "prompt_entry", entry)
+        object.__setattr__(self, "named_prompt_entry", named)
 
 
 @dataclass(frozen=True, slots=True)

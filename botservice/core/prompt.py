@@ -53,48 +53,77 @@ def build_prompt(
     or left out with it. `reasoning`: the items a round of this turn came with, by
     (message id, round) (see `REASONING_ITEMS`).
     """
-    history = _answered_questions_only(history)
     rounds = tool_calls or {}
     images = [image for image in images if image.shown_to_model]
-    image_cost = IMAGE_TOKENS * len(images)
-    used = instructions_tokens + MESSAGE_OVERHEAD_TOKENS + image_cost
+    used = instructions_tokens + MESSAGE_OVERHEAD_TOKENS + IMAGE_TOKENS * len(images)
+    # A long thread's 200 messages are walked every turn: one walk, newest first, does
+    # the budget, the answers without their question and the speakers, and each
+    # message's prompt entry was built once with it (`StoredMessage.prompt_entry`).
+    questions = {message.id for message in history if message.role == "user"}
     kept: list[StoredMessage] = []
-    for message in reversed(history):
-        cost = message.tokens + MESSAGE_OVERHEAD_TOKENS
-        if rounds and message.id in rounds:
-            cost += tool_rounds_tokens(rounds[message.id])
+    speakers: set[str] = set()
+    for position in range(len(history) - 1, -1, -1):
+        message = history[position]
+        if message.role == "user":
+            cost = message.tokens + MESSAGE_OVERHEAD_TOKENS
+            if rounds and message.id in rounds:
+                cost += tool_rounds_tokens(rounds[message.id])
+        elif message.role == "assistant" and message.reply_to_id not in questions:
+            # An answer whose question is gone (forgotten, deleted on the platform,
+            # expired before its answer, or outside the window): it may repeat what was
+            # forgotten, and would sit beside another answer with no question between.
+            continue
+        else:
+            cost = message.tokens + MESSAGE_OVERHEAD_TOKENS
         if kept and used + cost > budget_tokens:
             break
         kept.append(message)
+        if message.role == "user":
+            speakers.add(message.author_id)
         used += cost
-    kept.reverse()
+    else:
+        position = -1
+    left_out = sum(
+        1
+        for message in history[: position + 1]
+        if message.role != "assistant" or message.reply_to_id in questions
+    )
 
     # Name the speakers only when several people share the thread, so the
     # model can tell them apart; a one-person thread stays unprefixed.
-    speakers = {message.author_id for message in kept if message.role == "user"}
     name_speakers = len(speakers) > 1
 
     messages: list[dict[str, Any]] = [{"role": instructions_role, "content": instructions}]
     last_question = 0
-    for message in kept:
-        content = message.text
-        if message.role == "user" and name_speakers:
-            content = f"{message.author_name}: {content}"
-        if message.role == "assistant" and messages[-1]["role"] == "assistant":
+    previous_role: str = instructions_role
+    for message in reversed(kept):
+        role = message.role
+        entry = message.named_prompt_entry if name_speakers else message.prompt_entry
+        if role == "assistant" and previous_role == "assistant":
             # Two answers to one question (a turn answered twice): the later one stands.
-            messages[-1] = {"role": message.role, "content": content}
+            messages[-1] = entry
             continue
-        messages.append({"role": message.role, "content": content})
-        if message.role == "user":
+        messages.append(entry)
+        previous_role = role
+        if role == "user":
             last_question = len(messages) - 1
             if rounds and message.id in rounds:
                 messages += tool_round_messages(rounds[message.id], reasoning)
+                previous_role = messages[-1]["role"]
     if images and kept:
-        messages[last_question]["content"] = [
-            {"type": "text", "text": messages[last_question]["content"]},
+        messages[last_question] = _with_image_parts(messages[last_question], images)
+    return Prompt(messages=messages, left_out=left_out, tokens=used)
+
+
+def _with_image_parts(entry: dict[str, Any], images: Sequence[Attachment]) -> dict[str, Any]:
+    # A new dict: the entry is the stored message's own, shared between turns.
+    return {
+        **entry,
+        "content": [
+            {"type": "text", "text": entry["content"]},
             *(_image_part(image) for image in images),
-        ]
-    return Prompt(messages=messages, left_out=len(history) - len(kept), tokens=used)
+        ],
+    }
 
 
 # What the model is told of a call that has no result (its turn stopped midway).
@@ -155,15 +184,6 @@ def replayed_arguments(call: StoredToolCall) -> str:
     except ValueError:
         return "{}"
     return call.arguments if isinstance(parsed, dict) and call.arguments else "{}"
-
-
-def _answered_questions_only(history: Sequence[StoredMessage]) -> list[StoredMessage]:
-    """History without answers whose question is gone (forgotten, deleted on the
-    platform, expired before its answer, or outside the window): such an answer may
-    repeat what was forgotten, and would sit beside another answer with no question
-    between them."""
-    questions = {message.id for message in history if message.role == "user"}
-    return [m for m in history if m.role != "assistant" or m.reply_to_id in questions]
 
 
 def _image_part(image: Attachment) -> dict[str, Any]:
