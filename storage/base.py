@@ -231,6 +231,9 @@ class StoreBase:
             if self._worker is not None
             else None
         )
+        # The driver-level path the turn's statements take (SQLite in memory has none:
+        # it runs them through SQLAlchemy on its one connection).
+        self._hot: SqliteHotPath | PostgresHotPath | None = self._sqlite_hot or self._pg_hot
 
     @classmethod
     async def open(

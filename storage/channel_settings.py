@@ -45,10 +45,8 @@ class SqlChannelSettingsStore(StoreBase):
     async def channel_settings(
         self, platform: str, workspace: str, channel: str
     ) -> ChannelSettings:
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.channel_settings(platform, workspace, channel)
-        if self._pg_hot is not None:
-            return await self._pg_hot.channel_settings(platform, workspace, channel)
+        if self._hot is not None:
+            return await self._hot.channel_settings(platform, workspace, channel)
         key = (platform, workspace, channel)
         if (cached := self._settings_cache.get(key)) is not None:
             return cached

@@ -89,12 +89,8 @@ class SqlHistoryStore(StoreBase):
     ) -> list[StoredMessage]:
         if limit <= 0:
             return []
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.history(
-                conversation_id, up_to_message_id=up_to_message_id, limit=limit
-            )
-        if self._pg_hot is not None:
-            return await self._pg_hot.history(
+        if self._hot is not None:
+            return await self._hot.history(
                 conversation_id, up_to_message_id=up_to_message_id, limit=limit
             )
         parameters = {

@@ -437,10 +437,8 @@ class SqlTurnStore(StoreBase):
         key: ConversationKey | None = None,
     ) -> PendingTurn | None:
         claim = Claim(holder=holder, alive_until=alive_until)
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.claim_next_turn(conversation_id, claim, key)
-        if self._pg_hot is not None:
-            return await self._pg_hot.claim_next_turn(conversation_id, claim, key)
+        if self._hot is not None:
+            return await self._hot.claim_next_turn(conversation_id, claim, key)
 
         def work(connection: Connection) -> PendingTurn | None:
             return _claim_in(connection, conversation_id, claim, key)
@@ -455,10 +453,8 @@ class SqlTurnStore(StoreBase):
     ) -> int:
         if not turn_ids:
             return 0
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.renew_claims(holder, turn_ids, alive_until=alive_until)
-        if self._pg_hot is not None:
-            return await self._pg_hot.renew_claims(holder, turn_ids, alive_until=alive_until)
+        if self._hot is not None:
+            return await self._hot.renew_claims(holder, turn_ids, alive_until=alive_until)
         parameters = {
             "b_holder": holder,
             "b_turn_ids": list(turn_ids),
@@ -547,10 +543,8 @@ class SqlTurnStore(StoreBase):
         return await self._write_one(work)
 
     async def set_reply_ref(self, turn_id: int, reply_ref: str) -> None:
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.set_reply_ref(turn_id, reply_ref)
-        if self._pg_hot is not None:
-            return await self._pg_hot.set_reply_ref(turn_id, reply_ref)
+        if self._hot is not None:
+            return await self._hot.set_reply_ref(turn_id, reply_ref)
 
         def work(connection: Connection) -> None:
             connection.execute(_SET_REPLY_REF, {"b_turn_id": turn_id, "b_reply_ref": reply_ref})
@@ -570,21 +564,8 @@ class SqlTurnStore(StoreBase):
         reply_ref: str | None = None,
         ledger: UsageRecord | None = None,
     ) -> int | None:
-        if self._sqlite_hot is not None:
-            saved, _ = await self._sqlite_hot.store_answer(
-                turn_id,
-                holder=holder,
-                text=text,
-                tokens=tokens,
-                usage=usage,
-                status=status,
-                model=model,
-                reply_ref=reply_ref,
-                ledger=ledger,
-            )
-            return saved
-        if self._pg_hot is not None:
-            saved, _ = await self._pg_hot.store_answer(
+        if self._hot is not None:
+            saved, _ = await self._hot.store_answer(
                 turn_id,
                 holder=holder,
                 text=text,
@@ -638,21 +619,8 @@ class SqlTurnStore(StoreBase):
         reply_ref: str | None = None,
         ledger: UsageRecord | None = None,
     ) -> tuple[int | None, PendingTurn | None]:
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.store_answer(
-                turn_id,
-                holder=claim.holder,
-                text=text,
-                tokens=tokens,
-                usage=usage,
-                status=status,
-                model=model,
-                reply_ref=reply_ref,
-                ledger=ledger,
-                claim_next=(claim, conversation_id, key),
-            )
-        if self._pg_hot is not None:
-            return await self._pg_hot.store_answer(
+        if self._hot is not None:
+            return await self._hot.store_answer(
                 turn_id,
                 holder=claim.holder,
                 text=text,
@@ -675,10 +643,8 @@ class SqlTurnStore(StoreBase):
         return await self._write(work)
 
     async def fail_turn(self, turn_id: int, *, holder: str | None = None) -> bool:
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.fail_turn(turn_id, holder=holder)
-        if self._pg_hot is not None:
-            return await self._pg_hot.fail_turn(turn_id, holder=holder)
+        if self._hot is not None:
+            return await self._hot.fail_turn(turn_id, holder=holder)
         now = utcnow()
         statement = _FINISH_TURN if holder is None else _FINISH_HELD_TURN
         parameters = {
