@@ -5,6 +5,7 @@ seam, spoken answers, and voice messages transcribed by the fake model server.""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -42,19 +43,29 @@ async def voice_guild(
     voice_options: dict[str, Any],
 ) -> AsyncIterator[Guild]:
     configured = with_voice(discord_settings(discord_server, settings), **voice_options)
+    async with running_voice_guild(discord_server, fake_model, configured, sqlite_store) as guild:
+        yield guild
+
+
+@asynccontextmanager
+async def running_voice_guild(
+    server: FakeDiscordServer,
+    model_server: FakeModelServer,
+    configured: Settings,
+    store: Any,
+    **core_options: Any,
+) -> AsyncIterator[Guild]:
+    """The bot on `store`: its core (`core_options`: usage, tool sources) and Discord
+    adapter, joining voice through fake connections; stopped and drained on exit."""
     model = OpenAIChatClient(configured.model)
-    core = ConversationCore(settings=configured, store=sqlite_store, model=model)
+    core = ConversationCore(settings=configured, store=store, model=model, **core_options)
     adapter = create_adapter(
-        configured,
-        core,
-        sqlite_store,
-        guild_ready_timeout=0.05,
-        voice_connect_cls=FakeVoiceConnection,
+        configured, core, store, guild_ready_timeout=0.05, voice_connect_cls=FakeVoiceConnection
     )
     FakeVoiceConnection.made.clear()
     await adapter.start()
     try:
-        yield Guild(discord_server, fake_model, core, adapter)
+        yield Guild(server, model_server, core, adapter)
     finally:
         await core.drain()
         await adapter.stop()

@@ -13,24 +13,20 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from botservice.adapters.discord import create_adapter
 from botservice.adapters.discord.voice.connection import (
     OPT_OUT_REFRESH_SECONDS,
     OPTED_IN,
     OPTED_OUT,
     OPTED_OUT_UNSTORED,
 )
-from botservice.core.conversation import ConversationCore
 from botservice.core.settings import Settings
-from botservice.model.client import OpenAIChatClient
 from botservice.storage.engine import create_engine
 from botservice.storage.repository import SqlStore
 from tests.db import StoreFactory
 from tests.discord.conftest import Guild, discord_settings
-from tests.discord.test_voice import joined, voice_command, with_voice
+from tests.discord.test_voice import joined, running_voice_guild, voice_command, with_voice
 from tests.discord.test_voice_listen import QUESTION, Room, listening
 from tests.fakes.discord_server import FakeDiscordServer
-from tests.fakes.discord_voice import FakeVoiceConnection
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.voice.spoken_audio import silence, spoken
@@ -42,19 +38,8 @@ async def bot_process(
 ) -> AsyncIterator[Guild]:
     """One run of the bot: its own store (on the shared database), core and adapter."""
     configured = with_voice(discord_settings(server, settings), listen_pause_seconds=0.4)
-    model = OpenAIChatClient(configured.model)
-    core = ConversationCore(settings=configured, store=store, model=model)
-    adapter = create_adapter(
-        configured, core, store, guild_ready_timeout=0.05, voice_connect_cls=FakeVoiceConnection
-    )
-    FakeVoiceConnection.made.clear()
-    await adapter.start()
-    try:
-        yield Guild(server, model_server, core, adapter)
-    finally:
-        await core.drain()
-        await adapter.stop()
-        await model.aclose()
+    async with running_voice_guild(server, model_server, configured, store) as guild:
+        yield guild
 
 
 async def bob_speaks_while_listened_to(guild: Guild) -> tuple[Room, int]:

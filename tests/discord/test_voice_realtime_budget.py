@@ -17,20 +17,16 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
-from botservice.adapters.discord import create_adapter
-from botservice.core.conversation import ConversationCore
 from botservice.core.settings import Settings
-from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
 from botservice.storage.tables import MESSAGES
 from botservice.storage.usage_ledger import SqlUsage
 from tests.db import incoming
 from tests.discord.conftest import Guild, discord_settings
-from tests.discord.test_voice import joined, voice_command, with_voice
+from tests.discord.test_voice import joined, running_voice_guild, voice_command, with_voice
 from tests.discord.test_voice_listen import QUESTION, Room, listening, stored_texts
 from tests.discord.test_voice_realtime_mode import fake_realtime  # noqa: F401
 from tests.fakes.discord_server import FakeDiscordServer
-from tests.fakes.discord_voice import FakeVoiceConnection
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.realtime_server import FakeRealtimeServer, Speak
 from tests.voice.spoken_audio import spoken
@@ -63,19 +59,10 @@ async def voice_guild(
     configured = configured.model_copy(
         update={"limits": configured.limits.model_copy(update=limits)}
     )
-    model = OpenAIChatClient(configured.model)
-    core = ConversationCore(settings=configured, store=store, model=model, usage=SqlUsage(store))
-    adapter = create_adapter(
-        configured, core, store, guild_ready_timeout=0.05, voice_connect_cls=FakeVoiceConnection
-    )
-    FakeVoiceConnection.made.clear()
-    await adapter.start()
-    try:
-        yield Guild(discord_server, fake_model, core, adapter)
-    finally:
-        await core.drain()
-        await adapter.stop()
-        await model.aclose()
+    async with running_voice_guild(
+        discord_server, fake_model, configured, store, usage=SqlUsage(store)
+    ) as guild:
+        yield guild
 
 
 @pytest_asyncio.fixture

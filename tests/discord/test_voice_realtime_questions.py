@@ -13,19 +13,17 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
-from botservice.adapters.discord import create_adapter
 from botservice.adapters.discord.confirmation import EXPIRED, EXPIRED_OUTCOME
 from botservice.adapters.discord.confirmation_buttons import confirmation_view, prompt_text
 from botservice.core.conversation import ConversationCore
 from botservice.core.settings import Settings
 from botservice.core.tools import SESSION_ENDED, ConfirmationRequest
-from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
 from botservice.storage.tables import SETTING_CHANGES
 from botservice.storage.tool_rounds import TOOL_CONFIRMATIONS
 from tests.db import incoming
 from tests.discord.conftest import Guild, discord_settings
-from tests.discord.test_voice import joined, voice_command, with_voice
+from tests.discord.test_voice import joined, running_voice_guild, voice_command, with_voice
 from tests.discord.test_voice_listen import Room
 from tests.discord.test_voice_realtime_mode import fake_realtime  # noqa: F401
 from tests.discord.test_voice_realtime_tools import (
@@ -34,7 +32,6 @@ from tests.discord.test_voice_realtime_tools import (
     _outputs,
 )
 from tests.fakes.discord_server import FakeDiscordServer
-from tests.fakes.discord_voice import FakeVoiceConnection
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.realtime_server import FakeRealtimeServer
 from tests.remote_tool import RemoteTools, jira_tools
@@ -69,19 +66,10 @@ async def voice_guild(
         value="+jira__*",
         changed_by=discord_server.alice.id,
     )
-    model = OpenAIChatClient(configured.model)
-    core = ConversationCore(settings=configured, store=store, model=model, tool_sources=[jira])
-    adapter = create_adapter(
-        configured, core, store, guild_ready_timeout=0.05, voice_connect_cls=FakeVoiceConnection
-    )
-    FakeVoiceConnection.made.clear()
-    await adapter.start()
-    try:
-        yield Guild(discord_server, fake_model, core, adapter)
-    finally:
-        await core.drain()
-        await adapter.stop()
-        await model.aclose()
+    async with running_voice_guild(
+        discord_server, fake_model, configured, store, tool_sources=[jira]
+    ) as guild:
+        yield guild
 
 
 @pytest_asyncio.fixture

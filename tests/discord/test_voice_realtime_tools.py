@@ -15,20 +15,16 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import select
 
-from botservice.adapters.discord import create_adapter
-from botservice.core.conversation import ConversationCore
 from botservice.core.settings import Settings
 from botservice.core.tool_rounds import DECLINED, DECLINED_SILENCE
-from botservice.model.client import OpenAIChatClient
 from botservice.storage.repository import SqlStore
 from botservice.storage.tables import SETTING_CHANGES, TURNS, USAGE
 from botservice.storage.usage_ledger import SqlUsage
 from tests.discord.conftest import Guild, discord_settings
-from tests.discord.test_voice import joined, with_voice
+from tests.discord.test_voice import joined, running_voice_guild, with_voice
 from tests.discord.test_voice_listen import QUESTION, Room, listening, stored_texts
 from tests.discord.test_voice_realtime_mode import fake_realtime  # noqa: F401
 from tests.fakes.discord_server import FakeDiscordServer
-from tests.fakes.discord_voice import FakeVoiceConnection
 from tests.fakes.model_server import FakeModelServer
 from tests.fakes.realtime_server import CallTool, FakeRealtimeServer, Speak
 from tests.remote_tool import RemoteTools, jira_tools
@@ -80,29 +76,15 @@ async def voice_guild(
         value="+jira__*",
         changed_by=discord_server.alice.id,
     )
-    model = OpenAIChatClient(configured.model)
-    core = ConversationCore(
-        settings=configured,
-        store=sqlite_store,
-        model=model,
+    async with running_voice_guild(
+        discord_server,
+        fake_model,
+        configured,
+        sqlite_store,
         usage=SqlUsage(sqlite_store),
         tool_sources=[jira],
-    )
-    adapter = create_adapter(
-        configured,
-        core,
-        sqlite_store,
-        guild_ready_timeout=0.05,
-        voice_connect_cls=FakeVoiceConnection,
-    )
-    FakeVoiceConnection.made.clear()
-    await adapter.start()
-    try:
-        yield Guild(discord_server, fake_model, core, adapter)
-    finally:
-        await core.drain()
-        await adapter.stop()
-        await model.aclose()
+    ) as guild:
+        yield guild
 
 
 @pytest_asyncio.fixture
