@@ -48,12 +48,13 @@ from botservice.storage.engine import (
     create_engine,
     is_sqlite,
     sibling_engine,
+    sqlite_file,
     sqlite_thread_engine,
 )
 from botservice.storage.migrate import upgrade
 from botservice.storage.postgres_hot import PostgresHotPath
 from botservice.storage.sqlite_hot import SqliteHotPath
-from botservice.storage.sqlite_worker import SqliteWorker
+from botservice.storage.sqlite_worker import SqliteFileParts
 from botservice.storage.tables import (
     CHANNEL_SETTINGS,
     CONVERSATIONS,
@@ -163,10 +164,17 @@ class StoreBase:
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, owns_engine: bool = True, concurrency: int | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        owns_engine: bool = True,
+        concurrency: int | None = None,
+        sqlite_parts: SqliteFileParts | None = None,
     ) -> None:
         """`concurrency`: how many turns may use the database at once (the hot path's
-        PostgreSQL pool); the engine's pool size when not given."""
+        PostgreSQL pool); the engine's pool size when not given. `sqlite_parts`: the
+        worker and hot path of a SQLite file, when they were opened before this store
+        (botservice.storage.sqlite_file); the store owns them from here on."""
         self._engine = engine
         self._owns_engine = owns_engine
         self._claimed_by = f"{socket.gethostname()}:{os.getpid()}"
@@ -218,18 +226,14 @@ class StoreBase:
         self._home_loop: asyncio.AbstractEventLoop | None = _running_loop()
         self._elsewhere: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
         self._elsewhere_autocommit: dict[asyncio.AbstractEventLoop, AsyncEngine] = {}
-        thread_engine = sqlite_thread_engine(engine)
-        self._worker = SqliteWorker(thread_engine) if thread_engine is not None else None
         # A SQLite file: the turn's statements run on the event loop (sqlite_hot), the
         # worker taking over when another connection holds the write lock.
-        self._sqlite_hot = (
-            SqliteHotPath(
-                str(engine.url.database),
-                on_thread=self._worker.write_raw,
-                checkpoint=self._worker.checkpoint_soon,
-            )
-            if self._worker is not None
-            else None
+        path = sqlite_file(engine)
+        if sqlite_parts is None and path is not None:
+            sqlite_parts = SqliteFileParts.open(path, lambda: sqlite_thread_engine(engine))
+        self._worker = sqlite_parts.worker if sqlite_parts is not None else None
+        self._sqlite_hot: SqliteHotPath | None = (
+            sqlite_parts.hot if sqlite_parts is not None else None
         )
         # The driver-level path the turn's statements take (SQLite in memory has none:
         # it runs them through SQLAlchemy on its one connection).
@@ -362,6 +366,8 @@ class StoreBase:
                 return await connection.run_sync(work)
 
     async def ping(self) -> bool:
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.ping()
         try:
             await self._read(lambda connection: connection.execute(_PING).scalar())
         except StoreUnavailable:

@@ -134,6 +134,18 @@ SQLITE: dict[str, Statement] = {
         "SELECT messages.id, messages.role, messages.author_id, messages.author_name, messages.text, messages.tokens, messages.reply_to_id, messages.status, messages.created_at \nFROM messages \nWHERE messages.conversation_id = ? AND messages.id > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = ?), ?) ORDER BY messages.id DESC\n LIMIT ? OFFSET ?",
         ("conversation_id", "conversation_id", (0,), "limit", (0,)),
     ),
+    "release_all": Statement(
+        "UPDATE turns SET status=?, alive_until=? WHERE turns.status = ? RETURNING conversation_id",
+        (("pending",), (None,), ("running",)),
+    ),
+    "release_held": Statement(
+        "UPDATE turns SET status=?, alive_until=? WHERE turns.status = ? AND turns.claimed_by = ? RETURNING conversation_id",
+        (("pending",), (None,), ("running",), "b_holder"),
+    ),
+    "release_stale": Statement(
+        "UPDATE turns SET status=?, alive_until=? WHERE turns.status = ? AND turns.alive_until < ? RETURNING conversation_id",
+        (("pending",), (None,), ("running",), "b_now"),
+    ),
     "renew_claim": Statement(
         "UPDATE turns SET alive_until=? WHERE turns.id = ? AND turns.claimed_by = ? AND turns.status = ?",
         ("b_alive_until", "b_turn_id", "b_holder", ("running",)),
@@ -144,6 +156,14 @@ SQLITE: dict[str, Statement] = {
     ),
     "set_reply_ref": Statement(
         "UPDATE turns SET reply_ref=? WHERE turns.id = ?", ("b_reply_ref", "b_turn_id")
+    ),
+    "tool_calls_for": Statement(
+        "SELECT tool_calls.user_message_id, tool_calls.round, tool_calls.position, tool_calls.call_id, tool_calls.name, tool_calls.arguments, tool_calls.status, tool_calls.result, tool_calls.is_error, tool_calls.tokens, tool_calls.round_text \nFROM tool_calls \nWHERE tool_calls.user_message_id IN (SELECT anon_1.value \nFROM json_each(?) AS anon_1) ORDER BY tool_calls.user_message_id, tool_calls.round, tool_calls.position",
+        ("ids_json",),
+    ),
+    "waiting_conversations": Statement(
+        "SELECT turns.conversation_id \nFROM turns \nWHERE turns.status = 'pending' AND turns.created_at < ? AND turns.conversation_id IS NOT NULL AND NOT (EXISTS (SELECT * \nFROM turns AS running \nWHERE running.conversation_id = turns.conversation_id AND running.status = 'running')) GROUP BY turns.conversation_id ORDER BY min(turns.id)",
+        ("b_before",),
     ),
 }
 

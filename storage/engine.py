@@ -14,6 +14,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from botservice.core.errors import ConfigError
+from botservice.storage.sqlite_worker import BUSY_TIMEOUT_MS
 
 # Execution options that shape SQLite transactions (ignored on PostgreSQL):
 # WRITE begins with BEGIN IMMEDIATE, so the write lock is taken (waiting up to
@@ -24,7 +25,7 @@ from botservice.core.errors import ConfigError
 SQLITE_WRITE_OPTION = "botservice_sqlite_write"
 SQLITE_SINGLE_READ_OPTION = "botservice_sqlite_single_read"
 
-SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_BUSY_TIMEOUT_MS = BUSY_TIMEOUT_MS
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 
@@ -145,19 +146,24 @@ def _sqlite_engine(url: URL, *, echo: bool) -> AsyncEngine:
     return engine
 
 
-def sqlite_thread_engine(engine: AsyncEngine) -> Engine | None:
-    """A plain sqlite3 engine on the same file as `engine`, or None (PostgreSQL, in-memory).
+def sqlite_file(engine: AsyncEngine) -> str | None:
+    """The file of a SQLite engine; None for PostgreSQL and SQLite in memory."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or _in_memory(url.database):
+        return None
+    return str(url.database)
+
+
+def sqlite_thread_engine(engine: AsyncEngine) -> Engine:
+    """A plain sqlite3 engine on the same file as `engine` (a SQLite file).
 
     For `botservice.storage.sqlite_worker`, which runs whole transactions on worker threads.
     Its connections stay in autocommit mode with no "begin" hook: the worker
     issues BEGIN IMMEDIATE itself, and an engine without connection event
     listeners skips SQLAlchemy's per-statement event dispatch.
     """
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or _in_memory(url.database):
-        return None
     sync_engine = sqlalchemy.create_engine(
-        url.set(drivername="sqlite"), echo=engine.echo, pool_size=5, max_overflow=5
+        engine.url.set(drivername="sqlite"), echo=engine.echo, pool_size=5, max_overflow=5
     )
     _prepare_sqlite(sync_engine, in_memory=False)
     return sync_engine

@@ -5,6 +5,7 @@ what the statements return. Imports no SQLAlchemy (the turn path does without it
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any, get_args
 
@@ -15,9 +16,12 @@ from botservice.core.ports import (
     PendingTurn,
     SettingField,
     StoredMessage,
+    StoredToolCall,
     Usage,
     UsageRecord,
 )
+
+log = logging.getLogger("botservice.storage.turns")
 
 # In the order the settings statement selects them (channel_settings._CHANNEL_SETTINGS).
 SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
@@ -179,3 +183,30 @@ def window_order(messages: list[StoredMessage]) -> list[StoredMessage]:
     stored after a later question."""
     messages.sort(key=lambda message: (message.reply_to_id or message.id, message.id))
     return messages
+
+
+def log_released(conversation_ids: list[int]) -> list[int]:
+    """The sweep's one warning line, whichever path released the turns."""
+    if conversation_ids:
+        log.warning(
+            "took back the turns of %d conversations whose process stopped answering",
+            len(conversation_ids),
+        )
+    return conversation_ids
+
+
+def tool_call(row: Any) -> StoredToolCall:
+    """A stored tool call from its columns (tool_rounds._CALL_COLUMNS, in order)."""
+    return StoredToolCall(
+        user_message_id=row[0],
+        round=row[1],
+        position=row[2],
+        call_id=row[3],
+        name=row[4],
+        arguments=row[5],
+        status=row[6],
+        result=row[7],
+        is_error=bool(row[8]),
+        tokens=row[9],
+        round_text=row[10],
+    )

@@ -20,6 +20,7 @@ from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _c, _m, _
 from botservice.storage.channel_settings import _CHANNEL_SETTINGS
 from botservice.storage.history import _history_statement
 from botservice.storage.tables import CONVERSATIONS, TURNS, USAGE
+from botservice.storage.tool_rounds import _CALL_COLUMNS, TOOL_CALLS
 from botservice.storage.turns import (
     _ALIVE_UNTIL,
     _CLAIM_NEXT,
@@ -28,7 +29,11 @@ from botservice.storage.turns import (
     _FINISH_TURN,
     _HOLDER,
     _LINK_TURN,
+    _RELEASE_ALL,
+    _RELEASE_HELD,
+    _RELEASE_STALE,
     _SET_REPLY_REF,
+    _WAITING_CONVERSATIONS,
     _answer_statement,
     _pg_accept_statement,
 )
@@ -147,6 +152,17 @@ _RENEW_CLAIMS_ARRAY = (
     )
     .values(alive_until=_ALIVE_UNTIL)
 )
+# The tool calls of the history window's questions (SQLite): the ids as one JSON array,
+# so one compiled statement serves any number of them.
+_CALLS_FOR_MESSAGES_JSON = (
+    select(*_CALL_COLUMNS)
+    .where(
+        TOOL_CALLS.c.user_message_id.in_(
+            select(func.json_each(bindparam("ids_json")).table_valued("value").c.value)
+        )
+    )
+    .order_by(TOOL_CALLS.c.user_message_id, TOOL_CALLS.c.round, TOOL_CALLS.c.position)
+)
 _MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(
     _m.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
 )
@@ -192,6 +208,13 @@ _SHARED: dict[str, HotStatement] = {
     "history_ids": HotStatement(_history_statement(from_id=True), None, (POSTGRESQL,)),
     "reset_after": HotStatement(_RESET_AFTER, None, (SQLITE,)),
     "renew_claim": HotStatement(_RENEW_CLAIM, None, (SQLITE,)),
+    # A start's sweep and the tool rounds of the history: on a SQLite file the first
+    # answer needs no SQLAlchemy (botservice.storage.sqlite_file).
+    "release_all": HotStatement(_RELEASE_ALL, None, (SQLITE,)),
+    "release_held": HotStatement(_RELEASE_HELD, None, (SQLITE,)),
+    "release_stale": HotStatement(_RELEASE_STALE, None, (SQLITE,)),
+    "waiting_conversations": HotStatement(_WAITING_CONVERSATIONS, None, (SQLITE,)),
+    "tool_calls_for": HotStatement(_CALLS_FOR_MESSAGES_JSON, None, (SQLITE,)),
     "renew_claims": HotStatement(_RENEW_CLAIMS_ARRAY, None, (POSTGRESQL,)),
     "messages_by_ids": HotStatement(_MESSAGES_BY_ID_ARRAY, None, (POSTGRESQL,)),
     "accept": HotStatement(_pg_accept_statement(), None, (POSTGRESQL,)),

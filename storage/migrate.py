@@ -8,9 +8,6 @@ half second Alembic takes to import on a small machine (bench/bench_cold_start.p
 
 from __future__ import annotations
 
-import re
-from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import text
@@ -19,11 +16,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.storage.engine import SQLITE_WRITE_OPTION, check_connection, create_engine
+from botservice.storage.revisions import MIGRATIONS, head_revision
+
+__all__ = ["MIGRATIONS", "alembic_config", "current_revision", "head_revision", "upgrade"]
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Any constant; several processes starting at once take turns on it (PostgreSQL).
 _PG_MIGRATION_LOCK = 0x626F7473
 
@@ -34,28 +33,6 @@ def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
-
-
-_REVISION_LINE = re.compile(r'^(down_revision|revision)\s*=\s*(None|"[^"]*")\s*(?:#.*)?$', re.M)
-
-
-@cache
-def head_revision() -> str | None:
-    """The newest migration's revision, read from the files' `revision` and
-    `down_revision` lines (tests/test_storage.py checks it against Alembic's own
-    answer). None when the migrations do not form one line."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in (MIGRATIONS / "versions").glob("*.py"):
-        lines = dict(_REVISION_LINE.findall(path.read_text(encoding="utf-8")))
-        revision, parent = lines.get("revision"), lines.get("down_revision")
-        if revision is None or revision == "None":
-            continue
-        revisions.add(revision.strip('"'))
-        if parent and parent != "None":
-            parents.add(parent.strip('"'))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 async def upgrade(database: str | AsyncEngine, revision: str = "head") -> None:

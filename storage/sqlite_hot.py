@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -46,6 +47,7 @@ from botservice.core.ports import (
     MessageStatus,
     PendingTurn,
     StoredMessage,
+    StoredToolCall,
     Usage,
     UsageRecord,
 )
@@ -397,6 +399,31 @@ class SqliteHotPath:
         values = hot_rows.finish_values(turn_id, holder, None, status="failed")
         return await self._write(lambda db: len(_run(db, name, values).fetchall()) == 1)
 
+    # --- a start's sweep ---------------------------------------------------------------
+
+    async def release_claims(self, holder: str | None) -> list[int]:
+        name, values = (
+            ("release_all", {}) if holder is None else ("release_held", {"b_holder": holder})
+        )
+        rows = await self._write(lambda db: _run(db, name, values).fetchall())
+        return sorted({row[0] for row in rows})
+
+    async def release_stale_turns(self, *, now: datetime) -> list[int]:
+        rows = await self._write(lambda db: _run(db, "release_stale", {"b_now": now}).fetchall())
+        return hot_rows.log_released(sorted({row[0] for row in rows}))
+
+    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
+        values = {"b_before": accepted_before}
+        rows = await self._read(lambda db: _run(db, "waiting_conversations", values).fetchall())
+        return [row[0] for row in rows]
+
+    async def ping(self) -> bool:
+        try:
+            await self._read(lambda db: db.execute("SELECT 1").fetchall())
+        except StoreUnavailable:
+            return False
+        return True
+
     async def store_answer(
         self,
         turn_id: int,
@@ -474,6 +501,11 @@ class SqliteHotPath:
         if kept_here and self._version is not None:
             self._settings[key] = found
         return found
+
+    async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
+        values = {"ids_json": json.dumps(list(user_message_ids))}
+        rows = await self._read(lambda db: _run(db, "tool_calls_for", values).fetchall())
+        return [hot_rows.tool_call(row) for row in rows]
 
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int

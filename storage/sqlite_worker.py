@@ -3,7 +3,12 @@
 aiosqlite sends every cursor, execute, fetch and close to its thread and back:
 about twenty round trips for one small transaction, each costing a loop
 wake-up. `SqliteWorker` instead runs a whole unit of work, a plain function of
-a SQLAlchemy `Connection`, on a thread with its own sqlite3 connection.
+a SQLAlchemy `Connection` (or of a sqlite3 one: the hot path's), on a thread with
+its own connections.
+
+The sqlite3 side imports no SQLAlchemy: a start on a SQLite file answers its first
+message before SQLAlchemy is imported (botservice.storage.sqlite_file), and the
+SQLAlchemy engine is built on the first SQLAlchemy work.
 
 Writes share one thread, so this process never has two writers fighting over
 SQLite's lock; each begins with BEGIN IMMEDIATE so a write lock held by another
@@ -20,23 +25,48 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import Connection, Engine
+from botservice.storage.sqlite_hot import SqliteHotPath
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect_raw(path: str) -> sqlite3.Connection:
+    """A sqlite3 connection set up as the engine's are (botservice.storage.engine):
+    transactions left to the caller, waiting up to busy_timeout for a lock."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in (
+        f"busy_timeout = {BUSY_TIMEOUT_MS}",
+        "foreign_keys = ON",
+        "journal_mode = WAL",
+        "synchronous = NORMAL",
+    ):
+        connection.execute(f"PRAGMA {pragma}").fetchall()
+    return connection
+
 
 class SqliteWorker:
-    def __init__(self, engine: Engine, *, readers: int = 2) -> None:
-        # `engine` must leave transactions to us: sqlite3 in autocommit mode
-        # (isolation_level None) and no "begin" listener (see botservice.storage.engine).
-        self._engine = engine
+    def __init__(self, path: str, engine: Callable[[], Engine], *, readers: int = 2) -> None:
+        # `engine()` builds the SQLAlchemy engine on the first SQLAlchemy work. It must
+        # leave transactions to us: sqlite3 in autocommit mode (isolation_level None)
+        # and no "begin" listener (see botservice.storage.engine).
+        self._path = path
+        self._build_engine = engine
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="botservice-db-write")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="botservice-db-read")
         self._local = threading.local()
         self._connections: list[Connection] = []
+        self._raw_connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
 
     async def write(self, work: Callable[[Connection], T]) -> T:
@@ -61,8 +91,7 @@ class SqliteWorker:
         (botservice.storage.sqlite_hot) when its own connection found the lock taken."""
 
         def in_thread() -> T:
-            raw = self._connection().connection.dbapi_connection
-            assert isinstance(raw, sqlite3.Connection)
+            raw = self._raw_connection()
             raw.execute("BEGIN IMMEDIATE")
             try:
                 result = work(raw)
@@ -88,10 +117,8 @@ class SqliteWorker:
         the loop itself never waits."""
 
         def in_thread() -> None:
-            raw = self._connection().connection.dbapi_connection
-            assert raw is not None
             try:
-                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                self._raw_connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             except sqlite3.Error as error:  # the next one will do
                 log.debug("WAL checkpoint skipped (%s)", error)
             finally:
@@ -118,16 +145,50 @@ class SqliteWorker:
             await asyncio.to_thread(executor.shutdown, wait=True)
         with self._connections_lock:
             connections, self._connections = self._connections, []
+            raw_connections, self._raw_connections = self._raw_connections, []
         for connection in connections:
             connection.close()
-        self._engine.dispose()
+        for raw in raw_connections:
+            raw.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def _connection(self) -> Connection:
         # Each worker thread keeps one connection: no pool check-out per call.
         connection: Connection | None = getattr(self._local, "connection", None)
         if connection is None or connection.closed or connection.invalidated:
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = self._build_engine()
             connection = self._engine.connect()
             self._local.connection = connection
             with self._connections_lock:
                 self._connections.append(connection)
         return connection
+
+    def _raw_connection(self) -> sqlite3.Connection:
+        """The thread's plain sqlite3 connection (the hot path's work, checkpoints):
+        beside its SQLAlchemy one, used in turn on the same thread, never both in one
+        transaction."""
+        raw: sqlite3.Connection | None = getattr(self._local, "raw", None)
+        if raw is None:
+            raw = connect_raw(self._path)
+            self._local.raw = raw
+            with self._connections_lock:
+                self._raw_connections.append(raw)
+        return raw
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteFileParts:
+    """What a store on a SQLite file runs its work on: the worker threads and the hot
+    path on the event loop, which falls back to the worker's writing thread."""
+
+    worker: SqliteWorker
+    hot: SqliteHotPath
+
+    @classmethod
+    def open(cls, path: str, engine: Callable[[], Engine]) -> SqliteFileParts:
+        worker = SqliteWorker(path, engine)
+        hot = SqliteHotPath(path, on_thread=worker.write_raw, checkpoint=worker.checkpoint_soon)
+        return cls(worker, hot)

@@ -33,6 +33,7 @@ from sqlalchemy import (
 
 from botservice.core.ports import StoredConfirmation, StoredToolCall
 from botservice.core.tools import Decision
+from botservice.storage import hot_rows
 from botservice.storage.tables import (
     CONVERSATIONS,
     MESSAGES,
@@ -42,6 +43,9 @@ from botservice.storage.tables import (
     metadata,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from botservice.storage.sqlite_hot import SqliteHotPath
 
 T = TypeVar("T")
 
@@ -158,20 +162,7 @@ _CONFIRMATION_OF_CALL = select(*_CONFIRMATION_COLUMNS).where(
 )
 
 
-def _call(row: Any) -> StoredToolCall:
-    return StoredToolCall(
-        user_message_id=row[0],
-        round=row[1],
-        position=row[2],
-        call_id=row[3],
-        name=row[4],
-        arguments=row[5],
-        status=row[6],
-        result=row[7],
-        is_error=bool(row[8]),
-        tokens=row[9],
-        round_text=row[10],
-    )
+_call = hot_rows.tool_call
 
 
 def _confirmation(row: Any) -> StoredConfirmation:
@@ -205,10 +196,12 @@ def forget_confirmations(platform: str, user_id: str, forgotten: str) -> list[An
 
 
 class ToolRoundQueries:
-    """Needs the store's `_write`, `_read` and dialect-specific `_insert`."""
+    """Needs the store's `_write`, `_read`, dialect-specific `_insert` and, on a SQLite
+    file, its hot path."""
 
     if TYPE_CHECKING:
         _insert: Callable[..., Any]
+        _sqlite_hot: SqliteHotPath | None
 
         async def _write(self, work: Callable[[Connection], T]) -> T: ...
 
@@ -285,6 +278,8 @@ class ToolRoundQueries:
     async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
         if not user_message_ids:
             return []
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.tool_calls_for(user_message_ids)
         ids = list(user_message_ids)
 
         def work(connection: Connection) -> list[StoredToolCall]:

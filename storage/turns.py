@@ -50,8 +50,10 @@ from botservice.storage.base import (
     StoreBase,
     _c,
     _m,
+    _rows_of,
     _t,
 )
+from botservice.storage.sqlite_worker import SqliteFileParts
 from botservice.storage.tables import (
     CONVERSATIONS,
     MESSAGES,
@@ -176,6 +178,42 @@ _RELEASE_STALE = (
     .values(status="pending", alive_until=None)
     .returning(_t.conversation_id)
 )
+# At start (every holder: a process alone on its SQLite file), at stop (its own).
+_RELEASE_ALL = (
+    update(TURNS)
+    .where(_t.status == "running")
+    .values(status="pending", alive_until=None)
+    .returning(_t.conversation_id)
+)
+_RELEASE_HELD = (
+    update(TURNS)
+    .where(_t.status == "running", _t.claimed_by == _HOLDER)
+    .values(status="pending", alive_until=None)
+    .returning(_t.conversation_id)
+)
+
+
+def _waiting_statement() -> Any:
+    """Conversations with a pending turn accepted before `b_before` and none running,
+    the one whose turn waits longest first."""
+    running = TURNS.alias("running")
+    return (
+        select(_t.conversation_id)
+        .where(
+            _t.status == _PENDING,
+            _t.created_at < bindparam("b_before", type_=UTCDateTime()),
+            _t.conversation_id.is_not(None),
+            ~exists().where(
+                running.c.conversation_id == _t.conversation_id,
+                running.c.status == _RUNNING,
+            ),
+        )
+        .group_by(_t.conversation_id)
+        .order_by(func.min(_t.id))
+    )
+
+
+_WAITING_CONVERSATIONS = _waiting_statement()
 
 
 def _answer_statement(finish: Any, *, with_usage: bool = False) -> Any:
@@ -338,9 +376,16 @@ class SqlTurnStore(StoreBase):
     """Accepting messages and answering their turns (`botservice.core.ports.TurnStore`)."""
 
     def __init__(
-        self, engine: AsyncEngine, *, owns_engine: bool = True, concurrency: int | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        owns_engine: bool = True,
+        concurrency: int | None = None,
+        sqlite_parts: SqliteFileParts | None = None,
     ) -> None:
-        super().__init__(engine, owns_engine=owns_engine, concurrency=concurrency)
+        super().__init__(
+            engine, owns_engine=owns_engine, concurrency=concurrency, sqlite_parts=sqlite_parts
+        )
         self._claim = (
             self._insert(TURNS)
             .on_conflict_do_nothing(index_elements=[_t.platform, _t.message_key])
@@ -465,47 +510,28 @@ class SqlTurnStore(StoreBase):
         )
 
     async def release_stale_turns(self, *, now: datetime) -> list[int]:
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.release_stale_turns(now=now)
+
         def work(connection: Connection) -> list[int]:
             return sorted({row[0] for row in connection.execute(_RELEASE_STALE, {"b_now": now})})
 
-        released = await self._write_one(work)
-        if released:
-            log.warning(
-                "took back the turns of %d conversations whose process stopped answering",
-                len(released),
-            )
-        return released
+        return hot_rows.log_released(await self._write_one(work))
 
     async def release_claims(self, holder: str | None = None) -> list[int]:
-        statement = update(TURNS).where(_t.status == "running")
-        if holder is not None:
-            statement = statement.where(_t.claimed_by == holder)
-        statement = statement.values(status="pending", alive_until=None).returning(
-            _t.conversation_id
-        )
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.release_claims(holder)
+        statement = _RELEASE_ALL if holder is None else _RELEASE_HELD
 
         def work(connection: Connection) -> list[int]:
-            return sorted({row[0] for row in connection.execute(statement)})
+            return sorted({row[0] for row in connection.execute(statement, {"b_holder": holder})})
 
         return await self._write_one(work)
 
     async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
-        running = TURNS.alias("running")
-        statement = (
-            select(_t.conversation_id)
-            .where(
-                _t.status == "pending",
-                _t.created_at < accepted_before,
-                _t.conversation_id.is_not(None),
-                ~exists().where(
-                    running.c.conversation_id == _t.conversation_id,
-                    running.c.status == _RUNNING,
-                ),
-            )
-            .group_by(_t.conversation_id)
-            .order_by(func.min(_t.id))
-        )
-        rows = await self._read(lambda connection: connection.execute(statement).all())
+        if self._sqlite_hot is not None:
+            return await self._sqlite_hot.waiting_conversations(accepted_before=accepted_before)
+        rows = await self._read(_rows_of(_WAITING_CONVERSATIONS, {"b_before": accepted_before}))
         return [row[0] for row in rows]
 
     async def remember_model_response(self, turn_id: int, response_id: str, *, round: int) -> None:

@@ -1,7 +1,10 @@
 """Database fixtures (a pytest plugin, see conftest.py): every storage test runs on SQLite
 and on PostgreSQL.
 
-- `database_url`: a migrated, empty database; parametrized `sqlite` / `postgres`.
+- `database_url`: a migrated, empty database; parametrized `sqlite` / `sqlite-file` /
+  `postgres` (`sqlite-file`: a SQLite file as well, whose stores open as a running bot
+  opens them, as `SqliteFileStore`: the turn's path without SQLAlchemy, the rest of
+  `SqlStore` built on first use).
 - `store`: a `SqlStore` over it; `make_store()` opens more stores on the same
   database (another process, or the same process after a restart).
 - `sqlite_database_url` / `sqlite_store`: SQLite only, for tests that need one backend.
@@ -25,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import pytest
@@ -36,6 +39,7 @@ from botservice.core.events import IncomingMessage
 from botservice.storage.engine import create_engine
 from botservice.storage.migrate import upgrade
 from botservice.storage.repository import SqlStore
+from botservice.storage.sqlite_file import SqliteFileStore
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "BOTSERVICE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -175,9 +179,9 @@ def sqlite_database_url(sqlite_template: Path, tmp_path: Path) -> str:
     return sqlite_url(path)
 
 
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
+@pytest_asyncio.fixture(params=["sqlite", "sqlite-file", "postgres"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
+    if request.param in ("sqlite", "sqlite-file"):
         url: str = request.getfixturevalue("sqlite_database_url")
         return url
     url = request.getfixturevalue("postgres_session_url")
@@ -204,12 +208,21 @@ StoreFactory = Callable[[], Awaitable[SqlStore]]
 
 
 @pytest_asyncio.fixture
-async def make_store(database_url: str) -> AsyncIterator[StoreFactory]:
+async def make_store(
+    request: pytest.FixtureRequest, database_url: str
+) -> AsyncIterator[StoreFactory]:
     """Open another SqlStore on the test's database; all are closed after the test."""
     opened: list[SqlStore] = []
+    as_a_bot = request.node.callspec.params.get("database_url") == "sqlite-file"
 
     async def open_store() -> SqlStore:
-        store = SqlStore(create_engine(database_url))
+        if as_a_bot:
+            quick = SqliteFileStore.open(database_url)
+            assert quick is not None, "a migrated SQLite file opens without SQLAlchemy"
+            # It answers every question SqlStore does (botservice.storage.sqlite_file).
+            store = cast(SqlStore, quick)
+        else:
+            store = SqlStore(create_engine(database_url))
         opened.append(store)
         return store
 

@@ -28,18 +28,11 @@ from botservice.core.settings import Settings
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry
 from botservice.core.tools import ToolSource
 from botservice.core.tracing import NO_TRACER
+from botservice.core.usage import UsageLedger
 from botservice.model.client import OpenAIChatClient
 from botservice.model.responses import open_model_client
 from botservice.model.tokens import TokenCounter
-from botservice.storage.engine import (
-    SQLITE_WRITE_OPTION,
-    check_connection,
-    create_engine,
-    is_sqlite,
-)
-from botservice.storage.migrate import current_revision, head_revision, upgrade
-from botservice.storage.repository import SqlStore
-from botservice.storage.usage_ledger import SqlUsage
+from botservice.storage.opening import open_store
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -47,6 +40,7 @@ if TYPE_CHECKING:
 
     from botservice.app.metrics import PrometheusTelemetry
     from botservice.app.tracing import Tracing
+    from botservice.storage.repository import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +53,7 @@ class Services:
     store: SqlStore
     model: OpenAIChatClient
     core: ConversationCore
-    usage: SqlUsage
+    usage: UsageLedger
     # Set for `botservice run` (served at /metrics); None for the console and tools.
     metrics: PrometheusTelemetry | None = None
     # Where the model's tools come from: the built-in tools, then each MCP server.
@@ -86,6 +80,8 @@ def library_engine(store: SqlStore) -> AsyncEngine:
     connection has written in between. Their reads are one short SELECT each. The
     option is ignored on PostgreSQL. The store owns and disposes of the engine.
     """
+    from botservice.storage.engine import SQLITE_WRITE_OPTION
+
     return store.engine.execution_options(**{SQLITE_WRITE_OPTION: True})
 
 
@@ -103,30 +99,18 @@ async def open_services(
     are traced when the environment asks for it (`open_tracing`); with `tools`, the tool
     sources are built and started (the bot answering: `run`, `chat`; never `purge` or
     reports, which would start MCP servers for nothing)."""
-    engine = create_engine(settings.database_url)
-    try:
-        await check_connection(engine)
-        if is_sqlite(engine):
-            await upgrade(engine)
-        else:
-            # Several processes share a PostgreSQL database: migrating is an
-            # operator's step (`botservice db upgrade`), never a race at start-up.
-            if await current_revision(engine) != head_revision():
-                raise ConfigError(
-                    "DATABASE_URL",
-                    "the database schema is not up to date; run `botservice db upgrade` once",
-                )
-    except BaseException:
-        await engine.dispose()
-        raise
     # The hot path's pool: as many connections as turns may call the model at once.
-    store = SqlStore(engine, concurrency=settings.limits.max_concurrent_model_calls)
+    opened = await open_store(
+        settings.database_url, concurrency=settings.limits.max_concurrent_model_calls
+    )
+    store, usage = opened.store, opened.usage
     try:
         tool_sources = build_tool_sources(settings, store) if tools else []
     except BaseException:
+        if opened.importing_rest is not None:
+            opened.importing_rest.cancel()
         await store.aclose()
         raise
-    usage = SqlUsage(store)
     telemetry: PrometheusTelemetry | None = None
     reports: Telemetry = NO_TELEMETRY
     core_store: Store = store
@@ -141,7 +125,7 @@ async def open_services(
     tracing = open_tracing() if traces else None
     if tracing is not None:
         reports = tracing.telemetry(reports)
-        core_store = cast(Store, tracing.store(core_store, system=tracing_system(engine)))
+        core_store = cast(Store, tracing.store(core_store, system=tracing_system(store)))
     model = open_model_client(settings.model, telemetry=reports)
     # Exact counts from a second after start; over-estimates until then (TokenCounter).
     tokens = TokenCounter(load_now=False)
@@ -174,6 +158,8 @@ async def open_services(
         )
     finally:
         exact_counts.cancel()
+        if opened.importing_rest is not None:
+            opened.importing_rest.cancel()
         await core.stop()
         await close_tool_sources(tool_sources)
         await model.aclose()
@@ -203,8 +189,8 @@ def open_tracing() -> Tracing | None:
     return Tracing.from_environment()
 
 
-def tracing_system(engine: AsyncEngine) -> str:
-    return "sqlite" if is_sqlite(engine) else "postgresql"
+def tracing_system(store: SqlStore) -> str:
+    return "postgresql" if store.shared else "sqlite"
 
 
 async def serve(
