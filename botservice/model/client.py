@@ -4,7 +4,8 @@ One `httpx.AsyncClient` lives as long as the `OpenAIChatClient`, so every reques
 reuses pooled connections (building a client per request costs ~20 ms). Its
 transport is aiohttp's pool (botservice/model/aiohttp_transport.py), not httpcore's:
 with many answers streaming at once, httpcore polls every pooled connection's socket
-on every request, and its pool took about half of the event loop's time. Streams
+on every request, and its pool took about half of the event loop's time. The console
+passes h11 instead (botservice/model/h11_transport.py), cheaper to import. Streams
 are read with botservice/model/sse.py and orjson. Per streamed request this costs
 about 1.3x the CPU of a bare aiohttp client doing the same work
 (bench/bench_model_client.py); with httpx's client layers, httpx-aiohttp and
@@ -553,7 +554,8 @@ class OpenAIChatStream:
 def pooled_transport() -> httpx.AsyncBaseTransport:
     """The transport an `OpenAIChatClient` uses unless given one: aiohttp's pool (see
     botservice/model/aiohttp_transport.py), imported here, when a client is made, so
-    that importing this module costs no aiohttp."""
+    that importing this module costs no aiohttp (the console talks over
+    botservice/model/h11_transport.py and never loads it)."""
     from botservice.model.aiohttp_transport import AiohttpTransport
 
     return AiohttpTransport(max_connections=_MAX_CONNECTIONS)
