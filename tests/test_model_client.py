@@ -7,6 +7,7 @@ import email.utils
 import io
 import logging
 import socket
+import ssl
 import sys
 import time
 import wave
@@ -32,6 +33,7 @@ from botservice.core.ports import ChatRequest
 from botservice.core.settings import ModelSettings
 from botservice.model.client import OpenAIChatClient, pooled_transport
 from botservice.model.h11_transport import H11Transport
+from tests.fakes.certificates import self_signed_certificate
 from tests.fakes.model_server import (
     CutMidway,
     EmptyAnswer,
@@ -479,6 +481,37 @@ async def test_a_connection_the_server_dropped_while_idle_is_not_used_again(
     assert len(fake_model.chat_requests) == 2
     assert proxy.accepted == 2
     assert "failed" not in caplog.text
+
+
+async def test_https_is_verified_against_the_ca_bundle_httpx_uses(
+    transport: Transport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = FakeModelServer(tls=tls)
+    await server.start()
+    try:
+        # httpx's CA bundle, as both transports read it: SSL_CERT_FILE, else certifi's.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusting = OpenAIChatClient(model_settings(server.base_url), transport=transport())
+        try:
+            assert "".join(await collect(trusting)).startswith("You said:")
+        finally:
+            await trusting.aclose()
+
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        strict = OpenAIChatClient(model_settings(server.base_url), transport=transport())
+        try:
+            with pytest.raises(ModelUnreachable):  # a certificate nobody vouches for
+                await collect(strict)
+        finally:
+            await strict.aclose()
+    finally:
+        await server.stop()
+    assert server.base_url.startswith("https://127.0.0.1:")
+    assert len(server.chat_requests) == 1
 
 
 async def test_the_answer_is_whole_at_done_before_the_body_ends(
