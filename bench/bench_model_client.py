@@ -5,7 +5,7 @@
 Prints requests/s and CPU ms per request (this process's CPU time / requests) at
 `--concurrency` concurrent streams, medians of `--rounds` runs that alternate between
 the clients, and each client's figures as a ratio of the bare client's from the same
-runs. `--baseline path/to/model_client.py` adds another version of the module (e.g.
+runs; also the client over the console's transport (botservice/model/h11_transport.py). `--baseline path/to/model_client.py` adds another version of the module (e.g.
 main's) to the same runs, for before/after figures.
 
     python -m bench.bench_model_client [--concurrency 50] [--requests 2000] [--rounds 3]
@@ -27,12 +27,14 @@ from types import ModuleType
 from typing import Any
 
 import aiohttp
+import httpx
 import orjson
 
 from bench.bench_core import Row, print_table, start_fake_model
 from botservice.core.ports import ChatRequest
 from botservice.core.settings import ModelSettings
 from botservice.model import client as model_client
+from botservice.model.h11_transport import H11Transport
 
 # A prompt of a usual size: instructions and a few turns of history.
 PROMPT = ChatRequest(
@@ -85,9 +87,11 @@ class BareClient:
 class ModuleClient:
     """`OpenAIChatClient` from a given version of botservice/model/client.py."""
 
-    def __init__(self, module: ModuleType, base_url: str) -> None:
+    def __init__(
+        self, module: ModuleType, base_url: str, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         settings = ModelSettings(base_url=base_url, api_key="sk-bench")  # type: ignore[arg-type]
-        self._client: Any = module.OpenAIChatClient(settings)
+        self._client: Any = module.OpenAIChatClient(settings, transport=transport)
 
     async def one(self) -> str:
         return "".join([delta async for delta in self._client.stream(PROMPT)])
@@ -132,6 +136,8 @@ async def main_async(args: argparse.Namespace, base_url: str) -> list[Row]:
     if args.baseline:
         clients["model client, baseline"] = ModuleClient(load_module(args.baseline), base_url)
     clients["model client, this tree"] = ModuleClient(model_client, base_url)
+    # The console's transport (one person's turns; here as many streams as the others).
+    clients["the same over h11 (console)"] = ModuleClient(model_client, base_url, H11Transport())
     figures = {name: Figures() for name in clients}
     try:
         for client in clients.values():

@@ -7,10 +7,11 @@ import email.utils
 import io
 import logging
 import socket
+import ssl
 import sys
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ from botservice.core.errors import (
 )
 from botservice.core.ports import ChatRequest
 from botservice.core.settings import ModelSettings
-from botservice.model.client import OpenAIChatClient
+from botservice.model.client import OpenAIChatClient, pooled_transport
+from botservice.model.h11_transport import H11Transport
+from tests.fakes.certificates import self_signed_certificate
 from tests.fakes.model_server import (
     CutMidway,
     EmptyAnswer,
@@ -43,6 +46,7 @@ from tests.fakes.model_server import (
     ServerError,
     Slow,
 )
+from tests.fakes.tcp_proxy import TcpProxy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-5ecret-key-do-not-leak"
@@ -69,9 +73,23 @@ def model_settings(base_url: str, **overrides: Any) -> ModelSettings:
     return ModelSettings(**values)
 
 
+Transport = Callable[[], httpx.AsyncBaseTransport]
+
+
+@pytest.fixture(params=["aiohttp", "h11"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each test runs over both transports: aiohttp's pool (`botservice run`) and h11
+    (the console, botservice/model/h11_transport.py)."""
+    return pooled_transport if request.param == "aiohttp" else H11Transport
+
+
 @pytest_asyncio.fixture
-async def client(fake_model: FakeModelServer) -> AsyncIterator[OpenAIChatClient]:
-    model = OpenAIChatClient(model_settings(fake_model.base_url, api_key=SecretStr(KEY)))
+async def client(
+    fake_model: FakeModelServer, transport: Transport
+) -> AsyncIterator[OpenAIChatClient]:
+    model = OpenAIChatClient(
+        model_settings(fake_model.base_url, api_key=SecretStr(KEY)), transport=transport()
+    )
     yield model
     await model.aclose()
 
@@ -155,8 +173,10 @@ async def test_server_without_usage_is_fine(
     assert stream.usage is None
 
 
-async def test_base_url_with_trailing_slash(fake_model: FakeModelServer) -> None:
-    model = OpenAIChatClient(model_settings(fake_model.base_url + "/"))
+async def test_base_url_with_trailing_slash(
+    fake_model: FakeModelServer, transport: Transport
+) -> None:
+    model = OpenAIChatClient(model_settings(fake_model.base_url + "/"), transport=transport())
     try:
         assert "".join(await collect(model)).startswith("You said:")
     finally:
@@ -255,12 +275,12 @@ async def test_server_error_after_max_attempts(
     assert len(fake_model.chat_requests) == 3
 
 
-async def test_connection_refused_is_unreachable() -> None:
+async def test_connection_refused_is_unreachable(transport: Transport) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # Nothing listens on the port now.
-    model = OpenAIChatClient(model_settings(f"http://127.0.0.1:{port}/v1"))
+    model = OpenAIChatClient(model_settings(f"http://127.0.0.1:{port}/v1"), transport=transport())
     try:
         with pytest.raises(ModelUnreachable):
             await collect(model)
@@ -270,10 +290,13 @@ async def test_connection_refused_is_unreachable() -> None:
         await model.aclose()
 
 
-async def test_slow_first_byte_beyond_read_timeout(fake_model: FakeModelServer) -> None:
+async def test_slow_first_byte_beyond_read_timeout(
+    fake_model: FakeModelServer, transport: Transport
+) -> None:
     fake_model.script(*[Slow(3)] * 2)
     model = OpenAIChatClient(
-        model_settings(fake_model.base_url, read_timeout_seconds=0.3, max_attempts=2)
+        model_settings(fake_model.base_url, read_timeout_seconds=0.3, max_attempts=2),
+        transport=transport(),
     )
     started = time.monotonic()
     try:
@@ -286,9 +309,13 @@ async def test_slow_first_byte_beyond_read_timeout(fake_model: FakeModelServer) 
     assert time.monotonic() - started < 1.5
 
 
-async def test_one_slow_answer_is_retried(fake_model: FakeModelServer) -> None:
+async def test_one_slow_answer_is_retried(
+    fake_model: FakeModelServer, transport: Transport
+) -> None:
     fake_model.script(Slow(3), Reply("second try"))
-    model = OpenAIChatClient(model_settings(fake_model.base_url, read_timeout_seconds=0.3))
+    model = OpenAIChatClient(
+        model_settings(fake_model.base_url, read_timeout_seconds=0.3), transport=transport()
+    )
     try:
         assert "".join(await collect(model)) == "second try"
     finally:
@@ -398,10 +425,12 @@ async def test_logs_carry_no_message_text(
 
 
 async def test_authorization_header_only_when_a_key_is_set(
-    fake_model: FakeModelServer, client: OpenAIChatClient
+    fake_model: FakeModelServer, client: OpenAIChatClient, transport: Transport
 ) -> None:
     await collect(client)
-    keyless = OpenAIChatClient(model_settings(fake_model.base_url, api_key=None))
+    keyless = OpenAIChatClient(
+        model_settings(fake_model.base_url, api_key=None), transport=transport()
+    )
     try:
         await keyless.complete(ASK)
     finally:
@@ -429,12 +458,70 @@ async def test_one_http_client_and_connection_serve_many_requests(
     assert len(peers) == 1  # Same TCP connection every time: the pool is reused.
 
 
+async def test_a_connection_the_server_dropped_while_idle_is_not_used_again(
+    fake_model: FakeModelServer, transport: Transport, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="botservice")
+    proxy = TcpProxy(("127.0.0.1", httpx.URL(fake_model.base_url).port or 80))
+    await proxy.start()
+    client = OpenAIChatClient(
+        model_settings(f"http://127.0.0.1:{proxy.port}/v1"), transport=transport()
+    )
+    try:
+        assert await collect(client)
+        await proxy.cut()  # the pooled connection is reset, as by a server going away
+        await proxy.restore()
+        await asyncio.sleep(0.05)
+
+        assert "".join(await collect(client)).startswith("You said:")
+    finally:
+        await client.aclose()
+        await proxy.close()
+    # Sent once on a new connection: no attempt failed on the dead one.
+    assert len(fake_model.chat_requests) == 2
+    assert proxy.accepted == 2
+    assert "failed" not in caplog.text
+
+
+async def test_https_is_verified_against_the_ca_bundle_httpx_uses(
+    transport: Transport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = FakeModelServer(tls=tls)
+    await server.start()
+    try:
+        # httpx's CA bundle, as both transports read it: SSL_CERT_FILE, else certifi's.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusting = OpenAIChatClient(model_settings(server.base_url), transport=transport())
+        try:
+            assert "".join(await collect(trusting)).startswith("You said:")
+        finally:
+            await trusting.aclose()
+
+        monkeypatch.delenv("SSL_CERT_FILE")
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        strict = OpenAIChatClient(model_settings(server.base_url), transport=transport())
+        try:
+            with pytest.raises(ModelUnreachable):  # a certificate nobody vouches for
+                await collect(strict)
+        finally:
+            await strict.aclose()
+    finally:
+        await server.stop()
+    assert server.base_url.startswith("https://127.0.0.1:")
+    assert len(server.chat_requests) == 1
+
+
 async def test_the_answer_is_whole_at_done_before_the_body_ends(
-    fake_model: FakeModelServer,
+    fake_model: FakeModelServer, transport: Transport
 ) -> None:
     body_ended = asyncio.Event()
     fake_model.script(Reply("Paris.", end_after=body_ended))
-    client = OpenAIChatClient(model_settings(fake_model.base_url, read_timeout_seconds=60))
+    client = OpenAIChatClient(
+        model_settings(fake_model.base_url, read_timeout_seconds=60), transport=transport()
+    )
     try:
         stream = client.stream(ASK)
         # [DONE] came, the server has not ended the body: the answer is complete, and
@@ -468,8 +555,10 @@ async def test_a_shared_http_client_is_left_open(fake_model: FakeModelServer) ->
     assert model.http is shared
 
 
-async def test_aclose_closes_the_own_client(fake_model: FakeModelServer) -> None:
-    model = OpenAIChatClient(model_settings(fake_model.base_url))
+async def test_aclose_closes_the_own_client(
+    fake_model: FakeModelServer, transport: Transport
+) -> None:
+    model = OpenAIChatClient(model_settings(fake_model.base_url), transport=transport())
     await collect(model)
     await model.aclose()
     assert model.http.is_closed

@@ -142,3 +142,41 @@ async def test_a_command_needing_the_rest_of_the_store_builds_it_on_first_use(
     assert out.splitlines()[-1] == "You said: after the reset", err
     sent = [m["content"] for m in fake_model.chat_requests[-1].body["messages"][1:]]
     assert sent == ["after the reset"]
+
+
+async def test_a_piped_chat_answers_without_aiohttp(
+    fake_model: FakeModelServer, tmp_path: Path
+) -> None:
+    """The console talks to the model over h11 (botservice/model/h11_transport.py):
+    aiohttp, the pool `botservice run` streams many answers through, is a tenth of a
+    second of imports before the first answer; prompt_toolkit is for a terminal only."""
+    listing = tmp_path / "modules.txt"
+    script = (
+        "import atexit, runpy, sys\n"
+        "def write():\n"
+        f"    with open({str(listing)!r}, 'w') as file:\n"
+        "        file.write(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+        "atexit.register(write)\n"
+        "sys.argv = ['botservice', 'chat']\n"
+        "runpy.run_module('botservice', run_name='__main__', alter_sys=True)\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env={
+            **clean_environment(),
+            "PYTHONPATH": str(ROOT),
+            "BOTSERVICE_CONFIG": str(ROOT / "config" / "botservice.toml"),
+            "OPENAI_BASE_URL": fake_model.base_url,
+        },
+    )
+    out, err = await asyncio.wait_for(process.communicate(b"hi\n"), timeout=60)
+
+    assert process.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["You said: hi"]
+    assert set(listing.read_text().split()) & {"aiohttp", "prompt_toolkit"} == set()

@@ -303,7 +303,7 @@ async def _chat(settings: Settings) -> int:
 
     # Held until the services are closed: closing them finishes the answers in flight.
     with _stop_on_interrupt(stop):
-        async with open_services(settings, traces=True, tools=True) as services:
+        async with open_services(settings, traces=True, tools=True, console=True) as services:
             console = ConsoleAdapter(services.core)
             if stopping:
                 console.close_input()

@@ -35,6 +35,7 @@ from botservice.model.tokens import TokenCounter
 from botservice.storage.opening import open_store
 
 if TYPE_CHECKING:
+    import httpx
     from aiohttp import web
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -92,13 +93,20 @@ def require_model_endpoint(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def open_services(
-    settings: Settings, *, metrics: bool = False, traces: bool = False, tools: bool = False
+    settings: Settings,
+    *,
+    metrics: bool = False,
+    traces: bool = False,
+    tools: bool = False,
+    console: bool = False,
 ) -> AsyncIterator[Services]:
     """Open the database (bringing SQLite up to date by itself), the model client and the core;
     with `metrics`, each of them reports to one `PrometheusTelemetry`; with `traces`, turns
     are traced when the environment asks for it (`open_tracing`); with `tools`, the tool
     sources are built and started (the bot answering: `run`, `chat`; never `purge` or
-    reports, which would start MCP servers for nothing)."""
+    reports, which would start MCP servers for nothing); with `console`, the model client
+    talks over `H11Transport` (one person's turns, one after another) instead of
+    aiohttp's pool, whose import would be a good part of the wait for the first answer."""
     # The hot path's pool: as many connections as turns may call the model at once.
     opened = await open_store(
         settings.database_url, concurrency=settings.limits.max_concurrent_model_calls
@@ -126,7 +134,9 @@ async def open_services(
     if tracing is not None:
         reports = tracing.telemetry(reports)
         core_store = cast(Store, tracing.store(core_store, system=tracing_system(store)))
-    model = open_model_client(settings.model, telemetry=reports)
+    model = open_model_client(
+        settings.model, telemetry=reports, transport=_model_transport(console)
+    )
     # Exact counts from a second after start; over-estimates until then (TokenCounter).
     tokens = TokenCounter(load_now=False)
     core = ConversationCore(
@@ -167,6 +177,16 @@ async def open_services(
         if tracing is not None:
             # Sends the spans still batched: a blocking HTTP request, off the loop.
             await asyncio.to_thread(tracing.shutdown)
+
+
+def _model_transport(console: bool) -> httpx.AsyncBaseTransport | None:
+    """The console's transport, or None for the model client's own (aiohttp's pool, which
+    many answers streaming at once need)."""
+    if not console:
+        return None
+    from botservice.model.h11_transport import H11Transport
+
+    return H11Transport()
 
 
 def open_tracing() -> Tracing | None:

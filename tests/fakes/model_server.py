@@ -53,6 +53,7 @@ import json
 import math
 import re
 import signal
+import ssl
 import sys
 import time
 import wave
@@ -339,8 +340,11 @@ class FakeModelServer:
         default_delay_between_chunks: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.answer = answer
+        # Served over https with this context's certificate when set.
+        self._tls = tls
         self.default_delay_between_chunks = default_delay_between_chunks
         self.transcript = "hello from the fake transcriber"
         # Seconds a transcription takes (a long clip on a busy endpoint).
@@ -428,10 +432,11 @@ class FakeModelServer:
         # No access log: the benchmark pushes hundreds of requests a second through here.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.base_url = f"http://{self._host}:{port}/v1"
+        scheme = "https" if self._tls is not None else "http"
+        self.base_url = f"{scheme}://{self._host}:{port}/v1"
 
     async def stop(self) -> None:
         # Slow/delayed handlers would otherwise hold shutdown until their sleeps end.
