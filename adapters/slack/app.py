@@ -18,7 +18,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -32,7 +32,6 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from botservice.adapters.slack.audio import SlackHearing
 from botservice.adapters.slack.budget import StreamBudget, UpdateBudget
@@ -65,7 +64,6 @@ from botservice.adapters.slack.events import (
 )
 from botservice.adapters.slack.feedback import GONE, THANKS, feedback_action
 from botservice.adapters.slack.files import fetch_attachments
-from botservice.adapters.slack.oauth import SlackOAuth
 from botservice.adapters.slack.rejections import Rejection, RejectionLog
 from botservice.adapters.slack.signature import SignatureCheck
 from botservice.adapters.slack.sink import (
@@ -88,6 +86,11 @@ from botservice.core.events import Command, ContextMessage, ConversationKey
 from botservice.core.ports import Lookups, PendingTurn, ReplySink
 from botservice.core.settings import Settings
 from botservice.voice.transcription import Transcriber
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from botservice.adapters.slack.oauth import SlackOAuth
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,9 @@ class SlackAdapter:
         if not bot_token:
             if database is None:
                 raise TypeError("multi-workspace installs need the bot's database engine")
+            # Imported here: slack-sdk's SQLAlchemy stores, which a bot token never needs.
+            from botservice.adapters.slack.oauth import SlackOAuth
+
             self._oauth = SlackOAuth.from_settings(settings, database)
         self._app = AsyncApp(
             # Named: without a name Bolt reads the caller's file name from

@@ -248,8 +248,12 @@ async def _run(settings: Settings) -> int:
         if settings.slack.configured:
             from botservice.adapters.slack import create_adapter as create_slack
 
+            # Only multi-workspace installs (OAuth, no bot token) keep installations in
+            # the database, through slack-sdk's SQLAlchemy stores; a bot token's start
+            # leaves SQLAlchemy unimported (storage/sqlite_file.py).
+            database = None if settings.slack.bot_token else services.database
             adapters.append(
-                create_slack(settings, services.core, services.store, database=services.database)
+                create_slack(settings, services.core, services.store, database=database)
             )
         if settings.discord.configured:
             from botservice.adapters.discord import create_adapter as create_discord
