@@ -45,7 +45,7 @@ bounded in messages and time: a few minutes at the defaults.
     python -m bench.bench_scale_out [--processes 1,2,3] [--threads 30] [--per-thread 10]
                                     [--burst 30] [--takeover-timeout 60]
                                     [--probe-gap 0.2] [--profile DIR] [--trace-acks DIR]
-                                    [--accept-thread]
+                                    [--accept-thread] [--logs DIR]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +88,7 @@ class Row:
     bot_cpu: float = math.nan  # seconds, all bot processes
     bot_waited: float = math.nan  # seconds the bots' loops were ready to run but had no CPU
     database_cpu: float = math.nan  # seconds, this database's backends
+    connections_opened: int = -1  # backends of this database started during the run
     driver_cpu: float = math.nan  # seconds, this process: the sender
     fakes_cpu: float = math.nan  # seconds, the fakes' process: fake Slack and fake model
     ack_p50: float = math.nan
@@ -129,6 +131,8 @@ class BackendCpu:
     database: str
     first: dict[int, float] = field(default_factory=dict)
     last: dict[int, float] = field(default_factory=dict)
+    # Backends that started while the run lasted (a bot's pool opening a connection).
+    opened: set[int] = field(default_factory=set)
 
     def sample(self, *, baseline: bool = False) -> None:
         for entry in Path("/proc").iterdir():
@@ -146,6 +150,8 @@ class BackendCpu:
             cpu = proc_cpu_seconds(pid)
             if cpu is None:
                 continue
+            if pid not in self.first and not baseline:
+                self.opened.add(pid)
             self.first.setdefault(pid, cpu if baseline else 0.0)
             self.last[pid] = cpu
 
@@ -160,12 +166,13 @@ def _sample_until_told(database: str, conn: Connection, interval: float) -> None
     while not conn.poll(interval):
         cpu.sample()
     cpu.sample()
-    conn.send(cpu.total())
+    conn.send((cpu.total(), len(cpu.opened)))
 
 
 @contextlib.asynccontextmanager
-async def sampling(database: str, total: list[float]) -> AsyncIterator[None]:
-    """CPU of the database's backends while the block runs, appended to `total`.
+async def sampling(database: str, total: list[tuple[float, int]]) -> AsyncIterator[None]:
+    """CPU of the database's backends while the block runs, and how many of them
+    started meanwhile, appended to `total`.
 
     Sampled in a process of its own: a pass over /proc takes milliseconds that
     would otherwise delay the acknowledgements this process times."""
@@ -269,7 +276,7 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         cluster.acks.clear()
 
         questions = cluster.questions(threads=args.threads, per_thread=args.per_thread)
-        database_cpu: list[float] = []
+        database_cpu: list[tuple[float, int]] = []
         probe_acks: list[float] = []
         fakes_pid = cluster.fakes_pid
         assert fakes_pid is not None
@@ -298,7 +305,9 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         row.seconds = max(shown, default=started) - started
         row.bot_cpu = sum(bot_after) - sum(bot_before)
         row.bot_waited = sum(waited_after) - sum(waited_before)
-        row.database_cpu = database_cpu[0] if database_cpu else math.nan
+        row.database_cpu, row.connections_opened = (
+            database_cpu[0] if database_cpu else (math.nan, -1)
+        )
         acks = [a.seconds for a in cluster.acks if a.status == 200]
         row.acks = len(acks)
         row.ack_p50, row.ack_p99 = percentile(acks, 0.5), percentile(acks, 0.99)
@@ -358,6 +367,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         ("no prev.", "answer"),
         ("driver", "ms/reply"),
         ("fakes", "ms/reply"),
+        ("PG conns", "opened"),
     ]
     widths = [max(len(a), len(b)) + 1 for a, b in columns]
     print("  " + "".join(f"{a:>{w}}" for (a, _), w in zip(columns, widths, strict=True)), end="")
@@ -379,6 +389,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.without_previous}/{row.follow_ups}",
             f"{row.per_reply_ms(row.driver_cpu):.1f}",
             f"{row.per_reply_ms(row.fakes_cpu):.1f}",
+            str(row.connections_opened),
         ]
         line = "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths, strict=True))
         print(f"  {line}   {row.takeover}")
@@ -427,11 +438,22 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             )
 
 
+def keep_logs(workdir: Path, kept: Path) -> None:
+    """The bots' and the fakes' logs of one measurement, out of its temporary directory."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for log_file in workdir.glob("*.log"):
+        shutil.copy(log_file, kept / log_file.name)
+
+
 async def run(args: argparse.Namespace) -> None:
     rows = []
     for processes in args.processes:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            rows.append(await measure(processes, args, Path(tmp)))
+            try:
+                rows.append(await measure(processes, args, Path(tmp)))
+            finally:
+                if args.logs is not None:
+                    keep_logs(Path(tmp), args.logs / f"{processes}")
     print_table(rows, args)
 
 
@@ -463,6 +485,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy each bot process into this directory"
+    )
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="keep the bots' and fakes' logs in this directory"
     )
     parser.add_argument(
         "--accept-thread",
