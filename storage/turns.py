@@ -489,7 +489,9 @@ class SqlTurnStore(StoreBase):
 
         return await self._write_one(work)
 
-    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
+    async def waiting_conversations(
+        self, *, accepted_before: datetime, among: Collection[int] | None = None
+    ) -> list[int]:
         running = TURNS.alias("running")
         statement = (
             select(_t.conversation_id)
@@ -505,6 +507,8 @@ class SqlTurnStore(StoreBase):
             .group_by(_t.conversation_id)
             .order_by(func.min(_t.id))
         )
+        if among is not None:
+            statement = statement.where(_t.conversation_id.in_(sorted(among)))
         rows = await self._read(lambda connection: connection.execute(statement).all())
         return [row[0] for row in rows]
 
