@@ -282,7 +282,8 @@ def summarize(directory: Path, *, since: float = 0.0, until: float = float("inf"
 
 def statements_per_reply(directory: Path, *, since: float, until: float, replies: int) -> str:
     """The statements the bots sent between `since` and `until` (each process's
-    cumulative counts, the last written before each bound), per reply, by kind."""
+    cumulative counts: the last written before `since`, the first written after
+    `until`), per reply, by kind."""
     sent: dict[str, int] = defaultdict(int)
     for path in sorted(directory.glob("trace-*.jsonl")):
         before: dict[str, int] = {}
@@ -293,8 +294,9 @@ def statements_per_reply(directory: Path, *, since: float, until: float, replies
                 continue
             if data["at"] < since:
                 before = data["statements"]
-            if data["at"] <= until:
-                last = data["statements"]
+            last = data["statements"]
+            if data["at"] >= until:
+                break  # the first count written after `until` has all of the run's
         for kind, count in last.items():
             sent[kind] += count - before.get(kind, 0)
     if not replies or not sent:

@@ -90,6 +90,31 @@ async def test_concurrent_deliveries_of_one_message_are_taken_once(
     assert texts(history) == ["once"]
 
 
+async def test_messages_arriving_at_once_in_a_new_thread_share_one_conversation(
+    store: SqlStore, make_store: StoreFactory
+) -> None:
+    # Two processes take a new thread's first messages at the same moment: each
+    # statement may find the conversation missing and create it; one conversation
+    # is made, and every message is accepted into it, once.
+    other = await make_store()
+    thread = "T-new-at-once"
+    results = await asyncio.gather(
+        *(
+            (store if index % 2 else other).accept(
+                incoming(f"new-{index}", text=f"m{index}", thread=thread),
+                text=f"m{index}",
+                tokens=1,
+            )
+            for index in range(12)
+        )
+    )
+    accepted = [result for result in results if result is not None]
+    assert len(accepted) == 12
+    assert len({turn.conversation_id for turn in accepted}) == 1
+    history = await store.history(accepted[0].conversation_id, up_to_message_id=10**9, limit=50)
+    assert sorted(texts(history)) == sorted(f"m{index}" for index in range(12))
+
+
 async def test_commands_claim_keys_in_the_same_namespace(store: SqlStore) -> None:
     assert await store.claim_key("test", "cmd-1") is True
     assert await store.claim_key("test", "cmd-1") is False
