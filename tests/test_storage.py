@@ -12,10 +12,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect as inspect_database
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
-from botservice.core.errors import ConfigError
+from botservice.core.errors import ConfigError, StoreUnavailable
 from botservice.core.events import ConversationKey
 from botservice.core.ports import AcceptedTurn, ChannelSettings, Store, StoredMessage, Usage
+from botservice.storage.base import _unavailable_as_store_error
 from botservice.storage.engine import check_connection, create_engine, normalize_url
 from botservice.storage.message_search import is_search_index
 from botservice.storage.migrate import current_revision, head_revision, upgrade
@@ -713,3 +715,23 @@ async def test_an_answer_talked_over_is_stored_with_what_was_not_spoken_marked(
     assert marked and stored is not None
     assert stored.text == "First part. (not spoken:) Second part."
     assert not await store.mark_answer_unspoken(unanswered.turn_id, "anything")
+
+
+class _DriverError(Exception):
+    """What asyncpg's errors carry through SQLAlchemy: the server's SQLSTATE."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def test_a_server_refusing_connections_is_unavailable_for_now_and_a_bad_statement_is_not() -> None:
+    # PostgreSQL at max_connections refuses a new connection with SQLSTATE 53300,
+    # which asyncpg raises through SQLAlchemy as a plain driver error: a turn waits
+    # and retries (StoreUnavailable) instead of failing.
+    refused = DBAPIError(None, None, _DriverError("sorry, too many clients already", "53300"))
+    with pytest.raises(StoreUnavailable), _unavailable_as_store_error():
+        raise refused
+    duplicate = DBAPIError(None, None, _DriverError("duplicate key value", "23505"))
+    with pytest.raises(DBAPIError), _unavailable_as_store_error():
+        raise duplicate
