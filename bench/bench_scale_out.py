@@ -33,7 +33,13 @@ followed by where their wall time went. With `--profile DIR`, py-spy records eac
 non-idle samples, 200 Hz) into DIR; py-spy's own CPU then weighs on the figures.
 With `--accept-thread`, the bots acknowledge Slack on a thread and event loop of
 their own (`[http] accept_thread`, botservice/core/accept_loop.py); without it,
-on their main loop (the default).
+on their main loop (the default). With `--warm-threads N`, N threads of two
+messages are sent the run's way before it, so the bots' connection pools (the hot
+path's asyncpg pool, SQLAlchemy's) have grown to what the load keeps busy: a
+process that has served a while has them open, and each one opened costs the bot
+and the database a few milliseconds (more processes open more). The table counts
+the database connections opened during the run either way (`PG conns opened`).
+With `--logs DIR` the bots' and fakes' logs are kept there.
 
 Goals from the issue: with 3 processes, CPU per reply (bot + database) within 1.2x
 of one process's, ack p99 < 500 ms, takeover <= 30 s. This two-core machine cannot
@@ -45,7 +51,7 @@ bounded in messages and time: a few minutes at the defaults.
     python -m bench.bench_scale_out [--processes 1,2,3] [--threads 30] [--per-thread 10]
                                     [--burst 30] [--takeover-timeout 60]
                                     [--probe-gap 0.2] [--profile DIR] [--trace-acks DIR]
-                                    [--accept-thread] [--logs DIR]
+                                    [--accept-thread] [--logs DIR] [--warm-threads N]
 """
 
 from __future__ import annotations
@@ -97,6 +103,9 @@ class Row:
     probe_p50: float = math.nan
     probe_p99: float = math.nan
     probe_acks: int = 0
+    # How late this process's own loop woke from 20 ms sleeps while it sent: the part
+    # of an ack's measured time that is the sender's wait for a CPU, not the bot's.
+    sender_lag_p99: float = math.nan
     without_previous: int = 0
     follow_ups: int = 0
     takeover: str = "-"
@@ -212,6 +221,25 @@ async def probing(cluster: Cluster, gap: float | None, acks: list[float]) -> Asy
         acks += json.loads(out.decode())["acks"] if out.strip() else []
 
 
+@contextlib.asynccontextmanager
+async def lagging(lags: list[float]) -> AsyncIterator[None]:
+    """How late this loop wakes from 20 ms sleeps while the block runs, into `lags`."""
+
+    async def watch() -> None:
+        while True:
+            slept = time.perf_counter()
+            await asyncio.sleep(0.02)
+            lags.append(time.perf_counter() - slept - 0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     out.parent.mkdir(parents=True, exist_ok=True)
     command = ["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "200", "-o", str(out)]
@@ -271,6 +299,14 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         for question, process in zip(warm, cluster.processes, strict=True):
             await cluster.deliver(question, first_to=process.index)
         await cluster.wait_answered(warm, within=30)
+        if args.warm_threads:
+            # The run's shape once before it (threads at once, repeats to random
+            # processes): pools grow to the connections that load keeps busy, as in a
+            # process that has been serving a while, so opening them is not counted.
+            grown = cluster.questions(threads=args.warm_threads, per_thread=2)
+            await cluster.send(grown)
+            await cluster.settle_deliveries(within=30)
+            await cluster.wait_answered(grown, within=60)
         await cluster.quiet(0.5, within=10)
         await settled(cluster)
         cluster.acks.clear()
@@ -286,12 +322,14 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
             waited_before = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
             fakes_before = proc_cpu_seconds(fakes_pid) or 0.0
             driver_before = time.process_time()
-            async with probing(cluster, args.probe_gap, probe_acks):
+            sender_lags: list[float] = []
+            async with probing(cluster, args.probe_gap, probe_acks), lagging(sender_lags):
                 started = time.monotonic()
                 # Nothing polls while acks are timed: every delivery first, then the answers.
                 await cluster.send(questions)
                 await cluster.settle_deliveries(within=30)
                 sent = time.monotonic()
+            row.sender_lag_p99 = percentile(sender_lags, 0.99)
             await cluster.wait_answered(questions, within=args.run_timeout)
             answered = time.monotonic()
             bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
@@ -408,6 +446,11 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         f"  goals with 3 processes: ack p99 < {TARGET_ACK_P99_MS:.0f} ms, "
         f"takeover ≤ {TARGET_TAKEOVER_SECONDS:.0f} s"
     )
+    if args.warm_threads:
+        print(
+            f"  warmed up with {args.warm_threads} threads of 2 messages first: the pools' "
+            "connections opened before the measurement"
+        )
     print("  replies: answered (answered/sent when some were still open at the run timeout)")
     print(
         "  no prev. answer: follow-ups whose prompt lacked the previous answer of their "
@@ -421,6 +464,10 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         "  PG CPU: the backends serving this database (the server's shared background "
         "processes left out); driver: this process (the sender, timing the acks); fakes: "
         "the fake Slack and fake model's process; neither in total"
+    )
+    print(
+        "  sender's own loop lag p99 while sending (part of every measured ack): "
+        + ", ".join(f"{r.processes}: {r.sender_lag_p99 * 1000:.0f} ms" for r in rows)
     )
     for row in rows:
         if row.trace:
@@ -485,6 +532,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy each bot process into this directory"
+    )
+    parser.add_argument(
+        "--warm-threads",
+        type=int,
+        default=0,
+        help="before measuring, send this many threads of 2 messages the run's way, so "
+        "the bots' connection pools have grown (default 0: one message per process)",
     )
     parser.add_argument(
         "--logs", type=Path, default=None, help="keep the bots' and fakes' logs in this directory"
