@@ -502,9 +502,7 @@ class SqlTurnStore(StoreBase):
 
         return await self._write_one(work)
 
-    async def waiting_conversations(
-        self, *, accepted_before: datetime, among: Collection[int] | None = None
-    ) -> list[int]:
+    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
         running = TURNS.alias("running")
         statement = (
             select(_t.conversation_id)
@@ -520,8 +518,6 @@ class SqlTurnStore(StoreBase):
             .group_by(_t.conversation_id)
             .order_by(func.min(_t.id))
         )
-        if among is not None:
-            statement = statement.where(_t.conversation_id.in_(sorted(among)))
         rows = await self._read(lambda connection: connection.execute(statement).all())
         return [row[0] for row in rows]
 

@@ -637,10 +637,9 @@ class ConversationCore:
             await asyncio.sleep(BUSY_ELSEWHERE_CHECK_SECONDS)
             conversations, self._busy_elsewhere = self._busy_elsewhere, set()
             try:
-                waiting = set(
-                    await self._store.waiting_conversations(
-                        accepted_before=datetime.now(UTC), among=conversations
-                    )
+                # The sweep's question (few turns wait at any moment), for these ones.
+                waiting = conversations.intersection(
+                    await self._store.waiting_conversations(accepted_before=datetime.now(UTC))
                 )
             except StoreUnavailable:
                 self._busy_elsewhere |= conversations

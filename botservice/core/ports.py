@@ -536,11 +536,9 @@ class TurnStore(Protocol):
         starting up) back to pending. Returns their conversations."""
         ...
 
-    async def waiting_conversations(
-        self, *, accepted_before: datetime, among: Collection[int] | None = None
-    ) -> list[int]:
+    async def waiting_conversations(self, *, accepted_before: datetime) -> list[int]:
         """Conversations with a turn pending since before `accepted_before` and none
-        running: nobody is answering them. `among`: only these conversations."""
+        running: nobody is answering them."""
         ...
 
     @property
