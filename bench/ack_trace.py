@@ -124,13 +124,47 @@ def _statement_kind(statement: str) -> str:
 
 
 def _count_statements() -> None:
+    """Count what the bot sends: SQLAlchemy's statements (the sweep, cold paths) by
+    their first words, and the hot path's (asyncpg directly) by their name in
+    storage/compiled.py, with the outcomes that show work done for nothing: an
+    accept that found the message taken (a duplicate delivery), a claim that found
+    nothing to claim (`-> nothing`) or another process's claim (`-> taken`)."""
+    import asyncpg
     from sqlalchemy import Engine, event
+
+    from botservice.storage.compiled import POSTGRESQL
 
     @event.listens_for(Engine, "before_cursor_execute")
     def count(
         conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
-        _statements[_statement_kind(statement)] += 1
+        _statements[f"sqlalchemy {_statement_kind(statement)}"] += 1
+
+    names = {statement.sql: name for name, statement in POSTGRESQL.items()}
+
+    def counted(method: str) -> None:
+        original = getattr(asyncpg.Connection, method)
+
+        @functools.wraps(original)
+        async def run(self: Any, query: str, *args: Any, **kwargs: Any) -> Any:
+            kind = names.get(query) or f"asyncpg {_statement_kind(query)}"
+            _statements[kind] += 1
+            try:
+                result = await original(self, query, *args, **kwargs)
+            except asyncpg.UniqueViolationError:
+                _statements[f"{kind} -> taken"] += 1
+                raise
+            if method == "fetchrow":
+                if result is None:
+                    _statements[f"{kind} -> nothing"] += 1
+                elif kind.startswith("accept") and result[1] is None and result[0] is not None:
+                    _statements[f"{kind} -> duplicate"] += 1
+            return result
+
+        setattr(asyncpg.Connection, method, run)
+
+    for method in ("fetchrow", "fetch", "execute", "fetchval"):
+        counted(method)
 
 
 def install(directory: str) -> None:
@@ -248,7 +282,8 @@ def summarize(directory: Path, *, since: float = 0.0, until: float = float("inf"
 
 def statements_per_reply(directory: Path, *, since: float, until: float, replies: int) -> str:
     """The statements the bots sent between `since` and `until` (each process's
-    cumulative counts, the last written before each bound), per reply, by kind."""
+    cumulative counts: the last written before `since`, the first written after
+    `until`), per reply, by kind."""
     sent: dict[str, int] = defaultdict(int)
     for path in sorted(directory.glob("trace-*.jsonl")):
         before: dict[str, int] = {}
@@ -259,13 +294,15 @@ def statements_per_reply(directory: Path, *, since: float, until: float, replies
                 continue
             if data["at"] < since:
                 before = data["statements"]
-            if data["at"] <= until:
-                last = data["statements"]
+            last = data["statements"]
+            if data["at"] >= until:
+                break  # the first count written after `until` has all of the run's
         for kind, count in last.items():
             sent[kind] += count - before.get(kind, 0)
     if not replies or not sent:
         return ""
-    total = sum(sent.values())
+    # Outcomes ("kind -> what") are counted besides their statement, not as more.
+    total = sum(count for kind, count in sent.items() if " -> " not in kind)
     lines = [f"  statements per reply: {total / replies:.2f}"]
     for kind, count in sorted(sent.items(), key=lambda item: -item[1]):
         if count:

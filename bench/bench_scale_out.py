@@ -33,7 +33,13 @@ followed by where their wall time went. With `--profile DIR`, py-spy records eac
 non-idle samples, 200 Hz) into DIR; py-spy's own CPU then weighs on the figures.
 With `--accept-thread`, the bots acknowledge Slack on a thread and event loop of
 their own (`[http] accept_thread`, botservice/core/accept_loop.py); without it,
-on their main loop (the default).
+on their main loop (the default). With `--warm-threads N`, N threads of two
+messages are sent the run's way before it, so the bots' connection pools (the hot
+path's asyncpg pool, SQLAlchemy's) have grown to what the load keeps busy: a
+process that has served a while has them open, and each one opened costs the bot
+and the database a few milliseconds (more processes open more). The table counts
+the database connections opened during the run either way (`PG conns opened`).
+With `--logs DIR` the bots' and fakes' logs are kept there.
 
 Goals from the issue: with 3 processes, CPU per reply (bot + database) within 1.2x
 of one process's, ack p99 < 500 ms, takeover <= 30 s. This two-core machine cannot
@@ -45,7 +51,7 @@ bounded in messages and time: a few minutes at the defaults.
     python -m bench.bench_scale_out [--processes 1,2,3] [--threads 30] [--per-thread 10]
                                     [--burst 30] [--takeover-timeout 60]
                                     [--probe-gap 0.2] [--profile DIR] [--trace-acks DIR]
-                                    [--accept-thread]
+                                    [--accept-thread] [--logs DIR] [--warm-threads N]
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,6 +94,7 @@ class Row:
     bot_cpu: float = math.nan  # seconds, all bot processes
     bot_waited: float = math.nan  # seconds the bots' loops were ready to run but had no CPU
     database_cpu: float = math.nan  # seconds, this database's backends
+    connections_opened: int = -1  # backends of this database started during the run
     driver_cpu: float = math.nan  # seconds, this process: the sender
     fakes_cpu: float = math.nan  # seconds, the fakes' process: fake Slack and fake model
     ack_p50: float = math.nan
@@ -95,6 +103,9 @@ class Row:
     probe_p50: float = math.nan
     probe_p99: float = math.nan
     probe_acks: int = 0
+    # How late this process's own loop woke from 20 ms sleeps while it sent: the part
+    # of an ack's measured time that is the sender's wait for a CPU, not the bot's.
+    sender_lag_p99: float = math.nan
     without_previous: int = 0
     follow_ups: int = 0
     takeover: str = "-"
@@ -129,6 +140,8 @@ class BackendCpu:
     database: str
     first: dict[int, float] = field(default_factory=dict)
     last: dict[int, float] = field(default_factory=dict)
+    # Backends that started while the run lasted (a bot's pool opening a connection).
+    opened: set[int] = field(default_factory=set)
 
     def sample(self, *, baseline: bool = False) -> None:
         for entry in Path("/proc").iterdir():
@@ -146,6 +159,8 @@ class BackendCpu:
             cpu = proc_cpu_seconds(pid)
             if cpu is None:
                 continue
+            if pid not in self.first and not baseline:
+                self.opened.add(pid)
             self.first.setdefault(pid, cpu if baseline else 0.0)
             self.last[pid] = cpu
 
@@ -160,12 +175,13 @@ def _sample_until_told(database: str, conn: Connection, interval: float) -> None
     while not conn.poll(interval):
         cpu.sample()
     cpu.sample()
-    conn.send(cpu.total())
+    conn.send((cpu.total(), len(cpu.opened)))
 
 
 @contextlib.asynccontextmanager
-async def sampling(database: str, total: list[float]) -> AsyncIterator[None]:
-    """CPU of the database's backends while the block runs, appended to `total`.
+async def sampling(database: str, total: list[tuple[float, int]]) -> AsyncIterator[None]:
+    """CPU of the database's backends while the block runs, and how many of them
+    started meanwhile, appended to `total`.
 
     Sampled in a process of its own: a pass over /proc takes milliseconds that
     would otherwise delay the acknowledgements this process times."""
@@ -203,6 +219,25 @@ async def probing(cluster: Cluster, gap: float | None, acks: list[float]) -> Asy
     finally:
         out, _ = await probe.communicate(b"")  # closing its stdin tells it to stop
         acks += json.loads(out.decode())["acks"] if out.strip() else []
+
+
+@contextlib.asynccontextmanager
+async def lagging(lags: list[float]) -> AsyncIterator[None]:
+    """How late this loop wakes from 20 ms sleeps while the block runs, into `lags`."""
+
+    async def watch() -> None:
+        while True:
+            slept = time.perf_counter()
+            await asyncio.sleep(0.02)
+            lags.append(time.perf_counter() - slept - 0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
@@ -264,12 +299,20 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         for question, process in zip(warm, cluster.processes, strict=True):
             await cluster.deliver(question, first_to=process.index)
         await cluster.wait_answered(warm, within=30)
+        if args.warm_threads:
+            # The run's shape once before it (threads at once, repeats to random
+            # processes): pools grow to the connections that load keeps busy, as in a
+            # process that has been serving a while, so opening them is not counted.
+            grown = cluster.questions(threads=args.warm_threads, per_thread=2)
+            await cluster.send(grown)
+            await cluster.settle_deliveries(within=30)
+            await cluster.wait_answered(grown, within=60)
         await cluster.quiet(0.5, within=10)
         await settled(cluster)
         cluster.acks.clear()
 
         questions = cluster.questions(threads=args.threads, per_thread=args.per_thread)
-        database_cpu: list[float] = []
+        database_cpu: list[tuple[float, int]] = []
         probe_acks: list[float] = []
         fakes_pid = cluster.fakes_pid
         assert fakes_pid is not None
@@ -279,12 +322,14 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
             waited_before = [run_queue_seconds(p.popen.pid) for p in cluster.processes]
             fakes_before = proc_cpu_seconds(fakes_pid) or 0.0
             driver_before = time.process_time()
-            async with probing(cluster, args.probe_gap, probe_acks):
+            sender_lags: list[float] = []
+            async with probing(cluster, args.probe_gap, probe_acks), lagging(sender_lags):
                 started = time.monotonic()
                 # Nothing polls while acks are timed: every delivery first, then the answers.
                 await cluster.send(questions)
                 await cluster.settle_deliveries(within=30)
                 sent = time.monotonic()
+            row.sender_lag_p99 = percentile(sender_lags, 0.99)
             await cluster.wait_answered(questions, within=args.run_timeout)
             answered = time.monotonic()
             bot_after = [p.cpu_seconds() or 0.0 for p in cluster.processes]
@@ -298,7 +343,9 @@ async def measure(processes: int, args: argparse.Namespace, workdir: Path) -> Ro
         row.seconds = max(shown, default=started) - started
         row.bot_cpu = sum(bot_after) - sum(bot_before)
         row.bot_waited = sum(waited_after) - sum(waited_before)
-        row.database_cpu = database_cpu[0] if database_cpu else math.nan
+        row.database_cpu, row.connections_opened = (
+            database_cpu[0] if database_cpu else (math.nan, -1)
+        )
         acks = [a.seconds for a in cluster.acks if a.status == 200]
         row.acks = len(acks)
         row.ack_p50, row.ack_p99 = percentile(acks, 0.5), percentile(acks, 0.99)
@@ -358,6 +405,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         ("no prev.", "answer"),
         ("driver", "ms/reply"),
         ("fakes", "ms/reply"),
+        ("PG conns", "opened"),
     ]
     widths = [max(len(a), len(b)) + 1 for a, b in columns]
     print("  " + "".join(f"{a:>{w}}" for (a, _), w in zip(columns, widths, strict=True)), end="")
@@ -379,6 +427,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"{row.without_previous}/{row.follow_ups}",
             f"{row.per_reply_ms(row.driver_cpu):.1f}",
             f"{row.per_reply_ms(row.fakes_cpu):.1f}",
+            str(row.connections_opened),
         ]
         line = "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths, strict=True))
         print(f"  {line}   {row.takeover}")
@@ -397,6 +446,11 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         f"  goals with 3 processes: ack p99 < {TARGET_ACK_P99_MS:.0f} ms, "
         f"takeover ≤ {TARGET_TAKEOVER_SECONDS:.0f} s"
     )
+    if args.warm_threads:
+        print(
+            f"  warmed up with {args.warm_threads} threads of 2 messages first: the pools' "
+            "connections opened before the measurement"
+        )
     print("  replies: answered (answered/sent when some were still open at the run timeout)")
     print(
         "  no prev. answer: follow-ups whose prompt lacked the previous answer of their "
@@ -410,6 +464,10 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         "  PG CPU: the backends serving this database (the server's shared background "
         "processes left out); driver: this process (the sender, timing the acks); fakes: "
         "the fake Slack and fake model's process; neither in total"
+    )
+    print(
+        "  sender's own loop lag p99 while sending (part of every measured ack): "
+        + ", ".join(f"{r.processes}: {r.sender_lag_p99 * 1000:.0f} ms" for r in rows)
     )
     for row in rows:
         if row.trace:
@@ -427,11 +485,22 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             )
 
 
+def keep_logs(workdir: Path, kept: Path) -> None:
+    """The bots' and the fakes' logs of one measurement, out of its temporary directory."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for log_file in workdir.glob("*.log"):
+        shutil.copy(log_file, kept / log_file.name)
+
+
 async def run(args: argparse.Namespace) -> None:
     rows = []
     for processes in args.processes:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            rows.append(await measure(processes, args, Path(tmp)))
+            try:
+                rows.append(await measure(processes, args, Path(tmp)))
+            finally:
+                if args.logs is not None:
+                    keep_logs(Path(tmp), args.logs / f"{processes}")
     print_table(rows, args)
 
 
@@ -463,6 +532,16 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, default=None, help="py-spy each bot process into this directory"
+    )
+    parser.add_argument(
+        "--warm-threads",
+        type=int,
+        default=0,
+        help="before measuring, send this many threads of 2 messages the run's way, so "
+        "the bots' connection pools have grown (default 0: one message per process)",
+    )
+    parser.add_argument(
+        "--logs", type=Path, default=None, help="keep the bots' and fakes' logs in this directory"
     )
     parser.add_argument(
         "--accept-thread",

@@ -398,11 +398,26 @@ def _unavailable_as_store_error() -> Iterator[None]:
     except (OperationalError, InterfaceError) as error:
         raise StoreUnavailable() from error
     except DBAPIError as error:
-        if error.connection_invalidated:
+        if error.connection_invalidated or _refused_connection(error):
             raise StoreUnavailable() from error
         raise
     except (OSError, TimeoutError) as error:
         raise StoreUnavailable() from error
+
+
+# SQLSTATE classes of a server that refuses or drops connections: 08 connection
+# exception, 53 insufficient resources (53300: too many connections), 57P operator
+# intervention (shutting down, starting up). The driver's other errors are the
+# statement's own.
+_REFUSED_SQLSTATES = ("08", "53", "57P")
+
+
+def _refused_connection(error: DBAPIError) -> bool:
+    """Whether the server refused a connection (PostgreSQL's full `max_connections`,
+    asyncpg raising it as a plain driver error): the database is unavailable for now,
+    as when it is unreachable, not the statement wrong."""
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_REFUSED_SQLSTATES)
 
 
 def _rows_of(statement: Any, parameters: dict[str, Any]) -> Callable[[Connection], list[Any]]:

@@ -113,6 +113,9 @@ class PostgresHotPath:
         self._opening: dict[tuple[asyncio.AbstractEventLoop, bool], asyncio.Lock] = {}
         # Per conversation, the oldest id of its last full history window (see history).
         self._window_starts: dict[int, int] = {}
+        # Closed with its store: from then on work is a mistake (as on the closed
+        # worker), not an outage to retry, and nothing connects again.
+        self._closed = False
 
     @property
     def pool_size(self) -> int:
@@ -121,6 +124,8 @@ class PostgresHotPath:
     # --- connections -----------------------------------------------------------------
 
     async def _pool(self, *, accepting: bool) -> asyncpg.Pool:
+        if self._closed:
+            raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
         if self._home is None:
             self._home = loop
@@ -208,6 +213,7 @@ class PostgresHotPath:
             await pool.close()
 
     async def aclose(self) -> None:
+        self._closed = True
         loop = asyncio.get_running_loop()
         pools, self._pools = self._pools, {}
         self._opening.clear()

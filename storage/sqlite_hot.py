@@ -158,6 +158,9 @@ class SqliteHotPath:
         self._checkpoint_asked = 0  # `_commits` when it was asked for
         self._path = path
         self._connection: sqlite3.Connection | None = None
+        # Closed with its store: from then on work is a mistake (as on the closed
+        # worker), not an outage to retry, and nothing opens the file again.
+        self._closed = False
         # The loop's connection serves the thread that first used it (the event loop's);
         # any other thread goes to the worker.
         self._owner: int | None = None
@@ -167,12 +170,15 @@ class SqliteHotPath:
         self._window_messages = 0
 
     def close(self) -> None:
+        self._closed = True
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
     def _on_loop(self) -> sqlite3.Connection | None:
         """The loop's connection when called from its thread (opened on first use)."""
+        if self._closed:
+            raise RuntimeError("the store is closed")
         if self._owner is None:
             self._owner = threading.get_ident()
         elif self._owner != threading.get_ident():

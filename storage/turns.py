@@ -18,6 +18,7 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
+    false,
     func,
     literal_column,
     null,
@@ -268,6 +269,7 @@ _TURN_FIELDS = (
     "claims",
     "created_at",
 )
+_KEY_FIELDS = ("platform", "workspace", "channel", "thread")
 _MESSAGE_FIELDS = (
     "role",
     "author_id",
@@ -282,14 +284,21 @@ _MESSAGE_FIELDS = (
 
 
 def _pg_accept_statement(*, claiming: bool = False) -> Any:
-    """Accept a message in one statement (PostgreSQL), for a conversation that exists.
+    """Accept a message in one statement (PostgreSQL), creating its conversation first
+    when it is new.
 
     The message id is drawn from its sequence first, so the turn (the dedupe claim)
     can be inserted pointing at it; the message is inserted only if the turn was,
     so a duplicate delivery writes nothing. Foreign keys are checked at the end of
-    the statement, when both rows are there. Returns one row: the conversation id
-    (None: no such conversation yet), then the turn and message ids (None: a
-    duplicate), then the turn's status.
+    the statement, when the rows are there. Returns one row: the conversation id
+    (None: another process created the conversation at the same moment, committed
+    after this statement began; taking the message again finds it), then the turn
+    and message ids (None: a duplicate), then the turn's status.
+
+    The conversation is created in the same statement, not one of its own: every
+    thread's first message used to take three round trips and two commits (accept,
+    create, accept again), and those are the acknowledgements a burst of new
+    threads waits longest for.
 
     `claiming`: the turn is inserted already claimed (running, held by `b_holder`
     until `b_alive_until`) when no turn of the conversation is pending or running,
@@ -299,16 +308,20 @@ def _pg_accept_statement(*, claiming: bool = False) -> Any:
     `uq_turns_one_running` fails the second statement whole (nothing written), and
     its caller accepts again without claiming.
     """
-    conversation = (
-        select(_c.id)
-        .where(
-            _c.platform == bindparam("k_platform"),
-            _c.workspace == bindparam("k_workspace"),
-            _c.channel == bindparam("k_channel"),
-            _c.thread == bindparam("k_thread"),
+    key = {name: bindparam(f"k_{name}", type_=String()) for name in _KEY_FIELDS}
+    found = select(_c.id).where(*(_c[name] == key[name] for name in _KEY_FIELDS))
+    created_at = bindparam("t_created_at", type_=TURNS.c.created_at.type)
+    created = (
+        postgresql.insert(CONVERSATIONS)
+        .from_select(
+            [*_KEY_FIELDS, "created_at", "updated_at", "trim_noticed"],
+            select(*key.values(), created_at, created_at, false()).where(~exists(found)),
         )
-        .scalar_subquery()
+        .on_conflict_do_nothing(index_elements=[_c[name] for name in _KEY_FIELDS])
+        .returning(_c.id)
+        .cte("created")
     )
+    conversation = func.coalesce(found.scalar_subquery(), select(created.c.id).scalar_subquery())
     message_id = func.nextval(func.pg_get_serial_sequence("messages", "id"))
     ids = select(conversation.label("conversation_id"), message_id.label("message_id")).cte("ids")
     fields: list[Any] = [bindparam(f"t_{name}", type_=TURNS.c[name].type) for name in _TURN_FIELDS]

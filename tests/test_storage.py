@@ -12,10 +12,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect as inspect_database
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
-from botservice.core.errors import ConfigError
+from botservice.core.errors import ConfigError, StoreUnavailable
 from botservice.core.events import ConversationKey
 from botservice.core.ports import AcceptedTurn, ChannelSettings, Store, StoredMessage, Usage
+from botservice.storage.base import _unavailable_as_store_error
 from botservice.storage.engine import check_connection, create_engine, normalize_url
 from botservice.storage.message_search import is_search_index
 from botservice.storage.migrate import current_revision, head_revision, upgrade
@@ -88,6 +90,31 @@ async def test_concurrent_deliveries_of_one_message_are_taken_once(
     assert len(winners) == 1
     history = await store.history(winners[0].conversation_id, up_to_message_id=10**9, limit=50)
     assert texts(history) == ["once"]
+
+
+async def test_messages_arriving_at_once_in_a_new_thread_share_one_conversation(
+    store: SqlStore, make_store: StoreFactory
+) -> None:
+    # Two processes take a new thread's first messages at the same moment: each
+    # statement may find the conversation missing and create it; one conversation
+    # is made, and every message is accepted into it, once.
+    other = await make_store()
+    thread = "T-new-at-once"
+    results = await asyncio.gather(
+        *(
+            (store if index % 2 else other).accept(
+                incoming(f"new-{index}", text=f"m{index}", thread=thread),
+                text=f"m{index}",
+                tokens=1,
+            )
+            for index in range(12)
+        )
+    )
+    accepted = [result for result in results if result is not None]
+    assert len(accepted) == 12
+    assert len({turn.conversation_id for turn in accepted}) == 1
+    history = await store.history(accepted[0].conversation_id, up_to_message_id=10**9, limit=50)
+    assert sorted(texts(history)) == sorted(f"m{index}" for index in range(12))
 
 
 async def test_commands_claim_keys_in_the_same_namespace(store: SqlStore) -> None:
@@ -688,3 +715,23 @@ async def test_an_answer_talked_over_is_stored_with_what_was_not_spoken_marked(
     assert marked and stored is not None
     assert stored.text == "First part. (not spoken:) Second part."
     assert not await store.mark_answer_unspoken(unanswered.turn_id, "anything")
+
+
+class _DriverError(Exception):
+    """What asyncpg's errors carry through SQLAlchemy: the server's SQLSTATE."""
+
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def test_a_server_refusing_connections_is_unavailable_for_now_and_a_bad_statement_is_not() -> None:
+    # PostgreSQL at max_connections refuses a new connection with SQLSTATE 53300,
+    # which asyncpg raises through SQLAlchemy as a plain driver error: a turn waits
+    # and retries (StoreUnavailable) instead of failing.
+    refused = DBAPIError(None, None, _DriverError("sorry, too many clients already", "53300"))
+    with pytest.raises(StoreUnavailable), _unavailable_as_store_error():
+        raise refused
+    duplicate = DBAPIError(None, None, _DriverError("duplicate key value", "23505"))
+    with pytest.raises(DBAPIError), _unavailable_as_store_error():
+        raise duplicate

@@ -217,6 +217,37 @@ async def test_the_turns_of_a_process_that_died_are_taken_over_within_the_takeov
     assert len(fake_model.chat_requests) == 2
 
 
+async def test_a_message_accepted_as_the_holders_turn_ended_without_claiming_it_is_answered(
+    processes: Callable[..., asyncio.Future[list[ConversationCore]]],
+    store: SqlStore,
+) -> None:
+    platform = Platform()
+    # The sweep is minutes away: only the accepting process's own look can find it.
+    (core,) = await processes(1, platform, conversation__turn_heartbeat_seconds="300")
+    chat = Chat(core, platform="slack")
+    first = chat.message("answered elsewhere", thread="T1")
+    accepted = await store.accept(first, text=first.text, tokens=2)
+    assert accepted is not None
+    alive = datetime.now(UTC) + timedelta(minutes=1)
+    held = await store.claim_next_turn(
+        accepted.conversation_id, holder="other-process", alive_until=alive
+    )
+    assert held is not None
+
+    # Accepted while the other process's turn runs: that process would claim it with
+    # its answer, so it is not claimed here...
+    started = time.monotonic()
+    behind = chat.message("asked meanwhile", thread="T1")
+    assert await core.submit(behind, platform.sink("T1")) is not None
+    # ...but that turn ends without claiming the next one, as when the accept and
+    # the holder's save cross: the message waits with nobody answering it.
+    assert await store.fail_turn(held.turn_id, holder="other-process")
+    await platform.wait_for(1, within=5)
+
+    assert answers_in(platform, "T1") == ["You said: asked meanwhile"]
+    assert time.monotonic() - started < 3
+
+
 # --- the store's rules ------------------------------------------------------------
 
 

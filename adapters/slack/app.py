@@ -59,6 +59,7 @@ from botservice.adapters.slack.events import (
     ViewChanged,
     WorkspaceGone,
     build_incoming,
+    delivered_message_key,
     slash_command,
     translate_event,
 )
@@ -352,6 +353,13 @@ class SlackAdapter:
             log.debug(
                 "Slack redelivery %s (%s)", retry, request.headers.get("X-Slack-Retry-Reason")
             )
+        message_key = delivered_message_key(envelope.body)
+        if message_key is not None and self._core.taken_here(PLATFORM, message_key):
+            # A message this process has stored (a retry, or the `message` twin of a
+            # mention): acknowledged from memory, before Bolt builds a request, a
+            # context and a client for it only to drop it.
+            self._core.telemetry.message_redelivered(PLATFORM)
+            return web.Response(status=200)
         bolt_request = AsyncBoltRequest(
             body=envelope.text,
             query=request.query_string,
@@ -442,7 +450,9 @@ class SlackAdapter:
     ) -> None:
         draft = action.draft
         key = ConversationKey(PLATFORM, draft.team, draft.channel, draft.thread)
-        known = key in self._known or await self._core_knows(key)
+        known = key in self._known
+        if not known and _asks_whether_known(action):
+            known = await self._core_knows(key)
         if action.only_in_known_thread and not known:
             return
         user = await self._users.lookup(client, draft.team, draft.user)
@@ -681,3 +691,17 @@ class SlackAdapter:
         return self._tasks.spawn(
             coroutine, name=f"slack-{getattr(coroutine, '__qualname__', 'task')}"
         )
+
+
+def _asks_whether_known(action: Converse) -> bool:
+    """Whether answering `action` depends on the bot being in its thread already: a
+    thread reply without a mention (answered only there), a mention in a thread the
+    bot joins late (its earlier messages are read once), an assistant thread (titled
+    at its first message). A channel mention or a direct message starts or continues
+    its conversation either way, so its acknowledgement does not wait for the store."""
+    draft = action.draft
+    return (
+        action.only_in_known_thread
+        or (draft.in_thread and not draft.is_direct)
+        or draft.reply_target().assistant
+    )

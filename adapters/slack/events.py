@@ -211,6 +211,19 @@ def translate_event(body: Mapping[str, Any], bot: BotIdentity) -> Action:
     return translator(body, event, bot)
 
 
+def delivered_message_key(body: Mapping[str, Any]) -> str | None:
+    """The `MessageDraft.message_key` of the person's message an Events API envelope
+    carries (a mention, or a message written by a person), read without translating
+    it; None for anything else (edits, deletions, other events)."""
+    event = body.get("event")
+    if not isinstance(event, Mapping) or event.get("type") not in ("app_mention", "message"):
+        return None
+    channel, ts = event.get("channel"), event.get("ts")
+    if event.get("subtype") not in _USER_SUBTYPES or not channel or not ts:
+        return None
+    return f"{channel}:{ts}"
+
+
 def _team(body: Mapping[str, Any], event: Mapping[str, Any]) -> str:
     # The installation's team; in shared channels `event.team` is the author's.
     return str(body.get("team_id") or event.get("team") or "")

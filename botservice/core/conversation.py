@@ -124,6 +124,9 @@ OVERFLOW_SUSPECT_TOKENS = 2048
 RESTART_TOO_LATE = "Sorry, I restarted before I could answer this, and it is too old to pick up now; please ask again."
 UNEXPECTED_FAILURE = "Something went wrong on my side while answering; please try again."
 REMEMBERED_MESSAGE_KEYS = 20_000
+# How often this process asks once, for all the turns it accepted into conversations
+# busy elsewhere, whether any of them was left with nobody answering it.
+BUSY_ELSEWHERE_CHECK_SECONDS = 1.0
 
 
 SinkFinder = Callable[[PendingTurn], ReplySink | None]
@@ -284,6 +287,10 @@ class ConversationCore:
         self._claimed: dict[int, PendingTurn] = {}
         # Conversations whose last save also tried to claim the next turn.
         self._looked: set[int] = set()
+        # Conversations a turn was accepted into here while their turns were another
+        # process's (see `_take`): looked at once, together, a moment later.
+        self._busy_elsewhere: set[int] = set()
+        self._busy_check: asyncio.Task[None] | None = None
         self._tasks = BackgroundTasks()
         self._takeover_after = timedelta(seconds=settings.conversation.turn_takeover_seconds)
         self._sink_for: SinkFinder | None = None
@@ -604,10 +611,47 @@ class ConversationCore:
             audio=tuple(a for a in message.attachments if a.is_audio),
             done=done,
         )
+        conversation_id = accepted.conversation_id
         if accepted.claimed is not None:
-            self._claimed[accepted.conversation_id] = accepted.claimed
-        self._wake(accepted.conversation_id)
+            self._claimed[conversation_id] = accepted.claimed
+        elif self._store.shared and conversation_id not in self._drivers and not self._stopping:
+            # Not claimed as it was accepted: a turn of the conversation was pending or
+            # running, and not here. Its holder claims this one with its answer, so a
+            # claim now would fail (one wasted statement per such message with several
+            # processes). Only when the accept and that holder's save crossed is the
+            # turn left with nobody answering it: one look for all of them shortly
+            # finds those (and the sweep would).
+            self._busy_elsewhere.add(conversation_id)
+            if self._busy_check is None or self._busy_check.done():
+                self._busy_check = self._tasks.spawn(
+                    self._check_busy_elsewhere(), name="busy-elsewhere-check"
+                )
+            return done
+        self._wake(conversation_id)
         return done
+
+    async def _check_busy_elsewhere(self) -> None:
+        """Start on the conversations of `_busy_elsewhere` that nobody is answering; let
+        go of the others (their holders answer the turns accepted here)."""
+        while self._busy_elsewhere and not self._stopping:
+            await asyncio.sleep(BUSY_ELSEWHERE_CHECK_SECONDS)
+            conversations, self._busy_elsewhere = self._busy_elsewhere, set()
+            try:
+                # The sweep's question (few turns wait at any moment), for these ones.
+                waiting = conversations.intersection(
+                    await self._store.waiting_conversations(accepted_before=datetime.now(UTC))
+                )
+            except StoreUnavailable:
+                self._busy_elsewhere |= conversations
+                continue
+            for conversation_id in conversations:
+                if conversation_id in waiting:
+                    self._wake(conversation_id)
+                elif (
+                    conversation_id not in self._drivers
+                    and conversation_id not in self._busy_elsewhere
+                ):
+                    self._let_go_of(conversation_id)
 
     def _take_from_elsewhere(
         self,
@@ -627,6 +671,12 @@ class ConversationCore:
                 there.call_soon_threadsafe(settle_there)
 
         self._take(accepted, message, sink).add_done_callback(settle)
+
+    def taken_here(self, platform: str, message_key: str) -> bool:
+        """Whether this process stored the message (or found it stored) already: a
+        repeat an adapter may acknowledge without building the message (any thread)."""
+        with self._taken_lock:
+            return (platform, message_key) in self._taken
 
     def _remember_taken(self, key: tuple[str, str]) -> None:
         with self._taken_lock:
@@ -701,6 +751,9 @@ class ConversationCore:
         self._stopping = True
         self._sweeping = False
         await self.drain()
+        for conversation_id in self._busy_elsewhere:
+            self._let_go_of(conversation_id)  # left to their holders, or the next start
+        self._busy_elsewhere.clear()
         if self._claimed:
             # Claimed but not started: back to pending, for another process now or
             # for this one after its restart.

@@ -14,6 +14,7 @@ from botservice.adapters.slack.events import (
     SlackUser,
     WorkspaceGone,
     build_incoming,
+    delivered_message_key,
     plain_text,
     slash_command,
     thread_context,
@@ -43,6 +44,22 @@ def test_mention_becomes_a_message_keyed_by_channel_and_ts() -> None:
 
 def test_the_message_twin_of_a_mention_shares_the_key_but_is_left_to_app_mention() -> None:
     assert isinstance(translate_event(payload("message_channels"), BOT), Ignore)
+
+
+def test_a_delivery_names_the_message_it_carries_as_its_translation_would() -> None:
+    # Read before any translation, to acknowledge a repeat from memory: it must name
+    # exactly the key the message is stored under.
+    for name in ("app_mention", "message_channels", "message_thread_reply", "message_im"):
+        body = payload(name)
+        action = translate_event(body, BOT)
+        assert delivered_message_key(body) == f"{body['event']['channel']}:{body['event']['ts']}"
+        if isinstance(action, Converse):
+            assert delivered_message_key(body) == action.draft.message_key
+    edited = payload("message_thread_reply")
+    edited["event"]["subtype"] = "message_changed"
+    assert delivered_message_key(edited) is None
+    assert delivered_message_key({"event": {"type": "reaction_added", "ts": "1.2"}}) is None
+    assert delivered_message_key({"type": "url_verification"}) is None
 
 
 def test_thread_reply_only_counts_in_known_threads() -> None:
