@@ -456,4 +456,8 @@ POSTGRESQL: dict[str, Statement] = {
         "UPDATE turns SET reply_ref=$1::VARCHAR WHERE turns.id = $2::INTEGER",
         ("b_reply_ref", "b_turn_id"),
     ),
+    "tool_calls_for_array": Statement(
+        "SELECT tool_calls.user_message_id, tool_calls.round, tool_calls.position, tool_calls.call_id, tool_calls.name, tool_calls.arguments, tool_calls.status, tool_calls.result, tool_calls.is_error, tool_calls.tokens, tool_calls.round_text \nFROM tool_calls \nWHERE tool_calls.user_message_id = ANY ($1::INTEGER[]) ORDER BY tool_calls.user_message_id, tool_calls.round, tool_calls.position",
+        ("ids",),
+    ),
 }

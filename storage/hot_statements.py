@@ -163,6 +163,12 @@ _CALLS_FOR_MESSAGES_JSON = (
     )
     .order_by(TOOL_CALLS.c.user_message_id, TOOL_CALLS.c.round, TOOL_CALLS.c.position)
 )
+# PostgreSQL takes them as one array.
+_CALLS_FOR_MESSAGES_ARRAY = (
+    select(*_CALL_COLUMNS)
+    .where(TOOL_CALLS.c.user_message_id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer))))
+    .order_by(TOOL_CALLS.c.user_message_id, TOOL_CALLS.c.round, TOOL_CALLS.c.position)
+)
 _MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(
     _m.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
 )
@@ -215,6 +221,9 @@ _SHARED: dict[str, HotStatement] = {
     "release_stale": HotStatement(_RELEASE_STALE, None, (SQLITE,)),
     "waiting_conversations": HotStatement(_WAITING_CONVERSATIONS, None, (SQLITE,)),
     "tool_calls_for": HotStatement(_CALLS_FOR_MESSAGES_JSON, None, (SQLITE,)),
+    # Every turn asks it: through SQLAlchemy it kept a second pool of connections open
+    # in each process beside the hot path's (issue 8's connection count).
+    "tool_calls_for_array": HotStatement(_CALLS_FOR_MESSAGES_ARRAY, None, (POSTGRESQL,)),
     "renew_claims": HotStatement(_RENEW_CLAIMS_ARRAY, None, (POSTGRESQL,)),
     "messages_by_ids": HotStatement(_MESSAGES_BY_ID_ARRAY, None, (POSTGRESQL,)),
     "accept": HotStatement(_pg_accept_statement(), None, (POSTGRESQL,)),

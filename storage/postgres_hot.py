@@ -40,6 +40,7 @@ from botservice.core.ports import (
     MessageStatus,
     PendingTurn,
     StoredMessage,
+    StoredToolCall,
     Usage,
     UsageRecord,
 )
@@ -424,6 +425,10 @@ class PostgresHotPath:
         # Adapters ask this before acknowledging an event: on the accepting connections.
         found = await self._fetchrow("conversation_id", hot_rows.key_values(key), accepting=True)
         return found is not None
+
+    async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
+        rows = await self._fetch("tool_calls_for_array", {"ids": list(user_message_ids)})
+        return [hot_rows.tool_call(row) for row in rows]
 
     async def channel_settings(
         self, platform: str, workspace: str, channel: str

@@ -45,6 +45,7 @@ from botservice.storage.tables import (
 )
 
 if TYPE_CHECKING:
+    from botservice.storage.postgres_hot import PostgresHotPath
     from botservice.storage.sqlite_hot import SqliteHotPath
 
 T = TypeVar("T")
@@ -201,7 +202,7 @@ class ToolRoundQueries:
 
     if TYPE_CHECKING:
         _insert: Callable[..., Any]
-        _sqlite_hot: SqliteHotPath | None
+        _hot: SqliteHotPath | PostgresHotPath | None
 
         async def _write(self, work: Callable[[Connection], T]) -> T: ...
 
@@ -278,8 +279,8 @@ class ToolRoundQueries:
     async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
         if not user_message_ids:
             return []
-        if self._sqlite_hot is not None:
-            return await self._sqlite_hot.tool_calls_for(user_message_ids)
+        if self._hot is not None:
+            return await self._hot.tool_calls_for(user_message_ids)
         ids = list(user_message_ids)
 
         def work(connection: Connection) -> list[StoredToolCall]:

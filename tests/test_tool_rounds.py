@@ -1096,3 +1096,51 @@ async def test_a_tools_own_error_text_is_for_the_model_not_the_progress_shown(
     assert sink.progress[-1][2:] == ("error", "The tool reported an error.")
     [result] = tool_messages(fake_model.chat_requests[1].body)
     assert result["content"] == "Traceback: db password=hunter2 rejected", "the model reads it"
+
+
+async def test_the_tool_calls_of_a_history_come_back_whole_in_order_for_the_ids_asked(
+    store: SqlStore,
+) -> None:
+    # Read on every turn through the drivers (storage/sqlite_hot.py, postgres_hot.py).
+    chat = Chat()
+    asked = await store.accept(chat.message("Look up q and r.", name="Ada"), text="q r", tokens=4)
+    other = await store.accept(chat.message("And s.", name="Ada"), text="s", tokens=2)
+    assert asked is not None and other is not None
+    first_round = [
+        StoredToolCall(
+            user_message_id=asked.user_message_id,
+            round=0,
+            position=position,
+            call_id=f"c{position}",
+            name="lookup",
+            arguments=json.dumps({"query": query}),
+            status="done",
+            result=f"found: {query}",
+            is_error=position == 1,
+            tokens=3,
+            round_text="Looking." if position == 0 else "",
+        )
+        for position, query in ((1, "r"), (0, "q"))
+    ]
+    await store.store_tool_round(asked.turn_id, first_round)
+    await store.store_tool_round(
+        other.turn_id,
+        [
+            StoredToolCall(
+                user_message_id=other.user_message_id,
+                round=0,
+                position=0,
+                call_id="s0",
+                name="lookup",
+                arguments="{}",
+                status="requested",
+            )
+        ],
+    )
+
+    found = await store.tool_calls_for([asked.user_message_id])
+
+    assert found == sorted(first_round, key=lambda call: call.position)
+    both = await store.tool_calls_for([other.user_message_id, asked.user_message_id])
+    assert [call.call_id for call in both] == ["c0", "c1", "s0"]
+    assert await store.tool_calls_for([]) == []
