@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, any_, bindparam, func, select, update
+from sqlalchemy import Integer, any_, bindparam, func, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _c, _m, _t
 from botservice.storage.channel_settings import _CHANNEL_SETTINGS
@@ -163,6 +164,24 @@ _CALLS_FOR_MESSAGES_JSON = (
     )
     .order_by(TOOL_CALLS.c.user_message_id, TOOL_CALLS.c.round, TOOL_CALLS.c.position)
 )
+
+
+def _turn_reads() -> Any:
+    """A turn's two reads in one round trip (PostgreSQL): the history window's ids
+    (`history_ids`'s, as one array in the window's order: oldest first, each answer
+    right after the question it answers; the aggregate makes exactly one row, with a
+    NULL array for an empty window), beside the channel's settings rows
+    (`channel_settings`: the array repeated beside each, or once with NULL settings
+    when there are none)."""
+    window = _history_statement(from_id=True).subquery("turn_window")
+    ordered = aggregate_order_by(
+        window.c.id, func.coalesce(window.c.reply_to_id, window.c.id), window.c.id
+    )
+    ids = select(func.array_agg(ordered).label("ids")).subquery("turn_window_ids")
+    settings = _CHANNEL_SETTINGS.subquery("turn_settings")
+    return select(ids.c.ids, *settings.c).select_from(ids.outerjoin(settings, true()))
+
+
 _MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(
     _m.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
 )
@@ -206,6 +225,7 @@ _SHARED: dict[str, HotStatement] = {
     "history_window": HotStatement(_HISTORY_WINDOW, None, BOTH),
     "recent_messages": HotStatement(_RECENT_MESSAGES, None, (SQLITE,)),
     "history_ids": HotStatement(_history_statement(from_id=True), None, (POSTGRESQL,)),
+    "turn_reads": HotStatement(_turn_reads(), None, (POSTGRESQL,)),
     "reset_after": HotStatement(_RESET_AFTER, None, (SQLITE,)),
     "renew_claim": HotStatement(_RENEW_CLAIM, None, (SQLITE,)),
     # A start's sweep and the tool rounds of the history: on a SQLite file the first

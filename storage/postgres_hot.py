@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -429,42 +429,82 @@ class PostgresHotPath:
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int
     ) -> list[StoredMessage]:
+        values = self._window_values(conversation_id, up_to_message_id, limit)
+        async with self._connection() as connection:
+            sql, args = _bound("history_ids", values)
+            window = await connection.fetch(sql, *args)
+            return await self._window_messages(connection, values, window)
+
+    async def turn_reads(
+        self, key: ConversationKey, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> tuple[ChannelSettings, list[StoredMessage]]:
+        """The channel's settings and the history window in one round trip (the
+        messages this process has not seen yet in a second)."""
+        values = {
+            **self._window_values(conversation_id, up_to_message_id, limit),
+            "platform": key.platform,
+            "workspace": key.workspace,
+            "channel": key.channel,
+        }
+        async with self._connection() as connection:
+            sql, args = _bound("turn_reads", values)
+            rows = await connection.fetch(sql, *args)
+            # One row per settings row (or one with none), each with the window's ids.
+            settings = hot_rows.merged_settings(
+                [tuple(row)[1:] for row in rows if row[1] is not None], key.channel
+            )
+            ids = rows[0][0] or []
+            return settings, await self._window_messages(connection, values, ids=ids)
+
+    def _window_values(
+        self, conversation_id: int, up_to_message_id: int, limit: int
+    ) -> dict[str, Any]:
         # Where the conversation's last full window began: a window of `limit` found
         # from there is the whole answer (every match older than its oldest is older
         # than all of it). Without it the database may read the whole thread to sort
         # it (a generic plan for a prepared statement: a 5,000-message thread took
         # 2.5 ms); with fewer found (deletions, an older `up_to`), it asks again from 0.
-        from_id = self._window_starts.get(conversation_id, 0)
-        values = {
+        return {
             "conversation_id": conversation_id,
             "up_to": up_to_message_id,
             "limit": limit,
-            "from_id": from_id,
+            "from_id": self._window_starts.get(conversation_id, 0),
         }
-        async with self._connection() as connection:
-            sql, args = _bound("history_ids", values)
-            window = await connection.fetch(sql, *args)
-            if len(window) < limit and from_id:
-                sql, args = _bound("history_ids", {**values, "from_id": 0})
-                window = await connection.fetch(sql, *args)
-            if len(window) == limit:
-                if len(self._window_starts) >= WINDOW_STARTS:
-                    self._window_starts.clear()
-                self._window_starts[conversation_id] = min(row[0] for row in window)
-            else:
-                self._window_starts.pop(conversation_id, None)
+
+    async def _window_messages(
+        self,
+        connection: asyncpg.Connection,
+        values: dict[str, Any],
+        window: Sequence[Any] = (),
+        *,
+        ids: list[int] | None = None,
+    ) -> list[StoredMessage]:
+        """The messages of a window, from the cache of message contents, asking the
+        database only for those not in it. The window as (id, the id it answers) rows,
+        or as `ids` in the window's order already."""
+        conversation_id, limit = values["conversation_id"], values["limit"]
+        found = len(window) if ids is None else len(ids)
+        if found < limit and values["from_id"]:
+            sql, args = _bound("history_ids", {**values, "from_id": 0})
+            window, ids = await connection.fetch(sql, *args), None
+        if ids is None:
             # Oldest first, each answer right after the question it answers.
             window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
             ids = [row[0] for row in window]
-            known = self._messages.get_many(ids)
-            missing = [id_ for id_ in ids if id_ not in known]
-            if missing:
-                sql, args = _bound("messages_by_ids", {"ids": missing})
-                fresh = [
-                    hot_rows.stored_message(row, row[8])
-                    for row in await connection.fetch(sql, *args)
-                ]
-                self._messages.add(fresh)
-                known.update((message.id, message) for message in fresh)
+        if len(ids) == limit:
+            if len(self._window_starts) >= WINDOW_STARTS:
+                self._window_starts.clear()
+            self._window_starts[conversation_id] = min(ids)
+        else:
+            self._window_starts.pop(conversation_id, None)
+        known = self._messages.get_many(ids)
+        missing = [id_ for id_ in ids if id_ not in known]
+        if missing:
+            sql, args = _bound("messages_by_ids", {"ids": missing})
+            fresh = [
+                hot_rows.stored_message(row, row[8]) for row in await connection.fetch(sql, *args)
+            ]
+            self._messages.add(fresh)
+            known.update((message.id, message) for message in fresh)
         # A message deleted between the two reads is left out.
         return [known[id_] for id_ in ids if id_ in known]

@@ -507,6 +507,16 @@ class SqliteHotPath:
         rows = await self._read(lambda db: _run(db, "tool_calls_for", values).fetchall())
         return [hot_rows.tool_call(row) for row in rows]
 
+    async def turn_reads(
+        self, key: ConversationKey, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> tuple[ChannelSettings, list[StoredMessage]]:
+        # Both from memory while no other connection committed: nothing to fold.
+        settings = await self.channel_settings(key.platform, key.workspace, key.channel)
+        history = await self.history(
+            conversation_id, up_to_message_id=up_to_message_id, limit=limit
+        )
+        return settings, history
+
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int
     ) -> list[StoredMessage]:

@@ -931,19 +931,17 @@ class ConversationCore:
             return
 
         key = turn.key
-        channel = await self._keep_trying(
-            lambda: store.channel_settings(key.platform, key.workspace, key.channel)
-        )
-        model = self._settings.chat_model(channel.model)
-        model_info = self._settings.model_info(model)
-        instructions = channel.instructions or self._settings.conversation.default_instructions
-        history = await self._keep_trying(
-            lambda: store.history(
+        channel, history = await self._keep_trying(
+            lambda: store.turn_reads(
+                key,
                 turn.conversation_id,
                 up_to_message_id=turn.user_message_id,
                 limit=self._settings.conversation.history_limit,
             )
         )
+        model = self._settings.chat_model(channel.model)
+        model_info = self._settings.model_info(model)
+        instructions = channel.instructions or self._settings.conversation.default_instructions
         instructions_tokens = self._count_tokens(instructions)
         tools = self._turn_tools(turn, model, channel, history, sink, abilities)
         earlier_calls: list[StoredToolCall] = []

@@ -874,6 +874,14 @@ class ToolRoundStore(Protocol):
 class CoreStore(TurnStore, HistoryStore, CommandStore, TokenUsage, ToolRoundStore, Protocol):
     """What `ConversationCore` needs: turns, history, commands, budgets and tool rounds."""
 
+    async def turn_reads(
+        self, key: ConversationKey, conversation_id: int, *, up_to_message_id: int, limit: int
+    ) -> tuple[ChannelSettings, list[StoredMessage]]:
+        """What a turn reads before it asks the model: the channel's settings (as
+        `channel_settings`) and the history window (as `history`), together (one
+        round trip on PostgreSQL instead of two)."""
+        ...
+
 
 class Store(CoreStore, Lookups, PurgeStore, Protocol):
     """Everything the bot keeps: the sum of the ports above, for the composition root.
