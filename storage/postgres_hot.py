@@ -25,7 +25,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +54,9 @@ log = logging.getLogger(__name__)
 
 # Conversations whose window start is remembered (all forgotten at once past it).
 WINDOW_STARTS = 10_000
+# How long the reads made with a turn's accepting claim stand for its `turn_reads`
+# (which follow at once: the turn starts as it is claimed). Older, they are read again.
+PREFETCH_SECONDS = 0.5
 # Managed PostgreSQL closes idle connections; let a pool close them before that.
 IDLE_CONNECTION_SECONDS = 1800.0
 _ANSWER_STATEMENTS = {
@@ -58,6 +65,17 @@ _ANSWER_STATEMENTS = {
     (True, False): "held_answer",
     (True, True): "held_answer_with_usage",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _TurnReads:
+    """What `accept_claimed_reading` read for the turn it claimed."""
+
+    channel: tuple[str, str, str]  # platform, workspace, channel
+    limit: int
+    ids: list[int]  # the window, in its order, ending with the turn's message
+    settings: list[tuple[Any, ...]]  # channel_settings rows
+    at: float  # time.monotonic() when read
 
 
 def _bound(name: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -113,6 +131,12 @@ class PostgresHotPath:
         self._opening: dict[tuple[asyncio.AbstractEventLoop, bool], asyncio.Lock] = {}
         # Per conversation, the oldest id of its last full history window (see history).
         self._window_starts: dict[int, int] = {}
+        # Conversations' ids by key, for the window start of a message's accept.
+        self._conversation_ids: dict[ConversationKey, int] = {}
+        # Reads made with accepting claims, by (conversation id, message id), oldest
+        # first; a turn's `turn_reads` takes its own (on another loop's thread, maybe).
+        self._prefetched: OrderedDict[tuple[int, int], _TurnReads] = OrderedDict()
+        self._prefetched_lock = threading.Lock()
 
     @property
     def pool_size(self) -> int:
@@ -171,9 +195,11 @@ class PostgresHotPath:
         async with self._connection(accepting=accepting) as connection:
             return await connection.fetchrow(sql, *args)
 
-    async def _fetch(self, name: str, values: dict[str, Any]) -> list[Any]:
+    async def _fetch(
+        self, name: str, values: dict[str, Any], *, accepting: bool = False
+    ) -> list[Any]:
         sql, args = _bound(name, values)
-        async with self._connection() as connection:
+        async with self._connection(accepting=accepting) as connection:
             rows: list[Any] = await connection.fetch(sql, *args)
             return rows
 
@@ -245,13 +271,29 @@ class PostgresHotPath:
         }
         if spoken:
             claim = None  # a realtime voice session answers it; no worker claims it
+        reading = claim is not None and claim.history_limit > 0
         if claim is not None:
             values.update({"b_holder": claim.holder, "b_alive_until": claim.alive_until})
+        if claim is not None and reading:
+            known = self._conversation_ids.get(message.conversation)
+            values.update(
+                {
+                    "window_limit": claim.history_limit - 1,  # and the message itself
+                    "from_id": self._window_starts.get(known, 0) if known else 0,
+                    "platform": message.platform,
+                    "workspace": message.workspace,
+                    "channel": message.channel,
+                }
+            )
         for attempt in range(3):
+            name = "accept" if claim is None else "accept_claimed"
             try:
-                conversation_id, turn_id, message_id, status = await self._fetchrow(
-                    "accept" if claim is None else "accept_claimed", values, accepting=True
-                )
+                if claim is not None and reading:
+                    rows = await self._fetch("accept_claimed_reading", values, accepting=True)
+                    row = rows[0]
+                else:
+                    rows, row = [], await self._fetchrow(name, values, accepting=True)
+                conversation_id, turn_id, message_id, status = row[:4]
             except asyncpg.UniqueViolationError:
                 if claim is None:
                     raise
@@ -277,6 +319,9 @@ class PostgresHotPath:
                 continue
             if turn_id is None:
                 return None  # a duplicate delivery
+            if len(self._conversation_ids) >= WINDOW_STARTS:
+                self._conversation_ids.clear()
+            self._conversation_ids[message.conversation] = conversation_id
             self._messages.add(
                 [
                     StoredMessage(
@@ -307,6 +352,8 @@ class PostgresHotPath:
                     claims=1,
                     has_audio=stored["audio"] is not None,
                 )
+                if claim is not None and reading:
+                    self._keep_turn_reads(rows, values, claim.history_limit, message_id)
             return AcceptedTurn(
                 turn_id=turn_id,
                 conversation_id=conversation_id,
@@ -446,6 +493,21 @@ class PostgresHotPath:
             "workspace": key.workspace,
             "channel": key.channel,
         }
+        read = self._take_turn_reads(conversation_id, up_to_message_id)
+        if (
+            read is not None
+            and read.limit == limit
+            and read.channel == (key.platform, key.workspace, key.channel)
+        ):
+            # Read as the turn was claimed, a moment ago: no round trip now (unless
+            # the window holds messages this process has not seen).
+            settings = hot_rows.merged_settings(list(read.settings), key.channel)
+            self._note_window_start(conversation_id, read.ids, limit)
+            known = self._messages.get_many(read.ids)
+            if all(id_ in known for id_ in read.ids):
+                return settings, [known[id_] for id_ in read.ids]
+            async with self._connection() as connection:
+                return settings, await self._messages_of(connection, read.ids, known)
         async with self._connection() as connection:
             sql, args = _bound("turn_reads", values)
             rows = await connection.fetch(sql, *args)
@@ -491,13 +553,21 @@ class PostgresHotPath:
             # Oldest first, each answer right after the question it answers.
             window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
             ids = [row[0] for row in window]
+        self._note_window_start(conversation_id, ids, limit)
+        return await self._messages_of(connection, ids, self._messages.get_many(ids))
+
+    def _note_window_start(self, conversation_id: int, ids: list[int], limit: int) -> None:
         if len(ids) == limit:
             if len(self._window_starts) >= WINDOW_STARTS:
                 self._window_starts.clear()
             self._window_starts[conversation_id] = min(ids)
         else:
             self._window_starts.pop(conversation_id, None)
-        known = self._messages.get_many(ids)
+
+    async def _messages_of(
+        self, connection: asyncpg.Connection, ids: list[int], known: dict[int, StoredMessage]
+    ) -> list[StoredMessage]:
+        """The window's messages: `known` (from the cache) and the rest from the database."""
         missing = [id_ for id_ in ids if id_ not in known]
         if missing:
             sql, args = _bound("messages_by_ids", {"ids": missing})
@@ -508,3 +578,35 @@ class PostgresHotPath:
             known.update((message.id, message) for message in fresh)
         # A message deleted between the two reads is left out.
         return [known[id_] for id_ in ids if id_ in known]
+
+    def _keep_turn_reads(
+        self, rows: list[Any], values: dict[str, Any], history_limit: int, message_id: int
+    ) -> None:
+        """Keep what `accept_claimed_reading` read with the claim, for the turn's
+        `turn_reads`: its window before the message, the message, the settings rows."""
+        before: list[int] = rows[0][4] or []
+        if len(before) < values["window_limit"] and values["from_id"]:
+            return  # fewer from the window start than asked: `turn_reads` asks again
+        read = _TurnReads(
+            channel=(values["platform"], values["workspace"], values["channel"]),
+            limit=history_limit,
+            ids=[*before, message_id],
+            settings=[tuple(row)[5:] for row in rows if row[5] is not None],
+            at=time.monotonic(),
+        )
+        with self._prefetched_lock:
+            now = read.at
+            while self._prefetched:
+                oldest = next(iter(self._prefetched.values()))
+                if now - oldest.at < PREFETCH_SECONDS:
+                    break
+                self._prefetched.popitem(last=False)
+            self._prefetched[(rows[0][0], message_id)] = read
+
+    def _take_turn_reads(self, conversation_id: int, message_id: int) -> _TurnReads | None:
+        """The reads made with this turn's claim, when recent enough to stand for it."""
+        with self._prefetched_lock:
+            read = self._prefetched.pop((conversation_id, message_id), None)
+        if read is None or time.monotonic() - read.at >= PREFETCH_SECONDS:
+            return None
+        return read

@@ -380,8 +380,13 @@ class ConversationCore:
             text=stored_text,
             tokens=self._count_tokens(stored_text),
             # Claimed in the same step when nothing of the conversation is running,
-            # so the usual turn costs no separate claim.
-            claim=None if self._stopping else self._claim(),
+            # so the usual turn costs no separate claim (and on PostgreSQL its reads
+            # come back with it, a round trip fewer before the model is asked).
+            claim=None
+            if self._stopping
+            else dataclasses.replace(
+                self._claim(), history_limit=self._settings.conversation.history_limit
+            ),
         )
         self._remember_taken(taken)
         if accepted is None:

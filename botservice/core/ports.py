@@ -387,10 +387,16 @@ class ChannelSettings:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Who claims a turn, and until when its claim lives without a heartbeat."""
+    """Who claims a turn, and until when its claim lives without a heartbeat.
+
+    `history_limit` (accepting only): the store may read the turn's `turn_reads` (a
+    window of this many messages) in the step that claims it as it accepts it, for
+    the `turn_reads` that follows at once; 0 asks for nothing.
+    """
 
     holder: str
     alive_until: datetime
+    history_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
