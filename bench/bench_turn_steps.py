@@ -11,9 +11,9 @@ calls is named by what the core does there:
 - accept: the accepting statement (on PostgreSQL it claims the turn too; its commit
   waits for the WAL flush);
 - to the driver: the task that answers the turn starting, `sink.begin`;
-- reads: the channel's settings and the history window (`turn_reads`: one round trip
-  on PostgreSQL; a store without it is timed from the settings read to the history's
-  end);
+- reads: the channel's settings and the history window, from the start of the one to
+  the end of the other (on PostgreSQL, for a turn claimed as its message was accepted,
+  read in the accepting statement: no round trip here);
 - prompt and request: the prompt, the context window, the model-call gate and pacer,
   encoding the request and handing it to the transport;
 - model: sent to last byte (the fake's own time is in it, and not in the core-added
@@ -72,7 +72,6 @@ from tests.db import _find_postgres
 # The store's calls on a turn's path, timed.
 TIMED_CALLS = (
     "accept",
-    "turn_reads",
     "channel_settings",
     "history",
     "store_answer_and_claim_next",
@@ -108,12 +107,7 @@ class TurnMarks:
         def span(start: str, end: str) -> float:
             return 1000 * (a[end] - a[start])
 
-        # The reads: one call (`turn_reads`) or, before it, two (settings, history).
-        reads = (
-            ("turn_reads>", "turn_reads<")
-            if "turn_reads>" in a
-            else ("channel_settings>", "history<")
-        )
+        reads = ("channel_settings>", "history<")
         return {
             "before accept": span("submitted", "accept>"),
             "accept": span("accept>", "accept<"),

@@ -491,18 +491,4 @@ POSTGRESQL: dict[str, Statement] = {
         "UPDATE turns SET reply_ref=$1::VARCHAR WHERE turns.id = $2::INTEGER",
         ("b_reply_ref", "b_turn_id"),
     ),
-    "turn_reads": Statement(
-        "SELECT turn_window_ids.ids, turn_settings.channel, turn_settings.instructions, turn_settings.model, turn_settings.retention_days, turn_settings.speech_model, turn_settings.speech_voice, turn_settings.tools, turn_settings.background, turn_settings.voice_mode \nFROM (SELECT array_agg(turn_window.id ORDER BY coalesce(turn_window.reply_to_id, turn_window.id), turn_window.id) AS ids \nFROM (SELECT messages.id AS id, messages.reply_to_id AS reply_to_id \nFROM messages \nWHERE messages.id >= $1::INTEGER AND messages.conversation_id = $2::INTEGER AND messages.id > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $2::INTEGER), $3::INTEGER) AND coalesce(messages.reply_to_id, messages.id) > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = $2::INTEGER), $3::INTEGER) AND (messages.id <= $4::INTEGER OR messages.reply_to_id <= $4::INTEGER) ORDER BY messages.id DESC \n LIMIT $5::INTEGER) AS turn_window) AS turn_window_ids LEFT OUTER JOIN (SELECT channel_settings.channel AS channel, channel_settings.instructions AS instructions, channel_settings.model AS model, channel_settings.retention_days AS retention_days, channel_settings.speech_model AS speech_model, channel_settings.speech_voice AS speech_voice, channel_settings.tools AS tools, channel_settings.background AS background, channel_settings.voice_mode AS voice_mode \nFROM channel_settings \nWHERE channel_settings.platform = $6::VARCHAR AND channel_settings.workspace = $7::VARCHAR AND (channel_settings.channel = $8::VARCHAR OR channel_settings.channel = $9::VARCHAR)) AS turn_settings ON true",
-        (
-            "from_id",
-            "conversation_id",
-            (0,),
-            "up_to",
-            "limit",
-            "platform",
-            "workspace",
-            "channel",
-            ("",),
-        ),
-    ),
 }

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, any_, bindparam, case, func, select, true, update
+from sqlalchemy import Integer, any_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
@@ -166,26 +166,11 @@ _CALLS_FOR_MESSAGES_JSON = (
 )
 
 
-def _turn_reads() -> Any:
-    """A turn's two reads in one round trip (PostgreSQL): the history window's ids
-    (`history_ids`'s, as one array in the window's order: oldest first, each answer
-    right after the question it answers; the aggregate makes exactly one row, with a
-    NULL array for an empty window), beside the channel's settings rows
-    (`channel_settings`: the array repeated beside each, or once with NULL settings
-    when there are none)."""
-    window = _history_statement(from_id=True).subquery("turn_window")
-    ordered = aggregate_order_by(
-        window.c.id, func.coalesce(window.c.reply_to_id, window.c.id), window.c.id
-    )
-    ids = select(func.array_agg(ordered).label("ids")).subquery("turn_window_ids")
-    settings = _CHANNEL_SETTINGS.subquery("turn_settings")
-    return select(ids.c.ids, *settings.c).select_from(ids.outerjoin(settings, true()))
-
-
 def _accept_claimed_reading() -> Any:
-    """`accept_claimed`, and when it claims the turn, the turn's reads too (as
-    `turn_reads`): the settings rows and the window's ids, in one statement and round
-    trip. The reads see the statement's snapshot, before its own message: the window
+    """`accept_claimed`, and when it claims the turn, the turn's reads too: the
+    channel's settings rows (`channel_settings`) and the history window's ids
+    (`history_ids`, as one array in the window's order: oldest first, each answer right
+    after the question it answers), in one statement and round trip. The reads see the statement's snapshot, before its own message: the window
     is the newest `window_limit` (the history limit less one) messages before it, and
     the caller adds the message. A turn claimed here had nothing of its conversation
     pending or running in that snapshot, so every earlier answer is in it."""
@@ -264,7 +249,6 @@ _SHARED: dict[str, HotStatement] = {
     "history_window": HotStatement(_HISTORY_WINDOW, None, BOTH),
     "recent_messages": HotStatement(_RECENT_MESSAGES, None, (SQLITE,)),
     "history_ids": HotStatement(_history_statement(from_id=True), None, (POSTGRESQL,)),
-    "turn_reads": HotStatement(_turn_reads(), None, (POSTGRESQL,)),
     "reset_after": HotStatement(_RESET_AFTER, None, (SQLITE,)),
     "renew_claim": HotStatement(_RENEW_CLAIM, None, (SQLITE,)),
     # A start's sweep and the tool rounds of the history: on a SQLite file the first

@@ -29,7 +29,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -54,8 +53,8 @@ log = logging.getLogger(__name__)
 
 # Conversations whose window start is remembered (all forgotten at once past it).
 WINDOW_STARTS = 10_000
-# How long the reads made with a turn's accepting claim stand for its `turn_reads`,
-# which follow at once (the turn starts as it is claimed: well under a millisecond
+# How long the reads made with a turn's accepting claim stand for the turn's own
+# (`history`, `channel_settings(for_message=...)`), which follow at once (the turn starts as it is claimed: well under a millisecond
 # later on an idle loop). Older, they are read again: the window a turn is answered
 # from is never older than this when it is read.
 PREFETCH_SECONDS = 0.2
@@ -67,17 +66,6 @@ _ANSWER_STATEMENTS = {
     (True, False): "held_answer",
     (True, True): "held_answer_with_usage",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class _TurnReads:
-    """What `accept_claimed_reading` read for the turn it claimed."""
-
-    channel: tuple[str, str, str]  # platform, workspace, channel
-    limit: int
-    ids: list[int]  # the window, in its order, ending with the turn's message
-    settings: list[tuple[Any, ...]]  # channel_settings rows
-    at: float  # time.monotonic() when read
 
 
 def _bound(name: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -135,9 +123,13 @@ class PostgresHotPath:
         self._window_starts: dict[int, int] = {}
         # Conversations' ids by key, for the window start of a message's accept.
         self._conversation_ids: dict[ConversationKey, int] = {}
-        # Reads made with accepting claims, by (conversation id, message id), oldest
-        # first; a turn's `turn_reads` takes its own (on another loop's thread, maybe).
-        self._prefetched: OrderedDict[tuple[int, int], _TurnReads] = OrderedDict()
+        # Reads made with accepting claims, oldest first, each with when it was read:
+        # the windows (the history limit, the ids in the window's order, ending with the
+        # message) by (conversation id, message id), and the settings (the channel's key,
+        # the settings rows) by message id. A turn takes its own, on the home loop
+        # (maybe accepted on another loop's thread).
+        self._prefetched_windows: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._prefetched_settings: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._prefetched_lock = threading.Lock()
 
     @property
@@ -469,8 +461,13 @@ class PostgresHotPath:
         return found is not None
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
+        if for_message is not None:
+            read = self._take_prefetched(self._prefetched_settings, for_message)
+            if read is not None and read[0] == (platform, workspace, channel):
+                # Read as the turn of `for_message` was claimed, a moment ago.
+                return hot_rows.merged_settings(list(read[1]), channel)
         values = {"platform": platform, "workspace": workspace, "channel": channel}
         rows = await self._fetch("channel_settings", values)
         return hot_rows.merged_settings(list(rows), channel)
@@ -478,47 +475,22 @@ class PostgresHotPath:
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int
     ) -> list[StoredMessage]:
+        read = self._take_prefetched(self._prefetched_windows, (conversation_id, up_to_message_id))
+        if read is not None and read[0] == limit:
+            # Read as the turn was claimed, a moment ago: no round trip now (unless the
+            # window holds messages this process has not seen).
+            ids = read[1]
+            self._note_window_start(conversation_id, ids, limit)
+            known = self._messages.get_many(ids)
+            if len(known) == len(ids):
+                return [known[id_] for id_ in ids]
+            async with self._connection() as connection:
+                return await self._messages_of(connection, ids, known)
         values = self._window_values(conversation_id, up_to_message_id, limit)
         async with self._connection() as connection:
             sql, args = _bound("history_ids", values)
             window = await connection.fetch(sql, *args)
             return await self._window_messages(connection, values, window)
-
-    async def turn_reads(
-        self, key: ConversationKey, conversation_id: int, *, up_to_message_id: int, limit: int
-    ) -> tuple[ChannelSettings, list[StoredMessage]]:
-        """The channel's settings and the history window in one round trip (the
-        messages this process has not seen yet in a second)."""
-        values = {
-            **self._window_values(conversation_id, up_to_message_id, limit),
-            "platform": key.platform,
-            "workspace": key.workspace,
-            "channel": key.channel,
-        }
-        read = self._take_turn_reads(conversation_id, up_to_message_id)
-        if (
-            read is not None
-            and read.limit == limit
-            and read.channel == (key.platform, key.workspace, key.channel)
-        ):
-            # Read as the turn was claimed, a moment ago: no round trip now (unless
-            # the window holds messages this process has not seen).
-            settings = hot_rows.merged_settings(list(read.settings), key.channel)
-            self._note_window_start(conversation_id, read.ids, limit)
-            known = self._messages.get_many(read.ids)
-            if all(id_ in known for id_ in read.ids):
-                return settings, [known[id_] for id_ in read.ids]
-            async with self._connection() as connection:
-                return settings, await self._messages_of(connection, read.ids, known)
-        async with self._connection() as connection:
-            sql, args = _bound("turn_reads", values)
-            rows = await connection.fetch(sql, *args)
-            # One row per settings row (or one with none), each with the window's ids.
-            settings = hot_rows.merged_settings(
-                [tuple(row)[1:] for row in rows if row[1] is not None], key.channel
-            )
-            ids = rows[0][0] or []
-            return settings, await self._window_messages(connection, values, ids=ids)
 
     def _window_values(
         self, conversation_id: int, up_to_message_id: int, limit: int
@@ -536,25 +508,17 @@ class PostgresHotPath:
         }
 
     async def _window_messages(
-        self,
-        connection: asyncpg.Connection,
-        values: dict[str, Any],
-        window: Sequence[Any] = (),
-        *,
-        ids: list[int] | None = None,
+        self, connection: asyncpg.Connection, values: dict[str, Any], window: Sequence[Any]
     ) -> list[StoredMessage]:
-        """The messages of a window, from the cache of message contents, asking the
-        database only for those not in it. The window as (id, the id it answers) rows,
-        or as `ids` in the window's order already."""
+        """The messages of a window found as (id, the id it answers) rows, from the cache
+        of message contents, asking the database only for those not in it."""
         conversation_id, limit = values["conversation_id"], values["limit"]
-        found = len(window) if ids is None else len(ids)
-        if found < limit and values["from_id"]:
+        if len(window) < limit and values["from_id"]:
             sql, args = _bound("history_ids", {**values, "from_id": 0})
-            window, ids = await connection.fetch(sql, *args), None
-        if ids is None:
-            # Oldest first, each answer right after the question it answers.
-            window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
-            ids = [row[0] for row in window]
+            window = await connection.fetch(sql, *args)
+        # Oldest first, each answer right after the question it answers.
+        window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
+        ids = [row[0] for row in window]
         self._note_window_start(conversation_id, ids, limit)
         return await self._messages_of(connection, ids, self._messages.get_many(ids))
 
@@ -585,30 +549,28 @@ class PostgresHotPath:
         self, rows: list[Any], values: dict[str, Any], history_limit: int, message_id: int
     ) -> None:
         """Keep what `accept_claimed_reading` read with the claim, for the turn's
-        `turn_reads`: its window before the message, the message, the settings rows."""
+        `history` and `channel_settings`: its window before the message, the message,
+        the settings rows."""
         before: list[int] = rows[0][4] or []
-        if len(before) < values["window_limit"] and values["from_id"]:
-            return  # fewer from the window start than asked: `turn_reads` asks again
-        read = _TurnReads(
-            channel=(values["platform"], values["workspace"], values["channel"]),
-            limit=history_limit,
-            ids=[*before, message_id],
-            settings=[tuple(row)[5:] for row in rows if row[5] is not None],
-            at=time.monotonic(),
-        )
+        now = time.monotonic()
         with self._prefetched_lock:
-            now = read.at
-            while self._prefetched:
-                oldest = next(iter(self._prefetched.values()))
-                if now - oldest.at < PREFETCH_SECONDS:
-                    break
-                self._prefetched.popitem(last=False)
-            self._prefetched[(rows[0][0], message_id)] = read
+            for kept in (self._prefetched_windows, self._prefetched_settings):
+                while kept and now - next(iter(kept.values()))[0] >= PREFETCH_SECONDS:
+                    kept.popitem(last=False)
+            # Fewer from the window start than asked: `history` asks again, from 0.
+            if len(before) == values["window_limit"] or not values["from_id"]:
+                self._prefetched_windows[(rows[0][0], message_id)] = (
+                    now,
+                    (history_limit, [*before, message_id]),
+                )
+            channel = (values["platform"], values["workspace"], values["channel"])
+            settings = [tuple(row)[5:] for row in rows if row[5] is not None]
+            self._prefetched_settings[message_id] = (now, (channel, settings))
 
-    def _take_turn_reads(self, conversation_id: int, message_id: int) -> _TurnReads | None:
-        """The reads made with this turn's claim, when recent enough to stand for it."""
+    def _take_prefetched(self, kept: OrderedDict[Any, tuple[float, Any]], key: Any) -> Any:
+        """What was read with a turn's claim, when recent enough to stand for a read now."""
         with self._prefetched_lock:
-            read = self._prefetched.pop((conversation_id, message_id), None)
-        if read is None or time.monotonic() - read.at >= PREFETCH_SECONDS:
+            found = kept.pop(key, None)
+        if found is None or time.monotonic() - found[0] >= PREFETCH_SECONDS:
             return None
-        return read
+        return found[1]

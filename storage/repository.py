@@ -17,8 +17,6 @@ one `StoreBase` (one engine, one way of running work); `SqlStore` is their sum.
 
 from __future__ import annotations
 
-from botservice.core.events import ConversationKey
-from botservice.core.ports import ChannelSettings, StoredMessage
 from botservice.storage.base import ACCEPT_POOL_SIZE, MESSAGE_CACHE_SIZE, StoreBase
 from botservice.storage.channel_settings import SqlChannelSettingsStore
 from botservice.storage.feedback import FeedbackQueries
@@ -61,16 +59,3 @@ class SqlStore(
     applies migrations) or `SqlStore(create_engine(url))` over a migrated
     database. Close it with `aclose()`.
     """
-
-    async def turn_reads(
-        self, key: ConversationKey, conversation_id: int, *, up_to_message_id: int, limit: int
-    ) -> tuple[ChannelSettings, list[StoredMessage]]:
-        if self._hot is not None and limit > 0:
-            return await self._hot.turn_reads(
-                key, conversation_id, up_to_message_id=up_to_message_id, limit=limit
-            )
-        settings = await self.channel_settings(key.platform, key.workspace, key.channel)
-        history = await self.history(
-            conversation_id, up_to_message_id=up_to_message_id, limit=limit
-        )
-        return settings, history

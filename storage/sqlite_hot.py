@@ -489,8 +489,9 @@ class SqliteHotPath:
     # --- reads ---------------------------------------------------------------------
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
+        # `for_message` changes nothing here: kept in memory, they cost no round trip.
         kept_here = self._current()
         key = (platform, workspace, channel)
         if kept_here and (kept := self._settings.get(key)) is not None:
@@ -506,16 +507,6 @@ class SqliteHotPath:
         values = {"ids_json": json.dumps(list(user_message_ids))}
         rows = await self._read(lambda db: _run(db, "tool_calls_for", values).fetchall())
         return [hot_rows.tool_call(row) for row in rows]
-
-    async def turn_reads(
-        self, key: ConversationKey, conversation_id: int, *, up_to_message_id: int, limit: int
-    ) -> tuple[ChannelSettings, list[StoredMessage]]:
-        # Both from memory while no other connection committed: nothing to fold.
-        settings = await self.channel_settings(key.platform, key.workspace, key.channel)
-        history = await self.history(
-            conversation_id, up_to_message_id=up_to_message_id, limit=limit
-        )
-        return settings, history
 
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int

@@ -231,79 +231,13 @@ async def test_the_write_ahead_log_is_checkpointed_while_turns_are_written_on_th
     assert log.stat().st_size < 50_000_000  # noqa: ASYNC240 (a stat, once)
 
 
-async def test_a_turns_reads_say_what_the_settings_and_the_history_say(
-    make_store: StoreFactory,
-) -> None:
-    """`turn_reads` (one round trip on PostgreSQL) answers as `channel_settings` and
-    `history` do, and as the database does, through settings of the channel and of the
-    workspace, answers stored late, and another process's deletion, forget-me and reset."""
-    store, other = await make_store(), await make_store()
-    key = incoming("k0").conversation
-    conversation_id, late, last = 0, None, 0
-
-    async def check(expected_texts: list[str] | None = None) -> None:
-        for limit in (1, 3, 200):
-            settings, history = await store.turn_reads(
-                key, conversation_id, up_to_message_id=last, limit=limit
-            )
-            assert settings == await store.channel_settings(key.platform, key.workspace, "C1")
-            assert [m.id for m in history] == await _history_ids(
-                store, conversation_id, last, limit
-            )
-            assert history == await store.history(
-                conversation_id, up_to_message_id=last, limit=limit
-            )
-        if expected_texts is not None:
-            assert [m.text for m in history] == expected_texts
-
-    for number in range(6):
-        message = incoming(f"k{number}", text=f"q{number}", user_id=f"U{number % 2}")
-        accepted = await store.accept(message, text=message.text, tokens=1)
-        assert accepted is not None
-        conversation_id, last = accepted.conversation_id, accepted.user_message_id
-        if late is not None:  # answered after the next question came
-            await store.store_answer(
-                late, text=f"a{number - 1}", tokens=1, usage=None, status="complete", model="m"
-            )
-            late = None
-        await check()
-        if number == 2:
-            late = accepted.turn_id
-            continue
-        await store.store_answer(
-            accepted.turn_id, text=f"a{number}", tokens=1, usage=None, status="complete", model="m"
-        )
-    await check(["q0", "a0", "q1", "a1", "q2", "a2", "q3", "a3", "q4", "a4", "q5", "a5"])
-    assert (await store.turn_reads(key, conversation_id, up_to_message_id=last, limit=200))[
-        0
-    ].model is None
-
-    await other.change_setting("test", "W1", "", field="model", value="m-ws", changed_by="U9")
-    await other.change_setting(
-        "test", "W1", "C1", field="instructions", value="Be brief.", changed_by="U9"
-    )
-    settings, _ = await store.turn_reads(key, conversation_id, up_to_message_id=last, limit=200)
-    assert (settings.model, settings.instructions) == ("m-ws", "Be brief.")
-    await other.change_setting("test", "W1", "C1", field="model", value="m-ch", changed_by="U9")
-    await check()
-    settings, _ = await store.turn_reads(key, conversation_id, up_to_message_id=last, limit=200)
-    assert settings.model == "m-ch"
-
-    await other.delete_platform_message("test", "W1", "C1", "pm-k1")
-    await check(["q0", "a0", "a1", "q2", "a2", "q3", "a3", "q4", "a4", "q5", "a5"])
-    await other.forget_user("test", "U0")
-    await check(["a1", "q3", "a3", "q5", "a5"])  # with U0's questions went their answers
-    await other.reset_conversation(key)
-    await check([])
-
-
 async def test_the_reads_made_with_an_accepting_claim_say_what_the_database_says(
     make_store: StoreFactory,
 ) -> None:
     """A turn claimed as its message is accepted may have its reads made in that step
-    (PostgreSQL): its `turn_reads` still answer as the database does, through late
-    answers, limits shorter than the thread, settings changed and another process's
-    reset between turns."""
+    (PostgreSQL): its `history` and `channel_settings` still answer as the database
+    does, through late answers, limits shorter than the thread, settings changed and
+    another process's reset between turns."""
     store, other = await make_store(), await make_store()
     late: int | None = None
     for number in range(14):
@@ -324,11 +258,11 @@ async def test_the_reads_made_with_an_accepting_claim_say_what_the_database_says
                 accepted.conversation_id, holder="me", alive_until=claim.alive_until
             )
             assert claimed is not None and claimed.turn_id == accepted.turn_id
-        settings, history = await store.turn_reads(
-            message.conversation,
-            accepted.conversation_id,
-            up_to_message_id=accepted.user_message_id,
-            limit=limit,
+        settings = await store.channel_settings(
+            "test", "W1", "C1", for_message=accepted.user_message_id
+        )
+        history = await store.history(
+            accepted.conversation_id, up_to_message_id=accepted.user_message_id, limit=limit
         )
         assert [m.id for m in history] == await _history_ids(
             store, accepted.conversation_id, accepted.user_message_id, limit

@@ -381,7 +381,7 @@ class ConversationCore:
             tokens=self._count_tokens(stored_text),
             # Claimed in the same step when nothing of the conversation is running,
             # so the usual turn costs no separate claim (and on PostgreSQL its reads
-            # come back with it, a round trip fewer before the model is asked).
+            # come back with it: no round trip between the claim and the model).
             claim=None
             if self._stopping
             else dataclasses.replace(
@@ -940,17 +940,21 @@ class ConversationCore:
             return
 
         key = turn.key
-        channel, history = await self._keep_trying(
-            lambda: store.turn_reads(
-                key,
-                turn.conversation_id,
-                up_to_message_id=turn.user_message_id,
-                limit=self._settings.conversation.history_limit,
+        channel = await self._keep_trying(
+            lambda: store.channel_settings(
+                key.platform, key.workspace, key.channel, for_message=turn.user_message_id
             )
         )
         model = self._settings.chat_model(channel.model)
         model_info = self._settings.model_info(model)
         instructions = channel.instructions or self._settings.conversation.default_instructions
+        history = await self._keep_trying(
+            lambda: store.history(
+                turn.conversation_id,
+                up_to_message_id=turn.user_message_id,
+                limit=self._settings.conversation.history_limit,
+            )
+        )
         instructions_tokens = self._count_tokens(instructions)
         tools = self._turn_tools(turn, model, channel, history, sink, abilities)
         earlier_calls: list[StoredToolCall] = []

@@ -389,9 +389,10 @@ class ChannelSettings:
 class Claim:
     """Who claims a turn, and until when its claim lives without a heartbeat.
 
-    `history_limit` (accepting only): the store may read the turn's `turn_reads` (a
-    window of this many messages) in the step that claims it as it accepts it, for
-    the `turn_reads` that follows at once; 0 asks for nothing.
+    `history_limit` (accepting only): the store may read the turn's history window (of
+    this many messages) and its channel's settings in the step that claims it as it
+    accepts it, for the turn's `history` and `channel_settings` (`for_message`) that
+    follow at once; 0 asks for nothing.
     """
 
     holder: str
@@ -647,9 +648,12 @@ class ChannelSettingsStore(Protocol):
     """A channel's settings, and the audit trail of who changed them."""
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
-        """Channel setting, else the workspace's (channel ""), field by field."""
+        """Channel setting, else the workspace's (channel ""), field by field.
+
+        `for_message`: the user message of the turn that reads them, which a store may
+        answer from what it read as it claimed that turn (see `Claim.history_limit`)."""
         ...
 
     async def change_setting(
@@ -879,14 +883,6 @@ class ToolRoundStore(Protocol):
 
 class CoreStore(TurnStore, HistoryStore, CommandStore, TokenUsage, ToolRoundStore, Protocol):
     """What `ConversationCore` needs: turns, history, commands, budgets and tool rounds."""
-
-    async def turn_reads(
-        self, key: ConversationKey, conversation_id: int, *, up_to_message_id: int, limit: int
-    ) -> tuple[ChannelSettings, list[StoredMessage]]:
-        """What a turn reads before it asks the model: the channel's settings (as
-        `channel_settings`) and the history window (as `history`), together (one
-        round trip on PostgreSQL instead of two)."""
-        ...
 
 
 class Store(CoreStore, Lookups, PurgeStore, Protocol):
