@@ -169,10 +169,12 @@ _CALLS_FOR_MESSAGES_JSON = (
 def _accept_claimed_reading() -> Any:
     """`accept_claimed`, and when it claims the turn, the turn's reads too: the
     channel's settings rows (`channel_settings`) and the history window's ids
-    (`history_ids`, as one array in the window's order: oldest first, each answer right
-    after the question it answers), in one statement and round trip. The reads see the statement's snapshot, before its own message: the window
-    is the newest `window_limit` (the history limit less one) messages before it, and
-    the caller adds the message. A turn claimed here had nothing of its conversation
+    (`history_ids`, as one array in the window's order: oldest first, each answer
+    right after the question it answers), in one statement and round trip.
+
+    The reads see the statement's snapshot, before its own message: the window is the
+    newest `window_limit` (the history limit less one) messages before it, and the
+    caller adds the message. A turn claimed here had nothing of its conversation
     pending or running in that snapshot, so every earlier answer is in it."""
     accepted = _pg_accept_statement(claiming=True).subquery("accepted")
     claimed = accepted.c.status == _RUNNING

@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 # Conversations whose window start is remembered (all forgotten at once past it).
 WINDOW_STARTS = 10_000
 # How long the reads made with a turn's accepting claim stand for the turn's own
-# (`history`, `channel_settings(for_message=...)`), which follow at once (the turn starts as it is claimed: well under a millisecond
-# later on an idle loop). Older, they are read again: the window a turn is answered
-# from is never older than this when it is read.
+# (`history`, `channel_settings(for_message=...)`), which follow at once: the turn
+# starts as it is claimed, well under a millisecond later on an idle loop. Older, they
+# are read again: what a turn is answered from is never older than this.
 PREFETCH_SECONDS = 0.2
 # Managed PostgreSQL closes idle connections; let a pool close them before that.
 IDLE_CONNECTION_SECONDS = 1800.0
