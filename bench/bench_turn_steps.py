@@ -3,8 +3,8 @@ conversation, timed turn by turn, on SQLite and on PostgreSQL, against the insta
 model in a process of its own (bench_core's setup).
 
 Each step is timed from outside the core: the store's calls through a wrapper that
-notes when each starts and ends, the model request through bench_core's timed
-transport (sent, headers, last byte), the sink's finish. What lies between two timed
+notes when each starts and ends, the model request through a timed transport around
+the client's own (sent, headers, last byte), the sink's finish. What lies between two timed
 calls is named by what the core does there:
 
 - before accept: the redelivery check, cleaning the text, the limits, counting tokens;
@@ -25,10 +25,13 @@ calls is named by what the core does there:
 Printed per backend: each step's median, p90, p99 and maximum; the core-added
 latency's p50/p99; and, for the turns at or above the p99 of the core-added latency
 (and above its p90), the mean share of each step, which says what the slow turns
-were slow in. Then, with `--window`, the per-turn work that grows with the history
-window, for windows of 10 and 200 stored messages: `build_prompt`, encoding the
-request body, and the fake model's reading of it (the request's time to its response
-headers, minus an empty request's), each timed in this process on a warm loop.
+were slow in. With `--threads N`, each step's median in N replies to threads of 10, 200
+and 5,000 messages, taking turns (a fresh 10- or 200-message thread for each reply,
+so those find exactly that many and, on SQLite, read their window cold; one
+5,000-message thread, whose window is kept warm). With `--window`, the per-turn work
+that grows with the history window, for windows of 10 and 200 stored messages, each
+timed alone in this process: `build_prompt`, encoding the request body, and the fake
+model's reading of it (a request's time to its response headers, one at a time).
 
 PostgreSQL only with `--flush`: the accepting statement's time with and without
 waiting for its commit's WAL flush (the same statement in a transaction with
@@ -38,7 +41,7 @@ store never does), so the flush's share of the accept is measured, not guessed.
 Runs on 127.0.0.1 only; a fresh PostgreSQL database is created and dropped.
 
     python -m bench.bench_turn_steps [--turns 400] [--backends sqlite,postgres]
-                                     [--window] [--flush]
+                                     [--threads 60] [--window] [--flush]
 """
 
 from __future__ import annotations
