@@ -21,7 +21,8 @@ Printed per backend: replies/s at 50 concurrent conversations; CPU ms per reply
 (this process's CPU time / replies, and for PostgreSQL the CPU of the backends
 serving the benchmark's database, from /proc); the core as a fraction of the floor's
 throughput and its CPU ratio; core-added latency p50/p99 at one conversation (as
-bench_core measures it); time per reply in a 5,000- vs a 10-message thread; and for
+bench_core measures it); time per reply in a 5,000- vs a 10-message thread (and vs a
+200-message one, whose history window is as full: the thread's length alone); and for
 PostgreSQL the round trips, statements, transactions and connections opened per
 reply, counted on the wire by a counting proxy on 127.0.0.1 in a separate pass
 (round trips = the server's ReadyForQuery messages; transactions = those that
@@ -706,6 +707,7 @@ class Results:
     core: list[Run] = field(default_factory=list)
     added_ms: list[float] = field(default_factory=list)
     small_ms: list[float] = field(default_factory=list)
+    window_ms: list[float] = field(default_factory=list)  # a 200-message thread
     large_ms: list[float] = field(default_factory=list)
     floor_wire: WireCounts | None = None
     core_wire: WireCounts | None = None
@@ -741,8 +743,11 @@ class PromptTimedTransport(TimedTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         sent = time.perf_counter()
-        found = _KEY_IN_PROMPT.findall(request.content)
-        key = f"{found[-1][0].decode()}:{int(found[-1][1])}" if found else None
+        # From the last user message on: a search of the whole body would cost the
+        # benchmark 34 us more in a 200-message window than in a 10-message one.
+        content = request.content
+        found = _KEY_IN_PROMPT.search(content, max(0, content.rfind(b'"role":"user"')))
+        key = f"{found[1].decode()}:{int(found[2])}" if found else None
         if key is not None:
             self.timings.sent[key] = sent
         response = await self._inner.handle_async_request(request)
@@ -811,20 +816,24 @@ async def measure_backend(args: argparse.Namespace, base_url: str, backend: Back
         await drive(core, single, ["single"], args.single_turns)
         results.added_ms = single.added_ms()
 
-        # Threads of 10 (each measured reply finds exactly 10 messages) and one of
-        # 5,000, replies alternating between them (as bench_core does).
+        # Threads of 10 (each measured reply finds exactly 10 messages), one of 200 (a
+        # full history window, as the long thread's: the two differ in length only)
+        # and one of 5,000, replies taking turns between them (as bench_core does).
         replies = args.thread_replies
         small_threads = [f"small{i}" for i in range(replies + 5)]
         for thread in small_threads:
             await seed_thread(store, thread, 10)
+        await seed_thread(store, "window", HISTORY_LIMIT)
         large_id = await conversation_id_of(store, "large")
         async with floor_client("open-seed") as floor:
             await floor.database.seed(large_id, 4998)
         for turn, thread in enumerate(small_threads):
             small_time = await timed_reply(core, thread, 0)
+            window_time = await timed_reply(core, "window", turn)
             large_time = await timed_reply(core, "large", turn)
             if turn >= 5:
                 results.small_ms.append(small_time * 1000)
+                results.window_ms.append(window_time * 1000)
                 results.large_ms.append(large_time * 1000)
 
     if backend.proxied is not None:
@@ -972,10 +981,11 @@ def backend_rows(
         ),
     ]
     small, large = median(results.small_ms), median(results.large_ms)
+    window = median(results.window_ms)
     rows += [
         Row(
-            f"{name}: time per reply, 10 / 5,000-message thread",
-            f"{small:.2f} / {large:.2f} ms",
+            f"{name}: time per reply, 10 / 200 / 5,000-message thread",
+            f"{small:.2f} / {window:.2f} / {large:.2f} ms",
             "",
             f"median of {len(results.small_ms)} each",
         ),
@@ -983,6 +993,12 @@ def backend_rows(
             f"{name}: 5,000-message / 10-message",
             f"{large / small:.2f}x",
             f"<= {TARGET_THREAD_RATIO}x",
+        ),
+        Row(
+            f"{name}: 5,000-message / 200-message",
+            f"{large / window:.2f}x",
+            "",
+            "the same 200-message window: the thread's length alone",
         ),
     ]
     for label, wire, target in (

@@ -43,10 +43,12 @@ class SqlChannelSettingsStore(StoreBase):
     # --- channel settings ----------------------------------------------------------
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
         if self._hot is not None:
-            return await self._hot.channel_settings(platform, workspace, channel)
+            return await self._hot.channel_settings(
+                platform, workspace, channel, for_message=for_message
+            )
         key = (platform, workspace, channel)
         if (cached := self._settings_cache.get(key)) is not None:
             return cached

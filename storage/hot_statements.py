@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, any_, bindparam, func, select, update
+from sqlalchemy import Integer, any_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
-from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _c, _m, _t
+from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _RUNNING, _c, _m, _t
 from botservice.storage.channel_settings import _CHANNEL_SETTINGS
 from botservice.storage.history import _history_statement
 from botservice.storage.tables import CONVERSATIONS, TURNS, USAGE
@@ -169,6 +170,50 @@ _CALLS_FOR_MESSAGES_ARRAY = (
     .where(TOOL_CALLS.c.user_message_id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer))))
     .order_by(TOOL_CALLS.c.user_message_id, TOOL_CALLS.c.round, TOOL_CALLS.c.position)
 )
+
+
+def _accept_claimed_reading() -> Any:
+    """`accept_claimed`, and when it claims the turn, the turn's reads too: the
+    channel's settings rows (`channel_settings`) and the history window's ids
+    (`history_ids`, as one array in the window's order: oldest first, each answer
+    right after the question it answers), in one statement and round trip.
+
+    The reads see the statement's snapshot, before its own message: the window is the
+    newest `window_limit` (the history limit less one) messages before it, and the
+    caller adds the message. A turn claimed here had nothing of its conversation
+    pending or running in that snapshot, so every earlier answer is in it."""
+    accepted = _pg_accept_statement(claiming=True).subquery("accepted")
+    claimed = accepted.c.status == _RUNNING
+    reset = func.coalesce(
+        select(_c.reset_after_message_id)
+        .where(_c.id == accepted.c.conversation_id)
+        .correlate(accepted)
+        .scalar_subquery(),
+        0,
+    )
+    window = (
+        select(_m.id, _m.reply_to_id)
+        .where(
+            _m.id >= bindparam("from_id", type_=Integer),
+            _m.conversation_id == accepted.c.conversation_id,
+            _m.id > reset,
+            func.coalesce(_m.reply_to_id, _m.id) > reset,
+        )
+        .order_by(_m.id.desc())
+        .limit(bindparam("window_limit", type_=Integer))
+        .correlate(accepted)
+        .subquery("turn_window")
+    )
+    ordered = aggregate_order_by(
+        window.c.id, func.coalesce(window.c.reply_to_id, window.c.id), window.c.id
+    )
+    ids = select(func.array_agg(ordered)).correlate(accepted).scalar_subquery()
+    settings = _CHANNEL_SETTINGS.subquery("turn_settings")
+    return select(*accepted.c, case((claimed, ids)).label("window_ids"), *settings.c).select_from(
+        accepted.outerjoin(settings, claimed)
+    )
+
+
 _MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(
     _m.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
 )
@@ -228,6 +273,7 @@ _SHARED: dict[str, HotStatement] = {
     "messages_by_ids": HotStatement(_MESSAGES_BY_ID_ARRAY, None, (POSTGRESQL,)),
     "accept": HotStatement(_pg_accept_statement(), None, (POSTGRESQL,)),
     "accept_claimed": HotStatement(_pg_accept_statement(claiming=True), None, (POSTGRESQL,)),
+    "accept_claimed_reading": HotStatement(_accept_claimed_reading(), None, (POSTGRESQL,)),
     "answer": HotStatement(_answer_statement(_FINISH_TURN), None, (POSTGRESQL,)),
     "answer_with_usage": HotStatement(
         _answer_statement(_FINISH_TURN, with_usage=True), None, (POSTGRESQL,)

@@ -25,7 +25,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Collection, Iterator
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +54,11 @@ log = logging.getLogger(__name__)
 
 # Conversations whose window start is remembered (all forgotten at once past it).
 WINDOW_STARTS = 10_000
+# How long the reads made with a turn's accepting claim stand for the turn's own
+# (`history`, `channel_settings(for_message=...)`), which follow at once: the turn
+# starts as it is claimed, well under a millisecond later on an idle loop. Older, they
+# are read again: what a turn is answered from is never older than this.
+PREFETCH_SECONDS = 0.2
 # Managed PostgreSQL closes idle connections; let a pool close them before that.
 IDLE_CONNECTION_SECONDS = 1800.0
 _ANSWER_STATEMENTS = {
@@ -117,6 +125,16 @@ class PostgresHotPath:
         # Closed with its store: from then on work is a mistake (as on the closed
         # worker), not an outage to retry, and nothing connects again.
         self._closed = False
+        # Conversations' ids by key, for the window start of a message's accept.
+        self._conversation_ids: dict[ConversationKey, int] = {}
+        # Reads made with accepting claims, oldest first, each with when it was read:
+        # the windows (the history limit, the ids in the window's order, ending with the
+        # message) by (conversation id, message id), and the settings (the channel's key,
+        # the settings rows) by message id. A turn takes its own, on the home loop
+        # (maybe accepted on another loop's thread).
+        self._prefetched_windows: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._prefetched_settings: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._prefetched_lock = threading.Lock()
 
     @property
     def pool_size(self) -> int:
@@ -177,9 +195,11 @@ class PostgresHotPath:
         async with self._connection(accepting=accepting) as connection:
             return await connection.fetchrow(sql, *args)
 
-    async def _fetch(self, name: str, values: dict[str, Any]) -> list[Any]:
+    async def _fetch(
+        self, name: str, values: dict[str, Any], *, accepting: bool = False
+    ) -> list[Any]:
         sql, args = _bound(name, values)
-        async with self._connection() as connection:
+        async with self._connection(accepting=accepting) as connection:
             rows: list[Any] = await connection.fetch(sql, *args)
             return rows
 
@@ -252,13 +272,29 @@ class PostgresHotPath:
         }
         if spoken:
             claim = None  # a realtime voice session answers it; no worker claims it
+        reading = claim is not None and claim.history_limit > 0
         if claim is not None:
             values.update({"b_holder": claim.holder, "b_alive_until": claim.alive_until})
+        if claim is not None and reading:
+            known = self._conversation_ids.get(message.conversation)
+            values.update(
+                {
+                    "window_limit": claim.history_limit - 1,  # and the message itself
+                    "from_id": self._window_starts.get(known, 0) if known else 0,
+                    "platform": message.platform,
+                    "workspace": message.workspace,
+                    "channel": message.channel,
+                }
+            )
         for attempt in range(3):
+            name = "accept" if claim is None else "accept_claimed"
             try:
-                conversation_id, turn_id, message_id, status = await self._fetchrow(
-                    "accept" if claim is None else "accept_claimed", values, accepting=True
-                )
+                if claim is not None and reading:
+                    rows = await self._fetch("accept_claimed_reading", values, accepting=True)
+                    row = rows[0]
+                else:
+                    rows, row = [], await self._fetchrow(name, values, accepting=True)
+                conversation_id, turn_id, message_id, status = row[:4]
             except asyncpg.UniqueViolationError:
                 if claim is None:
                     raise
@@ -284,6 +320,9 @@ class PostgresHotPath:
                 continue
             if turn_id is None:
                 return None  # a duplicate delivery
+            if len(self._conversation_ids) >= WINDOW_STARTS:
+                self._conversation_ids.clear()
+            self._conversation_ids[message.conversation] = conversation_id
             self._messages.add(
                 [
                     StoredMessage(
@@ -314,6 +353,8 @@ class PostgresHotPath:
                     claims=1,
                     has_audio=stored["audio"] is not None,
                 )
+                if claim is not None and reading:
+                    self._keep_turn_reads(rows, values, claim.history_limit, message_id)
             return AcceptedTurn(
                 turn_id=turn_id,
                 conversation_id=conversation_id,
@@ -431,8 +472,13 @@ class PostgresHotPath:
         return [hot_rows.tool_call(row) for row in rows]
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
+        if for_message is not None:
+            read = self._take_prefetched(self._prefetched_settings, for_message)
+            if read is not None and read[0] == (platform, workspace, channel):
+                # Read as the turn of `for_message` was claimed, a moment ago.
+                return hot_rows.merged_settings(list(read[1]), channel)
         values = {"platform": platform, "workspace": workspace, "channel": channel}
         rows = await self._fetch("channel_settings", values)
         return hot_rows.merged_settings(list(rows), channel)
@@ -440,42 +486,102 @@ class PostgresHotPath:
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int
     ) -> list[StoredMessage]:
+        read = self._take_prefetched(self._prefetched_windows, (conversation_id, up_to_message_id))
+        if read is not None and read[0] == limit:
+            # Read as the turn was claimed, a moment ago: no round trip now (unless the
+            # window holds messages this process has not seen).
+            ids = read[1]
+            self._note_window_start(conversation_id, ids, limit)
+            known = self._messages.get_many(ids)
+            if len(known) == len(ids):
+                return [known[id_] for id_ in ids]
+            async with self._connection() as connection:
+                return await self._messages_of(connection, ids, known)
+        values = self._window_values(conversation_id, up_to_message_id, limit)
+        async with self._connection() as connection:
+            sql, args = _bound("history_ids", values)
+            window = await connection.fetch(sql, *args)
+            return await self._window_messages(connection, values, window)
+
+    def _window_values(
+        self, conversation_id: int, up_to_message_id: int, limit: int
+    ) -> dict[str, Any]:
         # Where the conversation's last full window began: a window of `limit` found
         # from there is the whole answer (every match older than its oldest is older
         # than all of it). Without it the database may read the whole thread to sort
         # it (a generic plan for a prepared statement: a 5,000-message thread took
         # 2.5 ms); with fewer found (deletions, an older `up_to`), it asks again from 0.
-        from_id = self._window_starts.get(conversation_id, 0)
-        values = {
+        return {
             "conversation_id": conversation_id,
             "up_to": up_to_message_id,
             "limit": limit,
-            "from_id": from_id,
+            "from_id": self._window_starts.get(conversation_id, 0),
         }
-        async with self._connection() as connection:
-            sql, args = _bound("history_ids", values)
+
+    async def _window_messages(
+        self, connection: asyncpg.Connection, values: dict[str, Any], window: Sequence[Any]
+    ) -> list[StoredMessage]:
+        """The messages of a window found as (id, the id it answers) rows, from the cache
+        of message contents, asking the database only for those not in it."""
+        conversation_id, limit = values["conversation_id"], values["limit"]
+        if len(window) < limit and values["from_id"]:
+            sql, args = _bound("history_ids", {**values, "from_id": 0})
             window = await connection.fetch(sql, *args)
-            if len(window) < limit and from_id:
-                sql, args = _bound("history_ids", {**values, "from_id": 0})
-                window = await connection.fetch(sql, *args)
-            if len(window) == limit:
-                if len(self._window_starts) >= WINDOW_STARTS:
-                    self._window_starts.clear()
-                self._window_starts[conversation_id] = min(row[0] for row in window)
-            else:
-                self._window_starts.pop(conversation_id, None)
-            # Oldest first, each answer right after the question it answers.
-            window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
-            ids = [row[0] for row in window]
-            known = self._messages.get_many(ids)
-            missing = [id_ for id_ in ids if id_ not in known]
-            if missing:
-                sql, args = _bound("messages_by_ids", {"ids": missing})
-                fresh = [
-                    hot_rows.stored_message(row, row[8])
-                    for row in await connection.fetch(sql, *args)
-                ]
-                self._messages.add(fresh)
-                known.update((message.id, message) for message in fresh)
+        # Oldest first, each answer right after the question it answers.
+        window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
+        ids = [row[0] for row in window]
+        self._note_window_start(conversation_id, ids, limit)
+        return await self._messages_of(connection, ids, self._messages.get_many(ids))
+
+    def _note_window_start(self, conversation_id: int, ids: list[int], limit: int) -> None:
+        if len(ids) == limit:
+            if len(self._window_starts) >= WINDOW_STARTS:
+                self._window_starts.clear()
+            self._window_starts[conversation_id] = min(ids)
+        else:
+            self._window_starts.pop(conversation_id, None)
+
+    async def _messages_of(
+        self, connection: asyncpg.Connection, ids: list[int], known: dict[int, StoredMessage]
+    ) -> list[StoredMessage]:
+        """The window's messages: `known` (from the cache) and the rest from the database."""
+        missing = [id_ for id_ in ids if id_ not in known]
+        if missing:
+            sql, args = _bound("messages_by_ids", {"ids": missing})
+            fresh = [
+                hot_rows.stored_message(row, row[8]) for row in await connection.fetch(sql, *args)
+            ]
+            self._messages.add(fresh)
+            known.update((message.id, message) for message in fresh)
         # A message deleted between the two reads is left out.
         return [known[id_] for id_ in ids if id_ in known]
+
+    def _keep_turn_reads(
+        self, rows: list[Any], values: dict[str, Any], history_limit: int, message_id: int
+    ) -> None:
+        """Keep what `accept_claimed_reading` read with the claim, for the turn's
+        `history` and `channel_settings`: its window before the message, the message,
+        the settings rows."""
+        before: list[int] = rows[0][4] or []
+        now = time.monotonic()
+        with self._prefetched_lock:
+            for kept in (self._prefetched_windows, self._prefetched_settings):
+                while kept and now - next(iter(kept.values()))[0] >= PREFETCH_SECONDS:
+                    kept.popitem(last=False)
+            # Fewer from the window start than asked: `history` asks again, from 0.
+            if len(before) == values["window_limit"] or not values["from_id"]:
+                self._prefetched_windows[(rows[0][0], message_id)] = (
+                    now,
+                    (history_limit, [*before, message_id]),
+                )
+            channel = (values["platform"], values["workspace"], values["channel"])
+            settings = [tuple(row)[5:] for row in rows if row[5] is not None]
+            self._prefetched_settings[message_id] = (now, (channel, settings))
+
+    def _take_prefetched(self, kept: OrderedDict[Any, tuple[float, Any]], key: Any) -> Any:
+        """What was read with a turn's claim, when recent enough to stand for a read now."""
+        with self._prefetched_lock:
+            found = kept.pop(key, None)
+        if found is None or time.monotonic() - found[0] >= PREFETCH_SECONDS:
+            return None
+        return found[1]

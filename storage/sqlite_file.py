@@ -275,9 +275,11 @@ class SqliteFileStore:
         return await self._hot.waiting_conversations(accepted_before=accepted_before)
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
-        return await self._hot.channel_settings(platform, workspace, channel)
+        return await self._hot.channel_settings(
+            platform, workspace, channel, for_message=for_message
+        )
 
     async def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int

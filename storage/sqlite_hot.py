@@ -495,8 +495,9 @@ class SqliteHotPath:
     # --- reads ---------------------------------------------------------------------
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
+        # `for_message` changes nothing here: kept in memory, they cost no round trip.
         kept_here = self._current()
         key = (platform, workspace, channel)
         if kept_here and (kept := self._settings.get(key)) is not None:

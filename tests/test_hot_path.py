@@ -229,3 +229,64 @@ async def test_the_write_ahead_log_is_checkpointed_while_turns_are_written_on_th
         assert saved is not None
     # 1,400 commits of several pages each: uncheckpointed, the log passes 100 MB.
     assert log.stat().st_size < 50_000_000  # noqa: ASYNC240 (a stat, once)
+
+
+async def test_the_reads_made_with_an_accepting_claim_say_what_the_database_says(
+    make_store: StoreFactory,
+) -> None:
+    """A turn claimed as its message is accepted may have its reads made in that step
+    (PostgreSQL): its `history` and `channel_settings` still answer as the database
+    does, through late answers, limits shorter than the thread, settings changed and
+    another process's reset between turns."""
+    store, other = await make_store(), await make_store()
+    late: int | None = None
+    for number in range(14):
+        limit = (1, 3, 200)[number % 3]
+        message = incoming(f"k{number}", text=f"q{number}")
+        claim = Claim(
+            holder="me", alive_until=datetime.now(UTC) + timedelta(minutes=1), history_limit=limit
+        )
+        accepted = await store.accept(message, text=message.text, tokens=1, claim=claim)
+        assert accepted is not None
+        if late is not None:  # the previous turn's answer, stored after this message came
+            await store.store_answer(
+                late, holder="me", text="late", tokens=1, usage=None, status="complete", model="m"
+            )
+            late = None
+        if accepted.claimed is None:  # the previous turn was running: claimed after it
+            claimed = await store.claim_next_turn(
+                accepted.conversation_id, holder="me", alive_until=claim.alive_until
+            )
+            assert claimed is not None and claimed.turn_id == accepted.turn_id
+        settings = await store.channel_settings(
+            "test", "W1", "C1", for_message=accepted.user_message_id
+        )
+        history = await store.history(
+            accepted.conversation_id, up_to_message_id=accepted.user_message_id, limit=limit
+        )
+        assert [m.id for m in history] == await _history_ids(
+            store, accepted.conversation_id, accepted.user_message_id, limit
+        )
+        assert history[-1].text == f"q{number}"
+        assert settings == await store.channel_settings("test", "W1", "C1")
+        if number == 4:
+            late = accepted.turn_id
+        else:
+            saved = await store.store_answer(
+                accepted.turn_id,
+                holder="me",
+                text=f"a{number}",
+                tokens=1,
+                usage=None,
+                status="complete",
+                model="m",
+            )
+            assert saved is not None
+        if number == 6:
+            await other.change_setting("test", "W1", "", field="model", value="m2", changed_by="U9")
+        if number == 8:
+            await other.change_setting(
+                "test", "W1", "C1", field="instructions", value="Be brief.", changed_by="U9"
+            )
+        if number == 10:
+            await other.reset_conversation(message.conversation)

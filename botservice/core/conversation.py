@@ -387,8 +387,13 @@ class ConversationCore:
             text=stored_text,
             tokens=self._count_tokens(stored_text),
             # Claimed in the same step when nothing of the conversation is running,
-            # so the usual turn costs no separate claim.
-            claim=None if self._stopping else self._claim(),
+            # so the usual turn costs no separate claim (and on PostgreSQL its reads
+            # come back with it: no round trip between the claim and the model).
+            claim=None
+            if self._stopping
+            else dataclasses.replace(
+                self._claim(), history_limit=self._settings.conversation.history_limit
+            ),
         )
         self._remember_taken(taken)
         if accepted is None:
@@ -974,18 +979,24 @@ class ConversationCore:
         reply_ref = await sink.begin(
             turn.reply_ref, turn_tag=str(turn.turn_id), resumed=turn.claimed_before
         )
+        remembered: asyncio.Task[None] | None = None
         if reply_ref is not None and reply_ref != turn.reply_ref:
-            # Saved again with the answer, so an unreachable database is no reason
-            # to stop here.
-            with contextlib.suppress(StoreUnavailable):
-                await store.set_reply_ref(turn.turn_id, reply_ref)
+            # Kept for a process that takes the turn over (it edits this message, not a
+            # new one), written beside the reads and the model request rather than
+            # before them: a write and its commit off the way to the first text.
+            remembered = self._tasks.spawn(
+                self._remember_reply_ref(turn.turn_id, reply_ref),
+                name=f"reply-ref-{turn.turn_id}",
+            )
         abilities = abilities_of(sink)
         if turn.audio and not await self._hear(turn, sink, abilities):
             return
 
         key = turn.key
         channel = await self._keep_trying(
-            lambda: store.channel_settings(key.platform, key.workspace, key.channel)
+            lambda: store.channel_settings(
+                key.platform, key.workspace, key.channel, for_message=turn.user_message_id
+            )
         )
         model = self._settings.chat_model(channel.model)
         model_info = self._settings.model_info(model)
@@ -1237,6 +1248,10 @@ class ConversationCore:
         if files and abilities.post_file is not None:
             await self._post_files(turn, abilities.post_file, files)
         telemetry.final_text(key.platform, model, self._age(turn))
+        if remembered is not None:
+            # Its write before the answer's (which saves it again). Waited for, not
+            # raised from: a failure there is logged, and the answer shown is saved.
+            await asyncio.wait([remembered])
         # The answer has been shown: from here on it is only ever saved, never made
         # again, so a database outage is waited out (see `_keep_trying`).
         saved = await self._save_answer(
@@ -1255,6 +1270,11 @@ class ConversationCore:
             await self._keep_trying(
                 lambda: store.delete_conversation_messages(turn.conversation_id)
             )
+
+    async def _remember_reply_ref(self, turn_id: int, reply_ref: str) -> None:
+        # Saved again with the answer, so an unreachable database is no reason to wait.
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.set_reply_ref(turn_id, reply_ref)
 
     async def _post_files(
         self,

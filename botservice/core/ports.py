@@ -387,10 +387,17 @@ class ChannelSettings:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """Who claims a turn, and until when its claim lives without a heartbeat."""
+    """Who claims a turn, and until when its claim lives without a heartbeat.
+
+    `history_limit` (accepting only): the store may read the turn's history window (of
+    this many messages) and its channel's settings in the step that claims it as it
+    accepts it, for the turn's `history` and `channel_settings` (`for_message`) that
+    follow at once; 0 asks for nothing.
+    """
 
     holder: str
     alive_until: datetime
+    history_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -641,9 +648,12 @@ class ChannelSettingsStore(Protocol):
     """A channel's settings, and the audit trail of who changed them."""
 
     async def channel_settings(
-        self, platform: str, workspace: str, channel: str
+        self, platform: str, workspace: str, channel: str, *, for_message: int | None = None
     ) -> ChannelSettings:
-        """Channel setting, else the workspace's (channel ""), field by field."""
+        """Channel setting, else the workspace's (channel ""), field by field.
+
+        `for_message`: the user message of the turn that reads them, which a store may
+        answer from what it read as it claimed that turn (see `Claim.history_limit`)."""
         ...
 
     async def change_setting(
