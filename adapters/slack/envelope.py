@@ -89,7 +89,30 @@ def read_envelope(raw: bytes, content_type: str | None) -> Envelope:
 
 def odd_field(body: Mapping[str, Any]) -> str | None:
     """The path of the first field that does not have the type Slack gives it, if any."""
-    return _odd_in(body, "body")
+    return _odd_in(body, "body") or _odd_actions(body)
+
+
+# Interactions whose `actions[0]` Bolt takes to match listeners (and to log).
+_ACTION_TYPES = ("block_actions", "interactive_message")
+
+
+def _odd_actions(body: Mapping[str, Any]) -> str | None:
+    """Bolt takes a block action's first action and reads its `action_id` (and
+    `block_id`) by name: Slack always sends at least one, each an object with a string
+    `action_id`."""
+    if body.get("type") not in _ACTION_TYPES or "actions" not in body:
+        return None
+    actions = body["actions"]
+    if not isinstance(actions, list) or not actions:
+        return "body.actions"
+    for index, action in enumerate(actions):
+        if (
+            not isinstance(action, dict)
+            or not isinstance(action.get("action_id"), str)
+            or not isinstance(action.get("block_id"), (str, _NULL))
+        ):
+            return f"body.actions[{index}]"
+    return None
 
 
 def _odd_in(obj: Mapping[str, Any], path: str) -> str | None:

@@ -201,3 +201,26 @@ async def test_fuzzed_signed_requests_never_fail_on_our_side(
     await bot.settle()
     assert status < 500
     assert_nothing_leaked(fake_model, caplog, service_log)
+
+
+@pytest.mark.parametrize(
+    "actions",
+    [[], [1], ["x"], [{}], [{"action_id": 5}], [{"action_id": "a", "block_id": ["b"]}], "x", {}],
+)
+async def test_a_signed_block_action_whose_actions_bolt_cannot_read_is_ignored(
+    service_log: io.StringIO,
+    bot: SlackHarness,
+    fake_model: FakeModelServer,
+    caplog: pytest.LogCaptureFixture,
+    actions: Any,
+) -> None:
+    # Bolt takes `actions[0]` of a block action and reads its `action_id` by name:
+    # found by the fuzzer above (an empty list made Bolt raise IndexError).
+    caplog.set_level(logging.DEBUG)
+    for kind in ("block_actions", "interactive_message"):
+        body = {"type": kind, "actions": actions, "callback_id": "c", "team": {"id": "T1"}}
+        payload = urllib.parse.urlencode({"payload": json.dumps(body)}).encode()
+        status, _ = await bot.post(payload, content_type="application/x-www-form-urlencoded")
+        await bot.settle()
+        assert status == 200
+    assert_nothing_leaked(fake_model, caplog, service_log)
