@@ -130,6 +130,10 @@ SQLITE: dict[str, Statement] = {
         "UPDATE turns SET conversation_id=?, user_message_id=? WHERE turns.id = ?",
         ("b_conversation_id", "b_message_id", "b_turn_id"),
     ),
+    "message_taken": Statement(
+        "SELECT turns.id \nFROM turns \nWHERE turns.platform = ? AND turns.message_key = ?",
+        ("platform", "message_key"),
+    ),
     "recent_messages": Statement(
         "SELECT messages.id, messages.role, messages.author_id, messages.author_name, messages.text, messages.tokens, messages.reply_to_id, messages.status, messages.created_at \nFROM messages \nWHERE messages.conversation_id = ? AND messages.id > coalesce((SELECT conversations.reset_after_message_id \nFROM conversations \nWHERE conversations.id = ?), ?) ORDER BY messages.id DESC\n LIMIT ? OFFSET ?",
         ("conversation_id", "conversation_id", (0,), "limit", (0,)),
@@ -478,6 +482,10 @@ POSTGRESQL: dict[str, Statement] = {
     "link_turn": Statement(
         "UPDATE turns SET conversation_id=$1::INTEGER, user_message_id=$2::INTEGER WHERE turns.id = $3::INTEGER",
         ("b_conversation_id", "b_message_id", "b_turn_id"),
+    ),
+    "message_taken": Statement(
+        "SELECT turns.id \nFROM turns \nWHERE turns.platform = $1::VARCHAR AND turns.message_key = $2::VARCHAR",
+        ("platform", "message_key"),
     ),
     "messages_by_ids": Statement(
         "SELECT messages.id, messages.role, messages.author_id, messages.author_name, messages.text, messages.tokens, messages.reply_to_id, messages.status, messages.created_at \nFROM messages \nWHERE messages.id = ANY ($1::INTEGER[])",

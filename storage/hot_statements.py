@@ -247,6 +247,14 @@ _SHARED: dict[str, HotStatement] = {
     "insert_user_message": HotStatement(_INSERT_MESSAGE, USER_MESSAGE_COLUMNS, BOTH),
     "insert_answer": HotStatement(_INSERT_MESSAGE, ANSWER_COLUMNS, BOTH),
     "link_turn": HotStatement(_LINK_TURN, None, BOTH),
+    # A redelivery asks before it is read any further (adapters/slack/app.py).
+    "message_taken": HotStatement(
+        select(_t.id).where(
+            _t.platform == bindparam("platform"), _t.message_key == bindparam("message_key")
+        ),
+        None,
+        BOTH,
+    ),
     "claim_next": HotStatement(_CLAIM_NEXT, None, BOTH),
     "conversation_key": HotStatement(_CONVERSATION_KEY, None, BOTH),
     "finish_held_turn": HotStatement(_FINISH_HELD_TURN, None, BOTH),

@@ -41,6 +41,14 @@ class SqlLookups(StoreBase):
 
         return await self._read(work)
 
+    async def was_taken(self, platform: str, message_key: str) -> bool:
+        if self._hot is not None:
+            return await self._hot.was_taken(platform, message_key)
+        statement = select(_t.id).where(_t.platform == platform, _t.message_key == message_key)
+        return await self._read(
+            lambda connection: connection.execute(statement).first() is not None
+        )
+
     async def thread_of_message(
         self, platform: str, workspace: str, channel: str, platform_message_id: str
     ) -> str | None:

@@ -467,6 +467,10 @@ class PostgresHotPath:
         found = await self._fetchrow("conversation_id", hot_rows.key_values(key), accepting=True)
         return found is not None
 
+    async def was_taken(self, platform: str, message_key: str) -> bool:
+        values = {"platform": platform, "message_key": message_key}
+        return await self._fetchrow("message_taken", values, accepting=True) is not None
+
     async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
         rows = await self._fetch("tool_calls_for_array", {"ids": list(user_message_ids)})
         return [hot_rows.tool_call(row) for row in rows]

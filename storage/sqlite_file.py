@@ -174,6 +174,9 @@ class SqliteFileStore:
     async def ping(self) -> bool:
         return await self._hot.ping()
 
+    async def was_taken(self, platform: str, message_key: str) -> bool:
+        return await self._hot.was_taken(platform, message_key)
+
     # --- the turn's path: what SqlStore does on a SQLite file ---------------------------
 
     async def accept(

@@ -509,6 +509,11 @@ class SqliteHotPath:
             self._settings[key] = found
         return found
 
+    async def was_taken(self, platform: str, message_key: str) -> bool:
+        values = {"platform": platform, "message_key": message_key}
+        rows = await self._read(lambda db: _run(db, "message_taken", values).fetchall())
+        return bool(rows)
+
     async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
         values = {"ids_json": json.dumps(list(user_message_ids))}
         rows = await self._read(lambda db: _run(db, "tool_calls_for", values).fetchall())

@@ -636,6 +636,18 @@ async def test_an_in_memory_sqlite_store_works() -> None:
 # --- what adapters look up by platform ids ------------------------------------------
 
 
+async def test_a_message_taken_by_one_store_is_known_to_another(
+    store: SqlStore, make_store: StoreFactory
+) -> None:
+    other = await make_store()  # another process on the same database
+    assert not await other.was_taken("test", "k1")
+    await ask(store, "k1")
+
+    assert await other.was_taken("test", "k1")
+    assert not await other.was_taken("test", "k2")
+    assert not await other.was_taken("elsewhere", "k1")
+
+
 async def test_conversations_and_answers_are_found_by_platform_ids(store: SqlStore) -> None:
     assert not await store.has_conversation(KEY)
     turn = await ask(store, "k1")

@@ -360,6 +360,12 @@ class SlackAdapter:
             # context and a client for it only to drop it.
             self._core.telemetry.message_redelivered(PLATFORM)
             return web.Response(status=200)
+        if message_key is not None and retry and await self._taken_elsewhere(message_key):
+            # Slack's retry of a message another process stored (several processes
+            # behind one URL): one indexed read instead of Bolt's whole way to the
+            # accept that would find it taken.
+            self._core.telemetry.message_redelivered(PLATFORM)
+            return web.Response(status=200)
         bolt_request = AsyncBoltRequest(
             body=envelope.text,
             query=request.query_string,
@@ -648,6 +654,12 @@ class SlackAdapter:
             )
 
     # --- helpers ---------------------------------------------------------------------
+
+    async def _taken_elsewhere(self, message_key: str) -> bool:
+        try:
+            return await self._lookups.was_taken(PLATFORM, message_key)
+        except StoreUnavailable:
+            return False  # the usual way then: the accept says what to answer Slack
 
     async def _core_knows(self, key: ConversationKey) -> bool:
         # From the store, so it holds across restarts and processes.

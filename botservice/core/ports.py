@@ -710,6 +710,11 @@ class Lookups(ChannelSettingsStore, Protocol):
 
     async def has_conversation(self, key: ConversationKey) -> bool: ...
 
+    async def was_taken(self, platform: str, message_key: str) -> bool:
+        """Whether a message with this key was accepted already, by any process: a
+        redelivery of it needs no more than an acknowledgement."""
+        ...
+
     async def thread_of_message(
         self, platform: str, workspace: str, channel: str, platform_message_id: str
     ) -> str | None:

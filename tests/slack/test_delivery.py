@@ -8,7 +8,10 @@ import time
 
 import pytest
 
+from botservice.storage.engine import create_engine
+from botservice.storage.repository import SqlStore
 from tests.fakes.model_server import FakeModelServer, Reply
+from tests.fakes.slack_api import FakeSlackApi
 from tests.slack.harness import CHANNEL, SlackHarness, payload, sign
 
 
@@ -181,3 +184,33 @@ async def test_when_storing_fails_slack_gets_a_500_to_redeliver_later(
     assert fake_model.chat_requests == []
     failures = [r for r in caplog.records if r.exc_info]
     assert len(failures) == 1 and failures[0].name == "botservice.adapters.slack.app"
+
+
+async def test_a_retry_of_a_message_another_process_stored_is_acknowledged_unread(
+    bot: SlackHarness,
+    slack_api: FakeSlackApi,
+    fake_model: FakeModelServer,
+    sqlite_database_url: str,
+) -> None:
+    # Two processes behind one URL: Slack's retry may reach the one that did not store it.
+    other_store = SqlStore(create_engine(sqlite_database_url))
+    other = await SlackHarness.start(slack_api, bot.settings, other_store)
+    try:
+        mention = bot.mention("hello from one process")
+        assert (await bot.event(mention))[0] == 200
+        await bot.settle()
+        looked_up = slack_api.count("users.info")
+
+        assert (await other.event(mention, retry=1))[0] == 200
+        await other.settle()
+    finally:
+        await other.close()
+        await other_store.aclose()
+
+    assert len(fake_model.chat_requests) == 1
+    assert [m.text for m in slack_api.thread(CHANNEL, mention["event"]["ts"])] == [
+        "You said: hello from one process"
+    ]
+    # The other process answered from the store alone: it never read the message as far
+    # as looking up its author.
+    assert slack_api.count("users.info") == looked_up
