@@ -35,6 +35,7 @@ from botservice.storage.turns import (
     _RELEASE_STALE,
     _SET_REPLY_REF,
     _WAITING_CONVERSATIONS,
+    ANSWER_COLUMNS,
     _answer_statement,
     _pg_accept_statement,
 )
@@ -81,21 +82,6 @@ USER_MESSAGE_COLUMNS = (
     "tokens",
     "status",
     "audio",
-    "created_at",
-)
-ANSWER_COLUMNS = (
-    "conversation_id",
-    "reply_to_id",
-    "role",
-    "author_id",
-    "author_name",
-    "text",
-    "platform_message_id",
-    "tokens",
-    "prompt_tokens",
-    "completion_tokens",
-    "model",
-    "status",
     "created_at",
 )
 

@@ -217,27 +217,31 @@ def _waiting_statement() -> Any:
 _WAITING_CONVERSATIONS = _waiting_statement()
 
 
+# The columns an answer fills, in the order the hot paths write them.
+ANSWER_COLUMNS = (
+    "conversation_id",
+    "reply_to_id",
+    "role",
+    "author_id",
+    "author_name",
+    "text",
+    "platform_message_id",
+    "tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "model",
+    "status",
+    "created_at",
+)
+
+
 def _answer_statement(finish: Any, *, with_usage: bool = False) -> Any:
     """Finish a turn and store its answer in one statement (PostgreSQL): the answer is
     inserted only for a turn the finish matched, in the same atomic step. `with_usage`:
     the call's usage row too (parameters `u_*`), only when the answer was inserted:
     one statement, so one commit and one WAL flush for the whole answer."""
     finished = finish.cte("finished")
-    columns = (
-        "conversation_id",
-        "reply_to_id",
-        "role",
-        "author_id",
-        "author_name",
-        "text",
-        "platform_message_id",
-        "tokens",
-        "prompt_tokens",
-        "completion_tokens",
-        "model",
-        "status",
-        "created_at",
-    )
+    columns = ANSWER_COLUMNS
     answer = select(
         finished.c.conversation_id,
         finished.c.user_message_id,
