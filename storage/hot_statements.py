@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, any_, bindparam, case, func, select, update
+from sqlalchemy import Integer, any_, bindparam, case, cast, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _RUNNING, _c, _m, _t
 from botservice.storage.channel_settings import _CHANNEL_SETTINGS
 from botservice.storage.history import _history_statement
-from botservice.storage.tables import CONVERSATIONS, TURNS, USAGE
+from botservice.storage.tables import CONVERSATIONS, MESSAGES, TURNS, USAGE
 from botservice.storage.tool_rounds import _CALL_COLUMNS, TOOL_CALLS
 from botservice.storage.turns import (
     _ALIVE_UNTIL,
@@ -102,6 +102,21 @@ def _create_conversation(dialect: Any) -> Any:
     )
 
 
+# Arrays of ids cross the wire as oid[], cast to and from int[] in the statement:
+# asyncpg has a codec of its own for oid[] (Python ints), but for int[] it asks the
+# catalog on each new connection (the jit setting read, set and restored around a
+# recursive type query: four round trips and milliseconds of the database's CPU per
+# connection). Row ids are positive 32-bit integers, which oid holds.
+def _id_array(name: str) -> Any:
+    """A parameter: a list of ids."""
+    return cast(bindparam(name, type_=postgresql.ARRAY(postgresql.OID)), postgresql.ARRAY(Integer))
+
+
+def _as_oids(ids: Any) -> Any:
+    """A result column: an int[] of ids."""
+    return cast(ids, postgresql.ARRAY(postgresql.OID))
+
+
 # The history window with the messages themselves (one statement; the SQLAlchemy path
 # reads ids, then the messages it has not cached).
 _HISTORY_WINDOW = _history_statement(*_MESSAGE_COLUMNS)
@@ -133,7 +148,7 @@ _RENEW_CLAIM = (
 _RENEW_CLAIMS_ARRAY = (
     update(TURNS)
     .where(
-        _t.id == any_(bindparam("b_turn_ids", type_=postgresql.ARRAY(Integer))),
+        _t.id == any_(_id_array("b_turn_ids")),
         _t.claimed_by == _HOLDER,
         _t.status == "running",
     )
@@ -153,16 +168,49 @@ _CALLS_FOR_MESSAGES_JSON = (
 # PostgreSQL takes them as one array.
 _CALLS_FOR_MESSAGES_ARRAY = (
     select(*_CALL_COLUMNS)
-    .where(TOOL_CALLS.c.user_message_id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer))))
+    .where(TOOL_CALLS.c.user_message_id == any_(_id_array("ids")))
     .order_by(TOOL_CALLS.c.user_message_id, TOOL_CALLS.c.round, TOOL_CALLS.c.position)
 )
 
 
+def _window_ids(turn: Any, *, limit: str, up_to: Any = None) -> Any:
+    """The history window of the turn in `turn` (a subquery or CTE with its
+    `conversation_id`) as one array of ids in the window's order (oldest first, each
+    answer right after the question it answers): `history_ids` inside a statement.
+    From the id `from_id` up (the caller's bound, see `_history_statement`), the newest
+    `limit` after the conversation's reset, and with `up_to` those up to that message."""
+    reset = func.coalesce(
+        select(_c.reset_after_message_id)
+        .where(_c.id == turn.c.conversation_id)
+        .correlate(turn)
+        .scalar_subquery(),
+        0,
+    )
+    bounds = () if up_to is None else (or_(_m.id <= up_to, _m.reply_to_id <= up_to),)
+    window = (
+        select(_m.id, _m.reply_to_id)
+        .where(
+            _m.id >= bindparam("from_id", type_=Integer),
+            _m.conversation_id == turn.c.conversation_id,
+            _m.id > reset,
+            func.coalesce(_m.reply_to_id, _m.id) > reset,
+            *bounds,
+        )
+        .order_by(_m.id.desc())
+        .limit(bindparam(limit, type_=Integer))
+        .correlate(turn)
+        .subquery("turn_window")
+    )
+    ordered = aggregate_order_by(
+        window.c.id, func.coalesce(window.c.reply_to_id, window.c.id), window.c.id
+    )
+    return select(_as_oids(func.array_agg(ordered))).correlate(turn).scalar_subquery()
+
+
 def _accept_claimed_reading() -> Any:
     """`accept_claimed`, and when it claims the turn, the turn's reads too: the
-    channel's settings rows (`channel_settings`) and the history window's ids
-    (`history_ids`, as one array in the window's order: oldest first, each answer
-    right after the question it answers), in one statement and round trip.
+    channel's settings rows (`channel_settings`) and the history window's ids, in one
+    statement and round trip.
 
     The reads see the statement's snapshot, before its own message: the window is the
     newest `window_limit` (the history limit less one) messages before it, and the
@@ -170,39 +218,37 @@ def _accept_claimed_reading() -> Any:
     pending or running in that snapshot, so every earlier answer is in it."""
     accepted = _pg_accept_statement(claiming=True).subquery("accepted")
     claimed = accepted.c.status == _RUNNING
-    reset = func.coalesce(
-        select(_c.reset_after_message_id)
-        .where(_c.id == accepted.c.conversation_id)
-        .correlate(accepted)
-        .scalar_subquery(),
-        0,
-    )
-    window = (
-        select(_m.id, _m.reply_to_id)
-        .where(
-            _m.id >= bindparam("from_id", type_=Integer),
-            _m.conversation_id == accepted.c.conversation_id,
-            _m.id > reset,
-            func.coalesce(_m.reply_to_id, _m.id) > reset,
-        )
-        .order_by(_m.id.desc())
-        .limit(bindparam("window_limit", type_=Integer))
-        .correlate(accepted)
-        .subquery("turn_window")
-    )
-    ordered = aggregate_order_by(
-        window.c.id, func.coalesce(window.c.reply_to_id, window.c.id), window.c.id
-    )
-    ids = select(func.array_agg(ordered)).correlate(accepted).scalar_subquery()
+    ids = _window_ids(accepted, limit="window_limit")
     settings = _CHANNEL_SETTINGS.subquery("turn_settings")
     return select(*accepted.c, case((claimed, ids)).label("window_ids"), *settings.c).select_from(
         accepted.outerjoin(settings, claimed)
     )
 
 
-_MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(
-    _m.id == any_(bindparam("ids", type_=postgresql.ARRAY(Integer)))
-)
+def _claim_next_reading() -> Any:
+    """`claim_next`, and when it claims a turn, that turn's reads too: its question
+    (the columns of a stored message: a process answering a turn another accepted has
+    not seen it), the history window's ids up to it and the channel's settings rows,
+    in one statement and round trip.
+
+    One row per settings row (at least one) when a turn was claimed; none otherwise."""
+    claimed = _CLAIM_NEXT.cte("claimed")
+    ids = _window_ids(claimed, limit="limit", up_to=claimed.c.user_message_id)
+    question = MESSAGES.alias("question")
+    settings = _CHANNEL_SETTINGS.subquery("turn_settings")
+    return select(
+        *claimed.c,
+        *(question.c[column.key] for column in _MESSAGE_COLUMNS),
+        ids.label("window_ids"),
+        *settings.c,
+    ).select_from(
+        claimed.outerjoin(question, question.c.id == claimed.c.user_message_id).outerjoin(
+            settings, true()
+        )
+    )
+
+
+_MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(_m.id == any_(_id_array("ids")))
 
 STATEMENTS: dict[str, dict[str, HotStatement]] = {
     SQLITE: {
@@ -268,6 +314,7 @@ _SHARED: dict[str, HotStatement] = {
     "accept": HotStatement(_pg_accept_statement(), None, (POSTGRESQL,)),
     "accept_claimed": HotStatement(_pg_accept_statement(claiming=True), None, (POSTGRESQL,)),
     "accept_claimed_reading": HotStatement(_accept_claimed_reading(), None, (POSTGRESQL,)),
+    "claim_next_reading": HotStatement(_claim_next_reading(), None, (POSTGRESQL,)),
     "answer": HotStatement(_answer_statement(_FINISH_TURN), None, (POSTGRESQL,)),
     "answer_with_usage": HotStatement(
         _answer_statement(_FINISH_TURN, with_usage=True), None, (POSTGRESQL,)

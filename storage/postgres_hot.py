@@ -49,6 +49,7 @@ from botservice.core.ports import (
 )
 from botservice.storage import hot_rows
 from botservice.storage.compiled import POSTGRESQL
+from botservice.storage.pg_pool import NewestFirstPool
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,14 @@ WINDOW_STARTS = 10_000
 # starts as it is claimed, well under a millisecond later on an idle loop. Older, they
 # are read again: what a turn is answered from is never older than this.
 PREFETCH_SECONDS = 0.2
+# Where `claim_next_reading`'s row has the claimed question (the columns of a stored
+# message, after the turn's 11) and the window's ids (the settings follow them).
+_CLAIMED_QUESTION = 11
+_CLAIMED_WINDOW = 20
 # Managed PostgreSQL closes idle connections; let a pool close them before that.
 IDLE_CONNECTION_SECONDS = 1800.0
+# Accepting connections opened as the bot starts: what an ordinary moment keeps busy.
+ACCEPTING_CONNECTIONS_AHEAD = 4
 _ANSWER_STATEMENTS = {
     (False, False): "answer",
     (False, True): "answer_with_usage",
@@ -73,12 +80,6 @@ def _bound(name: str, values: dict[str, Any]) -> tuple[str, list[Any]]:
     statement = POSTGRESQL[name]
     args = [values[p] if p.__class__ is str else p[0] for p in statement.params]
     return statement.sql, args
-
-
-async def _no_reset(connection: asyncpg.Connection) -> None:
-    # asyncpg's default reset sends a query on every release; these statements leave no
-    # session state behind (no transactions, listeners, advisory locks or settings).
-    return None
 
 
 @contextlib.contextmanager
@@ -118,7 +119,7 @@ class PostgresHotPath:
         self._messages = messages
         # The loop the store was made on (else the first it is used on) has the big pool.
         self._home: asyncio.AbstractEventLoop | None = home
-        self._pools: dict[tuple[asyncio.AbstractEventLoop, bool], asyncpg.Pool] = {}
+        self._pools: dict[tuple[asyncio.AbstractEventLoop, bool], NewestFirstPool] = {}
         self._opening: dict[tuple[asyncio.AbstractEventLoop, bool], asyncio.Lock] = {}
         # Per conversation, the oldest id of its last full history window (see history).
         self._window_starts: dict[int, int] = {}
@@ -142,7 +143,7 @@ class PostgresHotPath:
 
     # --- connections -----------------------------------------------------------------
 
-    async def _pool(self, *, accepting: bool) -> asyncpg.Pool:
+    async def _pool(self, *, accepting: bool) -> NewestFirstPool:
         if self._closed:
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
@@ -159,15 +160,12 @@ class PostgresHotPath:
             pool = self._pools.get(slot)
             if pool is None:
                 size = self._pool_size if home and not accepting else self._accept_pool_size
-                with _unavailable_as_store_error():
-                    pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=0,
-                        max_size=size,
-                        max_inactive_connection_lifetime=IDLE_CONNECTION_SECONDS,
-                        reset=_no_reset,
-                        timeout=self._connect_timeout,
-                    )
+                pool = NewestFirstPool(
+                    self._dsn,
+                    max_size=size,
+                    connect_timeout=self._connect_timeout,
+                    idle_seconds=IDLE_CONNECTION_SECONDS,
+                )
                 self._pools[slot] = pool
         return pool
 
@@ -175,7 +173,6 @@ class PostgresHotPath:
     async def _connection(self, *, accepting: bool = False) -> AsyncIterator[asyncpg.Connection]:
         pool = await self._pool(accepting=accepting)
         with _unavailable_as_store_error():
-            # No timeout here: asyncpg would wrap every acquisition in a task of its own.
             # Opening a connection has its timeout; a busy pool is waited for.
             async with pool.acquire() as connection:
                 yield connection
@@ -211,20 +208,10 @@ class PostgresHotPath:
         return int(status.rsplit(" ", 1)[-1])
 
     async def open_accept_connections(self) -> None:
-        """Open the accepting connections of the running loop now, not inside an
-        acknowledgement."""
+        """Open a few accepting connections of the running loop now, not inside the
+        first acknowledgements (a burst opens more, up to the pool's size)."""
         pool = await self._pool(accepting=True)
-
-        async def hold() -> None:
-            async with pool.acquire(timeout=self._connect_timeout):
-                await asyncio.sleep(0)
-
-        opened = await asyncio.gather(
-            *(hold() for _ in range(self._accept_pool_size)), return_exceptions=True
-        )
-        for outcome in opened:
-            if isinstance(outcome, BaseException):
-                log.debug("could not open an accepting connection ahead (%s)", outcome)
+        await pool.open(min(self._accept_pool_size, ACCEPTING_CONNECTIONS_AHEAD))
 
     async def leave_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -376,7 +363,11 @@ class PostgresHotPath:
             "b_holder": claim.holder,
             "b_alive_until": claim.alive_until,
         }
+        reading = claim.history_limit > 0 and key is not None
         try:
+            if reading:
+                assert key is not None
+                return await self._claim_next_reading(values, claim.history_limit, key, connection)
             row = await self._fetchrow("claim_next", values, connection=connection)
         except asyncpg.UniqueViolationError:
             return None  # another process claimed a turn of this conversation first
@@ -389,6 +380,61 @@ class PostgresHotPath:
             )
             key = ConversationKey(*found)
         return hot_rows.pending_turn(row, key, row[6])
+
+    async def _claim_next_reading(
+        self,
+        values: dict[str, Any],
+        history_limit: int,
+        key: ConversationKey,
+        connection: asyncpg.Connection | None,
+    ) -> PendingTurn | None:
+        """`claim_next` with the claimed turn's reads (`claim_next_reading`): its question,
+        its window's ids and its channel's settings, kept for the turn's `history` and
+        `channel_settings` as `accept_claimed_reading`'s are. The turn a process claims
+        as it saves an answer was often accepted by another process: without its
+        question here it would be one more round trip, and the reads two more."""
+        conversation_id = values["b_conversation_id"]
+        values = {
+            **values,
+            "limit": history_limit,
+            "from_id": self._window_starts.get(conversation_id, 0),
+            "platform": key.platform,
+            "workspace": key.workspace,
+            "channel": key.channel,
+        }
+        sql, args = _bound("claim_next_reading", values)
+        if connection is not None:
+            with _unavailable_as_store_error():
+                rows = await connection.fetch(sql, *args)
+        else:
+            async with self._connection() as connection:
+                rows = await connection.fetch(sql, *args)
+        if not rows:
+            return None
+        first = rows[0]
+        turn = hot_rows.pending_turn(first, key, first[6])
+        if first[_CLAIMED_QUESTION] is not None:  # else deleted (forgotten) as it was claimed
+            question = first[_CLAIMED_QUESTION:_CLAIMED_WINDOW]
+            self._messages.add([hot_rows.stored_message(question, question[-1])])
+        window: list[int] = first[_CLAIMED_WINDOW] or []
+        now = time.monotonic()
+        with self._prefetched_lock:
+            self._forget_old_reads(now)
+            # Fewer from the window start than asked: `history` asks again, from 0.
+            if len(window) == history_limit or not values["from_id"]:
+                self._prefetched_windows[(conversation_id, turn.user_message_id)] = (
+                    now,
+                    (history_limit, window),
+                )
+            settings = [tuple(row)[_CLAIMED_WINDOW + 1 :] for row in rows]
+            self._prefetched_settings[turn.user_message_id] = (
+                now,
+                (
+                    (key.platform, key.workspace, key.channel),
+                    [row for row in settings if row[0] is not None],
+                ),
+            )
+        return turn
 
     async def renew_claims(
         self, holder: str, turn_ids: Collection[int], *, alive_until: datetime
@@ -569,9 +615,7 @@ class PostgresHotPath:
         before: list[int] = rows[0][4] or []
         now = time.monotonic()
         with self._prefetched_lock:
-            for kept in (self._prefetched_windows, self._prefetched_settings):
-                while kept and now - next(iter(kept.values()))[0] >= PREFETCH_SECONDS:
-                    kept.popitem(last=False)
+            self._forget_old_reads(now)
             # Fewer from the window start than asked: `history` asks again, from 0.
             if len(before) == values["window_limit"] or not values["from_id"]:
                 self._prefetched_windows[(rows[0][0], message_id)] = (
@@ -581,6 +625,12 @@ class PostgresHotPath:
             channel = (values["platform"], values["workspace"], values["channel"])
             settings = [tuple(row)[5:] for row in rows if row[5] is not None]
             self._prefetched_settings[message_id] = (now, (channel, settings))
+
+    def _forget_old_reads(self, now: float) -> None:
+        """Drop reads kept longer than a turn takes to ask for them (the lock held)."""
+        for kept in (self._prefetched_windows, self._prefetched_settings):
+            while kept and now - next(iter(kept.values()))[0] >= PREFETCH_SECONDS:
+                kept.popitem(last=False)
 
     def _take_prefetched(self, kept: OrderedDict[Any, tuple[float, Any]], key: Any) -> Any:
         """What was read with a turn's claim, when recent enough to stand for a read now."""

@@ -290,3 +290,72 @@ async def test_the_reads_made_with_an_accepting_claim_say_what_the_database_says
             )
         if number == 10:
             await other.reset_conversation(message.conversation)
+
+
+async def test_the_reads_made_with_the_claim_of_a_next_turn_say_what_the_database_says(
+    make_store: StoreFactory,
+) -> None:
+    """The turn a process claims as it saves an answer was accepted by another process
+    (PostgreSQL reads its question, window and settings with that claim): its message,
+    `history` and `channel_settings` are the database's, through two questions waiting
+    at once, limits shorter than the thread, settings changed and a reset elsewhere."""
+    answering, accepting, other = await make_store(), await make_store(), await make_store()
+    key = incoming("k").conversation
+
+    def claim(limit: int) -> Claim:
+        return Claim(
+            holder="me", alive_until=datetime.now(UTC) + timedelta(minutes=1), history_limit=limit
+        )
+
+    first = incoming("k0", text="q0")
+    running = await answering.accept(first, text=first.text, tokens=1, claim=claim(200))
+    assert running is not None and running.claimed is not None
+    turn_id, conversation_id, number = running.turn_id, running.conversation_id, 1
+    for round_ in range(8):
+        if round_ == 3:
+            await other.change_setting("test", "W1", "", field="model", value="m2", changed_by="U9")
+        if round_ == 4:
+            await other.change_setting(
+                "test", "W1", "C1", field="instructions", value="Be brief.", changed_by="U9"
+            )
+        if round_ == 6:
+            await other.reset_conversation(key)
+        # One question waits while a turn runs, every third round two do.
+        waiting = []
+        for _ in range(2 if round_ % 3 == 2 else 1):
+            message = incoming(f"k{number}", text=f"q{number}")
+            accepted = await accepting.accept(
+                message, text=message.text, tokens=1, claim=claim(200)
+            )
+            assert accepted is not None and accepted.claimed is None  # one is running
+            waiting.append(accepted)
+            number += 1
+        for expected in waiting:
+            limit = (2, 3, 200)[round_ % 3]
+            _, claimed = await answering.store_answer_and_claim_next(
+                turn_id,
+                claim=claim(limit),
+                conversation_id=conversation_id,
+                key=key,
+                text=f"answer to {turn_id}",
+                tokens=1,
+                usage=None,
+                status="complete",
+                model="m",
+            )
+            assert claimed is not None and claimed.turn_id == expected.turn_id
+            assert claimed.user_message_id == expected.user_message_id
+            settings = await answering.channel_settings(
+                "test", "W1", "C1", for_message=claimed.user_message_id
+            )
+            history = await answering.history(
+                conversation_id, up_to_message_id=claimed.user_message_id, limit=limit
+            )
+            assert [m.id for m in history] == await _history_ids(
+                answering, conversation_id, claimed.user_message_id, limit
+            )
+            # (With a limit of 1 the window may be the answer stored after it came.)
+            question = next(m for m in history[-2:] if m.id == expected.user_message_id)
+            assert question.text == f"q{number - len(waiting) + waiting.index(expected)}"
+            assert settings == await other.channel_settings("test", "W1", "C1")
+            turn_id = claimed.turn_id

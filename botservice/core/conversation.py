@@ -389,11 +389,7 @@ class ConversationCore:
             # Claimed in the same step when nothing of the conversation is running,
             # so the usual turn costs no separate claim (and on PostgreSQL its reads
             # come back with it: no round trip between the claim and the model).
-            claim=None
-            if self._stopping
-            else dataclasses.replace(
-                self._claim(), history_limit=self._settings.conversation.history_limit
-            ),
+            claim=None if self._stopping else self._reading_claim(),
         )
         self._remember_taken(taken)
         if accepted is None:
@@ -923,6 +919,15 @@ class ConversationCore:
 
     def _claim(self) -> Claim:
         return Claim(holder=self._holder, alive_until=self._alive_until())
+
+    def _reading_claim(self) -> Claim:
+        """A claim for a turn about to start: the store may read its history window and
+        settings in the step that claims it."""
+        return Claim(
+            holder=self._holder,
+            alive_until=self._alive_until(),
+            history_limit=self._settings.conversation.history_limit,
+        )
 
     def _alive_until(self) -> datetime:
         return datetime.now(UTC) + self._takeover_after
@@ -1511,7 +1516,7 @@ class ConversationCore:
             self._wanted.discard(turn.conversation_id)
             saved, following = await store.store_answer_and_claim_next(
                 turn.turn_id,
-                claim=self._claim(),
+                claim=self._reading_claim(),
                 conversation_id=turn.conversation_id,
                 key=turn.key,
                 text=text,

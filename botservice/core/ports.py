@@ -389,10 +389,10 @@ class ChannelSettings:
 class Claim:
     """Who claims a turn, and until when its claim lives without a heartbeat.
 
-    `history_limit` (accepting only): the store may read the turn's history window (of
-    this many messages) and its channel's settings in the step that claims it as it
-    accepts it, for the turn's `history` and `channel_settings` (`for_message`) that
-    follow at once; 0 asks for nothing.
+    `history_limit`: the store may read the turn's history window (of this many
+    messages) and its channel's settings in the step that claims it (as it accepts its
+    message, or as it saves the answer before it), for the turn's `history` and
+    `channel_settings` (`for_message`) that follow at once; 0 asks for nothing.
     """
 
     holder: str
