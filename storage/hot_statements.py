@@ -207,6 +207,18 @@ def _window_ids(turn: Any, *, limit: str, up_to: Any = None) -> Any:
     return select(_as_oids(func.array_agg(ordered))).correlate(turn).scalar_subquery()
 
 
+def _has_tool_rounds(turn: Any) -> Any:
+    """Whether the conversation of the turn in `turn` ever had a tool round: if not, the
+    turn's `tool_calls_for` is answered without asking."""
+    return (
+        select(_c.has_tool_rounds)
+        .where(_c.id == turn.c.conversation_id)
+        .correlate(turn)
+        .scalar_subquery()
+        .label("has_tool_rounds")
+    )
+
+
 def _accept_claimed_reading() -> Any:
     """`accept_claimed`, and when it claims the turn, the turn's reads too: the
     channel's settings rows (`channel_settings`) and the history window's ids, in one
@@ -220,9 +232,12 @@ def _accept_claimed_reading() -> Any:
     claimed = accepted.c.status == _RUNNING
     ids = _window_ids(accepted, limit="window_limit")
     settings = _CHANNEL_SETTINGS.subquery("turn_settings")
-    return select(*accepted.c, case((claimed, ids)).label("window_ids"), *settings.c).select_from(
-        accepted.outerjoin(settings, claimed)
-    )
+    return select(
+        *accepted.c,
+        case((claimed, ids)).label("window_ids"),
+        _has_tool_rounds(accepted),
+        *settings.c,
+    ).select_from(accepted.outerjoin(settings, claimed))
 
 
 def _claim_next_reading() -> Any:
@@ -240,6 +255,7 @@ def _claim_next_reading() -> Any:
         *claimed.c,
         *(question.c[column.key] for column in _MESSAGE_COLUMNS),
         ids.label("window_ids"),
+        _has_tool_rounds(claimed),
         *settings.c,
     ).select_from(
         claimed.outerjoin(question, question.c.id == claimed.c.user_message_id).outerjoin(

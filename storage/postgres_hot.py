@@ -135,6 +135,9 @@ class PostgresHotPath:
         # (maybe accepted on another loop's thread).
         self._prefetched_windows: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._prefetched_settings: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        # The messages whose turns were claimed (a moment ago) in a conversation that
+        # had no tool rounds then: their `tool_calls_for` needs no round trip.
+        self._no_tool_rounds: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self._prefetched_lock = threading.Lock()
 
     @property
@@ -426,7 +429,7 @@ class PostgresHotPath:
                     now,
                     (history_limit, window),
                 )
-            settings = [tuple(row)[_CLAIMED_WINDOW + 1 :] for row in rows]
+            settings = [tuple(row)[_CLAIMED_WINDOW + 2 :] for row in rows]
             self._prefetched_settings[turn.user_message_id] = (
                 now,
                 (
@@ -434,6 +437,8 @@ class PostgresHotPath:
                     [row for row in settings if row[0] is not None],
                 ),
             )
+            if not first[_CLAIMED_WINDOW + 1]:
+                self._no_tool_rounds[turn.user_message_id] = (now, True)
         return turn
 
     async def renew_claims(
@@ -518,6 +523,13 @@ class PostgresHotPath:
         return await self._fetchrow("message_taken", values, accepting=True) is not None
 
     async def tool_calls_for(self, user_message_ids: Collection[int]) -> list[StoredToolCall]:
+        # A turn asks for the rounds of its history's questions, its own among them: all
+        # of one conversation, which had none when the turn was claimed (and the turn
+        # has stored none since: it asks before its first round).
+        with self._prefetched_lock:
+            marked = next((id_ for id_ in user_message_ids if id_ in self._no_tool_rounds), None)
+        if marked is not None and self._take_prefetched(self._no_tool_rounds, marked):
+            return []
         rows = await self._fetch("tool_calls_for_array", {"ids": list(user_message_ids)})
         return [hot_rows.tool_call(row) for row in rows]
 
@@ -610,8 +622,9 @@ class PostgresHotPath:
         self, rows: list[Any], values: dict[str, Any], history_limit: int, message_id: int
     ) -> None:
         """Keep what `accept_claimed_reading` read with the claim, for the turn's
-        `history` and `channel_settings`: its window before the message, the message,
-        the settings rows."""
+        `history`, `channel_settings` and `tool_calls_for`: its window before the
+        message, the message, whether its conversation had tool rounds, the settings
+        rows."""
         before: list[int] = rows[0][4] or []
         now = time.monotonic()
         with self._prefetched_lock:
@@ -623,12 +636,14 @@ class PostgresHotPath:
                     (history_limit, [*before, message_id]),
                 )
             channel = (values["platform"], values["workspace"], values["channel"])
-            settings = [tuple(row)[5:] for row in rows if row[5] is not None]
+            settings = [tuple(row)[6:] for row in rows if row[6] is not None]
             self._prefetched_settings[message_id] = (now, (channel, settings))
+            if not rows[0][5]:
+                self._no_tool_rounds[message_id] = (now, True)
 
     def _forget_old_reads(self, now: float) -> None:
         """Drop reads kept longer than a turn takes to ask for them (the lock held)."""
-        for kept in (self._prefetched_windows, self._prefetched_settings):
+        for kept in (self._prefetched_windows, self._prefetched_settings, self._no_tool_rounds):
             while kept and now - next(iter(kept.values()))[0] >= PREFETCH_SECONDS:
                 kept.popitem(last=False)
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlmodel import Field, SQLModel
@@ -76,6 +77,14 @@ class Conversation(SQLModel, table=True):
     # History shows only messages (and answers to messages) after this id.
     reset_after_message_id: int | None = None
     trim_noticed: bool = False
+    # Set with the first tool round stored for a message of it, never unset: a turn's
+    # reads on PostgreSQL say with this whether its history can have tool rounds, so
+    # the turn asks for them only when it can (0012_tool_round_flag).
+    # The database's default, not a Python one: statements that create conversations
+    # name their columns and leave this one out.
+    has_tool_rounds: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
 
 
 class Message(SQLModel, table=True):

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
+    false,
     select,
     update,
 )
@@ -123,6 +124,19 @@ _CALLS_FOR_MESSAGES = (
     select(*_CALL_COLUMNS)
     .where(_k.user_message_id.in_(bindparam("ids", expanding=True)))
     .order_by(_k.user_message_id, _k.round, _k.position)
+)
+# The conversation of a turn that stores a tool round has rounds from now on (see
+# `has_tool_rounds`); written in the round's transaction, only the first time.
+_FLAG_TOOL_ROUNDS = (
+    update(CONVERSATIONS)
+    .where(
+        CONVERSATIONS.c.id
+        == select(TURNS.c.conversation_id)
+        .where(TURNS.c.id == bindparam("turn_id"))
+        .scalar_subquery(),
+        CONVERSATIONS.c.has_tool_rounds == false(),
+    )
+    .values(has_tool_rounds=True)
 )
 _STORE_RESULT = (
     update(TOOL_CALLS)
@@ -235,7 +249,12 @@ class ToolRoundQueries:
             .values(rows)
             .on_conflict_do_nothing(index_elements=[_k.turn_id, _k.round, _k.position])
         )
-        await self._write(lambda connection: connection.execute(insert))
+
+        def work(connection: Connection) -> None:
+            connection.execute(insert)
+            connection.execute(_FLAG_TOOL_ROUNDS, {"turn_id": turn_id})
+
+        await self._write(work)
 
     async def start_tool_call(self, turn_id: int, *, round: int, position: int) -> None:
         statement = (

@@ -16,11 +16,18 @@ from sqlalchemy.exc import DBAPIError
 
 from botservice.core.errors import ConfigError, StoreUnavailable
 from botservice.core.events import ConversationKey
-from botservice.core.ports import AcceptedTurn, ChannelSettings, Store, StoredMessage, Usage
+from botservice.core.ports import (
+    AcceptedTurn,
+    ChannelSettings,
+    Store,
+    StoredMessage,
+    StoredToolCall,
+    Usage,
+)
 from botservice.storage.base import _unavailable_as_store_error
 from botservice.storage.engine import check_connection, create_engine, normalize_url
 from botservice.storage.message_search import is_search_index
-from botservice.storage.migrate import current_revision, head_revision, upgrade
+from botservice.storage.migrate import alembic_config, current_revision, head_revision, upgrade
 from botservice.storage.repository import SqlStore
 from botservice.storage.tables import MESSAGES, TURNS, metadata
 from tests.db import StoreFactory, incoming
@@ -558,8 +565,6 @@ async def test_upgrade_creates_the_tables_once(empty_database_url: str) -> None:
 def test_the_head_read_from_the_files_is_alembics(tmp_path: Path) -> None:
     from alembic.script import ScriptDirectory
 
-    from botservice.storage.migrate import alembic_config
-
     assert head_revision() == ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
@@ -747,3 +752,46 @@ def test_a_server_refusing_connections_is_unavailable_for_now_and_a_bad_statemen
     duplicate = DBAPIError(None, None, _DriverError("duplicate key value", "23505"))
     with pytest.raises(DBAPIError), _unavailable_as_store_error():
         raise duplicate
+
+
+async def test_conversations_with_tool_rounds_are_flagged_as_the_flag_is_added(
+    empty_database_url: str,
+) -> None:
+    """0012_tool_round_flag: a conversation that had a tool round before the flag existed
+    has it set (a turn would otherwise answer its rounds from the flag: none)."""
+    store = await SqlStore.open(empty_database_url)
+    try:
+        plain = await store.accept(incoming("m1", thread="T1"), text="hi", tokens=1)
+        asked = await store.accept(incoming("m2", thread="T2"), text="look up q", tokens=1)
+        assert plain is not None and asked is not None
+        call = StoredToolCall(
+            user_message_id=asked.user_message_id,
+            round=0,
+            position=0,
+            call_id="c0",
+            name="lookup",
+            arguments="{}",
+            status="requested",
+        )
+        await store.store_tool_round(asked.turn_id, [call])
+    finally:
+        await store.aclose()
+
+    # The database as 0011 left it, with these rows: no flag, and the version before.
+    engine = create_engine(empty_database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("ALTER TABLE conversations DROP COLUMN has_tool_rounds"))
+            await connection.execute(
+                text("UPDATE alembic_version SET version_num = '0011_voice_modes'")
+            )
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            flags = dict(
+                (await connection.execute(text("SELECT id, has_tool_rounds FROM conversations")))
+                .tuples()
+                .all()
+            )
+    finally:
+        await engine.dispose()
+    assert flags == {plain.conversation_id: False, asked.conversation_id: True}

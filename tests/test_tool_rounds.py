@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from botservice.core.conversation import ConversationCore
-from botservice.core.ports import SinkAbilities, StoredToolCall
+from botservice.core.ports import Claim, SinkAbilities, StoredToolCall
 from botservice.core.settings import Settings
 from botservice.core.tools import (
     BUILTIN,
@@ -1144,3 +1144,76 @@ async def test_the_tool_calls_of_a_history_come_back_whole_in_order_for_the_ids_
     both = await store.tool_calls_for([other.user_message_id, asked.user_message_id])
     assert [call.call_id for call in both] == ["c0", "c1", "s0"]
     assert await store.tool_calls_for([]) == []
+
+
+async def test_a_turn_claimed_in_another_process_gets_the_rounds_of_its_history(
+    make_store: StoreFactory,
+) -> None:
+    """A turn's reads say whether its conversation ever had a tool round (PostgreSQL
+    answers `tool_calls_for` without asking when it had none): the rounds one process
+    stored reach a turn another process claims next, accepting or saving."""
+    first, second = await make_store(), await make_store()
+    chat = Chat()
+
+    def claim() -> Claim:
+        return Claim(
+            holder="me", alive_until=datetime.now(UTC) + timedelta(minutes=1), history_limit=200
+        )
+
+    plain = await first.accept(chat.message("Hello."), text="Hello.", tokens=1, claim=claim())
+    assert plain is not None and plain.claimed is not None
+    assert await first.tool_calls_for([plain.user_message_id]) == []
+    await first.store_answer(
+        plain.turn_id, holder="me", text="Hi.", tokens=1, usage=None, status="complete", model="m"
+    )
+
+    asked = await first.accept(
+        chat.message("Look up q."), text="Look up q.", tokens=2, claim=claim()
+    )
+    assert asked is not None and asked.claimed is not None
+    assert await first.tool_calls_for([plain.user_message_id, asked.user_message_id]) == []
+    call = StoredToolCall(
+        user_message_id=asked.user_message_id,
+        round=0,
+        position=0,
+        call_id="c0",
+        name="lookup",
+        arguments='{"query": "q"}',
+        status="done",
+        result="found: q",
+        tokens=3,
+    )
+    await first.store_tool_round(asked.turn_id, [call])
+    # A question comes in while that turn runs, to the other process: claimed there as
+    # the answer is saved there, so it reads its history's rounds from that claim.
+    waiting = await second.accept(chat.message("And r?"), text="And r?", tokens=2, claim=claim())
+    assert waiting is not None and waiting.claimed is None
+    _, following = await second.store_answer_and_claim_next(
+        asked.turn_id,
+        claim=claim(),
+        conversation_id=asked.conversation_id,
+        key=chat.message("x").conversation,
+        text="q is here.",
+        tokens=2,
+        usage=None,
+        status="complete",
+        model="m",
+    )
+    assert following is not None and following.turn_id == waiting.turn_id
+    ids = [asked.user_message_id, waiting.user_message_id]
+    assert [c.call_id for c in await second.tool_calls_for(ids)] == ["c0"]
+    await second.store_answer(
+        waiting.turn_id,
+        holder="me",
+        text="r too.",
+        tokens=2,
+        usage=None,
+        status="complete",
+        model="m",
+    )
+
+    # And a turn claimed as its message is accepted, in the first process.
+    later = await first.accept(chat.message("Thanks."), text="Thanks.", tokens=1, claim=claim())
+    assert later is not None and later.claimed is not None
+    ids = [asked.user_message_id, waiting.user_message_id, later.user_message_id]
+    assert [c.call_id for c in await first.tool_calls_for(ids)] == ["c0"]
