@@ -12,8 +12,10 @@ from sqlalchemy import (
     bindparam,
     delete,
     func,
+    literal_column,
     or_,
     select,
+    tuple_,
     update,
 )
 
@@ -41,30 +43,53 @@ from botservice.storage.tables import (
 
 def _history_statement(*columns: Any, from_id: bool = False) -> Select[Any]:
     """The window of a conversation's history: ids and what they answer (or `columns`).
-    With `from_id`, only ids from the parameter `from_id` up (the caller's lower bound
-    for a window it has seen: the scan stops there, whatever plan the database chose)."""
+    With `from_id` (PostgreSQL's hot path), only ids from the parameter `from_id` up
+    (the caller's lower bound for a window it has seen), found through the
+    (conversation_id, id) index whatever plan the database chose (`conversation_rows`)."""
+    conversation_id = bindparam("conversation_id", type_=Integer)
     reset = func.coalesce(
-        select(_c.reset_after_message_id)
-        .where(_c.id == bindparam("conversation_id"))
-        .scalar_subquery(),
+        select(_c.reset_after_message_id).where(_c.id == conversation_id).scalar_subquery(),
         0,
     )
     up_to = bindparam("up_to", type_=Integer)
-    bounds = (_m.id >= bindparam("from_id", type_=Integer),) if from_id else ()
+    if from_id:
+        rows, order = conversation_rows(conversation_id, bindparam("from_id", type_=Integer))
+    else:
+        rows, order = (_m.conversation_id == conversation_id,), (_m.id.desc(),)
     return (
         select(*(columns or (_m.id, _m.reply_to_id)))
         .where(
-            *bounds,
-            _m.conversation_id == bindparam("conversation_id"),
+            *rows,
             # `id > reset` lets the (conversation_id, id) index bound the scan; the
             # coalesce also drops an answer, stored after a reset, to a question before it.
             _m.id > reset,
             func.coalesce(_m.reply_to_id, _m.id) > reset,
             or_(_m.id <= up_to, _m.reply_to_id <= up_to),
         )
-        .order_by(_m.id.desc())
+        .order_by(*order)
         .limit(bindparam("limit", type_=Integer))
     )
+
+
+def conversation_rows(
+    conversation_id: Any, from_id: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The conditions and order, newest first, of a conversation's messages from the id
+    `from_id` up, said so that only the (conversation_id, id) index can serve them.
+
+    As `conversation_id = :c AND id >= :from ORDER BY id DESC`, PostgreSQL's generic plan
+    for a prepared statement (which asyncpg's are, after five runs on a connection)
+    may walk the primary key backwards from the newest message of any conversation,
+    reading every message stored since the window's start: 9,900 rows and 2.9 ms for
+    a window in a table where a busy conversation wrote 10,000 meanwhile. As a range of
+    (conversation_id, id) rows, ordered by both, the primary key cannot give that
+    order: 0.4 ms there, however busy the others."""
+    row = tuple_(_m.conversation_id, _m.id)
+    conditions = (
+        row >= tuple_(conversation_id, from_id),
+        row < tuple_(conversation_id + 1, literal_column("0", Integer())),
+    )
+    return conditions, (_m.conversation_id.desc(), _m.id.desc())
 
 
 # Hot statements are built once, so SQLAlchemy reuses their compiled form.

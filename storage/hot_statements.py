@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from botservice.storage.base import _INSERT_MESSAGE, _MESSAGE_COLUMNS, _RUNNING, _c, _m, _t
 from botservice.storage.channel_settings import _CHANNEL_SETTINGS
-from botservice.storage.history import _history_statement
+from botservice.storage.history import _history_statement, conversation_rows
 from botservice.storage.tables import CONVERSATIONS, MESSAGES, TURNS, USAGE
 from botservice.storage.tool_rounds import _CALL_COLUMNS, TOOL_CALLS
 from botservice.storage.turns import (
@@ -187,16 +187,16 @@ def _window_ids(turn: Any, *, limit: str, up_to: Any = None) -> Any:
         0,
     )
     bounds = () if up_to is None else (or_(_m.id <= up_to, _m.reply_to_id <= up_to),)
+    rows, order = conversation_rows(turn.c.conversation_id, bindparam("from_id", type_=Integer))
     window = (
         select(_m.id, _m.reply_to_id)
         .where(
-            _m.id >= bindparam("from_id", type_=Integer),
-            _m.conversation_id == turn.c.conversation_id,
+            *rows,
             _m.id > reset,
             func.coalesce(_m.reply_to_id, _m.id) > reset,
             *bounds,
         )
-        .order_by(_m.id.desc())
+        .order_by(*order)
         .limit(bindparam(limit, type_=Integer))
         .correlate(turn)
         .subquery("turn_window")

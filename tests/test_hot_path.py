@@ -5,17 +5,26 @@ write lock held elsewhere never blocking the event loop."""
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import sqlite3
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import asyncpg
 
 from botservice.core.ports import Claim
+from botservice.storage import hot_rows
 from botservice.storage.compile_statements import TARGET, generate
+from botservice.storage.compiled import POSTGRESQL
+from botservice.storage.migrate import upgrade
+from botservice.storage.postgres_hot import _bound
 from botservice.storage.repository import SqlStore
-from tests.db import StoreFactory, incoming
+from tests.db import PostgresServer, StoreFactory, incoming
 
 
 def test_the_compiled_statements_are_what_their_definitions_compile_to() -> None:
@@ -359,3 +368,94 @@ async def test_the_reads_made_with_the_claim_of_a_next_turn_say_what_the_databas
             assert question.text == f"q{number - len(waiting) + waiting.index(expected)}"
             assert settings == await other.channel_settings("test", "W1", "C1")
             turn_id = claimed.turn_id
+
+
+async def test_a_window_never_reads_the_messages_of_busier_conversations(
+    postgres_server: PostgresServer,
+) -> None:
+    """PostgreSQL plans a prepared statement generically after five runs on a connection.
+    Written as `conversation_id = :c AND id >= :from ORDER BY id DESC`, that plan
+    walked the primary key back from the newest message of any conversation: a quiet
+    thread's window read everything a busy one wrote since (9,900 rows here). Its
+    window statements now read about the window, whatever the plan."""
+    name = f"botservice_plan_{secrets.token_hex(4)}"
+    await postgres_server.create_database(name)
+    try:
+        await upgrade(postgres_server.url(name))
+        connection = await asyncpg.connect(postgres_server.dsn(name))
+        try:
+            await connection.execute(_BUSY_AND_QUIET)
+            await connection.execute("ANALYZE")
+            await connection.execute("SET plan_cache_mode = force_generic_plan")
+            quiet_start = await connection.fetchval(
+                "SELECT min(id) FROM messages WHERE conversation_id = 1 AND id > 250"
+            )
+            values = {"conversation_id": 1, "up_to": 10**9, "limit": 200, "from_id": quiet_start}
+            sql, args = _bound("history_ids", values)
+            plan = await connection.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args, column=0
+            )
+            assert _rows_read(json.loads(plan)) < 1_000
+            # The window read with a claim: the same index, never the primary key's order.
+            plan_text = "\n".join(
+                row[0]
+                for row in await connection.fetch(
+                    "EXPLAIN " + POSTGRESQL["accept_claimed_reading"].sql,
+                    *_bound("accept_claimed_reading", _accept_values(quiet_start))[1],
+                )
+            )
+            assert "on ix_messages_conversation_id_id" in plan_text
+            assert "Backward using messages_pkey" not in plan_text
+        finally:
+            await connection.close()
+    finally:
+        await postgres_server.drop_database(name)
+
+
+# Two conversations: a quiet one with 200 messages, then a busy one with 10,000
+# written after them, then 200 more of the quiet one, interleaved with 50 each.
+_BUSY_AND_QUIET = """
+INSERT INTO conversations (id, platform, workspace, channel, thread, created_at,
+                           updated_at, trim_noticed)
+VALUES (1, 'test', 'W1', 'C1', 'quiet', now(), now(), false),
+       (2, 'test', 'W1', 'C1', 'busy', now(), now(), false);
+INSERT INTO messages (conversation_id, role, author_id, author_name, text,
+                      platform_message_id, tokens, status, created_at)
+SELECT CASE WHEN n <= 200 OR n % 51 = 0 THEN 1 ELSE 2 END, 'user', 'U1', 'Ada', 'hi',
+       'pm-' || n, 1, 'complete', now()
+FROM generate_series(1, 10400) AS n;
+"""
+
+
+def _rows_read(plan: list[dict[str, Any]]) -> int:
+    """Rows the plan's scans of `messages` returned or filtered out."""
+    read = 0
+    nodes = [plan[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if node.get("Relation Name") == "messages":
+            read += node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+        nodes.extend(node.get("Plans", []))
+    return read
+
+
+def _accept_values(from_id: int) -> dict[str, Any]:
+    message = incoming("plan-check", thread="quiet")
+    now = datetime.now(UTC)
+    return {
+        **{f"k_{name}": value for name, value in hot_rows.key_values(message.conversation).items()},
+        **{f"t_{name}": value for name, value in hot_rows.turn_values(message, now).items()},
+        **{
+            f"m_{name}": value
+            for name, value in hot_rows.user_message_values(
+                message, text="hi", tokens=1, now=now
+            ).items()
+        },
+        "b_holder": "me",
+        "b_alive_until": now + timedelta(minutes=1),
+        "window_limit": 199,
+        "from_id": from_id,
+        "platform": "test",
+        "workspace": "W1",
+        "channel": "C1",
+    }
