@@ -90,7 +90,14 @@ class Conversation(SQLModel, table=True):
 class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
-        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # PostgreSQL reads a turn's window (ids in answer-after-question order) from
+        # the index alone (migration 0013).
+        Index(
+            "ix_messages_conversation_id_id",
+            "conversation_id",
+            "id",
+            postgresql_include=["reply_to_id"],
+        ),
         Index("ix_messages_created_at", "created_at"),
         Index("ix_messages_author_id", "author_id"),
         # Platform events name messages by their platform id (a Slack deletion, a
