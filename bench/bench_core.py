@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
 
 from botservice.app.config import load_settings
 from botservice.core.conversation import ConversationCore
@@ -189,6 +190,18 @@ async def seed_thread(store: SqlStore, thread: str, messages: int) -> None:
             status="complete",
             model="bench",
         )
+
+
+async def as_vacuumed(store: SqlStore) -> None:
+    """A seeded thread was written in a moment; a real one of 5,000 messages took weeks,
+    in which PostgreSQL's autovacuum ran (after each hundredth of `messages`, migration
+    0013) and marked its pages all-visible, so its window reads the index alone. Do
+    here what autovacuum would have done by then. Nothing on SQLite."""
+    if store.engine.dialect.name != "postgresql":
+        return
+    async with store.engine.connect() as connection:
+        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(text("VACUUM (ANALYZE) messages"))
 
 
 async def timed_reply(core: ConversationCore, thread: str, turn: int) -> float:

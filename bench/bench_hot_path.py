@@ -73,6 +73,7 @@ from bench.bench_core import (
     TimedTransport,
     Timings,
     _TimedBody,
+    as_vacuumed,
     drive,
     message,
     pct,
@@ -827,6 +828,7 @@ async def measure_backend(args: argparse.Namespace, base_url: str, backend: Back
         large_id = await conversation_id_of(store, "large")
         async with floor_client("open-seed") as floor:
             await floor.database.seed(large_id, 4998)
+        await as_vacuumed(store)
         for turn, thread in enumerate(small_threads):
             small_time = await timed_reply(core, thread, 0)
             window_time = await timed_reply(core, "window", turn)

@@ -62,7 +62,15 @@ from typing import Any
 import asyncpg
 import httpx
 
-from bench.bench_core import Row, message, pct, print_table, seed_thread, start_fake_model
+from bench.bench_core import (
+    Row,
+    as_vacuumed,
+    message,
+    pct,
+    print_table,
+    seed_thread,
+    start_fake_model,
+)
 from bench.bench_hot_path import bench_settings
 from botservice.core.conversation import ConversationCore
 from botservice.core.ports import ChatRequest, StoredMessage
@@ -253,6 +261,7 @@ async def trace_threads(
             if size != largest:
                 for reply in range(replies + 5):
                     await seed_thread(store, f"threads{size}.{reply}", size)
+        await as_vacuumed(store)
         for reply in range(replies + 5):
             for size in sizes:
                 thread = f"threads{size}" if size == largest else f"threads{size}.{reply}"
