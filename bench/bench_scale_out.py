@@ -39,6 +39,14 @@ path's asyncpg pool, SQLAlchemy's) have grown to what the load keeps busy: a
 process that has served a while has them open, and each one opened costs the bot
 and the database a few milliseconds (more processes open more). The table counts
 the database connections opened during the run either way (`PG conns opened`).
+With `--known-workspaces`, each process is sent one message in every workspace of the
+run before it (a workspace per thread here), so no process looks up a user during the
+measurement, as processes that have served a while would not. With `--apart`, each
+count N of 2 or more is also run as N one-process clusters, each on a database of its
+own with a share of the threads, sending at once (`N apart` in the table): the machine
+loaded as by N processes, with nothing shared between them; what N processes on one
+database cost beyond that is their sharing it, what `N apart` costs beyond one process
+is the machine's (two cores shared by more processes).
 With `--logs DIR` the bots' and fakes' logs are kept there.
 
 Goals from the issue: with 3 processes, CPU per reply (bot + database) within 1.2x
@@ -56,7 +64,7 @@ bounded in messages and time: a few minutes at the defaults.
                                     [--burst 30] [--takeover-timeout 60]
                                     [--probe-gap 0.2] [--profile DIR] [--trace-acks DIR]
                                     [--accept-thread] [--logs DIR] [--warm-threads N]
-                                    [--rounds 3]
+                                    [--rounds 3] [--apart] [--known-workspaces]
 """
 
 from __future__ import annotations
@@ -116,6 +124,12 @@ class Row:
     follow_ups: int = 0
     takeover: str = "-"
     trace: str = ""
+    # One-process clusters on databases of their own, run at once (`--apart`).
+    apart: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.processes} apart" if self.apart else str(self.processes)
 
     @property
     def replies_per_second(self) -> float:
@@ -290,8 +304,16 @@ async def settled(cluster: Cluster, *, within: float = 15.0) -> None:
 
 
 async def measure(
-    processes: int, args: argparse.Namespace, workdir: Path, *, takeover_too: bool
+    processes: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    *,
+    takeover_too: bool,
+    threads: int | None = None,
+    start_together: asyncio.Barrier | None = None,
 ) -> Row:
+    """One run; `threads` instead of `--threads`; with `start_together`, the measured
+    sending starts once every run sharing that barrier is ready (`--apart`)."""
     row = Row(processes)
     postgres = await _find_postgres()
     trace = args.trace_acks / f"{processes}" if args.trace_acks else None
@@ -315,11 +337,25 @@ async def measure(
             await cluster.send(grown)
             await cluster.settle_deliveries(within=30)
             await cluster.wait_answered(grown, within=60)
+        questions = cluster.questions(threads=threads or args.threads, per_thread=args.per_thread)
+        if args.known_workspaces:
+            # Each process has served every workspace of the run before (a user's name
+            # and rights, looked up once per process per hour): in service, processes
+            # behind one load balancer soon have; in a short run, each would look up
+            # each workspace's user anew, once per process.
+            workspaces = sorted({question.team for question in questions})
+            for process in cluster.processes:
+                known = cluster.questions(
+                    threads=len(workspaces), per_thread=1, workspaces=workspaces
+                )
+                await asyncio.gather(*(cluster.deliver(q, first_to=process.index) for q in known))
+                await cluster.wait_answered(known, within=60)
         await cluster.quiet(0.5, within=10)
         await settled(cluster)
         cluster.acks.clear()
+        if start_together is not None:
+            await start_together.wait()
 
-        questions = cluster.questions(threads=args.threads, per_thread=args.per_thread)
         database_cpu: list[tuple[float, int]] = []
         probe_acks: list[float] = []
         fakes_pid = cluster.fakes_pid
@@ -392,6 +428,56 @@ async def takeover(cluster: Cluster, args: argparse.Namespace) -> str:
     return f"{last - killed_at:.1f} s ({len(left)} open)"
 
 
+async def measure_apart(processes: int, args: argparse.Namespace) -> Row:
+    """`processes` one-process clusters, each on a database of its own with its share of
+    the threads, sending at once: the machine as loaded as by `processes` processes on
+    one database, with nothing shared between them (no repeat delivered to a process
+    that has not seen the message, no turn handed from one process to another). What
+    this costs per reply beyond one process is the machine's; what `processes` on one
+    database cost beyond this is their sharing it."""
+    start_together = asyncio.Barrier(processes)
+    with contextlib.ExitStack() as stack:
+        tmps = [
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-")))
+            for _ in range(processes)
+        ]
+        parts = await asyncio.gather(
+            *(
+                measure(
+                    1,
+                    args,
+                    tmp,
+                    takeover_too=False,
+                    threads=args.threads // processes,
+                    start_together=start_together,
+                )
+                for tmp in tmps
+            )
+        )
+    row = Row(processes, apart=True)
+    for name in (
+        "replies",
+        "missing",
+        "bot_cpu",
+        "bot_waited",
+        "database_cpu",
+        "connections_opened",
+        "fakes_cpu",
+        "acks",
+        "without_previous",
+        "follow_ups",
+    ):
+        setattr(row, name, sum(getattr(part, name) for part in parts))
+    row.seconds = max(part.seconds for part in parts)
+    # This process sent for all of them at once: its CPU is counted in each part.
+    row.driver_cpu = max(part.driver_cpu for part in parts)
+    # The parts' percentiles, not the percentile of all their acks: the highest of each.
+    row.ack_p50 = max(part.ack_p50 for part in parts)
+    row.ack_p99 = max(part.ack_p99 for part in parts)
+    row.sender_lag_p99 = max(part.sender_lag_p99 for part in parts)
+    return row
+
+
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(
         "Scale-out benchmark (127.0.0.1 fakes, one PostgreSQL database, instant model; "
@@ -423,7 +509,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         bot = row.per_reply_ms(row.bot_cpu)
         database = row.per_reply_ms(row.database_cpu)
         cells = [
-            str(row.processes),
+            row.label,
             f"{row.replies}" + (f"/{row.replies + row.missing}" if row.missing else ""),
             f"{row.replies_per_second:.1f}",
             f"{bot:.1f}",
@@ -450,6 +536,11 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"  warmed up with {args.warm_threads} threads of 2 messages first: the pools' "
             "connections opened before the measurement"
         )
+    if args.known_workspaces:
+        print(
+            "  every process served each workspace of the run first: no process looked up "
+            "its user during the measurement"
+        )
     print("  replies: answered (answered/sent when some were still open at the run timeout)")
     print(
         "  no prev. answer: follow-ups whose prompt lacked the previous answer of their "
@@ -470,7 +561,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     )
     for row in rows:
         if row.trace:
-            print(f"  where the acks' wall time went, {row.processes} process(es):")
+            print(f"  where the acks' wall time went, {row.label} process(es):")
             print(row.trace)
     if any(row.probe_acks for row in rows):
         print(
@@ -479,36 +570,39 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         )
         for row in rows:
             print(
-                f"    {row.processes} processes: ack p50 {row.probe_p50 * 1000:.0f} ms, "
+                f"    {row.label} processes: ack p50 {row.probe_p50 * 1000:.0f} ms, "
                 f"p99 {row.probe_p99 * 1000:.0f} ms over {row.probe_acks} messages"
             )
 
 
 def print_summary(rows: list[Row]) -> None:
     """Per process count, the medians over the rounds; the CPU ratio of the medians."""
-    counts = sorted({row.processes for row in rows})
+    labels = sorted({row.label for row in rows})
 
     def total(row: Row) -> float:
         return row.per_reply_ms(row.bot_cpu + row.database_cpu)
 
-    medians: dict[int, float] = {}
-    for count in counts:
-        of = [row for row in rows if row.processes == count and row.replies]
+    medians: dict[str, float] = {}
+    for label in labels:
+        of = [row for row in rows if row.label == label and row.replies]
         if not of:
             continue
-        medians[count] = statistics.median(total(row) for row in of)
+        medians[label] = statistics.median(total(row) for row in of)
         print(
-            f"  {count} process(es), {len(of)} round(s): CPU per reply (bot + PG) median "
-            f"{medians[count]:.1f} ms (runs: {', '.join(f'{total(r):.1f}' for r in of)}); "
+            f"  {label} process(es), {len(of)} round(s): CPU per reply (bot + PG) median "
+            f"{medians[label]:.1f} ms (runs: {', '.join(f'{total(r):.1f}' for r in of)}); "
             f"ack p99 median {statistics.median(r.ack_p99 for r in of) * 1000:.0f} ms, "
             f"highest {max(r.ack_p99 for r in of) * 1000:.0f} ms"
         )
-    if 1 in medians and len(medians) > 1:
-        most = max(medians)
-        print(
-            f"  CPU per reply (bot + PG), {most} processes vs 1, medians of the rounds: "
-            f"{medians[most] / medians[1]:.2f}× (goal ≤ {TARGET_CPU_RATIO}×)"
-        )
+    if "1" in medians:
+        for label in labels:
+            if label == "1" or label not in medians:
+                continue
+            goal = f" (goal ≤ {TARGET_CPU_RATIO}×)" if "apart" not in label else ""
+            print(
+                f"  CPU per reply (bot + PG), {label} processes vs 1, medians of the rounds: "
+                f"{medians[label] / medians['1']:.2f}×{goal}"
+            )
 
 
 def keep_logs(workdir: Path, kept: Path) -> None:
@@ -530,6 +624,8 @@ async def run(args: argparse.Namespace) -> None:
                 finally:
                     if args.logs is not None:
                         keep_logs(Path(tmp), args.logs / f"{processes}-{round_}")
+            if args.apart and processes > 1:
+                rows.append(await measure_apart(processes, args))
     print_table(rows, args)
 
 
@@ -571,6 +667,17 @@ def main() -> None:
         default=0,
         help="before measuring, send this many threads of 2 messages the run's way, so "
         "the bots' connection pools have grown (default 0: one message per process)",
+    )
+    parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="also run each count of 2 or more as that many one-process clusters on "
+        "databases of their own, at once (the machine's share of the cost)",
+    )
+    parser.add_argument(
+        "--known-workspaces",
+        action="store_true",
+        help="before measuring, send each process one message in every workspace of the run",
     )
     parser.add_argument(
         "--logs", type=Path, default=None, help="keep the bots' and fakes' logs in this directory"

@@ -59,6 +59,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,8 @@ class Question:
     index: int
     ts: str
     root_ts: str
+    # The thread's workspace when not its own (see `team`).
+    workspace: str | None = None
 
     @property
     def token(self) -> str:
@@ -116,7 +119,7 @@ class Question:
     def team(self) -> str:
         # A workspace per thread: each process's chat.update budget is per
         # workspace, and these tests are about turns, not Slack's rate limit.
-        return f"T{self.thread:05d}"
+        return self.workspace or f"T{self.thread:05d}"
 
     @property
     def channel(self) -> str:
@@ -291,6 +294,12 @@ async def _fakes(
 # --- the cluster -----------------------------------------------------------------------
 
 
+# Per event loop: a lock is bound to the loop it first waited on (tests run many).
+_MIGRATING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 @dataclass
 class Cluster:
     postgres: PostgresServer
@@ -382,7 +391,10 @@ class Cluster:
     async def _migrate(self) -> None:
         # What `botservice db upgrade` runs, in this process: a subprocess would cost
         # seconds of imports on a busy two-core machine before any bot can start.
-        await upgrade(self.postgres.url(self.database))
+        # Alembic's context is the process's own: one cluster migrates at a time.
+        loop = asyncio.get_running_loop()
+        async with _MIGRATING.setdefault(loop, asyncio.Lock()):
+            await upgrade(self.postgres.url(self.database))
 
     def _spawn(self, index: int) -> BotProcess:
         port = _free_port()
@@ -488,16 +500,20 @@ class Cluster:
 
     # --- sending ------------------------------------------------------------------------
 
-    def questions(self, *, threads: int, per_thread: int) -> list[Question]:
-        """New threads of questions, each message's ts after the one before."""
+    def questions(
+        self, *, threads: int, per_thread: int, workspaces: Sequence[str] = ()
+    ) -> list[Question]:
+        """New threads of questions, each message's ts after the one before; with
+        `workspaces`, thread i in the i-th of them (else each in a workspace of its own)."""
         made = []
-        for _ in range(threads):
+        for number in range(threads):
             thread = next(self._threads)
+            workspace = workspaces[number] if workspaces else None
             root = ""
             for index in range(per_thread):
                 ts = f"{1_767_100_000 + next(self._ts)}.000100"
                 root = root or ts
-                made.append(Question(thread, index, ts, root))
+                made.append(Question(thread, index, ts, root, workspace))
         return made
 
     async def send(
