@@ -5,12 +5,14 @@ write lock held elsewhere never blocking the event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -378,38 +380,23 @@ async def test_a_window_never_reads_the_messages_of_busier_conversations(
     walked the primary key back from the newest message of any conversation: a quiet
     thread's window read everything a busy one wrote since (9,900 rows here). Its
     window statements now read about the window, whatever the plan."""
-    name = f"botservice_plan_{secrets.token_hex(4)}"
-    await postgres_server.create_database(name)
-    try:
-        await upgrade(postgres_server.url(name))
-        connection = await asyncpg.connect(postgres_server.dsn(name))
-        try:
-            await connection.execute(_BUSY_AND_QUIET)
-            await connection.execute("ANALYZE")
-            await connection.execute("SET plan_cache_mode = force_generic_plan")
-            quiet_start = await connection.fetchval(
-                "SELECT min(id) FROM messages WHERE conversation_id = 1 AND id > 250"
+    async with _busy_and_quiet(postgres_server) as (connection, quiet_start):
+        await connection.execute("ANALYZE")
+        await connection.execute("SET plan_cache_mode = force_generic_plan")
+        values = {"conversation_id": 1, "up_to": 10**9, "limit": 200, "from_id": quiet_start}
+        scans = await _message_scans(connection, *_bound("history_ids", values))
+        read = sum(scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) for scan in scans)
+        assert read < 1_000
+        # The window read with a claim: the same index, never the primary key's order.
+        plan_text = "\n".join(
+            row[0]
+            for row in await connection.fetch(
+                "EXPLAIN " + POSTGRESQL["accept_claimed_reading"].sql,
+                *_bound("accept_claimed_reading", _accept_values(quiet_start))[1],
             )
-            values = {"conversation_id": 1, "up_to": 10**9, "limit": 200, "from_id": quiet_start}
-            sql, args = _bound("history_ids", values)
-            plan = await connection.fetchval(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", *args, column=0
-            )
-            assert _rows_read(json.loads(plan)) < 1_000
-            # The window read with a claim: the same index, never the primary key's order.
-            plan_text = "\n".join(
-                row[0]
-                for row in await connection.fetch(
-                    "EXPLAIN " + POSTGRESQL["accept_claimed_reading"].sql,
-                    *_bound("accept_claimed_reading", _accept_values(quiet_start))[1],
-                )
-            )
-            assert "on ix_messages_conversation_id_id" in plan_text
-            assert "Backward using messages_pkey" not in plan_text
-        finally:
-            await connection.close()
-    finally:
-        await postgres_server.drop_database(name)
+        )
+        assert "on ix_messages_conversation_id_id" in plan_text
+        assert "Backward using messages_pkey" not in plan_text
 
 
 async def test_a_long_threads_window_is_read_from_the_index_alone(
@@ -420,6 +407,31 @@ async def test_a_long_threads_window_is_read_from_the_index_alone(
     fetch, 0.13 ms of the database's time a turn that a ten-message thread does not
     pay; the index holds it now, so where the table's pages are all-visible (all but
     the newest) the window costs no table read at all."""
+    async with _busy_and_quiet(postgres_server) as (connection, quiet_start):
+        await connection.execute("VACUUM (ANALYZE) messages")
+        values = {"conversation_id": 1, "up_to": 10**9, "limit": 200, "from_id": quiet_start}
+        scans = await _message_scans(connection, *_bound("history_ids", values))
+        # In a transaction that is rolled back: the statement inserts.
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            scans += await _message_scans(
+                connection, *_bound("accept_claimed_reading", _accept_values(quiet_start))
+            )
+        finally:
+            await transaction.rollback()
+    assert [scan["Node Type"] for scan in scans] == ["Index Only Scan"] * 2
+    # The accept's one: the message it inserts, whose index entry the window passes.
+    assert [scan["Heap Fetches"] for scan in scans] == [0, 1]
+    assert all(scan["Actual Rows"] >= 199 for scan in scans)
+
+
+@contextlib.asynccontextmanager
+async def _busy_and_quiet(
+    postgres_server: PostgresServer,
+) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
+    """A migrated database of its own holding `_BUSY_AND_QUIET`, a connection to it, and
+    where the quiet conversation's newest 200 messages begin (a window's `from_id`)."""
     name = f"botservice_plan_{secrets.token_hex(4)}"
     await postgres_server.create_database(name)
     try:
@@ -427,32 +439,14 @@ async def test_a_long_threads_window_is_read_from_the_index_alone(
         connection = await asyncpg.connect(postgres_server.dsn(name))
         try:
             await connection.execute(_BUSY_AND_QUIET)
-            await connection.execute("VACUUM (ANALYZE) messages")
             quiet_start = await connection.fetchval(
                 "SELECT min(id) FROM messages WHERE conversation_id = 1 AND id > 250"
             )
-            values = {"conversation_id": 1, "up_to": 10**9, "limit": 200, "from_id": quiet_start}
-            scans = await _message_scans(connection, *_bound("history_ids", values))
-            # Made in a transaction that is rolled back: the statement inserts.
-            async with connection.transaction():
-                scans += await _message_scans(
-                    connection, *_bound("accept_claimed_reading", _accept_values(quiet_start))
-                )
-                raise _RollBack
-        except _RollBack:
-            pass
+            yield connection, quiet_start
         finally:
             await connection.close()
     finally:
         await postgres_server.drop_database(name)
-    assert [scan["Node Type"] for scan in scans] == ["Index Only Scan"] * 2
-    # The accept's one: the message it inserts, whose index entry the window passes.
-    assert [scan["Heap Fetches"] for scan in scans] == [0, 1]
-    assert all(scan["Actual Rows"] >= 199 for scan in scans)
-
-
-class _RollBack(Exception):
-    pass
 
 
 async def _message_scans(
@@ -485,18 +479,6 @@ SELECT CASE WHEN n <= 200 OR n % 51 = 0 THEN 1 ELSE 2 END, 'user', 'U1', 'Ada', 
        'pm-' || n, 1, 'complete', now()
 FROM generate_series(1, 10400) AS n;
 """
-
-
-def _rows_read(plan: list[dict[str, Any]]) -> int:
-    """Rows the plan's scans of `messages` returned or filtered out."""
-    read = 0
-    nodes = [plan[0]["Plan"]]
-    while nodes:
-        node = nodes.pop()
-        if node.get("Relation Name") == "messages":
-            read += node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
-        nodes.extend(node.get("Plans", []))
-    return read
 
 
 def _accept_values(from_id: int) -> dict[str, Any]:
