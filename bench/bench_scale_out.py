@@ -43,8 +43,8 @@ With `--known-workspaces`, each process is sent one message in every workspace o
 run before it (a workspace per thread here), so no process looks up a user during the
 measurement, as processes that have served a while would not. With `--apart`, each
 count N of 2 or more is also run as N one-process clusters, each on a database of its
-own with a share of the threads, sending at once (`N apart` in the table): the machine
-loaded as by N processes, with nothing shared between them; what N processes on one
+own with a share of the threads and fakes of its own, sending at once (`N apart` in
+the table): the machine loaded as by N processes, with nothing shared between them; what N processes on one
 database cost beyond that is their sharing it, what `N apart` costs beyond one process
 is the machine's (two cores shared by more processes).
 With `--logs DIR` the bots' and fakes' logs are kept there.
