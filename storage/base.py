@@ -18,6 +18,7 @@ import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Self, TypeVar, get_args
 
 from sqlalchemy import (
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _SETTING_FIELDS: tuple[SettingField, ...] = get_args(SettingField)
 MESSAGE_CACHE_SIZE = 20_000
+# Messages held in conversations' last windows (`_MessageCache.keep_window`).
+KEPT_WINDOW_MESSAGES = 20_000
 ACCEPT_POOL_SIZE = 12
 # Connections of a store on a loop other than its home (the accept loop).
 AWAY_POOL_SIZE = ACCEPT_POOL_SIZE
@@ -127,6 +130,9 @@ class _MessageCache:
     database which ids belong in the window and builds objects only for ids it
     has not seen. A deleted message is simply never asked for again; deletions
     in this process also empty the cache so no forgotten text lingers in memory.
+
+    It also keeps each conversation's last window as built (PostgreSQL's history,
+    `window_from`): emptied with the cache, so those hold no forgotten text either.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -136,6 +142,12 @@ class _MessageCache:
         self._capacity = capacity
         self._messages: OrderedDict[int, StoredMessage] = OrderedDict()
         self._lock = threading.Lock()
+        # Conversations' last windows, least recently kept first, and their messages.
+        self._windows: OrderedDict[int, _KeptWindow] = OrderedDict()
+        self._window_messages = 0
+        # Moves on whenever a message may have changed or been forgotten: a window
+        # built from the cache before then is not kept.
+        self.generation = 0
 
     def get_many(self, ids: list[int]) -> dict[int, StoredMessage]:
         with self._lock:
@@ -155,10 +167,69 @@ class _MessageCache:
     def discard(self, message_id: int) -> None:
         with self._lock:
             self._messages.pop(message_id, None)
+            self._forget_windows()
 
     def clear(self) -> None:
         with self._lock:
             self._messages.clear()
+            self._forget_windows()
+
+    def _forget_windows(self) -> None:
+        self.generation += 1
+        self._windows.clear()
+        self._window_messages = 0
+
+    def window_from(self, conversation_id: int, ids: list[int]) -> list[StoredMessage] | None:
+        """The window of `ids` (as the database just gave them, in the window's order)
+        built from the conversation's last kept one where the two overlap: a long
+        thread's window moves by a question and its answer a turn, and looking all 200
+        of its messages up again (scattered among 20,000) took a tenth of a millisecond.
+        Only the ids past the overlap are looked up. None when the last window does not
+        lead into this one."""
+        with self._lock:
+            kept = self._windows.get(conversation_id)
+        if kept is None or not ids:
+            return None
+        try:
+            start = kept.ids.index(ids[0])
+        except ValueError:
+            return None
+        overlap = len(kept.ids) - start
+        if ids[:overlap] != kept.ids[start:]:
+            return None
+        newer = self.get_many(ids[overlap:])
+        if len(newer) != len(ids) - overlap:
+            return None
+        return kept.messages[start:] + [newer[id_] for id_ in ids[overlap:]]
+
+    def keep_window(
+        self, conversation_id: int, ids: list[int], messages: list[StoredMessage], generation: int
+    ) -> None:
+        """Keep the window built for `ids` from the cache as it was at `generation` (read
+        before building it): built across a change, or missing a message deleted
+        meanwhile, it is dropped instead."""
+        # Copies: the lists handed out are their callers' own.
+        window = _KeptWindow(list(ids), list(messages))
+        with self._lock:
+            old = self._windows.pop(conversation_id, None)
+            if old is not None:
+                self._window_messages -= len(old.ids)
+            if generation != self.generation or len(messages) != len(ids):
+                return
+            self._windows[conversation_id] = window
+            self._window_messages += len(ids)
+            while self._window_messages > KEPT_WINDOW_MESSAGES and len(self._windows) > 1:
+                _, dropped = self._windows.popitem(last=False)
+                self._window_messages -= len(dropped.ids)
+
+
+@dataclass(slots=True)
+class _KeptWindow:
+    """A conversation's last history window: its ids as the database gave them, and
+    the messages built for them."""
+
+    ids: list[int]
+    messages: list[StoredMessage]
 
 
 _clean_text = hot_rows.clean_text

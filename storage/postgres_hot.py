@@ -554,11 +554,17 @@ class PostgresHotPath:
             # window holds messages this process has not seen).
             ids = read[1]
             self._note_window_start(conversation_id, ids, limit)
-            known = self._messages.get_many(ids)
-            if len(known) == len(ids):
-                return [known[id_] for id_ in ids]
-            async with self._connection() as connection:
-                return await self._messages_of(connection, ids, known)
+            generation = self._messages.generation
+            built = self._messages.window_from(conversation_id, ids)
+            if built is None:
+                known = self._messages.get_many(ids)
+                if len(known) == len(ids):
+                    built = [known[id_] for id_ in ids]
+                else:
+                    async with self._connection() as connection:
+                        built = await self._messages_of(connection, ids, known)
+            self._messages.keep_window(conversation_id, ids, built, generation)
+            return built
         values = self._window_values(conversation_id, up_to_message_id, limit)
         async with self._connection() as connection:
             sql, args = _bound("history_ids", values)
@@ -593,7 +599,12 @@ class PostgresHotPath:
         window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
         ids = [row[0] for row in window]
         self._note_window_start(conversation_id, ids, limit)
-        return await self._messages_of(connection, ids, self._messages.get_many(ids))
+        generation = self._messages.generation
+        built = self._messages.window_from(conversation_id, ids)
+        if built is None:
+            built = await self._messages_of(connection, ids, self._messages.get_many(ids))
+        self._messages.keep_window(conversation_id, ids, built, generation)
+        return built
 
     def _note_window_start(self, conversation_id: int, ids: list[int], limit: int) -> None:
         if len(ids) == limit:

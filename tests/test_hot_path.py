@@ -116,6 +116,35 @@ async def test_history_shows_a_reset_and_a_deletion_by_another_process_at_once(
     assert [m.text for m in fresh] == ["question 3"]
 
 
+async def test_a_window_kept_between_turns_shows_what_changed_since(
+    make_store: StoreFactory,
+) -> None:
+    """A conversation's last window is kept as built (PostgreSQL: so the next turn looks
+    up only the messages it adds). It moves on with the conversation, a message whose
+    text changed since (its audio heard) is shown as it is now, and a message deleted
+    since is gone."""
+    store = await make_store()
+    conversation_id, last = await _conversation(store)
+    window = await store.history(conversation_id, up_to_message_id=last, limit=4)
+    assert [m.text for m in window] == ["question 1", "answer 1", "question 2", "answer 2"]
+
+    message = incoming("k3", text="question 3")
+    accepted = await store.accept(message, text=message.text, tokens=2)
+    assert accepted is not None
+    moved = await store.history(conversation_id, up_to_message_id=accepted.user_message_id, limit=4)
+    assert [m.text for m in moved] == ["answer 1", "question 2", "answer 2", "question 3"]
+
+    await store.heard(accepted.user_message_id, text="question 3, heard", tokens=3)
+    heard = await store.history(conversation_id, up_to_message_id=accepted.user_message_id, limit=4)
+    assert [m.text for m in heard] == ["answer 1", "question 2", "answer 2", "question 3, heard"]
+
+    await store.delete_platform_message("test", "W1", "C1", "pm-k2")
+    deleted = await store.history(
+        conversation_id, up_to_message_id=accepted.user_message_id, limit=4
+    )
+    assert [m.text for m in deleted] == ["question 1", "answer 1", "answer 2", "question 3, heard"]
+
+
 async def test_a_write_lock_held_by_another_process_never_blocks_the_event_loop(
     sqlite_store: SqlStore, sqlite_database_url: str
 ) -> None:
