@@ -22,7 +22,9 @@ Printed per backend: replies/s at 50 concurrent conversations; CPU ms per reply
 serving the benchmark's database, from /proc); the core as a fraction of the floor's
 throughput and its CPU ratio; core-added latency p50/p99 at one conversation (as
 bench_core measures it); time per reply in a 5,000- vs a 10-message thread (and vs a
-200-message one, whose history window is as full: the thread's length alone); and for
+200-message one, whose history window is as full: the thread's length alone), with this
+process's CPU over the 10- and 5,000-message replies (the bot's own work: the fake
+model's reading of the longer prompt is in its own process); and for
 PostgreSQL the round trips, statements, transactions and connections opened per
 reply, counted on the wire by a counting proxy on 127.0.0.1 in a separate pass
 (round trips = the server's ReadyForQuery messages; transactions = those that
@@ -710,6 +712,10 @@ class Results:
     small_ms: list[float] = field(default_factory=list)
     window_ms: list[float] = field(default_factory=list)  # a 200-message thread
     large_ms: list[float] = field(default_factory=list)
+    # This process's CPU over each of those replies: the bot's own work (the fake
+    # model's is in its own process; for PostgreSQL, the server's is left out).
+    small_cpu_ms: list[float] = field(default_factory=list)
+    large_cpu_ms: list[float] = field(default_factory=list)
     floor_wire: WireCounts | None = None
     core_wire: WireCounts | None = None
     wire_replies: int = 0
@@ -830,13 +836,19 @@ async def measure_backend(args: argparse.Namespace, base_url: str, backend: Back
             await floor.database.seed(large_id, 4998)
         await as_vacuumed(store)
         for turn, thread in enumerate(small_threads):
+            small_cpu = time.process_time()
             small_time = await timed_reply(core, thread, 0)
+            small_cpu = time.process_time() - small_cpu
             window_time = await timed_reply(core, "window", turn)
+            large_cpu = time.process_time()
             large_time = await timed_reply(core, "large", turn)
+            large_cpu = time.process_time() - large_cpu
             if turn >= 5:
                 results.small_ms.append(small_time * 1000)
                 results.window_ms.append(window_time * 1000)
                 results.large_ms.append(large_time * 1000)
+                results.small_cpu_ms.append(small_cpu * 1000)
+                results.large_cpu_ms.append(large_cpu * 1000)
 
     if backend.proxied is not None:
         await count_round_trips(args, settings, base_url, backend, results)
@@ -1001,6 +1013,14 @@ def backend_rows(
             f"{large / window:.2f}x",
             "",
             "the same 200-message window: the thread's length alone",
+        ),
+        Row(
+            f"{name}: bot CPU per reply, 10 / 5,000-message thread",
+            f"{median(results.small_cpu_ms):.2f} / {median(results.large_cpu_ms):.2f} ms",
+            "",
+            f"this process: {median(results.large_cpu_ms) / median(results.small_cpu_ms):.2f}x"
+            + (", the server's CPU left out" if name == "PostgreSQL" else "")
+            + "; the fake model's reading of the longer prompt is in neither",
         ),
     ]
     for label, wire, target in (
