@@ -16,7 +16,8 @@ loop, botservice.core.accept_loop) gets a small pool of its own.
 History: each turn asks the database which messages make its window (ids only, so a
 deletion, a forget-me or a reset by any process shows at once) and builds only the
 messages it has not seen, from a cache of message contents by id that this process's
-own writes fill. Imports no SQLAlchemy.
+own writes fill; where the window continues the conversation's last one, from that
+window as built, looking up only the ids it adds. Imports no SQLAlchemy.
 """
 
 from __future__ import annotations
