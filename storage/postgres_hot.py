@@ -555,17 +555,7 @@ class PostgresHotPath:
             # window holds messages this process has not seen).
             ids = read[1]
             self._note_window_start(conversation_id, ids, limit)
-            generation = self._messages.generation
-            built = self._messages.window_from(conversation_id, ids)
-            if built is None:
-                known = self._messages.get_many(ids)
-                if len(known) == len(ids):
-                    built = [known[id_] for id_ in ids]
-                else:
-                    async with self._connection() as connection:
-                        built = await self._messages_of(connection, ids, known)
-            self._messages.keep_window(conversation_id, ids, built, generation)
-            return built
+            return await self._built_window(conversation_id, ids, None)
         values = self._window_values(conversation_id, up_to_message_id, limit)
         async with self._connection() as connection:
             sql, args = _bound("history_ids", values)
@@ -600,10 +590,25 @@ class PostgresHotPath:
         window = sorted(window, key=lambda row: (row[1] or row[0], row[0]))
         ids = [row[0] for row in window]
         self._note_window_start(conversation_id, ids, limit)
+        return await self._built_window(conversation_id, ids, connection)
+
+    async def _built_window(
+        self, conversation_id: int, ids: list[int], connection: asyncpg.Connection | None
+    ) -> list[StoredMessage]:
+        """The messages of the window of `ids`: from the conversation's last window where
+        this one continues it, else from the cache, asking the database (on `connection`,
+        or one taken only then) for those it lacks; kept for the next turn."""
         generation = self._messages.generation
         built = self._messages.window_from(conversation_id, ids)
         if built is None:
-            built = await self._messages_of(connection, ids, self._messages.get_many(ids))
+            known = self._messages.get_many(ids)
+            if len(known) == len(ids):
+                built = [known[id_] for id_ in ids]
+            elif connection is not None:
+                built = await self._messages_of(connection, ids, known)
+            else:
+                async with self._connection() as taken:
+                    built = await self._messages_of(taken, ids, known)
         self._messages.keep_window(conversation_id, ids, built, generation)
         return built
 
