@@ -45,6 +45,7 @@ from tests.fakes.model_server import (
     Reply,
     ServerError,
     Slow,
+    word_count,
 )
 from tests.fakes.tcp_proxy import TcpProxy
 
@@ -634,3 +635,59 @@ async def test_fake_runs_standalone() -> None:
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+def asking(text: str) -> ChatRequest:
+    return ChatRequest(model="fake-model", messages=[{"role": "user", "content": text}])
+
+
+async def test_the_fake_notes_when_each_answer_ended_though_answers_overlap(
+    fake_model: FakeModelServer, client: OpenAIChatClient
+) -> None:
+    # The first request waits before answering while the second is recorded and done.
+    fake_model.script(Slow(0.2, Reply("late")), Reply("early"))
+    slow = asyncio.create_task(collect(client, asking("first")))
+    for _ in range(400):  # until the server has it (at most 2 s)
+        if fake_model.requests:
+            break
+        await asyncio.sleep(0.005)
+    assert "".join(await collect(client, asking("second"))) == "early"
+    assert "".join(await slow) == "late"
+
+    first, second = fake_model.chat_requests
+    assert (first.last_user_text, second.last_user_text) == ("first", "second")
+    assert first.finished_at is not None and second.finished_at is not None
+    assert first.finished_at > second.finished_at
+
+
+async def test_a_fake_keeping_some_requests_keeps_the_latest() -> None:
+    server = FakeModelServer(keep_requests=2)
+    await server.start()
+    try:
+        model = OpenAIChatClient(model_settings(server.base_url), transport=pooled_transport())
+        try:
+            for turn in range(5):
+                await collect(model, asking(f"question {turn}"))
+        finally:
+            await model.aclose()
+    finally:
+        await server.stop()
+    # Trimmed to the latest 2 when it held 4, then one more came.
+    assert [r.last_user_text for r in server.requests] == [f"question {t}" for t in (2, 3, 4)]
+    assert all(r.finished_at is not None for r in server.requests)
+
+
+@pytest.mark.parametrize(
+    "contents",
+    [
+        ["You are brief.", "how do I  reverse\ta list?\n\nThanks "],
+        ["", " ", "one", "\x1c\x1dseparated\x1ewords\x1f", "\r\n\x0b\x0c"],
+        ["héllo wörld", "ideographic\u3000space", "no\xa0break"],
+        ["text", None, [{"type": "text", "text": "a part"}]],
+    ],
+)
+def test_the_fakes_word_count_is_str_split_s(contents: list[Any]) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": c} for c in contents]
+    messages.append({"role": "assistant", "tool_calls": []})  # no content at all
+    expected = sum(len(str(m.get("content", "")).split()) for m in messages)
+    assert word_count(messages) == expected
