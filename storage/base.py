@@ -148,6 +148,8 @@ class _MessageCache:
         # Moves on whenever a message may have changed or been forgotten: a window
         # built from the cache before then is not kept.
         self.generation = 0
+        # Called then too: readers that keep messages between turns let go of them.
+        self.listeners: list[Callable[[], None]] = []
 
     def get_many(self, ids: list[int]) -> dict[int, StoredMessage]:
         with self._lock:
@@ -168,11 +170,17 @@ class _MessageCache:
         with self._lock:
             self._messages.pop(message_id, None)
             self._forget_windows()
+        self._tell_listeners()
 
     def clear(self) -> None:
         with self._lock:
             self._messages.clear()
             self._forget_windows()
+        self._tell_listeners()
+
+    def _tell_listeners(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     def _forget_windows(self) -> None:
         self.generation += 1
@@ -315,6 +323,8 @@ class StoreBase:
         self._sqlite_hot: SqliteHotPath | None = (
             sqlite_parts.hot if sqlite_parts is not None else None
         )
+        if self._sqlite_hot is not None:
+            self._message_cache.listeners.append(self._sqlite_hot.forget)
         # The driver-level path the turn's statements take (SQLite in memory has none:
         # it runs them through SQLAlchemy on its one connection).
         self._hot: SqliteHotPath | PostgresHotPath | None = self._sqlite_hot or self._pg_hot
@@ -347,6 +357,9 @@ class StoreBase:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    def on_forgetting(self, listener: Callable[[], None]) -> None:
+        self._message_cache.listeners.append(listener)
 
     async def aclose(self) -> None:
         if self._pg_hot is not None:

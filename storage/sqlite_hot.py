@@ -291,11 +291,14 @@ class SqliteHotPath:
         except sqlite3.OperationalError as error:
             raise StoreUnavailable() from error
         if version != self._version:
-            self._forget()
+            self.forget()
             self._version = version
         return True
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
+        """Drop what is kept in memory: at once when the store forgets messages (the
+        next read would find the database changed, but the text would stay here until
+        then)."""
         self._settings.clear()
         self._windows.clear()
         self._window_messages = 0

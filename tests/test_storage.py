@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -678,6 +680,66 @@ async def test_a_message_deleted_on_the_platform_leaves_the_history(store: SqlSt
     )
     assert texts(history) == ["keep me", "answer"]
     assert await store.pending_turns() == [], "a turn whose question is gone is not resumed"
+
+
+async def test_readers_are_told_whenever_messages_are_forgotten_or_changed(
+    store: SqlStore,
+) -> None:
+    told: list[str] = []
+    doing = "nothing yet"
+    store.on_forgetting(lambda: told.append(doing))
+
+    async def does(what: str, work: Awaitable[object]) -> None:
+        nonlocal doing
+        doing = what
+        await work
+
+    turn = await ask(store, "m1")
+    await answer(store, turn)
+    await store.history(turn.conversation_id, up_to_message_id=10**9, limit=50)
+    assert told == []  # storing and reading let go of nothing
+
+    await does("unspoken", store.mark_answer_unspoken(turn.turn_id, "cut short"))
+    await does(
+        "deleted on the platform", store.delete_platform_message("test", "W1", "C1", "pm-m1")
+    )
+    await ask(store, "m2")
+    await does("conversation emptied", store.delete_conversation_messages(turn.conversation_id))
+    await ask(store, "m3")
+    await does("user forgotten", store.forget_user("test", "U1"))
+    await ask(store, "m4")
+    await does("workspace forgotten", store.forget_workspace("test", "W1"))
+    await answer(store, await ask(store, "m5"))  # a turn still pending keeps its message
+    expired = store.purge(
+        now=datetime.now(UTC) + timedelta(days=400),
+        default_retention_days=30,
+        dedupe_days=2,
+        batch_size=100,
+    )
+    await does("expired", expired)
+    assert told == [
+        "unspoken",
+        "deleted on the platform",
+        "conversation emptied",
+        "user forgotten",
+        "workspace forgotten",
+        "expired",
+    ]
+
+
+async def test_a_forgotten_users_words_are_not_kept_in_memory(store: SqlStore) -> None:
+    for key in ("m1", "m2", "m3"):
+        await answer(store, await ask(store, key, text=f"private words {key}"))
+        other = await ask(store, f"{key}-other", text="something else", user_id="U2")
+        await answer(store, other)
+    # Read, so the store keeps the window and its messages.
+    await store.history(other.conversation_id, up_to_message_id=10**9, limit=50)
+
+    await store.forget_user("test", "U1")
+    gc.collect()
+
+    kept = [o for o in gc.get_objects() if isinstance(o, StoredMessage) and "private" in o.text]
+    assert kept == []
 
 
 async def test_forgetting_a_workspace_deletes_only_its_data(store: SqlStore) -> None:

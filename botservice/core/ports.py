@@ -643,6 +643,12 @@ class HistoryStore(Protocol):
 
     async def delete_conversation_messages(self, conversation_id: int) -> int: ...
 
+    def on_forgetting(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever stored messages may have been deleted or changed
+        here (forgotten, expired, edited), so a reader that keeps messages between turns
+        lets go of them at once."""
+        ...
+
 
 class ChannelSettingsStore(Protocol):
     """A channel's settings, and the audit trail of who changed them."""
