@@ -20,7 +20,7 @@ import asyncio
 import importlib
 import logging
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +106,9 @@ class SqliteFileStore:
         self._concurrency = concurrency
         self._parts = SqliteFileParts.open(path, self._thread_engine)
         self._hot = self._parts.hot
+        # Told when messages are forgotten: only the rest of the store forgets any, so
+        # they are handed to it once it is built.
+        self._forgetting: list[Callable[[], None]] = []
 
     @classmethod
     def open(cls, database_url: str, *, concurrency: int | None = None) -> SqliteFileStore | None:
@@ -130,11 +133,19 @@ class SqliteFileStore:
                 concurrency=self._concurrency,
                 sqlite_parts=self._parts,
             )
+            for listener in self._forgetting:
+                self._rest.on_forgetting(listener)
         return self._rest
 
     def __getattr__(self, name: str) -> Any:
         # Anything but the turn's path: commands, the purge, tools, lookups, the engine.
         return getattr(self.rest(), name)
+
+    def on_forgetting(self, listener: Callable[[], None]) -> None:
+        if self._rest is not None:
+            self._rest.on_forgetting(listener)
+        else:
+            self._forgetting.append(listener)
 
     def usage_ledger(self) -> UsageLedger:
         """The usage ledger over this store, built with the rest on first use."""

@@ -40,6 +40,23 @@ async def test_a_file_behind_the_migrations_is_brought_up_to_date_then_opened_qu
         await again.store.aclose()
 
 
+async def test_a_reader_told_of_forgetting_before_the_rest_is_built_is_told_after(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path / "bot.db")
+    await upgrade(url)
+    store = SqliteFileStore.open(url)
+    assert store is not None
+    told: list[str] = []
+    try:
+        store.on_forgetting(lambda: told.append("forgotten"))
+        await store.accept(incoming("k1"), text="hello", tokens=1)
+        await store.forget_user("test", "U1")  # the rest of the store does this
+        assert told == ["forgotten"]
+    finally:
+        await store.aclose()
+
+
 async def test_a_first_start_creates_the_file(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "new.db")
     opened = await open_store(url, concurrency=4)
