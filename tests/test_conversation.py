@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,7 @@ import pytest_asyncio
 from botservice.core.commands import parse_command
 from botservice.core.conversation import TRIM_FOOTNOTE, ConversationCore
 from botservice.core.events import Attachment, Command
-from botservice.core.ports import Claim, PendingTurn
+from botservice.core.ports import Claim, PendingTurn, StoredMessage
 from botservice.core.settings import Settings
 from botservice.model.client import OpenAIChatClient
 from botservice.model.tokens import TokenCounter
@@ -341,6 +342,27 @@ async def test_forget_me_deletes_my_messages_everywhere_and_says_how_many(
 
     await chat.say("anything left?", user="U2", thread="T1")
     assert "mine" not in str(prompt_of(fake_model))
+
+
+async def test_forget_me_leaves_none_of_my_words_in_the_bots_memory(
+    chat: Chat, fake_model: FakeModelServer
+) -> None:
+    # A thread long enough for its prompt to be followed from turn to turn (three people:
+    # each may send 10 messages a minute).
+    for turn in range(18):
+        if turn % 2 == 0:
+            await chat.say(f"secret number {turn}", user="U1")
+        else:
+            await chat.say(f"and mine {turn}", user="U2" if turn % 4 == 1 else "U3")
+    await chat.say("/forget-me", user="U1")
+    gc.collect()
+
+    remembered = [
+        o for o in gc.get_objects() if isinstance(o, StoredMessage) and "secret" in o.text
+    ]
+    assert remembered == []
+    await chat.say("what is left?", user="U2")
+    assert "secret" not in str(prompt_of(fake_model))
 
 
 async def test_forget_me_takes_the_answers_that_repeat_me_and_leaves_my_settings(

@@ -73,12 +73,12 @@ from botservice.core.ports import (
 )
 from botservice.core.prompt import (
     Prompt,
-    build_prompt,
     describe_attachments,
     heard_text,
     quote_context,
     stored_text,
 )
+from botservice.core.prompt_windows import PromptWindows
 from botservice.core.settings import Settings
 from botservice.core.streaming import ThrottledUpdates
 from botservice.core.telemetry import NO_TELEMETRY, Telemetry, failure_reason
@@ -251,6 +251,10 @@ class ConversationCore:
         # Public: adapters report their platform calls through the same observer.
         self.telemetry = telemetry
         self._store = store
+        # Each long conversation's last prompt, moved on with its window; let go of
+        # whenever the store forgets messages.
+        self._prompts = PromptWindows()
+        store.on_forgetting(self._prompts.clear)
         self._feedback = feedback
         self._model = model
         # Without an exact counter the core budgets with a high estimate.
@@ -1038,7 +1042,8 @@ class ConversationCore:
         reasoning: dict[tuple[int, int], Sequence[dict[str, Any]]] = {}
 
         def prompt_within(budget: int) -> Prompt:
-            return build_prompt(
+            return self._prompts.build(
+                turn.conversation_id,
                 instructions=instructions,
                 instructions_role=model_info.instructions_role,
                 instructions_tokens=instructions_tokens,
