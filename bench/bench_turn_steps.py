@@ -75,6 +75,7 @@ from bench.bench_hot_path import bench_settings
 from botservice.core.conversation import ConversationCore
 from botservice.core.ports import ChatRequest, StoredMessage
 from botservice.core.prompt import build_prompt
+from botservice.core.prompt_windows import PromptWindows
 from botservice.model.client import OpenAIChatClient, _encode, pooled_transport
 from botservice.storage.migrate import upgrade
 from botservice.storage.repository import SqlStore
@@ -390,6 +391,28 @@ def microseconds(work: Callable[[], object], repeat: int = 2000) -> float:
     return 1e6 * statistics.median(times)
 
 
+def followed_microseconds(size: int, turns: int = 2000) -> float:
+    """Median time of `PromptWindows.build` for a conversation's successive windows of
+    `size` messages, each its last one moved on by a question and its answer (as a
+    long thread's turns are; a window under `FOLLOWED_FROM` messages is built whole)."""
+    thread = window_history(size + 2 * turns)
+    prompts = PromptWindows()
+    times = []
+    for turn in range(turns):
+        history = thread[2 * turn : 2 * turn + size - 1]  # ends with a question
+        started = time.perf_counter()
+        prompts.build(
+            1,
+            instructions="You are a helpful assistant.",
+            instructions_role="system",
+            instructions_tokens=8,
+            history=history,
+            budget_tokens=100_000,
+        )
+        times.append(time.perf_counter() - started)
+    return 1e6 * statistics.median(times)
+
+
 async def window_rows(base_url: str, sizes: tuple[int, ...] = (10, 200)) -> list[Row]:
     rows = []
     transport = pooled_transport()
@@ -429,6 +452,12 @@ async def window_rows(base_url: str, sizes: tuple[int, ...] = (10, 200)) -> list
             body = bodies[size] = _encode(request, stream=True)
             rows += [
                 Row(f"window of {size}: build_prompt", f"{microseconds(prompt):.1f} us"),
+                Row(
+                    f"window of {size}: the prompt followed from the last turn's",
+                    f"{followed_microseconds(size):.1f} us",
+                    "",
+                    "PromptWindows.build, the window moved on by a question and its answer",
+                ),
                 Row(
                     f"window of {size}: encoding the request",
                     f"{microseconds(lambda request=request: _encode(request, stream=True)):.1f} us",
