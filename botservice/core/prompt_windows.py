@@ -204,10 +204,10 @@ class PromptWindows:
 
 def _moved_on(window: _Window, history: Sequence[StoredMessage]) -> bool:
     """Move `window` on to `history` when that is it with a few messages gone from its
-    front and new ones after it. The messages it keeps must be the same: the very same
-    objects as a rule (the store keeps them between turns), else equal in every field
-    (read again after its cache was emptied). False when it is not, and then the
-    window is of no use."""
+    front and new ones after it: the same messages, the very objects the store kept
+    between turns (read again after its cache was emptied, they are new objects, and
+    the window is counted anew). False when it is not, and then the window is of no
+    use."""
     old = window.history
     if not history:
         return False
