@@ -207,6 +207,14 @@ def _window_ids(turn: Any, *, limit: str, up_to: Any = None) -> Any:
     return select(_as_oids(func.array_agg(ordered))).correlate(turn).scalar_subquery()
 
 
+def _reads_once(turn_reads: Any) -> Any:
+    """A claimed turn's row with its reads (the window above all), as a subquery the
+    settings rows are joined to after: read beside them, the window was read again for
+    each (a channel with settings has two rows, its own and its workspace's). OFFSET 0
+    keeps the planner from folding it into the join."""
+    return turn_reads.offset(0).subquery("turn_reads")
+
+
 def _has_tool_rounds(turn: Any) -> Any:
     """Whether the conversation of the turn in `turn` ever had a tool round: if not, the
     turn's `tool_calls_for` is answered without asking."""
@@ -229,15 +237,16 @@ def _accept_claimed_reading() -> Any:
     caller adds the message. A turn claimed here had nothing of its conversation
     pending or running in that snapshot, so every earlier answer is in it."""
     accepted = _pg_accept_statement(claiming=True).subquery("accepted")
-    claimed = accepted.c.status == _RUNNING
-    ids = _window_ids(accepted, limit="window_limit")
+    window = _window_ids(accepted, limit="window_limit")
+    reads = _reads_once(
+        select(*accepted.c, case((accepted.c.status == _RUNNING, window)).label("window_ids"))
+        .select_from(accepted)
+        .add_columns(_has_tool_rounds(accepted))
+    )
     settings = _CHANNEL_SETTINGS.subquery("turn_settings")
-    return select(
-        *accepted.c,
-        case((claimed, ids)).label("window_ids"),
-        _has_tool_rounds(accepted),
-        *settings.c,
-    ).select_from(accepted.outerjoin(settings, claimed))
+    return select(*reads.c, *settings.c).select_from(
+        reads.outerjoin(settings, reads.c.status == _RUNNING)
+    )
 
 
 def _claim_next_reading() -> Any:
@@ -248,20 +257,21 @@ def _claim_next_reading() -> Any:
 
     One row per settings row (at least one) when a turn was claimed; none otherwise."""
     claimed = _CLAIM_NEXT.cte("claimed")
-    ids = _window_ids(claimed, limit="limit", up_to=claimed.c.user_message_id)
+    window = _window_ids(claimed, limit="limit", up_to=claimed.c.user_message_id)
     question = MESSAGES.alias("question")
-    settings = _CHANNEL_SETTINGS.subquery("turn_settings")
-    return select(
-        *claimed.c,
-        *(question.c[column.key] for column in _MESSAGE_COLUMNS),
-        ids.label("window_ids"),
-        _has_tool_rounds(claimed),
-        *settings.c,
-    ).select_from(
-        claimed.outerjoin(question, question.c.id == claimed.c.user_message_id).outerjoin(
-            settings, true()
-        )
+    reads = _reads_once(
+        select(
+            *claimed.c,
+            *(
+                question.c[column.key].label(f"question_{column.key}")
+                for column in _MESSAGE_COLUMNS
+            ),
+            window.label("window_ids"),
+            _has_tool_rounds(claimed),
+        ).select_from(claimed.outerjoin(question, question.c.id == claimed.c.user_message_id))
     )
+    settings = _CHANNEL_SETTINGS.subquery("turn_settings")
+    return select(*reads.c, *settings.c).select_from(reads.outerjoin(settings, true()))
 
 
 _MESSAGES_BY_ID_ARRAY = select(*_MESSAGE_COLUMNS).where(_m.id == any_(_id_array("ids")))

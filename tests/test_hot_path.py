@@ -428,6 +428,67 @@ async def test_a_window_never_reads_the_messages_of_busier_conversations(
         assert "Backward using messages_pkey" not in plan_text
 
 
+async def test_a_channel_with_settings_reads_a_turns_window_once(
+    postgres_server: PostgresServer,
+) -> None:
+    """A turn's reads come one row per settings row (the workspace's and the channel's):
+    the window, read beside them, was read once for each, 0.5 ms more in a long thread
+    of a channel whose instructions were set. A message accepted behind a waiting turn
+    claims nothing, and reads no window."""
+    async with _busy_and_quiet(postgres_server) as (connection, quiet_start):
+        for channel in ("", "C1"):
+            await connection.execute(
+                "INSERT INTO channel_settings (platform, workspace, channel, instructions,"
+                " updated_by, updated_at) VALUES ('test', 'W1', $1, 'Be brief.', 'U1', now())",
+                channel,
+            )
+        accepting = await _window_scan_loops(
+            connection, "accept_claimed_reading", _accept_values(quiet_start)
+        )
+        # A turn waiting in the quiet thread, for `claim_next_reading` to claim.
+        question = await connection.fetchval(
+            "SELECT max(id) FROM messages WHERE conversation_id = 1"
+        )
+        await connection.execute(
+            "INSERT INTO turns (platform, message_key, user_id, is_channel_admin, status,"
+            " reply_target, claims, created_at, conversation_id, user_message_id)"
+            " VALUES ('test', 'waiting', 'U1', false, 'pending', '{}', 0, now(), 1, $1)",
+            question,
+        )
+        behind = await _window_scan_loops(
+            connection, "accept_claimed_reading", _accept_values(quiet_start)
+        )
+        claiming = await _window_scan_loops(
+            connection,
+            "claim_next_reading",
+            {
+                "b_conversation_id": 1,
+                "b_holder": "me",
+                "b_alive_until": datetime.now(UTC) + timedelta(minutes=1),
+                "limit": 200,
+                "from_id": quiet_start,
+                "platform": "test",
+                "workspace": "W1",
+                "channel": "C1",
+            },
+        )
+    assert (accepting, behind, claiming) == ([1], [], [1])
+
+
+async def _window_scan_loops(
+    connection: asyncpg.Connection, name: str, values: dict[str, Any]
+) -> list[int]:
+    """How many times the statement read a window (a scan of more than one message), in
+    a transaction rolled back after (it writes)."""
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        scans = await _message_scans(connection, *_bound(name, values))
+    finally:
+        await transaction.rollback()
+    return [scan["Actual Loops"] for scan in scans if scan["Actual Rows"] > 1]
+
+
 async def test_a_long_threads_window_is_read_from_the_index_alone(
     postgres_server: PostgresServer,
 ) -> None:
