@@ -239,9 +239,11 @@ def _accept_claimed_reading() -> Any:
     accepted = _pg_accept_statement(claiming=True).subquery("accepted")
     window = _window_ids(accepted, limit="window_limit")
     reads = _reads_once(
-        select(*accepted.c, case((accepted.c.status == _RUNNING, window)).label("window_ids"))
-        .select_from(accepted)
-        .add_columns(_has_tool_rounds(accepted))
+        select(
+            *accepted.c,
+            case((accepted.c.status == _RUNNING, window)).label("window_ids"),
+            _has_tool_rounds(accepted),
+        )
     )
     settings = _CHANNEL_SETTINGS.subquery("turn_settings")
     return select(*reads.c, *settings.c).select_from(
