@@ -111,15 +111,17 @@ async def test_what_another_process_deleted_or_reset_leaves_the_next_window(
     await turns.turn()
 
 
-async def test_a_question_another_process_took_meanwhile_is_in_the_next_window(
-    turns: Turns, make_store: StoreFactory
+@pytest.mark.parametrize("elsewhere_turns", [1, LIMIT])
+async def test_turns_another_process_took_meanwhile_are_in_the_next_window(
+    turns: Turns, make_store: StoreFactory, elsewhere_turns: int
 ) -> None:
+    """One, then more than a window holds: this process's kept window lacks them all."""
     for _ in range(LIMIT):
         await turns.turn()
-    # Another process answers a turn of the thread: this one's kept window lacks both.
     elsewhere = Turns(await make_store(), make_store)
     elsewhere.numbers = turns.numbers
-    await elsewhere.turn(user="U2")
+    for _ in range(elsewhere_turns):
+        await elsewhere.turn(user="U2")
     _, history = await turns.turn()
     assert {m.author_id for m in history if m.role == "user"} == {"U1", "U2"}
 
@@ -199,19 +201,6 @@ async def test_a_message_committed_late_before_a_threads_first_is_in_its_next_wi
     await turns.turn()
     await _insert_message(raw, late_id, accepted.conversation_id)
     await turns.turn()
-
-
-async def test_more_turns_taken_elsewhere_than_a_window_holds(
-    turns: Turns, make_store: StoreFactory
-) -> None:
-    for _ in range(LIMIT):
-        await turns.turn()
-    elsewhere = Turns(await make_store(), make_store)
-    elsewhere.numbers = turns.numbers
-    for _ in range(LIMIT):
-        await elsewhere.turn(user="U2")
-    _, history = await turns.turn()
-    assert {m.author_id for m in history if m.role == "user"} == {"U1", "U2"}
 
 
 @on_postgres
